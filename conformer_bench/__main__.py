@@ -1,0 +1,3 @@
+from conformer_bench.cli import main
+
+main()

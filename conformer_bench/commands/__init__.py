@@ -1,0 +1,1 @@
+"""CLI commands, one module each: parse options, call the core, write results."""

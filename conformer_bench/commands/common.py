@@ -1,0 +1,150 @@
+"""Options and error handling shared by the commands."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from enum import Enum
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from ..errors import BenchError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handle_errors(func: F) -> F:
+    """Turn :class:`BenchError` into one line on stderr and exit code 2; Ctrl-C into exit 130."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except BenchError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def fail(message: str) -> None:
+    raise BenchError(message)
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+    md = "md"
+
+
+class Branches(str, Enum):
+    dual = "dual"
+    cnn = "cnn"
+    transformer = "transformer"
+
+
+class Coupling(str, Enum):
+    both = "both"
+    down = "down"
+    up = "up"
+    none = "none"
+
+
+class FcuDown(str, Enum):
+    avgpool = "avgpool"
+    maxpool = "maxpool"
+    conv = "conv"
+
+
+class FcuUp(str, Enum):
+    nearest = "nearest"
+    bilinear = "bilinear"
+    deconv = "deconv"
+
+
+class Heads(str, Enum):
+    both = "both"
+    conv = "conv"
+    trans = "trans"
+
+
+TOGGLES = "Variant"
+VariantOpt = Annotated[
+    str, typer.Option("--variant", "-v", help="Preset or release name (see `conformer-bench variants`).", rich_help_panel=TOGGLES)
+]
+BranchesOpt = Annotated[
+    Branches | None, typer.Option("--branches", help="Which branches to build.", rich_help_panel=TOGGLES)
+]
+CnnOnlyOpt = Annotated[bool, typer.Option("--cnn-only", help="Same as --branches cnn.", rich_help_panel=TOGGLES)]
+TransformerOnlyOpt = Annotated[
+    bool, typer.Option("--transformer-only", help="Same as --branches transformer.", rich_help_panel=TOGGLES)
+]
+CouplingOpt = Annotated[
+    Coupling | None,
+    typer.Option("--coupling", help="FCU directions: both, down (CNN->tokens), up (tokens->CNN), none.", rich_help_panel=TOGGLES),
+]
+NoFcuOpt = Annotated[bool, typer.Option("--no-fcu", help="Same as --coupling none.", rich_help_panel=TOGGLES)]
+MedBlockOpt = Annotated[
+    int | None, typer.Option("--num-med-block", min=0, help="Extra bottlenecks per coupled block.", rich_help_panel=TOGGLES)
+]
+FcuDownOpt = Annotated[
+    FcuDown | None, typer.Option("--fcu-down", help="FCU down-sampling (release: avgpool).", rich_help_panel=TOGGLES)
+]
+FcuUpOpt = Annotated[
+    FcuUp | None, typer.Option("--fcu-up", help="FCU up-sampling (release: nearest).", rich_help_panel=TOGGLES)
+]
+FcuStagesOpt = Annotated[
+    str | None, typer.Option("--fcu-stages", help="Stages with FCUs, e.g. 3 or 2,3 or none.", rich_help_panel=TOGGLES)
+]
+PosEmbedOpt = Annotated[
+    bool | None,
+    typer.Option("--pos-embed/--no-pos-embed", help="Learnable position embedding (release: off).", rich_help_panel=TOGGLES),
+]
+HeadsOpt = Annotated[
+    Heads | None, typer.Option("--heads", help="Which head(s) classify (release: both).", rich_help_panel=TOGGLES)
+]
+
+
+def variant_config(
+    variant: str,
+    branches: Branches | None = None,
+    cnn_only: bool = False,
+    transformer_only: bool = False,
+    coupling: Coupling | None = None,
+    no_fcu: bool = False,
+    num_med_block: int | None = None,
+    fcu_down: FcuDown | None = None,
+    fcu_up: FcuUp | None = None,
+    fcu_stages: str | None = None,
+    pos_embed: bool | None = None,
+    heads: Heads | None = None,
+    **more: Any,
+) -> Any:
+    """Build the ConformerConfig for a command's toggle options (raises BenchError on bad input)."""
+    from ..options import build_config
+
+    return build_config(
+        variant,
+        branches=branches.value if branches else None,
+        cnn_only=cnn_only,
+        transformer_only=transformer_only,
+        coupling=coupling.value if coupling else None,
+        no_fcu=no_fcu,
+        num_med_block=num_med_block,
+        fcu_down=fcu_down.value if fcu_down else None,
+        fcu_up=fcu_up.value if fcu_up else None,
+        fcu_stages=fcu_stages,
+        pos_embed=pos_embed,
+        heads=heads.value if heads else None,
+        **more,
+    )
+
+
+def echo_err(message: str) -> None:
+    print(message, file=sys.stderr)

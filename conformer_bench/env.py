@@ -1,0 +1,135 @@
+"""Environment fingerprint carried by every record: what was measured, where, and how."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import subprocess
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+
+# Keys whose difference makes timings from two records not comparable.
+TIMING_KEYS: tuple[str, ...] = (
+    "device",
+    "device_name",
+    "cpu_model",
+    "threads",
+    "torch",
+    "cuda",
+    "precision",
+    "batch_size",
+    "img_size",
+)
+
+
+@cache
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@cache
+def git_commit() -> str | None:
+    """The project's commit when run from a checkout (``+dirty`` if it has local changes), else ``None``."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{sha}+dirty" if dirty else sha
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; ``cuda`` without a GPU is an error."""
+    import torch
+
+    from .errors import BenchError
+
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise BenchError(f"--device {device!r} is not valid; use auto, cpu, cuda or cuda:N")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BenchError("--device cuda was requested but no CUDA GPU is visible; use --device cpu")
+    return device
+
+
+def gpu_info(device: str) -> dict[str, Any]:
+    import torch
+
+    if not device.startswith("cuda"):
+        return {}
+    index = torch.device(device).index or 0
+    props = torch.cuda.get_device_properties(index)
+    info: dict[str, Any] = {
+        "device_name": props.name,
+        "gpu_memory_total_bytes": int(props.total_memory),
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+    }
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            info["driver"] = pynvml.nvmlSystemGetDriverVersion()
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception as exc:  # NVML is optional: record why it is absent
+        info["driver"] = None
+        info["nvml_error"] = f"{type(exc).__name__}: {exc}"
+    return info
+
+
+def fingerprint(
+    device: str = "cpu",
+    precision: str = "fp32",
+    batch_size: int | None = None,
+    img_size: int | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Everything a reader needs to know to trust, or refuse to compare, a measurement."""
+    import torch
+
+    env: dict[str, Any] = {
+        "device": "cuda" if device.startswith("cuda") else device,
+        "device_name": cpu_model() if device == "cpu" else None,
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "torch": torch.__version__,
+        "cuda": None,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "hostname": platform.node(),
+        "precision": precision,
+        "batch_size": batch_size,
+        "img_size": img_size,
+        "tool_version": __version__,
+        "commit": git_commit(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    env.update(gpu_info(device))
+    env.update(extra)
+    return env

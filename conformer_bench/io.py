@@ -1,0 +1,97 @@
+"""Atomic file writing and JSON helpers: nothing already written is ever truncated."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from .errors import BenchError
+
+
+def check_writable(path: str | os.PathLike[str]) -> Path:
+    """Fail early, with a fix, if ``path`` cannot be written (missing or read-only directory)."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise BenchError(f"output path {str(path)!r} is a directory; give a file name such as {path / 'out.json'}")
+    if not parent.exists():
+        raise BenchError(f"output directory {str(parent)!r} does not exist; create it first (mkdir -p {parent})")
+    if not os.access(parent, os.W_OK):
+        raise BenchError(f"output directory {str(parent)!r} is not writable; choose another --output path")
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write to a temporary file in the same directory, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "to_dict"):
+        return obj.to_dict()
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    try:  # numpy scalars
+        return obj.item()
+    except AttributeError:
+        raise TypeError(f"cannot serialise {type(obj).__name__} to JSON") from None
+
+
+def _finite(obj: Any) -> Any:
+    """JSON has no NaN/inf: store them as null so every reader can parse the record."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def dumps_json(obj: Any, indent: int | None = 2) -> str:
+    return json.dumps(_finite(obj), indent=indent, default=_json_default, sort_keys=False) + "\n"
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
+    return atomic_write_text(path, dumps_json(obj))
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise BenchError(f"{str(path)!r} does not exist; pass the path of a JSON record")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BenchError(f"{str(path)!r} is not valid JSON ({exc}); regenerate it with conformer-bench") from None
+
+
+def append_jsonl_atomic(path: str | os.PathLike[str], records: Iterable[Any]) -> Path:
+    """Rewrite a JSON-lines file with extra lines appended, atomically (small files only)."""
+    path = Path(path)
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    new = "".join(dumps_json(r, indent=None) for r in records)
+    return atomic_write_text(path, old + new)
