@@ -1,6 +1,13 @@
 """The released Conformer (Peng et al., ICCV 2021) as one config-driven model, with ablation toggles."""
 
-from .checkpoint import CheckpointError, LoadReport, from_release, load_checkpoint, save_checkpoint, to_release
+from .checkpoint import (
+    CheckpointError,
+    LoadReport,
+    from_release,
+    load_checkpoint,
+    save_checkpoint,
+    to_release,
+)
 from .config import ConformerConfig
 from .model import Conformer, ConformerOutput
 from .registry import create_model, get_config, list_models, register_preset, resolve_name

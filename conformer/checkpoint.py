@@ -69,7 +69,9 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """Read a ``.pth`` holding a state dict or ``{"model": state_dict, ...}`` with ``weights_only=True``."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist; pass the path of a release .pth file")
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} does not exist; pass the path of a release .pth file"
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as exc:

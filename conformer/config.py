@@ -70,7 +70,11 @@ class ConformerConfig:
     def stage_channels(self) -> tuple[int, int, int]:
         """Output width of the CNN bottlenecks in stages 1, 2, 3 (C1, 2*C1, 4*C1)."""
         c1 = int(self.base_channel * self.channel_ratio)
-        return c1, int(self.base_channel * self.channel_ratio * 2), int(self.base_channel * self.channel_ratio * 4)
+        return (
+            c1,
+            int(self.base_channel * self.channel_ratio * 2),
+            int(self.base_channel * self.channel_ratio * 4),
+        )
 
     @property
     def blocks_per_stage(self) -> int:
@@ -127,7 +131,9 @@ TOGGLE_DEFAULTS: dict[str, Any] = {
     "heads": "both",
 }
 
-CONFIG_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ConformerConfig) if f.name != "name")
+CONFIG_FIELDS: tuple[str, ...] = tuple(
+    f.name for f in dataclasses.fields(ConformerConfig) if f.name != "name"
+)
 OVERRIDABLE: tuple[str, ...] = tuple(f for f in CONFIG_FIELDS if f not in ("from_paper",))
 
 
@@ -183,7 +189,9 @@ def validate(cfg: ConformerConfig) -> None:
             f"coupling={cfg.coupling!r} needs two branches; with branches={cfg.branches!r} leave coupling at its default"
         )
     if single and cfg.fcu_stages != STAGES:
-        raise ValueError(f"fcu_stages needs two branches; with branches={cfg.branches!r} leave it at its default")
+        raise ValueError(
+            f"fcu_stages needs two branches; with branches={cfg.branches!r} leave it at its default"
+        )
     if single and (cfg.fcu_down != "avgpool" or cfg.fcu_up != "nearest"):
         raise ValueError(
             f"fcu_down/fcu_up need two branches; with branches={cfg.branches!r} leave them at their defaults"
@@ -191,7 +199,9 @@ def validate(cfg: ConformerConfig) -> None:
     if cfg.pos_embed and not cfg.has_transformer:
         raise ValueError("pos_embed=True needs the transformer branch (branches='dual' or 'transformer')")
     if cfg.branches == "cnn" and cfg.heads == "trans":
-        raise ValueError("heads='trans' needs the transformer branch; use heads='conv' or 'both' with branches='cnn'")
+        raise ValueError(
+            "heads='trans' needs the transformer branch; use heads='conv' or 'both' with branches='cnn'"
+        )
     if cfg.branches == "transformer" and cfg.heads == "conv":
         raise ValueError(
             "heads='conv' needs the CNN branch; use heads='trans' or 'both' with branches='transformer'"
@@ -214,7 +224,9 @@ def with_overrides(cfg: ConformerConfig, **overrides: Any) -> ConformerConfig:
     """``dataclasses.replace`` with a helpful error for unknown names."""
     unknown = sorted(set(overrides) - set(OVERRIDABLE))
     if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(unknown)}; valid options are: {', '.join(OVERRIDABLE)}")
+        raise ValueError(
+            f"unknown option(s) {', '.join(unknown)}; valid options are: {', '.join(OVERRIDABLE)}"
+        )
     if "fcu_stages" in overrides and overrides["fcu_stages"] is not None:
         stages = overrides["fcu_stages"]
         overrides["fcu_stages"] = (stages,) if isinstance(stages, int) else tuple(stages)

@@ -222,7 +222,9 @@ class Conformer(nn.Module):
             if self.conv_head is not None:
                 _init_module(self.conv_head)
         if self.cfg.has_trans_head:
-            self.trans_head = nn.Linear(self.cfg.embed_dim, num_classes).to(device) if num_classes > 0 else None
+            self.trans_head = (
+                nn.Linear(self.cfg.embed_dim, num_classes).to(device) if num_classes > 0 else None
+            )
             if self.trans_head is not None:
                 _init_module(self.trans_head)
 

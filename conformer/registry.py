@@ -35,7 +35,9 @@ register_preset(
     aliases=("Conformer_small_patch16",),
 )
 register_preset(
-    ConformerConfig(name="small-p32", channel_ratio=4, embed_dim=384, num_heads=6, patch_size=32, from_paper=True),
+    ConformerConfig(
+        name="small-p32", channel_ratio=4, embed_dim=384, num_heads=6, patch_size=32, from_paper=True
+    ),
     aliases=("Conformer_small_patch32",),
 )
 register_preset(
@@ -45,12 +47,20 @@ register_preset(
 # Not from the paper: small variants that run the real code paths in seconds.
 register_preset(
     ConformerConfig(
-        name="micro", channel_ratio=0.5, embed_dim=64, depth=6, num_heads=2, num_med_block=1, num_classes=10,
+        name="micro",
+        channel_ratio=0.5,
+        embed_dim=64,
+        depth=6,
+        num_heads=2,
+        num_med_block=1,
+        num_classes=10,
         img_size=64,
     )
 )
 register_preset(
-    ConformerConfig(name="nano", channel_ratio=0.25, embed_dim=32, depth=3, num_heads=2, num_classes=10, img_size=32)
+    ConformerConfig(
+        name="nano", channel_ratio=0.25, embed_dim=32, depth=3, num_heads=2, num_classes=10, img_size=32
+    )
 )
 
 

@@ -18,9 +18,13 @@ def check_writable(path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
-        raise BenchError(f"output path {str(path)!r} is a directory; give a file name such as {path / 'out.json'}")
+        raise BenchError(
+            f"output path {str(path)!r} is a directory; give a file name such as {path / 'out.json'}"
+        )
     if not parent.exists():
-        raise BenchError(f"output directory {str(parent)!r} does not exist; create it first (mkdir -p {parent})")
+        raise BenchError(
+            f"output directory {str(parent)!r} does not exist; create it first (mkdir -p {parent})"
+        )
     if not os.access(parent, os.W_OK):
         raise BenchError(f"output directory {str(parent)!r} is not writable; choose another --output path")
     return path
@@ -86,7 +90,9 @@ def read_json(path: str | os.PathLike[str]) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BenchError(f"{str(path)!r} is not valid JSON ({exc}); regenerate it with conformer-bench") from None
+        raise BenchError(
+            f"{str(path)!r} is not valid JSON ({exc}); regenerate it with conformer-bench"
+        ) from None
 
 
 def append_jsonl_atomic(path: str | os.PathLike[str], records: Iterable[Any]) -> Path:

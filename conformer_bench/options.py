@@ -17,7 +17,9 @@ def parse_stages(text: str | None) -> tuple[int, ...] | None:
     try:
         return tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise BenchError(f"--fcu-stages {text!r} is not valid; give stage numbers such as 1,2,3 or 'none'") from None
+        raise BenchError(
+            f"--fcu-stages {text!r} is not valid; give stage numbers such as 1,2,3 or 'none'"
+        ) from None
 
 
 def build_config(

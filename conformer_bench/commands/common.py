@@ -76,38 +76,61 @@ class Heads(str, Enum):
 
 TOGGLES = "Variant"
 VariantOpt = Annotated[
-    str, typer.Option("--variant", "-v", help="Preset or release name (see `conformer-bench variants`).", rich_help_panel=TOGGLES)
+    str,
+    typer.Option(
+        "--variant",
+        "-v",
+        help="Preset or release name (see `conformer-bench variants`).",
+        rich_help_panel=TOGGLES,
+    ),
 ]
 BranchesOpt = Annotated[
     Branches | None, typer.Option("--branches", help="Which branches to build.", rich_help_panel=TOGGLES)
 ]
-CnnOnlyOpt = Annotated[bool, typer.Option("--cnn-only", help="Same as --branches cnn.", rich_help_panel=TOGGLES)]
+CnnOnlyOpt = Annotated[
+    bool, typer.Option("--cnn-only", help="Same as --branches cnn.", rich_help_panel=TOGGLES)
+]
 TransformerOnlyOpt = Annotated[
     bool, typer.Option("--transformer-only", help="Same as --branches transformer.", rich_help_panel=TOGGLES)
 ]
 CouplingOpt = Annotated[
     Coupling | None,
-    typer.Option("--coupling", help="FCU directions: both, down (CNN->tokens), up (tokens->CNN), none.", rich_help_panel=TOGGLES),
+    typer.Option(
+        "--coupling",
+        help="FCU directions: both, down (CNN->tokens), up (tokens->CNN), none.",
+        rich_help_panel=TOGGLES,
+    ),
 ]
 NoFcuOpt = Annotated[bool, typer.Option("--no-fcu", help="Same as --coupling none.", rich_help_panel=TOGGLES)]
 MedBlockOpt = Annotated[
-    int | None, typer.Option("--num-med-block", min=0, help="Extra bottlenecks per coupled block.", rich_help_panel=TOGGLES)
+    int | None,
+    typer.Option(
+        "--num-med-block", min=0, help="Extra bottlenecks per coupled block.", rich_help_panel=TOGGLES
+    ),
 ]
 FcuDownOpt = Annotated[
-    FcuDown | None, typer.Option("--fcu-down", help="FCU down-sampling (release: avgpool).", rich_help_panel=TOGGLES)
+    FcuDown | None,
+    typer.Option("--fcu-down", help="FCU down-sampling (release: avgpool).", rich_help_panel=TOGGLES),
 ]
 FcuUpOpt = Annotated[
-    FcuUp | None, typer.Option("--fcu-up", help="FCU up-sampling (release: nearest).", rich_help_panel=TOGGLES)
+    FcuUp | None,
+    typer.Option("--fcu-up", help="FCU up-sampling (release: nearest).", rich_help_panel=TOGGLES),
 ]
 FcuStagesOpt = Annotated[
-    str | None, typer.Option("--fcu-stages", help="Stages with FCUs, e.g. 3 or 2,3 or none.", rich_help_panel=TOGGLES)
+    str | None,
+    typer.Option("--fcu-stages", help="Stages with FCUs, e.g. 3 or 2,3 or none.", rich_help_panel=TOGGLES),
 ]
 PosEmbedOpt = Annotated[
     bool | None,
-    typer.Option("--pos-embed/--no-pos-embed", help="Learnable position embedding (release: off).", rich_help_panel=TOGGLES),
+    typer.Option(
+        "--pos-embed/--no-pos-embed",
+        help="Learnable position embedding (release: off).",
+        rich_help_panel=TOGGLES,
+    ),
 ]
 HeadsOpt = Annotated[
-    Heads | None, typer.Option("--heads", help="Which head(s) classify (release: both).", rich_help_panel=TOGGLES)
+    Heads | None,
+    typer.Option("--heads", help="Which head(s) classify (release: both).", rich_help_panel=TOGGLES),
 ]
 
 

@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def release_fixture() -> dict:
+    """Release weights, input and eval-mode outputs of the micro config (written by the authors' code)."""
+    return torch.load(FIXTURES / "official_conformer_micro.pt", weights_only=True)
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
