@@ -1,0 +1,64 @@
+"""``conformer-bench baseline write|update``: keep a baseline on purpose, never as a side effect."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .common import handle_errors
+
+baseline_app = typer.Typer(
+    help="Write or update the baseline that `report` compares against (always explicit).",
+    no_args_is_help=True,
+)
+
+FromOpt = Annotated[
+    Path, typer.Option("--from", help="Results: a profile/finetune record or an ablation results folder.")
+]
+
+
+@baseline_app.command("write")
+@handle_errors
+def write(
+    source: FromOpt,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Baseline JSON to create.")],
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing baseline file.")] = False,
+) -> None:
+    """Write a new baseline (environment, per-metric raw samples, unit, direction) from results."""
+    from ..report.baseline import write_baseline
+
+    document = write_baseline(source, output, force=force)
+    _summary(document, f"wrote {output}")
+
+
+@baseline_app.command("update")
+@handle_errors
+def update(
+    source: FromOpt,
+    baseline: Annotated[Path, typer.Option("--baseline", "-b", help="Existing baseline JSON to update.")],
+    only: Annotated[
+        list[str] | None,
+        typer.Option("--only", help="Only metrics matching this glob (repeatable); others are kept."),
+    ] = None,
+) -> None:
+    """Replace a baseline's metrics with newer results, recording the update in its history."""
+    from ..report.baseline import update_baseline
+
+    document, changed = update_baseline(source, baseline, only)
+    _summary(document, f"updated {baseline}: {len(changed)} metric(s) changed")
+
+
+def _summary(document: dict, action: str) -> None:
+    crashed = document.get("crashed") or {}
+    typer.echo(f"{action} ({len(document['metrics'])} metrics, {document['source_kind']})")
+    for prefix, reason in crashed.items():
+        typer.echo(
+            f"warning: {prefix or 'record'} crashed in these results ({reason}); it is kept as crashed",
+            err=True,
+        )
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(baseline_app, name="baseline")

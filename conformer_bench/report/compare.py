@@ -1,0 +1,345 @@
+"""Decision rules: one :class:`Row` per metric, each with a status, the numbers behind it and whether it blocks.
+
+Exact metrics must be equal. Noisy metrics fail only when the median change is past the fail threshold
+*and* significant: Mann-Whitney p < alpha and the bootstrap interval of the ratio of medians lying wholly
+past the threshold. Accuracy compares seed means in absolute units (percentage points) against
+``max(fail_abs, sigma_k * sd of the baseline seeds)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..env import TIMING_KEYS
+from ..errors import BenchError
+from ..stats import bootstrap_ratio, mann_whitney_p
+from .metrics import Metric, MetricSet
+from .thresholds import MetricSpec, Thresholds
+
+# Status -> rank (lower = more severe). A row blocks when its status is in BLOCKING and ``gate`` holds.
+STATUS_ORDER = (
+    "FAIL",
+    "CHANGED",
+    "CRASHED",
+    "MISSING",
+    "WARN",
+    "IMPROVED",
+    "NOISY",
+    "UNSTABLE",
+    "NOT COMPARABLE",
+    "NEW",
+    "OK",
+)
+BLOCKING = ("FAIL", "CHANGED", "CRASHED", "MISSING")
+
+
+@dataclass
+class Row:
+    """The comparison of one metric. Numbers are raw (never rounded); ``delta`` is current - baseline."""
+
+    metric: str
+    status: str
+    blocking: bool
+    kind: str
+    direction: str
+    unit: str
+    baseline: float | None = None
+    current: float | None = None
+    delta: float | None = None
+    delta_rel: float | None = None
+    n_baseline: int = 0
+    n_current: int = 0
+    p_value: float | None = None
+    ci: tuple[float, float] | None = None  # interval of current/baseline (noisy metrics)
+    sd_baseline: float | None = None  # seed standard deviation (accuracy)
+    tolerance: float | None = None  # effective fail tolerance used (accuracy, absolute)
+    note: str = ""
+    spec: MetricSpec | None = None
+
+    @property
+    def sort_key(self) -> tuple[int, int, str]:
+        return (0 if self.blocking else 1, STATUS_ORDER.index(self.status), self.metric)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k != "spec"}
+        out["ci"] = list(self.ci) if self.ci else None
+        out["threshold"] = self.spec.to_dict() if self.spec else None
+        return out
+
+
+@dataclass
+class Comparison:
+    baseline: MetricSet
+    current: MetricSet
+    rows: list[Row]
+    env_mismatch: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    threshold_sources: list[str] = field(default_factory=list)
+
+    @property
+    def blocking(self) -> list[Row]:
+        return [r for r in self.rows if r.blocking]
+
+    @property
+    def stale(self) -> list[Row]:
+        return [r for r in self.rows if r.status == "IMPROVED"]
+
+    @property
+    def verdict(self) -> str:
+        if self.blocking:
+            return "FAIL"
+        return "WARN" if any(r.status == "WARN" for r in self.rows) else "PASS"
+
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(STATUS_ORDER, 0)
+        for row in self.rows:
+            counts[row.status] += 1
+        return counts
+
+    def exit_code(self, warn_only: bool = False) -> int:
+        return 1 if self.blocking and not warn_only else 0
+
+
+# --------------------------------------------------------------------------- statistics helpers
+
+
+def _center(samples: tuple[float, ...], statistic: str) -> float:
+    return float(np.median(samples) if statistic == "median" else np.mean(samples))
+
+
+def _spread(samples: tuple[float, ...]) -> tuple[float, float]:
+    """(IQR/median, coefficient of variation); zeros for fewer than three samples."""
+    if len(samples) < 3:
+        return 0.0, 0.0
+    arr = np.asarray(samples, dtype=float)
+    q25, median, q75 = np.percentile(arr, [25, 50, 75])
+    mean = float(arr.mean())
+    iqr_rel = float(q75 - q25) / float(median) if median > 0 else math.inf
+    cv = float(arr.std(ddof=1)) / mean if mean > 0 else math.inf
+    return iqr_rel, cv
+
+
+def _ratio_interval(cur: tuple[float, ...], base: tuple[float, ...], spec: MetricSpec) -> tuple[float, float]:
+    """Bootstrap interval of ``center(current) / center(baseline)``."""
+    if len(cur) < 2 or len(base) < 2:
+        ratio = _center(cur, spec.statistic) / _center(base, spec.statistic)
+        return ratio, ratio
+    if spec.statistic == "median":
+        _, low, high = bootstrap_ratio(cur, base, confidence=spec.confidence)
+        return low, high
+    rng = np.random.default_rng(0)
+    c, b = np.asarray(cur), np.asarray(base)
+    ratios = c[rng.integers(0, c.size, (2000, c.size))].mean(1) / b[
+        rng.integers(0, b.size, (2000, b.size))
+    ].mean(1)
+    alpha = (1.0 - spec.confidence) / 2.0
+    low, high = np.quantile(ratios, [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
+
+def _bad(change: float, direction: str) -> float:
+    """How far ``change`` (current - baseline, or ratio - 1) goes in the worse direction."""
+    if direction == "higher":
+        return -change
+    if direction == "lower":
+        return change
+    return abs(change)
+
+
+def _bad_interval(low: float, high: float, direction: str) -> tuple[float, float]:
+    """An interval of changes (ratio - 1) mapped to the worse direction, as (least bad, most bad)."""
+    if direction == "higher":
+        return -high, -low
+    if direction == "lower":
+        return low, high
+    least = 0.0 if low <= 0 <= high else min(abs(low), abs(high))
+    return least, max(abs(low), abs(high))
+
+
+def _past(rel_t: float | None, abs_t: float | None, rel: float, absolute: float) -> bool:
+    return (rel_t is not None and rel > rel_t) or (abs_t is not None and absolute > abs_t)
+
+
+# --------------------------------------------------------------------------- rules per kind
+
+
+def _exact(row: Row, base: Metric, cur: Metric) -> None:
+    b, c = base.samples[0], cur.samples[0]
+    row.baseline, row.current, row.delta = b, c, c - b
+    row.delta_rel = (c - b) / b if b else None
+    if c != b:
+        row.status, row.note = "CHANGED", "exact metric changed; update the baseline if intended"
+
+
+def _noisy(row: Row, base: Metric, cur: Metric, spec: MetricSpec) -> None:
+    b_center, c_center = _center(base.samples, spec.statistic), _center(cur.samples, spec.statistic)
+    row.baseline, row.current, row.delta = b_center, c_center, c_center - b_center
+    if b_center <= 0:
+        row.status, row.note = "NOT COMPARABLE", "baseline value is not positive"
+        return
+    ratio = c_center / b_center
+    row.delta_rel = ratio - 1.0
+    if spec.timing:
+        differ = [k for k in TIMING_KEYS if dict(base.timing_env).get(k) != dict(cur.timing_env).get(k)]
+        if differ:
+            row.status, row.note = "NOT COMPARABLE", "environment differs: " + ", ".join(differ)
+            return
+    for side, samples in (("baseline", base.samples), ("current", cur.samples)):
+        iqr_rel, cv = _spread(samples)
+        limit_iqr, limit_cv = spec.unstable_iqr_over_median, spec.unstable_cv
+        if limit_iqr is not None and iqr_rel > limit_iqr:
+            row.status, row.note = "UNSTABLE", f"{side} IQR/median {iqr_rel:.1%} > {limit_iqr:.0%}"
+            return
+        if limit_cv is not None and cv > limit_cv:
+            row.status, row.note = "UNSTABLE", f"{side} CV {cv:.1%} > {limit_cv:.0%}"
+            return
+    low, high = _ratio_interval(cur.samples, base.samples, spec)
+    p = mann_whitney_p(base.samples, cur.samples)
+    if len(base.samples) >= 2 and len(cur.samples) >= 2:  # a single sample has no interval nor test
+        row.ci, row.p_value = (low, high), p
+
+    bad_rel, bad_abs = _bad(ratio - 1.0, spec.direction), _bad(c_center - b_center, spec.direction)
+    bad_least, bad_most = _bad_interval(low - 1.0, high - 1.0, spec.direction)
+
+    def significant(rel_t: float | None, abs_t: float | None, good: bool = False) -> bool:
+        """p < alpha and/or the whole interval past the threshold, as ``spec.significance`` asks."""
+        sure = -bad_most if good else bad_least  # the end of the interval nearest no change
+        by_ci = _past(rel_t, abs_t, sure, sure * b_center)
+        by_p = p < spec.alpha
+        return {
+            "mann-whitney+bootstrap": by_p and by_ci,
+            "mann-whitney": by_p,
+            "bootstrap": by_ci,
+            "none": True,
+        }[spec.significance]
+
+    past_fail = _past(spec.fail_rel, spec.fail_abs, bad_rel, bad_abs)
+    past_warn = _past(spec.warn_rel, spec.warn_abs, bad_rel, bad_abs)
+    if past_fail and significant(spec.fail_rel, spec.fail_abs):
+        row.status = "FAIL" if spec.gate else "WARN"
+        if not spec.gate:
+            row.note = "past the fail threshold, but this metric does not gate"
+    elif past_warn and significant(spec.warn_rel, spec.warn_abs):
+        row.status = "WARN"
+    elif past_warn or past_fail:
+        row.status = "NOISY"
+        row.note = (
+            "past the threshold but not significant"
+            if len(base.samples) > 1 and len(cur.samples) > 1
+            else ("past the threshold; one sample per side cannot show significance")
+        )
+    elif (
+        spec.direction != "equal"
+        and _past(spec.stale_rel, spec.stale_abs, -bad_rel, -bad_abs)
+        and significant(spec.stale_rel, spec.stale_abs, good=True)
+    ):
+        row.status, row.note = "IMPROVED", "large improvement: the baseline looks stale"
+
+
+def _accuracy(row: Row, base: Metric, cur: Metric, spec: MetricSpec) -> None:
+    b_center, c_center = _center(base.samples, spec.statistic), _center(cur.samples, spec.statistic)
+    delta = c_center - b_center
+    row.baseline, row.current, row.delta = b_center, c_center, delta
+    row.delta_rel = delta / b_center if b_center else None
+    sd = float(np.std(base.samples, ddof=1)) if len(base.samples) >= 2 else None
+    row.sd_baseline = sd
+    spread = spec.sigma_k * sd if spec.sigma_k is not None and sd is not None else 0.0
+    fail_tol = max(spec.fail_abs, spread) if spec.fail_abs is not None else (spread or None)
+    row.tolerance = fail_tol
+    bad = _bad(delta, spec.direction)
+    if fail_tol is not None and bad > fail_tol:
+        row.status = "FAIL" if spec.gate else "WARN"
+    elif spec.fail_abs is not None and bad > spec.fail_abs:
+        row.status, row.note = (
+            "NOISY",
+            f"past {spec.fail_abs:g} but within {spec.sigma_k:g}σ of the baseline seeds",
+        )
+    elif spec.warn_abs is not None and bad > spec.warn_abs:
+        row.status = "WARN"
+    elif spec.direction != "equal" and spec.stale_abs is not None and -bad > max(spec.stale_abs, spread):
+        row.status, row.note = "IMPROVED", "large improvement: the baseline looks stale"
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def environment_mismatch(baseline: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Timing-relevant fingerprint keys whose values differ."""
+    return {k: (baseline.get(k), current.get(k)) for k in TIMING_KEYS if baseline.get(k) != current.get(k)}
+
+
+def compare(baseline: MetricSet, current: MetricSet, thresholds: Thresholds) -> Comparison:
+    """Compare every metric of ``baseline`` and ``current``; raises BenchError when nothing can be compared."""
+    if baseline.source_kind != current.source_kind:
+        raise BenchError(
+            f"baseline holds {baseline.source_kind} metrics but current holds {current.source_kind} metrics; "
+            "compare results of the same command"
+        )
+    if not baseline.metrics:
+        raise BenchError(
+            f"baseline {baseline.source} holds no measured metric; write it from successful results"
+        )
+    if not current.metrics:
+        why = (
+            "; ".join(f"{k or 'record'} {v}" for k, v in sorted(current.crashed.items()))
+            or "no metrics in it"
+        )
+        raise BenchError(f"current {current.source} holds no measured metric ({why}); rerun the measurement")
+
+    rows: list[Row] = []
+    crashed_lost: dict[str, int] = {}  # crash prefix -> baseline metrics it took away
+    for name in sorted(set(baseline.metrics) | set(current.metrics)):
+        base, cur = baseline.metrics.get(name), current.metrics.get(name)
+        crash = current.crash_for(name)
+        if cur is None and crash is not None:
+            crashed_lost[crash[0]] = crashed_lost.get(crash[0], 0) + 1
+            continue
+        ref = cur or base
+        assert ref is not None
+        spec = thresholds.spec_for(ref)
+        row = Row(name, "OK", False, spec.kind, spec.direction, spec.unit, spec=spec)
+        if base is not None:
+            row.n_baseline, row.baseline = len(base.samples), _center(base.samples, spec.statistic)
+        if cur is not None:
+            row.n_current, row.current = len(cur.samples), _center(cur.samples, spec.statistic)
+        if base is None:
+            row.status = "NEW"
+            old_crash = baseline.crash_for(name)
+            row.note = f"crashed in the baseline ({old_crash[1]})" if old_crash else "not in the baseline"
+        elif cur is None:
+            row.status, row.note = "MISSING", "not in the current results"
+        elif base.context != cur.context and base.context is not None and cur.context is not None:
+            row.status = "CHANGED"
+            row.note = f"cell config differs (hash {base.context} -> {cur.context})"
+        elif spec.kind == "exact":
+            _exact(row, base, cur)
+        elif spec.kind == "accuracy":
+            _accuracy(row, base, cur, spec)
+        else:
+            _noisy(row, base, cur, spec)
+        # MISSING and CHANGED block even where a metric's rule is set not to gate.
+        row.blocking = row.status in BLOCKING and (spec.gate or row.status != "FAIL")
+        rows.append(row)
+
+    # One row per crashed record (a whole cell, a seed set, a timing section), not one per lost metric.
+    for prefix, reason in sorted(current.crashed.items()):
+        lost = crashed_lost.get(prefix, 0)
+        known = prefix in baseline.crashed
+        if lost:
+            note = f"{reason}; {lost} baseline metric(s) not measured"
+        else:
+            note = f"{reason} (crashed in the baseline too)" if known else f"{reason}; not in the baseline"
+        blocking = bool(lost) or not known
+        rows.append(Row(f"{prefix}*", "CRASHED", blocking, "-", "-", "", n_baseline=lost, note=note))
+
+    rows.sort(key=lambda r: r.sort_key)
+    return Comparison(
+        baseline,
+        current,
+        rows,
+        environment_mismatch(baseline.environment, current.environment),
+        thresholds.sources,
+    )

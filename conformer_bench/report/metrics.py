@@ -1,0 +1,382 @@
+"""Turn records (profile, finetune, ablation cells, baseline files) into named metrics with raw samples.
+
+This is the one place that knows which record keys hold which measurement; everything downstream works on
+:class:`Metric` objects. Metric names are dotted paths (``params.total``, ``throughput.infer.img_per_s``,
+``finetune.top1.sum``); metrics of an ablation cell carry the cell label as a prefix (``<label>/params.total``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..env import TIMING_KEYS
+from ..errors import BenchError
+
+SCHEMA_PREFIX = "conformer-bench."
+BASELINE_SCHEMA = "conformer-bench.baseline"
+BASELINE_SCHEMA_VERSION = 1
+# The newest schema_version of each record this module can read.
+READABLE_VERSIONS: dict[str, int] = {
+    "conformer-bench.profile": 1,
+    "conformer-bench.finetune": 1,
+    "conformer-bench.cell": 1,
+    BASELINE_SCHEMA: BASELINE_SCHEMA_VERSION,
+}
+READABLE_HINT = (
+    "a profile or finetune record (JSON), an ablation results folder (cells.jsonl) or a baseline file"
+)
+
+KINDS = ("exact", "noisy", "accuracy")
+DIRECTIONS = ("higher", "lower", "equal")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One measured quantity: its raw samples and what they mean.
+
+    ``samples`` are per-iteration values for timings, one value per seed for accuracy, and a single value
+    for exact counts. ``timing_env`` holds the fingerprint keys that decide whether two timings compare;
+    ``context`` identifies what was measured (an ablation cell's config hash) when that can differ.
+    """
+
+    name: str
+    samples: tuple[float, ...]
+    unit: str
+    direction: str
+    kind: str
+    timing: bool = False
+    timing_env: tuple[tuple[str, Any], ...] = ()
+    context: str | None = None
+
+    @property
+    def base_name(self) -> str:
+        """The name without an ablation cell label (what thresholds match against)."""
+        return self.name.rsplit("/", 1)[-1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "unit": self.unit,
+            "direction": self.direction,
+            "kind": self.kind,
+            "timing": self.timing,
+            "samples": list(self.samples),
+            "timing_env": dict(self.timing_env) if self.timing else None,
+            "context": self.context,
+        }
+
+
+@dataclass
+class MetricSet:
+    """All metrics read from one input, plus what crashed and where it was measured."""
+
+    source: str
+    source_kind: str  # profile | finetune | ablation (a baseline keeps the kind it was written from)
+    environment: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Metric] = field(default_factory=dict)
+    crashed: dict[str, str] = field(default_factory=dict)  # name prefix -> one-line reason
+
+    def add(self, metric: Metric) -> None:
+        self.metrics[metric.name] = metric
+
+    def crash_for(self, name: str) -> tuple[str, str] | None:
+        """(prefix, reason) of the crashed record that covers ``name``, if any."""
+        for prefix, reason in sorted(self.crashed.items(), key=lambda kv: -len(kv[0])):
+            if name.startswith(prefix):
+                return prefix, reason
+        return None
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _path(record: Mapping[str, Any], dotted: str) -> Any:
+    """``record["a"]["b"]`` for ``"a.b"``; ``None`` when any step is absent."""
+    node: Any = record
+    for key in dotted.split("."):
+        if not isinstance(node, Mapping) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _number(value: Any, where: str, source: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BenchError(
+            f"{source}: {where} is {value!r}, not a number; regenerate the record with conformer-bench"
+        )
+    return float(value) if math.isfinite(value) else None
+
+
+def _timing_env(environment: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return tuple((key, environment.get(key)) for key in TIMING_KEYS)
+
+
+def _env(record: Mapping[str, Any]) -> dict[str, Any]:
+    env = record.get("environment")
+    return dict(env) if isinstance(env, Mapping) else {}
+
+
+def _reason(record: Mapping[str, Any]) -> str:
+    status = record.get("status", "failed")
+    reason = record.get("reason")
+    return f"{status}: {reason}" if reason else str(status)
+
+
+# --------------------------------------------------------------------------- record readers
+
+# (record key, metric name, unit, direction, kind)
+_EXACT_PROFILE = (
+    ("params.total", "params.total", "params", "equal"),
+    ("params.trainable", "params.trainable", "params", "equal"),
+    ("flops.fvcore_total", "flops.fvcore_total", "FLOPs/img (fvcore, 1 FMA = 1 flop)", "equal"),
+    ("flops.paper_macs", "flops.paper_macs", "MACs/img (conv+linear+matmul)", "equal"),
+)
+_MEMORY_KEYS = ("peak_allocated_bytes", "peak_rss_increase_bytes")
+_ACCURACY = (
+    ("final.top1.sum", "finetune.top1.sum", "%", "higher"),
+    ("final.top1.conv", "finetune.top1.conv", "%", "higher"),
+    ("final.top1.trans", "finetune.top1.trans", "%", "higher"),
+    ("final.top5.sum", "finetune.top5.sum", "%", "higher"),
+    ("final.top5.conv", "finetune.top5.conv", "%", "higher"),
+    ("final.top5.trans", "finetune.top5.trans", "%", "higher"),
+    ("final.val_loss", "finetune.val_loss", "cross-entropy", "lower"),
+)
+
+
+def _check_schema(record: Any, expected: str, source: str) -> None:
+    if not isinstance(record, Mapping):
+        raise BenchError(
+            f"{source}: expected a JSON object holding a {expected} record; pass {READABLE_HINT}"
+        )
+    schema = record.get("schema")
+    if schema != expected:
+        raise BenchError(f"{source}: schema is {schema!r}, expected {expected!r}; pass {READABLE_HINT}")
+    _check_version(record, source)
+
+
+def _check_version(record: Mapping[str, Any], source: str) -> None:
+    schema = str(record.get("schema"))
+    version = record.get("schema_version")
+    newest = READABLE_VERSIONS[schema]
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise BenchError(
+            f"{source}: {schema} record has no valid schema_version; regenerate it with conformer-bench"
+        )
+    if version > newest:
+        raise BenchError(
+            f"{source}: {schema} schema_version {version} is newer than this tool reads ({newest}); upgrade conformer-bench"
+        )
+
+
+def profile_metrics(
+    record: Mapping[str, Any], out: MetricSet, prefix: str = "", context: str | None = None
+) -> None:
+    """Params, FLOPs/MACs (exact), throughput and peak memory (noisy) of a profile record."""
+    source = out.source
+    _check_schema(record, "conformer-bench.profile", source)
+    if record.get("status", "ok") != "ok":
+        out.crashed[prefix] = _reason(record)
+        return
+    env = record.get("environment") or {}
+    if not isinstance(env, Mapping):
+        raise BenchError(
+            f"{source}: environment is not an object; regenerate the record with conformer-bench"
+        )
+    tenv = _timing_env(env)
+    for key, name, unit, direction in _EXACT_PROFILE:
+        value = _number(_path(record, key), key, source)
+        if value is not None:
+            out.add(Metric(prefix + name, (value,), unit, direction, "exact", context=context))
+    for mode in ("infer", "train"):
+        timing = _path(record, f"throughput.{mode}")
+        if isinstance(timing, Mapping):
+            if timing.get("status", "ok") != "ok":
+                out.crashed[f"{prefix}throughput.{mode}."] = _reason(timing)
+            else:
+                samples = throughput_samples(timing, f"throughput.{mode}", source)
+                if samples:
+                    name = f"{prefix}throughput.{mode}.img_per_s"
+                    out.add(Metric(name, samples, "img/s", "higher", "noisy", True, tenv, context))
+        memory = _path(record, f"memory.{mode}")
+        if isinstance(memory, Mapping):
+            if memory.get("status", "ok") != "ok":
+                out.crashed[f"{prefix}memory.{mode}."] = _reason(memory)
+                continue
+            for key in _MEMORY_KEYS:
+                value = _number(memory.get(key), f"memory.{mode}.{key}", source)
+                if value is not None:
+                    name = f"{prefix}memory.{mode}.{key}"
+                    out.add(Metric(name, (value,), "bytes", "lower", "noisy", True, tenv, context))
+
+
+def throughput_samples(timing: Mapping[str, Any], where: str, source: str) -> tuple[float, ...]:
+    """Images per second of every timed iteration: ``batch_size / seconds``."""
+    raw = timing.get("samples_s")
+    batch = _number(timing.get("batch_size"), f"{where}.batch_size", source)
+    if raw is None:
+        single = _number(timing.get("img_per_s"), f"{where}.img_per_s", source)
+        return (single,) if single is not None else ()
+    if not isinstance(raw, list):
+        raise BenchError(f"{source}: {where}.samples_s is not a list of seconds; regenerate the record")
+    if batch is None or batch <= 0:
+        raise BenchError(f"{source}: {where}.batch_size is missing; it is needed to turn seconds into img/s")
+    seconds = [_number(s, f"{where}.samples_s", source) for s in raw]
+    return tuple(batch / s for s in seconds if s is not None and s > 0)
+
+
+def finetune_metrics(
+    records: list[Mapping[str, Any]], out: MetricSet, prefix: str = "", context: str | None = None
+) -> None:
+    """Final accuracies (percent) and validation loss; one sample per seed (record)."""
+    if not records:
+        return
+    for rec in records:
+        _check_schema(rec, "conformer-bench.finetune", out.source)
+    failed = [rec for rec in records if rec.get("status", "ok") != "ok"]
+    if failed:
+        out.crashed[f"{prefix}finetune."] = f"{len(failed)} of {len(records)} seed(s) {_reason(failed[0])}"
+        return
+    for key, name, unit, direction in _ACCURACY:
+        values = [_number(_path(rec, key), key, out.source) for rec in records]
+        present = [v for v in values if v is not None]
+        if present:
+            out.add(Metric(prefix + name, tuple(present), unit, direction, "accuracy", context=context))
+
+
+def config_identity(cell: Mapping[str, Any]) -> str | None:
+    """A short hash of the cell's model config (what was measured), else its recorded config_hash."""
+    config = cell.get("config")
+    if isinstance(config, Mapping):
+        text = json.dumps(config, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+    digest = cell.get("config_hash")
+    return str(digest) if digest is not None else None
+
+
+def _cell_metrics(cell: Any, out: MetricSet, line: int) -> None:
+    where = f"{out.source} line {line}"
+    if not isinstance(cell, Mapping) or cell.get("schema", "conformer-bench.cell") != "conformer-bench.cell":
+        raise BenchError(f"{where}: not a conformer-bench.cell record; pass {READABLE_HINT}")
+    if "schema" in cell:
+        _check_version(cell, where)
+    label = cell.get("label")
+    if not isinstance(label, str) or not label:
+        raise BenchError(f"{where}: cell has no label; regenerate the results with `conformer-bench ablate`")
+    prefix = f"{label}/"
+    if any(name.startswith(prefix) for name in out.metrics) or prefix in out.crashed:
+        raise BenchError(f"{where}: label {label!r} appears twice; give each ablation cell a unique label")
+    context = config_identity(cell)
+    if cell.get("status", "ok") != "ok":
+        out.crashed[prefix] = _reason(cell)
+        return
+    profile = cell.get("profile")
+    if isinstance(profile, Mapping):
+        profile_metrics(profile, out, prefix, context)
+        out.environment = out.environment or _env(profile)
+    out.environment = out.environment or _env(cell)
+    finetune = cell.get("finetune") or []
+    if not isinstance(finetune, list):
+        raise BenchError(f"{where}: finetune is not a list of records; regenerate the results")
+    finetune_metrics(finetune, out, prefix, context)
+    if finetune and isinstance(finetune[0], Mapping):
+        out.environment = out.environment or _env(finetune[0])
+
+
+def ablation_metrics(path: Path) -> MetricSet:
+    """Every cell of an ablation results folder (or a cells.jsonl file), prefixed by its label."""
+    cells_file = path / "cells.jsonl" if path.is_dir() else path
+    if not cells_file.is_file():
+        raise BenchError(f"{str(path)!r} holds no cells.jsonl; pass {READABLE_HINT}")
+    out = MetricSet(source=str(path), source_kind="ablation")
+    for line_no, line in enumerate(cells_file.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            cell = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise BenchError(
+                f"{cells_file} line {line_no} is not valid JSON ({exc.msg}); rerun the ablation"
+            ) from None
+        _cell_metrics(cell, out, line_no)
+    return out
+
+
+def baseline_metrics(record: Mapping[str, Any], source: str) -> MetricSet:
+    """Read back a file written by ``conformer-bench baseline write``."""
+    _check_schema(record, BASELINE_SCHEMA, source)
+    kind = record.get("source_kind")
+    metrics = record.get("metrics")
+    if kind not in ("profile", "finetune", "ablation") or not isinstance(metrics, Mapping):
+        raise BenchError(
+            f"{source}: baseline is missing source_kind or metrics; rewrite it with `baseline write`"
+        )
+    out = MetricSet(source=source, source_kind=str(kind), environment=_env(record))
+    for name, entry in metrics.items():
+        try:
+            samples = tuple(float(s) for s in entry["samples"])
+            direction, kind_, unit = entry["direction"], entry["kind"], str(entry["unit"])
+            tenv = dict(entry.get("timing_env") or {})
+            timing = bool(entry.get("timing", False))
+            context = entry.get("context")
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise BenchError(
+                f"{source}: metric {name!r} is malformed ({exc}); rewrite it with `baseline write`"
+            ) from None
+        if direction not in DIRECTIONS or kind_ not in KINDS or not samples:
+            raise BenchError(
+                f"{source}: metric {name!r} has no samples or an unknown kind/direction; rewrite it"
+            )
+        out.add(
+            Metric(
+                name,
+                samples,
+                unit,
+                direction,
+                kind_,
+                timing,
+                tuple((k, tenv.get(k)) for k in TIMING_KEYS),
+                context,
+            )
+        )
+    crashed = record.get("crashed") or {}
+    if isinstance(crashed, Mapping):
+        out.crashed = {str(k): str(v) for k, v in crashed.items()}
+    return out
+
+
+def load_metrics(path: str | Path) -> MetricSet:
+    """Read any input ``report`` and ``baseline`` accept; :class:`BenchError` for anything else."""
+    from ..io import read_json
+
+    path = Path(path)
+    if path.is_dir() or path.suffix == ".jsonl":
+        return ablation_metrics(path)
+    record = read_json(path)
+    source = str(path)
+    if not isinstance(record, Mapping):
+        raise BenchError(f"{source}: expected a JSON object; pass {READABLE_HINT}")
+    schema = record.get("schema")
+    if schema == BASELINE_SCHEMA:
+        return baseline_metrics(record, source)
+    env = _env(record)
+    if schema == "conformer-bench.profile":
+        out = MetricSet(source=source, source_kind="profile", environment=dict(env))
+        profile_metrics(record, out)
+    elif schema == "conformer-bench.finetune":
+        out = MetricSet(source=source, source_kind="finetune", environment=dict(env))
+        finetune_metrics([record], out)
+    elif schema == "conformer-bench.cell":
+        _check_version(record, source)
+        out = MetricSet(source=source, source_kind="ablation")
+        _cell_metrics(record, out, 1)
+    else:
+        raise BenchError(f"{source}: schema {schema!r} is not one report reads; pass {READABLE_HINT}")
+    return out
