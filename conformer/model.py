@@ -258,7 +258,7 @@ class Conformer(nn.Module):
                 x_t = x_t + self._pos_embed_for(x_t.shape[1], x.shape[-2] // self.cfg.patch_size)
             x_t = self.trans_entry(x_t)
         for stage in self.stages:
-            for block in stage:
+            for block in stage:  # type: ignore[attr-defined]  # each stage is an nn.ModuleList
                 x_c, x_t = block(x_c, x_t)
         return x_c, x_t
 
