@@ -21,6 +21,8 @@ def check_writable(path: str | os.PathLike[str]) -> Path:
         raise BenchError(
             f"output path {str(path)!r} is a directory; give a file name such as {path / 'out.json'}"
         )
+    if parent.exists() and not parent.is_dir():
+        raise BenchError(f"{str(parent)!r} is a file, not a directory; choose another output path")
     if not parent.exists():
         raise BenchError(
             f"output directory {str(parent)!r} does not exist; create it first (mkdir -p {parent})"
@@ -40,6 +42,9 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,328 @@
+"""Writers for profile records: rich table, Markdown, CSV and JSON. Rounding happens here and only here."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from .io import dumps_json
+from .params import COMPONENTS
+
+FORMATS = ("table", "json", "csv", "md")
+PHASES = ("infer", "train")
+
+
+# --- number formatting ----------------------------------------------------------------------------------
+
+
+def fmt_int(n: int | None) -> str:
+    return "—" if n is None else f"{n:,}"
+
+
+def fmt_giga(n: float | None, digits: int = 4) -> str:
+    """``digits`` decimals in G; small counts switch to M or K so that they never print as 0.000 G."""
+    if n is None:
+        return "—"
+    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= scale:
+            return f"{n / scale:.{digits}f} {unit}"
+    return f"{n:,.0f}"
+
+
+def fmt_mib(n: float | None) -> str:
+    return "—" if n is None else f"{n / 2**20:,.1f} MiB"
+
+
+def fmt_ms(seconds: float | None) -> str:
+    return "—" if seconds is None else f"{seconds * 1e3:,.2f} ms"
+
+
+def fmt_pct(x: float | None, digits: int = 1) -> str:
+    return "—" if x is None else f"{100 * x:.{digits}f} %"
+
+
+def output_format_for(path: str, explicit: str | None) -> str:
+    """The format written to ``--output``: the explicit ``--format``, else by extension (json otherwise)."""
+    if explicit:
+        return explicit
+    suffix = path.rsplit(".", 1)[-1].lower() if "." in path else ""
+    return {"csv": "csv", "md": "md", "txt": "table"}.get(suffix, "json")
+
+
+# --- what the record says, as (section, metric, value, what it counts) rows -------------------------------
+
+
+def _run_rows(record: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    env = record.get("environment") or {}
+    settings = record.get("settings") or {}
+    precision = settings.get("precision", env.get("precision"))
+    dtype = settings.get("autocast_dtype")
+    threads_note = "torch intra-op threads" + (
+        f" (set by --threads {settings['threads']})" if env.get("threads_requested") else " (torch default)"
+    )
+    rows = [
+        ("run", "status", str(record.get("status", "?")), record.get("reason") or ""),
+        (
+            "run",
+            "device",
+            str(env.get("device_name") or env.get("device", "?")),
+            f"{env.get('device')}, torch {env.get('torch')}",
+        ),
+        ("run", "precision", str(precision), f"autocast {dtype}" if dtype else "no autocast"),
+        ("run", "threads", str(env.get("threads")), threads_note),
+    ]
+    if settings.get("mode") != "none":
+        rows.append(("run", "batch", str(settings.get("batch_size")), "images per timed step (requested)"))
+        rows.append(
+            (
+                "run",
+                "path",
+                str(settings.get("path", "plain")),
+                "channels-last" if settings.get("channels_last") else "",
+            )
+        )
+    return rows
+
+
+def profile_rows(record: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """Every printed figure with its unit and what it counts."""
+    rows = _run_rows(record)
+
+    params = record.get("params") or {}
+    if params:
+        total = params["total"]
+        rows.append(("params", "total", fmt_int(total), f"{total / 1e6:.2f} M parameters"))
+        rows.append(("params", "trainable", fmt_int(params["trainable"]), "requires_grad"))
+        for comp in COMPONENTS:
+            n = params["by_component"].get(comp, 0)
+            share = n / total if total else 0.0
+            rows.append(("params", comp, fmt_int(n), fmt_pct(share)))
+
+    flops = record.get("flops")
+    if flops:
+        size = f"batch 1, {flops['img_size']}x{flops['img_size']}, eval"
+        rows.append(
+            (
+                "flops",
+                "paper MACs",
+                fmt_giga(flops["paper_macs"], 3),
+                f"conv+linear+matmul multiply-adds, {size}",
+            )
+        )
+        rows.append(
+            (
+                "flops",
+                "fvcore total",
+                fmt_giga(flops["fvcore_total"]),
+                f"fvcore: 1 fused multiply-add = 1 flop, {size}",
+            )
+        )
+        for comp in COMPONENTS:
+            c = flops["by_component"].get(comp, {})
+            rows.append(
+                (
+                    "flops",
+                    comp,
+                    fmt_giga(c.get("paper_macs"), 3),
+                    f"paper MACs; fvcore {fmt_giga(c.get('fvcore'))}",
+                )
+            )
+        cross = flops.get("cross_check")
+        if cross:
+            rows.append(
+                (
+                    "flops",
+                    "cross-check MACs",
+                    fmt_giga(cross["macs"], 3),
+                    f"FlopCounterMode flops/2 (math SDPA); vs paper MACs {fmt_pct(cross.get('relative_difference'), 3)}",
+                )
+            )
+        for key, metric, why in (
+            ("unsupported_ops", "uncounted, fvcore warns", "no handle, counted as 0"),
+            ("ignored_ops", "uncounted, fvcore silent", "deemed zero-cost by fvcore"),
+        ):
+            ops = flops.get(key, {})
+            listed = ", ".join(f"{op.removeprefix('aten::')}×{n}" for op, n in ops.items())
+            rows.append(("flops", metric, f"{sum(ops.values())} calls", f"{why}: {listed or 'none'}"))
+
+    memory = record.get("memory") or {}
+    for phase in PHASES:
+        mem = memory.get(phase)
+        if not mem:
+            continue
+        if "peak_allocated_bytes" in mem:
+            rows.append(
+                (
+                    f"memory {phase}",
+                    "peak allocated",
+                    fmt_mib(mem["peak_allocated_bytes"]),
+                    "torch.cuda, this phase",
+                )
+            )
+            rows.append(
+                (f"memory {phase}", "peak reserved", fmt_mib(mem["peak_reserved_bytes"]), "caching allocator")
+            )
+            rows.append(
+                (
+                    f"memory {phase}",
+                    "NVML used",
+                    fmt_mib(mem.get("nvml_used_bytes")),
+                    mem.get("nvml_error", "whole device, end of phase"),
+                )
+            )
+        else:
+            rows.append(
+                (
+                    f"memory {phase}",
+                    "peak RSS increase",
+                    fmt_mib(mem["peak_rss_increase_bytes"]),
+                    f"over {fmt_mib(mem['rss_before_bytes'])} at phase start",
+                )
+            )
+
+    for phase in PHASES:
+        t = (record.get("throughput") or {}).get(phase)
+        if not t:
+            continue
+        batch = t["batch_size"]
+        req = t.get("requested_batch_size", batch)
+        batch_note = f"batch {batch}" + (f" (requested {req}, halved on OOM)" if req != batch else "")
+        lat = t["latency_s"]
+        iters = (
+            f"{t['iters']} timed iters"
+            + (" (auto-ranged)" if t.get("iters_auto") else "")
+            + f", {t['warmup']} warm-up"
+        )
+        sec = f"{phase} ({t.get('path', 'plain')})"
+        rows.append((sec, "images/s", f"{t['img_per_s']:,.2f}", f"{batch_note} / median iteration time"))
+        rows.append((sec, "latency median", fmt_ms(lat["median"]), f"per batch of {batch}; {iters}"))
+        rows.append(
+            (sec, "latency p90 / p99", f"{fmt_ms(lat['p90'])} / {fmt_ms(lat['p99'])}", f"timer {t['timer']}")
+        )
+        noisy = "NOISY (> 10 %)" if t["noisy"] else "ok (<= 10 %)"
+        rows.append((sec, "IQR / median", fmt_pct(t["iqr_over_median"]), noisy))
+    compile_s = record.get("compile_s") or {}
+    for phase, seconds in compile_s.items():
+        rows.append(("compile", phase, f"{seconds:.1f} s", "first call incl. torch.compile"))
+    return rows
+
+
+# --- renderers ----------------------------------------------------------------------------------------------
+
+
+def render_table(record: dict[str, Any], width: int = 120) -> str:
+    """A rich table as plain text (no colour codes), for the terminal or a ``.txt`` file."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"conformer-bench profile: {record.get('label')}", title_justify="left")
+    for column in ("section", "metric", "value", "what it counts"):
+        table.add_column(column, overflow="fold", justify="right" if column == "value" else "left")
+    last = None
+    for section, metric, value, note in profile_rows(record):
+        table.add_row(section if section != last else "", metric, value, note, end_section=False)
+        last = section
+    console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False)
+    console.print(table)
+    out = console.file.getvalue()  # type: ignore[attr-defined]
+    return str(out)
+
+
+def render_md(record: dict[str, Any]) -> str:
+    lines = [
+        f"### conformer-bench profile: {record.get('label')}",
+        "",
+        "| section | metric | value | what it counts |",
+    ]
+    lines.append("|---|---|---:|---|")
+    for section, metric, value, note in profile_rows(record):
+        cells = [c.replace("|", "\\|") for c in (section, metric, value, note)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def flat_profile(record: dict[str, Any]) -> dict[str, Any]:
+    """One CSV row of raw (unrounded) values."""
+    env = record.get("environment") or {}
+    settings = record.get("settings") or {}
+    row: dict[str, Any] = {
+        "label": record.get("label"),
+        "variant": (record.get("variant") or {}).get("name"),
+        "status": record.get("status"),
+        "device": env.get("device"),
+        "device_name": env.get("device_name"),
+        "precision": settings.get("precision"),
+        "threads": env.get("threads"),
+        "path": settings.get("path"),
+        "channels_last": settings.get("channels_last"),
+        "img_size": settings.get("img_size"),
+    }
+    params = record.get("params") or {}
+    row["params_total"] = params.get("total")
+    row["params_trainable"] = params.get("trainable")
+    for comp in COMPONENTS:
+        row[f"params_{comp}"] = (params.get("by_component") or {}).get(comp)
+    flops = record.get("flops") or {}
+    row["fvcore_total"] = flops.get("fvcore_total")
+    row["paper_macs"] = flops.get("paper_macs")
+    for comp in COMPONENTS:
+        c = (flops.get("by_component") or {}).get(comp, {})
+        row[f"fvcore_{comp}"] = c.get("fvcore")
+        row[f"paper_macs_{comp}"] = c.get("paper_macs")
+    cross = flops.get("cross_check") or {}
+    row["cross_check_macs"] = cross.get("macs")
+    row["cross_check_relative_difference"] = cross.get("relative_difference")
+    memory = record.get("memory") or {}
+    for phase in PHASES:
+        t = (record.get("throughput") or {}).get(phase) or {}
+        lat = t.get("latency_s") or {}
+        row[f"{phase}_img_per_s"] = t.get("img_per_s")
+        row[f"{phase}_batch_size"] = t.get("batch_size")
+        row[f"{phase}_requested_batch_size"] = t.get("requested_batch_size")
+        row[f"{phase}_iters"] = t.get("iters")
+        for key in ("median", "p90", "p99", "iqr"):
+            row[f"{phase}_latency_{key}_s"] = lat.get(key)
+        row[f"{phase}_iqr_over_median"] = t.get("iqr_over_median")
+        row[f"{phase}_noisy"] = t.get("noisy")
+        mem = memory.get(phase) or {}
+        for key in (
+            "peak_rss_increase_bytes",
+            "peak_allocated_bytes",
+            "peak_reserved_bytes",
+            "nvml_used_bytes",
+        ):
+            row[f"{phase}_{key}"] = mem.get(key)
+    return row
+
+
+def render_csv(records: Iterable[dict[str, Any]]) -> str:
+    rows = [flat_profile(r) for r in records]
+    if not rows:
+        return ""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    return buf.getvalue()
+
+
+def render(record: dict[str, Any], fmt: str) -> str:
+    if fmt == "json":
+        return dumps_json(record)
+    if fmt == "csv":
+        return render_csv([record])
+    if fmt == "md":
+        return render_md(record)
+    if fmt == "table":
+        return render_table(record)
+    raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+
+
+def render_rows_md(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A plain Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines.extend("| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows)
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,472 @@
+"""Profile one Conformer variant: params, FLOPs, memory and throughput -> a ``conformer-bench.profile`` record."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .errors import BenchError
+
+SCHEMA = "conformer-bench.profile"
+SCHEMA_VERSION = 1
+
+MODES = ("infer", "train", "both", "none")
+PRECISIONS = ("fp32", "bf16", "fp16", "amp")
+PATHS = ("plain", "optimized", "compiled")
+
+ProgressCallback = Callable[[str, float], None]  # (what is running, fraction of the whole profile done)
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    """What to measure and how. ``None`` picks a per-device default (see :data:`DEFAULTS`)."""
+
+    device: str = "auto"
+    batch_size: int | None = None
+    img_size: int = 224
+    mode: str = "both"  # infer | train | both | none (none = params + FLOPs only, no timing)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 | amp
+    channels_last: bool = False
+    threads: int | None = None
+    warmup: int | None = None
+    iters: int | None = None  # None = auto-ranged from the warm-up within a time budget per phase
+    count_flops: bool = True
+    cross_check: bool = True
+    path: str = "plain"  # plain | optimized | compiled
+
+
+@dataclass(frozen=True)
+class DeviceDefaults:
+    batch_size: int
+    warmup: int
+    budget_s: dict[str, float]  # per phase, for auto-ranged iteration counts
+    min_iters: int
+    max_iters: int
+
+
+# CPU: a small batch and a few seconds per phase so that even Conformer-B profiles in about a minute on
+# two cores. GPU: a batch that fills the device and enough iterations for stable medians.
+DEFAULTS: dict[str, DeviceDefaults] = {
+    "cpu": DeviceDefaults(
+        batch_size=2, warmup=1, budget_s={"infer": 10.0, "train": 20.0}, min_iters=3, max_iters=100
+    ),
+    "cuda": DeviceDefaults(
+        batch_size=64, warmup=10, budget_s={"infer": 5.0, "train": 10.0}, min_iters=20, max_iters=500
+    ),
+}
+
+
+def device_defaults(device: str) -> DeviceDefaults:
+    return DEFAULTS["cuda" if device.startswith("cuda") else "cpu"]
+
+
+def _positive(name: str, value: int | None, minimum: int = 1) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+        raise BenchError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def validate_settings(cfg: Any, settings: ProfileSettings) -> None:
+    """Every bad setting becomes a one-line :class:`BenchError` naming the fix (before anything is built)."""
+    if settings.mode not in MODES:
+        raise BenchError(f"--mode {settings.mode!r} is not valid; use one of {', '.join(MODES)}")
+    if settings.precision not in PRECISIONS:
+        raise BenchError(
+            f"--precision {settings.precision!r} is not valid; use one of {', '.join(PRECISIONS)}"
+        )
+    if settings.path not in PATHS:
+        raise BenchError(f"path {settings.path!r} is not valid; use one of {', '.join(PATHS)}")
+    _positive("--batch-size", settings.batch_size)
+    _positive("--img-size", settings.img_size)
+    _positive("--threads", settings.threads)
+    _positive("--warmup", settings.warmup, minimum=0)
+    _positive("--iters", settings.iters)
+    if settings.img_size % cfg.patch_size:
+        p = cfg.patch_size
+        near = max(p, round(settings.img_size / p) * p)
+        raise BenchError(
+            f"--img-size {settings.img_size} is not a multiple of the patch size {p}; use e.g. --img-size {near}"
+        )
+    if settings.iters is None and settings.warmup == 0 and settings.mode != "none":
+        raise BenchError("--warmup 0 needs --iters N (the iteration count is auto-ranged from the warm-up)")
+    if settings.path != "plain":
+        inference_optimizer()
+
+
+def inference_optimizer() -> Callable[..., Any]:
+    """``conformer.optimize.optimize_for_inference``, or a BenchError when this install lacks it."""
+    try:
+        from conformer.optimize import optimize_for_inference
+    except ImportError:
+        raise BenchError(
+            "--optimize/--compile are not available: this install has no conformer.optimize_for_inference; "
+            "profile the plain path (drop the option)"
+        ) from None
+    fn: Callable[..., Any] = optimize_for_inference
+    return fn
+
+
+def autocast_dtype(precision: str, device: str) -> Any:
+    """The autocast dtype of ``precision`` on ``device`` (``None`` = fp32, no autocast)."""
+    import torch
+
+    cuda = device.startswith("cuda")
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        if not cuda:
+            raise BenchError(
+                "--precision fp16 is not supported on CPU (no fast fp16 kernels; gradient scaling is CUDA-only "
+                "here); use --precision bf16 or amp"
+            )
+        return torch.float16
+    return torch.float16 if cuda else torch.bfloat16  # amp: the device's usual mixed precision
+
+
+def heads_loss(output: Any, target: Any) -> Any:
+    """The release's loss: cross-entropy on each present head, averaged over the heads."""
+    import torch.nn.functional as F
+
+    losses = [F.cross_entropy(logits.float(), target) for logits in output if logits is not None]
+    return sum(losses[1:], losses[0]) / len(losses)
+
+
+def make_optimizer(params: Any, device: str) -> Any:
+    """AdamW with the release's weight decay, fused kernels on CUDA, multi-tensor (foreach) on CPU."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.optim.AdamW(params, lr=1e-3, weight_decay=0.05, fused=True)
+    return torch.optim.AdamW(params, lr=1e-3, weight_decay=0.05, foreach=True)
+
+
+def _optimizer_note(device: str) -> str:
+    return "AdamW(lr=1e-3, weight_decay=0.05, " + ("fused)" if device.startswith("cuda") else "foreach)")
+
+
+class _Phase:
+    """Inputs and the step function of one measured phase at a given batch size."""
+
+    def __init__(self, step: Callable[[], Any], last: Callable[[], Any] | None = None) -> None:
+        self.step = step
+        self.last = last  # returns the last loss (train) for a finiteness check after timing
+
+
+def _inputs(cfg: Any, batch: int, img_size: int, device: str, channels_last: bool) -> tuple[Any, Any]:
+    import torch
+
+    x = torch.randn(batch, cfg.in_chans, img_size, img_size, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    num_classes = max(cfg.num_classes, 1)
+    y = torch.randint(0, num_classes, (batch,), device=device)
+    return x, y
+
+
+def _autocast(device: str, dtype: Any) -> contextlib.AbstractContextManager[Any]:
+    import torch
+
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=dtype)
+
+
+def _infer_phase(
+    model: Any, cfg: Any, batch: int, img_size: int, device: str, cl: bool, dtype: Any
+) -> _Phase:
+    import torch
+
+    x, _ = _inputs(cfg, batch, img_size, device, cl)
+
+    def step() -> Any:
+        with torch.inference_mode(), _autocast(device, dtype):
+            return model(x)
+
+    return _Phase(step)
+
+
+def _train_phase(
+    model: Any, cfg: Any, batch: int, img_size: int, device: str, cl: bool, dtype: Any, precision: str
+) -> _Phase:
+    import torch
+
+    if cfg.num_classes == 0:
+        raise BenchError("training needs a classifier: num_classes is 0; use --mode infer")
+    x, y = _inputs(cfg, batch, img_size, device, cl)
+    optimizer = make_optimizer(model.parameters(), device)
+    scaler = torch.amp.GradScaler("cuda") if dtype is torch.float16 else None
+    last: list[Any] = [None]
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with _autocast(device, dtype):
+            loss = heads_loss(model(x), y)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        last[0] = loss.detach()  # no .item() here: that would sync the host every step
+
+    return _Phase(step, lambda: last[0])
+
+
+def _free_device_memory(device: str) -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def profile_variant(
+    cfg: Any,
+    settings: ProfileSettings,
+    *,
+    label: str | None = None,
+    progress: ProgressCallback | None = None,
+) -> dict[str, Any]:
+    """Measure ``cfg`` under ``settings`` and return a ``conformer-bench.profile`` record (never rounded)."""
+    import torch
+
+    from conformer import create_model
+
+    from .env import fingerprint, resolve_device
+    from .flops import count_flops
+    from .memory import method as memory_method
+    from .memory import phase_memory
+    from .params import count_params
+    from .timing import measure
+
+    validate_settings(cfg, settings)
+    device = resolve_device(settings.device)
+    dtype = autocast_dtype(settings.precision, device)
+    defaults = device_defaults(device)
+    if settings.threads is not None:
+        torch.set_num_threads(settings.threads)
+    phases = {"infer": ("infer",), "train": ("train",), "both": ("infer", "train"), "none": ()}[settings.mode]
+    batch = settings.batch_size or defaults.batch_size
+    warmup = settings.warmup if settings.warmup is not None else defaults.warmup
+    started = time.perf_counter()
+
+    # Share of the progress bar per stage, roughly proportional to the time each takes on CPU.
+    weights = {"build": 0.05, "flops": 0.15 if settings.count_flops else 0.0}
+    weights.update({p: (0.25 if p == "infer" else 0.55) for p in phases})
+    scale = 1.0 / sum(weights.values())
+    done = 0.0
+
+    def report(message: str, within: float = 0.0, stage: str | None = None) -> None:
+        if progress is not None:
+            extra = weights.get(stage, 0.0) * within if stage else 0.0
+            progress(message, min(1.0, (done + extra) * scale))
+
+    def finish(stage: str) -> None:
+        nonlocal done
+        done += weights.get(stage, 0.0)
+
+    report("building the model")
+    torch.manual_seed(0)
+    model = create_model(cfg).to(device)
+    params = count_params(model)
+    finish("build")
+
+    flops = None
+    if settings.count_flops:
+        report("counting FLOPs (fvcore" + (" + FlopCounterMode)" if settings.cross_check else ")"))
+        flops = count_flops(model, settings.img_size, cross_check=settings.cross_check)
+        finish("flops")
+
+    status, reason = "ok", None
+    memory: dict[str, Any] = {"device": device, "method": memory_method(device)}
+    throughput: dict[str, Any] = {}
+    path_by_phase: dict[str, str] = {}
+    compile_s: dict[str, float] = {}
+    cl = settings.channels_last
+    for phase in phases:
+        phase_path = settings.path if phase == "infer" or settings.path == "compiled" else "plain"
+        path_by_phase[phase] = phase_path
+        try_batch = batch
+        timing: dict[str, Any] | None = None
+        mem: dict[str, Any] | None = None
+        ok = True
+
+        def on_iter(i: int, n: int, phase: str = phase) -> None:
+            report(f"{phase}: iteration {i}/{n}", i / n, phase)
+
+        while True:
+            report(f"{phase}: warm-up (batch {try_batch})", 0.0, phase)
+            out_of_memory = False
+            try:
+                timing, mem, ok = _run_phase(
+                    phase,
+                    model,
+                    cfg,
+                    settings,
+                    device,
+                    dtype,
+                    try_batch,
+                    warmup,
+                    defaults,
+                    phase_path,
+                    on_iter,
+                    measure,
+                    phase_memory,
+                )
+            except torch.OutOfMemoryError:  # only a real OOM shrinks the batch; other errors propagate
+                out_of_memory = True
+            if not out_of_memory:
+                assert timing is not None
+                timing["requested_batch_size"] = batch
+                break
+            model.zero_grad(set_to_none=True)
+            _free_device_memory(device)  # outside the except block, so the failed frames are released
+            if try_batch == 1:
+                timing = None
+                status, reason = "oom", f"{phase}: out of memory even at batch size 1 (requested {batch})"
+                break
+            try_batch //= 2
+        finish(phase)
+        if timing is None:
+            break
+        if phase_path == "compiled" and timing["warmup_s"]:
+            compile_s[phase] = timing["warmup_s"][0]
+        timing["path"] = phase_path
+        throughput[phase] = timing
+        memory[phase] = mem
+        if not ok:
+            status, reason = "nan", f"{phase}: the loss became non-finite"
+            break
+        if phase == "infer" and "train" in phases:
+            model.train()
+
+    achieved = [t["batch_size"] for t in throughput.values()]
+    resolved = {
+        **asdict(settings),
+        "device": device,
+        "batch_size": batch if phases else None,
+        "warmup": warmup if phases else None,
+        "threads": torch.get_num_threads(),
+        "autocast_dtype": str(dtype).replace("torch.", "") if dtype is not None else None,
+        "path_by_phase": path_by_phase,
+        "optimizer": _optimizer_note(device) if "train" in phases else None,
+    }
+    record: dict[str, Any] = {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "status": status,
+        "reason": reason,
+        "label": label or cfg.name,
+        "variant": {"name": cfg.name, "label": label or cfg.name, "config": cfg.to_dict()},
+        "environment": fingerprint(
+            device,
+            settings.precision,
+            min(achieved) if achieved else None,
+            settings.img_size,
+            threads_requested=settings.threads,
+            channels_last=cl,
+            path=settings.path,
+        ),
+        "settings": resolved,
+        "params": params,
+        "flops": flops,
+        "memory": memory if phases else None,
+        "throughput": throughput,
+        "compile_s": compile_s or None,
+        "wall_s": time.perf_counter() - started,
+    }
+    if progress is not None:
+        progress("done", 1.0)
+    return record
+
+
+def _run_phase(
+    phase: str,
+    model: Any,
+    cfg: Any,
+    settings: ProfileSettings,
+    device: str,
+    dtype: Any,
+    batch: int,
+    warmup: int,
+    defaults: DeviceDefaults,
+    path: str,
+    on_iter: Callable[[int, int], None],
+    measure: Callable[..., dict[str, Any]],
+    phase_memory: Callable[[str], Any],
+) -> tuple[dict[str, Any], dict[str, Any], bool]:
+    """Build and time one phase at ``batch``; returns (timing, memory, loss finite)."""
+    import torch
+
+    cl = settings.channels_last
+    runner = model
+    with phase_memory(device) as mem:
+        if phase == "infer":
+            model.eval()
+            if path != "plain":
+                optimize = inference_optimizer()
+                runner = optimize(
+                    copy.deepcopy(model), channels_last=True, fold_bn=True, compile=path == "compiled"
+                )
+                cl = True
+            elif cl:
+                runner = model.to(memory_format=torch.channels_last)
+            built = _infer_phase(runner, cfg, batch, settings.img_size, device, cl, dtype)
+        else:
+            model.train()
+            if cl:
+                runner = model.to(memory_format=torch.channels_last)
+            if path == "compiled":
+                runner = torch.compile(runner)
+            built = _train_phase(runner, cfg, batch, settings.img_size, device, cl, dtype, settings.precision)
+        step = built.step
+        if path == "compiled":
+            step = _compile_errors_as_bench_errors(step)
+        timing = measure(
+            step,
+            device=device,
+            batch_size=batch,
+            warmup=warmup,
+            iters=settings.iters,
+            budget_s=defaults.budget_s[phase],
+            min_iters=defaults.min_iters,
+            max_iters=defaults.max_iters,
+            progress=on_iter,
+        )
+    finite = True
+    if built.last is not None:
+        loss = built.last()
+        finite = bool(torch.isfinite(loss).item()) if loss is not None else True
+        timing["last_loss"] = float(loss.item()) if loss is not None else None
+    return timing, mem, finite
+
+
+def _compile_errors_as_bench_errors(step: Callable[[], Any]) -> Callable[[], Any]:
+    """A failure of torch.compile (no C++ compiler, unsupported op) is one line, not a traceback."""
+    import torch
+
+    first = [True]
+
+    def wrapped() -> Any:
+        if not first[0]:
+            return step()
+        first[0] = False
+        try:
+            return step()
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BenchError(
+                f"torch.compile failed ({type(exc).__name__}: {message}); drop --compile"
+            ) from None
+
+    return wrapped

@@ -1,0 +1,125 @@
+"""Per-iteration timing of a step: warm-up, auto-ranged iteration count, raw samples, robust summary."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .stats import summarize
+
+ProgressFn = Callable[[int, int], None]  # (iterations done, iterations planned)
+
+
+def plan_iters(estimate_s: float, budget_s: float, min_iters: int, max_iters: int) -> int:
+    """Iterations that fit in ``budget_s`` at ``estimate_s`` each, clamped to [min_iters, max_iters]."""
+    if estimate_s <= 0 or not math.isfinite(estimate_s):
+        return max_iters
+    return max(min_iters, min(max_iters, math.ceil(budget_s / estimate_s)))
+
+
+class _CudaTimer:
+    """Brackets each iteration with CUDA events; reads them after one synchronisation at the end."""
+
+    name = "cuda_event"
+
+    def __init__(self, device: str) -> None:
+        import torch
+
+        self.torch = torch
+        self.device = torch.device(device)
+        self.events: list[tuple[Any, Any]] = []
+
+    def sync(self) -> None:
+        self.torch.cuda.synchronize(self.device)
+
+    def time_synced(self, step: Callable[[], Any]) -> float:
+        """One iteration timed on the host with synchronisation on both sides (warm-up, calibration)."""
+        self.sync()
+        start = time.perf_counter()
+        step()
+        self.sync()
+        return time.perf_counter() - start
+
+    def run(self, step: Callable[[], Any], iters: int, progress: ProgressFn | None) -> list[float]:
+        self.sync()
+        pairs = []
+        for i in range(iters):
+            start = self.torch.cuda.Event(enable_timing=True)
+            end = self.torch.cuda.Event(enable_timing=True)
+            start.record()
+            step()
+            end.record()
+            pairs.append((start, end))
+            if progress is not None:
+                progress(i + 1, iters)
+        self.sync()
+        return [start.elapsed_time(end) / 1000.0 for start, end in pairs]
+
+
+class _HostTimer:
+    """``time.perf_counter`` around each iteration (CPU steps are synchronous)."""
+
+    name = "perf_counter"
+
+    def time_synced(self, step: Callable[[], Any]) -> float:
+        start = time.perf_counter()
+        step()
+        return time.perf_counter() - start
+
+    def run(self, step: Callable[[], Any], iters: int, progress: ProgressFn | None) -> list[float]:
+        samples = []
+        for i in range(iters):
+            start = time.perf_counter()
+            step()
+            samples.append(time.perf_counter() - start)
+            if progress is not None:
+                progress(i + 1, iters)
+        return samples
+
+
+def measure(
+    step: Callable[[], Any],
+    *,
+    device: str,
+    batch_size: int,
+    warmup: int,
+    iters: int | None,
+    budget_s: float,
+    min_iters: int,
+    max_iters: int,
+    requested_batch_size: int | None = None,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Run ``warmup`` untimed-for-the-result iterations, then ``iters`` timed ones; return a Timing dict.
+
+    With ``iters=None`` the count is auto-ranged: the budget divided by the last warm-up iteration's time
+    (so ``warmup`` must be >= 1), clamped to ``[min_iters, max_iters]``. ``latency_s`` is per batch.
+    """
+    if iters is None and warmup < 1:
+        raise ValueError("auto-ranged iterations need at least one warm-up iteration")
+    timer: _CudaTimer | _HostTimer = _CudaTimer(device) if device.startswith("cuda") else _HostTimer()
+    warmup_s = [timer.time_synced(step) for _ in range(warmup)]
+    auto = iters is None
+    if iters is None:
+        estimate = statistics.median(warmup_s[1:]) if len(warmup_s) > 2 else warmup_s[-1]
+        iters = plan_iters(estimate, budget_s, min_iters, max_iters)
+    samples = timer.run(step, iters, progress)
+    summary = summarize(samples)
+    return {
+        "img_per_s": batch_size / summary["median"],
+        "batch_size": batch_size,
+        "requested_batch_size": requested_batch_size if requested_batch_size is not None else batch_size,
+        "iters": iters,
+        "iters_auto": auto,
+        "budget_s": budget_s if auto else None,
+        "warmup": warmup,
+        "warmup_s": warmup_s,
+        "latency_s": {k: summary[k] for k in ("median", "p90", "p99", "iqr", "mean", "min", "max")},
+        "iqr_over_median": summary["iqr_over_median"],
+        "noisy": summary["noisy"],
+        "samples_s": samples,
+        "timer": timer.name,
+    }

@@ -1,0 +1,296 @@
+"""``profile`` and ``variants`` through the CLI: record schema, writers, OOM/NaN handling, bad input."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import conformer
+from conformer_bench import profiling
+from conformer_bench.cli import app
+from conformer_bench.flops import count_flops
+from conformer_bench.params import COMPONENTS
+from conformer_bench.profiling import ProfileSettings, profile_variant
+
+runner = CliRunner()
+FAST = ["--variant", "nano", "--batch-size", "2", "--warmup", "1", "--iters", "2"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def invoke(*args: str) -> Any:
+    return runner.invoke(app, ["profile", *args])
+
+
+@pytest.fixture(scope="module")
+def nano_record() -> dict:
+    result = runner.invoke(app, ["profile", *FAST, "--format", "json", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_profile_json_schema(nano_record: dict) -> None:
+    r = nano_record
+    assert r["schema"] == "conformer-bench.profile" and r["schema_version"] == 1 and r["status"] == "ok"
+    assert r["variant"]["name"] == "nano" and r["variant"]["config"] == conformer.get_config("nano").to_dict()
+    model = conformer.create_model("nano")
+    assert r["params"]["total"] == sum(p.numel() for p in model.parameters())
+    assert set(r["params"]["by_component"]) == set(COMPONENTS)
+    flops = r["flops"]
+    assert flops == {**count_flops(model, 32), "cross_check": flops["cross_check"]}
+    assert isinstance(flops["fvcore_total"], int) and isinstance(flops["paper_macs"], int)
+    for phase in ("infer", "train"):
+        t = r["throughput"][phase]
+        assert t["img_per_s"] > 0 and t["batch_size"] == t["requested_batch_size"] == 2
+        assert len(t["samples_s"]) == t["iters"] == 2 and t["warmup"] == 1
+        assert t["img_per_s"] == pytest.approx(2 / t["latency_s"]["median"])
+        assert set(t["latency_s"]) >= {"median", "p90", "p99", "iqr"} and isinstance(t["noisy"], bool)
+        assert t["timer"] == "perf_counter" and t["path"] == "plain"
+        mem = r["memory"][phase]
+        assert mem["peak_rss_increase_bytes"] >= 0 and mem["rss_before_bytes"] > 0
+    assert r["throughput"]["train"]["last_loss"] > 0
+    env = r["environment"]
+    for key in (
+        "torch",
+        "device",
+        "cpu_model",
+        "threads",
+        "precision",
+        "batch_size",
+        "img_size",
+        "tool_version",
+        "commit",
+    ):
+        assert key in env
+    assert env["threads"] == 1 and env["threads_requested"] == 1 and r["settings"]["threads"] == 1
+    assert env["img_size"] == 32 and env["precision"] == "fp32" and r["settings"]["path"] == "plain"
+
+
+def test_profile_table_and_output_file(tmp_path: Path) -> None:
+    out = tmp_path / "nano.json"
+    result = invoke(*FAST, "--mode", "infer", "--no-cross-check", "--output", str(out))
+    assert result.exit_code == 0, result.output
+    for words in (
+        "paper MACs",
+        "fvcore total",
+        "1 fused multiply-add = 1 flop",
+        "threads",
+        "precision",
+        "batch",
+        "images/s",
+    ):
+        assert words in result.stdout
+    record = json.loads(out.read_text())
+    assert record["throughput"]["infer"]["iters"] == 2 and "train" not in record["throughput"]
+    assert "cross_check" not in record["flops"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temporary file left behind"
+
+
+def test_profile_csv_and_md(tmp_path: Path) -> None:
+    result = invoke(
+        "--variant", "nano", "--mode", "none", "--format", "csv", "--output", str(tmp_path / "r.csv")
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "r.csv").read_text() == result.stdout
+    # Without --format the file's extension picks the format; stdout keeps the table.
+    result = invoke("--variant", "nano", "--mode", "none", "--output", str(tmp_path / "r.md"))
+    assert result.exit_code == 0 and "paper MACs" in result.stdout
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "r.csv").read_text())))
+    assert len(rows) == 1 and int(rows[0]["params_total"]) > 0 and int(rows[0]["paper_macs"]) > 0
+    assert rows[0]["infer_img_per_s"] == ""  # mode none: nothing timed
+    md = (tmp_path / "r.md").read_text()
+    assert md.startswith("### conformer-bench profile: nano") and "| flops | paper MACs |" in md
+
+
+def test_mode_none_times_nothing() -> None:
+    record = profile_variant(
+        conformer.get_config("nano"), ProfileSettings(img_size=32, mode="none", cross_check=False)
+    )
+    assert record["throughput"] == {} and record["memory"] is None and record["flops"]["paper_macs"] > 0
+
+
+def test_toggles_change_the_profiled_model() -> None:
+    result = invoke("--variant", "micro", "--cnn-only", "--mode", "none", "--no-flops", "--format", "json")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["variant"]["config"]["branches"] == "cnn" and record["flops"] is None
+    assert record["params"]["by_component"]["transformer"] == 0
+
+
+def test_optimized_path_or_clear_error() -> None:
+    result = invoke(*FAST, "--mode", "infer", "--no-flops", "--optimize", "--format", "json")
+    try:
+        import conformer.optimize  # noqa: F401
+    except ImportError:
+        assert result.exit_code == 2 and "not available" in result.output
+        return
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["settings"]["path"] == "optimized" and record["throughput"]["infer"]["path"] == "optimized"
+
+
+def test_oom_halves_the_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = profiling._run_phase
+    tried: list[int] = []
+
+    def run_phase(
+        phase: str, model: Any, cfg: Any, settings: Any, device: str, dtype: Any, batch: int, *a: Any
+    ) -> Any:
+        tried.append(batch)
+        if batch > 2:
+            raise torch.OutOfMemoryError("fake: out of memory")
+        return real(phase, model, cfg, settings, device, dtype, batch, *a)
+
+    monkeypatch.setattr(profiling, "_run_phase", run_phase)
+    settings = ProfileSettings(batch_size=8, img_size=32, mode="infer", warmup=1, iters=2, count_flops=False)
+    record = profile_variant(conformer.get_config("nano"), settings)
+    assert tried == [8, 4, 2] and record["status"] == "ok"
+    t = record["throughput"]["infer"]
+    assert (t["requested_batch_size"], t["batch_size"]) == (8, 2) and record["environment"]["batch_size"] == 2
+
+
+def test_oom_at_batch_one_and_other_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    def always_oom(*args: Any) -> Any:
+        raise torch.OutOfMemoryError("fake")
+
+    monkeypatch.setattr(profiling, "_run_phase", always_oom)
+    settings = ProfileSettings(batch_size=2, img_size=32, mode="infer", warmup=1, iters=2, count_flops=False)
+    record = profile_variant(conformer.get_config("nano"), settings)
+    assert record["status"] == "oom" and "batch size 1" in record["reason"] and record["throughput"] == {}
+
+    def other_error(*args: Any) -> Any:
+        raise RuntimeError("not an OOM")
+
+    monkeypatch.setattr(profiling, "_run_phase", other_error)
+    with pytest.raises(RuntimeError, match="not an OOM"):
+        profile_variant(conformer.get_config("nano"), settings)
+
+
+def test_nan_loss_sets_status(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = profiling.heads_loss
+    monkeypatch.setattr(profiling, "heads_loss", lambda out, y: real(out, y) * float("nan"))
+    settings = ProfileSettings(batch_size=2, img_size=32, mode="train", warmup=1, iters=2, count_flops=False)
+    record = profile_variant(conformer.get_config("nano"), settings)
+    assert record["status"] == "nan" and "train" in record["reason"]
+
+
+def test_bf16_autocast_is_recorded() -> None:
+    settings = ProfileSettings(
+        batch_size=2,
+        img_size=32,
+        mode="infer",
+        precision="amp",
+        warmup=1,
+        iters=2,
+        count_flops=False,
+        channels_last=True,
+    )
+    record = profile_variant(conformer.get_config("nano"), settings)
+    assert record["settings"]["autocast_dtype"] == "bfloat16" and record["environment"]["precision"] == "amp"
+    assert record["settings"]["channels_last"] is True and record["status"] == "ok"
+
+
+def test_heads_loss_averages_present_heads() -> None:
+    out = conformer.create_model("nano")(torch.randn(2, 3, 32, 32))
+    y = torch.tensor([1, 2])
+    ce = torch.nn.functional.cross_entropy
+    expected = (ce(out.conv_logits, y) + ce(out.trans_logits, y)) / 2
+    assert torch.allclose(profiling.heads_loss(out, y), expected)
+    single = conformer.create_model("nano", branches="cnn")(torch.randn(2, 3, 32, 32))
+    assert torch.allclose(profiling.heads_loss(single, y), ce(single.conv_logits, y))
+
+
+# --- bad input: one line, exit 2, no traceback ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--variant", "tinny"], "did you mean tiny"),
+        (["--variant", "nano", "--mode", "fast"], "--mode"),
+        (["--variant", "nano", "--precision", "fp8"], "--precision"),
+        (["--variant", "nano", "--precision", "fp16", "--device", "cpu"], "bf16"),
+        (["--variant", "nano", "--img-size", "40"], "multiple of the patch size 16"),
+        (["--variant", "nano", "--batch-size", "0"], "--batch-size"),
+        (["--variant", "nano", "--warmup", "0"], "--iters"),
+        (["--variant", "nano", "--threads", "0"], "--threads"),
+        (["--variant", "nano", "--format", "xml"], "--format"),
+        (["--variant", "nano", "--device", "tpu"], "--device"),
+        (["--variant", "nano", "--cnn-only", "--no-fcu"], "two branches"),
+        (["--variant", "nano", "--cnn-only", "--transformer-only"], "pick one"),
+        (["--variant", "nano", "--output", "/nonexistent-dir/r.json"], "does not exist"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(args: list[str], words: str) -> None:
+    result = runner.invoke(app, ["profile", *args])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], result.output
+    assert "Traceback" not in result.output
+
+
+def test_output_under_a_file_is_refused(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("keep me")
+    result = invoke("--variant", "nano", "--mode", "none", "--output", str(blocker / "r.json"))
+    assert result.exit_code == 2 and "is a file, not a directory" in result.output
+    assert blocker.read_text() == "keep me"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_output_directory(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        result = invoke("--variant", "nano", "--mode", "none", "--output", str(locked / "r.json"))
+    finally:
+        locked.chmod(0o700)
+    assert result.exit_code == 2 and "not writable" in result.output
+
+
+# --- variants ------------------------------------------------------------------------------------------------
+
+
+def test_variants_lists_presets_and_toggles() -> None:
+    result = runner.invoke(app, ["variants", "--variant", "micro", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    presets = {p["name"]: p for p in data["presets"]}
+    assert list(presets) == conformer.list_models()
+    assert presets["tiny"]["aliases"] == ["Conformer_tiny_patch16"] and presets["tiny"]["from_paper"]
+    assert (
+        presets["tiny"]["img_size"] == 224
+        and not presets["micro"]["from_paper"]
+        and presets["micro"]["img_size"] == 64
+    )
+    micro = conformer.create_model("micro")
+    assert presets["micro"]["params"] == sum(p.numel() for p in micro.parameters())
+    assert presets["micro"]["macs"] == count_flops(micro, 64, cross_check=False)["paper_macs"]
+    toggles = {t["option"]: t for t in data["toggles"]}
+    assert toggles["(release)"]["params"] == presets["micro"]["params"]
+    assert toggles["--cnn-only"]["config"]["branches"] == "cnn"
+    assert toggles["--no-fcu"]["macs"] < toggles["(release)"]["macs"]
+
+
+def test_variants_table_and_bad_input() -> None:
+    result = runner.invoke(app, ["variants", "--variant", "nano", "--no-macs"])
+    assert result.exit_code == 0, result.output
+    assert "Conformer_base_patch16" in result.stdout and "no (test preset)" in result.stdout
+    assert "--transformer-only" in result.stdout
+    bad = runner.invoke(app, ["variants", "--variant", "bogus"])
+    assert bad.exit_code == 2 and bad.output.startswith("error: unknown model 'bogus'")
