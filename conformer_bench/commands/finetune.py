@@ -1,0 +1,320 @@
+"""``conformer-bench finetune``: a short training run that reports what a variant buys in accuracy."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .common import (
+    BranchesOpt,
+    CnnOnlyOpt,
+    CouplingOpt,
+    FcuDownOpt,
+    FcuStagesOpt,
+    FcuUpOpt,
+    HeadsOpt,
+    MedBlockOpt,
+    NoFcuOpt,
+    OutputFormat,
+    PosEmbedOpt,
+    TransformerOnlyOpt,
+    VariantOpt,
+    handle_errors,
+    variant_config,
+)
+
+TRAIN = "Training"
+DATA = "Data"
+
+
+def summary_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per head (conv, trans, sum) with raw, unrounded values."""
+    final = record["final"]
+    hyper = record["hyper"]
+    rows = []
+    for head in ("conv", "trans", "sum"):
+        top1 = final["top1"].get(head)
+        if top1 is None and record["status"] == "ok":
+            continue  # the variant has no such head
+        rows.append(
+            {
+                "variant": record["variant"]["label"],
+                "dataset": record["data"]["source"],
+                "head": head,
+                "top1_pct": top1,
+                "top5_pct": final["top5"].get(head) if "top5" in final else None,
+                "val_loss": final["val_loss"],
+                "epochs": hyper["epochs"],
+                "steps": final["steps_done"],
+                "train_img_per_s": final["img_per_s"],
+                "wall_s": final["wall_s"],
+                "status": record["status"],
+            }
+        )
+    return rows
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def render(record: dict[str, Any], fmt: OutputFormat) -> str:
+    """The record as json, csv or a markdown table (``table`` is printed with rich by the command)."""
+    from ..io import dumps_json
+
+    rows = summary_rows(record)
+    if fmt is OutputFormat.json:
+        return dumps_json(record)
+    if fmt is OutputFormat.csv:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["status"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows or [{"status": record["status"]}])
+        return buf.getvalue()
+    header = [
+        "variant",
+        "dataset",
+        "head",
+        "top-1 %",
+        "top-5 %",
+        "val loss",
+        "epochs",
+        "steps",
+        "train img/s",
+        "wall s",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [
+            r["variant"],
+            r["dataset"],
+            r["head"],
+            _fmt(r["top1_pct"]),
+            _fmt(r["top5_pct"]),
+            _fmt(r["val_loss"], 4),
+            r["epochs"],
+            r["steps"],
+            _fmt(r["train_img_per_s"], 0),
+            _fmt(r["wall_s"], 1),
+        ]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def print_table(record: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    env = record["environment"]
+    hyper = record["hyper"]
+    data = record["data"]
+    dist = hyper["distributed"]
+    title = (
+        f"{record['variant']['label']} on {data['source']} ({data['num_classes']} classes, "
+        f"{data['train_size']} train / {data['val_size']} val, {data['img_size']}px)"
+    )
+    table = Table()
+    top5 = "top5" in record["final"]  # only with >= 5 classes
+    for col in ("head", "top-1 %", "top-5 %")[: 3 if top5 else 2]:
+        table.add_column(col, justify="right" if col != "head" else "left")
+    for r in summary_rows(record):
+        table.add_row(r["head"], _fmt(r["top1_pct"]), *([_fmt(r["top5_pct"])] if top5 else []))
+    console = Console()
+    console.print(title, highlight=False)
+    console.print(table)
+    final = record["final"]
+    extra = ""
+    if "cue_top1" in final and final["cue_top1"]["local"] is not None:
+        extra = (
+            f"cue top-1 (sum head): texture {final['cue_top1']['local']:.2f} %, "
+            f"arrangement {final['cue_top1']['global']:.2f} %\n"
+        )
+    console.print(
+        f"{extra}val loss {_fmt(final['val_loss'], 4)} after {hyper['epochs']} epoch(s), {final['steps_done']} steps\n"
+        f"batch {hyper['batch_size']} x {dist['world_size']} process(es), lr {hyper['lr']:g}, seed {hyper['seed']}\n"
+        f"train {_fmt(final['img_per_s'], 0)} img/s, wall {final['wall_s']:.1f} s\n"
+        f"{env['device']} ({env.get('device_name') or env['cpu_model']}), {env['precision']}, "
+        f"{env['threads']} thread(s) per process"
+        + (f"\nskipped non-image files: {data['skipped_files']}" if data.get("skipped_files") else ""),
+        highlight=False,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("finetune")
+    @handle_errors
+    def finetune(
+        variant: VariantOpt = "micro",
+        branches: BranchesOpt = None,
+        cnn_only: CnnOnlyOpt = False,
+        transformer_only: TransformerOnlyOpt = False,
+        coupling: CouplingOpt = None,
+        no_fcu: NoFcuOpt = False,
+        num_med_block: MedBlockOpt = None,
+        fcu_down: FcuDownOpt = None,
+        fcu_up: FcuUpOpt = None,
+        fcu_stages: FcuStagesOpt = None,
+        pos_embed: PosEmbedOpt = None,
+        heads: HeadsOpt = None,
+        checkpoint: Annotated[
+            Path | None,
+            typer.Option("--checkpoint", help="Release .pth to start from; both heads are replaced."),
+        ] = None,
+        dataset: Annotated[
+            str,
+            typer.Option(
+                "--dataset", help="digits, local-global, or an ImageFolder path.", rich_help_panel=DATA
+            ),
+        ] = "digits",
+        img_size: Annotated[
+            int | None,
+            typer.Option(
+                "--img-size",
+                help="Input size (default: 32 for digits/local-global, 64 for folders).",
+                rich_help_panel=DATA,
+            ),
+        ] = None,
+        train_size: Annotated[
+            int | None,
+            typer.Option(
+                "--train-size",
+                help="Cap (folder/digits) or set (local-global) the training images.",
+                rich_help_panel=DATA,
+            ),
+        ] = None,
+        val_size: Annotated[
+            int | None,
+            typer.Option("--val-size", help="Cap or set the validation images.", rich_help_panel=DATA),
+        ] = None,
+        workers: Annotated[
+            int, typer.Option("--workers", help="DataLoader worker processes.", rich_help_panel=DATA)
+        ] = 0,
+        epochs: Annotated[
+            int | None,
+            typer.Option("--epochs", help="Epochs (default 8); excludes --steps.", rich_help_panel=TRAIN),
+        ] = None,
+        steps: Annotated[
+            int | None,
+            typer.Option("--steps", help="Optimizer steps; excludes --epochs.", rich_help_panel=TRAIN),
+        ] = None,
+        batch_size: Annotated[
+            int,
+            typer.Option("--batch-size", "-b", help="Images per step per process.", rich_help_panel=TRAIN),
+        ] = 64,
+        lr: Annotated[
+            float, typer.Option("--lr", help="Peak AdamW learning rate.", rich_help_panel=TRAIN)
+        ] = 2e-3,
+        weight_decay: Annotated[
+            float, typer.Option("--weight-decay", help="AdamW weight decay.", rich_help_panel=TRAIN)
+        ] = 0.05,
+        warmup: Annotated[
+            float,
+            typer.Option(
+                "--warmup",
+                help="Warm-up: below 1 a fraction of all steps, else epochs.",
+                rich_help_panel=TRAIN,
+            ),
+        ] = 0.1,
+        label_smoothing: Annotated[float, typer.Option("--label-smoothing", rich_help_panel=TRAIN)] = 0.0,
+        drop_path: Annotated[
+            float | None,
+            typer.Option(
+                "--drop-path", help="Stochastic depth rate (default: the variant's).", rich_help_panel=TRAIN
+            ),
+        ] = None,
+        clip_grad: Annotated[
+            float | None,
+            typer.Option("--clip-grad", help="Clip the gradient norm to this value.", rich_help_panel=TRAIN),
+        ] = None,
+        seed: Annotated[
+            int,
+            typer.Option(
+                "--seed", help="Seeds init, data split, order and augmentation.", rich_help_panel=TRAIN
+            ),
+        ] = 0,
+        device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+        precision: Annotated[
+            str, typer.Option("--precision", help="fp32, bf16 (autocast) or fp16 (CUDA, grad scaler).")
+        ] = "fp32",
+        channels_last: Annotated[
+            bool, typer.Option("--channels-last", help="Channels-last memory format.")
+        ] = False,
+        save: Annotated[
+            Path | None, typer.Option("--save", help="Write the fine-tuned weights (release keys).")
+        ] = None,
+        output: Annotated[
+            Path | None, typer.Option("--output", "-o", help="Write the JSON record here (atomically).")
+        ] = None,
+        fmt: Annotated[
+            OutputFormat, typer.Option("--format", "-f", help="What to print on stdout.")
+        ] = OutputFormat.table,
+        no_progress: Annotated[bool, typer.Option("--no-progress", help="Hide the progress bar.")] = False,
+    ) -> None:
+        """Train or fine-tune a variant for a short, fixed budget and report top-1/top-5 per head.
+
+        Runs under torchrun too (DDP: gloo on CPU, NCCL on GPU); only rank 0 prints and writes.
+        Exit status 1 when the loss became non-finite (the record is still written, status "nan").
+        """
+        from ..distributed import is_main_process
+        from ..finetune import FinetuneSettings, run_finetune
+        from ..io import check_writable, write_json
+
+        cfg = variant_config(
+            variant,
+            branches=branches,
+            cnn_only=cnn_only,
+            transformer_only=transformer_only,
+            coupling=coupling,
+            no_fcu=no_fcu,
+            num_med_block=num_med_block,
+            fcu_down=fcu_down,
+            fcu_up=fcu_up,
+            fcu_stages=fcu_stages,
+            pos_embed=pos_embed,
+            heads=heads,
+        )
+        main = is_main_process()
+        if output is not None and main:
+            check_writable(output)
+        settings = FinetuneSettings(
+            dataset=dataset,
+            img_size=img_size,
+            epochs=epochs,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            warmup=warmup,
+            label_smoothing=label_smoothing,
+            drop_path=drop_path,
+            clip_grad=clip_grad,
+            seed=seed,
+            device=device,
+            precision=precision,
+            channels_last=channels_last,
+            workers=workers,
+            checkpoint=str(checkpoint) if checkpoint else None,
+            save=str(save) if save else None,
+            train_size=train_size,
+            val_size=val_size,
+        )
+        record = run_finetune(cfg, settings, show_progress=not no_progress)
+        if not main:
+            return
+        if output is not None:
+            write_json(output, record)
+        if fmt is OutputFormat.table:
+            print_table(record)
+        else:
+            typer.echo(render(record, fmt), nl=False)
+        if record["status"] != "ok":
+            typer.echo(f"error: {record['reason']}", err=True)
+            raise typer.Exit(1)
