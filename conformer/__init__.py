@@ -10,6 +10,7 @@ from .checkpoint import (
 )
 from .config import ConformerConfig
 from .model import Conformer, ConformerOutput
+from .optimize import optimize_for_inference
 from .registry import create_model, get_config, list_models, register_preset, resolve_name
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "get_config",
     "list_models",
     "load_checkpoint",
+    "optimize_for_inference",
     "register_preset",
     "resolve_name",
     "save_checkpoint",

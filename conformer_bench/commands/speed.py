@@ -1,0 +1,199 @@
+"""``conformer-bench speed``: plain vs optimized vs compiled inference, measured interleaved in one process."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from .common import (
+    BranchesOpt,
+    CnnOnlyOpt,
+    CouplingOpt,
+    FcuDownOpt,
+    FcuStagesOpt,
+    FcuUpOpt,
+    HeadsOpt,
+    MedBlockOpt,
+    NoFcuOpt,
+    PosEmbedOpt,
+    TransformerOnlyOpt,
+    VariantOpt,
+    handle_errors,
+    variant_config,
+)
+
+MEASURE = "Measurement"
+OUTPUT = "Output"
+
+
+def _progress() -> tuple[Any, Any]:
+    """A transient progress bar on stderr (stdout stays clean for --format json/csv)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(
+        TextColumn("[bold]speed[/bold]"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    task = progress.add_task("starting", total=1.0)
+
+    def update(message: str, fraction: float) -> None:
+        progress.update(task, completed=fraction, description=message)
+
+    return progress, update
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("speed")
+    @handle_errors
+    def speed(
+        variant: VariantOpt = "tiny",
+        branches: BranchesOpt = None,
+        cnn_only: CnnOnlyOpt = False,
+        transformer_only: TransformerOnlyOpt = False,
+        coupling: CouplingOpt = None,
+        no_fcu: NoFcuOpt = False,
+        num_med_block: MedBlockOpt = None,
+        fcu_down: FcuDownOpt = None,
+        fcu_up: FcuUpOpt = None,
+        fcu_stages: FcuStagesOpt = None,
+        pos_embed: PosEmbedOpt = None,
+        heads: HeadsOpt = None,
+        paths: Annotated[
+            str,
+            typer.Option(
+                "--paths", help="Comma list of plain, optimized, compiled.", rich_help_panel=MEASURE
+            ),
+        ] = "plain,optimized,compiled",
+        device: Annotated[
+            str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.", rich_help_panel=MEASURE)
+        ] = "cpu",
+        batch_size: Annotated[
+            int, typer.Option("--batch-size", "-b", help="Images per forward.", rich_help_panel=MEASURE)
+        ] = 8,
+        img_size: Annotated[
+            int | None,
+            typer.Option(
+                "--img-size",
+                help="Square input size, a multiple of the patch size (default: the preset's).",
+                rich_help_panel=MEASURE,
+            ),
+        ] = None,
+        rounds: Annotated[
+            int,
+            typer.Option(
+                "--rounds", help="Interleaved rounds (one forward per path each).", rich_help_panel=MEASURE
+            ),
+        ] = 10,
+        warmup: Annotated[
+            int,
+            typer.Option(
+                "--warmup", help="Warm-up calls per path after the first call.", rich_help_panel=MEASURE
+            ),
+        ] = 2,
+        threads: Annotated[
+            int | None,
+            typer.Option(
+                "--threads",
+                help="torch intra-op threads (default: torch's; recorded).",
+                rich_help_panel=MEASURE,
+            ),
+        ] = None,
+        matmul_size: Annotated[
+            int,
+            typer.Option(
+                "--matmul-size",
+                help="n of the n×n fp32 matmul timed as the ceiling.",
+                rich_help_panel=MEASURE,
+            ),
+        ] = 2048,
+        fold_bn: Annotated[
+            bool,
+            typer.Option(
+                "--fold-bn/--no-fold-bn",
+                help="Fold BatchNorm into convs (optimized, compiled).",
+                rich_help_panel=MEASURE,
+            ),
+        ] = True,
+        channels_last: Annotated[
+            bool,
+            typer.Option(
+                "--channels-last/--no-channels-last",
+                help="Channels-last weights (optimized, compiled).",
+                rich_help_panel=MEASURE,
+            ),
+        ] = True,
+        fuse_pointwise: Annotated[
+            bool,
+            typer.Option(
+                "--fuse/--no-fuse",
+                help="Fused oneDNN conv/linear + activation/residual ops (optimized, CPU fp32).",
+                rich_help_panel=MEASURE,
+            ),
+        ] = True,
+        seed: Annotated[
+            int, typer.Option("--seed", help="Seed of weights and input.", rich_help_panel=MEASURE)
+        ] = 0,
+        output: Annotated[
+            str | None,
+            typer.Option(
+                "--output",
+                "-o",
+                help="Also write the record here (format from --format or the extension; json by default).",
+                rich_help_panel=OUTPUT,
+            ),
+        ] = None,
+        fmt: Annotated[
+            str | None,
+            typer.Option(
+                "--format", "-f", help="table (default), json, csv or md on stdout.", rich_help_panel=OUTPUT
+            ),
+        ] = None,
+        quiet: Annotated[
+            bool, typer.Option("--quiet", "-q", help="No progress bar.", rich_help_panel=OUTPUT)
+        ] = False,
+    ) -> None:
+        """Images/s of the plain, optimized and compiled inference paths, interleaved in one process."""
+        from ..env import resolve_device
+        from ..errors import BenchError
+        from ..formatting import output_format_for
+        from ..io import atomic_write_text, check_writable
+        from ..speed import FORMATS, SpeedSettings, measure_speed, parse_paths, render
+
+        stdout_format = (fmt or "table").lower()
+        if stdout_format not in FORMATS:
+            raise BenchError(f"--format {fmt!r} is not valid; use one of {', '.join(FORMATS)}")
+        cfg = variant_config(
+            variant, branches, cnn_only, transformer_only, coupling, no_fcu, num_med_block, fcu_down, fcu_up,
+            fcu_stages, pos_embed, heads,
+        )  # fmt: skip
+        settings = SpeedSettings(
+            device=resolve_device(device),
+            batch_size=batch_size,
+            img_size=img_size or cfg.img_size,
+            paths=parse_paths(paths),
+            rounds=rounds,
+            warmup=warmup,
+            matmul_size=matmul_size,
+            threads=threads,
+            channels_last=channels_last,
+            fold_bn=fold_bn,
+            fuse_pointwise=fuse_pointwise,
+            seed=seed,
+        )
+        settings.validate(cfg.patch_size)
+        out_path = check_writable(output) if output else None
+        if quiet:
+            record = measure_speed(cfg, settings)
+        else:
+            progress, update = _progress()
+            with progress:
+                record = measure_speed(cfg, settings, progress=update)
+        if out_path is not None:
+            atomic_write_text(out_path, render(record, output_format_for(str(out_path), fmt)))
+        typer.echo(render(record, stdout_format), nl=False)

@@ -1,0 +1,134 @@
+"""``conformer-bench speed``: the record's schema and contents, and one-line errors on bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conformer_bench.cli import app
+
+runner = CliRunner()
+ROUNDS = 3
+BASE = ["speed", "-v", "nano", "--img-size", "32", "-b", "2", "--rounds", str(ROUNDS), "--warmup", "0"]
+BASE += ["--matmul-size", "256", "-q"]
+
+
+def run_json(*extra: str) -> dict:
+    result = runner.invoke(app, [*BASE, *extra, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def check_path(entry: dict, batch: int, flop_per_image: int, ceiling: float) -> None:
+    assert entry["status"] == "ok" and entry["reason"] is None
+    samples = entry["samples_s"]
+    assert len(samples) == ROUNDS and all(t > 0 for t in samples)
+    median = sorted(samples)[ROUNDS // 2]
+    assert entry["latency_s"]["median"] == pytest.approx(median)
+    assert entry["img_per_s"] == pytest.approx(batch / median)
+    low, high = entry["img_per_s_iqr"]
+    assert low <= entry["img_per_s"] <= high
+    assert entry["achieved_gflop_s"] == pytest.approx(flop_per_image * batch / median / 1e9)
+    assert entry["ceiling_share"] == pytest.approx(entry["achieved_gflop_s"] / ceiling)
+    sp = entry["speedup_vs_plain"]
+    assert sp["low"] <= sp["ratio"] <= sp["high"] and sp["confidence"] == 0.95
+    assert entry["max_rel_diff_vs_plain"] <= 1e-4
+    assert entry["first_call_s"] > 0
+
+
+def test_speed_record_schema_and_numbers(tmp_path: Path) -> None:
+    from conformer import get_config
+    from conformer_bench.flops import count_flops
+
+    out = tmp_path / "nano.json"
+    record = run_json("--paths", "plain,optimized", "--output", str(out))
+    assert json.loads(out.read_text()) == record, "--output holds the same record as stdout"
+    assert record["schema"] == "conformer-bench.speed" and record["schema_version"] == 1
+    assert record["status"] == "ok" and record["reason"] is None
+    env = record["environment"]
+    for key in ("device", "cpu_model", "threads", "torch", "precision", "batch_size", "img_size", "commit"):
+        assert key in env
+    assert (env["device"], env["precision"], env["batch_size"], env["img_size"]) == ("cpu", "fp32", 2, 32)
+    assert record["variant"]["name"] == "nano" and record["variant"]["config"]["embed_dim"] == 32
+    settings = record["settings"]
+    assert settings["paths"] == ["plain", "optimized"] and settings["rounds"] == ROUNDS
+    assert settings["threads"] == env["threads"]
+
+    flops = record["flops"]
+    expected = count_flops(get_config("nano"), 32, cross_check=False)
+    assert flops["paper_macs_per_image"] == expected["paper_macs"]
+    assert flops["fvcore_total_per_image"] == expected["fvcore_total"]
+    assert flops["flop_per_image"] == 2 * expected["paper_macs"]
+    assert "2 x paper_macs" in flops["convention"]
+
+    ceiling = record["ceiling"]
+    assert len(ceiling["samples_s"]) == ROUNDS and ceiling["flop_per_call"] == 2 * 256**3
+    assert ceiling["gflop_s"] == pytest.approx(2 * 256**3 / ceiling["latency_s"]["median"] / 1e9)
+    assert ceiling["gflop_s_best"] >= ceiling["gflop_s"]
+
+    assert set(record["paths"]) == {"plain", "optimized"}
+    for entry in record["paths"].values():
+        check_path(entry, 2, flops["flop_per_image"], ceiling["gflop_s"])
+    assert record["paths"]["plain"]["speedup_vs_plain"]["ratio"] == pytest.approx(1.0)
+    assert record["paths"]["plain"]["compile_s"] is None
+    assert record["best_path"] in record["paths"]
+
+
+def test_speed_text_formats_name_what_they_count(tmp_path: Path) -> None:
+    from conformer_bench.io import read_json
+    from conformer_bench.speed import render
+
+    md_path, json_path = tmp_path / "speed.md", tmp_path / "speed.json"
+    result = runner.invoke(app, [*BASE, "--paths", "plain,optimized", "--no-fuse", "-o", str(md_path)])
+    assert result.exit_code == 0, result.output
+    for text in (result.stdout, md_path.read_text()):  # default table on stdout, Markdown by extension
+        assert "optimized" in text and "plain" in text
+        assert " threads" in text
+        assert "fp32" in text and "matmul ceiling" in text and "GFLOP/s" in text
+    assert md_path.read_text().count("|") > 20
+    record = run_json("--paths", "plain", "-o", str(json_path))
+    assert read_json(json_path) == record
+    lines = render(record, "csv").splitlines()
+    assert lines[0].startswith("variant,batch_size,img_size,threads,path") and len(lines) == 2
+
+
+@pytest.mark.slow
+def test_speed_compiled_path() -> None:
+    import torch
+
+    torch._dynamo.reset()
+    record = json.loads(
+        runner.invoke(
+            app, ["speed", "-v", "nano", "--img-size", "32", "-b", "2", "--rounds", "3", "--warmup", "0",
+                  "--matmul-size", "256", "-q", "--paths", "plain,compiled", "--format", "json"],
+        ).stdout
+    )  # fmt: skip
+    compiled = record["paths"]["compiled"]
+    assert compiled["status"] == "ok", compiled["reason"]
+    assert compiled["compile_s"] == compiled["first_call_s"] > 0
+    assert compiled["max_rel_diff_vs_plain"] <= 1e-4
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--paths", "plain,fast"], "--paths"),
+        (["--paths", "plain,plain"], "distinct"),
+        (["--img-size", "30"], "multiple of the patch size"),
+        (["--rounds", "1"], "--rounds"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--format", "xml"], "--format"),
+        (["--device", "tpu"], "--device"),
+        (["--output", "/nonexistent-dir/x.json"], "does not exist"),
+        (["-v", "huge"], "huge"),
+    ],
+)
+def test_speed_bad_input_is_one_line_exit_2(args: list[str], needle: str) -> None:
+    result = runner.invoke(app, ["speed", "-v", "nano", "-q", *args])
+    assert result.exit_code == 2, result.output
+    err = result.stderr.strip()
+    assert err.startswith("error:") and "\n" not in err and needle in err
+    assert "Traceback" not in result.output
