@@ -1,0 +1,510 @@
+"""Experiment files (TOML): a base variant, axes and/or explicit cells, what to measure, where to write.
+
+Layout (every key but ``[base] variant`` is optional)::
+
+    name = "paper"                     # default: the file's stem
+    description = "..."
+    output_dir = "results/paper"       # default: results/<name>, relative to the working directory
+    axes_mode = "each"                 # each: one axis at a time from the base; product: the full grid
+
+    [base]                             # the reference cell every delta is taken against
+    label = "dual"
+    variant = "small"                  # a preset (conformer-bench variants)
+    num_med_block = 0                  # any ConformerConfig field overrides the preset
+
+    [profile]                          # conformer_bench.profiling.ProfileSettings fields
+    img_size = 224
+    mode = "both"
+
+    [finetune]                         # conformer_bench.finetune.FinetuneSettings fields, plus:
+    run = false                        # fine-tune without --finetune?
+    seeds = [0, 1]
+
+    [axes]                             # each value a list; cells are labelled "key=value"
+    num_med_block = [0, 1, 2, 3]
+
+    [[cells]]                          # explicit cells: label, optional variant, config overrides,
+    label = "no-fcu"                   # and optional [cells.profile] / [cells.finetune] overrides
+    coupling = "none"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import itertools
+import json
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import BenchError
+
+TOP_KEYS = ("name", "description", "output_dir", "axes_mode", "base", "profile", "finetune", "axes", "cells")
+AXES_MODES = ("each", "product")
+CELL_META_KEYS = ("label", "variant", "profile", "finetune")
+FINETUNE_EXTRA_KEYS = ("run", "seeds")
+# FinetuneSettings fields an experiment may not set: the seed comes from ``seeds``; checkpoints are per run.
+FINETUNE_FORBIDDEN = ("seed", "save", "checkpoint")
+PROFILE_IMG_SIZE = 224  # ProfileSettings.img_size default
+LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.,=+/:-]{0,79}$")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the grid: a config plus what to measure on it."""
+
+    index: int
+    label: str
+    config: Any  # conformer.ConformerConfig
+    changes: dict[str, Any]  # config fields that differ from the base cell (for display)
+    profile: dict[str, Any]  # ProfileSettings keyword arguments
+    finetune: dict[str, Any] | None  # FinetuneSettings keyword arguments without the seed; None: none defined
+    seeds: tuple[int, ...]
+
+    def profile_settings(self) -> Any:
+        from ..profiling import ProfileSettings
+
+        return ProfileSettings(**self.profile)
+
+    def finetune_settings(self, seed: int) -> Any:
+        from ..finetune import FinetuneSettings
+
+        assert self.finetune is not None, "cell has no finetune settings"
+        return FinetuneSettings(**self.finetune, seed=seed)
+
+    def profile_hash(self) -> str:
+        return _digest({"config": self.config.to_dict(), "profile": self.profile})
+
+    def finetune_hash(self) -> str | None:
+        if self.finetune is None:
+            return None
+        return _digest(
+            {"config": self.config.to_dict(), "finetune": self.finetune, "seeds": list(self.seeds)}
+        )
+
+    def config_hash(self, finetune: bool) -> str:
+        """Hash of the config and every run setting: a cell is re-run on --resume when it changes."""
+        return _digest(
+            {"profile": self.profile_hash(), "finetune": self.finetune_hash() if finetune else None}
+        )
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    description: str
+    path: Path
+    output_dir: Path
+    axes_mode: str
+    base_label: str
+    finetune_by_default: bool
+    has_finetune: bool
+    cells: tuple[Cell, ...]
+
+    def labels(self) -> list[str]:
+        return [c.label for c in self.cells]
+
+    def cell(self, label: str) -> Cell:
+        for c in self.cells:
+            if c.label == label:
+                return c
+        raise KeyError(label)
+
+    def select(self, only: list[str] | None) -> list[Cell]:
+        """The cells named by ``--only`` (all when empty); unknown labels are an error with suggestions."""
+        if not only:
+            return list(self.cells)
+        known = self.labels()
+        for label in only:
+            if label not in known:
+                close = difflib.get_close_matches(label, known, n=3, cutoff=0.4)
+                hint = f"did you mean {', '.join(close)}? " if close else ""
+                raise BenchError(
+                    f"--only {label!r} is not a cell of {self.path}; {hint}labels: {', '.join(known)}"
+                )
+        wanted = set(only)
+        return [c for c in self.cells if c.label in wanted]
+
+    def summary_dict(self) -> dict[str, Any]:
+        """What ``table`` needs to re-render without the experiment file."""
+        return {
+            "schema": "conformer-bench.experiment",
+            "schema_version": 1,
+            "name": self.name,
+            "description": self.description,
+            "source": str(self.path),
+            "base_label": self.base_label,
+            "labels": self.labels(),
+            "axes_mode": self.axes_mode,
+        }
+
+
+def _digest(obj: Any) -> str:
+    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+# --- locating keys in the file, for error messages ----------------------------------------------------
+
+
+_HEADER_RE = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\-\" ]+?)\s*\]\]?\s*(#.*)?$")
+
+
+def _find_line(text: str, path: tuple[str | int, ...]) -> int | None:
+    """Best-effort 1-based line of a key path such as ("cells", 2, "coupling") or ("profile", "mode")."""
+    lines = text.splitlines()
+    array = path[0] if len(path) > 1 and isinstance(path[1], int) else None
+    index = path[1] if array is not None else None
+    names = [p for p in path if isinstance(p, str)]
+    if not names:
+        return None
+    # First the key inside its table, then the table's own header.
+    for table, key in ((names[:-1], names[-1]), (names, None)):
+        header = ".".join(table)
+        current, entry = "", -1
+        for no, line in enumerate(lines, start=1):
+            m = _HEADER_RE.match(line)
+            if m:
+                current = m.group(2).replace('"', "").replace(" ", "")
+                if m.group(1) == "[[" and current == array:
+                    entry += 1
+                if key is None and current == header and (index is None or entry == index):
+                    return no
+                continue
+            here = current == header and (index is None or entry == index)
+            if key is not None and here and re.match(rf'^\s*"?{re.escape(key)}"?\s*=', line):
+                return no
+    return None
+
+
+class _Checker:
+    """Collects the file, its text and the way to raise an error that names file, line and key."""
+
+    def __init__(self, path: Path, text: str) -> None:
+        self.path = path
+        self.text = text
+
+    def fail(self, where: tuple[str | int, ...], message: str) -> BenchError:
+        line = _find_line(self.text, where)
+        key = _key_name(where)
+        loc = f"{self.path}:{line}" if line else str(self.path)
+        return BenchError(f"{loc}: {key}: {message}")
+
+
+def _key_name(where: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in where:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out or "(top level)"
+
+
+def _unknown(keys: list[str], valid: tuple[str, ...] | list[str]) -> str:
+    key = keys[0]
+    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown key {key!r}; {hint}valid keys: {', '.join(valid)}"
+
+
+def _type_ok(value: Any, annotation: str) -> bool:
+    """Match a TOML value against a simple annotation string such as 'int | None'."""
+    names = {part.strip() for part in str(annotation).split("|")}
+    if isinstance(value, bool):
+        return "bool" in names
+    if isinstance(value, int):
+        return bool(names & {"int", "float"})
+    if isinstance(value, float):
+        return "float" in names
+    if isinstance(value, str):
+        return "str" in names or any(n.startswith("Literal") for n in names)
+    if isinstance(value, list):
+        return any(n.startswith(("tuple", "list")) for n in names)
+    return False
+
+
+def _settings_fields(kind: str) -> dict[str, Any]:
+    """Field name -> annotation of ProfileSettings or FinetuneSettings."""
+    cls: Any
+    if kind == "profile":
+        from ..profiling import ProfileSettings
+
+        cls = ProfileSettings
+    else:
+        from ..finetune import FinetuneSettings
+
+        cls = FinetuneSettings
+    return {f.name: f.type for f in dataclasses.fields(cls)}
+
+
+def _check_settings(chk: _Checker, where: tuple[str | int, ...], table: Any, kind: str) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise chk.fail(where, f"must be a table such as [{kind}]; see the layout in experiments/paper.toml")
+    fields = _settings_fields(kind)
+    valid = [f for f in fields if kind != "finetune" or f not in FINETUNE_FORBIDDEN]
+    if kind == "finetune" and len(where) == 1:
+        valid += list(FINETUNE_EXTRA_KEYS)
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if kind == "finetune" and key in FINETUNE_FORBIDDEN:
+            fix = (
+                "list seeds in [finetune] seeds = [0, 1]"
+                if key == "seed"
+                else "remove it (each run is stored in the cell record)"
+            )
+            raise chk.fail((*where, key), f"{key} cannot be set in an experiment; {fix}")
+        if key not in valid:
+            raise chk.fail((*where, key), _unknown([key], valid))
+        if key in FINETUNE_EXTRA_KEYS:
+            continue
+        if not _type_ok(value, fields[key]):
+            raise chk.fail((*where, key), f"{value!r} has the wrong type; expected {fields[key]}")
+        out[key] = value
+    return out
+
+
+def _build_config(
+    chk: _Checker, where: tuple[str | int, ...], variant: str, overrides: dict[str, Any]
+) -> Any:
+    from conformer import get_config, resolve_name
+    from conformer.config import OVERRIDABLE
+
+    try:
+        resolve_name(variant)
+    except ValueError as exc:
+        raise chk.fail((*where, "variant"), f"{exc}") from None
+    for key, value in overrides.items():
+        if key not in OVERRIDABLE:
+            raise chk.fail((*where, key), _unknown([key], (*CELL_META_KEYS, *OVERRIDABLE)))
+        if isinstance(value, dict):
+            raise chk.fail((*where, key), "must be a value, not a table")
+    try:
+        return get_config(variant, **overrides)
+    except (ValueError, TypeError) as exc:
+        culprit = next((k for k in overrides if k in str(exc)), None)
+        at = (*where, culprit) if culprit else where
+        raise chk.fail(at, f"invalid variant: {exc}") from None
+
+
+def _label_ok(chk: _Checker, where: tuple[str | int, ...], label: Any) -> str:
+    if not isinstance(label, str) or not LABEL_RE.match(label):
+        raise chk.fail(
+            where,
+            f"label {label!r} is not valid; use 1-80 characters: letters, digits and _ . , = + / : - "
+            "(starting with a letter or digit)",
+        )
+    return label
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "+".join(str(v) for v in value) or "none"
+    return str(value)
+
+
+def load_experiment(path: str | Path, *, output_dir: str | Path | None = None) -> Experiment:
+    """Read and validate an experiment file; every error names the file, the line/key and the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise BenchError(
+            f"experiment file {str(path)!r} does not exist; pass a path such as experiments/ci.toml"
+        )
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise BenchError(f"{path}: not valid TOML ({exc}); fix the syntax at that line") from None
+    chk = _Checker(path, text)
+    for key in data:
+        if key not in TOP_KEYS:
+            raise chk.fail((key,), _unknown([key], TOP_KEYS))
+
+    name = data.get("name", path.stem)
+    if not isinstance(name, str) or not LABEL_RE.match(name):
+        raise chk.fail(("name",), f"{name!r} is not valid; use letters, digits, _ or -")
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise chk.fail(("description",), "must be a string")
+    axes_mode = data.get("axes_mode", "each")
+    if axes_mode not in AXES_MODES:
+        raise chk.fail(("axes_mode",), f"{axes_mode!r} is not valid; choose one of: {', '.join(AXES_MODES)}")
+    out_raw = data.get("output_dir", f"results/{name}")
+    if not isinstance(out_raw, str) or not out_raw:
+        raise chk.fail(("output_dir",), "must be a directory path string such as 'results/paper'")
+    out_dir = Path(output_dir) if output_dir is not None else Path(out_raw)
+
+    # Base variant.
+    base = data.get("base")
+    if not isinstance(base, dict) or "variant" not in base:
+        raise chk.fail(
+            ("base",), 'missing; add a [base] table with variant = "small" (see conformer-bench variants)'
+        )
+    if not isinstance(base["variant"], str):
+        raise chk.fail(("base", "variant"), 'must be a preset name string such as "small"')
+    base_variant = base["variant"]
+    base_label = _label_ok(chk, ("base", "label"), base.get("label", "base"))
+    base_overrides = {k: v for k, v in base.items() if k not in ("label", "variant")}
+    for key in ("profile", "finetune"):
+        if key in base_overrides:
+            raise chk.fail(("base", key), f"put run settings in the top-level [{key}] table, not in [base]")
+
+    # Run settings.
+    profile = _check_settings(chk, ("profile",), data.get("profile", {}), "profile")
+    ft_table = data.get("finetune")
+    finetune: dict[str, Any] | None = None
+    seeds: tuple[int, ...] = ()
+    run_by_default = False
+    if ft_table is not None:
+        finetune = _check_settings(chk, ("finetune",), ft_table, "finetune")
+        run_by_default = ft_table.get("run", False)
+        if not isinstance(run_by_default, bool):
+            raise chk.fail(("finetune", "run"), "must be true or false")
+        raw_seeds = ft_table.get("seeds", [0])
+        if (
+            not isinstance(raw_seeds, list)
+            or not raw_seeds
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in raw_seeds)
+            or len(set(raw_seeds)) != len(raw_seeds)
+        ):
+            raise chk.fail(
+                ("finetune", "seeds"), f"{raw_seeds!r} is not valid; give distinct integers >= 0, e.g. [0, 1]"
+            )
+        seeds = tuple(raw_seeds)
+
+    base_cfg = _build_config(
+        chk,
+        ("base",),
+        base_variant,
+        {"img_size": profile.get("img_size", PROFILE_IMG_SIZE), **base_overrides},
+    )
+
+    # Cells: the base, then the axes, then the explicit list.
+    specs: list[tuple[tuple[str | int, ...], str, str, dict[str, Any], dict[str, Any], dict[str, Any]]] = [
+        (("base",), base_label, base_variant, base_overrides, {}, {})
+    ]
+    axes = data.get("axes", {})
+    if not isinstance(axes, dict):
+        raise chk.fail(("axes",), "must be a table: [axes] key = [value, ...]")
+    for key, values in axes.items():
+        if not isinstance(values, list) or not values:
+            raise chk.fail(("axes", key), f"must be a non-empty list of values, e.g. {key} = [0, 1]")
+    if axes_mode == "each":
+        for key, values in axes.items():
+            for value in values:
+                specs.append(_axis_spec(base_variant, base_overrides, {key: value}))
+    elif axes:
+        keys = list(axes)
+        for combo in itertools.product(*(axes[k] for k in keys)):
+            specs.append(_axis_spec(base_variant, base_overrides, dict(zip(keys, combo, strict=True))))
+    cells_raw = data.get("cells", [])
+    if not isinstance(cells_raw, list):
+        raise chk.fail(("cells",), "must be an array of tables: write each cell as [[cells]]")
+    for i, raw in enumerate(cells_raw):
+        where: tuple[str | int, ...] = ("cells", i)
+        if "label" not in raw:
+            raise chk.fail(where, 'missing label; add label = "short-name" to this [[cells]] entry')
+        label = _label_ok(chk, (*where, "label"), raw["label"])
+        variant = raw.get("variant", base_variant)
+        if not isinstance(variant, str):
+            raise chk.fail((*where, "variant"), 'must be a preset name string such as "small"')
+        overrides = {k: v for k, v in raw.items() if k not in CELL_META_KEYS}
+        merged = {**base_overrides, **overrides} if variant == base_variant else overrides
+        specs.append((where, label, variant, merged, raw.get("profile", {}), raw.get("finetune", {})))
+
+    cells: list[Cell] = []
+    seen_labels: dict[str, tuple[str | int, ...]] = {}
+    for where, label, variant, overrides, prof, ft in specs:
+        is_axis = where[0] == "axes"
+        if label in seen_labels:
+            raise chk.fail(
+                where if not is_axis else ("axes",),
+                f"label {label!r} is used twice; give each cell its own label",
+            )
+        cell_profile = (
+            {**profile, **_check_settings(chk, (*where, "profile"), prof, "profile")} if prof else profile
+        )
+        overrides = {k: v for k, v in overrides.items() if k != "variant"}
+        if "img_size" not in overrides:
+            # The config's img_size only sizes the position embedding: size it for the measured images.
+            overrides["img_size"] = cell_profile.get("img_size", PROFILE_IMG_SIZE)
+        cfg = _build_config(chk, where, variant, overrides)
+        if is_axis and cells and any(c.config == cfg and c.profile == cell_profile for c in cells):
+            continue  # an axis value equal to the base (or an earlier cell) adds nothing
+        cell_ft: dict[str, Any] | None = None
+        if ft and finetune is None:
+            raise chk.fail(
+                (*where, "finetune"), "per-cell finetune settings need a top-level [finetune] table"
+            )
+        if finetune is not None:
+            cell_ft = (
+                {**finetune, **_check_settings(chk, (*where, "finetune"), ft, "finetune")} if ft else finetune
+            )
+        changes = {
+            k: v
+            for k, v in cfg.to_dict().items()
+            if k not in ("name", "from_paper") and base_cfg.to_dict()[k] != v
+        }
+        if cfg.name != base_cfg.name:
+            changes = {"variant": cfg.name, **changes}
+        seen_labels[label] = where
+        cells.append(
+            Cell(
+                index=len(cells),
+                label=label,
+                config=cfg,
+                changes=changes,
+                profile=cell_profile,
+                finetune=cell_ft,
+                seeds=seeds,
+            )
+        )
+    _check_constructible(chk, cells)
+    return Experiment(
+        name=name,
+        description=description,
+        path=path,
+        output_dir=out_dir,
+        axes_mode=axes_mode,
+        base_label=base_label,
+        finetune_by_default=run_by_default,
+        has_finetune=finetune is not None,
+        cells=tuple(cells),
+    )
+
+
+def _axis_spec(
+    base_variant: str, base_overrides: dict[str, Any], values: dict[str, Any]
+) -> tuple[tuple[str | int, ...], str, str, dict[str, Any], dict[str, Any], dict[str, Any]]:
+    label = ",".join(f"{k}={_value_text(v)}" for k, v in values.items())
+    variant = values.get("variant", base_variant)
+    rest = {k: v for k, v in values.items() if k != "variant"}
+    overrides = {**base_overrides, **rest} if variant == base_variant else rest
+    key = next(iter(values))
+    return (("axes", key), label, str(variant), overrides, {}, {})
+
+
+def _check_constructible(chk: _Checker, cells: list[Cell]) -> None:
+    """Settings objects must build (their own checks: mode, precision, ...)."""
+    from ..profiling import ProfileSettings
+    from ..profiling import validate_settings as check_profile
+
+    for cell in cells:
+        where: tuple[str | int, ...] = ("profile",)
+        try:
+            check_profile(cell.config, ProfileSettings(**cell.profile))
+        except (ValueError, TypeError, BenchError) as exc:
+            raise chk.fail(where, f"cell {cell.label!r}: {exc}") from None
+        if cell.finetune is not None:
+            from ..finetune import FinetuneSettings
+            from ..finetune import validate_settings as check_finetune
+
+            try:
+                check_finetune(FinetuneSettings(**cell.finetune, seed=cell.seeds[0]))
+            except (ValueError, TypeError, BenchError) as exc:
+                raise chk.fail(("finetune",), f"cell {cell.label!r}: {exc}") from None
+        if cell.config.num_classes == 0:
+            raise chk.fail(("base", "num_classes"), "must be > 0: the cells classify (0 builds no head)")

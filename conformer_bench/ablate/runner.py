@@ -1,0 +1,508 @@
+"""Run the cells of an experiment: each one isolated, each finished one written atomically, resumable, shardable.
+
+Files in the results directory:
+
+- ``cells.jsonl``: one ``conformer-bench.cell`` record per finished cell (rewritten atomically after each cell).
+- ``cells.shard-I-of-N.jsonl`` and ``shard-I-of-N.done``: a shard's own records and its completion marker,
+  merged into ``cells.jsonl`` (and removed) once every shard has finished.
+- ``experiment.json``: the experiment's name, base label and cell order, so ``table`` can re-render alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..errors import BenchError
+from ..io import atomic_write_text, dumps_json, write_json
+from .experiment import Cell, Experiment
+
+CELL_SCHEMA = "conformer-bench.cell"
+CELL_SCHEMA_VERSION = 1
+CELLS_FILE = "cells.jsonl"
+EXPERIMENT_FILE = "experiment.json"
+_SHARD_RE = re.compile(r"^cells\.shard-(\d+)-of-(\d+)\.jsonl$")
+
+
+class CellProgress(Protocol):
+    """What a running cell reports: what it is doing and, when known, how far it is (done of total)."""
+
+    def update(self, text: str, done: float | None = None, total: float | None = None) -> None: ...
+
+
+class _NoProgress:
+    def update(self, text: str, done: float | None = None, total: float | None = None) -> None:
+        pass
+
+
+CellFn = Callable[[Cell, bool, "dict[str, Any] | None", CellProgress], dict[str, Any]]
+
+
+# --- one cell -----------------------------------------------------------------------------------------
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}"[:500]
+
+
+def _is_oom(exc: BaseException) -> bool:
+    try:
+        import torch
+
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            return True
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
+
+
+def _free_memory() -> None:
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _status_of(record: dict[str, Any] | None) -> tuple[str, str | None]:
+    if record is None:
+        return "failed", "no record"
+    return str(record.get("status", "ok")), record.get("reason")
+
+
+def run_cell(
+    cell: Cell, finetune: bool, reuse_profile: dict[str, Any] | None, progress: CellProgress
+) -> dict[str, Any]:
+    """Profile (and fine-tune, once per seed) one cell; never raises for a failure inside the cell.
+
+    A crash, an out-of-memory error or a non-finite loss becomes the cell's ``status`` and ``reason``;
+    ``KeyboardInterrupt`` and ``SystemExit`` pass through (the cell is then not written).
+    """
+    from ..env import fingerprint, resolve_device
+
+    started = time.time()
+    status, reason = "ok", None
+    profile: dict[str, Any] | None = reuse_profile
+    finetunes: list[dict[str, Any]] = []
+    settings = cell.profile_settings()
+    try:
+        device = resolve_device(settings.device)
+    except BenchError as exc:
+        device, status, reason = "cpu", "failed", str(exc)
+    if status == "ok" and profile is None:
+        progress.update("profile", 0.0, 1.0)
+        try:
+            from ..profiling import profile_variant
+
+            profile = profile_variant(
+                cell.config, settings, label=cell.label, progress=_profile_callback(progress)
+            )
+            status, reason = _status_of(profile)
+            if status != "ok":
+                reason = f"profile: {reason}"
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:
+            status = "oom" if _is_oom(exc) else "failed"
+            reason = f"profile: {_one_line(exc)}"
+        finally:
+            _free_memory()
+    if finetune and status == "ok":
+        import torch
+
+        from ..finetune import run_finetune
+
+        if settings.threads is not None:
+            torch.set_num_threads(settings.threads)  # the cell's threads hold for its fine-tuning too
+
+        for seed in cell.seeds:
+            progress.update(f"fine-tune, seed {seed} ({len(finetunes) + 1} of {len(cell.seeds)})")
+            try:
+                record = run_finetune(
+                    cell.config, cell.finetune_settings(seed), label=cell.label, show_progress=False
+                )
+                finetunes.append(record)
+                ft_status, ft_reason = _status_of(record)
+                if ft_status != "ok" and status == "ok":
+                    status, reason = ft_status, f"finetune seed {seed}: {ft_reason}"
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:
+                if status == "ok":
+                    status = "oom" if _is_oom(exc) else "failed"
+                    reason = f"finetune seed {seed}: {_one_line(exc)}"
+            finally:
+                _free_memory()
+    environment = (profile or {}).get("environment") or fingerprint(
+        device, settings.precision, settings.batch_size, settings.img_size
+    )
+    return {
+        "profile": profile,
+        "finetune": finetunes,
+        "status": status,
+        "reason": reason,
+        "environment": environment,
+        "wall_s": time.time() - started,
+    }
+
+
+def _profile_callback(progress: CellProgress) -> Callable[[str, float], None]:
+    """profile_variant reports (what is running, fraction of the profile done)."""
+
+    def callback(message: str, fraction: float) -> None:
+        progress.update(f"profile: {message}", fraction, 1.0)
+
+    return callback
+
+
+def make_record(
+    cell: Cell, experiment: Experiment, finetune: bool, result: dict[str, Any], shard: tuple[int, int]
+) -> dict[str, Any]:
+    """The ``conformer-bench.cell`` record of a finished cell."""
+    return {
+        "schema": CELL_SCHEMA,
+        "schema_version": CELL_SCHEMA_VERSION,
+        "experiment": experiment.name,
+        "label": cell.label,
+        "index": cell.index,
+        "variant": {"name": cell.config.name, "label": cell.label, "config": cell.config.to_dict()},
+        "config": cell.config.to_dict(),
+        "changes": cell.changes,
+        "config_hash": cell.config_hash(finetune),
+        "profile_hash": cell.profile_hash(),
+        "finetune_hash": cell.finetune_hash() if finetune else None,
+        "status": result["status"],
+        "reason": result["reason"],
+        "profile": result["profile"],
+        "finetune": result["finetune"],
+        "seeds": list(cell.seeds) if finetune else [],
+        "environment": result["environment"],
+        "wall_s": result["wall_s"],
+        "finished": time.time(),
+        "shard": {"rank": shard[0], "world_size": shard[1]},
+    }
+
+
+# --- reading and writing records -----------------------------------------------------------------------
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Records of a JSON-lines file; a line that does not parse is an error naming the file and line."""
+    if not path.exists():
+        return []
+    out = []
+    for no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise BenchError(
+                f"{path}:{no}: not a JSON record ({exc}); delete that line and rerun with --resume"
+            ) from None
+        if not isinstance(record, dict) or record.get("schema") != CELL_SCHEMA or "label" not in record:
+            raise BenchError(f"{path}:{no}: not a {CELL_SCHEMA} record; remove the line or the file")
+        out.append(record)
+    return out
+
+
+def shard_files(out_dir: Path) -> list[Path]:
+    return sorted(p for p in out_dir.glob("cells.shard-*.jsonl") if _SHARD_RE.match(p.name))
+
+
+def load_records(out_dir: Path) -> dict[str, dict[str, Any]]:
+    """Every cell record in ``out_dir`` (``cells.jsonl`` and unmerged shard files), the newest per label."""
+    records: dict[str, dict[str, Any]] = {}
+    for path in [out_dir / CELLS_FILE, *shard_files(out_dir)]:
+        for record in read_jsonl(path):
+            old = records.get(record["label"])
+            if old is None or record.get("finished", 0) >= old.get("finished", 0):
+                records[record["label"]] = record
+    return records
+
+
+def write_records(path: Path, records: dict[str, dict[str, Any]], order: list[str]) -> None:
+    """Rewrite a JSON-lines file atomically: experiment order first, then any other labels."""
+    labels = [lbl for lbl in order if lbl in records] + [lbl for lbl in records if lbl not in order]
+    atomic_write_text(path, "".join(dumps_json(records[lbl], indent=None) for lbl in labels))
+
+
+def _clean_temp(path: Path) -> None:
+    """Remove temporary files a killed writer of ``path`` may have left (never the file itself)."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+# --- sharding ------------------------------------------------------------------------------------------
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"0/2"`` -> ``(0, 2)``; shards are numbered from 0, as torchrun's RANK."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not m or int(m.group(2)) < 1 or int(m.group(1)) >= int(m.group(2)):
+        raise BenchError(
+            f"--shard {text!r} is not valid; use I/N with 0 <= I < N, e.g. --shard 0/2 and --shard 1/2"
+        )
+    return int(m.group(1)), int(m.group(2))
+
+
+def torchrun_rank() -> tuple[int, int] | None:
+    """(RANK, WORLD_SIZE) when started by torchrun with more than one process."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+    except ValueError:
+        raise BenchError(
+            "RANK/WORLD_SIZE are not integers; start the command with torchrun or unset them"
+        ) from None
+    return (rank, world) if world > 1 else None
+
+
+@dataclass
+class Distributed:
+    """Who this process is: a shard of ``world`` (``torchrun`` uses a gloo process group for the barrier)."""
+
+    rank: int = 0
+    world: int = 1
+    torchrun: bool = False
+    _owns_group: bool = field(default=False, repr=False)
+
+    def start(self) -> None:
+        if not self.torchrun:
+            return
+        import datetime
+
+        import torch
+        import torch.distributed as dist
+
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+        if not dist.is_initialized():
+            # Long cells run between barriers: allow a day before gloo gives up.
+            dist.init_process_group("gloo", timeout=datetime.timedelta(days=1))
+            self._owns_group = True
+
+    def barrier(self) -> None:
+        if self.torchrun:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def stop(self) -> None:
+        if self._owns_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+            self._owns_group = False
+
+
+def shard_of(cells: list[Cell], rank: int, world: int) -> list[Cell]:
+    """Round-robin share of the selected cells."""
+    return [c for k, c in enumerate(cells) if k % world == rank]
+
+
+def _shard_file(out_dir: Path, rank: int, world: int) -> Path:
+    return out_dir / f"cells.shard-{rank}-of-{world}.jsonl"
+
+
+def _done_file(out_dir: Path, rank: int, world: int) -> Path:
+    return out_dir / f"shard-{rank}-of-{world}.done"
+
+
+def merge_shards(out_dir: Path, order: list[str]) -> dict[str, dict[str, Any]]:
+    """Fold shard files into ``cells.jsonl`` (atomically), then remove them and their markers."""
+    records = load_records(out_dir)
+    write_records(out_dir / CELLS_FILE, records, order)
+    for path in shard_files(out_dir):
+        path.unlink(missing_ok=True)
+    for marker in out_dir.glob("shard-*-of-*.done"):
+        marker.unlink(missing_ok=True)
+    return records
+
+
+# --- the grid -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    statuses: dict[str, str] = field(default_factory=dict)
+    gathered: bool = False  # this process wrote the merged cells.jsonl (and should write the tables)
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class GridProgress(Protocol):
+    def start_cell(self, cell: Cell, position: int, total: int) -> CellProgress: ...
+
+    def end_cell(self, cell: Cell, status: str, skipped: bool) -> None: ...
+
+
+class _QuietGrid:
+    def start_cell(self, cell: Cell, position: int, total: int) -> CellProgress:
+        return _NoProgress()
+
+    def end_cell(self, cell: Cell, status: str, skipped: bool) -> None:
+        pass
+
+
+def run_grid(
+    experiment: Experiment,
+    cells: list[Cell],
+    out_dir: Path,
+    *,
+    finetune: bool,
+    resume: bool,
+    dist: Distributed | None = None,
+    progress: GridProgress | None = None,
+    cell_fn: CellFn | None = None,
+) -> RunResult:
+    """Run this process's share of ``cells``; write each finished cell at once; gather when every shard is done."""
+    dist = dist or Distributed()
+    cell_fn = cell_fn or run_cell  # looked up at call time, so it can be wrapped
+    progress = progress or _QuietGrid()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    order = experiment.labels()
+    write_json(out_dir / EXPERIMENT_FILE, experiment.summary_dict())  # same content from every shard
+    existing = load_records(out_dir)
+    if dist.world == 1:
+        target = out_dir / CELLS_FILE
+        mine = dict(existing)
+    else:
+        target = _shard_file(out_dir, dist.rank, dist.world)
+        _done_file(out_dir, dist.rank, dist.world).unlink(missing_ok=True)
+        mine = {r["label"]: r for r in read_jsonl(target)}
+    _clean_temp(target)
+
+    result = RunResult()
+    share = shard_of(cells, dist.rank, dist.world)
+    for position, cell in enumerate(share, start=1):
+        digest = cell.config_hash(finetune)
+        old = existing.get(cell.label)
+        if resume and old is not None and old.get("config_hash") == digest:
+            result.skipped.append(cell.label)
+            result.statuses[cell.label] = old.get("status", "ok")
+            mine.setdefault(cell.label, old)
+            progress.end_cell(cell, old.get("status", "ok"), skipped=True)
+            continue
+        reuse = None
+        if (
+            resume
+            and old is not None
+            and old.get("profile_hash") == cell.profile_hash()
+            and (old.get("profile") or {}).get("status", "ok") == "ok"
+            and old.get("profile") is not None
+        ):
+            reuse = old["profile"]  # only the fine-tuning part changed
+        reporter = progress.start_cell(cell, position, len(share))
+        with _single_process_env(dist.torchrun), _restore_threads():
+            outcome = cell_fn(cell, finetune, reuse, reporter)
+        record = make_record(cell, experiment, finetune, outcome, (dist.rank, dist.world))
+        mine[cell.label] = record
+        write_records(target, mine, order)
+        result.ran.append(cell.label)
+        result.statuses[cell.label] = record["status"]
+        progress.end_cell(cell, record["status"], skipped=False)
+
+    if dist.world == 1:
+        result.gathered = True
+        result.records = mine
+        return result
+    if not (out_dir / target.name).exists():
+        write_records(target, mine, order)  # an empty share still says it is done
+    atomic_write_text(
+        _done_file(out_dir, dist.rank, dist.world), json.dumps({"labels": [c.label for c in share]}) + "\n"
+    )
+    if dist.torchrun:
+        dist.barrier()
+        if dist.rank == 0:
+            result.records = merge_shards(out_dir, order)
+            result.gathered = True
+        dist.barrier()  # no rank starts another run before the merge is on disk
+        return result
+    # Independent --shard processes: whichever finishes last merges (under a lock, so two never interleave).
+    with _merge_lock(out_dir):
+        if all(_done_file(out_dir, r, dist.world).exists() for r in range(dist.world)):
+            result.records = merge_shards(out_dir, order)
+            result.gathered = True
+    return result
+
+
+@contextlib.contextmanager
+def _merge_lock(out_dir: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``out_dir/.merge.lock`` (released when the process dies)."""
+    import fcntl
+
+    with open(out_dir / ".merge.lock", "a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _restore_threads() -> Iterator[None]:
+    """A cell's ``threads`` setting holds for its profile and fine-tuning, not for the cells after it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def _single_process_env(active: bool) -> Iterator[None]:
+    """Hide torchrun's variables while a cell runs: each rank runs whole cells of its own, so fine-tuning
+    (which would otherwise join the ranks into one data-parallel run) must see a single process."""
+    if not active:
+        yield
+        return
+    keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """Turn SIGTERM into SystemExit(143) so pending atomic writes clean up their temporary files."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

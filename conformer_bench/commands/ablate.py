@@ -1,0 +1,215 @@
+"""``conformer-bench ablate``: run an experiment grid of Conformer variants, resumable and shardable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .common import handle_errors
+
+
+def register(app: typer.Typer) -> None:
+    app.command("ablate")(ablate)
+
+
+@handle_errors
+def ablate(
+    experiment: Annotated[
+        Path, typer.Argument(help="Experiment file, e.g. experiments/paper.toml.", show_default=False)
+    ],
+    output_dir: Annotated[
+        Path | None,
+        typer.Option("--output-dir", "-o", help="Results folder (default: the file's output_dir)."),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Skip cells already recorded with the same config and settings.")
+    ] = False,
+    only: Annotated[
+        list[str] | None,
+        typer.Option("--only", help="Run only this cell (repeat for several).", show_default=False),
+    ] = None,
+    finetune: Annotated[
+        bool,
+        typer.Option(
+            "--finetune", help="Also fine-tune every cell (settings from the file's finetune table)."
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List the cells with params and GMACs; run nothing.")
+    ] = False,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            "--shard", help="Run share I of N (0-based, e.g. 0/2); the last shard to finish merges."
+        ),
+    ] = None,
+) -> None:
+    """Run every cell of EXPERIMENT (profile, and fine-tune when asked), then write tables and figures.
+
+    Each finished cell is written at once to cells.jsonl; a crash, OOM or NaN in one cell is recorded and the rest go on. Exit code 1 when a cell did not finish ok, 2 on bad input.
+    """
+    from ..ablate.experiment import load_experiment
+    from ..ablate.runner import Distributed, parse_shard, torchrun_rank
+    from ..errors import BenchError
+
+    exp = load_experiment(experiment, output_dir=output_dir)
+    cells = exp.select(only)
+    run_finetune = finetune or exp.finetune_by_default
+    if finetune and not exp.has_finetune:
+        raise BenchError(
+            f"{exp.path}: --finetune needs a [finetune] table (dataset, steps or epochs, seeds); add one or drop --finetune"
+        )
+    if dry_run:
+        _dry_run(exp, cells, run_finetune, resume)
+        return
+
+    shard_arg = parse_shard(shard)
+    ranked = torchrun_rank()
+    if shard_arg and ranked:
+        raise BenchError("--shard and torchrun (RANK/WORLD_SIZE) both split the grid; use one of them")
+    if ranked:
+        dist = Distributed(rank=ranked[0], world=ranked[1], torchrun=True)
+    elif shard_arg:
+        dist = Distributed(rank=shard_arg[0], world=shard_arg[1])
+    else:
+        dist = Distributed()
+    statuses = _run(exp, cells, run_finetune, resume, dist)
+    bad = {label: s for label, s in statuses.items() if s != "ok"}
+    if bad:
+        typer.echo(
+            f"{len(bad)} cell(s) did not finish ok: " + ", ".join(f"{k} ({v})" for k, v in bad.items()),
+            err=True,
+        )
+        raise typer.Exit(1)
+
+
+def _run(exp: Any, cells: list[Any], finetune: bool, resume: bool, dist: Any) -> dict[str, str]:
+    from rich.console import Console
+
+    from ..ablate.progress import RichGridProgress
+    from ..ablate.runner import run_grid, shard_of, sigterm_as_exit
+    from ..ablate.summary import ordered, rich_tables, write_summary
+    from ..errors import BenchError
+    from ..io import check_writable
+
+    out_dir = exp.output_dir
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BenchError(f"output {str(out_dir)!r} is a file, not a folder; pass another --output-dir")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BenchError(
+            f"cannot create {str(out_dir)!r} ({exc.strerror}); pass another --output-dir"
+        ) from None
+    check_writable(out_dir / "cells.jsonl")
+    console = Console() if Console().is_terminal else Console(width=160)
+    share = shard_of(cells, dist.rank, dist.world)
+    what = "profile + fine-tune" if finetune else "profile"
+    console.print(
+        f"[bold]{exp.name}[/]: {len(share)} of {len(exp.cells)} cells ({what})"
+        + (f" on rank {dist.rank} of {dist.world}" if dist.world > 1 else "")
+        + f" -> {out_dir}"
+    )
+    dist.start()
+    try:
+        with sigterm_as_exit():
+            try:
+                with RichGridProgress(len(share), rank=dist.rank, world=dist.world) as progress:
+                    result = run_grid(
+                        exp, cells, out_dir, finetune=finetune, resume=resume, dist=dist, progress=progress
+                    )
+            except KeyboardInterrupt:
+                console.print(
+                    f"interrupted: finished cells are in {out_dir / 'cells.jsonl'}; rerun with --resume"
+                )
+                raise
+        if result.skipped:
+            console.print(
+                f"skipped {len(result.skipped)} unchanged cell(s) (--resume): {', '.join(result.skipped)}"
+            )
+        if not result.gathered:
+            console.print(
+                f"shard {dist.rank}/{dist.world} done; the last shard to finish merges cells.jsonl and writes the tables"
+            )
+            return result.statuses
+        records = ordered(result.records, exp.labels())
+        df, notes, paths = write_summary(out_dir, records, exp.base_label, _title(exp))
+        for tbl in rich_tables(df, notes, _title(exp)):
+            console.print(tbl)
+        for kind, path in paths.items():
+            console.print(f"wrote {kind}: {path}")
+        console.print(f"wrote cells: {out_dir / 'cells.jsonl'}")
+        if dist.torchrun:
+            return {
+                str(r["label"]): str(r.get("status"))
+                for r in records
+                if r["label"] in {c.label for c in cells}
+            }
+        return result.statuses
+    finally:
+        dist.stop()
+
+
+def _title(exp: Any) -> str:
+    return f"{exp.name}: {exp.description}" if exp.description else exp.name
+
+
+def _dry_run(exp: Any, cells: list[Any], finetune: bool, resume: bool) -> None:
+    """Print the cells with params and MACs (counted on shapes only; nothing is timed or trained)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..ablate.runner import load_records
+    from ..flops import quick_counts
+
+    existing = load_records(exp.output_dir) if exp.output_dir.is_dir() else {}
+    table = Table(title=f"{exp.name} (dry run, {len(cells)} cells, output {exp.output_dir})")
+    numeric = ("#", "Params (M)", "GMACs")
+    for col in (
+        "#",
+        "Cell",
+        "Variant",
+        "Changes vs base",
+        "Params (M)",
+        "GMACs",
+        "Profile",
+        "Fine-tune",
+        "Recorded",
+    ):
+        table.add_column(col, justify="right" if col in numeric else "left")
+    for cell in cells:
+        img = int(cell.profile.get("img_size", 224))
+        counts = quick_counts(cell.config, img)
+        prof = cell.profile_settings()
+        prof_text = f"{prof.mode}, {img} px, batch {prof.batch_size or 'auto'}, {prof.device}"
+        ft_text = "—"
+        if finetune and cell.finetune is not None:
+            ft = cell.finetune
+            budget = f"{ft['steps']} steps" if ft.get("steps") else f"{ft.get('epochs', 'default')} epochs"
+            ft_text = f"{ft.get('dataset', 'digits')}, {budget}, seeds {list(cell.seeds)}"
+        old = existing.get(cell.label)
+        if old is None:
+            state = "new"
+        elif old.get("config_hash") == cell.config_hash(finetune):
+            state = f"{old.get('status')}, unchanged" + (" (skipped with --resume)" if resume else "")
+        else:
+            state = f"{old.get('status')}, settings changed (reruns)"
+        changes = " ".join(f"{k}={v}" for k, v in cell.changes.items()) or "—"
+        table.add_row(
+            str(cell.index),
+            cell.label + (" (base)" if cell.label == exp.base_label else ""),
+            cell.config.name,
+            changes,
+            f"{counts['params']['total'] / 1e6:.3f}",
+            f"{counts['macs'] / 1e9:.4g}",
+            prof_text,
+            ft_text,
+            state,
+        )
+    Console(width=200).print(table)
+    typer.echo(
+        "GMACs: conv + linear + matmul multiply-accumulates per image at the cell's img_size, batch 1, eval mode "
+        "(torch FlopCounterMode / 2 on shapes only; the run records fvcore's count too). Nothing was run."
+    )

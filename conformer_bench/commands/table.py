@@ -1,0 +1,80 @@
+"""``conformer-bench table``: re-render an experiment's tables and figures from its records, running nothing."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .common import handle_errors
+
+
+class TableFormat(StrEnum):
+    md = "md"
+    csv = "csv"
+    latex = "latex"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("table")(table)
+
+
+@handle_errors
+def table(
+    results_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="Results folder of `conformer-bench ablate` (holds cells.jsonl).", show_default=False
+        ),
+    ],
+    fmt: Annotated[
+        TableFormat, typer.Option("--format", "-f", help="What to print on stdout.")
+    ] = TableFormat.md,
+    base: Annotated[
+        str | None,
+        typer.Option("--base", help="Cell to take deltas against (default: the experiment's base)."),
+    ] = None,
+) -> None:
+    """Rewrite summary.csv, summary.md (summary.tex with --format latex) and figures/ from cells.jsonl."""
+    from ..ablate.runner import CELLS_FILE, EXPERIMENT_FILE, load_records
+    from ..ablate.summary import ordered, to_csv, to_latex, to_markdown, write_summary
+    from ..errors import BenchError
+    from ..io import atomic_write_text, read_json
+
+    if not results_dir.is_dir():
+        raise BenchError(
+            f"{str(results_dir)!r} is not a folder; pass the results folder of an ablation (e.g. results/ci)"
+        )
+    records = load_records(results_dir)
+    if not records:
+        raise BenchError(
+            f"{results_dir} holds no cell records ({CELLS_FILE}); run `conformer-bench ablate EXPERIMENT` first"
+        )
+    meta_path = results_dir / EXPERIMENT_FILE
+    meta = read_json(meta_path) if meta_path.exists() else {}
+    order = [lbl for lbl in meta.get("labels", []) if lbl in records] or list(records)
+    extra = [lbl for lbl in records if lbl not in order]
+    if extra and meta:
+        typer.echo(
+            f"note: left out {len(extra)} record(s) of cells no longer in the experiment: {', '.join(extra)}",
+            err=True,
+        )
+    base_label = base or meta.get("base_label") or order[0]
+    if base_label not in records:
+        raise BenchError(f"--base {base_label!r} is not a recorded cell; choose one of: {', '.join(order)}")
+    name = meta.get("name") or results_dir.name
+    title = f"{name}: {meta['description']}" if meta.get("description") else name
+    rows = ordered(records, order)
+    df, notes, paths = write_summary(results_dir, rows, base_label, title)
+    if fmt is TableFormat.csv:
+        text = to_csv(df)
+    elif fmt is TableFormat.latex:
+        text = to_latex(df, notes, title)
+        paths["latex"] = atomic_write_text(results_dir / "summary.tex", text)
+    else:
+        text = to_markdown(df, notes, title)
+    typer.echo(text, nl=False)
+    for kind, path in paths.items():
+        typer.echo(f"wrote {kind}: {path}", err=True)
