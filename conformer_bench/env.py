@@ -134,7 +134,7 @@ def fingerprint(
         "img_size": img_size,
         "tool_version": __version__,
         "commit": git_commit(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     env.update(gpu_info(device))
     env.update(extra)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -36,39 +36,39 @@ def fail(message: str) -> None:
     raise BenchError(message)
 
 
-class OutputFormat(str, Enum):
+class OutputFormat(StrEnum):
     table = "table"
     json = "json"
     csv = "csv"
     md = "md"
 
 
-class Branches(str, Enum):
+class Branches(StrEnum):
     dual = "dual"
     cnn = "cnn"
     transformer = "transformer"
 
 
-class Coupling(str, Enum):
+class Coupling(StrEnum):
     both = "both"
     down = "down"
     up = "up"
     none = "none"
 
 
-class FcuDown(str, Enum):
+class FcuDown(StrEnum):
     avgpool = "avgpool"
     maxpool = "maxpool"
     conv = "conv"
 
 
-class FcuUp(str, Enum):
+class FcuUp(StrEnum):
     nearest = "nearest"
     bilinear = "bilinear"
     deconv = "deconv"
 
 
-class Heads(str, Enum):
+class Heads(StrEnum):
     both = "both"
     conv = "conv"
     trans = "trans"

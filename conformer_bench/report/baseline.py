@@ -14,7 +14,7 @@ from .metrics import BASELINE_SCHEMA, BASELINE_SCHEMA_VERSION, MetricSet, baseli
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def _history_entry(action: str, metrics: MetricSet, names: list[str]) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
-import sys
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from importlib import resources
@@ -12,11 +12,6 @@ from typing import Any
 
 from ..errors import BenchError
 from .metrics import DIRECTIONS, KINDS, Metric
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10 needs the tomli backport
-    import tomli as tomllib
 
 THRESHOLDS_SCHEMA = "conformer-bench.thresholds"
 SIGNIFICANCE = ("mann-whitney+bootstrap", "mann-whitney", "bootstrap", "none")
