@@ -13,15 +13,30 @@ from typing import Any
 CPU_METHOD = (
     "peak RSS minus RSS at the start of the phase; peak = max of psutil samples every {interval_ms:g} ms "
     "(a background thread) and, when the phase raised the process's lifetime high-water mark, "
-    "getrusage ru_maxrss (exact). Limits: spikes shorter than the sampling interval that stay below an "
-    "earlier high-water mark are missed; memory the allocator kept from earlier phases is already in the "
-    "baseline, so a later phase that reuses it shows a smaller increase"
+    "getrusage ru_maxrss (exact). Before the phase, garbage is collected and glibc's malloc_trim returns "
+    "freed heap pages to the OS, so memory freed by earlier phases is not silently reused. Limits: spikes "
+    "shorter than the sampling interval that stay below an earlier high-water mark are missed; memory an "
+    "allocator still caches (or that malloc_trim cannot return) is in the baseline"
 )
 CUDA_METHOD = (
     "torch.cuda.max_memory_allocated / max_memory_reserved after reset_peak_memory_stats at the start of "
     "the phase; nvml_used_bytes: device memory in use (all processes, incl. the CUDA context) read with "
     "NVML at the end of the phase"
 )
+
+
+def release_freed_memory() -> bool:
+    """Collect garbage and ask glibc to return free heap pages to the OS (False where there is no glibc)."""
+    gc.collect()
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
 
 
 def _ru_maxrss_bytes() -> int:
@@ -36,7 +51,7 @@ def cpu_peak_rss(interval_s: float = 0.005) -> Iterator[dict[str, Any]]:
     import psutil
 
     proc = psutil.Process()
-    gc.collect()
+    trimmed = release_freed_memory()
     result: dict[str, Any] = {}
     before = int(proc.memory_info().rss)
     hwm_before = _ru_maxrss_bytes()
@@ -72,6 +87,7 @@ def cpu_peak_rss(interval_s: float = 0.005) -> Iterator[dict[str, Any]]:
             peak_from_ru_maxrss=exact,
             rss_samples=samples,
             sample_interval_s=interval_s,
+            malloc_trim=trimmed,
         )
 
 
