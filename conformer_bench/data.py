@@ -31,8 +31,9 @@
 
 ``PATH`` (ImageFolder)
     ``PATH/train/<class>/*`` and ``PATH/val/<class>/*``; without ``val``, ``train`` is split 80/20 by class
-    with the seed. Files whose extension is not an image type, and files Pillow cannot identify, are skipped
-    and counted. Images are read with Pillow as RGB. Training: random resized crop (area 35-100 %, aspect
+    with the seed. Files whose extension is not an image type, and files Pillow cannot fully decode (the scan
+    decodes every image, so a truncated file is caught before training), are skipped and counted, each with
+    its reason. Images are read with Pillow as RGB. Training: random resized crop (area 35-100 %, aspect
     3/4-4/3) to S, random horizontal flip; validation: resize the short side to S/0.875 then centre crop S
     (the release's 256 -> 224 convention). Both bicubic, normalised with the ImageNet mean/std. Training
     augmentation draws from a generator keyed by (seed, epoch, index), so it does not depend on workers.
@@ -244,7 +245,12 @@ def load_local_global(img_size: int, seed: int, train_size: int | None, val_size
 @dataclass
 class _Scan:
     files: list[tuple[Path, int]]
-    skipped: list[str]
+    skipped: list[dict[str, str]]  # {"path", "reason"}
+
+
+def _decode_error(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _scan_split(split_dir: Path, classes: list[str] | None) -> tuple[list[str], _Scan]:
@@ -265,7 +271,7 @@ def _scan_split(split_dir: Path, classes: list[str] | None) -> tuple[list[str], 
                 "give train and val the same class folders"
             )
     files: list[tuple[Path, int]] = []
-    skipped: list[str] = []
+    skipped: list[dict[str, str]] = []
     for label, name in enumerate(classes):
         cdir = split_dir / name
         if not cdir.is_dir():
@@ -275,13 +281,13 @@ def _scan_split(split_dir: Path, classes: list[str] | None) -> tuple[list[str], 
             if not path.is_file():
                 continue
             if path.suffix.lower() not in IMAGE_EXTENSIONS or path.name.startswith("."):
-                skipped.append(str(path))
+                skipped.append({"path": str(path), "reason": "not an image file extension"})
                 continue
             try:
-                with Image.open(path) as img:  # reads the header only
-                    img.size  # noqa: B018
-            except (UnidentifiedImageError, OSError):
-                skipped.append(str(path))
+                with Image.open(path) as img:
+                    img.load()  # decode the whole file: a truncated image fails here, not mid-training
+            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+                skipped.append({"path": str(path), "reason": _decode_error(exc)})
                 continue
             files.append((path, label))
             count += 1
@@ -312,8 +318,13 @@ class FolderImages(Dataset[tuple[Tensor, int]]):
         from PIL import Image
 
         path, label = self.files[index]
-        with Image.open(path) as raw:
-            img = raw.convert("RGB")
+        try:
+            with Image.open(path) as raw:
+                img = raw.convert("RGB")
+        except (OSError, ValueError, SyntaxError) as exc:  # changed or damaged since the scan
+            raise BenchError(
+                f"cannot decode image {str(path)!r} ({_decode_error(exc)}); replace or remove the file"
+            ) from None
         s = self.img_size
         if self.train:
             rng = random.Random((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
@@ -432,7 +443,7 @@ def load_dataset(
         "train_size": bundle.train_size,
         "val_size": bundle.val_size,
         "img_size": size,
-        "skipped_files": desc.pop("skipped_files", 0),  # non-image or unreadable files (ImageFolder only)
+        "skipped_files": desc.pop("skipped_files", 0),  # non-image or undecodable files (ImageFolder only)
         **desc,
     }
     return bundle

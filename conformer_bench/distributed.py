@@ -161,7 +161,8 @@ class EpochShuffle(torch.utils.data.Sampler[int]):
         return self.n
 
     def __iter__(self) -> Any:
-        gen = torch.Generator().manual_seed(self.seed + self.epoch)
+        # seed + epoch would give seed 1 at epoch 0 the permutation of seed 0 at epoch 1; combine them instead.
+        gen = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) % 2**63)
         return iter(torch.randperm(self.n, generator=gen).tolist())
 
 

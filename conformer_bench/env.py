@@ -23,6 +23,8 @@ TIMING_KEYS: tuple[str, ...] = (
     "precision",
     "batch_size",
     "img_size",
+    "path",  # plain | optimized | compiled (profile records)
+    "channels_last",  # profile records; a key missing on both sides counts as equal
 )
 
 

@@ -85,6 +85,16 @@ def validate_settings(s: FinetuneSettings) -> None:
         raise BenchError(f"--steps must be at least 1; got {s.steps}")
     if s.batch_size < 2:
         raise BenchError(f"--batch-size must be at least 2 (BatchNorm needs 2 images); got {s.batch_size}")
+    for option, value in (
+        ("--lr", s.lr),
+        ("--weight-decay", s.weight_decay),
+        ("--warmup", s.warmup),
+        ("--label-smoothing", s.label_smoothing),
+        ("--drop-path", s.drop_path),
+        ("--clip-grad", s.clip_grad),
+    ):
+        if value is not None and not math.isfinite(value):
+            raise BenchError(f"{option} must be a finite number; got {value}")
     if not 0 < s.lr < 1e30:
         raise BenchError(f"--lr must be a positive number below 1e30; got {s.lr}")
     if s.weight_decay < 0:

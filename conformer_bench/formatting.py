@@ -205,7 +205,9 @@ def profile_rows(record: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         rows.append((sec, "IQR / median", fmt_pct(t["iqr_over_median"]), noisy))
     compile_s = record.get("compile_s") or {}
     for phase, seconds in compile_s.items():
-        rows.append(("compile", phase, f"{seconds:.1f} s", "first call incl. torch.compile"))
+        rows.append(
+            ("compile", phase, f"{seconds:.1f} s", "untimed first call (torch.compile), before the warm-up")
+        )
     return rows
 
 

@@ -80,6 +80,12 @@ class _HostTimer:
         return samples
 
 
+def time_once(step: Callable[[], Any], device: str) -> float:
+    """Seconds of one call of ``step``, synchronised on both sides on CUDA (e.g. a first, compiling call)."""
+    timer: _CudaTimer | _HostTimer = _CudaTimer(device) if device.startswith("cuda") else _HostTimer()
+    return timer.time_synced(step)
+
+
 def measure(
     step: Callable[[], Any],
     *,

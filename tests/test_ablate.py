@@ -217,6 +217,33 @@ def test_resume_skips_unchanged_and_reruns_changed(tmp_path: Path) -> None:
     assert calls == ["dual"] and len(load_records(out)) == 4
 
 
+def test_resume_reruns_failed_oom_and_nan_cells(tmp_path: Path) -> None:
+    src = tmp_path / "exp.toml"
+    shutil.copy(EXP / "nano_costs.toml", src)
+    out = tmp_path / "res"
+    exp = load_experiment(src, output_dir=out)
+    bad = {"cnn-only": "failed", "transformer-only": "oom", "no-fcu": "nan"}
+
+    def flaky(cell: Any, finetune: bool, reuse: Any, progress: Any) -> dict[str, Any]:
+        outcome: dict[str, Any] = _fake_ok([])(cell, finetune, reuse, progress)
+        if cell.label in bad:
+            outcome.update(status=bad[cell.label], reason="simulated")
+        return outcome
+
+    run_grid(exp, list(exp.cells), out, finetune=False, resume=False, cell_fn=flaky)
+    assert {k: r["status"] for k, r in load_records(out).items()} == {"dual": "ok", **bad}
+
+    dry = invoke("ablate", str(src), "--dry-run", "--resume", "--output-dir", str(out))
+    assert dry.exit_code == 0, dry.output
+    assert "ok, unchanged (skipped with --resume)" in dry.output
+    assert dry.output.count("(reruns with --resume)") == 3 and "oom, unchanged" in dry.output
+
+    calls: list[str] = []
+    result = run_grid(exp, list(exp.cells), out, finetune=False, resume=True, cell_fn=_fake_ok(calls))
+    assert calls == ["cnn-only", "transformer-only", "no-fcu"] and result.skipped == ["dual"]
+    assert all(r["status"] == "ok" for r in load_records(out).values())
+
+
 def test_adding_finetune_on_resume_reuses_the_recorded_profile(tmp_path: Path) -> None:
     src = tmp_path / "exp.toml"
     src.write_text((EXP / "nano_costs.toml").read_text() + '\n[finetune]\ndataset = "digits"\nsteps = 1\n')

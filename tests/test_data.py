@@ -111,6 +111,31 @@ def test_image_folder_with_val_and_stray_files(tmp_path: Path) -> None:
     assert red[0].mean() > 1 > red[2].mean()
 
 
+def test_truncated_image_is_skipped_with_its_reason(tmp_path: Path) -> None:
+    for name, color in (("a", (20, 20, 20)), ("b", (230, 230, 230))):
+        _write_images(tmp_path / "train" / name, 5, color, size=(64, 64))
+    whole = (tmp_path / "train" / "a" / "img0.png").read_bytes()
+    truncated = tmp_path / "train" / "a" / "cut.png"
+    truncated.write_bytes(whole[: len(whole) // 2])  # a valid header, half the pixel data
+    d = load_dataset(str(tmp_path), 32, seed=0)
+    assert d.description["skipped_files"] == 1
+    (entry,) = d.description["skipped_examples"]
+    assert entry["path"] == str(truncated) and "truncated" in entry["reason"].lower()
+    assert truncated not in [p for p, _ in d.train.files + d.val.files]
+
+
+def test_image_damaged_after_the_scan_is_a_bench_error(tmp_path: Path) -> None:
+    for name, color in (("a", (20, 20, 20)), ("b", (230, 230, 230))):
+        _write_images(tmp_path / "train" / name, 5, color, size=(64, 64))
+    d = load_dataset(str(tmp_path), 32, seed=0)
+    path, _ = d.train.files[0]
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(BenchError, match="cannot decode image") as info:
+        d.train[0]
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
 def test_image_folder_without_val_splits_train(tmp_path: Path) -> None:
     _write_images(tmp_path / "train" / "a", 10, (10, 10, 10))
     _write_images(tmp_path / "train" / "b", 10, (240, 240, 240))

@@ -226,6 +226,25 @@ def test_cli_bad_input_exit_2(tmp_path: Path) -> None:
         assert res.output.startswith("error: ") and len(res.output.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--warmup", "nan"),
+        ("--warmup", "inf"),
+        ("--clip-grad", "nan"),
+        ("--weight-decay", "nan"),
+        ("--lr", "nan"),
+        ("--lr", "inf"),
+        ("--label-smoothing", "nan"),
+    ],
+)
+def test_cli_non_finite_number_is_one_line_exit_2(option: str, value: str) -> None:
+    res = runner.invoke(app, ["finetune", "--variant", "nano", "--device", "cpu", option, value])
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {option} must be a finite number")
+
+
 def test_cli_nan_exit_1_and_record_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ft, "head_loss", lambda out, y, s: out.logits.sum() * float("inf"))
     out = tmp_path / "rec.json"

@@ -30,6 +30,19 @@ def test_single_process_context_outside_torchrun(monkeypatch: pytest.MonkeyPatch
     )
 
 
+def test_epoch_shuffle_seeds_are_not_shared_across_seed_and_epoch() -> None:
+    """Seed s at epoch e + 1 must not replay seed s + 1 at epoch e (as seed + epoch would)."""
+
+    def order(seed: int, epoch: int) -> list[int]:
+        sampler = distributed.EpochShuffle(50, seed)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    assert order(0, 1) != order(1, 0) and order(3, 2) != order(4, 1)
+    assert order(0, 1) == order(0, 1) and sorted(order(7, 3)) == list(range(50))
+    assert order(0, 0) != order(0, 1)
+
+
 @pytest.mark.distributed
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:

@@ -294,3 +294,125 @@ def test_variants_table_and_bad_input() -> None:
     assert "--transformer-only" in result.stdout
     bad = runner.invoke(app, ["variants", "--variant", "bogus"])
     assert bad.exit_code == 2 and bad.output.startswith("error: unknown model 'bogus'")
+
+
+# --- optimised / compiled paths: precision, compile call, memory probe -------------------------------------
+
+INFER_FAST = {"batch_size": 2, "img_size": 32, "mode": "infer", "count_flops": False, "threads": 1}
+
+
+def _spy_optimizer(monkeypatch: pytest.MonkeyPatch, calls: list[dict[str, Any]], wrap: Any = None) -> None:
+    """Record each ``optimize_for_inference`` call; compile=True builds the eager copy (no C++ compiler needed)."""
+    optimize = pytest.importorskip("conformer.optimize")
+    real = optimize.optimize_for_inference
+
+    def spy(model: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs)
+        out = real(model, **{**kwargs, "compile": False})
+        return wrap(out) if wrap is not None else out
+
+    monkeypatch.setattr(optimize, "optimize_for_inference", spy)
+
+
+def test_optimized_bf16_keeps_autocast_and_records_precision(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[dict[str, Any]] = []
+    _spy_optimizer(monkeypatch, calls)
+    settings = ProfileSettings(**INFER_FAST, precision="bf16", warmup=1, iters=2, path="optimized")
+    record = profile_variant(conformer.get_config("nano"), settings)
+    assert record["status"] == "ok"
+    assert calls and calls[0]["fuse_pointwise"] is False  # the fused oneDNN ops would run in fp32
+    assert record["settings"]["precision_by_phase"] == {"infer": "bf16"}
+    assert record["throughput"]["infer"]["precision"] == "bf16"
+
+    calls.clear()
+    fp32 = profile_variant(
+        conformer.get_config("nano"), ProfileSettings(**INFER_FAST, warmup=1, iters=2, path="optimized")
+    )
+    assert calls[0]["fuse_pointwise"] is True and fp32["settings"]["precision_by_phase"] == {"infer": "fp32"}
+
+
+def test_fused_runner_under_autocast_is_recorded_as_fp32() -> None:
+    optimize = pytest.importorskip("conformer.optimize")
+    if not optimize.fused_kernels_available("cpu"):
+        pytest.skip("no fused oneDNN kernels in this torch build")
+    fused = optimize.optimize_for_inference(conformer.create_model("nano"))
+    plain = optimize.optimize_for_inference(conformer.create_model("nano"), fuse_pointwise=False)
+    assert profiling._phase_precision(fused, "bf16", torch.bfloat16).startswith("fp32")
+    assert profiling._phase_precision(plain, "bf16", torch.bfloat16) == "bf16"
+    assert profiling._phase_precision(fused, "fp32", None) == "fp32"
+
+
+class _SlowFirstCall(torch.nn.Module):
+    """Stands in for a compiled module: the first call is slow (compiling), later ones are not."""
+
+    def __init__(self, inner: torch.nn.Module, first_s: float) -> None:
+        super().__init__()
+        self.inner = inner
+        self.first_s = first_s
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> Any:
+        import time
+
+        self.calls += 1
+        if self.calls == 1:
+            time.sleep(self.first_s)
+        return self.inner(x)
+
+
+def test_compiled_path_compiles_in_an_untimed_first_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    runners: list[_SlowFirstCall] = []
+
+    def wrap(module: Any) -> _SlowFirstCall:
+        runners.append(_SlowFirstCall(module, 0.3))
+        return runners[-1]
+
+    _spy_optimizer(monkeypatch, [], wrap)
+    # Auto-ranged: planned from the post-compile warm-up, not from the 0.3 s compile (10 s budget / 0.3 s = 34).
+    settings = ProfileSettings(**INFER_FAST, warmup=1, path="compiled")
+    record = profile_variant(conformer.get_config("nano"), settings)
+    t = record["throughput"]["infer"]
+    assert record["compile_s"]["infer"] >= 0.3 and "compile_s" not in t
+    assert len(t["warmup_s"]) == 1 and t["warmup_s"][0] < 0.3
+    assert t["iters"] > 34 and runners[0].calls == 1 + 1 + t["iters"]
+
+    # --warmup 0 --iters N: the compile call still happens, untimed, before the N timed ones.
+    runners.clear()
+    settings = ProfileSettings(**INFER_FAST, warmup=0, iters=2, path="compiled")
+    record = profile_variant(conformer.get_config("nano"), settings)
+    t = record["throughput"]["infer"]
+    assert record["compile_s"]["infer"] >= 0.3 and t["warmup_s"] == [] and t["iters"] == 2
+    assert runners[0].calls == 3 and max(t["samples_s"]) < 0.3
+
+
+def test_runner_is_built_and_compiled_outside_the_memory_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    import contextlib
+
+    from conformer_bench import memory
+
+    inside = [False]
+    seen: list[tuple[str, bool]] = []
+
+    @contextlib.contextmanager
+    def probe(device: str) -> Iterator[dict[str, Any]]:
+        inside[0] = True
+        try:
+            yield {"peak_rss_increase_bytes": 0}
+        finally:
+            inside[0] = False
+
+    class Runner(_SlowFirstCall):
+        def forward(self, x: torch.Tensor) -> Any:
+            seen.append(("call", inside[0]))
+            return super().forward(x)
+
+    def wrap(module: Any) -> Runner:
+        seen.append(("build", inside[0]))
+        return Runner(module, 0.0)
+
+    monkeypatch.setattr(memory, "phase_memory", probe)
+    _spy_optimizer(monkeypatch, [], wrap)
+    settings = ProfileSettings(**INFER_FAST, warmup=1, iters=2, path="compiled")
+    assert profile_variant(conformer.get_config("nano"), settings)["status"] == "ok"
+    # built and compiled (first call) outside; warm-up + 2 timed calls inside
+    assert seen == [("build", False), ("call", False), ("call", True), ("call", True), ("call", True)]

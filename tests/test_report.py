@@ -262,6 +262,30 @@ def test_environment_mismatch_timing_not_comparable_exact_still_checked(tmp_path
     assert "timing metrics are not comparable" in result.stdout
 
 
+def test_plain_vs_optimized_path_timing_not_comparable_exact_still_checked(tmp_path: Path) -> None:
+    base_env = environment(path="plain", channels_last=False)
+    cur_env = environment(path="optimized", channels_last=True)
+    base = write(tmp_path / "b.json", profile_record(infer=timing(0.010, seed=1), env=base_env))
+    cur = write(tmp_path / "c.json", profile_record(params=557_581, infer=timing(0.005, seed=2), env=cur_env))
+    comp = run_compare(base, cur)
+    r = row(comp, "throughput.infer.img_per_s")
+    assert r.status == "NOT COMPARABLE" and "path" in r.note and "channels_last" in r.note
+    assert comp.env_mismatch == {"path": ("plain", "optimized"), "channels_last": (False, True)}
+    assert row(comp, "params.total").status == "CHANGED"
+    assert row(comp, "flops.fvcore_total").status == "OK"
+
+
+def test_cells_without_path_keys_stay_comparable(tmp_path: Path) -> None:
+    """Ablation cells and fine-tune records hold no path/channels_last: missing on both sides is equal."""
+    base = write_cells(tmp_path / "b", [cell("a", profile_record(seed=1), [finetune_record(70.0)])])
+    cur = write_cells(tmp_path / "c", [cell("a", profile_record(seed=2), [finetune_record(70.5)])])
+    comp = run_compare(base, cur)
+    assert comp.env_mismatch == {}
+    timed = [r for r in comp.rows if r.metric.startswith("a/throughput.")]
+    assert timed and all(r.status != "NOT COMPARABLE" for r in timed)
+    assert row(comp, "a/finetune.top1.sum").status == "OK"
+
+
 def test_environment_mismatch_alone_does_not_block(tmp_path: Path) -> None:
     base = write(tmp_path / "b.json", profile_record(infer=timing(0.010, seed=1)))
     cur = write(

@@ -394,11 +394,12 @@ def run_grid(
     for position, cell in enumerate(share, start=1):
         digest = cell.config_hash(finetune)
         old = existing.get(cell.label)
-        if resume and old is not None and old.get("config_hash") == digest:
+        # Only a finished cell is kept; failed, oom and nan cells run again.
+        if resume and old is not None and old.get("config_hash") == digest and old.get("status") == "ok":
             result.skipped.append(cell.label)
-            result.statuses[cell.label] = old.get("status", "ok")
+            result.statuses[cell.label] = "ok"
             mine.setdefault(cell.label, old)
-            progress.end_cell(cell, old.get("status", "ok"), skipped=True)
+            progress.end_cell(cell, "ok", skipped=True)
             continue
         reuse = None
         if (

@@ -24,7 +24,11 @@ def ablate(
         typer.Option("--output-dir", "-o", help="Results folder (default: the file's output_dir)."),
     ] = None,
     resume: Annotated[
-        bool, typer.Option("--resume", help="Skip cells already recorded with the same config and settings.")
+        bool,
+        typer.Option(
+            "--resume",
+            help="Skip cells already recorded as ok with the same config and settings; rerun failed/oom/nan ones.",
+        ),
     ] = False,
     only: Annotated[
         list[str] | None,
@@ -193,7 +197,10 @@ def _dry_run(exp: Any, cells: list[Any], finetune: bool, resume: bool) -> None:
         if old is None:
             state = "new"
         elif old.get("config_hash") == cell.config_hash(finetune):
-            state = f"{old.get('status')}, unchanged" + (" (skipped with --resume)" if resume else "")
+            if old.get("status") == "ok":
+                state = "ok, unchanged" + (" (skipped with --resume)" if resume else "")
+            else:
+                state = f"{old.get('status')}, unchanged" + (" (reruns with --resume)" if resume else "")
         else:
             state = f"{old.get('status')}, settings changed (reruns)"
         changes = " ".join(f"{k}={v}" for k, v in cell.changes.items()) or "—"

@@ -143,7 +143,11 @@ def print_table(record: dict[str, Any]) -> None:
         f"train {_fmt(final['img_per_s'], 0)} img/s, wall {final['wall_s']:.1f} s\n"
         f"{env['device']} ({env.get('device_name') or env['cpu_model']}), {env['precision']}, "
         f"{env['threads']} thread(s) per process"
-        + (f"\nskipped non-image files: {data['skipped_files']}" if data.get("skipped_files") else ""),
+        + (
+            f"\nskipped files (not images or undecodable): {data['skipped_files']}"
+            if data.get("skipped_files")
+            else ""
+        ),
         highlight=False,
     )
 
