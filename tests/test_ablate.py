@@ -167,6 +167,15 @@ def test_dry_run_lists_cells_with_costs(tmp_path: Path) -> None:
     assert not out.exists(), "a dry run writes nothing"
 
 
+def test_profile_mode_override_applies_to_every_cell(tmp_path: Path) -> None:
+    exp = load_experiment(EXP / "nano_grid.toml", profile_overrides={"mode": "none"})
+    assert exp.cells and all(cell.profile["mode"] == "none" for cell in exp.cells)
+    plain = load_experiment(EXP / "nano_grid.toml")
+    assert plain.cells[0].config_hash(False) != exp.cells[0].config_hash(False), "the override is a new run"
+    result = invoke("ablate", str(EXP / "nano_grid.toml"), "--profile-mode", "fast", "--dry-run")
+    assert result.exit_code == 2 and "--profile-mode 'fast' is not valid" in result.output
+
+
 # --- isolation, resume and gathering through the runner (fast: costs only) ------------------------------
 
 

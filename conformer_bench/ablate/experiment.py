@@ -306,8 +306,17 @@ def _value_text(value: Any) -> str:
     return str(value)
 
 
-def load_experiment(path: str | Path, *, output_dir: str | Path | None = None) -> Experiment:
-    """Read and validate an experiment file; every error names the file, the line/key and the fix."""
+def load_experiment(
+    path: str | Path,
+    *,
+    output_dir: str | Path | None = None,
+    profile_overrides: dict[str, Any] | None = None,
+) -> Experiment:
+    """Read and validate an experiment file; every error names the file, the line/key and the fix.
+
+    ``profile_overrides`` (e.g. ``{"mode": "none"}`` from the command line) replace the file's profile
+    settings in every cell, after the cells' own overrides.
+    """
     path = Path(path)
     if not path.is_file():
         raise BenchError(
@@ -427,6 +436,8 @@ def load_experiment(path: str | Path, *, output_dir: str | Path | None = None) -
         cell_profile = (
             {**profile, **_check_settings(chk, (*where, "profile"), prof, "profile")} if prof else profile
         )
+        if profile_overrides:
+            cell_profile = {**cell_profile, **profile_overrides}
         overrides = {k: v for k, v in overrides.items() if k != "variant"}
         if "img_size" not in overrides:
             # The config's img_size only sizes the position embedding: size it for the measured images.

@@ -43,6 +43,15 @@ def ablate(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="List the cells with params and GMACs; run nothing.")
     ] = False,
+    profile_mode: Annotated[
+        str | None,
+        typer.Option(
+            "--profile-mode",
+            help="Override the file's profile mode for every cell: infer, train, both, or none "
+            "(params + FLOPs only).",
+            show_default=False,
+        ),
+    ] = None,
     shard: Annotated[
         str | None,
         typer.Option(
@@ -58,7 +67,10 @@ def ablate(
     from ..ablate.runner import Distributed, parse_shard, torchrun_rank
     from ..errors import BenchError
 
-    exp = load_experiment(experiment, output_dir=output_dir)
+    if profile_mode is not None and profile_mode not in ("infer", "train", "both", "none"):
+        raise BenchError(f"--profile-mode {profile_mode!r} is not valid; use infer, train, both or none")
+    overrides = {"mode": profile_mode} if profile_mode is not None else None
+    exp = load_experiment(experiment, output_dir=output_dir, profile_overrides=overrides)
     cells = exp.select(only)
     run_finetune = finetune or exp.finetune_by_default
     if finetune and not exp.has_finetune:
