@@ -138,6 +138,8 @@ def test_compiled_matches_plain_micro_in_one_graph() -> None:
     assert rel_diff(out, ref) <= TOL
     assert counters["stats"]["unique_graphs"] == 1
     assert not counters["recompiles"]
+    if fused_kernels_available("cpu"):  # weight freezing took effect: convs were prepacked for oneDNN
+        assert counters["inductor"]["mkldnn_conv_weight_pack_matcher_count"] > 0
 
 
 @pytest.mark.slow
@@ -163,3 +165,45 @@ def test_fvcore_count_of_tiny_is_unchanged() -> None:
         analysis = FlopCountAnalysis(model, torch.zeros(1, 3, 224, 224))
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
         assert analysis.total() == 5_250_307_712
+
+
+def test_pool_first_fcu_down_matches_and_is_applied_only_where_exact() -> None:
+    from conformer.layers import FCUDown
+    from conformer.optimize import _PoolFirstFCUDown
+
+    model = randomize_norms(create_model("micro"))
+    x = torch.randn(2, 3, 32, 32)
+    only_pool_first = optimize_for_inference(model, channels_last=False, fold_bn=False, fuse_pointwise=False)
+    swapped = [m for m in only_pool_first.modules() if isinstance(m, _PoolFirstFCUDown)]
+    assert swapped and not any(isinstance(m, FCUDown) for m in only_pool_first.modules())
+    with torch.inference_mode():
+        assert rel_diff(only_pool_first(x), model(x)) <= TOL
+    for sampling in ("maxpool", "conv"):  # pooling does not commute with the projection here: left alone
+        opt = optimize_for_inference(create_model("nano", fcu_down=sampling))
+        assert not any(isinstance(m, _PoolFirstFCUDown) for m in opt.modules())
+    kept = optimize_for_inference(model, pool_first=False)
+    assert not any(isinstance(m, _PoolFirstFCUDown) for m in kept.modules())
+
+
+@pytest.mark.skipif(not fused_kernels_available("cpu"), reason="needs oneDNN fused ops")
+def test_prepacked_weights_follow_the_input_shape_and_survive_copies() -> None:
+    """Packed weights are cached per input shape: a new batch or image size repacks, copies repack."""
+    import copy
+
+    from conformer.optimize import _FusedConv, _FusedLinear, mkl_linear_available
+
+    model = randomize_norms(create_model("micro"))
+    opt = optimize_for_inference(model)
+    with torch.inference_mode():
+        for shape in ((2, 3, 32, 32), (3, 3, 64, 64), (2, 3, 32, 32)):
+            x = torch.randn(*shape)
+            assert rel_diff(opt(x), model(x)) <= TOL
+        convs = [m for m in opt.modules() if isinstance(m, _FusedConv)]
+        assert convs and all(len(m._packed) == 2 for m in convs), "one packed weight per input shape"
+        linears = [m for m in opt.modules() if isinstance(m, _FusedLinear)]
+        if mkl_linear_available():
+            assert linears and all(len(m._packed) == 2 for m in linears)
+        clone = copy.deepcopy(opt)
+        assert all(not m._packed for m in clone.modules() if isinstance(m, _FusedConv | _FusedLinear))
+        x = torch.randn(2, 3, 32, 32)
+        torch.testing.assert_close(clone(x), opt(x), rtol=0, atol=0)

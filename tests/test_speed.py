@@ -37,6 +37,10 @@ def check_path(entry: dict, batch: int, flop_per_image: int, ceiling: float) -> 
     assert sp["low"] <= sp["ratio"] <= sp["high"] and sp["confidence"] == 0.95
     assert entry["max_rel_diff_vs_plain"] <= 1e-4
     assert entry["first_call_s"] > 0
+    executed = entry["executed_paper_macs_per_image"]
+    assert 0 < executed <= flop_per_image // 2
+    assert entry["executed_gflop_s"] == pytest.approx(2 * executed * batch / median / 1e9)
+    assert entry["executed_ceiling_share"] == pytest.approx(entry["executed_gflop_s"] / ceiling)
 
 
 def test_speed_record_schema_and_numbers(tmp_path: Path) -> None:
@@ -63,6 +67,10 @@ def test_speed_record_schema_and_numbers(tmp_path: Path) -> None:
     assert flops["fvcore_total_per_image"] == expected["fvcore_total"]
     assert flops["flop_per_image"] == 2 * expected["paper_macs"]
     assert "2 x paper_macs" in flops["convention"]
+    # nano pools before its FCU-down projections on the optimized path: fewer multiply-adds executed
+    assert flops["executed_paper_macs_per_image_optimized"] < flops["paper_macs_per_image"]
+    assert record["paths"]["plain"]["executed_paper_macs_per_image"] == flops["paper_macs_per_image"]
+    assert record["paths"]["optimized"]["executed_paper_macs_per_image"] < flops["paper_macs_per_image"]
 
     ceiling = record["ceiling"]
     assert len(ceiling["samples_s"]) == ROUNDS and ceiling["flop_per_call"] == 2 * 256**3

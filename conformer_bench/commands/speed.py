@@ -136,6 +136,14 @@ def register(app: typer.Typer) -> None:
                 rich_help_panel=MEASURE,
             ),
         ] = True,
+        pool_first: Annotated[
+            bool,
+            typer.Option(
+                "--pool-first/--no-pool-first",
+                help="FCU-down: average-pool before the 1x1 projection (exact; optimized, compiled).",
+                rich_help_panel=MEASURE,
+            ),
+        ] = True,
         seed: Annotated[
             int, typer.Option("--seed", help="Seed of weights and input.", rich_help_panel=MEASURE)
         ] = 0,
@@ -184,6 +192,7 @@ def register(app: typer.Typer) -> None:
             channels_last=channels_last,
             fold_bn=fold_bn,
             fuse_pointwise=fuse_pointwise,
+            pool_first=pool_first,
             seed=seed,
         )
         settings.validate(cfg.patch_size)
