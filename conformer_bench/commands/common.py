@@ -171,3 +171,28 @@ def variant_config(
 
 def echo_err(message: str) -> None:
     print(message, file=sys.stderr)
+
+
+def fraction_progress(title: str) -> tuple[Any, Callable[[str, float], None]]:
+    """A transient rich progress bar on stderr driven by ``update(message, fraction_done)``.
+
+    stderr keeps stdout clean for ``--format json/csv``. Use the returned bar as a context manager.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+    progress = Progress(
+        TextColumn(f"[bold]{title}[/bold]"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    task = progress.add_task("starting", total=1.0)
+
+    def update(message: str, fraction: float) -> None:
+        progress.update(task, completed=fraction, description=message)
+
+    return progress, update

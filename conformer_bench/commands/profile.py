@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -20,6 +20,7 @@ from .common import (
     PosEmbedOpt,
     TransformerOnlyOpt,
     VariantOpt,
+    fraction_progress,
     handle_errors,
     variant_config,
 )
@@ -35,29 +36,6 @@ def _choice(option: str, value: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise BenchError(f"{option} {value!r} is not valid; use one of {', '.join(choices)}")
     return value
-
-
-def _progress_printer() -> tuple[Any, Any]:
-    """A rich progress bar on stderr (stdout stays clean for --format json/csv)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
-
-    console = Console(stderr=True)
-    progress = Progress(
-        TextColumn("[bold]profile[/bold]"),
-        BarColumn(),
-        TaskProgressColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.description}"),
-        console=console,
-        transient=True,
-    )
-    task = progress.add_task("starting", total=1.0)
-
-    def update(message: str, fraction: float) -> None:
-        progress.update(task, completed=fraction, description=message)
-
-    return progress, update
 
 
 def register(app: typer.Typer) -> None:
@@ -236,7 +214,7 @@ def register(app: typer.Typer) -> None:
         )
         show_progress = not quiet and sys.stderr.isatty()
         if show_progress:
-            bar, update = _progress_printer()
+            bar, update = fraction_progress("profile")
             with bar:
                 record = profile_variant(cfg, settings, progress=update)
         else:

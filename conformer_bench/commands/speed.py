@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -19,33 +19,13 @@ from .common import (
     PosEmbedOpt,
     TransformerOnlyOpt,
     VariantOpt,
+    fraction_progress,
     handle_errors,
     variant_config,
 )
 
 MEASURE = "Measurement"
 OUTPUT = "Output"
-
-
-def _progress() -> tuple[Any, Any]:
-    """A transient progress bar on stderr (stdout stays clean for --format json/csv)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    progress = Progress(
-        TextColumn("[bold]speed[/bold]"),
-        BarColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.description}"),
-        console=Console(stderr=True),
-        transient=True,
-    )
-    task = progress.add_task("starting", total=1.0)
-
-    def update(message: str, fraction: float) -> None:
-        progress.update(task, completed=fraction, description=message)
-
-    return progress, update
 
 
 def register(app: typer.Typer) -> None:
@@ -200,7 +180,7 @@ def register(app: typer.Typer) -> None:
         if quiet:
             record = measure_speed(cfg, settings)
         else:
-            progress, update = _progress()
+            progress, update = fraction_progress("speed")
             with progress:
                 record = measure_speed(cfg, settings, progress=update)
         if out_path is not None:
