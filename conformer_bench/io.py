@@ -29,14 +29,25 @@ def check_writable(path: str | os.PathLike[str]) -> Path:
         )
     if not os.access(parent, os.W_OK):
         raise BenchError(f"output directory {str(parent)!r} is not writable; choose another --output path")
+    try:  # os.access says yes to root everywhere: try for real before any measurement runs
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise BenchError(
+            f"output directory {str(parent)!r} is not writable ({exc.strerror}); choose another --output path"
+        ) from None
     return path
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write to a temporary file in the same directory, fsync, then rename over ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise BenchError(f"cannot write {str(path)!r} ({exc.strerror}); choose another output path") from None
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

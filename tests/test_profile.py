@@ -251,6 +251,14 @@ def test_output_under_a_file_is_refused(tmp_path: Path) -> None:
     assert blocker.read_text() == "keep me"
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+def test_output_in_a_directory_nobody_can_create_files_in() -> None:
+    # /proc refuses new files even to root, for whom os.access always says yes.
+    result = invoke("--variant", "nano", "--mode", "none", "--output", "/proc/record.json")
+    assert result.exit_code == 2 and "is not writable" in result.output
+    assert "Traceback" not in result.output
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
 def test_unwritable_output_directory(tmp_path: Path) -> None:
     locked = tmp_path / "locked"
