@@ -200,19 +200,19 @@ def test_resume_skips_unchanged_and_reruns_changed(tmp_path: Path) -> None:
     out = tmp_path / "res"
     calls: list[str] = []
     exp = load_experiment(src, output_dir=out)
-    run_grid(exp, list(exp.cells), out, finetune=False, resume=False, cell_fn=_fake_ok(calls))
+    run_grid(exp, list(exp.cells), out, finetune=False, resume=False, cell_fn=_fake_ok(calls), isolate=False)
     assert calls == ["dual", "cnn-only", "transformer-only", "no-fcu"]
     first = load_records(out)
 
     calls.clear()
-    run_grid(exp, list(exp.cells), out, finetune=False, resume=True, cell_fn=_fake_ok(calls))
+    run_grid(exp, list(exp.cells), out, finetune=False, resume=True, cell_fn=_fake_ok(calls), isolate=False)
     assert calls == []
     assert load_records(out) == first
 
     # Change one cell's config: only that cell reruns under --resume.
     src.write_text(src.read_text().replace('coupling = "none"', 'coupling = "down"'))
     exp2 = load_experiment(src, output_dir=out)
-    run_grid(exp2, list(exp2.cells), out, finetune=False, resume=True, cell_fn=_fake_ok(calls))
+    run_grid(exp2, list(exp2.cells), out, finetune=False, resume=True, cell_fn=_fake_ok(calls), isolate=False)
     assert calls == ["no-fcu"]
     after = load_records(out)
     assert after["no-fcu"]["config"]["coupling"] == "down"
@@ -222,7 +222,9 @@ def test_resume_skips_unchanged_and_reruns_changed(tmp_path: Path) -> None:
 
     # Without --resume every selected cell reruns; --finetune changes the hash too.
     calls.clear()
-    run_grid(exp2, exp2.select(["dual"]), out, finetune=False, resume=False, cell_fn=_fake_ok(calls))
+    run_grid(
+        exp2, exp2.select(["dual"]), out, finetune=False, resume=False, cell_fn=_fake_ok(calls), isolate=False
+    )
     assert calls == ["dual"] and len(load_records(out)) == 4
 
 
@@ -239,7 +241,7 @@ def test_resume_reruns_failed_oom_and_nan_cells(tmp_path: Path) -> None:
             outcome.update(status=bad[cell.label], reason="simulated")
         return outcome
 
-    run_grid(exp, list(exp.cells), out, finetune=False, resume=False, cell_fn=flaky)
+    run_grid(exp, list(exp.cells), out, finetune=False, resume=False, cell_fn=flaky, isolate=False)
     assert {k: r["status"] for k, r in load_records(out).items()} == {"dual": "ok", **bad}
 
     dry = invoke("ablate", str(src), "--dry-run", "--resume", "--output-dir", str(out))
@@ -248,7 +250,9 @@ def test_resume_reruns_failed_oom_and_nan_cells(tmp_path: Path) -> None:
     assert dry.output.count("(reruns with --resume)") == 3 and "oom, unchanged" in dry.output
 
     calls: list[str] = []
-    result = run_grid(exp, list(exp.cells), out, finetune=False, resume=True, cell_fn=_fake_ok(calls))
+    result = run_grid(
+        exp, list(exp.cells), out, finetune=False, resume=True, cell_fn=_fake_ok(calls), isolate=False
+    )
     assert calls == ["cnn-only", "transformer-only", "no-fcu"] and result.skipped == ["dual"]
     assert all(r["status"] == "ok" for r in load_records(out).values())
 
@@ -258,14 +262,16 @@ def test_adding_finetune_on_resume_reuses_the_recorded_profile(tmp_path: Path) -
     src.write_text((EXP / "nano_costs.toml").read_text() + '\n[finetune]\ndataset = "digits"\nsteps = 1\n')
     out = tmp_path / "res"
     exp = load_experiment(src, output_dir=out)
-    run_grid(exp, exp.select(["dual"]), out, finetune=False, resume=False, cell_fn=_fake_ok([]))
+    run_grid(
+        exp, exp.select(["dual"]), out, finetune=False, resume=False, cell_fn=_fake_ok([]), isolate=False
+    )
     seen: list[tuple[bool, Any]] = []
 
     def cell_fn(cell: Any, finetune: bool, reuse: Any, progress: Any) -> dict[str, Any]:
         seen.append((finetune, reuse))
         return _fake_ok([])(cell, finetune, reuse, progress)
 
-    run_grid(exp, exp.select(["dual"]), out, finetune=True, resume=True, cell_fn=cell_fn)
+    run_grid(exp, exp.select(["dual"]), out, finetune=True, resume=True, cell_fn=cell_fn, isolate=False)
     assert seen == [(True, {"status": "ok", "params": {"total": 1}})]
     record = load_records(out)["dual"]
     assert record["config_hash"] == exp.cell("dual").config_hash(True) != exp.cell("dual").config_hash(False)
@@ -309,7 +315,8 @@ def test_crash_oom_and_nan_are_recorded_and_the_rest_go_on(
         + '\n[finetune]\nrun = true\ndataset = "digits"\nsteps = 1\nseeds = [0, 1]\n'
     )
     out = tmp_path / "res"
-    result = invoke("ablate", str(src), "--output-dir", str(out))
+    # The failures are simulated by patching this process: run the cells in it (--no-isolate).
+    result = invoke("ablate", str(src), "--output-dir", str(out), "--no-isolate")
     assert result.exit_code == 1, result.output
     records = load_records(out)
     assert records["dual"]["status"] == "ok" and records["dual"]["profile"]["params"]["total"] > 0
@@ -323,6 +330,7 @@ def test_crash_oom_and_nan_are_recorded_and_the_rest_go_on(
     nan = records["no-fcu"]
     assert nan["status"] == "nan" and nan["reason"] == "finetune seed 1: non-finite loss at step 2"
     assert nan["profile"]["status"] == "ok" and len(nan["finetune"]) == 2
+    assert {r["isolation"] for r in records.values()} == {"inline"}
     summary = (out / "summary.md").read_text()
     assert "simulated crash" in summary and "| `no-fcu` |" in summary
 
@@ -341,6 +349,7 @@ def test_real_grid_end_to_end_then_table(tmp_path: Path) -> None:
     for r in records:
         assert r["schema"] == "conformer-bench.cell" and r["schema_version"] == 1
         assert r["status"] == "ok", r["reason"]
+        assert r["isolation"] == "process"  # the default: each cell in a fresh process
         assert set(r) >= {
             "label",
             "config",

@@ -21,19 +21,26 @@ ROOT = Path(__file__).resolve().parent.parent
 GRID = Path(__file__).parent / "fixtures" / "experiments" / "nano_costs.toml"
 LABELS = ["dual", "cnn-only", "transformer-only", "no-fcu"]
 
-# Runs the real CLI; every cell after the first touches the file named by ABLATE_TEST_HOLD and waits, so
-# the test interrupts the process at a known point (the first cell finished and written, the next running).
-HOLD_SCRIPT = """
+# Runs the real CLI; the process of every cell after the first writes its pid to the file named by
+# ABLATE_TEST_HOLD and waits, so the test interrupts the run at a known point (the first cell finished and
+# written, the next one running in its own process).
+HOLD_CHILD = """
 import os, sys, time
 from pathlib import Path
-from conformer_bench.ablate import runner
+from conformer_bench.ablate import cell, runner
 real = runner.run_cell
-def held(cell, finetune, reuse, progress):
-    if cell.index >= 1:
-        Path(os.environ["ABLATE_TEST_HOLD"]).touch()
+def held(c, finetune, reuse, progress):
+    if c.index >= 1:
+        Path(os.environ["ABLATE_TEST_HOLD"]).write_text(str(os.getpid()))
         time.sleep(300)
-    return real(cell, finetune, reuse, progress)
+    return real(c, finetune, reuse, progress)
 runner.run_cell = held
+sys.exit(cell.main(sys.argv[1:]))
+"""
+HOLD_SCRIPT = f"""
+import sys
+from conformer_bench.ablate import runner
+runner.cell_command = lambda: [sys.executable, "-c", {HOLD_CHILD!r}]
 from conformer_bench.cli import app
 app(sys.argv[1:], prog_name="conformer-bench")
 """
@@ -60,16 +67,31 @@ def _start_held(out: Path, marker: Path, *args: str) -> subprocess.Popen[bytes]:
     )
 
 
-def _wait_for(marker: Path, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
+def _wait_for(marker: Path, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> int:
+    """The pid of the held cell's process, once it is holding."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if marker.exists():
-            return
+        if marker.exists() and marker.read_text():
+            return int(marker.read_text())
         if proc.poll() is not None:
             raise AssertionError(f"process ended early: {proc.stdout.read().decode() if proc.stdout else ''}")
         time.sleep(0.05)
     proc.kill()
     raise AssertionError(f"the second cell did not start within {timeout} s")
+
+
+def _gone(pid: int, timeout: float = 10.0) -> bool:
+    """True once ``pid`` no longer runs (absent, or a zombie nobody has reaped yet)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def _no_temp_files(out: Path) -> None:
@@ -83,20 +105,22 @@ def test_interrupt_and_kill_then_resume(tmp_path: Path) -> None:
     marker = tmp_path / "holding"
     # 1. Ctrl-C while the second cell runs: exit 130, the first cell kept whole.
     proc = _start_held(out, marker)
-    _wait_for(marker, proc)
+    child = _wait_for(marker, proc)
     proc.send_signal(signal.SIGINT)
     output = proc.communicate(timeout=60)[0].decode()
     assert proc.returncode == 130, output
     assert "rerun with --resume" in output
+    assert _gone(child), "Ctrl-C must stop the running cell's process"
     first = _records(out)
     assert [r["label"] for r in first] == ["dual"] and first[0]["status"] == "ok"
     _no_temp_files(out)
 
     # 2. Resume, and kill -9 the process while its first new cell runs: nothing finished is lost.
     proc = _start_held(out, marker, "--resume")
-    _wait_for(marker, proc)  # the resumed run skipped "dual" and now runs "cnn-only"
+    child = _wait_for(marker, proc)  # the resumed run skipped "dual" and now runs "cnn-only"
     proc.kill()
     proc.communicate(timeout=30)
+    assert _gone(child), "a cell's process must not outlive a killed run"
     assert _records(out) == first, "a killed resume must leave finished cells untouched"
 
     # 3. Resume to the end: the finished cell is skipped, not repeated; every other cell runs once.

@@ -15,6 +15,10 @@ import gc
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,7 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import BenchError
-from ..io import atomic_write_text, dumps_json, write_json
+from ..io import atomic_write_text, dumps_json, read_json, write_json
 from .experiment import Cell, Experiment
 
 CELL_SCHEMA = "conformer-bench.cell"
@@ -167,10 +171,220 @@ def _profile_callback(progress: CellProgress) -> Callable[[str, float], None]:
     return callback
 
 
-def make_record(
-    cell: Cell, experiment: Experiment, finetune: bool, result: dict[str, Any], shard: tuple[int, int]
+# --- one cell in a process of its own ------------------------------------------------------------------
+
+CELL_MODULE = "conformer_bench.ablate.cell"
+# Variables torchrun sets for its ranks: a cell's process must not see them, or fine-tuning would try to
+# join the ranks' process group.
+TORCHRUN_VARS = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "GROUP_WORLD_SIZE",
+    "ROLE_RANK",
+    "ROLE_WORLD_SIZE",
+    "ROLE_NAME",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+)
+_CRASH_SIGNALS = ("SIGSEGV", "SIGABRT", "SIGBUS", "SIGFPE", "SIGILL")
+
+
+def cell_command() -> list[str]:
+    """The command that runs one cell; the spec and result paths are appended."""
+    return [sys.executable, "-m", CELL_MODULE]
+
+
+def child_env() -> dict[str, str]:
+    """This process's environment without torchrun's variables."""
+    return {
+        k: v for k, v in os.environ.items() if k not in TORCHRUN_VARS and not k.startswith("TORCHELASTIC_")
+    }
+
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """Run in the child before exec: on Linux, have the kernel SIGKILL it when the parent dies."""
+    prctl: Callable[..., int] | None = None
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        # Resolved here, not after fork: the child runs no imports while other threads may hold locks.
+        with contextlib.suppress(OSError, AttributeError):
+            prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def setup() -> None:
+        if prctl is not None:
+            prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the request took hold
+            os._exit(1)
+
+    return setup
+
+
+def _stop(proc: subprocess.Popen[bytes], grace_s: float = 5.0) -> None:
+    """Terminate a cell's process, killing it when it does not end within ``grace_s``."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _last_line(path: Path) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(max(0, os.path.getsize(path) - 8192))
+            lines = [ln.strip() for ln in fh.read().decode("utf-8", "replace").splitlines()]
+    except OSError:
+        return ""
+    lines = [ln for ln in lines if ln]
+    return lines[-1] if lines else ""
+
+
+def exit_reason(returncode: int, last_line: str = "") -> str:
+    """One line saying how a cell's process ended without a result."""
+    tail = f": {last_line}" if last_line else ""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        if name == "SIGKILL":
+            text = f"the cell's process was killed by SIGKILL (out of memory?){tail}"
+        elif name in _CRASH_SIGNALS:
+            text = f"the cell's process crashed with {name}{tail}"
+        else:
+            text = f"the cell's process was killed by {name}{tail}"
+    elif returncode == 0:
+        text = f"the cell's process exited without writing a result{tail}"
+    else:
+        text = f"the cell's process exited with code {returncode}{tail}"
+    return " ".join(text.split())[:500]
+
+
+def _relay(buffer: bytes, progress: CellProgress) -> bytes:
+    """Pass complete progress lines on; return the unfinished rest."""
+    *lines, rest = buffer.split(b"\n")
+    for line in lines:
+        try:
+            msg = json.loads(line)
+            progress.update(str(msg["message"]), msg.get("done"), msg.get("total"))
+        except (ValueError, KeyError, TypeError):
+            continue  # not a progress line: ignore
+    return rest
+
+
+def _failed_result(
+    cell: Cell, reuse_profile: dict[str, Any] | None, reason: str, wall_s: float
 ) -> dict[str, Any]:
-    """The ``conformer-bench.cell`` record of a finished cell."""
+    from ..env import fingerprint, resolve_device
+
+    settings = cell.profile_settings()
+    try:
+        device = resolve_device(settings.device)
+    except BenchError:
+        device = "cpu"
+    environment = (reuse_profile or {}).get("environment") or fingerprint(
+        device, settings.precision, settings.batch_size, settings.img_size
+    )
+    return {
+        "profile": reuse_profile,
+        "finetune": [],
+        "status": "failed",
+        "reason": reason,
+        "environment": environment,
+        "wall_s": wall_s,
+    }
+
+
+def run_cell_in_process(
+    cell: Cell,
+    finetune: bool,
+    reuse_profile: dict[str, Any] | None,
+    progress: CellProgress,
+    *,
+    cuda_device: int | None = None,
+) -> dict[str, Any]:
+    """Run :func:`run_cell` in a fresh Python process; a process that dies without a result is a failed cell.
+
+    Progress lines from the child move ``progress``; its stdout and stderr are captured, and their last
+    line ends the reason of a failure. Any exception here (Ctrl-C, SIGTERM as SystemExit) stops the child.
+    """
+    from .cell import cell_spec
+
+    started = time.time()
+    with tempfile.TemporaryDirectory(prefix="conformer-bench-cell-") as tmp:
+        spec_path, result_path, log_path = (Path(tmp) / n for n in ("spec.json", "result.json", "output.log"))
+        read_fd, write_fd = os.pipe()
+        try:
+            write_json(spec_path, cell_spec(cell, finetune, reuse_profile, write_fd, cuda_device))
+            with open(log_path, "wb") as log:
+                proc = subprocess.Popen(
+                    [*cell_command(), str(spec_path), str(result_path)],
+                    env=child_env(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    pass_fds=(write_fd,),
+                    start_new_session=True,  # a terminal's Ctrl-C reaches the parent, which stops the child
+                    preexec_fn=_die_with_parent(os.getpid()),
+                )
+            os.close(write_fd)
+            write_fd = -1
+            try:
+                _follow(proc, read_fd, progress)
+            except BaseException:
+                _stop(proc)
+                raise
+        finally:
+            for fd in (read_fd, write_fd):
+                if fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+        code = proc.returncode
+        if code == 0 and result_path.exists():
+            try:
+                result: dict[str, Any] = read_json(result_path)
+                return result
+            except (OSError, ValueError) as exc:
+                reason = f"the cell's process wrote an unreadable result: {_one_line(exc)}"
+        else:
+            reason = exit_reason(code, _last_line(log_path))
+    return _failed_result(cell, reuse_profile, reason, time.time() - started)
+
+
+def _follow(proc: subprocess.Popen[bytes], read_fd: int, progress: CellProgress) -> None:
+    """Relay the child's progress lines until it exits."""
+    import select
+
+    buffer = b""
+    while True:
+        ready, _, _ = select.select([read_fd], [], [], 0.5)
+        if ready:
+            chunk = os.read(read_fd, 65536)
+            if chunk:
+                buffer = _relay(buffer + chunk, progress)
+                continue
+            proc.wait()  # end of the pipe: the child (and whatever inherited the pipe) is gone
+            return
+        if proc.poll() is not None:
+            return  # exited; a process it left behind may still hold the pipe open
+
+
+def make_record(
+    cell: Cell,
+    experiment: Experiment,
+    finetune: bool,
+    result: dict[str, Any],
+    shard: tuple[int, int],
+    isolation: str = "inline",
+) -> dict[str, Any]:
+    """The ``conformer-bench.cell`` record of a finished cell (``isolation``: ``process`` or ``inline``)."""
     return {
         "schema": CELL_SCHEMA,
         "schema_version": CELL_SCHEMA_VERSION,
@@ -192,6 +406,7 @@ def make_record(
         "wall_s": result["wall_s"],
         "finished": time.time(),
         "shard": {"rank": shard[0], "world_size": shard[1]},
+        "isolation": isolation,
     }
 
 
@@ -371,8 +586,15 @@ def run_grid(
     dist: Distributed | None = None,
     progress: GridProgress | None = None,
     cell_fn: CellFn | None = None,
+    isolate: bool = True,
 ) -> RunResult:
-    """Run this process's share of ``cells``; write each finished cell at once; gather when every shard is done."""
+    """Run this process's share of ``cells``; write each finished cell at once; gather when every shard is done.
+
+    ``isolate``: each cell runs in a fresh process (:func:`run_cell_in_process`); otherwise in this one,
+    through ``cell_fn`` (default :func:`run_cell`), which only the inline mode accepts.
+    """
+    if isolate and cell_fn is not None:
+        raise ValueError("cell_fn runs cells in this process; pass isolate=False with it")
     dist = dist or Distributed()
     cell_fn = cell_fn or run_cell  # looked up at call time, so it can be wrapped
     progress = progress or _QuietGrid()
@@ -411,9 +633,14 @@ def run_grid(
         ):
             reuse = old["profile"]  # only the fine-tuning part changed
         reporter = progress.start_cell(cell, position, len(share))
-        with _single_process_env(dist.torchrun), _restore_threads():
-            outcome = cell_fn(cell, finetune, reuse, reporter)
-        record = make_record(cell, experiment, finetune, outcome, (dist.rank, dist.world))
+        if isolate:
+            outcome = run_cell_in_process(cell, finetune, reuse, reporter, cuda_device=_cuda_device(dist))
+        else:
+            with _single_process_env(dist.torchrun), _restore_threads():
+                outcome = cell_fn(cell, finetune, reuse, reporter)
+        record = make_record(
+            cell, experiment, finetune, outcome, (dist.rank, dist.world), "process" if isolate else "inline"
+        )
         mine[cell.label] = record
         write_records(target, mine, order)
         result.ran.append(cell.label)
@@ -442,6 +669,17 @@ def run_grid(
             result.records = merge_shards(out_dir, order)
             result.gathered = True
     return result
+
+
+def _cuda_device(dist: Distributed) -> int | None:
+    """The GPU a torchrun rank's cells use (as :meth:`Distributed.start` chose); None outside torchrun."""
+    if not dist.torchrun:
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count()
 
 
 @contextlib.contextmanager

@@ -102,6 +102,7 @@ def row_of(record: dict[str, Any]) -> dict[str, Any]:
         "fvcore_flops": _num(flops.get("fvcore_total")),
         "gflops_fvcore": _num(flops.get("fvcore_total")) / 1e9,
         "memory_device": _get(prof, "memory", "device"),
+        "isolation": record.get("isolation", "inline"),  # records from before isolation ran inline
     }
     for comp in COMPONENTS:
         macs = _num(_get(by_comp, comp, "paper_macs"))
@@ -146,8 +147,9 @@ def build_frame(records: Iterable[dict[str, Any]], base_label: str | None) -> pd
             df[col] = math.nan
             continue
         ref = float(base.iloc[0][metric.key])
-        if metric.key.startswith("peak_mem_") and (df["memory_device"] == "cpu").any():
-            df[col] = math.nan  # in-process CPU resident-set increases of different cells do not compare
+        cpu = df["memory_device"] == "cpu"
+        if metric.key.startswith("peak_mem_") and (cpu & (df["isolation"] != "process")).any():
+            df[col] = math.nan  # CPU resident-set increases of cells sharing one process do not compare
             continue
         if metric.delta == "rel":
             df[col] = (df[metric.key] / ref - 1.0) * 100.0 if ref and not math.isnan(ref) else math.nan
@@ -169,8 +171,9 @@ def _one(values: Iterable[Any]) -> str:
 
 def describe(records: list[dict[str, Any]]) -> list[str]:
     """Lines saying where and how the numbers were measured (device, precision, threads, batch, convention)."""
-    profs = [r.get("profile") or {} for r in records if r.get("profile")]
-    envs = [p.get("environment") or r.get("environment") or {} for r, p in zip(records, profs, strict=False)]
+    profiled = [r for r in records if r.get("profile")]
+    profs = [r["profile"] for r in profiled]
+    envs = [p.get("environment") or r.get("environment") or {} for r, p in zip(profiled, profs, strict=True)]
     settings = [p.get("settings") or {} for p in profs]
     lines = []
     if profs:
@@ -188,10 +191,18 @@ def describe(records: list[dict[str, Any]]) -> list[str]:
             "img/s: median over timed iterations (~ marks IQR/median > 10 %). Peak memory: CUDA peak allocated, "
             "or on CPU the peak resident-set increase."
         )
-        if len(profs) > 1 and any(e.get("device") == "cpu" for e in envs):
+        on_cpu = [r for r, e in zip(profiled, envs, strict=True) if e.get("device") == "cpu"]
+        inline = [r for r in on_cpu if r.get("isolation", "inline") != "process"]
+        if on_cpu and not inline:
             lines.append(
-                "CPU memory caveat: all cells run in one process, so a later cell reuses memory freed by earlier "
-                "ones and its resident-set increase can understate its own peak; no Δ is given for it."
+                "CPU memory: each cell ran in a fresh Python process, so its resident-set increase is its own "
+                "(train is measured after infer in that process); Δ is against the base cell."
+            )
+        elif len(profs) > 1 and inline:
+            lines.append(
+                f"CPU memory caveat: {len(inline)} of {len(on_cpu)} CPU cells ran in one shared process "
+                "(--no-isolate), so a later cell reuses memory freed by earlier ones and its resident-set increase "
+                "can understate its own peak; no Δ is given for it."
             )
     ft = [f for r in records for f in (r.get("finetune") or []) if isinstance(f, dict)]
     if ft:
@@ -210,8 +221,8 @@ def describe(records: list[dict[str, Any]]) -> list[str]:
             f"mean ± sample std over seeds {seeds}; conv, trans = each head, sum = argmax of the summed logits."
         )
     lines.append(
-        "Δ against the base cell: relative % for params, MACs, FLOPs, img/s and CUDA memory; percentage points for "
-        "shares and top-1."
+        "Δ against the base cell: relative % for params, MACs, FLOPs, img/s and peak memory (none for CPU cells "
+        "that shared a process); percentage points for shares and top-1."
     )
     return lines
 
@@ -345,6 +356,7 @@ CSV_COLUMNS = (
     "train_noisy",
     "train_batch",
     "memory_device",
+    "isolation",
     "peak_mem_infer_mib",
     "peak_mem_train_mib",
     "seeds_n",

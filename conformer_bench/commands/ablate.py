@@ -58,10 +58,18 @@ def ablate(
             "--shard", help="Run share I of N (0-based, e.g. 0/2); the last shard to finish merges."
         ),
     ] = None,
+    isolate: Annotated[
+        bool,
+        typer.Option(
+            "--isolate/--no-isolate",
+            help="Run each cell in a fresh Python process (a segfault, abort or OOM kill fails only that cell, "
+            "and CPU memory is measured from a fresh process); --no-isolate runs cells in this process.",
+        ),
+    ] = True,
 ) -> None:
     """Run every cell of EXPERIMENT (profile, and fine-tune when asked), then write tables and figures.
 
-    Each finished cell is written at once to cells.jsonl; a crash, OOM or NaN in one cell is recorded and the rest go on. Exit code 1 when a cell did not finish ok, 2 on bad input.
+    Each finished cell is written at once to cells.jsonl; a crash, OOM or NaN in one cell (by default each in a process of its own) is recorded and the rest go on. Exit code 1 when a cell did not finish ok, 2 on bad input.
     """
     from ..ablate.experiment import load_experiment
     from ..ablate.runner import Distributed, parse_shard, torchrun_rank
@@ -91,7 +99,7 @@ def ablate(
         dist = Distributed(rank=shard_arg[0], world=shard_arg[1])
     else:
         dist = Distributed()
-    statuses = _run(exp, cells, run_finetune, resume, dist)
+    statuses = _run(exp, cells, run_finetune, resume, dist, isolate)
     bad = {label: s for label, s in statuses.items() if s != "ok"}
     if bad:
         typer.echo(
@@ -101,7 +109,9 @@ def ablate(
         raise typer.Exit(1)
 
 
-def _run(exp: Any, cells: list[Any], finetune: bool, resume: bool, dist: Any) -> dict[str, str]:
+def _run(
+    exp: Any, cells: list[Any], finetune: bool, resume: bool, dist: Any, isolate: bool
+) -> dict[str, str]:
     from rich.console import Console
 
     from ..ablate.progress import RichGridProgress
@@ -127,6 +137,7 @@ def _run(exp: Any, cells: list[Any], finetune: bool, resume: bool, dist: Any) ->
         f"[bold]{exp.name}[/]: {len(share)} of {len(exp.cells)} cells ({what})"
         + (f" on rank {dist.rank} of {dist.world}" if dist.world > 1 else "")
         + f" -> {out_dir}"
+        + ("" if isolate else " (cells in this process: --no-isolate)")
     )
     dist.start()
     try:
@@ -134,7 +145,14 @@ def _run(exp: Any, cells: list[Any], finetune: bool, resume: bool, dist: Any) ->
             try:
                 with RichGridProgress(len(share), rank=dist.rank, world=dist.world) as progress:
                     result = run_grid(
-                        exp, cells, out_dir, finetune=finetune, resume=resume, dist=dist, progress=progress
+                        exp,
+                        cells,
+                        out_dir,
+                        finetune=finetune,
+                        resume=resume,
+                        dist=dist,
+                        progress=progress,
+                        isolate=isolate,
                     )
             except KeyboardInterrupt:
                 console.print(
