@@ -621,7 +621,7 @@ def test_markdown_is_stable(tmp_path: Path) -> None:
     )
 
 
-def test_the_repository_ci_thresholds_widen_only_training_throughput() -> None:
+def test_the_repository_ci_thresholds_widen_only_throughput() -> None:
     from conformer_bench.report.metrics import Metric
     from conformer_bench.report.thresholds import load_thresholds
 
@@ -632,7 +632,13 @@ def test_the_repository_ci_thresholds_widen_only_training_throughput() -> None:
     def metric(name: str) -> Metric:
         return Metric(name=name, samples=(1.0,), unit="img/s", direction="higher", kind="noisy", timing=True)
 
-    train = metric("micro/throughput.train.img_per_s")
-    infer = metric("micro/throughput.infer.img_per_s")
-    assert thresholds.spec_for(train).fail_rel == 0.25
-    assert thresholds.spec_for(infer).fail_rel == shipped.spec_for(infer).fail_rel
+    for phase in ("train", "infer"):
+        assert thresholds.spec_for(metric(f"micro/throughput.{phase}.img_per_s")).fail_rel == 0.25
+    memory = Metric(
+        name="micro/memory.train.peak_rss_increase_bytes",
+        samples=(1.0,),
+        unit="B",
+        direction="lower",
+        kind="noisy",
+    )
+    assert thresholds.spec_for(memory) == shipped.spec_for(memory)
