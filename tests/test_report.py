@@ -621,7 +621,7 @@ def test_markdown_is_stable(tmp_path: Path) -> None:
     )
 
 
-def test_the_repository_ci_thresholds_widen_only_throughput() -> None:
+def test_the_repository_ci_thresholds_widen_throughput_and_cpu_memory_only() -> None:
     from conformer_bench.report.metrics import Metric
     from conformer_bench.report.thresholds import load_thresholds
 
@@ -641,4 +641,7 @@ def test_the_repository_ci_thresholds_widen_only_throughput() -> None:
         direction="lower",
         kind="noisy",
     )
-    assert thresholds.spec_for(memory) == shipped.spec_for(memory)
+    assert thresholds.spec_for(memory).warn_rel == 1.0
+    assert thresholds.spec_for(memory).gate == shipped.spec_for(memory).gate
+    params = Metric(name="micro/params.total", samples=(1.0,), unit="", direction="equal", kind="exact")
+    assert thresholds.spec_for(params) == shipped.spec_for(params)
