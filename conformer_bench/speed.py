@@ -8,7 +8,7 @@ machine. The record keeps every raw sample; rounding happens only in :func:`rend
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any
@@ -118,11 +118,6 @@ def _max_rel_diff(out: Any, ref: Any) -> float:
         scale = float(b.abs().max()) or 1.0
         worst = max(worst, float((a.float() - b.float()).abs().max()) / scale)
     return worst
-
-
-def _iqr(values: Sequence[float]) -> tuple[float, float]:
-    q25, q75 = np.percentile(np.asarray(values, dtype=float), [25, 75])
-    return float(q25), float(q75)
 
 
 def measure_speed(
@@ -241,13 +236,14 @@ def measure_speed(
         }
         if status[path] == "ok":
             s = samples[path]
-            median = float(np.median(s))
-            q25, q75 = _iqr([batch / t for t in s])
+            latency = summarize(s)
+            median = latency["median"]
+            rate = summarize([batch / t for t in s])
             entry.update(
                 samples_s=s,
-                latency_s=summarize(s),
+                latency_s=latency,
                 img_per_s=batch / median,
-                img_per_s_iqr=[q25, q75],
+                img_per_s_iqr=[rate["q25"], rate["q75"]],
                 achieved_gflop_s=flop_per_image * batch / median / 1e9,
             )
             entry["ceiling_share"] = entry["achieved_gflop_s"] / ceiling["gflop_s"]

@@ -11,7 +11,7 @@ NOISE_LIMIT = 0.10  # IQR/median above this flags a measurement as noisy
 
 
 def summarize(samples: Sequence[float], noise_limit: float = NOISE_LIMIT) -> dict[str, Any]:
-    """Median, p90, p99, IQR and IQR/median of per-iteration times (seconds); never rounded."""
+    """Median, quartiles, p90, p99, IQR and IQR/median of samples (e.g. seconds); never rounded."""
     arr = np.asarray(samples, dtype=float)
     if arr.size == 0:
         raise ValueError("no samples to summarise")
@@ -21,6 +21,8 @@ def summarize(samples: Sequence[float], noise_limit: float = NOISE_LIMIT) -> dic
     return {
         "n": int(arr.size),
         "median": float(median),
+        "q25": float(q25),
+        "q75": float(q75),
         "mean": float(arr.mean()),
         "min": float(arr.min()),
         "max": float(arr.max()),
@@ -39,19 +41,23 @@ def bootstrap_ratio(
     confidence: float = 0.95,
     resamples: int = 2000,
     seed: int = 0,
+    statistic: str = "median",
 ) -> tuple[float, float, float]:
-    """Ratio of medians ``median(num) / median(den)`` with a percentile-bootstrap interval."""
+    """Ratio ``center(num) / center(den)`` with a percentile-bootstrap interval (center: median or mean)."""
     num = np.asarray(numerator, dtype=float)
     den = np.asarray(denominator, dtype=float)
     if num.size == 0 or den.size == 0:
         raise ValueError("bootstrap_ratio needs samples on both sides")
+    if statistic not in ("median", "mean"):
+        raise ValueError(f"statistic must be 'median' or 'mean', got {statistic!r}")
+    center = np.median if statistic == "median" else np.mean
     rng = np.random.default_rng(seed)
-    num_med = np.median(num[rng.integers(0, num.size, (resamples, num.size))], axis=1)
-    den_med = np.median(den[rng.integers(0, den.size, (resamples, den.size))], axis=1)
-    ratios = num_med / den_med
+    num_c = center(num[rng.integers(0, num.size, (resamples, num.size))], axis=1)
+    den_c = center(den[rng.integers(0, den.size, (resamples, den.size))], axis=1)
+    ratios = num_c / den_c
     alpha = (1.0 - confidence) / 2.0
     low, high = np.quantile(ratios, [alpha, 1.0 - alpha])
-    return float(np.median(num) / np.median(den)), float(low), float(high)
+    return float(center(num) / center(den)), float(low), float(high)
 
 
 def mann_whitney_p(a: Sequence[float], b: Sequence[float]) -> float:

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..env import TIMING_KEYS
 from ..errors import BenchError
-from ..stats import bootstrap_ratio, mann_whitney_p
+from ..stats import bootstrap_ratio, mann_whitney_p, summarize
 from .metrics import Metric, MetricSet
 from .thresholds import MetricSpec, Thresholds
 
@@ -114,12 +114,10 @@ def _spread(samples: tuple[float, ...]) -> tuple[float, float]:
     """(IQR/median, coefficient of variation); zeros for fewer than three samples."""
     if len(samples) < 3:
         return 0.0, 0.0
-    arr = np.asarray(samples, dtype=float)
-    q25, median, q75 = np.percentile(arr, [25, 50, 75])
-    mean = float(arr.mean())
-    iqr_rel = float(q75 - q25) / float(median) if median > 0 else math.inf
-    cv = float(arr.std(ddof=1)) / mean if mean > 0 else math.inf
-    return iqr_rel, cv
+    summary = summarize(samples)
+    mean = summary["mean"]
+    cv = float(np.std(samples, ddof=1)) / mean if mean > 0 else math.inf
+    return summary["iqr_over_median"], cv
 
 
 def _ratio_interval(cur: tuple[float, ...], base: tuple[float, ...], spec: MetricSpec) -> tuple[float, float]:
@@ -127,17 +125,8 @@ def _ratio_interval(cur: tuple[float, ...], base: tuple[float, ...], spec: Metri
     if len(cur) < 2 or len(base) < 2:
         ratio = _center(cur, spec.statistic) / _center(base, spec.statistic)
         return ratio, ratio
-    if spec.statistic == "median":
-        _, low, high = bootstrap_ratio(cur, base, confidence=spec.confidence)
-        return low, high
-    rng = np.random.default_rng(0)
-    c, b = np.asarray(cur), np.asarray(base)
-    ratios = c[rng.integers(0, c.size, (2000, c.size))].mean(1) / b[
-        rng.integers(0, b.size, (2000, b.size))
-    ].mean(1)
-    alpha = (1.0 - spec.confidence) / 2.0
-    low, high = np.quantile(ratios, [alpha, 1.0 - alpha])
-    return float(low), float(high)
+    _, low, high = bootstrap_ratio(cur, base, confidence=spec.confidence, statistic=spec.statistic)
+    return low, high
 
 
 def _bad(change: float, direction: str) -> float:
