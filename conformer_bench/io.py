@@ -6,7 +6,6 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -109,11 +108,3 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         raise BenchError(
             f"{str(path)!r} is not valid JSON ({exc}); regenerate it with conformer-bench"
         ) from None
-
-
-def append_jsonl_atomic(path: str | os.PathLike[str], records: Iterable[Any]) -> Path:
-    """Rewrite a JSON-lines file with extra lines appended, atomically (small files only)."""
-    path = Path(path)
-    old = path.read_text(encoding="utf-8") if path.exists() else ""
-    new = "".join(dumps_json(r, indent=None) for r in records)
-    return atomic_write_text(path, old + new)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable
 from enum import StrEnum
 from typing import Annotated, Any, TypeVar
@@ -30,10 +29,6 @@ def handle_errors(func: F) -> F:
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-def fail(message: str) -> None:
-    raise BenchError(message)
 
 
 class OutputFormat(StrEnum):
@@ -167,10 +162,6 @@ def variant_config(
         heads=heads.value if heads else None,
         **more,
     )
-
-
-def echo_err(message: str) -> None:
-    print(message, file=sys.stderr)
 
 
 def fraction_progress(title: str) -> tuple[Any, Callable[[str, float], None]]:
