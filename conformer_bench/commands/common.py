@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from enum import StrEnum
 from typing import Annotated, Any, TypeVar
@@ -187,3 +188,45 @@ def fraction_progress(title: str) -> tuple[Any, Callable[[str, float], None]]:
         progress.update(task, completed=fraction, description=message)
 
     return progress, update
+
+
+# The toggle options every variant-building command takes, in --help order (after --variant).
+TOGGLE_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
+    ("branches", BranchesOpt, None),
+    ("cnn_only", CnnOnlyOpt, False),
+    ("transformer_only", TransformerOnlyOpt, False),
+    ("coupling", CouplingOpt, None),
+    ("no_fcu", NoFcuOpt, False),
+    ("num_med_block", MedBlockOpt, None),
+    ("fcu_down", FcuDownOpt, None),
+    ("fcu_up", FcuUpOpt, None),
+    ("fcu_stages", FcuStagesOpt, None),
+    ("pos_embed", PosEmbedOpt, None),
+    ("heads", HeadsOpt, None),
+)
+
+
+def toggle_options(func: F) -> F:
+    """Add the toggle options after ``variant``; the command receives them as one ``toggles`` dict.
+
+    Pass that dict on with ``variant_config(variant, **toggles)``.
+    """
+    signature = inspect.signature(func, eval_str=True)
+    own = [p for p in signature.parameters.values() if p.name != "toggles"]
+    at = next(i for i, p in enumerate(own) if p.name == "variant") + 1
+    added = [
+        inspect.Parameter(
+            name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=annotation
+        )
+        for name, annotation, default in TOGGLE_OPTIONS
+    ]
+    parameters = [*own[:at], *added, *own[at:]]
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        toggles = {name: kwargs.pop(name) for name, _, _ in TOGGLE_OPTIONS}
+        return func(*args, toggles=toggles, **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+    return wrapper  # type: ignore[return-value]

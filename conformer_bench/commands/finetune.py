@@ -10,20 +10,10 @@ from typing import Annotated, Any
 import typer
 
 from .common import (
-    BranchesOpt,
-    CnnOnlyOpt,
-    CouplingOpt,
-    FcuDownOpt,
-    FcuStagesOpt,
-    FcuUpOpt,
-    HeadsOpt,
-    MedBlockOpt,
-    NoFcuOpt,
     OutputFormat,
-    PosEmbedOpt,
-    TransformerOnlyOpt,
     VariantOpt,
     handle_errors,
+    toggle_options,
     variant_config,
 )
 
@@ -155,19 +145,9 @@ def print_table(record: dict[str, Any]) -> None:
 def register(app: typer.Typer) -> None:
     @app.command("finetune")
     @handle_errors
+    @toggle_options
     def finetune(
         variant: VariantOpt = "micro",
-        branches: BranchesOpt = None,
-        cnn_only: CnnOnlyOpt = False,
-        transformer_only: TransformerOnlyOpt = False,
-        coupling: CouplingOpt = None,
-        no_fcu: NoFcuOpt = False,
-        num_med_block: MedBlockOpt = None,
-        fcu_down: FcuDownOpt = None,
-        fcu_up: FcuUpOpt = None,
-        fcu_stages: FcuStagesOpt = None,
-        pos_embed: PosEmbedOpt = None,
-        heads: HeadsOpt = None,
         checkpoint: Annotated[
             Path | None,
             typer.Option("--checkpoint", help="Release .pth to start from; both heads are replaced."),
@@ -261,6 +241,8 @@ def register(app: typer.Typer) -> None:
             OutputFormat, typer.Option("--format", "-f", help="What to print on stdout.")
         ] = OutputFormat.table,
         no_progress: Annotated[bool, typer.Option("--no-progress", help="Hide the progress bar.")] = False,
+        *,
+        toggles: dict[str, Any],
     ) -> None:
         """Train or fine-tune a variant for a short, fixed budget and report top-1/top-5 per head.
 
@@ -271,20 +253,7 @@ def register(app: typer.Typer) -> None:
         from ..finetune import FinetuneSettings, run_finetune
         from ..io import check_writable, write_json
 
-        cfg = variant_config(
-            variant,
-            branches=branches,
-            cnn_only=cnn_only,
-            transformer_only=transformer_only,
-            coupling=coupling,
-            no_fcu=no_fcu,
-            num_med_block=num_med_block,
-            fcu_down=fcu_down,
-            fcu_up=fcu_up,
-            fcu_stages=fcu_stages,
-            pos_embed=pos_embed,
-            heads=heads,
-        )
+        cfg = variant_config(variant, **toggles)
         main = is_main_process()
         if output is not None and main:
             check_writable(output)

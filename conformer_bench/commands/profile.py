@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from .common import (
-    BranchesOpt,
-    CnnOnlyOpt,
-    CouplingOpt,
-    FcuDownOpt,
-    FcuStagesOpt,
-    FcuUpOpt,
-    HeadsOpt,
-    MedBlockOpt,
-    NoFcuOpt,
-    PosEmbedOpt,
-    TransformerOnlyOpt,
     VariantOpt,
     fraction_progress,
     handle_errors,
+    toggle_options,
     variant_config,
 )
 
@@ -41,19 +31,9 @@ def _choice(option: str, value: str, choices: tuple[str, ...]) -> str:
 def register(app: typer.Typer) -> None:
     @app.command("profile")
     @handle_errors
+    @toggle_options
     def profile(
         variant: VariantOpt = "tiny",
-        branches: BranchesOpt = None,
-        cnn_only: CnnOnlyOpt = False,
-        transformer_only: TransformerOnlyOpt = False,
-        coupling: CouplingOpt = None,
-        no_fcu: NoFcuOpt = False,
-        num_med_block: MedBlockOpt = None,
-        fcu_down: FcuDownOpt = None,
-        fcu_up: FcuUpOpt = None,
-        fcu_stages: FcuStagesOpt = None,
-        pos_embed: PosEmbedOpt = None,
-        heads: HeadsOpt = None,
         fused_attn: Annotated[
             bool | None,
             typer.Option(
@@ -172,6 +152,8 @@ def register(app: typer.Typer) -> None:
         quiet: Annotated[
             bool, typer.Option("--quiet", "-q", help="No progress bar.", rich_help_panel=OUTPUT)
         ] = False,
+        *,
+        toggles: dict[str, Any],
     ) -> None:
         """Params, FLOPs, memory and throughput of one Conformer variant."""
         from ..formatting import FORMATS, output_format_for, render
@@ -181,21 +163,7 @@ def register(app: typer.Typer) -> None:
         stdout_format = _choice("--format", fmt, FORMATS) if fmt else "table"
         settings_mode = _choice("--mode", mode, MODES)
         settings_precision = _choice("--precision", precision, PRECISIONS)
-        cfg = variant_config(
-            variant,
-            branches,
-            cnn_only,
-            transformer_only,
-            coupling,
-            no_fcu,
-            num_med_block,
-            fcu_down,
-            fcu_up,
-            fcu_stages,
-            pos_embed,
-            heads,
-            fused_attn=fused_attn,
-        )
+        cfg = variant_config(variant, **toggles, fused_attn=fused_attn)
         if output is not None:
             check_writable(output)
         settings = ProfileSettings(

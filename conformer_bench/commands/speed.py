@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from .common import (
-    BranchesOpt,
-    CnnOnlyOpt,
-    CouplingOpt,
-    FcuDownOpt,
-    FcuStagesOpt,
-    FcuUpOpt,
-    HeadsOpt,
-    MedBlockOpt,
-    NoFcuOpt,
-    PosEmbedOpt,
-    TransformerOnlyOpt,
     VariantOpt,
     fraction_progress,
     handle_errors,
+    toggle_options,
     variant_config,
 )
 
@@ -31,19 +21,9 @@ OUTPUT = "Output"
 def register(app: typer.Typer) -> None:
     @app.command("speed")
     @handle_errors
+    @toggle_options
     def speed(
         variant: VariantOpt = "tiny",
-        branches: BranchesOpt = None,
-        cnn_only: CnnOnlyOpt = False,
-        transformer_only: TransformerOnlyOpt = False,
-        coupling: CouplingOpt = None,
-        no_fcu: NoFcuOpt = False,
-        num_med_block: MedBlockOpt = None,
-        fcu_down: FcuDownOpt = None,
-        fcu_up: FcuUpOpt = None,
-        fcu_stages: FcuStagesOpt = None,
-        pos_embed: PosEmbedOpt = None,
-        heads: HeadsOpt = None,
         paths: Annotated[
             str,
             typer.Option(
@@ -145,6 +125,8 @@ def register(app: typer.Typer) -> None:
         quiet: Annotated[
             bool, typer.Option("--quiet", "-q", help="No progress bar.", rich_help_panel=OUTPUT)
         ] = False,
+        *,
+        toggles: dict[str, Any],
     ) -> None:
         """Images/s of the plain, optimized and compiled inference paths, interleaved in one process."""
         from ..env import resolve_device
@@ -156,10 +138,7 @@ def register(app: typer.Typer) -> None:
         stdout_format = (fmt or "table").lower()
         if stdout_format not in FORMATS:
             raise BenchError(f"--format {fmt!r} is not valid; use one of {', '.join(FORMATS)}")
-        cfg = variant_config(
-            variant, branches, cnn_only, transformer_only, coupling, no_fcu, num_med_block, fcu_down, fcu_up,
-            fcu_stages, pos_embed, heads,
-        )  # fmt: skip
+        cfg = variant_config(variant, **toggles)
         settings = SpeedSettings(
             device=resolve_device(device),
             batch_size=batch_size,
