@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
+import re
 import subprocess
 from functools import cache
 from pathlib import Path
@@ -17,6 +18,7 @@ TIMING_KEYS: tuple[str, ...] = (
     "device",
     "device_name",
     "cpu_model",
+    "cpu_capability",  # the kernel set ATen dispatches (AVX512, AVX2, ...): another set, other timings
     "threads",
     "torch",
     "cuda",
@@ -28,15 +30,94 @@ TIMING_KEYS: tuple[str, ...] = (
 )
 
 
+# /proc/cpuinfo flags that decide which kernels the libraries choose (fp32 width, bf16/int8 paths, AMX tiles).
+KERNEL_FLAGS: tuple[str, ...] = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_bf16",
+    "avx512_vnni",
+    "avx512_fp16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+)
+# Environment variables that make the libraries take another kernel set than the CPU would pick.
+KERNEL_OVERRIDES: tuple[str, ...] = (
+    "ATEN_CPU_CAPABILITY",
+    "ONEDNN_MAX_CPU_ISA",
+    "DNNL_MAX_CPU_ISA",
+    "MKL_ENABLE_INSTRUCTIONS",
+    "MKL_CBWR",
+    "MKL_DEBUG_CPU_TYPE",
+)
+
+
 @cache
-def cpu_model() -> str:
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's ``key: value`` lines of /proc/cpuinfo (empty where there is none)."""
+    info: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            if not line.strip():
+                break
+            key, _, value = line.partition(":")
+            info[key.strip().lower()] = value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return info
+
+
+@cache
+def cpu_model() -> str:
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
+@cache
+def cpu_vendor() -> str | None:
+    """``GenuineIntel``, ``AuthenticAMD``, ... (``None`` where /proc/cpuinfo is absent)."""
+    return _cpuinfo().get("vendor_id")
+
+
+@cache
+def cpu_kernel_flags() -> list[str]:
+    """Which of :data:`KERNEL_FLAGS` the CPU reports."""
+    present = set(_cpuinfo().get("flags", "").split())
+    return [flag for flag in KERNEL_FLAGS if flag in present]
+
+
+@cache
+def library_versions() -> dict[str, str | None]:
+    """oneDNN and oneMKL versions of the torch build, read from ``torch.__config__.show()``."""
+    import torch
+
+    try:
+        config = torch.__config__.show()
+    except Exception:  # a torch build without the config string: versions unknown, not fatal
+        config = ""
+    onednn = re.search(r"MKL-DNN v([0-9][\w.]*)", config)
+    mkl = re.search(r"Math Kernel Library Version ([0-9][\w.]*)", config)
+    return {
+        "onednn_version": onednn.group(1) if onednn else None,
+        "mkl_version": mkl.group(1) if mkl else None,
+    }
+
+
+def cpu_kernels() -> dict[str, Any]:
+    """What decides the CPU kernels that ran: vendor, ATen capability, ISA flags, library versions, overrides."""
+    import torch
+
+    try:
+        capability: str | None = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # torch builds without the query
+        capability = None
+    return {
+        "cpu_vendor": cpu_vendor(),
+        "cpu_capability": capability,
+        "cpu_flags": cpu_kernel_flags(),
+        **library_versions(),
+        "kernel_overrides": {k: os.environ[k] for k in KERNEL_OVERRIDES if k in os.environ},
+    }
 
 
 @cache
@@ -123,6 +204,7 @@ def fingerprint(
         "device": "cuda" if device.startswith("cuda") else device,
         "device_name": cpu_model() if device == "cpu" else None,
         "cpu_model": cpu_model(),
+        **cpu_kernels(),
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "interop_threads": torch.get_num_interop_threads(),

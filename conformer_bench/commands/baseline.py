@@ -14,6 +14,10 @@ baseline_app = typer.Typer(
     no_args_is_help=True,
 )
 
+AllowDirtyOpt = Annotated[
+    bool,
+    typer.Option("--allow-dirty", help="Accept results measured on uncommitted changes (commit ...+dirty)."),
+]
 FromOpt = Annotated[
     Path, typer.Option("--from", help="Results: a profile/finetune record or an ablation results folder.")
 ]
@@ -25,11 +29,12 @@ def write(
     source: FromOpt,
     output: Annotated[Path, typer.Option("--output", "-o", help="Baseline JSON to create.")],
     force: Annotated[bool, typer.Option("--force", help="Replace an existing baseline file.")] = False,
+    allow_dirty: AllowDirtyOpt = False,
 ) -> None:
     """Write a new baseline (environment, per-metric raw samples, unit, direction) from results."""
     from ..report.baseline import write_baseline
 
-    document = write_baseline(source, output, force=force)
+    document = write_baseline(source, output, force=force, allow_dirty=allow_dirty)
     _summary(document, f"wrote {output}")
 
 
@@ -42,11 +47,12 @@ def update(
         list[str] | None,
         typer.Option("--only", help="Only metrics matching this glob (repeatable); others are kept."),
     ] = None,
+    allow_dirty: AllowDirtyOpt = False,
 ) -> None:
     """Replace a baseline's metrics with newer results, recording the update in its history."""
     from ..report.baseline import update_baseline
 
-    document, changed = update_baseline(source, baseline, only)
+    document, changed = update_baseline(source, baseline, only, allow_dirty=allow_dirty)
     _summary(document, f"updated {baseline}: {len(changed)} metric(s) changed")
 
 

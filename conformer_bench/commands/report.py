@@ -46,8 +46,19 @@ def register(app: typer.Typer) -> None:
 
         Exit code 0: no blocking regression; 1: blocking regression; 2: bad input or nothing measured.
         """
+        from ..errors import BenchError
         from ..io import atomic_write_text, check_writable, write_json
         from ..report import compare, load_metrics, load_thresholds, render_json, render_markdown
+
+        for flag, path in (("--baseline", baseline), ("--current", current)):
+            if not path.exists():
+                if flag == "--baseline" and path.suffix == ".json":
+                    make = f"`conformer-bench baseline write --from RESULTS --output {path}`"
+                elif path.suffix == ".json":
+                    make = "`conformer-bench profile ... -o FILE` or `conformer-bench finetune ... -o FILE`"
+                else:
+                    make = f"`conformer-bench ablate experiments/ci.toml --output-dir {path}`"
+                raise BenchError(f"{flag} {str(path)!r} does not exist; make it first with {make}")
 
         for out in (markdown, json_out):
             if out is not None:

@@ -53,18 +53,33 @@ def read_baseline(path: str | Path) -> dict[str, Any]:
     return dict(document)
 
 
-def write_baseline(source: str | Path, output: str | Path, force: bool = False) -> dict[str, Any]:
-    """Write a new baseline from ``source`` results; refuses to replace one unless ``force``."""
+def _check_clean(metrics: MetricSet, allow_dirty: bool) -> None:
+    """A baseline is a reference: refuse results measured on uncommitted code unless asked."""
+    commit = metrics.environment.get("commit")
+    if not allow_dirty and isinstance(commit, str) and commit.endswith("+dirty"):
+        raise BenchError(
+            f"{metrics.source} was measured on uncommitted changes (commit {commit}); commit them and measure "
+            "again, or pass --allow-dirty"
+        )
+
+
+def write_baseline(
+    source: str | Path, output: str | Path, force: bool = False, allow_dirty: bool = False
+) -> dict[str, Any]:
+    """Write a new baseline from ``source`` results; refuses to replace one unless ``force``, and results
+    of a dirty tree unless ``allow_dirty``."""
     output = check_writable(output)
     if output.exists() and not force:
         raise BenchError(f"{str(output)!r} already exists; use `baseline update` (or --force to replace it)")
-    document = baseline_document(load_metrics(source))
+    metrics = load_metrics(source)
+    _check_clean(metrics, allow_dirty)
+    document = baseline_document(metrics)
     write_json(output, document)
     return document
 
 
 def update_baseline(
-    source: str | Path, baseline: str | Path, only: list[str] | None = None
+    source: str | Path, baseline: str | Path, only: list[str] | None = None, allow_dirty: bool = False
 ) -> tuple[dict[str, Any], list[str]]:
     """Replace the baseline's metrics with those of ``source`` (all, or the names matching ``only`` globs).
 
@@ -74,6 +89,7 @@ def update_baseline(
     baseline = Path(baseline)
     old = read_baseline(baseline)
     fresh = load_metrics(source)
+    _check_clean(fresh, allow_dirty)
     if fresh.source_kind != old["source_kind"]:
         raise BenchError(
             f"{source} holds {fresh.source_kind} metrics but the baseline holds {old['source_kind']} metrics; "

@@ -2,8 +2,9 @@
 
 Exact metrics must be equal. Noisy metrics fail only when the median change is past the fail threshold
 *and* significant: Mann-Whitney p < alpha and the bootstrap interval of the ratio of medians lying wholly
-past the threshold. Accuracy compares seed means in absolute units (percentage points) against
-``max(fail_abs, sigma_k * sd of the baseline seeds)``.
+past the threshold. Accuracy compares seed means in absolute units (percentage points): a drop fails when it
+is past ``max(fail_abs, sigma_k * pooled seed sd)`` and Welch's t-test over the seeds, corrected for
+multiplicity (Benjamini-Hochberg), calls it significant.
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ class Row:
     p_value: float | None = None
     ci: tuple[float, float] | None = None  # interval of current/baseline (noisy metrics)
     sd_baseline: float | None = None  # seed standard deviation (accuracy)
+    sd_current: float | None = None
+    p_adjusted: float | None = None  # p_value corrected for multiplicity (accuracy, Benjamini-Hochberg)
+    p_better: float | None = None  # one-sided p of an improvement (accuracy, for IMPROVED)
     tolerance: float | None = None  # effective fail tolerance used (accuracy, absolute)
     note: str = ""
     spec: MetricSpec | None = None
@@ -164,6 +168,11 @@ def _exact(row: Row, base: Metric, cur: Metric) -> None:
 
 
 def _noisy(row: Row, base: Metric, cur: Metric, spec: MetricSpec) -> None:
+    if spec.significance == "welch":
+        raise BenchError(
+            f"{row.metric}: significance = 'welch' is for accuracy metrics (seeds); for timings use "
+            "mann-whitney+bootstrap"
+        )
     b_center, c_center = _center(base.samples, spec.statistic), _center(cur.samples, spec.statistic)
     row.baseline, row.current, row.delta = b_center, c_center, c_center - b_center
     if b_center <= 0:
@@ -229,27 +238,100 @@ def _noisy(row: Row, base: Metric, cur: Metric, spec: MetricSpec) -> None:
 
 
 def _accuracy(row: Row, base: Metric, cur: Metric, spec: MetricSpec) -> None:
+    """Seed means, their spread and Welch's t-test; the status is decided later by :func:`_decide_accuracy`,
+    once the p-values of every accuracy metric are known (they are corrected for multiplicity together)."""
     b_center, c_center = _center(base.samples, spec.statistic), _center(cur.samples, spec.statistic)
     delta = c_center - b_center
     row.baseline, row.current, row.delta = b_center, c_center, delta
     row.delta_rel = delta / b_center if b_center else None
-    sd = float(np.std(base.samples, ddof=1)) if len(base.samples) >= 2 else None
-    row.sd_baseline = sd
-    spread = spec.sigma_k * sd if spec.sigma_k is not None and sd is not None else 0.0
-    fail_tol = max(spec.fail_abs, spread) if spec.fail_abs is not None else (spread or None)
-    row.tolerance = fail_tol
-    bad = _bad(delta, spec.direction)
-    if fail_tol is not None and bad > fail_tol:
-        row.status = "FAIL" if spec.gate else "WARN"
+    floor = spec.sd_floor or 0.0
+    sd_base = float(np.std(base.samples, ddof=1)) if len(base.samples) >= 2 else None
+    sd_cur = float(np.std(cur.samples, ddof=1)) if len(cur.samples) >= 2 else None
+    row.sd_baseline, row.sd_current = sd_base, sd_cur
+    # The spread a difference is judged against: both sides' seed sd (floored, so that seeds that happen to
+    # agree cannot make the tolerance zero), pooled.
+    known = [max(sd, floor) for sd in (sd_base, sd_cur) if sd is not None]
+    spread_sd = math.sqrt(sum(sd * sd for sd in known) / len(known)) if known else None
+    spread = spec.sigma_k * spread_sd if spec.sigma_k is not None and spread_sd is not None else 0.0
+    row.tolerance = max(spec.fail_abs, spread) if spec.fail_abs is not None else (spread or None)
+    if spec.significance == "welch" and sd_base is not None and sd_cur is not None:
+        row.p_value = _welch_p(base.samples, cur.samples, floor, spec.direction, worse=True)
+        row.p_better = _welch_p(base.samples, cur.samples, floor, spec.direction, worse=False)
+
+
+def _welch_p(
+    base: tuple[float, ...], cur: tuple[float, ...], floor: float, direction: str, *, worse: bool
+) -> float:
+    """One-sided Welch's t-test p-value that ``cur`` is worse (or better) than ``base``, sds floored."""
+    from scipy.stats import ttest_ind_from_stats
+
+    if direction == "equal":
+        alternative = "two-sided"
+    else:
+        lower_is_worse = direction == "higher"
+        alternative = "less" if lower_is_worse == worse else "greater"
+    result = ttest_ind_from_stats(
+        float(np.mean(cur)),
+        max(float(np.std(cur, ddof=1)), floor),
+        len(cur),
+        float(np.mean(base)),
+        max(float(np.std(base, ddof=1)), floor),
+        len(base),
+        equal_var=False,
+        alternative=alternative,
+    )
+    p = float(result.pvalue)
+    return 1.0 if math.isnan(p) else p  # zero spread on both sides and no floor: no evidence either way
+
+
+def _decide_accuracy(rows: list[Row]) -> None:
+    """Correct the accuracy p-values for multiplicity, then give each accuracy row its status.
+
+    A drop FAILs only when it is past the tolerance *and* significant (Welch's t, Benjamini-Hochberg over the
+    metrics that ask for it); past the tolerance but not significant is NOISY. Where a side has a single seed
+    there is no test and the tolerance alone decides, as the note says.
+    """
+    from scipy.stats import false_discovery_control
+
+    family = [
+        r
+        for r in rows
+        if r.kind == "accuracy" and r.p_value is not None and r.spec and r.spec.correction != "none"
+    ]
+    if family:
+        adjusted = false_discovery_control([r.p_value for r in family], method="bh")
+        for r, p_adj in zip(family, adjusted, strict=True):
+            r.p_adjusted = float(p_adj)
+    for row in rows:
+        if row.kind == "accuracy" and row.status == "OK" and row.spec is not None and row.delta is not None:
+            _accuracy_status(row, row.spec)
+
+
+def _accuracy_status(row: Row, spec: MetricSpec) -> None:
+    assert row.delta is not None
+    bad = _bad(row.delta, spec.direction)
+    p = row.p_adjusted if row.p_adjusted is not None else row.p_value
+    tested = p is not None
+    significant = not tested or p < spec.alpha  # untested: the threshold alone decides
+    untested_note = "one seed on a side: no test, the tolerance alone decides"
+    if spec.significance != "welch":
+        untested_note = ""
+    if row.tolerance is not None and bad > row.tolerance:
+        if significant:
+            row.status = "FAIL" if spec.gate else "WARN"
+            row.note = "" if tested else untested_note
+        else:
+            row.status, row.note = "NOISY", "past the tolerance but not significant"
     elif spec.fail_abs is not None and bad > spec.fail_abs:
-        row.status, row.note = (
-            "NOISY",
-            f"past {spec.fail_abs:g} but within {spec.sigma_k:g}σ of the baseline seeds",
-        )
-    elif spec.warn_abs is not None and bad > spec.warn_abs:
+        row.status = "NOISY"
+        row.note = f"past {spec.fail_abs:g} but within {spec.sigma_k:g}σ of the seeds"
+    elif spec.warn_abs is not None and bad > spec.warn_abs and significant:
         row.status = "WARN"
-    elif spec.direction != "equal" and spec.stale_abs is not None and -bad > max(spec.stale_abs, spread):
-        row.status, row.note = "IMPROVED", "large improvement: the baseline looks stale"
+    elif spec.direction != "equal" and spec.stale_abs is not None:
+        spread = row.tolerance if row.tolerance is not None else 0.0
+        better_p = row.p_better
+        if -bad > max(spec.stale_abs, spread) and (better_p is None or better_p < spec.alpha):
+            row.status, row.note = "IMPROVED", "large improvement: the baseline looks stale"
 
 
 # --------------------------------------------------------------------------- driver
@@ -309,9 +391,10 @@ def compare(baseline: MetricSet, current: MetricSet, thresholds: Thresholds) -> 
             _accuracy(row, base, cur, spec)
         else:
             _noisy(row, base, cur, spec)
-        # MISSING and CHANGED block even where a metric's rule is set not to gate.
-        row.blocking = row.status in BLOCKING and (spec.gate or row.status != "FAIL")
         rows.append(row)
+    _decide_accuracy(rows)
+    for row in rows:  # MISSING and CHANGED block even where a metric's rule is set not to gate.
+        row.blocking = row.status in BLOCKING and (row.spec is None or row.spec.gate or row.status != "FAIL")
 
     # One row per crashed record (a whole cell, a seed set, a timing section), not one per lost metric.
     for prefix, reason in sorted(current.crashed.items()):

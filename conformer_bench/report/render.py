@@ -15,8 +15,9 @@ REPORT_SCHEMA = "conformer-bench.report"
 REPORT_SCHEMA_VERSION = 1
 COLUMNS = ("status", "metric", "direction", "baseline", "current", "Δ", "significance", "n", "threshold")
 ENV_FOOTER_KEYS = (
-    "device", "device_name", "cpu_model", "threads", "torch", "cuda", "precision",
-    "batch_size", "img_size", "commit", "created",
+    "device", "device_name", "cpu_model", "cpu_vendor", "cpu_capability", "cpu_flags", "onednn_version",
+    "mkl_version", "kernel_overrides", "threads", "torch", "cuda", "precision", "batch_size", "img_size",
+    "commit", "created",
 )  # fmt: skip
 _DIRECTION = {"higher": "↑ higher", "lower": "↓ lower", "equal": "= equal"}
 _SIGN = {"higher": "-", "lower": "+", "equal": "±"}
@@ -51,11 +52,15 @@ def format_delta(row: Row) -> str:
 def format_significance(row: Row) -> str:
     parts: list[str] = []
     if row.p_value is not None:
-        parts.append(f"p={row.p_value:.2g}")
+        adjusted = f" (BH {row.p_adjusted:.2g})" if row.p_adjusted is not None else ""
+        parts.append(f"p={row.p_value:.2g}{adjusted}")
     if row.ci is not None and row.spec is not None:
         parts.append(f"{row.spec.confidence:.0%} CI ×{row.ci[0]:.3f}–{row.ci[1]:.3f}")
     if row.kind == "accuracy" and row.status not in ("NEW", "MISSING", "CRASHED"):
-        parts.append(f"sd {row.sd_baseline:.2f}" if row.sd_baseline is not None else "one seed")
+        if row.sd_baseline is None or row.sd_current is None:
+            parts.append("one seed")
+        else:
+            parts.append(f"sd {row.sd_baseline:.2f} → {row.sd_current:.2f}")
     if row.note:
         parts.append(row.note)
     return "; ".join(parts) if parts else "—"
@@ -78,6 +83,8 @@ def format_threshold(row: Row) -> str:
             parts.append(f"{level} {sign}{absolute:g}{unit}")
     if spec.kind == "accuracy" and spec.sigma_k is not None:
         parts.append(f"or {spec.sigma_k:g}σ")
+    if spec.kind == "accuracy" and spec.significance == "welch":
+        parts.append(f"Welch α {spec.alpha:g}")
     if not spec.gate:
         parts.append("no gate")
     return " · ".join(parts) if parts else "none"
@@ -119,9 +126,17 @@ def headline(comparison: Comparison) -> str:
     )
 
 
+def _env_value(value: Any) -> str:
+    if isinstance(value, list):
+        return "+".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return " ".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
+
+
 def describe_environment(env: dict[str, Any]) -> str:
     keys = [k for k in ENV_FOOTER_KEYS if not (k == "device_name" and env.get(k) == env.get("cpu_model"))]
-    shown = [f"{k}={env[k]}" for k in keys if env.get(k) is not None]
+    shown = [f"{k}={_env_value(env[k])}" for k in keys if env.get(k) not in (None, [], {})]
     return ", ".join(shown) if shown else "no environment recorded"
 
 

@@ -14,7 +14,8 @@ from ..errors import BenchError
 from .metrics import DIRECTIONS, KINDS, Metric
 
 THRESHOLDS_SCHEMA = "conformer-bench.thresholds"
-SIGNIFICANCE = ("mann-whitney+bootstrap", "mann-whitney", "bootstrap", "none")
+SIGNIFICANCE = ("mann-whitney+bootstrap", "mann-whitney", "bootstrap", "welch", "none")
+CORRECTIONS = ("benjamini-hochberg", "none")
 STATISTICS = ("median", "mean")
 
 
@@ -32,9 +33,11 @@ class MetricSpec:
     warn_abs: float | None = None
     fail_abs: float | None = None
     sigma_k: float | None = None
+    sd_floor: float | None = None
     stale_rel: float | None = None
     stale_abs: float | None = None
     significance: str = "mann-whitney+bootstrap"
+    correction: str = "none"
     alpha: float = 0.05
     confidence: float = 0.95
     unstable_iqr_over_median: float | None = None
@@ -50,7 +53,7 @@ class MetricSpec:
 
 
 _FLOAT_KEYS = {
-    "warn_rel", "fail_rel", "warn_abs", "fail_abs", "sigma_k", "stale_rel", "stale_abs",
+    "warn_rel", "fail_rel", "warn_abs", "fail_abs", "sigma_k", "sd_floor", "stale_rel", "stale_abs",
     "alpha", "confidence", "unstable_iqr_over_median", "unstable_cv",
 }  # fmt: skip
 _CHOICES: dict[str, tuple[str, ...]] = {
@@ -58,6 +61,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "direction": DIRECTIONS,
     "statistic": STATISTICS,
     "significance": SIGNIFICANCE,
+    "correction": CORRECTIONS,
 }
 _SPEC_KEYS = {f.name for f in fields(MetricSpec)} - {"matched"}
 
