@@ -312,7 +312,7 @@ def _accuracy_status(row: Row, spec: MetricSpec) -> None:
     bad = _bad(row.delta, spec.direction)
     p = row.p_adjusted if row.p_adjusted is not None else row.p_value
     tested = p is not None
-    significant = not tested or p < spec.alpha  # untested: the threshold alone decides
+    significant = p is None or p < spec.alpha  # untested: the threshold alone decides
     untested_note = "one seed on a side: no test, the tolerance alone decides"
     if spec.significance != "welch":
         untested_note = ""
