@@ -154,3 +154,25 @@ def test_bad_baseline_commands_exit_2(tmp_path: Path) -> None:
     fine = write(tmp_path / "f.json", finetune_record())
     result = baseline_cli("update", "--from", fine, "--baseline", out)
     assert result.exit_code == 2 and "use `baseline write`" in result.stderr
+
+
+def test_write_and_update_refuse_results_of_a_dirty_tree(tmp_path: Path) -> None:
+    dirty = write(tmp_path / "d.json", profile_record(env=environment(commit="abc123def456+dirty")))
+    out = tmp_path / "baseline.json"
+    result = baseline_cli("write", "--from", dirty, "--output", out)
+    assert result.exit_code == 2 and not out.exists()
+    assert "uncommitted changes (commit abc123def456+dirty)" in result.stderr
+    assert "--allow-dirty" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert baseline_cli("write", "--from", dirty, "--output", out, "--allow-dirty").exit_code == 0
+    clean = write(tmp_path / "c.json", profile_record())
+    assert baseline_cli("update", "--from", dirty, "--baseline", out).exit_code == 2
+    assert baseline_cli("update", "--from", clean, "--baseline", out).exit_code == 0
+
+
+def test_report_on_a_missing_run_folder_names_the_command_that_makes_it(tmp_path: Path) -> None:
+    base = write(tmp_path / "b.json", profile_record())
+    result = report_cli("--baseline", base, "--current", tmp_path / "runs" / "ci")
+    assert result.exit_code == 2
+    assert "conformer-bench ablate experiments/ci.toml --output-dir" in result.stderr
+    missing_baseline = report_cli("--baseline", tmp_path / "nope.json", "--current", base)
+    assert missing_baseline.exit_code == 2 and "conformer-bench baseline write" in missing_baseline.stderr
