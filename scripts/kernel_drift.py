@@ -35,7 +35,9 @@ def main(baseline: str, current: str) -> None:
     comparison = compare(load_metrics(baseline), load_metrics(current), load_thresholds())
     rows = {r.metric: r for r in comparison.rows if r.kind == "accuracy"}
     base_seeds, cur_seeds = seed_values(Path(baseline)), seed_values(Path(current))
-    print("| metric | baseline mean | current mean | Δ | seed sd (b → c) | mean \\|Δ\\| same seed | p (BH) | status |")
+    print(
+        "| metric | baseline mean | current mean | Δ | seed sd (b → c) | mean \\|Δ\\| same seed | p (BH) | status |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     same_seed: list[float] = []
     ratios: list[float] = []

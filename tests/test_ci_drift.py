@@ -94,7 +94,8 @@ def test_other_kernel_set_baseline_and_native_run_pass(other_kernels_baseline: P
     ]
     current_seeds = json.loads((current / "cells.jsonl").read_text().splitlines()[0])["finetune"]
     moved = [
-        b["final"]["top1"]["sum"] != c["final"]["top1"]["sum"] for b, c in zip(baseline_seeds, current_seeds)
+        b["final"]["top1"]["sum"] != c["final"]["top1"]["sum"]
+        for b, c in zip(baseline_seeds, current_seeds, strict=True)
     ]
     assert any(moved), "the other kernel set changed no seed's accuracy: the drift this test guards is absent"
     code, text = report(other_kernels_baseline, current)
@@ -103,7 +104,7 @@ def test_other_kernel_set_baseline_and_native_run_pass(other_kernels_baseline: P
 
 @pytest.mark.parametrize("kernels", ["native", "other"])
 def test_injected_regression_fails(other_kernels_baseline: Path, tmp_path: Path, kernels: str) -> None:
-    """AdamW at a tenth of its learning rate, config unchanged: the accuracy rows fail, not a config change."""
+    """A tenth of the learning rate at every step, config unchanged: the accuracy rows fail, not a config change."""
     current = ablate(
         tmp_path / "regressed", kernels=other_kernel_set() if kernels == "other" else None, inject="lr"
     )
