@@ -1,32 +1,59 @@
-# Set-up and checks. `make install` then `make test` is all a newcomer needs.
+# Set-up and checks. `make profile` and `make test` are all a newcomer needs: each creates or updates .venv
+# on first use, then runs the main job or the test suite.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# A CPU wheel by default; GPU users: `make install TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"`
+# The torch pin; GPU users: `make install TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"`
 # or `make install TORCH_SPEC=` to keep a torch already present in the venv.
-TORCH_SPEC ?= torch==2.13.0
+TORCH_PIN := torch==2.13.0
+TORCH_SPEC ?= $(TORCH_PIN)
+# Options for `make profile` (`ARGS="--variant small --format md"`; a later --variant wins) and for pytest.
+ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast lint format clean
+# The environment is installed once per dependency set: the stamp's name hashes pyproject.toml and the
+# torch pin, so editing either reinstalls on the next call and every other call goes straight to the job.
+# A TORCH_SPEC given to `make install` is kept: later calls do not reinstall the pin over it.
+INSTALL_KEY := $(shell { cat pyproject.toml; printf '%s\n' '$(TORCH_PIN)'; } | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(INSTALL_KEY)
+# Exits 1 with one line naming the version needed; %-formatting so that even Python 2 can say it.
+CHECK_PYTHON := import sys; v = sys.version_info; sys.exit(0 if v[:2] >= (3, 11) else \
+	"error: conformer-bench needs Python >= 3.11, but %s is %d.%d.%d; install a newer one and run make with \
+	PYTHON=python3.11 (or newer)" % (sys.executable, v[0], v[1], v[2]))
+
+.PHONY: install profile test test-fast lint format clean
 
 install:
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --upgrade pip
-	@if [ -n "$(TORCH_SPEC)" ]; then $(BIN)/python -m pip install $(TORCH_SPEC); fi
-	$(BIN)/python -m pip install -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@$(MAKE) --no-print-directory $(STAMP)
 
-test:
+$(STAMP):
+	@if [ ! -x $(BIN)/python ]; then \
+		command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python >= 3.11 or run make with PYTHON=/path/to/python3.11" >&2; exit 1; }; \
+		$(PYTHON) -c '$(CHECK_PYTHON)' && echo "$(PYTHON) -m venv $(VENV)" && $(PYTHON) -m venv $(VENV); \
+	fi
+	@$(BIN)/python -c '$(CHECK_PYTHON)' || { echo "(.venv was made by an older Python: make clean, then run make again)" >&2; exit 1; }
+	$(BIN)/python -m pip install --upgrade pip
+	@if [ -n "$(TORCH_SPEC)" ]; then echo "$(BIN)/python -m pip install $(TORCH_SPEC)"; $(BIN)/python -m pip install $(TORCH_SPEC); fi
+	$(BIN)/python -m pip install -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+profile: $(STAMP)
+	$(BIN)/conformer-bench profile --variant base $(ARGS)
+
+test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-fast:
+test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not distributed" $(PYTEST_ARGS)
 
-lint:
+lint: $(STAMP)
 	$(BIN)/ruff check conformer conformer_bench tests
 	$(BIN)/ruff format --check conformer conformer_bench tests
 	$(BIN)/mypy conformer_bench
 
-format:
+format: $(STAMP)
 	$(BIN)/ruff check --fix conformer conformer_bench tests
 	$(BIN)/ruff format conformer conformer_bench tests
 
