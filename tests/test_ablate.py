@@ -88,6 +88,7 @@ BAD_CASES = {
     "bad_profile_key": ["bad_profile_key.toml:6:", "profile.iterations", "did you mean 'iters'"],
     "bad_profile_type": ["bad_profile_type.toml:5:", "profile.batch_size", "wrong type"],
     "bad_seeds": ["bad_seeds.toml:6:", "finetune.seeds", "distinct integers"],
+    "bad_seed_jobs": ["bad_seed_jobs.toml:6:", "finetune.jobs", "integer >= 1"],
     "finetune_seed": ["finetune_seed.toml:6:", "finetune.seed", "seeds = [0, 1]"],
     "bad_syntax": ["bad_syntax.toml", "not valid TOML", "line 2"],
     "missing_base": ["missing_base.toml", "[base] table"],
@@ -405,3 +406,24 @@ def test_real_grid_end_to_end_then_table(tmp_path: Path) -> None:
     empty.mkdir()
     nothing = invoke("table", str(empty))
     assert nothing.exit_code == 2 and "run `conformer-bench ablate" in nothing.output
+
+
+def test_seed_jobs_compute_what_one_seed_at_a_time_computes(tmp_path: Path) -> None:
+    """[finetune] jobs runs seeds in parallel processes: same records, same cell hash."""
+    text = (EXP / "nano_grid.toml").read_text(encoding="utf-8")
+    text = text.replace("seeds = [0, 1]", "seeds = [0, 1, 2]").replace("run = false", "run = true")
+    serial, parallel = tmp_path / "serial.toml", tmp_path / "parallel.toml"
+    serial.write_text(text, encoding="utf-8")
+    parallel.write_text(text.replace("seeds = [0, 1, 2]", "seeds = [0, 1, 2]\njobs = 2"), encoding="utf-8")
+    one, two = load_experiment(serial), load_experiment(parallel)
+    assert two.cells[0].seed_jobs == 2 and one.cells[0].seed_jobs == 1
+    assert one.cells[0].config_hash(True) == two.cells[0].config_hash(True)
+    for exp, out in ((one, tmp_path / "one"), (two, tmp_path / "two")):
+        run_grid(exp, [exp.cells[0]], out, finetune=True, resume=False, isolate=False)
+    records = [load_records(tmp_path / name)["dual"] for name in ("one", "two")]
+    assert [r["status"] for r in records] == ["ok", "ok"]
+    finals = [
+        [(s["hyper"]["seed"], s["final"]["top1"], s["final"]["val_loss"]) for s in r["finetune"]]
+        for r in records
+    ]
+    assert finals[0] == finals[1] and [seed for seed, _, _ in finals[0]] == [0, 1, 2]

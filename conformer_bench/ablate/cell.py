@@ -38,6 +38,7 @@ def cell_spec(
             "profile": cell.profile,
             "finetune": cell.finetune,
             "seeds": list(cell.seeds),
+            "seed_jobs": cell.seed_jobs,
         },
         "finetune": finetune,
         "reuse_profile": reuse_profile,
@@ -61,6 +62,7 @@ def cell_from_spec(spec: dict[str, Any]) -> Cell:
         profile=dict(c["profile"]),
         finetune=dict(c["finetune"]) if c["finetune"] is not None else None,
         seeds=tuple(int(s) for s in c["seeds"]),
+        seed_jobs=int(c.get("seed_jobs", 1)),
     )
 
 

@@ -19,6 +19,8 @@ Layout (every key but ``[base] variant`` is optional)::
     [finetune]                         # conformer_bench.finetune.FinetuneSettings fields, plus:
     run = false                        # fine-tune without --finetune?
     seeds = [0, 1]
+    jobs = 1                           # seeds fine-tuned at once, each in a process of its own (CPU);
+                                       # results do not depend on it, so it is not part of the cell's hash
 
     [axes]                             # each value a list; cells are labelled "key=value"
     num_med_block = [0, 1, 2, 3]
@@ -46,7 +48,7 @@ from ..errors import BenchError
 TOP_KEYS = ("name", "description", "output_dir", "axes_mode", "base", "profile", "finetune", "axes", "cells")
 AXES_MODES = ("each", "product")
 CELL_META_KEYS = ("label", "variant", "profile", "finetune")
-FINETUNE_EXTRA_KEYS = ("run", "seeds")
+FINETUNE_EXTRA_KEYS = ("run", "seeds", "jobs")
 # FinetuneSettings fields an experiment may not set: the seed comes from ``seeds``; checkpoints are per run.
 FINETUNE_FORBIDDEN = ("seed", "save", "checkpoint")
 PROFILE_IMG_SIZE = 224  # ProfileSettings.img_size default
@@ -64,6 +66,7 @@ class Cell:
     profile: dict[str, Any]  # ProfileSettings keyword arguments
     finetune: dict[str, Any] | None  # FinetuneSettings keyword arguments without the seed; None: none defined
     seeds: tuple[int, ...]
+    seed_jobs: int = 1  # seeds fine-tuned at once; not hashed: results do not depend on it
 
     def profile_settings(self) -> Any:
         from ..profiling import ProfileSettings
@@ -366,6 +369,7 @@ def load_experiment(
     ft_table = data.get("finetune")
     finetune: dict[str, Any] | None = None
     seeds: tuple[int, ...] = ()
+    seed_jobs = 1
     run_by_default = False
     if ft_table is not None:
         finetune = _check_settings(chk, ("finetune",), ft_table, "finetune")
@@ -383,6 +387,9 @@ def load_experiment(
                 ("finetune", "seeds"), f"{raw_seeds!r} is not valid; give distinct integers >= 0, e.g. [0, 1]"
             )
         seeds = tuple(raw_seeds)
+        seed_jobs = ft_table.get("jobs", 1)
+        if isinstance(seed_jobs, bool) or not isinstance(seed_jobs, int) or seed_jobs < 1:
+            raise chk.fail(("finetune", "jobs"), f"{seed_jobs!r} is not valid; give an integer >= 1, e.g. 2")
 
     base_cfg = _build_config(
         chk,
@@ -471,6 +478,7 @@ def load_experiment(
                 profile=cell_profile,
                 finetune=cell_ft,
                 seeds=seeds,
+                seed_jobs=seed_jobs,
             )
         )
     _check_constructible(chk, cells)

@@ -124,31 +124,9 @@ def run_cell(
         finally:
             _free_memory()
     if finetune and status == "ok":
-        import torch
-
-        from ..finetune import run_finetune
-
-        if settings.threads is not None:
-            torch.set_num_threads(settings.threads)  # the cell's threads hold for its fine-tuning too
-
-        for seed in cell.seeds:
-            progress.update(f"fine-tune, seed {seed} ({len(finetunes) + 1} of {len(cell.seeds)})")
-            try:
-                record = run_finetune(
-                    cell.config, cell.finetune_settings(seed), label=cell.label, show_progress=False
-                )
-                finetunes.append(record)
-                ft_status, ft_reason = _status_of(record)
-                if ft_status != "ok" and status == "ok":
-                    status, reason = ft_status, f"finetune seed {seed}: {ft_reason}"
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except BaseException as exc:
-                if status == "ok":
-                    status = "oom" if _is_oom(exc) else "failed"
-                    reason = f"finetune seed {seed}: {_one_line(exc)}"
-            finally:
-                _free_memory()
+        finetunes, ft_status, ft_reason = _finetune_seeds(cell, settings.threads, device, progress)
+        if ft_status != "ok":
+            status, reason = ft_status, ft_reason
     environment = (profile or {}).get("environment") or fingerprint(
         device, settings.precision, settings.batch_size, settings.img_size
     )
@@ -160,6 +138,78 @@ def run_cell(
         "environment": environment,
         "wall_s": time.time() - started,
     }
+
+
+def _finetune_seeds(
+    cell: Cell, threads: int | None, device: str, progress: CellProgress
+) -> tuple[list[dict[str, Any]], str, str | None]:
+    """Fine-tune ``cell`` once per seed: records in seed order, and the first failure's status and reason.
+
+    With ``cell.seed_jobs > 1`` on the CPU, seeds run at once, each in a spawned process with the cell's
+    threads; every seed computes exactly what it would alone.
+    """
+    jobs = min(cell.seed_jobs, len(cell.seeds)) if device == "cpu" else 1
+    records: dict[int, dict[str, Any]] = {}
+    failures: dict[int, tuple[str, str]] = {}
+
+    def settle(seed: int, outcome: dict[str, Any] | BaseException) -> None:
+        if isinstance(outcome, BaseException):
+            failures[seed] = ("oom" if _is_oom(outcome) else "failed", _one_line(outcome))
+        else:
+            records[seed] = outcome
+            st, why = _status_of(outcome)
+            if st != "ok":
+                failures[seed] = (st, str(why))
+        progress.update(f"fine-tune: {len(records) + len(failures)} of {len(cell.seeds)} seeds done")
+
+    progress.update(f"fine-tune: {len(cell.seeds)} seed(s)" + (f", {jobs} at once" if jobs > 1 else ""))
+    if jobs == 1:
+        _set_threads(threads)  # the cell's threads hold for its fine-tuning too
+        for seed in cell.seeds:
+            try:
+                settle(seed, finetune_seed(cell, seed))
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:
+                settle(seed, exc)
+            finally:
+                _free_memory()
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(
+            jobs, mp_context=context, initializer=_set_threads, initargs=(threads,)
+        ) as pool:
+            futures = {pool.submit(finetune_seed, cell, seed): seed for seed in cell.seeds}
+            try:
+                for future in as_completed(futures):
+                    error = future.exception()
+                    settle(futures[future], error if error is not None else future.result())
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+    ordered = [records[seed] for seed in cell.seeds if seed in records]
+    for seed in cell.seeds:
+        if seed in failures:
+            st, why = failures[seed]
+            return ordered, st, f"finetune seed {seed}: {why}"
+    return ordered, "ok", None
+
+
+def finetune_seed(cell: Cell, seed: int) -> dict[str, Any]:
+    """One seed's fine-tune record (runs in this process or in a seed worker)."""
+    from ..finetune import run_finetune
+
+    return run_finetune(cell.config, cell.finetune_settings(seed), label=cell.label, show_progress=False)
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def _profile_callback(progress: CellProgress) -> Callable[[str, float], None]:
