@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-import resource
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -191,7 +190,9 @@ def _peak_memory(device: str) -> tuple[int, str]:
 
     if device.startswith("cuda"):
         return int(torch.cuda.max_memory_allocated(device)), "cuda_max_memory_allocated"
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "process_peak_rss"
+    from .memory import process_peak_rss_bytes
+
+    return process_peak_rss_bytes(), "process_peak_rss"
 
 
 def _pct(correct: float, count: float) -> float | None:

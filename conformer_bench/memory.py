@@ -39,7 +39,7 @@ def release_freed_memory() -> bool:
         return False
 
 
-def _ru_maxrss_bytes() -> int:
+def process_peak_rss_bytes() -> int:
     """The process's lifetime peak RSS (Linux reports KiB, macOS bytes)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak) if sys.platform == "darwin" else int(peak) * 1024
@@ -54,7 +54,7 @@ def cpu_peak_rss(interval_s: float = 0.005) -> Iterator[dict[str, Any]]:
     trimmed = release_freed_memory()
     result: dict[str, Any] = {}
     before = int(proc.memory_info().rss)
-    hwm_before = _ru_maxrss_bytes()
+    hwm_before = process_peak_rss_bytes()
     peak = before
     samples = 0
     stop = threading.Event()
@@ -74,7 +74,7 @@ def cpu_peak_rss(interval_s: float = 0.005) -> Iterator[dict[str, Any]]:
         stop.set()
         thread.join()
         after = int(proc.memory_info().rss)
-        hwm_after = _ru_maxrss_bytes()
+        hwm_after = process_peak_rss_bytes()
         peak = max(peak, after)
         exact = hwm_after > hwm_before
         if exact:

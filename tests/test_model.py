@@ -258,13 +258,18 @@ def test_every_toggle_changes_the_computation(overrides: dict) -> None:
     reference = create_model("micro").eval()
     torch.manual_seed(0)
     variant = create_model("micro", **overrides).eval()
-    ref_params = {n: tuple(p.shape) for n, p in reference.named_parameters()}
-    var_params = {n: tuple(p.shape) for n, p in variant.named_parameters()}
-    if ref_params == var_params:
-        # Same parameters: the release weights must then give different outputs.
-        variant.load_state_dict(reference.state_dict())
-        with torch.no_grad():
-            assert not torch.allclose(reference(x).logits, variant(x).logits)
+    # Give the variant the reference's weights wherever a name and shape match (all of them when the toggle
+    # adds or removes no parameter), so that only the toggle can make the outputs differ.
+    ref_state = reference.state_dict()
+    shared = {
+        k: v for k, v in variant.state_dict().items() if k in ref_state and ref_state[k].shape == v.shape
+    }
+    variant.load_state_dict({**variant.state_dict(), **{k: ref_state[k] for k in shared}})
+    assert shared, "the variant shares no weight with the reference"
+    with torch.no_grad():
+        ref_logits, var_logits = reference(x).logits, variant(x).logits
+    assert var_logits.shape == ref_logits.shape
+    assert not torch.allclose(ref_logits, var_logits), f"{overrides} computes what the release computes"
 
 
 def test_fused_attention_computes_the_same_function() -> None:
