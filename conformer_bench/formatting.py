@@ -46,7 +46,7 @@ def fmt_pct(x: float | None, digits: int = 1) -> str:
 def output_format_for(path: str, explicit: str | None) -> str:
     """The format written to ``--output``: the explicit ``--format``, else by extension (json otherwise)."""
     if explicit:
-        return explicit
+        return explicit.lower()  # --format is case-insensitive, for the file as for stdout
     suffix = path.rsplit(".", 1)[-1].lower() if "." in path else ""
     return {"csv": "csv", "md": "md", "txt": "table"}.get(suffix, "json")
 

@@ -424,3 +424,11 @@ def test_runner_is_built_and_compiled_outside_the_memory_probe(monkeypatch: pyte
     assert profile_variant(conformer.get_config("nano"), settings)["status"] == "ok"
     # built and compiled (first call) outside; warm-up + 2 timed calls inside
     assert seen == [("build", False), ("call", False), ("call", True), ("call", True), ("call", True)]
+
+
+def test_format_is_case_insensitive_for_the_file_too(tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    result = invoke("--variant", "nano", "--mode", "none", "-f", "JSON", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["schema"] == "conformer-bench.profile"
+    assert json.loads(result.stdout) == json.loads(out.read_text())
