@@ -245,6 +245,7 @@ def quick_counts(cfg: Any, img_size: int | None = None) -> dict[str, Any]:
 
 
 MAC_LIMIT = 10**12  # per image: past this a variant is almost surely a typo (the release's base is ~23 G)
+MED_BLOCK_LIMIT = 2000  # extra bottlenecks in the whole model (the paper's grid: at most 3 per block, 36)
 
 
 def estimated_macs(cfg: Any, img_size: int | None = None) -> int:
@@ -268,6 +269,13 @@ def refuse_huge(cfg: Any, img_size: int | None, force: bool) -> None:
     """
     if force or (cfg.num_med_block <= 4 and (img_size or cfg.img_size) <= 1024):
         return
+    extra = (cfg.depth - 1) * cfg.num_med_block  # every coupled block after the first stem-side one
+    if extra > MED_BLOCK_LIMIT:  # building alone would take minutes, whatever it costs per image
+        raise BenchError(
+            f"--num-med-block {cfg.num_med_block} builds {extra:,} extra bottlenecks ({cfg.depth - 1} coupled blocks), "
+            f"past the sanity bound of {MED_BLOCK_LIMIT:,} (the paper uses at most 3 per block); "
+            "lower it, or pass --force to build it anyway"
+        )
     macs = estimated_macs(cfg, img_size)
     if macs > MAC_LIMIT:
         raise BenchError(

@@ -74,6 +74,12 @@ def table(
             err=True,
         )
     base_label = base or meta.get("base_label") or order[0]
+    if base is None and base_label not in records:
+        typer.echo(
+            f"note: the base cell {base_label!r} has no current record; deltas are against {order[0]!r}",
+            err=True,
+        )
+        base_label = order[0]
     if base_label not in records:
         raise BenchError(f"--base {base_label!r} is not a recorded cell; choose one of: {', '.join(order)}")
     name = meta.get("name") or results_dir.name
