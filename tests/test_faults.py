@@ -226,7 +226,7 @@ def test_random_bytes_in_the_records_are_one_line_errors(tmp_path: Path) -> None
     ):
         res = invoke(*command)
         assert res.exit_code == 2, (command, res.output)
-        assert f"{out / CELLS_FILE}:2: not a JSON record" in res.output
+        assert f"{out / CELLS_FILE} line 2 is not valid JSON" in res.output
         assert "delete that line" in res.output
     assert (out / CELLS_FILE).read_bytes() == damaged  # nothing rewritten, both records still there
 
@@ -393,3 +393,24 @@ def test_one_class_folder_is_refused(tmp_path: Path) -> None:
     res = _finetune("--dataset", str(tmp_path / "data"))
     assert res.exit_code == 2
     assert "holds one class (cat)" in _error_line(res.output)
+
+
+def test_decompression_bomb_image_is_skipped_with_its_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import Image
+
+    from conformer_bench.data import load_dataset
+
+    for cls in ("a", "b"):
+        (tmp_path / "train" / cls).mkdir(parents=True)
+        for i in range(5):
+            Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / "train" / cls / f"{i}.png")
+    Image.new("RGB", (64, 64)).save(tmp_path / "train" / "a" / "huge.png")
+    # Pillow refuses images over twice this many pixels: 64 x 64 stands in for a 400 MP image.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    bundle = load_dataset(str(tmp_path), 32, 0)
+    skipped = bundle.description["skipped_examples"]
+    assert bundle.description["skipped_files"] == 1
+    assert skipped[0]["path"].endswith("huge.png") and "DecompressionBombError" in skipped[0]["reason"]
+    assert bundle.train_size + bundle.val_size == 10

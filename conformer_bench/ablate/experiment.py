@@ -45,7 +45,7 @@ from ..errors import BenchError
 
 TOP_KEYS = ("name", "description", "output_dir", "axes_mode", "base", "profile", "finetune", "axes", "cells")
 AXES_MODES = ("each", "product")
-CELL_META_KEYS = ("label", "variant", "profile", "finetune")
+CELL_META_KEYS = ("label", "variant", "profile", "finetune", "repeat")
 FINETUNE_EXTRA_KEYS = ("run", "seeds")
 # FinetuneSettings fields an experiment may not set: the seed comes from ``seeds``; checkpoints are per run.
 FINETUNE_FORBIDDEN = ("seed", "save", "checkpoint", "allow_partial")
@@ -459,15 +459,19 @@ def load_experiment(
             overrides["img_size"] = cell_profile.get("img_size", PROFILE_IMG_SIZE)
         cfg = _build_config(chk, where, variant, overrides)
         run_key = _digest({"config": effective_config(cfg), "profile": cell_profile, "finetune": ft})
-        if run_key in seen_runs:
+        repeat = cells_raw[where[1]].get("repeat", False) if where[0] == "cells" else False
+        if not isinstance(repeat, bool):
+            raise chk.fail((*where, "repeat"), "must be true or false")
+        if run_key in seen_runs and not repeat:
             if is_axis:
                 continue  # an axis value equal to the base (or an earlier cell) adds nothing
             raise chk.fail(
                 where,
                 f"cell {label!r} computes and measures the same as cell {seen_runs[run_key]!r} "
-                "(same config once toggles without effect are ignored); remove it or change a setting",
+                "(same config once toggles without effect are ignored); remove it, change a setting, "
+                "or add repeat = true to measure it again on purpose",
             )
-        seen_runs[run_key] = label
+        seen_runs.setdefault(run_key, label)
         cell_ft: dict[str, Any] | None = None
         if ft and finetune is None:
             raise chk.fail(

@@ -243,9 +243,9 @@ class ResultStore:
             record = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise BenchError(
-                f"{path}:{no}: not a JSON record (damaged file?); delete that line and rerun with --resume"
+                f"{path} line {no} is not valid JSON (a damaged file?); delete that line and rerun with --resume"
             ) from None
-        return validate_record(record, f"{path}:{no}")
+        return validate_record(record, f"{path} line {no}")
 
     def latest(self) -> dict[str, dict[str, Any]]:
         """The newest record of each label."""
