@@ -395,7 +395,9 @@ class ResultStore:
             if mine:
                 for label in mine:
                     running.pop(label, None)
-                self._write_running(running)
+                # Best effort: a claim left behind (disk full) lapses when this process ends.
+                with contextlib.suppress(BenchError):
+                    self._write_running(running)
 
     def clean_temp(self) -> None:
         """Under the lock (every writer of the folder holds it): remove temporary files killed writers left."""

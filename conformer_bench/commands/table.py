@@ -85,14 +85,15 @@ def table(
     name = meta.get("name") or results_dir.name
     title = f"{name}: {meta['description']}" if meta.get("description") else name
     rows = ordered(records, order)
-    df, notes, paths = write_summary(results_dir, rows, base_label, title)
-    if fmt is TableFormat.csv:
-        text = to_csv(df)
-    elif fmt is TableFormat.latex:
-        text = to_latex(df, notes, title)
-        paths["latex"] = atomic_write_text(results_dir / "summary.tex", text)
-    else:
-        text = to_markdown(df, notes, title)
+    with store.locked():  # an ablate starting on this folder clears temporary files under the same lock
+        df, notes, paths = write_summary(results_dir, rows, base_label, title)
+        if fmt is TableFormat.csv:
+            text = to_csv(df)
+        elif fmt is TableFormat.latex:
+            text = to_latex(df, notes, title)
+            paths["latex"] = atomic_write_text(results_dir / "summary.tex", text)
+        else:
+            text = to_markdown(df, notes, title)
     typer.echo(text, nl=False)
     for kind, path in paths.items():
         typer.echo(f"wrote {kind}: {path}", err=True)
