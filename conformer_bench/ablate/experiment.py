@@ -459,7 +459,7 @@ def load_experiment(
             overrides["img_size"] = cell_profile.get("img_size", PROFILE_IMG_SIZE)
         cfg = _build_config(chk, where, variant, overrides)
         run_key = _digest({"config": effective_config(cfg), "profile": cell_profile, "finetune": ft})
-        repeat = cells_raw[where[1]].get("repeat", False) if where[0] == "cells" else False
+        repeat = cells_raw[int(where[1])].get("repeat", False) if where[0] == "cells" else False
         if not isinstance(repeat, bool):
             raise chk.fail((*where, "repeat"), "must be true or false")
         if run_key in seen_runs and not repeat:
