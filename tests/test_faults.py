@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -275,17 +277,26 @@ def _finetune(*extra: str) -> Any:
     )  # fmt: skip
 
 
-def test_partial_checkpoint_is_an_error_unless_allowed(tmp_path: Path) -> None:
+def _one_key_checkpoint(tmp_path: Path) -> Path:
     from conformer.checkpoint import read_state_dict
 
     state = read_state_dict(FIXTURE)
-    one_key = tmp_path / "one_key.pth"
+    path = tmp_path / "one_key.pth"
     first = next(k for k in state if not k.startswith(("conv_cls_head", "trans_cls_head")))
-    torch.save({first: state[first]}, one_key)
-    refused = _finetune("--checkpoint", str(one_key))
+    torch.save({first: state[first]}, path)
+    return path
+
+
+def test_partial_checkpoint_is_an_error(tmp_path: Path) -> None:
+    refused = _finetune("--checkpoint", str(_one_key_checkpoint(tmp_path)))
     assert refused.exit_code == 2
-    assert "only in part outside the heads" in refused.output and "--allow-partial" in refused.output
-    allowed = _finetune("--checkpoint", str(one_key), "--allow-partial")
+    line = _error_line(refused.output)
+    assert "only in part outside the heads" in line and "--allow-partial" in line
+
+
+@pytest.mark.slow
+def test_partial_checkpoint_allowed_says_how_many(tmp_path: Path) -> None:
+    allowed = _finetune("--checkpoint", str(_one_key_checkpoint(tmp_path)), "--allow-partial")
     assert allowed.exit_code == 0, allowed.output
     record = json.loads(allowed.stdout)["checkpoint"]
     assert record["partial"] and record["loaded_keys"] == 1
@@ -321,8 +332,6 @@ def test_sigterm_prints_the_resume_hint(tmp_path: Path) -> None:
 def test_cell_folders_of_dead_runs_are_removed(tmp_path: Path) -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    import tempfile
-
     orphan = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{dead.pid}-"))
     (orphan / "spec.json").write_text("{}")
     alive = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-"))
@@ -414,3 +423,31 @@ def test_decompression_bomb_image_is_skipped_with_its_reason(
     assert bundle.description["skipped_files"] == 1
     assert skipped[0]["path"].endswith("huge.png") and "DecompressionBombError" in skipped[0]["reason"]
     assert bundle.train_size + bundle.val_size == 10
+
+
+def test_non_finite_checkpoint_is_refused_without_lr_advice(tmp_path: Path) -> None:
+    from conformer.checkpoint import read_state_dict
+
+    state = read_state_dict(FIXTURE)
+    state = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()}
+    broken = tmp_path / "nan.pth"
+    torch.save(state, broken)
+    res = _finetune("--checkpoint", str(broken))
+    assert res.exit_code == 2
+    line = _error_line(res.output)
+    assert "holds non-finite weights" in line and "--lr" not in line
+
+
+def test_nan_summary_names_the_step_it_stopped_at(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from conformer_bench import finetune as ft
+
+    monkeypatch.setattr(ft, "head_loss", lambda out, y, s: out.logits.sum() * float("inf"))
+    res = invoke(
+        "finetune", "--variant", "nano", "--epochs", "2", "--batch-size", "16", "--train-size", "32",
+        "--val-size", "16", "--device", "cpu", "--no-progress",
+    )  # fmt: skip
+    assert res.exit_code == 1
+    step = re.search(r"at or before step (\d+) of \d+ \(epoch 1\)", res.output)
+    assert step, res.output
+    assert f"(stopped at step {step.group(1)}; 2 epoch(s) were planned)" in res.output
+    assert "after 2 epoch(s)" not in res.output
