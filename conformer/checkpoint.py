@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import zipfile
@@ -74,7 +75,13 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as exc:
+    except pickle.UnpicklingError:
+        # torch's message suggests loading with weights_only=False, which runs arbitrary code: never advised.
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} holds Python objects besides tensors and is refused (only weights "
+            "are loaded); export its state dict with torch.save(model.state_dict(), path)"
+        ) from None
+    except (zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
             f"checkpoint {str(path)!r} could not be read ({first_line}); it must be a torch .pth state dict"
@@ -148,10 +155,22 @@ def load_checkpoint(
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], **extra: object) -> None:
-    """Write ``{"model": state_dict}`` with the release's key names, atomically."""
+    """Write ``{"model": state_dict}`` with the release's key names, atomically.
+
+    On any failure (disk full, size limit) ``path`` is left as it was and the temporary file is removed.
+    """
     cfg: ConformerConfig = model.cfg  # type: ignore[assignment]
     payload = {"model": to_release(model.state_dict(), cfg), **extra}
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)  # in memory first: a failed write then raises OSError with its errno
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(buffer.getbuffer())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

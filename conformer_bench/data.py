@@ -286,7 +286,13 @@ def _scan_split(split_dir: Path, classes: list[str] | None) -> tuple[list[str], 
             try:
                 with Image.open(path) as img:
                     img.load()  # decode the whole file: a truncated image fails here, not mid-training
-            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+            except (
+                UnidentifiedImageError,
+                Image.DecompressionBombError,
+                OSError,
+                ValueError,
+                SyntaxError,
+            ) as exc:
                 skipped.append({"path": str(path), "reason": _decode_error(exc)})
                 continue
             files.append((path, label))
@@ -321,7 +327,12 @@ class FolderImages(Dataset[tuple[Tensor, int]]):
         try:
             with Image.open(path) as raw:
                 img = raw.convert("RGB")
-        except (OSError, ValueError, SyntaxError) as exc:  # changed or damaged since the scan
+        except (
+            Image.DecompressionBombError,
+            OSError,
+            ValueError,
+            SyntaxError,
+        ) as exc:  # changed since the scan
             raise BenchError(
                 f"cannot decode image {str(path)!r} ({_decode_error(exc)}); replace or remove the file"
             ) from None
@@ -375,6 +386,11 @@ def load_image_folder(
             f"{str(root)!r} has no 'train' folder; lay images out as {root}/train/<class>/* (and optionally val/)"
         )
     classes, train_scan = _scan_split(train_dir, None)
+    if len(classes) < 2:
+        raise BenchError(
+            f"{str(train_dir)!r} holds one class ({classes[0] if classes else 'none'}): every prediction would "
+            f"be right; add a folder per class (at least two) under {train_dir}"
+        )
     val_dir = root / "val"
     skipped = list(train_scan.skipped)
     if val_dir.is_dir():

@@ -24,6 +24,7 @@ from typing import Any
 from conformer import ConformerConfig
 
 from .errors import BenchError
+from .io import write_failure
 
 SCHEMA = "conformer-bench.finetune"
 SCHEMA_VERSION = 1
@@ -46,8 +47,9 @@ class FinetuneSettings:
     ``warmup`` below 1 is a fraction of all optimizer steps; 1 or more is a number of epochs (may be
     fractional). ``epochs`` and ``steps`` exclude each other; with neither, ``DEFAULT_EPOCHS`` epochs run.
     ``steps`` counts optimizer steps; the last epoch may then be partial. ``batch_size`` is per process.
-    ``drop_path=None`` keeps the variant's ``drop_path_rate``. ``checkpoint`` is a release ``.pth``: loaded
-    non-strictly, then both heads are replaced for the dataset's classes. ``save`` writes the fine-tuned
+    ``drop_path=None`` keeps the variant's ``drop_path_rate``. ``checkpoint`` is a release ``.pth``: both heads
+    are replaced for the dataset's classes; any other missing or unexpected key is an error unless
+    ``allow_partial``. ``save`` writes the fine-tuned
     weights in the release's key format. ``train_size``/``val_size`` cap (or, for local-global, set) the
     number of images.
     """
@@ -69,6 +71,7 @@ class FinetuneSettings:
     channels_last: bool = False
     workers: int = 0
     checkpoint: str | None = None
+    allow_partial: bool = False
     save: str | None = None
     train_size: int | None = None
     val_size: int | None = None
@@ -314,8 +317,14 @@ def evaluate(
 
 
 # --- the run ---------------------------------------------------------------------------------------------
-def _load_release_checkpoint(model: Any, path: str, num_classes: int) -> dict[str, Any]:
-    """Non-strict load of a release checkpoint, then fresh heads for ``num_classes``."""
+def _load_release_checkpoint(
+    model: Any, path: str, num_classes: int, allow_partial: bool = False
+) -> dict[str, Any]:
+    """Load a release checkpoint, then fresh heads for ``num_classes``.
+
+    Keys of the heads may differ (they are replaced); any other missing or unexpected key is an error
+    unless ``allow_partial``.
+    """
     from conformer import CheckpointError, load_checkpoint
 
     head_prefixes = ("conv_head.", "trans_head.")
@@ -333,10 +342,32 @@ def _load_release_checkpoint(model: Any, path: str, num_classes: int) -> dict[st
     loaded = len(own) - len(report.missing) - len(report.shape_conflicts)
     if loaded <= 0:
         raise BenchError(f"no key of checkpoint {path!r} matches the variant; pick the matching --variant")
+    body_missing = [k for k in report.missing if not k.startswith(head_prefixes)]
+    body_unexpected = [k for k in report.unexpected if not k.startswith(head_prefixes)]
+    if (body_missing or body_unexpected) and not allow_partial:
+        raise BenchError(
+            f"checkpoint {path!r} covers the variant {model.cfg.name!r} only in part outside the heads "
+            f"({len(body_missing)} missing, {len(body_unexpected)} unexpected of {len(own)} keys, e.g. "
+            f"{(body_missing or body_unexpected)[0]}); pick the matching --variant, or pass --allow-partial"
+        )
+    import torch
+
+    broken = [
+        k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()
+    ]
+    if broken:
+        raise BenchError(
+            f"checkpoint {path!r} holds non-finite weights in {len(broken)} tensor(s), e.g. {broken[0]}; "
+            "no learning rate trains from it: use an intact checkpoint"
+        )
     model.reset_classifier(num_classes)
     return {
         "path": str(path),
         "loaded_keys": loaded,
+        "model_keys": len(own),
+        "partial": bool(body_missing or body_unexpected),
+        "body_missing": len(body_missing),
+        "body_unexpected": len(body_unexpected),
         "missing": report.missing,
         "unexpected": report.unexpected,
         "shape_conflicts": [[k, list(a), list(b)] for k, a, b in report.shape_conflicts],
@@ -416,7 +447,7 @@ def _run(
     model = Conformer(run_cfg)
     ckpt_info = None
     if s.checkpoint is not None:
-        ckpt_info = _load_release_checkpoint(model, s.checkpoint, bundle.num_classes)
+        ckpt_info = _load_release_checkpoint(model, s.checkpoint, bundle.num_classes, s.allow_partial)
     torch.manual_seed(s.seed + ctx.rank)
     model.to(device)
     if s.channels_last:
@@ -587,10 +618,13 @@ def _run(
 
     peak, peak_kind = _peak_memory(device)
     saved = None
+    last = history[-1] if (history and status == "ok") else None  # a failed --save keeps the accuracies
     if s.save is not None and ctx.is_main and status == "ok":
-        save_checkpoint(model, s.save)
-        saved = str(s.save)
-    last = history[-1] if (history and status == "ok") else None
+        try:
+            save_checkpoint(model, s.save)
+            saved = str(s.save)
+        except OSError as exc:  # the measurements stand; the record says the weights were not written
+            status, reason = "failed", f"--save: {write_failure(exc, s.save)}"
     none_heads = dict.fromkeys(HEADS)
     final: dict[str, Any] = {
         "top1": last["top1"] if last else none_heads,

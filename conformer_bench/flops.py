@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from .errors import BenchError
 from .params import COMPONENTS, component_of, component_roots
 
 CONVENTION = (
@@ -241,3 +242,44 @@ def quick_counts(cfg: Any, img_size: int | None = None) -> dict[str, Any]:
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), counter:
         model(x)
     return {"params": count_params(model), "macs": int(counter.get_total_flops()) // 2, "img_size": size}
+
+
+MAC_LIMIT = 10**12  # per image: past this a variant is almost surely a typo (the release's base is ~23 G)
+MED_BLOCK_LIMIT = 2000  # extra bottlenecks in the whole model (the paper's grid: at most 3 per block, 36)
+
+
+def estimated_macs(cfg: Any, img_size: int | None = None) -> int:
+    """Paper-convention MACs per image (batch 1), counted on shapes only, without building a large model.
+
+    MACs grow linearly with ``num_med_block`` (each adds the same bottlenecks), so a config with many is
+    extrapolated exactly from 0 and 1 extra blocks.
+    """
+    if cfg.num_med_block <= 1:
+        return int(quick_counts(cfg, img_size)["macs"])
+    none = int(quick_counts(cfg.replace(num_med_block=0), img_size)["macs"])
+    one = int(quick_counts(cfg.replace(num_med_block=1), img_size)["macs"])
+    return none + cfg.num_med_block * (one - none)
+
+
+def refuse_huge(cfg: Any, img_size: int | None, force: bool) -> None:
+    """A :class:`BenchError` when one image costs more than :data:`MAC_LIMIT` MACs, unless ``force``.
+
+    Counted only past the presets' range (more than 4 extra bottlenecks, or images over 1024 px): the
+    presets at those sizes stay far below the bound, so an ordinary run pays nothing for the check.
+    """
+    if force or (cfg.num_med_block <= 4 and (img_size or cfg.img_size) <= 1024):
+        return
+    extra = (cfg.depth - 1) * cfg.num_med_block  # every coupled block after the first stem-side one
+    if extra > MED_BLOCK_LIMIT:  # building alone would take minutes, whatever it costs per image
+        raise BenchError(
+            f"--num-med-block {cfg.num_med_block} builds {extra:,} extra bottlenecks ({cfg.depth - 1} coupled blocks), "
+            f"past the sanity bound of {MED_BLOCK_LIMIT:,} (the paper uses at most 3 per block); "
+            "lower it, or pass --force to build it anyway"
+        )
+    macs = estimated_macs(cfg, img_size)
+    if macs > MAC_LIMIT:
+        raise BenchError(
+            f"{cfg.name} at {img_size or cfg.img_size} px costs {macs / 1e12:.3g} TMACs per image (batch 1), "
+            f"past the {MAC_LIMIT / 1e12:g} TMAC sanity bound; check --num-med-block / --img-size, "
+            "or pass --force to run it anyway"
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -10,6 +11,21 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BenchError
+
+_WRITE_FIXES = {
+    errno.ENOSPC: ("no space left on the device", "free space or write elsewhere"),
+    errno.EDQUOT: ("disk quota exceeded", "free space or write elsewhere"),
+    errno.EFBIG: ("file size limit reached (ulimit -f)", "raise the limit or write elsewhere"),
+    errno.EACCES: ("permission denied", "choose a writable path"),
+    errno.EPERM: ("operation not permitted", "choose a writable path"),
+    errno.EROFS: ("read-only file system", "choose a path on a writable file system"),
+}
+
+
+def write_failure(exc: OSError, path: str | os.PathLike[str]) -> BenchError:
+    """The one-line error for a failed write of ``path``: what happened and the fix."""
+    what, fix = _WRITE_FIXES.get(exc.errno or 0, (exc.strerror or type(exc).__name__, "choose another path"))
+    return BenchError(f"cannot write {str(path)!r}: {what}; {fix}")
 
 
 def check_writable(path: str | os.PathLike[str]) -> Path:
@@ -40,13 +56,17 @@ def check_writable(path: str | os.PathLike[str]) -> Path:
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write to a temporary file in the same directory, fsync, then rename over ``path``."""
+    """Write to a temporary file in the same directory, fsync, then rename over ``path``.
+
+    A failure (disk full, size limit, permissions) leaves ``path`` as it was and no temporary file, and is
+    raised as one :class:`BenchError` line.
+    """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        raise BenchError(f"cannot write {str(path)!r} ({exc.strerror}); choose another output path") from None
+        raise write_failure(exc, path) from None
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -56,6 +76,9 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise write_failure(exc, path) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -12,7 +12,9 @@ def parse_stages(text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
     text = text.strip().lower()
-    if text in ("", "none"):
+    if not text:
+        raise BenchError("--fcu-stages is empty; give stage numbers such as 1,2,3, or 'none' for no FCU")
+    if text == "none":
         return ()
     try:
         return tuple(int(part) for part in text.split(","))
@@ -68,6 +70,30 @@ def build_config(
         if value is not None:
             overrides[key] = value
     try:
-        return get_config(variant, **overrides)
+        cfg = get_config(variant, **overrides)
     except ValueError as exc:
         raise BenchError(str(exc)) from None
+    _refuse_no_ops(cfg, fcu_down=fcu_down, fcu_up=fcu_up, fcu_stages=fcu_stages)
+    return cfg
+
+
+def _refuse_no_ops(cfg: Any, *, fcu_down: str | None, fcu_up: str | None, fcu_stages: str | None) -> None:
+    """An FCU option given where no FCU of its kind is built changes nothing: say so instead of measuring."""
+    stages = (1, 2, 3)
+    down = any(cfg.couples_down(s) for s in stages)
+    up = any(cfg.couples_up(s) for s in stages)
+    where = f"coupling {cfg.coupling}, FCU stages {','.join(map(str, cfg.fcu_stages)) or 'none'}"
+    if fcu_down is not None and not down:
+        raise BenchError(
+            f"--fcu-down {fcu_down} changes nothing: this variant has no CNN->tokens FCU ({where}); "
+            "drop --fcu-down or use --coupling both or down"
+        )
+    if fcu_up is not None and not up:
+        raise BenchError(
+            f"--fcu-up {fcu_up} changes nothing: this variant has no tokens->CNN FCU ({where}); "
+            "drop --fcu-up or use --coupling both or up"
+        )
+    if fcu_stages is not None and cfg.fcu_stages and cfg.coupling == "none":
+        raise BenchError(
+            f"--fcu-stages {fcu_stages} changes nothing with --coupling none (no FCU is built); drop one of them"
+        )

@@ -89,10 +89,33 @@ def validate_settings(cfg: Any, settings: ProfileSettings) -> None:
         raise BenchError(
             f"--img-size {settings.img_size} is not a multiple of the patch size {p}; use e.g. --img-size {near}"
         )
+    _input_fits(cfg, settings)
     if settings.iters is None and settings.warmup == 0 and settings.mode != "none":
         raise BenchError("--warmup 0 needs --iters N (the iteration count is auto-ranged from the warm-up)")
     if settings.path != "plain":
         inference_optimizer()
+
+
+def _input_fits(cfg: Any, settings: ProfileSettings) -> None:
+    """Refuse a batch whose input tensor alone is larger than this machine's memory (host or GPU)."""
+    if settings.batch_size is None or settings.mode == "none":
+        return
+    import psutil
+
+    need = settings.batch_size * cfg.in_chans * settings.img_size**2 * 4  # fp32 input, bytes
+    have = psutil.virtual_memory().total
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            have = max(have, torch.cuda.get_device_properties(0).total_memory)
+    except (ImportError, RuntimeError):  # pragma: no cover
+        pass
+    if need > have:
+        raise BenchError(
+            f"--batch-size {settings.batch_size} at {settings.img_size} px needs {need / 2**30:,.0f} GiB for "
+            f"the input batch alone, more than this machine's {have / 2**30:,.0f} GiB; lower --batch-size"
+        )
 
 
 def inference_optimizer() -> Callable[..., Any]:

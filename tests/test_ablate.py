@@ -53,7 +53,7 @@ def test_shipped_experiments_load() -> None:
     assert len(med.cells) == 12  # the product's (small, 0) is the base itself
 
     ci = load_experiment(ROOT / "experiments" / "ci.toml")
-    assert ci.finetune_by_default and len(ci.cells[0].seeds) == 2
+    assert ci.finetune_by_default and len(ci.cells[0].seeds) == 5 and ci.cells[0].seed_jobs == 2
     families = {key for c in ci.cells for key in c.changes}
     for key in (
         "branches",

@@ -57,6 +57,7 @@ cross_check = false
 [[cells]]
 label = "second"
 num_med_block = 0
+repeat = true
 """
 
 

@@ -37,8 +37,11 @@ def held(c, finetune, reuse, progress):
 runner.run_cell = held
 sys.exit(cell.main(sys.argv[1:]))
 """
+# The test sends SIGINT, so the spawned command sets SIGINT's disposition itself: a test run started in the
+# background of a non-interactive shell (or under nohup) passes SIGINT ignored on to what it spawns.
 HOLD_SCRIPT = f"""
-import sys
+import signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from conformer_bench.ablate import runner
 runner.cell_command = lambda: [sys.executable, "-c", {HOLD_CHILD!r}]
 from conformer_bench.cli import app

@@ -47,10 +47,10 @@ from ..errors import BenchError
 
 TOP_KEYS = ("name", "description", "output_dir", "axes_mode", "base", "profile", "finetune", "axes", "cells")
 AXES_MODES = ("each", "product")
-CELL_META_KEYS = ("label", "variant", "profile", "finetune")
+CELL_META_KEYS = ("label", "variant", "profile", "finetune", "repeat")
 FINETUNE_EXTRA_KEYS = ("run", "seeds", "jobs")
 # FinetuneSettings fields an experiment may not set: the seed comes from ``seeds``; checkpoints are per run.
-FINETUNE_FORBIDDEN = ("seed", "save", "checkpoint")
+FINETUNE_FORBIDDEN = ("seed", "save", "checkpoint", "allow_partial")
 PROFILE_IMG_SIZE = 224  # ProfileSettings.img_size default
 LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.,=+/:-]{0,79}$")
 
@@ -132,17 +132,26 @@ class Experiment:
         wanted = set(only)
         return [c for c in self.cells if c.label in wanted]
 
+    def digest(self) -> str:
+        """Hash of the whole grid: its name and every cell's label, config and settings."""
+        return _digest({"name": self.name, "cells": [[c.label, c.config_hash(True)] for c in self.cells]})
+
     def summary_dict(self) -> dict[str, Any]:
-        """What ``table`` needs to re-render without the experiment file."""
+        """What ``table`` and ``report`` need to re-render, and to tell stale cells, without the file."""
         return {
             "schema": "conformer-bench.experiment",
             "schema_version": 1,
             "name": self.name,
+            "experiment_hash": self.digest(),
             "description": self.description,
             "source": str(self.path),
             "base_label": self.base_label,
             "labels": self.labels(),
             "axes_mode": self.axes_mode,
+            "cells": {
+                c.label: {"profile_hash": c.profile_hash(), "finetune_hash": c.finetune_hash()}
+                for c in self.cells
+            },
         }
 
 
@@ -325,7 +334,12 @@ def load_experiment(
         raise BenchError(
             f"experiment file {str(path)!r} does not exist; pass a path such as experiments/ci.toml"
         )
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise BenchError(
+            f"{path}: not a text (UTF-8) file; pass a TOML experiment file such as experiments/ci.toml"
+        ) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -433,6 +447,7 @@ def load_experiment(
 
     cells: list[Cell] = []
     seen_labels: dict[str, tuple[str | int, ...]] = {}
+    seen_runs: dict[str, str] = {}  # what a cell computes and measures -> its label
     for where, label, variant, overrides, prof, ft in specs:
         is_axis = where[0] == "axes"
         if label in seen_labels:
@@ -450,8 +465,20 @@ def load_experiment(
             # The config's img_size only sizes the position embedding: size it for the measured images.
             overrides["img_size"] = cell_profile.get("img_size", PROFILE_IMG_SIZE)
         cfg = _build_config(chk, where, variant, overrides)
-        if is_axis and cells and any(c.config == cfg and c.profile == cell_profile for c in cells):
-            continue  # an axis value equal to the base (or an earlier cell) adds nothing
+        run_key = _digest({"config": effective_config(cfg), "profile": cell_profile, "finetune": ft})
+        repeat = cells_raw[int(where[1])].get("repeat", False) if where[0] == "cells" else False
+        if not isinstance(repeat, bool):
+            raise chk.fail((*where, "repeat"), "must be true or false")
+        if run_key in seen_runs and not repeat:
+            if is_axis:
+                continue  # an axis value equal to the base (or an earlier cell) adds nothing
+            raise chk.fail(
+                where,
+                f"cell {label!r} computes and measures the same as cell {seen_runs[run_key]!r} "
+                "(same config once toggles without effect are ignored); remove it, change a setting, "
+                "or add repeat = true to measure it again on purpose",
+            )
+        seen_runs.setdefault(run_key, label)
         cell_ft: dict[str, Any] | None = None
         if ft and finetune is None:
             raise chk.fail(
@@ -493,6 +520,23 @@ def load_experiment(
         has_finetune=finetune is not None,
         cells=tuple(cells),
     )
+
+
+def effective_config(cfg: Any) -> dict[str, Any]:
+    """The config's fields with toggles that change nothing set to their defaults (e.g. ``fcu_down`` when
+    no stage couples CNN to tokens), so two cells that compute the same compare equal."""
+    d = cfg.to_dict()
+    d.pop("name", None)
+    d.pop("from_paper", None)
+    down = any(cfg.couples_down(stage) for stage in (1, 2, 3))
+    up = any(cfg.couples_up(stage) for stage in (1, 2, 3))
+    if not down:
+        d["fcu_down"] = "avgpool"
+    if not up:
+        d["fcu_up"] = "nearest"
+    if not (down or up):
+        d["coupling"], d["fcu_stages"] = "none", []
+    return d
 
 
 def _axis_spec(

@@ -59,6 +59,9 @@ class RichGridProgress:
     def end_cell(self, cell: Cell, status: str, skipped: bool) -> None:
         self._progress.advance(self._grid)
         self._progress.update(self._cell, visible=False)
-        note = "skipped (unchanged, --resume)" if skipped else status
-        colour = "green" if status == "ok" else "red"
+        if status == "elsewhere":  # run, or being run, by another process on the same folder
+            note, colour = "left to another process on this folder", "yellow"
+        else:
+            note = "skipped (unchanged, --resume)" if skipped else status
+            colour = "green" if status == "ok" else "red"
         self._progress.console.print(f"{self._prefix}[{colour}]{cell.label}[/]: {note}")

@@ -1,11 +1,8 @@
-"""Run the cells of an experiment: each one isolated, each finished one written atomically, resumable, shardable.
+"""Run the cells of an experiment: each one isolated, each finished one stored at once, resumable, shardable.
 
-Files in the results directory:
-
-- ``cells.jsonl``: one ``conformer-bench.cell`` record per finished cell (rewritten atomically after each cell).
-- ``cells.shard-I-of-N.jsonl`` and ``shard-I-of-N.done``: a shard's own records and its completion marker,
-  merged into ``cells.jsonl`` (and removed) once every shard has finished.
-- ``experiment.json``: the experiment's name, base label and cell order, so ``table`` can re-render alone.
+Records go through the run folder's store (:mod:`.store`): appended under its lock, one process per cell
+at a time, so shards, torchrun ranks and separate ``ablate`` commands on one folder lose nothing.
+``shard-I-of-N.done`` marks a finished shard; the last shard to finish writes the tables.
 """
 
 from __future__ import annotations
@@ -15,6 +12,7 @@ import gc
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,14 +24,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import BenchError
-from ..io import atomic_write_text, dumps_json, read_json, write_json
+from ..io import atomic_write_text, read_json, write_json
 from .experiment import Cell, Experiment
+from .store import CELL_SCHEMA, CELL_SCHEMA_VERSION, Holder, ResultStore
 
-CELL_SCHEMA = "conformer-bench.cell"
-CELL_SCHEMA_VERSION = 1
-CELLS_FILE = "cells.jsonl"
-EXPERIMENT_FILE = "experiment.json"
-_SHARD_RE = re.compile(r"^cells\.shard-(\d+)-of-(\d+)\.jsonl$")
+TEMP_PREFIX = "conformer-bench-cell-"
 
 
 class CellProgress(Protocol):
@@ -368,7 +363,7 @@ def run_cell_in_process(
     from .cell import cell_spec
 
     started = time.time()
-    with tempfile.TemporaryDirectory(prefix="conformer-bench-cell-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"{TEMP_PREFIX}{os.getpid()}-") as tmp:
         spec_path, result_path, log_path = (Path(tmp) / n for n in ("spec.json", "result.json", "output.log"))
         read_fd, write_fd = os.pipe()
         try:
@@ -439,6 +434,7 @@ def make_record(
         "schema": CELL_SCHEMA,
         "schema_version": CELL_SCHEMA_VERSION,
         "experiment": experiment.name,
+        "experiment_hash": experiment.digest(),
         "label": cell.label,
         "index": cell.index,
         "variant": {"name": cell.config.name, "label": cell.label, "config": cell.config.to_dict()},
@@ -460,55 +456,12 @@ def make_record(
     }
 
 
-# --- reading and writing records -----------------------------------------------------------------------
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Records of a JSON-lines file; a line that does not parse is an error naming the file and line."""
-    if not path.exists():
-        return []
-    out = []
-    for no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise BenchError(
-                f"{path}:{no}: not a JSON record ({exc}); delete that line and rerun with --resume"
-            ) from None
-        if not isinstance(record, dict) or record.get("schema") != CELL_SCHEMA or "label" not in record:
-            raise BenchError(f"{path}:{no}: not a {CELL_SCHEMA} record; remove the line or the file")
-        out.append(record)
-    return out
-
-
-def shard_files(out_dir: Path) -> list[Path]:
-    return sorted(p for p in out_dir.glob("cells.shard-*.jsonl") if _SHARD_RE.match(p.name))
+# --- reading records ------------------------------------------------------------------------------------
 
 
 def load_records(out_dir: Path) -> dict[str, dict[str, Any]]:
-    """Every cell record in ``out_dir`` (``cells.jsonl`` and unmerged shard files), the newest per label."""
-    records: dict[str, dict[str, Any]] = {}
-    for path in [out_dir / CELLS_FILE, *shard_files(out_dir)]:
-        for record in read_jsonl(path):
-            old = records.get(record["label"])
-            if old is None or record.get("finished", 0) >= old.get("finished", 0):
-                records[record["label"]] = record
-    return records
-
-
-def write_records(path: Path, records: dict[str, dict[str, Any]], order: list[str]) -> None:
-    """Rewrite a JSON-lines file atomically: experiment order first, then any other labels."""
-    labels = [lbl for lbl in order if lbl in records] + [lbl for lbl in records if lbl not in order]
-    atomic_write_text(path, "".join(dumps_json(records[lbl], indent=None) for lbl in labels))
-
-
-def _clean_temp(path: Path) -> None:
-    """Remove temporary files a killed writer of ``path`` may have left (never the file itself)."""
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+    """Every cell record in ``out_dir``, the newest per label (read through the folder's store)."""
+    return ResultStore(out_dir).latest()
 
 
 # --- sharding ------------------------------------------------------------------------------------------
@@ -581,23 +534,8 @@ def shard_of(cells: list[Cell], rank: int, world: int) -> list[Cell]:
     return [c for k, c in enumerate(cells) if k % world == rank]
 
 
-def _shard_file(out_dir: Path, rank: int, world: int) -> Path:
-    return out_dir / f"cells.shard-{rank}-of-{world}.jsonl"
-
-
 def _done_file(out_dir: Path, rank: int, world: int) -> Path:
     return out_dir / f"shard-{rank}-of-{world}.done"
-
-
-def merge_shards(out_dir: Path, order: list[str]) -> dict[str, dict[str, Any]]:
-    """Fold shard files into ``cells.jsonl`` (atomically), then remove them and their markers."""
-    records = load_records(out_dir)
-    write_records(out_dir / CELLS_FILE, records, order)
-    for path in shard_files(out_dir):
-        path.unlink(missing_ok=True)
-    for marker in out_dir.glob("shard-*-of-*.done"):
-        marker.unlink(missing_ok=True)
-    return records
 
 
 # --- the grid -------------------------------------------------------------------------------------------
@@ -608,8 +546,11 @@ class RunResult:
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     statuses: dict[str, str] = field(default_factory=dict)
-    gathered: bool = False  # this process wrote the merged cells.jsonl (and should write the tables)
+    gathered: bool = False  # this process compacted cells.jsonl (and should write the tables)
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Cells another process runs now (label -> who) or finished while this one ran (label -> status).
+    elsewhere_running: dict[str, str] = field(default_factory=dict)
+    elsewhere_done: dict[str, str] = field(default_factory=dict)
 
 
 class GridProgress(Protocol):
@@ -637,29 +578,28 @@ def run_grid(
     progress: GridProgress | None = None,
     cell_fn: CellFn | None = None,
     isolate: bool = True,
+    force: bool = False,
 ) -> RunResult:
-    """Run this process's share of ``cells``; write each finished cell at once; gather when every shard is done.
+    """Run this process's share of ``cells``; store each finished cell at once; gather when every shard is done.
 
     ``isolate``: each cell runs in a fresh process (:func:`run_cell_in_process`); otherwise in this one,
-    through ``cell_fn`` (default :func:`run_cell`), which only the inline mode accepts.
+    through ``cell_fn`` (default :func:`run_cell`), which only the inline mode accepts. A folder holding
+    another experiment's results is refused unless ``force``. A cell that another process on the same
+    folder runs, or finished since this run began, is left to it (see :meth:`ResultStore.claim`).
     """
     if isolate and cell_fn is not None:
         raise ValueError("cell_fn runs cells in this process; pass isolate=False with it")
     dist = dist or Distributed()
     cell_fn = cell_fn or run_cell  # looked up at call time, so it can be wrapped
     progress = progress or _QuietGrid()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    order = experiment.labels()
-    write_json(out_dir / EXPERIMENT_FILE, experiment.summary_dict())  # same content from every shard
-    existing = load_records(out_dir)
-    if dist.world == 1:
-        target = out_dir / CELLS_FILE
-        mine = dict(existing)
-    else:
-        target = _shard_file(out_dir, dist.rank, dist.world)
+    store = ResultStore(out_dir)
+    me = Holder.me()
+    store.bind_experiment(experiment.summary_dict(), force)  # same content from every shard
+    store.clean_temp()
+    remove_orphan_cell_folders()
+    existing = store.latest()
+    if dist.world > 1:
         _done_file(out_dir, dist.rank, dist.world).unlink(missing_ok=True)
-        mine = {r["label"]: r for r in read_jsonl(target)}
-    _clean_temp(target)
 
     result = RunResult()
     share = shard_of(cells, dist.rank, dist.world)
@@ -670,55 +610,93 @@ def run_grid(
         if resume and old is not None and old.get("config_hash") == digest and old.get("status") == "ok":
             result.skipped.append(cell.label)
             result.statuses[cell.label] = "ok"
-            mine.setdefault(cell.label, old)
             progress.end_cell(cell, "ok", skipped=True)
             continue
-        reuse = None
-        if (
-            resume
-            and old is not None
-            and old.get("profile_hash") == cell.profile_hash()
-            and (old.get("profile") or {}).get("status", "ok") == "ok"
-            and old.get("profile") is not None
-        ):
-            reuse = old["profile"]  # only the fine-tuning part changed
-        reporter = progress.start_cell(cell, position, len(share))
-        if isolate:
-            outcome = run_cell_in_process(cell, finetune, reuse, reporter, cuda_device=_cuda_device(dist))
-        else:
-            with _single_process_env(dist.torchrun), _restore_threads():
-                outcome = cell_fn(cell, finetune, reuse, reporter)
-        record = make_record(
-            cell, experiment, finetune, outcome, (dist.rank, dist.world), "process" if isolate else "inline"
-        )
-        mine[cell.label] = record
-        write_records(target, mine, order)
+        claim = store.claim(cell.label, digest, me)
+        if not claim.granted:
+            if claim.record is not None:
+                result.elsewhere_done[cell.label] = str(claim.record.get("status"))
+                result.statuses[cell.label] = str(claim.record.get("status"))
+            else:
+                assert claim.holder is not None
+                result.elsewhere_running[cell.label] = claim.holder.describe()
+            progress.end_cell(cell, "elsewhere", skipped=True)
+            continue
+        try:
+            reuse = None
+            if (
+                resume
+                and old is not None
+                and old.get("profile_hash") == cell.profile_hash()
+                and (old.get("profile") or {}).get("status", "ok") == "ok"
+                and old.get("profile") is not None
+            ):
+                reuse = old["profile"]  # only the fine-tuning part changed
+            reporter = progress.start_cell(cell, position, len(share))
+            if isolate:
+                outcome = run_cell_in_process(cell, finetune, reuse, reporter, cuda_device=_cuda_device(dist))
+            else:
+                with _single_process_env(dist.torchrun), _restore_threads():
+                    outcome = cell_fn(cell, finetune, reuse, reporter)
+            record = make_record(
+                cell,
+                experiment,
+                finetune,
+                outcome,
+                (dist.rank, dist.world),
+                "process" if isolate else "inline",
+            )
+            store.append(record)
+        finally:
+            store.release([cell.label], me)
         result.ran.append(cell.label)
         result.statuses[cell.label] = record["status"]
         progress.end_cell(cell, record["status"], skipped=False)
 
+    order = experiment.labels()
     if dist.world == 1:
+        result.records = store.compact(order)
         result.gathered = True
-        result.records = mine
         return result
-    if not (out_dir / target.name).exists():
-        write_records(target, mine, order)  # an empty share still says it is done
-    atomic_write_text(
-        _done_file(out_dir, dist.rank, dist.world), json.dumps({"labels": [c.label for c in share]}) + "\n"
-    )
+    with store.locked():
+        atomic_write_text(
+            _done_file(out_dir, dist.rank, dist.world),
+            json.dumps({"labels": [c.label for c in share]}) + "\n",
+        )
     if dist.torchrun:
         dist.barrier()
         if dist.rank == 0:
-            result.records = merge_shards(out_dir, order)
+            result.records = _gather(store, order, dist.world)
             result.gathered = True
-        dist.barrier()  # no rank starts another run before the merge is on disk
+        dist.barrier()  # no rank starts another run before the tables' records are on disk
         return result
-    # Independent --shard processes: whichever finishes last merges (under a lock, so two never interleave).
-    with _merge_lock(out_dir):
+    # Independent --shard processes: whichever finishes last gathers (under the lock, so exactly one does).
+    with store.locked():
         if all(_done_file(out_dir, r, dist.world).exists() for r in range(dist.world)):
-            result.records = merge_shards(out_dir, order)
+            result.records = _gather(store, order, dist.world)
             result.gathered = True
     return result
+
+
+def _gather(store: ResultStore, order: list[str], world: int) -> dict[str, dict[str, Any]]:
+    """Compact the folder's records and remove the shards' completion markers."""
+    with store.locked():
+        records = store.compact(order)
+        for rank in range(world):
+            _done_file(store.folder, rank, world).unlink(missing_ok=True)
+        return records
+
+
+def remove_orphan_cell_folders() -> list[Path]:
+    """Remove cell temp folders (``conformer-bench-cell-<pid>-*``) whose parent process no longer runs."""
+    removed = []
+    for folder in Path(tempfile.gettempdir()).glob(f"{TEMP_PREFIX}*"):
+        pid = folder.name[len(TEMP_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit() or Holder(int(pid), Holder.me().host, 0.0).alive():
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
 
 
 def _cuda_device(dist: Distributed) -> int | None:
@@ -730,19 +708,6 @@ def _cuda_device(dist: Distributed) -> int | None:
     if not torch.cuda.is_available():
         return None
     return int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count()
-
-
-@contextlib.contextmanager
-def _merge_lock(out_dir: Path) -> Iterator[None]:
-    """An exclusive advisory lock on ``out_dir/.merge.lock`` (released when the process dies)."""
-    import fcntl
-
-    with open(out_dir / ".merge.lock", "a") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager

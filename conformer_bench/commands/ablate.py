@@ -9,6 +9,8 @@ import typer
 
 from .common import handle_errors
 
+DRY_RUN_MAX = 200  # cells a dry run lists without --limit
+
 
 def register(app: typer.Typer) -> None:
     app.command("ablate")(ablate)
@@ -43,6 +45,12 @@ def ablate(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="List the cells with params and GMACs; run nothing.")
     ] = False,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            "--limit", min=1, help="With --dry-run: list only the first N cells.", show_default=False
+        ),
+    ] = None,
     profile_mode: Annotated[
         str | None,
         typer.Option(
@@ -66,6 +74,13 @@ def ablate(
             "and CPU memory is measured from a fresh process); --no-isolate runs cells in this process.",
         ),
     ] = True,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Run even in a folder holding another experiment's results (they are then reported as stale).",
+        ),
+    ] = False,
 ) -> None:
     """Run every cell of EXPERIMENT (profile, and fine-tune when asked), then write tables and figures.
 
@@ -85,8 +100,15 @@ def ablate(
         raise BenchError(
             f"{exp.path}: --finetune needs a [finetune] table (dataset, steps or epochs, seeds); add one or drop --finetune"
         )
+    if limit is not None and not dry_run:
+        raise BenchError("--limit only shortens a --dry-run listing; use --only to run some cells")
     if dry_run:
-        _dry_run(exp, cells, run_finetune, resume)
+        if limit is None and len(cells) > DRY_RUN_MAX:
+            raise BenchError(
+                f"{exp.path} has {len(cells)} cells; a dry run counts each on shapes (up to seconds a cell): "
+                f"pass --limit {DRY_RUN_MAX} to list the first {DRY_RUN_MAX}, or --only to pick cells"
+            )
+        _dry_run(exp, cells[:limit], run_finetune, resume, total=len(cells))
         return
 
     shard_arg = parse_shard(shard)
@@ -99,7 +121,7 @@ def ablate(
         dist = Distributed(rank=shard_arg[0], world=shard_arg[1])
     else:
         dist = Distributed()
-    statuses = _run(exp, cells, run_finetune, resume, dist, isolate)
+    statuses = _run(exp, cells, run_finetune, resume, dist, isolate, force)
     bad = {label: s for label, s in statuses.items() if s != "ok"}
     if bad:
         typer.echo(
@@ -110,15 +132,16 @@ def ablate(
 
 
 def _run(
-    exp: Any, cells: list[Any], finetune: bool, resume: bool, dist: Any, isolate: bool
+    exp: Any, cells: list[Any], finetune: bool, resume: bool, dist: Any, isolate: bool, force: bool
 ) -> dict[str, str]:
     from rich.console import Console
 
     from ..ablate.progress import RichGridProgress
     from ..ablate.runner import run_grid, shard_of, sigterm_as_exit
+    from ..ablate.store import ResultStore
     from ..ablate.summary import ordered, rich_tables, write_summary
     from ..errors import BenchError
-    from ..io import check_writable
+    from ..io import check_writable, write_failure
 
     out_dir = exp.output_dir
     if out_dir.exists() and not out_dir.is_dir():
@@ -126,10 +149,9 @@ def _run(
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise BenchError(
-            f"cannot create {str(out_dir)!r} ({exc.strerror}); pass another --output-dir"
-        ) from None
+        raise write_failure(exc, out_dir) from None
     check_writable(out_dir / "cells.jsonl")
+    store = ResultStore(out_dir)
     console = Console() if Console().is_terminal else Console(width=160)
     share = shard_of(cells, dist.rank, dist.world)
     what = "profile + fine-tune" if finetune else "profile"
@@ -153,23 +175,33 @@ def _run(
                         dist=dist,
                         progress=progress,
                         isolate=isolate,
+                        force=force,
                     )
-            except KeyboardInterrupt:
-                console.print(
-                    f"interrupted: finished cells are in {out_dir / 'cells.jsonl'}; rerun with --resume"
-                )
+            except (KeyboardInterrupt, SystemExit) as exc:
+                what = "terminated" if isinstance(exc, SystemExit) else "interrupted"
+                console.print(f"{what}: finished cells are in {out_dir / 'cells.jsonl'}; rerun with --resume")
                 raise
         if result.skipped:
             console.print(
                 f"skipped {len(result.skipped)} unchanged cell(s) (--resume): {', '.join(result.skipped)}"
+            )
+        for label, who in result.elsewhere_running.items():
+            console.print(f"left {label} to {who}, which is running it in this folder")
+        if result.elsewhere_done:
+            console.print(
+                f"{len(result.elsewhere_done)} cell(s) finished by another process on this folder meanwhile: "
+                + ", ".join(result.elsewhere_done)
             )
         if not result.gathered:
             console.print(
                 f"shard {dist.rank}/{dist.world} done; the last shard to finish merges cells.jsonl and writes the tables"
             )
             return result.statuses
-        records = ordered(result.records, exp.labels())
-        df, notes, paths = write_summary(out_dir, records, exp.base_label, _title(exp))
+        with store.locked():  # the tables of the newest records, never overwritten by older ones
+            current = store.latest()
+            stale = store.stale(current)
+            records = ordered({k: v for k, v in current.items() if k not in stale}, exp.labels())
+            df, notes, paths = write_summary(out_dir, records, exp.base_label, _title(exp))
         for tbl in rich_tables(df, notes, _title(exp)):
             console.print(tbl)
         for kind, path in paths.items():
@@ -190,16 +222,17 @@ def _title(exp: Any) -> str:
     return f"{exp.name}: {exp.description}" if exp.description else exp.name
 
 
-def _dry_run(exp: Any, cells: list[Any], finetune: bool, resume: bool) -> None:
+def _dry_run(exp: Any, cells: list[Any], finetune: bool, resume: bool, total: int) -> None:
     """Print the cells with params and MACs (counted on shapes only; nothing is timed or trained)."""
     from rich.console import Console
     from rich.table import Table
 
-    from ..ablate.runner import load_records
+    from ..ablate.store import ResultStore
     from ..flops import quick_counts
 
-    existing = load_records(exp.output_dir) if exp.output_dir.is_dir() else {}
-    table = Table(title=f"{exp.name} (dry run, {len(cells)} cells, output {exp.output_dir})")
+    existing = ResultStore(exp.output_dir).latest() if exp.output_dir.is_dir() else {}
+    shown = f"{len(cells)} cells" if len(cells) == total else f"first {len(cells)} of {total} cells"
+    table = Table(title=f"{exp.name} (dry run, {shown}, output {exp.output_dir})")
     numeric = ("#", "Params (M)", "GMACs")
     for col in (
         "#",

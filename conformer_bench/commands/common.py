@@ -130,6 +130,15 @@ HeadsOpt = Annotated[
 ]
 
 
+ForceOpt = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        help="Run a variant past the sanity bound of 1 TMAC per image (counted before building it).",
+    ),
+]
+
+
 def variant_config(
     variant: str,
     branches: Branches | None = None,

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from .common import (
+    ForceOpt,
     OutputFormat,
     VariantOpt,
     handle_errors,
@@ -128,8 +129,13 @@ def print_table(record: dict[str, Any]) -> None:
             f"arrangement {final['cue_top1']['global']:.2f} %\n"
         )
     console.print(
-        f"{extra}val loss {_fmt(final['val_loss'], 4)} after {hyper['epochs']} epoch(s), {final['steps_done']} steps\n"
-        f"batch {hyper['batch_size']} x {dist['world_size']} process(es), lr {hyper['lr']:g}, seed {hyper['seed']}\n"
+        f"{extra}val loss {_fmt(final['val_loss'], 4)} "
+        + (
+            f"after {hyper['epochs']} epoch(s), {final['steps_done']} steps\n"
+            if record["status"] != "nan"
+            else f"(stopped at step {final['steps_done']}; {hyper['epochs']} epoch(s) were planned)\n"
+        )
+        + f"batch {hyper['batch_size']} x {dist['world_size']} process(es), lr {hyper['lr']:g}, seed {hyper['seed']}\n"
         f"train {_fmt(final['img_per_s'], 0)} img/s, wall {final['wall_s']:.1f} s\n"
         f"{env['device']} ({env.get('device_name') or env['cpu_model']}), {env['precision']}, "
         f"{env['threads']} thread(s) per process"
@@ -231,6 +237,14 @@ def register(app: typer.Typer) -> None:
         channels_last: Annotated[
             bool, typer.Option("--channels-last", help="Channels-last memory format.")
         ] = False,
+        allow_partial: Annotated[
+            bool,
+            typer.Option(
+                "--allow-partial",
+                help="Start from a --checkpoint that lacks keys of the variant (or has extra ones) outside "
+                "the heads; the record and the terminal say how many.",
+            ),
+        ] = False,
         save: Annotated[
             Path | None, typer.Option("--save", help="Write the fine-tuned weights (release keys).")
         ] = None,
@@ -241,6 +255,7 @@ def register(app: typer.Typer) -> None:
             OutputFormat, typer.Option("--format", "-f", help="What to print on stdout.")
         ] = OutputFormat.table,
         no_progress: Annotated[bool, typer.Option("--no-progress", help="Hide the progress bar.")] = False,
+        force: ForceOpt = False,
         *,
         toggles: dict[str, Any],
     ) -> None:
@@ -275,10 +290,14 @@ def register(app: typer.Typer) -> None:
             channels_last=channels_last,
             workers=workers,
             checkpoint=str(checkpoint) if checkpoint else None,
+            allow_partial=allow_partial,
             save=str(save) if save else None,
             train_size=train_size,
             val_size=val_size,
         )
+        from ..flops import refuse_huge
+
+        refuse_huge(cfg, img_size, force)
         record = run_finetune(cfg, settings, show_progress=not no_progress)
         if not main:
             return
@@ -288,6 +307,14 @@ def register(app: typer.Typer) -> None:
             print_table(record)
         else:
             typer.echo(render(record, fmt), nl=False)
+        ckpt = record.get("checkpoint") or {}
+        if ckpt.get("partial"):
+            typer.echo(
+                f"warning: partial checkpoint {ckpt['path']}: {ckpt['body_missing']} key(s) of the variant "
+                f"missing and {ckpt['body_unexpected']} unexpected outside the heads (of {ckpt['model_keys']}); "
+                "those weights start from scratch (--allow-partial)",
+                err=True,
+            )
         if record["status"] != "ok":
             typer.echo(f"error: {record['reason']}", err=True)
             raise typer.Exit(1)

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from .common import (
+    ForceOpt,
     VariantOpt,
     fraction_progress,
     handle_errors,
@@ -152,6 +153,7 @@ def register(app: typer.Typer) -> None:
         quiet: Annotated[
             bool, typer.Option("--quiet", "-q", help="No progress bar.", rich_help_panel=OUTPUT)
         ] = False,
+        force: ForceOpt = False,
         *,
         toggles: dict[str, Any],
     ) -> None:
@@ -166,6 +168,9 @@ def register(app: typer.Typer) -> None:
         cfg = variant_config(variant, **toggles, fused_attn=fused_attn)
         if output is not None:
             check_writable(output)
+        from ..flops import refuse_huge
+
+        refuse_huge(cfg, img_size if img_size is not None else cfg.img_size, force)
         settings = ProfileSettings(
             device=device,
             batch_size=batch_size,

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from .common import (
+    ForceOpt,
     VariantOpt,
     fraction_progress,
     handle_errors,
@@ -125,6 +126,7 @@ def register(app: typer.Typer) -> None:
         quiet: Annotated[
             bool, typer.Option("--quiet", "-q", help="No progress bar.", rich_help_panel=OUTPUT)
         ] = False,
+        force: ForceOpt = False,
         *,
         toggles: dict[str, Any],
     ) -> None:
@@ -155,6 +157,9 @@ def register(app: typer.Typer) -> None:
             seed=seed,
         )
         settings.validate(cfg.patch_size)
+        from ..flops import refuse_huge
+
+        refuse_huge(cfg, settings.img_size, force)
         out_path = check_writable(output) if output else None
         if quiet:
             record = measure_speed(cfg, settings)

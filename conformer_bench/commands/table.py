@@ -38,22 +38,34 @@ def table(
     ] = None,
 ) -> None:
     """Rewrite summary.csv, summary.md (summary.tex with --format latex) and figures/ from cells.jsonl."""
-    from ..ablate.runner import CELLS_FILE, EXPERIMENT_FILE, load_records
+    from ..ablate.store import CELLS_FILE, ResultStore
     from ..ablate.summary import ordered, to_csv, to_latex, to_markdown, write_summary
     from ..errors import BenchError
-    from ..io import atomic_write_text, read_json
+    from ..io import atomic_write_text
 
     if not results_dir.is_dir():
         raise BenchError(
             f"{str(results_dir)!r} is not a folder; pass the results folder of an ablation (e.g. results/ci)"
         )
-    records = load_records(results_dir)
+    store = ResultStore(results_dir)
+    records = store.latest()  # no lock needed to read: records are appended whole, compaction renames
+    meta = store.experiment()
+    stale = store.stale(records)
     if not records:
         raise BenchError(
             f"{results_dir} holds no cell records ({CELLS_FILE}); run `conformer-bench ablate EXPERIMENT` first"
         )
-    meta_path = results_dir / EXPERIMENT_FILE
-    meta = read_json(meta_path) if meta_path.exists() else {}
+    if stale:
+        typer.echo(
+            f"note: left out {len(stale)} stale record(s): "
+            + "; ".join(f"{label} ({why})" for label, why in stale.items()),
+            err=True,
+        )
+        records = {k: v for k, v in records.items() if k not in stale}
+        if not records:
+            raise BenchError(
+                f"every record in {results_dir} is stale; rerun `conformer-bench ablate` on its experiment"
+            )
     order = [lbl for lbl in meta.get("labels", []) if lbl in records] or list(records)
     extra = [lbl for lbl in records if lbl not in order]
     if extra and meta:
@@ -62,19 +74,26 @@ def table(
             err=True,
         )
     base_label = base or meta.get("base_label") or order[0]
+    if base is None and base_label not in records:
+        typer.echo(
+            f"note: the base cell {base_label!r} has no current record; deltas are against {order[0]!r}",
+            err=True,
+        )
+        base_label = order[0]
     if base_label not in records:
         raise BenchError(f"--base {base_label!r} is not a recorded cell; choose one of: {', '.join(order)}")
     name = meta.get("name") or results_dir.name
     title = f"{name}: {meta['description']}" if meta.get("description") else name
     rows = ordered(records, order)
-    df, notes, paths = write_summary(results_dir, rows, base_label, title)
-    if fmt is TableFormat.csv:
-        text = to_csv(df)
-    elif fmt is TableFormat.latex:
-        text = to_latex(df, notes, title)
-        paths["latex"] = atomic_write_text(results_dir / "summary.tex", text)
-    else:
-        text = to_markdown(df, notes, title)
+    with store.locked():  # an ablate starting on this folder clears temporary files under the same lock
+        df, notes, paths = write_summary(results_dir, rows, base_label, title)
+        if fmt is TableFormat.csv:
+            text = to_csv(df)
+        elif fmt is TableFormat.latex:
+            text = to_latex(df, notes, title)
+            paths["latex"] = atomic_write_text(results_dir / "summary.tex", text)
+        else:
+            text = to_markdown(df, notes, title)
     typer.echo(text, nl=False)
     for kind, path in paths.items():
         typer.echo(f"wrote {kind}: {path}", err=True)

@@ -261,8 +261,7 @@ def config_identity(cell: Mapping[str, Any]) -> str | None:
     return str(digest) if digest is not None else None
 
 
-def _cell_metrics(cell: Any, out: MetricSet, line: int) -> None:
-    where = f"{out.source} line {line}"
+def _cell_metrics(cell: Any, out: MetricSet, where: str) -> None:
     if not isinstance(cell, Mapping) or cell.get("schema", "conformer-bench.cell") != "conformer-bench.cell":
         raise BenchError(f"{where}: not a conformer-bench.cell record; pass {READABLE_HINT}")
     if "schema" in cell:
@@ -291,21 +290,31 @@ def _cell_metrics(cell: Any, out: MetricSet, line: int) -> None:
 
 
 def ablation_metrics(path: Path) -> MetricSet:
-    """Every cell of an ablation results folder (or a cells.jsonl file), prefixed by its label."""
-    cells_file = path / "cells.jsonl" if path.is_dir() else path
-    if not cells_file.is_file():
-        raise BenchError(f"{str(path)!r} holds no cells.jsonl; pass {READABLE_HINT}")
+    """Every cell of an ablation results folder (or a cells.jsonl file), prefixed by its label.
+
+    Read through the folder's results store: the newest record of each label. A cell that does not belong
+    to the folder's current experiment (another experiment, or settings changed since it ran) counts as
+    crashed with the reason "stale: ...", so it is reported and never gated as ok.
+    """
+    from ..ablate.store import CELLS_FILE, ResultStore
+
+    folder = path if path.is_dir() else path.parent
+    if path.is_dir() and not (path / CELLS_FILE).is_file() and not ResultStore(path).exists():
+        raise BenchError(f"{str(path)!r} holds no {CELLS_FILE}; pass {READABLE_HINT}")
+    if not path.is_dir() and not path.is_file():
+        raise BenchError(f"{str(path)!r} does not exist; pass {READABLE_HINT}")
+    store = ResultStore(folder)
+    if not path.is_dir():
+        store.cells_path = path
+    # No lock for reading: records are appended whole and compaction renames a complete file into place.
+    records = store.latest()
+    stale = store.stale(records) if path.is_dir() or path.name == CELLS_FILE else {}
     out = MetricSet(source=str(path), source_kind="ablation")
-    for line_no, line in enumerate(cells_file.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
+    for label, cell in records.items():
+        if label in stale:
+            out.crashed[f"{label}/"] = f"stale: {stale[label]}; rerun the ablation or remove the cell"
             continue
-        try:
-            cell = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise BenchError(
-                f"{cells_file} line {line_no} is not valid JSON ({exc.msg}); rerun the ablation"
-            ) from None
-        _cell_metrics(cell, out, line_no)
+        _cell_metrics(cell, out, f"{path} cell {label!r}")
     return out
 
 
@@ -376,7 +385,7 @@ def load_metrics(path: str | Path) -> MetricSet:
     elif schema == "conformer-bench.cell":
         _check_version(record, source)
         out = MetricSet(source=source, source_kind="ablation")
-        _cell_metrics(record, out, 1)
+        _cell_metrics(record, out, source)
     else:
         raise BenchError(f"{source}: schema {schema!r} is not one report reads; pass {READABLE_HINT}")
     return out

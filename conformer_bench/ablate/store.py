@@ -1,0 +1,407 @@
+"""The results store of a run folder: every reader and writer of cell records goes through it.
+
+Files in a run folder:
+
+- ``cells.jsonl``: one ``conformer-bench.cell`` record per line. Writers append one line per finished
+  cell under the folder's lock; the newest record of a label wins (by ``finished``, then by line order).
+  At the end of a run the file is compacted under the lock (re-read, one line per label, rewritten
+  atomically), so a finished run holds each label once.
+- ``experiment.json``: the experiment that owns the folder (name, hash, base label, cell order and each
+  cell's hashes), so ``table`` and ``report`` can render and tell stale cells without the experiment file.
+- ``.cells.lock``: the lock (``filelock``, an ``fcntl.flock`` on Linux: the kernel releases it when its
+  holder dies, so a killed run never leaves the folder locked). ``.cells.lock.holder`` names the holder.
+- ``.running.json``: cells being run now, with the pid, host and start of the process running each; several
+  processes on one folder (``--shard``, torchrun ranks, or two ``ablate`` commands) cooperate through it,
+  so each cell runs once and no finished record is lost.
+- ``cells.shard-I-of-N.jsonl``: written by earlier versions for each shard; still read, folded in on compaction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import socket
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import BenchError
+from ..io import atomic_write_text, dumps_json, write_failure
+
+CELL_SCHEMA = "conformer-bench.cell"
+CELL_SCHEMA_VERSION = 1
+EXPERIMENT_SCHEMA = "conformer-bench.experiment"
+CELLS_FILE = "cells.jsonl"
+EXPERIMENT_FILE = "experiment.json"
+LOCK_FILE = ".cells.lock"
+HOLDER_FILE = ".cells.lock.holder"
+RUNNING_FILE = ".running.json"
+LOCK_TIMEOUT_S = 120.0  # the lock is held for an append or a compaction: seconds at most
+_SHARD_RE = re.compile(r"^cells\.shard-(\d+)-of-(\d+)\.jsonl$")
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A process that holds the lock or runs a cell."""
+
+    pid: int
+    host: str
+    started: float
+
+    @classmethod
+    def me(cls, started: float | None = None) -> Holder:
+        return cls(os.getpid(), socket.gethostname(), time.time() if started is None else started)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Holder:
+        return cls(int(data["pid"]), str(data["host"]), float(data["started"]))
+
+    def alive(self) -> bool:
+        """False only when it surely ended: a pid of this host that no longer runs (or is a zombie)."""
+        if self.host != socket.gethostname():
+            return True
+        try:
+            state = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            return state not in ("Z", "X")
+        except (OSError, IndexError):
+            pass
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def describe(self) -> str:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started))
+        return f"pid {self.pid} on {self.host} (started {since})"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The outcome of asking to run a cell: run it, or why not (another process runs or ran it)."""
+
+    granted: bool
+    holder: Holder | None = None
+    record: dict[str, Any] | None = None  # the record another process finished since this run began
+
+
+def validate_record(record: Any, where: str) -> dict[str, Any]:
+    """A cell record, or an error naming ``where`` and the fix."""
+    if not isinstance(record, dict) or record.get("schema", CELL_SCHEMA) != CELL_SCHEMA:
+        raise BenchError(f"{where}: not a {CELL_SCHEMA} record; remove the line or the file")
+    label = record.get("label")
+    if not isinstance(label, str) or not label:
+        raise BenchError(f"{where}: cell has no label; remove the line and rerun with --resume")
+    version = record.get("schema_version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise BenchError(f"{where}: {CELL_SCHEMA} record has no valid schema_version; rerun the ablation")
+    if version > CELL_SCHEMA_VERSION:
+        raise BenchError(
+            f"{where}: {CELL_SCHEMA} schema_version {version} is newer than this tool reads "
+            f"({CELL_SCHEMA_VERSION}); upgrade conformer-bench"
+        )
+    return record
+
+
+def newest_per_label(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The newest record of each label (by ``finished``; a later line wins a tie)."""
+    out: dict[str, dict[str, Any]] = {}
+    for record in records:
+        old = out.get(record["label"])
+        if old is None or (record.get("finished") or 0) >= (old.get("finished") or 0):
+            out[record["label"]] = record
+    return out
+
+
+def stale_reason(record: Mapping[str, Any], experiment: Mapping[str, Any]) -> str | None:
+    """Why ``record`` does not belong to the folder's current ``experiment`` (its experiment.json), if so."""
+    name = experiment.get("name")
+    recorded = record.get("experiment")
+    label = record.get("label")
+    if name and recorded and recorded != name:
+        return f"recorded for experiment {recorded!r}, not {name!r}"
+    labels = experiment.get("labels")
+    if isinstance(labels, list) and labels and label not in labels:
+        return f"cell {label!r} is no longer in experiment {name!r}"
+    hashes = (experiment.get("cells") or {}).get(label)
+    if isinstance(hashes, Mapping):
+        if record.get("profile_hash") and record.get("profile_hash") != hashes.get("profile_hash"):
+            return "its config or profile settings changed since it ran"
+        if record.get("finetune_hash") and record.get("finetune_hash") != hashes.get("finetune_hash"):
+            return "its fine-tune settings changed since it ran"
+    return None
+
+
+class ResultStore:
+    """Cell records of one run folder, read and written under one lock."""
+
+    def __init__(self, folder: str | os.PathLike[str], lock_timeout_s: float = LOCK_TIMEOUT_S) -> None:
+        self.folder = Path(folder)
+        self.cells_path = self.folder / CELLS_FILE
+        self.experiment_path = self.folder / EXPERIMENT_FILE
+        self.lock_timeout_s = lock_timeout_s
+        self._depth = 0
+        self._lock: Any = None
+
+    # --- the lock ---------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the folder's exclusive lock (re-entrant in one process); a holder past the timeout is an error."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        from filelock import FileLock, Timeout
+
+        self._mkdir()
+        lock = FileLock(str(self.folder / LOCK_FILE), timeout=self.lock_timeout_s)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise BenchError(
+                f"{self.folder} is locked by {self._holder_text()} for over {self.lock_timeout_s:.0f} s; "
+                "wait for that process or stop it"
+            ) from None
+        except OSError as exc:
+            raise write_failure(exc, self.folder / LOCK_FILE) from None
+        self._depth = 1
+        try:
+            with contextlib.suppress(OSError):
+                (self.folder / HOLDER_FILE).write_text(json.dumps(asdict(Holder.me())) + "\n")
+            yield
+        finally:
+            self._depth = 0
+            lock.release()
+
+    def _holder_text(self) -> str:
+        try:
+            return Holder.from_dict(json.loads((self.folder / HOLDER_FILE).read_text())).describe()
+        except (OSError, ValueError, KeyError, TypeError):
+            return "another process"
+
+    def _mkdir(self) -> None:
+        if self.folder.exists() and not self.folder.is_dir():
+            raise BenchError(f"{str(self.folder)!r} is a file, not a folder; pass another --output-dir")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise write_failure(exc, self.folder) from None
+
+    # --- reading ------------------------------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        return self.cells_path.is_file() or bool(self.shard_files())
+
+    def shard_files(self) -> list[Path]:
+        if not self.folder.is_dir():
+            return []
+        return sorted(p for p in self.folder.glob("cells.shard-*.jsonl") if _SHARD_RE.match(p.name))
+
+    def read_all(self) -> list[dict[str, Any]]:
+        """Every record, in file order (``cells.jsonl``, then unmerged shard files of earlier versions).
+
+        A last line without its newline is a write cut short by a kill and is left out; any other line
+        that does not parse is an error naming the file and line.
+        """
+        records: list[dict[str, Any]] = []
+        for path in [self.cells_path, *self.shard_files()]:
+            records.extend(record for _, record in self._read_file(path))
+        return records
+
+    def _read_file(self, path: Path) -> list[tuple[int, dict[str, Any]]]:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise BenchError(f"cannot read {path} ({exc.strerror}); check its permissions") from None
+        lines = data.split(b"\n")
+        torn = lines.pop() if lines else b""  # b"" when the file ends with a newline
+        out = []
+        for no, raw in enumerate(lines, start=1):
+            if not raw.strip():
+                continue
+            out.append((no, self._parse(raw, path, no)))
+        if torn.strip():
+            with contextlib.suppress(BenchError):  # a whole record that only lacks its newline is kept
+                out.append((len(lines) + 1, self._parse(torn, path, len(lines) + 1)))
+        return out
+
+    @staticmethod
+    def _parse(raw: bytes, path: Path, no: int) -> dict[str, Any]:
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise BenchError(
+                f"{path} line {no} is not valid JSON (a damaged file?); delete that line and rerun with --resume"
+            ) from None
+        return validate_record(record, f"{path} line {no}")
+
+    def latest(self) -> dict[str, dict[str, Any]]:
+        """The newest record of each label."""
+        return newest_per_label(self.read_all())
+
+    def experiment(self) -> dict[str, Any]:
+        """The folder's experiment.json ({} when absent); a damaged one is an error naming the fix."""
+        if not self.experiment_path.is_file():
+            return {}
+        try:
+            meta = json.loads(self.experiment_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            raise BenchError(
+                f"{self.experiment_path} is damaged; delete it and rerun `conformer-bench ablate` with --resume"
+            ) from None
+        if not isinstance(meta, dict):
+            raise BenchError(f"{self.experiment_path} is not an experiment summary; delete it and rerun")
+        return meta
+
+    def stale(self, records: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, str]:
+        """Label -> why its record does not belong to the folder's current experiment."""
+        meta = self.experiment()
+        if not meta:
+            return {}
+        records = self.latest() if records is None else records
+        reasons = {label: stale_reason(record, meta) for label, record in records.items()}
+        return {label: why for label, why in reasons.items() if why}
+
+    # --- writing ------------------------------------------------------------------------------------------
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Add one record at the end of ``cells.jsonl``, under the lock; a failed write leaves the file as it was."""
+        line = dumps_json(validate_record(record, "new record"), indent=None).encode("utf-8")
+        with self.locked():
+            try:
+                fd = os.open(self.cells_path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)
+            except OSError as exc:
+                raise write_failure(exc, self.cells_path) from None
+            try:
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    size = self._repair_tail(fd, size)
+                try:
+                    view = memoryview(line)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                    os.fsync(fd)
+                except OSError as exc:
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, size)  # nothing half-written stays behind
+                    raise write_failure(exc, self.cells_path) from None
+            finally:
+                os.close(fd)
+
+    def _repair_tail(self, fd: int, size: int) -> int:
+        """End the file on a line boundary: end a whole last record with its newline, drop a torn one."""
+        start = max(0, size - (1 << 20))
+        chunk = os.pread(fd, size - start, start)
+        cut = chunk.rfind(b"\n") + 1 + start if b"\n" in chunk else 0
+        tail = os.pread(fd, size - cut, cut)
+        try:
+            validate_record(json.loads(tail.decode("utf-8")), "tail")
+            os.write(fd, b"\n")
+            return size + 1
+        except (UnicodeDecodeError, ValueError, BenchError):
+            os.ftruncate(fd, cut)  # a write cut short by a kill: no finished record
+            return cut
+
+    def compact(self, order: list[str]) -> dict[str, dict[str, Any]]:
+        """Under the lock: rewrite ``cells.jsonl`` with the newest record per label (``order`` first)."""
+        with self.locked():
+            records = self.latest()
+            labels = [lbl for lbl in order if lbl in records] + [lbl for lbl in records if lbl not in order]
+            text = "".join(dumps_json(records[lbl], indent=None) for lbl in labels)
+            if records or self.cells_path.exists():
+                atomic_write_text(self.cells_path, text)
+            for path in self.shard_files():
+                path.unlink(missing_ok=True)
+            return records
+
+    def bind_experiment(self, summary: dict[str, Any], force: bool) -> None:
+        """Make the folder ``summary``'s (the experiment's summary dict), refusing another experiment's folder.
+
+        A folder that holds records of an experiment with another name is refused unless ``force``; its
+        cells then stay on disk and are reported as stale.
+        """
+        with self.locked():
+            name = summary["name"]
+            owner = self.experiment().get("name")
+            others = {r.get("experiment") for r in self.read_all()} - {None, name}
+            if not force and (owner not in (None, name) or others):
+                theirs = owner if owner not in (None, name) else sorted(str(o) for o in others)[0]
+                raise BenchError(
+                    f"{self.folder} holds results of experiment {theirs!r}, not {name!r}; pass another "
+                    "--output-dir, or --force to run here (its cells are then reported as stale)"
+                )
+            atomic_write_text(self.experiment_path, dumps_json(summary))
+
+    # --- cooperation between processes ---------------------------------------------------------------------
+
+    def _running(self) -> dict[str, dict[str, Any]]:
+        try:
+            data = json.loads((self.folder / RUNNING_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _write_running(self, running: dict[str, dict[str, Any]]) -> None:
+        path = self.folder / RUNNING_FILE
+        if running:
+            atomic_write_text(path, json.dumps(running, indent=1) + "\n")
+        else:
+            path.unlink(missing_ok=True)
+
+    def claim(self, label: str, config_hash: str, me: Holder) -> Claim:
+        """Ask to run ``label``: refused while another live process runs it, or when another process
+        finished it with the same ``config_hash`` after ``me`` started."""
+        with self.locked():
+            running = self._running()
+            entry = running.get(label)
+            if entry is not None:
+                try:
+                    other = Holder.from_dict(entry)
+                except (KeyError, TypeError, ValueError):
+                    other = None
+                if other is not None and other.pid != me.pid and other.alive():
+                    return Claim(False, holder=other)
+            done = self.latest().get(label)
+            if (
+                done is not None
+                and done.get("config_hash") == config_hash
+                and (done.get("finished") or 0) >= me.started
+            ):
+                return Claim(False, record=done)
+            running[label] = asdict(me)
+            self._write_running(running)
+            return Claim(True)
+
+    def release(self, labels: Iterable[str], me: Holder) -> None:
+        """Drop this process's claims on ``labels`` (after their records are written, or on the way out)."""
+        wanted = set(labels)
+        if not wanted:
+            return
+        with self.locked():
+            running = self._running()
+            mine = [k for k in wanted if (running.get(k) or {}).get("pid") == me.pid]
+            if mine:
+                for label in mine:
+                    running.pop(label, None)
+                # Best effort: a claim left behind (disk full) lapses when this process ends.
+                with contextlib.suppress(BenchError):
+                    self._write_running(running)
+
+    def clean_temp(self) -> None:
+        """Under the lock (every writer of the folder holds it): remove temporary files killed writers left."""
+        with self.locked():
+            for tmp in [*self.folder.glob(".*.tmp"), *self.folder.glob("figures/.*.tmp")]:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
