@@ -364,7 +364,7 @@ def _job_settings(exp: Any, kind: str, options: dict[str, Any], console: Any) ->
 def _state_line(st: Any) -> str:
     job = f"job {st.job.job_id}" if st.job else "no job"
     line = f"{st.label:<24} {st.state:<8} {job:<14} {st.detail}"
-    if st.state in ("failed", "running", "unknown") and st.log:
+    if st.state in ("failed", "running", "unknown") and st.log and st.log not in st.detail:
         line += f" (log: {st.log})"
     return line
 
@@ -430,8 +430,11 @@ def _run_jobs(
     if not wait:
         console.print(f"follow with: conformer-bench ablate {exp.path} --status" + _output_flag(exp))
         return
-    states = _follow_jobs(exp, cells, out_dir, finetune, console)
-    _write_tables(exp, ResultStore(out_dir), console)
+    followed = {j.label for j in sub.jobs} | {st.label for st in sub.active}
+    states = _follow_jobs(exp, cells, out_dir, finetune, console, followed)
+    store = ResultStore(out_dir)
+    store.compact(exp.labels())  # one record per cell, as a local run leaves it
+    _write_tables(exp, store, console)
     bad = [s for s in states if s.state != "done"]
     if bad:
         typer.echo(f"{len(bad)} cell(s) did not finish ok:", err=True)
@@ -447,8 +450,10 @@ def _output_flag(exp: Any) -> str:
     return f" --output-dir {exp.output_dir}"
 
 
-def _follow_jobs(exp: Any, cells: list[Any], out_dir: Path, finetune: bool, console: Any) -> list[Any]:
-    """A progress bar over the grid while the jobs run; one line per cell as it finishes."""
+def _follow_jobs(
+    exp: Any, cells: list[Any], out_dir: Path, finetune: bool, console: Any, followed: set[str]
+) -> list[Any]:
+    """A progress bar over the grid while the jobs run; one line per ``followed`` cell as it finishes."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..ablate.cluster import wait_for
@@ -463,9 +468,11 @@ def _follow_jobs(exp: Any, cells: list[Any], out_dir: Path, finetune: bool, cons
     task = progress.add_task("cells", total=len(cells))
 
     def on_change(states: list[Any], newly: list[Any]) -> None:
-        for st in newly:
+        for st in (s for s in newly if s.label in followed):
             colour = "green" if st.state == "done" else "red"
-            text = "ok" if st.state == "done" else st.detail + (f" (log: {st.log})" if st.log else "")
+            text = "ok" if st.state == "done" else st.detail
+            if st.state != "done" and st.log and st.log not in st.detail:
+                text += f" (log: {st.log})"
             progress.console.print(f"[{colour}]{st.label}[/]: {text}")
         counts = {k: sum(1 for s in states if s.state == k) for k in ("queued", "running")}
         progress.update(
