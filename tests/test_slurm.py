@@ -36,8 +36,11 @@ def _no_cluster_reason() -> str | None:
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"sinfo did not answer ({exc}); start the cluster with scripts/slurm.sh up"
     if out.returncode != 0:
-        return f"no Slurm controller answers (sinfo: {out.stderr.strip()}); start one with scripts/slurm.sh up"
-    if not any(state.strip().rstrip("*").startswith(("idle", "mix", "alloc")) for state in out.stdout.split()):
+        said = "; ".join(line.strip() for line in out.stderr.splitlines() if line.strip())
+        return f"no Slurm controller answers (sinfo: {said}); start one with scripts/slurm.sh up"
+    if not any(
+        state.strip().rstrip("*").startswith(("idle", "mix", "alloc")) for state in out.stdout.split()
+    ):
         return f"no Slurm node can run jobs (sinfo states: {out.stdout.split()})"
     return None
 
@@ -71,7 +74,7 @@ def test_grid_on_slurm_scancel_status_and_resume(tmp_path: Path, slurm_cluster: 
     assert sorted(ledger) == sorted(LABELS)
     assert len({e.job_id.split("_")[0] for e in ledger.values()}) == 1  # one array
     victim = ledger["no-fcu"]
-    assert slurm_states([victim.job_id]) == {victim.job_id: "PENDING"}
+    assert slurm_states([victim.job_id]) == {victim.job_id: "PENDING (JobArrayTaskLimit)"}
     subprocess.run(["scancel", victim.job_id], check=True, timeout=30)
 
     status = runner.invoke(app, [*base, "--status"])

@@ -113,22 +113,26 @@ def _run(command: list[str]) -> subprocess.CompletedProcess[str] | None:
 
 def slurm_states(job_ids: Iterable[str]) -> dict[str, str] | None:
     """Job id -> Slurm state, from ``squeue`` (jobs the controller still holds), then ``sacct`` for the rest
-    where accounting is configured; a job neither knows is ``GONE``. ``None``: the scheduler did not answer."""
+    where accounting is configured; a job neither knows is ``GONE``. ``None``: the scheduler did not answer.
+    A pending job's state carries its reason: ``PENDING (Resources)``."""
     ids = sorted(set(job_ids))
     if not ids:
         return {}
     if shutil.which("squeue") is None:
         return None
     out = _run(
-        ["squeue", "--noheader", "--array", "--states=all", "--format=%i|%T", f"--jobs={','.join(ids)}"]
+        ["squeue", "--noheader", "--array", "--states=all", "--format=%i|%T|%r", f"--jobs={','.join(ids)}"]
     )
     if out is None:
         return None
     states: dict[str, str] = {}
     if out.returncode == 0:
         for line in out.stdout.splitlines():
-            job_id, _, state = line.strip().partition("|")
-            states[job_id] = state.split()[0] if state.strip() else "UNKNOWN"
+            job_id, state, reason = [*line.strip().split("|"), "", ""][:3]
+            state = state.strip() or "UNKNOWN"
+            # A pending job's reason says what it waits for (Resources, JobArrayTaskLimit, BeginTime, ...).
+            waiting = state == "PENDING" and reason not in ("", "None")
+            states[job_id] = f"{state} ({reason})" if waiting else state
     elif "invalid job id" not in out.stderr.lower():  # that one means: none of them is known any more
         return None
     missing = [i for i in ids if i not in states]
@@ -259,7 +263,7 @@ def _state_from_scheduler(label: str, entry: JobEntry, states: Mapping[str, str]
     if states is None:
         return CellState(label, "unknown", entry, "the scheduler did not answer (squeue)", log)
     sched = states.get(entry.job_id, UNKNOWN_TO_SCHEDULER)
-    if sched in QUEUED:
+    if sched.split()[0] in QUEUED:
         return CellState(label, "queued", entry, sched, log)
     if sched in RUNNING:
         return CellState(label, "running", entry, sched, log)
