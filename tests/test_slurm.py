@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,11 +46,16 @@ def _no_cluster_reason() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def slurm_cluster() -> None:
+@pytest.fixture
+def slurm_cluster(tmp_path: Path) -> Iterator[None]:
+    """Skip without a cluster; afterwards cancel whatever job of the test's run folder is left."""
     reason = _no_cluster_reason()
     if reason:
         pytest.skip(reason)
+    yield
+    ledger = read_ledger(tmp_path / "run") if (tmp_path / "run").is_dir() else {}
+    if ledger:
+        subprocess.run(["scancel", *(e.job_id for e in ledger.values())], check=False, timeout=30)
 
 
 def _states(output: str) -> dict[str, str]:
@@ -74,7 +80,7 @@ def test_grid_on_slurm_scancel_status_and_resume(tmp_path: Path, slurm_cluster: 
     assert sorted(ledger) == sorted(LABELS)
     assert len({e.job_id.split("_")[0] for e in ledger.values()}) == 1  # one array
     victim = ledger["no-fcu"]
-    assert slurm_states([victim.job_id]) == {victim.job_id: "PENDING (JobArrayTaskLimit)"}
+    assert slurm_states([victim.job_id])[victim.job_id].startswith("PENDING")
     subprocess.run(["scancel", victim.job_id], check=True, timeout=30)
 
     status = runner.invoke(app, [*base, "--status"])
@@ -118,3 +124,38 @@ def test_grid_on_slurm_scancel_status_and_resume(tmp_path: Path, slurm_cluster: 
     assert rerun["config_hash"] == exp.cell("no-fcu").config_hash(False)
     final = _states(runner.invoke(app, [*base, "--status"]).output)
     assert final == dict.fromkeys(LABELS, "done")
+
+
+def test_preempted_job_is_requeued_and_records_its_cell(tmp_path: Path, slurm_cluster: None) -> None:
+    """Slurm's preemption signal (the job's --signal, USR2) mid-cell: submitit checkpoints and requeues the
+    job, which runs the cell again under the same job id and records it once."""
+    out = tmp_path / "run"
+    base = ["ablate", str(GRID), "-o", str(out), "--profile-mode", "none", "--only", "dual", "--finetune"]
+    # submitit counts a signal after min(0.8 x limit, limit - 10 min) as a timeout: 30 min leaves 20 min.
+    submitted = runner.invoke(app, [*base, "--executor", "slurm", "--time-limit", "30", "--no-wait"])
+    assert submitted.exit_code == 0, submitted.output
+    job = read_ledger(out)["dual"]
+    log = Path(job.stdout)
+    deadline = time.time() + 90
+    while "dual: fine-tune" not in (log.read_text() if log.is_file() else ""):
+        assert time.time() < deadline, "the job did not reach its fine-tuning in 90 s"
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--signal=USR2", job.job_id], check=True, timeout=30)
+    while not slurm_states([job.job_id])[job.job_id].startswith("PENDING"):
+        assert time.time() < deadline, f"the job was not requeued: {log.read_text()}"
+        time.sleep(0.2)
+    # Slurm holds a requeued job for a while (BeginTime); let it start now.
+    subprocess.run(["scontrol", "update", f"JobId={job.job_id}", "StartTime=now"], check=True, timeout=30)
+
+    exp = load_experiment(GRID, output_dir=out, profile_overrides={"mode": "none"})
+    while not grid_states([exp.cell("dual")], out, True)[0].finished:
+        assert time.time() < deadline + 60, "the requeued job did not finish"
+        time.sleep(0.5)
+    text = log.read_text()
+    assert "this job is preempted" in text and f"Requeued job {job.job_id}" in text
+    assert text.count("dual: running in") == 2
+    records = [r for r in ResultStore(out).read_all() if r["label"] == "dual"]
+    assert len(records) == 1
+    assert records[0]["status"] == "ok" and records[0]["job"]["id"] == job.job_id
+    assert [run["hyper"]["seed"] for run in records[0]["finetune"]] == [0, 1]
+    assert read_ledger(out)["dual"] == job  # the same job, not a new submission

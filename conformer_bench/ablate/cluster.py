@@ -374,7 +374,7 @@ def submit(
     an error; with it, cells recorded ok with the same settings and cells whose job is still queued or
     running are left alone.
     """
-    from .job import CellJob
+    from .job import CellJob, holder_path, release_claim_of
 
     out_dir = out_dir.resolve()
     store = ResultStore(out_dir)
@@ -414,6 +414,9 @@ def submit(
         return Submission([], kept, active)
     ledger = read_ledger(out_dir)
     folder = out_dir / JOBS_FOLDER
+    for cell in to_run:  # their earlier jobs ended (none is queued or running): drop what they claimed
+        if cell.label in ledger:
+            release_claim_of(store, cell.label, holder_path(folder, ledger[cell.label].job_id))
     ex = _executor(kind, folder, settings, exp.name)
     specs = [
         CellJob(

@@ -4,8 +4,9 @@ The job is a fresh Python process on a node; it runs its cell there (see
 :func:`conformer_bench.ablate.runner.run_cell`) and appends the cell's record through the run folder's
 store, claiming the cell first so that no two processes on one folder run it at once. It follows submitit's
 checkpointing protocol: on preemption, or on a timeout while requeues are left, the job is requeued and runs
-its cell again from the start (a cell keeps no state between attempts). SIGTERM (``scancel``) stops it
-without a record.
+its cell again from the start (a cell keeps no state between attempts). As submitit does, the job lets
+SIGTERM pass (some clusters send it before the preemption signal), so ``scancel`` ends it with Slurm's
+SIGKILL after ``KillWait``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .experiment import Cell, Experiment
-from .runner import make_record, run_cell, sigterm_as_exit
+from .runner import make_record, run_cell
 from .store import Holder, ResultStore
 
 JOB_SCHEMA = "conformer-bench.cell-job"
@@ -63,8 +64,8 @@ class CellJob:
         store = ResultStore(self.out_dir)
         label = self.cell.label
         me = Holder.me()
-        holder_file = env.paths.folder / f"{env.job_id}_holder.json"
-        _release_earlier_attempt(store, label, holder_file)
+        holder_file = holder_path(env.paths.folder, env.job_id)
+        release_claim_of(store, label, holder_file)  # this job's earlier attempt, when it was requeued
         claim = store.claim(label, self.cell.config_hash(self.finetune), me)
         if not claim.granted:
             who = claim.holder.describe() if claim.holder else "another process"
@@ -73,12 +74,11 @@ class CellJob:
         with contextlib.suppress(OSError):
             holder_file.write_text(json.dumps(asdict(me)) + "\n")
         try:
-            with sigterm_as_exit():
-                print(f"{label}: running in {self.out_dir} ({job['executor']} job {job['id']})", flush=True)
-                outcome = run_cell(self.cell, self.finetune, self.reuse_profile, LogProgress(label))
-                record = make_record(self.cell, self.experiment, self.finetune, outcome, (0, 1), "process")
-                record["job"] = job
-                store.append(record)
+            print(f"{label}: running in {self.out_dir} ({job['executor']} job {job['id']})", flush=True)
+            outcome = run_cell(self.cell, self.finetune, self.reuse_profile, LogProgress(label))
+            record = make_record(self.cell, self.experiment, self.finetune, outcome, (0, 1), "process")
+            record["job"] = job
+            store.append(record)
         finally:
             store.release([label], me)
         print(f"{label}: {record['status']}" + (f": {record['reason']}" if record["reason"] else ""))
@@ -92,9 +92,15 @@ class CellJob:
         return DelayedSubmission(self)
 
 
-def _release_earlier_attempt(store: ResultStore, label: str, holder_file: Path) -> None:
-    """A requeued job runs again under its id once its earlier attempt has ended (maybe on another node,
-    where the store cannot see that the attempt's process is gone): drop that attempt's claim."""
+def holder_path(folder: Path, job_id: str) -> Path:
+    """Where a job notes the process that claimed its cell."""
+    return folder / f"{job_id}_holder.json"
+
+
+def release_claim_of(store: ResultStore, label: str, holder_file: Path) -> None:
+    """Drop the claim on ``label`` of the process ``holder_file`` names: a job that has surely ended (its
+    requeued self runs now, or a new job is submitted for the cell), maybe on another node, where the store
+    cannot see that the process is gone."""
     try:
         earlier = Holder.from_dict(json.loads(holder_file.read_text()))
     except (OSError, ValueError, KeyError, TypeError):
