@@ -233,6 +233,7 @@ def grid_states(
     hash is the one its job was submitted with (or, without a job, the one ``finetune`` gives) and, for a cell
     with a job, when it was finished after that job's submission.
     """
+    out_dir = out_dir.resolve()  # the jobs' paths and processes name the folder in full
     ledger = read_ledger(out_dir)
     if states is None:
         states = job_states([ledger[c.label] for c in cells if c.label in ledger], out_dir)
