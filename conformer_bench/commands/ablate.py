@@ -11,7 +11,7 @@ import typer
 from .common import handle_errors
 
 DRY_RUN_MAX = 200  # cells a dry run lists without --limit
-JOBS = "Jobs (--executor slurm / submitit-local; defaults from the file's [executor] table)"
+JOBS = "Jobs (--executor slurm / submitit-local; defaults from the file's executor table)"
 
 
 class Executor(StrEnum):
