@@ -176,6 +176,13 @@ def test_submitit_local_grid_kill_status_and_resume(tmp_path: Path) -> None:
     assert "dual: ok" in Path(dual["job"]["stdout"]).read_text()
     assert dual["profile"]["params"]["total"] > 0
 
+    table = runner.invoke(app, ["table", str(out)])
+    assert table.exit_code == 0, table.output
+    failed_line = next(
+        ln for ln in (out / "summary.md").read_text().splitlines() if ln.startswith("- `no-fcu`")
+    )
+    assert f"failed: job {victim.job_id} ended without a record; log: {out / 'jobs'}" in failed_line
+
     resumed = runner.invoke(app, [*base, "--executor", "submitit-local", "--resume"])
     assert resumed.exit_code == 0, resumed.output
     assert "kept 1 cell(s) recorded ok (--resume): dual" in resumed.output
@@ -189,3 +196,21 @@ def test_submitit_local_grid_kill_status_and_resume(tmp_path: Path) -> None:
     assert len((out / "cells.jsonl").read_text().splitlines()) == 2  # compacted: one record per cell
     summary = json.loads((out / "experiment.json").read_text())
     assert summary["name"] == "nano_grid"
+
+
+def test_failed_summary_line_names_the_jobs_log(tmp_path: Path) -> None:
+    from conformer_bench.ablate.summary import build_frame, to_markdown
+
+    out_log, err_log = tmp_path / "7_0_log.out", tmp_path / "7_0_log.err"
+    out_log.write_text("progress\n")
+    err_log.write_text("")
+    job = {"executor": "slurm", "id": "7", "stdout": str(out_log), "stderr": str(err_log)}
+    records = [
+        {"label": "base", "status": "ok", "reason": None},
+        {"label": "broken", "status": "failed", "reason": "profile: RuntimeError: boom", "job": job},
+    ]
+    text = to_markdown(build_frame(records, "base"), [], "t")
+    assert f"- `broken`: failed: profile: RuntimeError: boom (log: {out_log})" in text.splitlines()
+    err_log.write_text("Traceback ...\n")  # a job that wrote to stderr: that is the log to read
+    text = to_markdown(build_frame(records, "base"), [], "t")
+    assert f"- `broken`: failed: profile: RuntimeError: boom (log: {err_log})" in text.splitlines()
