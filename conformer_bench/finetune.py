@@ -351,9 +351,7 @@ def _load_release_checkpoint(
         )
     import torch
 
-    broken = [
-        k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()
-    ]
+    broken = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if broken:
         raise BenchError(
             f"checkpoint {path!r} holds non-finite weights in {len(broken)} tensor(s), e.g. {broken[0]}; "
