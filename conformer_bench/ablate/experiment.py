@@ -28,6 +28,10 @@ Layout (every key but ``[base] variant`` is optional)::
     [[cells]]                          # explicit cells: label, optional variant, config overrides,
     label = "no-fcu"                   # and optional [cells.profile] / [cells.finetune] overrides
     coupling = "none"
+
+    [executor]                         # job settings for --executor slurm / submitit-local (.executor);
+    partition = "gpu"                  # they never change a cell's hashes
+    time_limit = "1:00:00"
 """
 
 from __future__ import annotations
@@ -39,13 +43,25 @@ import itertools
 import json
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import BenchError
+from .executor import ExecutorSettings, settings_from_table
 
-TOP_KEYS = ("name", "description", "output_dir", "axes_mode", "base", "profile", "finetune", "axes", "cells")
+TOP_KEYS = (
+    "name",
+    "description",
+    "output_dir",
+    "axes_mode",
+    "base",
+    "profile",
+    "finetune",
+    "axes",
+    "cells",
+    "executor",
+)
 AXES_MODES = ("each", "product")
 CELL_META_KEYS = ("label", "variant", "profile", "finetune", "repeat")
 FINETUNE_EXTRA_KEYS = ("run", "seeds", "jobs")
@@ -107,6 +123,7 @@ class Experiment:
     finetune_by_default: bool
     has_finetune: bool
     cells: tuple[Cell, ...]
+    executor: ExecutorSettings = field(default_factory=ExecutorSettings)  # not part of any hash
 
     def labels(self) -> list[str]:
         return [c.label for c in self.cells]
@@ -362,6 +379,10 @@ def load_experiment(
     if not isinstance(out_raw, str) or not out_raw:
         raise chk.fail(("output_dir",), "must be a directory path string such as 'results/paper'")
     out_dir = Path(output_dir) if output_dir is not None else Path(out_raw)
+    executor = settings_from_table(
+        data.get("executor", {}),
+        lambda key, message: chk.fail(("executor", key) if key else ("executor",), message),
+    )
 
     # Base variant.
     base = data.get("base")
@@ -519,6 +540,7 @@ def load_experiment(
         finetune_by_default=run_by_default,
         has_finetune=finetune is not None,
         cells=tuple(cells),
+        executor=executor,
     )
 
 

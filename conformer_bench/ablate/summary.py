@@ -82,6 +82,19 @@ def _changes_text(changes: dict[str, Any]) -> str:
     return " ".join(f"{k}={fmt(v)}" for k, v in changes.items())
 
 
+def _job_log(job: Any) -> str | None:
+    """The log of the job that ran a cell (a scheduler job): its stderr when not empty, else its stdout."""
+    if not isinstance(job, dict):
+        return None
+    err, out = job.get("stderr"), job.get("stdout")
+    try:
+        if isinstance(err, str) and Path(err).stat().st_size:
+            return err
+    except OSError:
+        pass
+    return out if isinstance(out, str) else None
+
+
 def row_of(record: dict[str, Any]) -> dict[str, Any]:
     """Raw (unrounded) metrics of one cell record."""
     prof = record.get("profile") or {}
@@ -103,6 +116,7 @@ def row_of(record: dict[str, Any]) -> dict[str, Any]:
         "gflops_fvcore": _num(flops.get("fvcore_total")) / 1e9,
         "memory_device": _get(prof, "memory", "device"),
         "isolation": record.get("isolation", "inline"),  # records from before isolation ran inline
+        "log": _job_log(record.get("job")),
     }
     for comp in COMPONENTS:
         macs = _num(_get(by_comp, comp, "paper_macs"))
@@ -282,7 +296,9 @@ def to_markdown(df: pd.DataFrame, notes: list[str], title: str) -> str:
     lines.append("")
     failed = df[df["status"] != "ok"]
     for _, row in failed.iterrows():
-        lines.append(f"- `{row['label']}`: {row['status']}: {row['reason']}")
+        log = row.get("log")
+        where = f" (log: {log})" if isinstance(log, str) and log not in str(row["reason"]) else ""
+        lines.append(f"- `{row['label']}`: {row['status']}: {row['reason']}{where}")
     if not failed.empty:
         lines.append("")
     lines += notes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,6 +11,48 @@ import typer
 from .common import handle_errors
 
 DRY_RUN_MAX = 200  # cells a dry run lists without --limit
+JOBS = "Jobs (--executor slurm / submitit-local; defaults from the file's executor table)"
+
+
+class Executor(StrEnum):
+    local = "local"
+    submitit_local = "submitit-local"
+    slurm = "slurm"
+
+
+def _job(flag: str, help_text: str) -> Any:
+    return typer.Option(flag, help=help_text, rich_help_panel=JOBS, show_default=False)
+
+
+PartitionOpt = Annotated[str | None, _job("--partition", "Slurm partition.")]
+AccountOpt = Annotated[str | None, _job("--account", "Slurm account to charge.")]
+QosOpt = Annotated[str | None, _job("--qos", "Slurm quality of service.")]
+TimeLimitOpt = Annotated[
+    str | None, _job("--time-limit", "Time limit of each cell's job: minutes or [D-]HH:MM:SS (default 60).")
+]
+CpusOpt = Annotated[int | None, _job("--cpus-per-task", "CPUs of each cell's job.")]
+GpusOpt = Annotated[int | None, _job("--gpus-per-task", "GPUs of each cell's job.")]
+MemOpt = Annotated[str | None, _job("--mem", "Memory of each cell's job, e.g. 16G (sbatch --mem).")]
+ConstraintOpt = Annotated[str | None, _job("--constraint", "Slurm node feature constraint, e.g. a100.")]
+ArrayOpt = Annotated[
+    int | None, _job("--array-parallelism", "Jobs of the grid's job array that run at once.")
+]
+RequeueOpt = Annotated[
+    int | None,
+    _job(
+        "--max-requeues",
+        "Timeouts after which a cell's job is requeued (default 0; a preempted job always is).",
+    ),
+]
+SbatchOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--sbatch",
+        help="Extra sbatch parameter KEY=VALUE, or KEY for a flag (repeat for several).",
+        rich_help_panel=JOBS,
+        show_default=False,
+    ),
+]
 
 
 def register(app: typer.Typer) -> None:
@@ -81,6 +124,43 @@ def ablate(
             help="Run even in a folder holding another experiment's results (they are then reported as stale).",
         ),
     ] = False,
+    executor: Annotated[
+        Executor,
+        typer.Option(
+            "--executor",
+            help="local: run the cells here; slurm: submit a job per cell (a job array) through submitit; "
+            "submitit-local: the same jobs as processes on this machine.",
+            rich_help_panel=JOBS,
+        ),
+    ] = Executor.local,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait/--no-wait",
+            help="Follow the jobs until every cell finished, then write the tables; --no-wait exits after "
+            "submitting (follow with --status, then `conformer-bench table`).",
+            rich_help_panel=JOBS,
+        ),
+    ] = True,
+    status: Annotated[
+        bool,
+        typer.Option(
+            "--status",
+            help="Show each cell's state (queued, running, done, failed) from its job and its record; run nothing.",
+            rich_help_panel=JOBS,
+        ),
+    ] = False,
+    partition: PartitionOpt = None,
+    account: AccountOpt = None,
+    qos: QosOpt = None,
+    time_limit: TimeLimitOpt = None,
+    cpus_per_task: CpusOpt = None,
+    gpus_per_task: GpusOpt = None,
+    mem: MemOpt = None,
+    constraint: ConstraintOpt = None,
+    array_parallelism: ArrayOpt = None,
+    max_requeues: RequeueOpt = None,
+    sbatch: SbatchOpt = None,
 ) -> None:
     """Run every cell of EXPERIMENT (profile, and fine-tune when asked), then write tables and figures.
 
@@ -111,6 +191,38 @@ def ablate(
         _dry_run(exp, cells[:limit], run_finetune, resume, total=len(cells))
         return
 
+    job_options = {
+        "partition": partition,
+        "account": account,
+        "qos": qos,
+        "time_limit": time_limit,
+        "cpus_per_task": cpus_per_task,
+        "gpus_per_task": gpus_per_task,
+        "mem": mem,
+        "constraint": constraint,
+        "array_parallelism": array_parallelism,
+        "max_requeues": max_requeues,
+        "sbatch": sbatch or None,
+    }
+    if status:
+        if resume or shard or not wait:
+            raise BenchError("--status only reports; drop --resume, --shard and --no-wait")
+        _show_status(exp, cells, run_finetune)
+        return
+    if executor is not Executor.local:
+        if shard or torchrun_rank():
+            raise BenchError(f"--executor {executor.value} runs a job per cell; drop --shard and torchrun")
+        if not isolate:
+            raise BenchError(
+                f"--no-isolate runs cells in this process; it does not combine with --executor {executor.value}"
+            )
+        _run_jobs(exp, cells, run_finetune, resume, force, executor.value, job_options, wait)
+        return
+    given = [k for k, v in job_options.items() if v is not None]
+    if given or not wait:
+        flag = "--no-wait" if not wait else "--" + given[0].replace("_", "-")
+        raise BenchError(f"{flag} applies to jobs; add --executor slurm (or submitit-local)")
+
     shard_arg = parse_shard(shard)
     ranked = torchrun_rank()
     if shard_arg and ranked:
@@ -139,18 +251,8 @@ def _run(
     from ..ablate.progress import RichGridProgress
     from ..ablate.runner import run_grid, shard_of, sigterm_as_exit
     from ..ablate.store import ResultStore
-    from ..ablate.summary import ordered, rich_tables, write_summary
-    from ..errors import BenchError
-    from ..io import check_writable, write_failure
 
-    out_dir = exp.output_dir
-    if out_dir.exists() and not out_dir.is_dir():
-        raise BenchError(f"output {str(out_dir)!r} is a file, not a folder; pass another --output-dir")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise write_failure(exc, out_dir) from None
-    check_writable(out_dir / "cells.jsonl")
+    out_dir = _make_output_dir(exp)
     store = ResultStore(out_dir)
     console = Console() if Console().is_terminal else Console(width=160)
     share = shard_of(cells, dist.rank, dist.world)
@@ -197,16 +299,7 @@ def _run(
                 f"shard {dist.rank}/{dist.world} done; the last shard to finish merges cells.jsonl and writes the tables"
             )
             return result.statuses
-        with store.locked():  # the tables of the newest records, never overwritten by older ones
-            current = store.latest()
-            stale = store.stale(current)
-            records = ordered({k: v for k, v in current.items() if k not in stale}, exp.labels())
-            df, notes, paths = write_summary(out_dir, records, exp.base_label, _title(exp))
-        for tbl in rich_tables(df, notes, _title(exp)):
-            console.print(tbl)
-        for kind, path in paths.items():
-            console.print(f"wrote {kind}: {path}")
-        console.print(f"wrote cells: {out_dir / 'cells.jsonl'}")
+        records = _write_tables(exp, store, console)
         if dist.torchrun:
             return {
                 str(r["label"]): str(r.get("status"))
@@ -216,6 +309,187 @@ def _run(
         return result.statuses
     finally:
         dist.stop()
+
+
+def _make_output_dir(exp: Any) -> Path:
+    from ..errors import BenchError
+    from ..io import check_writable, write_failure
+
+    out_dir: Path = exp.output_dir
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BenchError(f"output {str(out_dir)!r} is a file, not a folder; pass another --output-dir")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_failure(exc, out_dir) from None
+    check_writable(out_dir / "cells.jsonl")
+    return out_dir
+
+
+def _write_tables(exp: Any, store: Any, console: Any) -> list[dict[str, Any]]:
+    """Write and print the tables of the folder's newest current records; return those records."""
+    from ..ablate.summary import ordered, rich_tables, write_summary
+
+    with store.locked():  # the tables of the newest records, never overwritten by older ones
+        current = store.latest()
+        stale = store.stale(current)
+        records = ordered({k: v for k, v in current.items() if k not in stale}, exp.labels())
+        df, notes, paths = write_summary(store.folder, records, exp.base_label, _title(exp))
+    for tbl in rich_tables(df, notes, _title(exp)):
+        console.print(tbl)
+    for kind, path in paths.items():
+        console.print(f"wrote {kind}: {path}")
+    console.print(f"wrote cells: {store.cells_path}")
+    return records
+
+
+def _job_settings(exp: Any, kind: str, options: dict[str, Any], console: Any) -> Any:
+    """The file's [executor] settings with the command line's options over them, checked."""
+    from ..ablate.executor import SLURM_ONLY, parse_sbatch_options, with_options
+    from ..errors import BenchError
+
+    try:
+        if options.get("sbatch"):
+            options = {**options, "sbatch": parse_sbatch_options(options["sbatch"])}
+        settings = with_options(exp.executor, options)
+    except ValueError as exc:
+        raise BenchError(str(exc)) from None
+    if kind == "submitit-local":
+        ignored = [k for k in settings.set_fields() if k in SLURM_ONLY]
+        if ignored:
+            console.print(f"note: submitit-local ignores the Slurm settings {', '.join(ignored)}")
+    return settings
+
+
+def _state_line(st: Any) -> str:
+    job = f"job {st.job.job_id}" if st.job else "no job"
+    line = f"{st.label:<24} {st.state:<8} {job:<14} {st.detail}"
+    if st.state in ("failed", "running", "unknown") and st.log and st.log not in st.detail:
+        line += f" (log: {st.log})"
+    return line
+
+
+def _counts(states: list[Any]) -> str:
+    order = ("done", "failed", "running", "queued", "missing", "unknown")
+    counts = {k: sum(1 for s in states if s.state == k) for k in order}
+    return f"{len(states)} cells: " + ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+
+
+def _show_status(exp: Any, cells: list[Any], finetune: bool) -> None:
+    """Print each cell's state from its job and its record (settling jobs that ended without a record)."""
+    from ..ablate.cluster import JOBS_FILE, grid_states, settle
+    from ..errors import BenchError
+
+    out_dir = exp.output_dir
+    if not out_dir.is_dir():
+        raise BenchError(f"{out_dir} does not exist; submit the grid first (--executor slurm)")
+    states = settle(exp, grid_states(cells, out_dir, finetune), out_dir)
+    typer.echo(f"{exp.name} -> {out_dir} (jobs: {out_dir / JOBS_FILE})")
+    for st in states:
+        typer.echo(_state_line(st))
+    typer.echo(_counts(states))
+
+
+def _run_jobs(
+    exp: Any,
+    cells: list[Any],
+    finetune: bool,
+    resume: bool,
+    force: bool,
+    kind: str,
+    options: dict[str, Any],
+    wait: bool,
+) -> None:
+    """Submit the cells as jobs; with ``wait``, follow them to the end and write the tables."""
+    from rich.console import Console
+
+    from ..ablate.cluster import JOBS_FOLDER, cancel_hint, submit
+    from ..ablate.store import ResultStore
+
+    console = Console() if Console().is_terminal else Console(width=160)
+    settings = _job_settings(exp, kind, options, console)
+    out_dir = _make_output_dir(exp).resolve()
+    sub = submit(
+        exp, cells, out_dir, kind=kind, settings=settings, finetune=finetune, resume=resume, force=force
+    )
+    what = "profile + fine-tune" if finetune else "profile"
+    if sub.kept:
+        console.print(f"kept {len(sub.kept)} cell(s) recorded ok (--resume): {', '.join(sub.kept)}")
+    for st in sub.active:
+        console.print(f"{st.label}: still {st.state} as job {st.job.job_id if st.job else '?'}; left to it")
+    if sub.jobs:
+        ids = sorted({j.job_id.split("_")[0] for j in sub.jobs})
+        console.print(
+            f"[bold]{exp.name}[/]: submitted {len(sub.jobs)} of {len(exp.cells)} cells ({what}) as {kind} "
+            f"job(s) {', '.join(ids)} -> {out_dir}; logs in {out_dir / JOBS_FOLDER}"
+        )
+        if kind == "submitit-local" and len(sub.jobs) > 1:
+            console.print(
+                "note: submitit-local starts every job at once on this machine; their timings share its CPUs"
+            )
+    if not wait:
+        console.print(f"follow with: conformer-bench ablate {exp.path} --status" + _output_flag(exp))
+        return
+    followed = {j.label for j in sub.jobs} | {st.label for st in sub.active}
+    states = _follow_jobs(exp, cells, out_dir, finetune, console, followed)
+    store = ResultStore(out_dir)
+    store.compact(exp.labels())  # one record per cell, as a local run leaves it
+    _write_tables(exp, store, console)
+    bad = [s for s in states if s.state != "done"]
+    if bad:
+        typer.echo(f"{len(bad)} cell(s) did not finish ok:", err=True)
+        for st in bad:
+            typer.echo("  " + _state_line(st), err=True)
+        hint = cancel_hint(states)
+        if hint:
+            typer.echo(f"to stop the jobs: {hint}", err=True)
+        raise typer.Exit(1)
+
+
+def _output_flag(exp: Any) -> str:
+    return f" --output-dir {exp.output_dir}"
+
+
+def _follow_jobs(
+    exp: Any, cells: list[Any], out_dir: Path, finetune: bool, console: Any, followed: set[str]
+) -> list[Any]:
+    """A progress bar over the grid while the jobs run; one line per ``followed`` cell as it finishes."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..ablate.cluster import wait_for
+
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    task = progress.add_task("cells", total=len(cells))
+
+    def on_change(states: list[Any], newly: list[Any]) -> None:
+        for st in (s for s in newly if s.label in followed):
+            colour = "green" if st.state == "done" else "red"
+            text = "ok" if st.state == "done" else st.detail
+            if st.state != "done" and st.log and st.log not in st.detail:
+                text += f" (log: {st.log})"
+            progress.console.print(f"[{colour}]{st.label}[/]: {text}")
+        counts = {k: sum(1 for s in states if s.state == k) for k in ("queued", "running")}
+        progress.update(
+            task,
+            completed=sum(1 for s in states if s.finished),
+            description=f"cells ({counts['running']} running, {counts['queued']} queued)",
+        )
+
+    try:
+        with progress:
+            return wait_for(exp, cells, out_dir, finetune, on_change)
+    except KeyboardInterrupt:
+        console.print(
+            f"stopped following; the jobs go on: conformer-bench ablate {exp.path} --status"
+            + _output_flag(exp)
+        )
+        raise
 
 
 def _title(exp: Any) -> str:
