@@ -292,10 +292,9 @@ def test_checks_only_rereads_a_folder_and_writes_summary(
     out = capsys.readouterr().out
     assert "FAIL  optimized / compiled logits vs plain (speed run): no speed record" in out
     summary = (tmp_path / "summary.md").read_text()
-    # tiny infer at batch 32: 3200 img/s x 2 x 5.226 GMACs = 33.45 TFLOP/s; 33.45 / 50 (fp32 ceiling) = 66.9 %
+    # tiny infer at batch 32: 3200 img/s x 2 x 5.226 GMACs = 33.4 TFLOP/s; 33.45 / 50 (fp32 ceiling) = 66.9 %
     assert (
-        "| tiny | plain | fp32 | infer | 32 | 3,200.0 | 33.45 | 66.9 % | 321 MiB | 328 MiB | 20.0 |"
-        in summary
+        "| tiny | plain | fp32 | infer | 32 | 3,200.0 | 33.4 | 66.9 % | 321 MiB | 328 MiB | 20.0 |" in summary
     )
     assert "256 (of 4096 requested)" in summary
     saved = json.loads((tmp_path / "checks.json").read_text())

@@ -131,7 +131,7 @@ def check_memory_order(r: Results) -> CheckResult:
         return _skip(name, NEEDS_CUDA)
     bad, n = [], 0
     # Not the OOM point: at the largest batch that fits, the allocator may free its cache mid-phase.
-    for point, phase, rec in _phases(r, [*(r.plan.get("matrix") or []), r.plan.get("compiled")]):
+    for point, phase, rec in _phases(r, [*(r.plan.get("matrix") or []), str(r.plan.get("compiled"))]):
         m = (rec.get("memory") or {}).get(phase) or {}
         alloc, reserved, used = (
             m.get(k) for k in ("peak_allocated_bytes", "peak_reserved_bytes", "nvml_used_bytes")

@@ -60,7 +60,7 @@ def _run(args: argparse.Namespace) -> int:
             raise BenchError(
                 f"{args.checks_only} holds no GPU-check records; pass a folder written by the check"
             )
-        return write_summary(Runner(rehearsal_plan(), args.checks_only), args.checks_only)
+        return write_summary(Runner(rehearsal_plan(), args.checks_only), args.checks_only, keep_console=True)
 
     import torch
 

@@ -411,7 +411,7 @@ num_med_block = 1
     return path
 
 
-def write_summary(runner: Runner, out_dir: Path) -> int:
+def write_summary(runner: Runner, out_dir: Path, *, keep_console: bool = False) -> int:
     from .checks import checks_record, load_results, run_checks
     from .summary import render_summary
 
@@ -425,7 +425,8 @@ def write_summary(runner: Runner, out_dir: Path) -> int:
     failed = sum(c.status == "FAIL" for c in checks)
     counts = {s: sum(c.status == s for c in checks) for s in ("PASS", "FAIL", "SKIP")}
     runner.say(f"{counts['PASS']} PASS, {counts['FAIL']} FAIL, {counts['SKIP']} SKIP; records in {out_dir}")
-    atomic_write_text(out_dir / "console.txt", "\n".join(runner.lines) + "\n")
+    if not keep_console:  # the run's own console log; a re-check only prints
+        atomic_write_text(out_dir / "console.txt", "\n".join(runner.lines) + "\n")
     return 1 if failed else 0
 
 
@@ -449,7 +450,7 @@ def run_check(plan: Plan, out_dir: Path) -> int:
     def ceilings() -> str:
         record = measure_ceilings(plan)
         write_json(out_dir / "ceilings.json", record)
-        return ", ".join(f"{k} {c['gflop_s'] / 1e3:.1f} TFLOP/s" for k, c in record["ceilings"].items())
+        return ", ".join(f"{k} {c['gflop_s'] / 1e3:.3g} TFLOP/s" for k, c in record["ceilings"].items())
 
     def logits() -> str:
         record = compare_logits(plan)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..formatting import render_rows_md
 from .checks import CheckResult, Results
 
@@ -35,10 +37,19 @@ def _ceiling_gflop_s(results: Results, precision: str) -> float | None:
     return ceiling["gflop_s"] if ceiling else None
 
 
+def _row_order(record: dict[str, Any]) -> tuple[Any, ...]:
+    """Variants by size (params), then precision, path and batch as the matrix lists them."""
+    s = record["settings"]
+    precision = {"fp32": 0, "bf16": 1, "fp16": 2}.get(s["precision"], 3)
+    path = {"plain": 0, "optimized": 1, "compiled": 2}.get(s["path"], 3)
+    params = (record.get("params") or {}).get("total") or 0
+    return (params, record["variant"]["name"], precision, path, s.get("batch_size") or 0)
+
+
 def profile_rows(results: Results) -> list[list[str]]:
     macs = _macs_by_variant(results)
     rows = []
-    for rec in results.profiles.values():
+    for rec in sorted(results.profiles.values(), key=_row_order):
         settings = rec["settings"]
         for phase, t in (rec.get("throughput") or {}).items():
             mem = ((rec.get("memory") or {}).get(phase)) or {}
@@ -64,7 +75,7 @@ def profile_rows(results: Results) -> list[list[str]]:
                     phase,
                     batch,
                     f"{t['img_per_s']:,.1f}",
-                    f"{gflop_s / 1e3:.2f}" if gflop_s else "—",
+                    f"{gflop_s / 1e3:.3g}" if gflop_s else "—",
                     f"{100 * gflop_s / ceiling:.1f} %" if gflop_s and ceiling else "—",
                     f"{peak / 2**20:,.0f} MiB" if peak is not None else "—",
                     f"{reserved / 2**20:,.0f} MiB" if reserved is not None else "—",
@@ -86,7 +97,7 @@ def _header(results: Results) -> list[str]:
         lines.append(
             "matmul ceilings (median of torch.mm "
             + f"{next(iter(ceilings.values()))['matmul_size']}², same run): "
-            + ", ".join(f"{k} {c['gflop_s'] / 1e3:.1f} TFLOP/s" for k, c in ceilings.items())
+            + ", ".join(f"{k} {c['gflop_s'] / 1e3:.3g} TFLOP/s" for k, c in ceilings.items())
         )
     lines += [
         "img/s: batch / median iteration time (CUDA events on GPU); a few warm-ups, then timed iterations "
