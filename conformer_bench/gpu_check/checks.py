@@ -177,7 +177,9 @@ def _logits_check(r: Results, name: str, key: str, tolerance: float) -> CheckRes
     if entry.get("error"):
         return CheckResult(name, "FAIL", entry["error"])
     diff = entry["max_rel_diff"]
-    ok = diff is not None and diff <= tolerance
+    if diff is None:  # NaN or inf in the logits (stored as null)
+        return CheckResult(name, "FAIL", f"max rel diff not finite ({entry['what']})")
+    ok = diff <= tolerance
     return CheckResult(
         name,
         "PASS" if ok else "FAIL",
