@@ -397,3 +397,14 @@ def test_speed_precision_and_ceilings_are_validated() -> None:
     with pytest.raises(BenchError, match="ceiling 'int8' is not valid"):
         SpeedSettings(device="cpu", ceilings=("int8",)).validate(16)
     SpeedSettings(device="cpu", precision="bf16", ceilings=("fp32",)).validate(16)
+
+
+def test_a_missing_module_stops_the_check_before_it_starts(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from conformer_bench.gpu_check import main as main_module
+
+    monkeypatch.setattr(main_module, "REQUIRED_MODULES", ("no_such_module_for_the_gpu_check",))
+    assert main(["--rehearse-on-cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: cannot import no_such_module_for_the_gpu_check")

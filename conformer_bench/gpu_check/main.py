@@ -68,6 +68,7 @@ def _run(args: argparse.Namespace) -> int:
         build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
         print(NO_CUDA.format(version=torch.__version__, build=build), file=sys.stderr)
         return 2
+    _check_imports()
     if args.budget_s is not None and args.budget_s < 60:
         raise BenchError(f"--budget-s {args.budget_s:g} is too short for any step; use 60 or more")
     from .plan import gpu_plan, rehearsal_plan
@@ -82,3 +83,31 @@ def _run(args: argparse.Namespace) -> int:
         plan = gpu_plan(**budget)
         default_dir = ROOT / "results" / "gpu" / gpu_name_slug(torch.cuda.get_device_name(0))
     return run_check(plan, prepare_output(args.output_dir or default_dir))
+
+
+# What the steps import; a missing one would fail every profile, so it stops the check before it starts.
+REQUIRED_MODULES = (
+    "fvcore.nn",
+    "pynvml",
+    "typer",
+    "rich",
+    "pandas",
+    "sklearn",
+    "matplotlib",
+    "scipy",
+    "psutil",
+    "PIL",
+)
+
+
+def _check_imports() -> None:
+    import importlib
+
+    for name in REQUIRED_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            missing = getattr(exc, "name", None) or name
+            raise BenchError(
+                f"cannot import {name} (missing module {missing!r}); install it or put its wheel on PYTHONPATH"
+            ) from None
