@@ -68,7 +68,8 @@ def load_results(folder: Path) -> Results:
     cells_file = folder / "ablate" / "cells.jsonl"
     cells = []
     if cells_file.is_file():
-        cells = [json.loads(line) for line in cells_file.read_text().splitlines() if line.strip()]
+        lines = [json.loads(line) for line in cells_file.read_text().splitlines() if line.strip()]
+        cells = list({cell.get("label"): cell for cell in lines}.values())  # the newest line per label
     return Results(
         environment=_read(folder / "environment.json") or {},
         steps={s["name"]: s for s in steps["steps"]},
