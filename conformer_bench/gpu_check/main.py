@@ -68,9 +68,9 @@ def _run(args: argparse.Namespace) -> int:
         build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
         print(NO_CUDA.format(version=torch.__version__, build=build), file=sys.stderr)
         return 2
-    _check_imports()
     if args.budget_s is not None and args.budget_s < 60:
         raise BenchError(f"--budget-s {args.budget_s:g} is too short for any step; use 60 or more")
+    _check_imports()
     from .plan import gpu_plan, rehearsal_plan
 
     budget = {"budget_s": args.budget_s} if args.budget_s is not None else {}
