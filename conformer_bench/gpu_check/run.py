@@ -377,7 +377,7 @@ def ablate_experiment(plan: Plan, out_dir: Path) -> Path:
     """A 4-cell experiment on the check's device, written next to its results."""
     text = f'''# Written by the GPU check: four micro cells on {plan.device}, costs only.
 name = "gpu-check"
-description = "micro: dual, CNN-only, no FCU, one extra bottleneck; {plan.device}, bf16"
+description = "micro: dual, CNN-only, no FCU, CNN-to-tokens coupling only; {plan.device}, bf16"
 output_dir = "{(out_dir / "ablate").as_posix()}"
 
 [base]
@@ -403,8 +403,8 @@ label = "no-fcu"
 coupling = "none"
 
 [[cells]]
-label = "num_med_block=1"
-num_med_block = 1
+label = "couple-down-only"
+coupling = "down"
 '''
     path = out_dir / "ablate.toml"
     atomic_write_text(path, text)
