@@ -10,6 +10,9 @@ TORCH_SPEC ?= $(TORCH_PIN)
 # Options for `make profile` (`ARGS="--variant small --format md"`; a later --variant wins) and for pytest.
 ARGS ?=
 PYTEST_ARGS ?=
+# The GPU check runs from the source tree and installs nothing: the venv's python when there is one, else
+# e.g. `make gpu-check PYTHON_BIN=python3` with a CUDA torch already installed (or `make install TORCH_SPEC=...`).
+PYTHON_BIN ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
 
 # The environment is installed once per dependency set: the stamp's name hashes pyproject.toml and the
 # torch pin, so editing either reinstalls on the next call and every other call goes straight to the job.
@@ -21,7 +24,7 @@ CHECK_PYTHON := import sys; v = sys.version_info; sys.exit(0 if v[:2] >= (3, 11)
 	"error: conformer-bench needs Python >= 3.11, but %s is %d.%d.%d; install a newer one and run make with \
 	PYTHON=python3.11 (or newer)" % (sys.executable, v[0], v[1], v[2]))
 
-.PHONY: install profile test test-fast lint format clean
+.PHONY: install profile test test-fast lint format clean gpu-check
 
 install:
 	@rm -f $(VENV)/.installed-*
@@ -56,6 +59,9 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff check --fix conformer conformer_bench tests
 	$(BIN)/ruff format conformer conformer_bench tests
+
+gpu-check:
+	$(PYTHON_BIN) scripts/gpu_check.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

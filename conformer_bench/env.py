@@ -174,6 +174,7 @@ def gpu_info(device: str) -> dict[str, Any]:
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version(),
         "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "tf32_cudnn": torch.backends.cudnn.allow_tf32,  # cuDNN convolutions (torch's default: on)
         "cudnn_benchmark": torch.backends.cudnn.benchmark,
     }
     try:

@@ -256,8 +256,15 @@ def profile_variant(
     *,
     label: str | None = None,
     progress: ProgressCallback | None = None,
+    defaults: DeviceDefaults | None = None,
+    build: Callable[[], Any] | None = None,
 ) -> dict[str, Any]:
-    """Measure ``cfg`` under ``settings`` and return a ``conformer-bench.profile`` record (never rounded)."""
+    """Measure ``cfg`` under ``settings`` and return a ``conformer-bench.profile`` record (never rounded).
+
+    ``defaults`` replaces the device's :data:`DEFAULTS` (batch, warm-up, time budget per phase); ``build``
+    returns a fresh model of ``cfg`` instead of ``create_model(cfg)`` (e.g. a copy of one already built on
+    the device, for many profiles of one variant in a process).
+    """
     import torch
 
     from conformer import create_model
@@ -272,7 +279,7 @@ def profile_variant(
     validate_settings(cfg, settings)
     device = resolve_device(settings.device)
     dtype = autocast_dtype(settings.precision, device)
-    defaults = device_defaults(device)
+    defaults = defaults or device_defaults(device)
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
     phases = {"infer": ("infer",), "train": ("train",), "both": ("infer", "train"), "none": ()}[settings.mode]
@@ -297,7 +304,7 @@ def profile_variant(
 
     report("building the model")
     torch.manual_seed(0)
-    model = create_model(cfg).to(device)
+    model = (build() if build is not None else create_model(cfg)).to(device)
     params = count_params(model)
     finish("build")
 

@@ -20,11 +20,15 @@ from .errors import BenchError
 SCHEMA = "conformer-bench.speed"
 SCHEMA_VERSION = 1
 PATHS: tuple[str, ...] = ("plain", "optimized", "compiled")
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+# Matmul ceilings: fp32 with TF32 off, fp32 inputs with TF32 tensor cores (CUDA), bf16 and fp16 inputs.
+CEILINGS: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16")
 FORMATS: tuple[str, ...] = ("table", "json", "csv", "md")
 FLOP_CONVENTION = (
     "achieved GFLOP/s = 2 x paper_macs x images / median seconds; paper_macs = multiply-adds of conv + linear + "
     "matmul of the plain model (fvcore, batch 1, eval; norms, pooling and element-wise ops excluded), counted "
-    "once for all paths; the ceiling is 2 n^3 flops per n x n fp32 matmul, timed in the same rounds; "
+    "once for all paths; the ceiling is 2 n^3 flops per n x n matmul in the run's precision (fp32: TF32 off), "
+    "timed in the same rounds; "
     "executed GFLOP/s counts what a path runs instead (the optimized paths pool before the FCU-down 1x1 "
     "projection, an exact rewrite that skips some multiply-adds)"
 )
@@ -56,6 +60,8 @@ class SpeedSettings:
     fuse_pointwise: bool = True
     pool_first: bool = True
     seed: int = 0
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (CUDA): autocast around every path
+    ceilings: tuple[str, ...] = ()  # more matmul ceilings timed in the same rounds (see CEILINGS)
 
     def validate(self, patch_size: int) -> None:
         if self.batch_size < 1:
@@ -80,6 +86,14 @@ class SpeedSettings:
                 raise BenchError(f"--paths: {path!r} is not a path; use a comma list of {', '.join(PATHS)}")
         if self.threads is not None and self.threads < 1:
             raise BenchError(f"--threads {self.threads} is not valid; use 1 or more")
+        if self.precision not in PRECISIONS:
+            raise BenchError(f"precision {self.precision!r} is not valid; use one of {', '.join(PRECISIONS)}")
+        cuda = self.device.startswith("cuda")
+        for kind in (self.precision, *self.ceilings):
+            if kind not in CEILINGS:
+                raise BenchError(f"ceiling {kind!r} is not valid; use one of {', '.join(CEILINGS)}")
+            if kind in ("fp16", "tf32") and not cuda:
+                raise BenchError(f"{kind} is CUDA-only here; use fp32 or bf16 on CPU")
 
 
 def parse_paths(text: str) -> tuple[str, ...]:
@@ -87,7 +101,7 @@ def parse_paths(text: str) -> tuple[str, ...]:
     return tuple(part.strip().lower() for part in text.split(",") if part.strip())
 
 
-def _timer(device: str) -> Callable[[Callable[[], Any]], float]:
+def step_timer(device: str) -> Callable[[Callable[[], Any]], float]:
     import torch
 
     if device.startswith("cuda"):
@@ -109,7 +123,60 @@ def _timer(device: str) -> Callable[[Callable[[], Any]], float]:
     return timed
 
 
-def _max_rel_diff(out: Any, ref: Any) -> float:
+def matmul_step(kind: str, a: Any, b: Any, device: str) -> Callable[[], Any]:
+    """One n x n matmul of ``kind`` (see :data:`CEILINGS`); fp32 / tf32 set cuBLAS's TF32 switch for the call."""
+    import torch
+
+    if kind in ("bf16", "fp16"):
+        dtype = torch.bfloat16 if kind == "bf16" else torch.float16
+        return partial(torch.mm, a.to(dtype), b.to(dtype))
+    if not device.startswith("cuda"):
+        return partial(torch.mm, a, b)
+    matmul = torch.backends.cuda.matmul
+
+    def mm_with_tf32_switch() -> Any:
+        old = matmul.allow_tf32
+        matmul.allow_tf32 = kind == "tf32"
+        try:
+            return torch.mm(a, b)
+        finally:
+            matmul.allow_tf32 = old
+
+    return mm_with_tf32_switch
+
+
+def _under_autocast(run: Callable[[Any], Any], device: str, dtype: Any) -> Callable[[Any], Any]:
+    import torch
+
+    if dtype is None:
+        return run
+    device_type = "cuda" if device.startswith("cuda") else "cpu"
+
+    def autocast_run(x: Any) -> Any:
+        with torch.autocast(device_type=device_type, dtype=dtype):
+            return run(x)
+
+    return autocast_run
+
+
+def ceiling_record(kind: str, n: int, samples: list[float]) -> dict[str, Any]:
+    from .stats import summarize
+
+    flop = 2.0 * n**3
+    tf32 = " (TF32 tensor cores)" if kind == "tf32" else " (TF32 off)" if kind == "fp32" else ""
+    return {
+        "op": f"torch.mm {kind}{tf32} {n}x{n} @ {n}x{n}",
+        "precision": kind,
+        "matmul_size": n,
+        "flop_per_call": flop,
+        "samples_s": samples,
+        "latency_s": summarize(samples),
+        "gflop_s": flop / float(np.median(samples)) / 1e9,
+        "gflop_s_best": flop / min(samples) / 1e9,
+    }
+
+
+def max_rel_diff(out: Any, ref: Any) -> float:
     """Largest ``max|a - b| / max|b|`` over the present heads."""
     worst = 0.0
     for a, b in zip(out, ref, strict=True):
@@ -135,10 +202,11 @@ def measure_speed(
 
     settings.validate(cfg.patch_size)
     device = settings.device
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[settings.precision]
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
     report = progress or (lambda message, fraction: None)
-    timed = _timer(device)
+    timed = step_timer(device)
 
     torch.manual_seed(settings.seed)
     plain = create_model(cfg).eval().to(device)
@@ -155,16 +223,17 @@ def measure_speed(
     runners: dict[str, Callable[[Any], Any]] = {}
     for path in settings.paths:
         if path == "plain":
-            runners[path] = plain
+            runners[path] = _under_autocast(plain, device, dtype)
         else:
-            runners[path] = optimize_for_inference(
+            optimized = optimize_for_inference(
                 plain,
                 channels_last=settings.channels_last,
                 fold_bn=settings.fold_bn,
                 compile=path == "compiled",
-                fuse_pointwise=settings.fuse_pointwise,
+                fuse_pointwise=settings.fuse_pointwise and dtype is None,  # fused oneDNN ops are fp32-only
                 pool_first=settings.pool_first,
             )
+            runners[path] = _under_autocast(optimized, device, dtype)
     executed_macs = int(flops["paper_macs"])
     if settings.pool_first and any(p != "plain" for p in settings.paths):
         restructured = optimize_for_inference(
@@ -177,7 +246,7 @@ def measure_speed(
     first_call_s: dict[str, float] = {}
     rel_diff: dict[str, float | None] = {}
     with torch.inference_mode():
-        reference = plain(x)
+        reference = runners["plain"](x) if "plain" in runners else _under_autocast(plain, device, dtype)(x)
         for i, (path, run) in enumerate(runners.items()):
             report(f"first call: {path}", 0.05 + 0.15 * i / len(runners))
             try:
@@ -188,7 +257,7 @@ def measure_speed(
                     out = run(x)
 
                 first_call_s[path] = timed(first)
-                rel_diff[path] = _max_rel_diff(out, reference)
+                rel_diff[path] = max_rel_diff(out, reference)
                 for _ in range(settings.warmup):
                     run(x)
             except Exception as exc:  # a path that cannot run (e.g. no C++ compiler) is recorded, not fatal
@@ -201,28 +270,25 @@ def measure_speed(
                 rel_diff[path] = None
         live = [p for p in settings.paths if status[p] == "ok"]
         samples: dict[str, list[float]] = {p: [] for p in live}
-        matmul_s: list[float] = []
+        kinds = list(dict.fromkeys((settings.precision, *settings.ceilings)))
+        matmul_s: dict[str, list[float]] = {kind: [] for kind in kinds}
         steps: list[tuple[str, Callable[[], Any]]] = [(p, partial(runners[p], x)) for p in live]
-        steps.append(("matmul", partial(torch.mm, a, b)))
-        timed(steps[-1][1])  # warm the matmul too
+        for kind in kinds:
+            steps.append((f"matmul:{kind}", matmul_step(kind, a, b, device)))
+            timed(steps[-1][1])  # warm the matmuls too
         for r in range(settings.rounds):
             report(f"round {r + 1}/{settings.rounds}", 0.2 + 0.8 * r / settings.rounds)
             k = r % len(steps)  # rotate the order so that no path always runs first
             for name, step in steps[k:] + steps[:k]:
                 t = timed(step)
-                (matmul_s if name == "matmul" else samples[name]).append(t)
+                if name.startswith("matmul:"):
+                    matmul_s[name.split(":", 1)[1]].append(t)
+                else:
+                    samples[name].append(t)
     report("done", 1.0)
 
-    ceiling_flop = 2.0 * n**3
-    ceiling = {
-        "op": f"torch.mm fp32 {n}x{n} @ {n}x{n}",
-        "matmul_size": n,
-        "flop_per_call": ceiling_flop,
-        "samples_s": matmul_s,
-        "latency_s": summarize(matmul_s),
-        "gflop_s": ceiling_flop / float(np.median(matmul_s)) / 1e9,
-        "gflop_s_best": ceiling_flop / min(matmul_s) / 1e9,
-    }
+    ceilings = {kind: ceiling_record(kind, n, matmul_s[kind]) for kind in kinds}
+    ceiling = ceilings[settings.precision]
     batch = settings.batch_size
     results: dict[str, Any] = {}
     for path in settings.paths:
@@ -265,14 +331,14 @@ def measure_speed(
         "reason": next((f"{p}: {reasons[p]}" for p in settings.paths if reasons[p]), None),
         "environment": fingerprint(
             device,
-            "fp32",
+            settings.precision,
             settings.batch_size,
             settings.img_size,
             fused_kernels=fused_kernels_available(device),
             mkl_linear=mkl_linear_available() and device == "cpu",
         ),
         "variant": {"name": cfg.name, "label": label or cfg.name, "config": cfg.to_dict()},
-        "settings": {**asdict(settings), "paths": list(settings.paths), "threads": threads, "precision": "fp32",
+        "settings": {**asdict(settings), "paths": list(settings.paths), "ceilings": kinds, "threads": threads,
                      "order": "interleaved, one forward per path per round, order rotated each round",
                      "timer": "perf_counter" + (" + cuda synchronize" if device.startswith("cuda") else "")},
         "flops": {
@@ -284,7 +350,8 @@ def measure_speed(
             "uncounted_ops": flops.get("uncounted_ops", {}),
             "executed_paper_macs_per_image_optimized": executed_macs,
         },
-        "ceiling": ceiling,
+        "ceiling": ceiling,  # of the run's precision: the ceiling_share of every path
+        "ceilings": ceilings,
         "paths": results,
         "best_path": best,
     }  # fmt: skip

@@ -103,6 +103,7 @@ def measure(
 
     With ``iters=None`` the count is auto-ranged: the budget divided by the last warm-up iteration's time
     (so ``warmup`` must be >= 1), clamped to ``[min_iters, max_iters]``. ``latency_s`` is per batch.
+    On CUDA the timed loop's energy is read from NVML (``energy``) and gives ``img_per_j``.
     """
     if iters is None and warmup < 1:
         raise ValueError("auto-ranged iterations need at least one warm-up iteration")
@@ -112,8 +113,16 @@ def measure(
     if iters is None:
         estimate = statistics.median(warmup_s[1:]) if len(warmup_s) > 2 else warmup_s[-1]
         iters = plan_iters(estimate, budget_s, min_iters, max_iters)
-    samples = timer.run(step, iters, progress)
+    energy = None
+    if device.startswith("cuda"):
+        from .energy import gpu_energy
+
+        with gpu_energy(device) as energy:
+            samples = timer.run(step, iters, progress)  # synchronises before returning
+    else:
+        samples = timer.run(step, iters, progress)
     summary = summarize(samples)
+    joules = energy.get("joules") if energy else None
     return {
         "img_per_s": batch_size / summary["median"],
         "batch_size": batch_size,
@@ -128,4 +137,6 @@ def measure(
         "noisy": summary["noisy"],
         "samples_s": samples,
         "timer": timer.name,
+        "energy": energy,  # cuda: NVML energy of the timed loop; None on CPU
+        "img_per_j": batch_size * iters / joules if joules else None,
     }

@@ -1,0 +1,410 @@
+"""The GPU check: its no-CUDA exit, and every check judged on fixture records (a passing set, and failures)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from conformer_bench.energy import COUNTER_METHOD, gpu_energy
+from conformer_bench.errors import BenchError
+from conformer_bench.gpu_check import checks
+from conformer_bench.gpu_check.checks import Results, load_results, run_checks
+from conformer_bench.gpu_check.main import main
+from conformer_bench.gpu_check.plan import ProfilePoint
+from conformer_bench.gpu_check.summary import render_summary
+from conformer_bench.speed import SpeedSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+MIB = 2**20
+
+
+# --- fixture records: what a healthy run on one GPU writes (only the fields the checks read) -----------------
+
+
+def _profile(point: ProfilePoint, *, requested: int | None = None, compiled: bool = False) -> dict[str, Any]:
+    b = point.batch_size
+    phases = ("infer", "train") if point.mode == "both" else (point.mode,)
+    scale = {"infer": 10, "train": 60}
+    memory = {
+        ph: {
+            "peak_allocated_bytes": scale[ph] * b * MIB + MIB,
+            "peak_reserved_bytes": (scale[ph] * b + 8) * MIB,
+            "nvml_used_bytes": (scale[ph] * b + 600) * MIB,
+        }
+        for ph in phases
+    }
+    throughput = {
+        ph: {
+            "timer": "cuda_event",
+            "batch_size": b,
+            "requested_batch_size": requested or b,
+            "img_per_s": 100.0 * b,
+            "iters": 10,
+            "energy": {"method": COUNTER_METHOD, "joules": 0.5 * b, "seconds": 0.4},
+            "img_per_j": 20.0,
+            "last_loss": 2.3 if ph == "train" else None,
+            "path": point.path,
+            "precision": point.precision,
+        }
+        for ph in phases
+    }
+    return {
+        "status": "ok",
+        "reason": None,
+        "variant": {"name": point.variant, "label": point.name},
+        "settings": {
+            "precision": point.precision,
+            "path": point.path,
+            "batch_size": requested or b,
+            "optimizer": "AdamW(lr=1e-3, weight_decay=0.05, fused)" if "train" in phases else None,
+        },
+        "environment": {"device": "cuda", "batch_size": b},
+        "memory": {"device": "cuda", **memory},
+        "throughput": throughput,
+        "compile_s": {"infer": 30.0} if compiled else None,
+        "flops": {"paper_macs": 5_226_000_000},
+    }
+
+
+MATRIX = tuple(
+    ProfilePoint("tiny", b, p, path, "both" if path == "plain" else "infer", 224)
+    for p in ("fp32", "fp16")
+    for b in (1, 32)
+    for path in ("plain", "optimized")
+)
+COMPILED = ProfilePoint("tiny", 32, "bf16", "compiled", "infer", 224)
+OOM = ProfilePoint("base", 4096, "bf16", "plain", "train", 224)
+
+
+def _step(name: str, exit_code: int | None = None, detail: str = "") -> dict[str, Any]:
+    return {"name": name, "status": "ok", "elapsed_s": 10.0, "exit_code": exit_code, "detail": detail}
+
+
+def passing_results() -> Results:
+    profiles = {p.name: _profile(p) for p in MATRIX}
+    profiles[COMPILED.name] = _profile(COMPILED, compiled=True)
+    profiles[OOM.name] = _profile(ProfilePoint("base", 256, "bf16", "plain", "train", 224), requested=4096)
+    comparisons = {
+        "optimized_vs_plain_fp32": {"what": "fp32", "max_rel_diff": 1e-6},
+        "bf16_vs_fp32": {"what": "bf16", "max_rel_diff": 8e-3},
+        "fp16_vs_fp32": {"what": "fp16", "max_rel_diff": 1e-3},
+        "sdpa_fused_bf16": {"what": "sdpa", "max_rel_diff": 0.0, "sdpa_calls": 12},
+        "sdpa_fused_fp32": {"what": "sdpa", "max_rel_diff": 0.0, "sdpa_calls": 12},
+    }
+    speed_paths = {
+        "plain": {"status": "ok", "max_rel_diff_vs_plain": 0.0, "compile_s": None},
+        "optimized": {"status": "ok", "max_rel_diff_vs_plain": 7e-3, "compile_s": None},
+        "compiled": {"status": "ok", "max_rel_diff_vs_plain": 7e-3, "compile_s": 20.0},
+    }
+    cells = [
+        {"label": label, "status": "ok", "profile": {"environment": {"device": "cuda"}}}
+        for label in ("micro", "cnn-only", "no-fcu", "couple-down-only")
+    ]
+    names = ("ceilings", "logits", "profile-matrix", "profile-compiled", "speed", "profile-oom")
+    steps = {n: _step(n) for n in names} | {
+        n: _step(n, 0) for n in ("finetune", "ablate", "report", "torchrun")
+    }
+    return Results(
+        environment={
+            "device": "cuda",
+            "device_name": "NVIDIA H100 80GB HBM3",
+            "plan": {"matrix": [p.name for p in MATRIX], "compiled": COMPILED.name, "oom": OOM.name},
+        },
+        steps=steps,
+        ceilings={
+            "ceilings": {
+                k: {"gflop_s": v, "matmul_size": 8192}
+                for k, v in {"fp32": 5e4, "tf32": 4e5, "bf16": 7e5, "fp16": 7e5}.items()
+            }
+        },
+        logits={"comparisons": comparisons},
+        profiles=profiles,
+        speed={"settings": {"precision": "bf16"}, "paths": speed_paths},
+        finetune={
+            "status": "ok",
+            "final": {"top1": {"sum": 97.5}},
+            "environment": {"device": "cuda"},
+            "hyper": {"optimizer": {"impl": "fused"}},
+        },
+        torchrun={"status": "ok", "environment": {"dist_backend": "nccl", "world_size": 2}},
+        cells=cells,
+    )
+
+
+def _by_name(results: list[checks.CheckResult]) -> dict[str, checks.CheckResult]:
+    return {c.name: c for c in results}
+
+
+def test_every_check_passes_on_a_healthy_gpu_run() -> None:
+    results = run_checks(passing_results())
+    assert [c for c in results if c.status != "PASS"] == []
+    assert len(results) == len(checks.CHECKS)
+
+
+def _set(path: str, value: Any) -> Callable[[Results], None]:
+    """A mutation setting ``a.b.c`` (attribute, then keys) of the results."""
+
+    def mutate(r: Results) -> None:
+        head, *keys = path.split(".")
+        target = getattr(r, head)
+        for key in keys[:-1]:
+            target = target[key]
+        target[keys[-1]] = value
+
+    return mutate
+
+
+FIRST = MATRIX[0].name  # tiny-fp32-b1-plain
+
+
+def _shrink_memory(r: Results) -> None:
+    r.profiles["tiny-fp32-b32-plain"]["memory"]["train"]["peak_allocated_bytes"] = MIB
+
+
+def _drop_point(r: Results) -> None:
+    del r.profiles[MATRIX[-1].name]
+
+
+def _nan_fp16(r: Results) -> None:
+    r.profiles["tiny-fp16-b32-plain"]["status"] = "nan"
+
+
+def _three_cells(r: Results) -> None:
+    r.cells.pop()
+
+
+FAILURES: dict[str, tuple[Callable[[Results], None], str]] = {
+    "timer": (_set(f"profiles.{FIRST}.throughput.infer.timer", "perf_counter"), "timer is CUDA events"),
+    "reserved-over-nvml": (
+        _set(f"profiles.{FIRST}.memory.infer.nvml_used_bytes", MIB),
+        "0 < peak allocated <= peak reserved <= NVML used",
+    ),
+    "no-nvml": (
+        _set(f"profiles.{FIRST}.memory.train.nvml_used_bytes", None),
+        "0 < peak allocated <= peak reserved <= NVML used",
+    ),
+    "memory-shrinks": (_shrink_memory, "peak allocated grows with batch"),
+    "bf16": (_set("logits.comparisons.bf16_vs_fp32.max_rel_diff", 0.2), "bf16 logits vs fp32"),
+    "fp16": (_set("logits.comparisons.fp16_vs_fp32.max_rel_diff", 0.05), "fp16 logits vs fp32"),
+    "fp16-overflow": (_set("logits.comparisons.fp16_vs_fp32.max_rel_diff", None), "fp16 logits vs fp32"),
+    "optimized": (
+        _set("logits.comparisons.optimized_vs_plain_fp32.max_rel_diff", 1e-3),
+        "optimized logits vs plain (fp32, TF32 off)",
+    ),
+    "sdpa-error": (
+        _set("logits.comparisons.sdpa_fused_fp32.error", "RuntimeError: No available kernel"),
+        "SDPA fused kernels (flash / memory-efficient only) on the optimized path",
+    ),
+    "compiled-diff": (
+        _set("speed.paths.compiled.max_rel_diff_vs_plain", 0.3),
+        "optimized / compiled logits vs plain (speed run)",
+    ),
+    "compiled-failed": (_set("speed.paths.compiled.status", "failed"), "torch.compile path runs"),
+    "matrix": (_drop_point, "profile matrix complete"),
+    "oom-not-provoked": (
+        _set(f"profiles.{OOM.name}.throughput.train.requested_batch_size", 256),
+        "OOM back-off records requested vs achieved batch",
+    ),
+    "energy": (
+        _set(f"profiles.{FIRST}.throughput.infer.energy", {"error": "NVMLError_Unknown"}),
+        "NVML energy of the timed loops -> images per joule",
+    ),
+    "adamw": (_set("finetune.hyper.optimizer.impl", "foreach"), "fused AdamW in training"),
+    "grad-scaler": (_nan_fp16, "fp16 training with a grad scaler stays finite"),
+    "accuracy": (_set("finetune.final.top1.sum", 90.0), "finetune micro on cuda >= 95 % top-1"),
+    "ablate": (_three_cells, "4-cell ablate"),
+    "report": (_set("steps.report.exit_code", 1), "report of the grid against itself exits 0"),
+    "torchrun": (
+        _set("torchrun.environment.dist_backend", "gloo"),
+        "finetune under torchrun (DDP over nccl)",
+    ),
+    "wall-clock": (_set("steps.speed.elapsed_s", 400.0), "whole check within 300 s"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FAILURES))
+def test_each_check_fails_on_its_broken_record(case: str) -> None:
+    mutate, check_name = FAILURES[case]
+    results = passing_results()
+    mutate(results)
+    by_name = _by_name(run_checks(results))
+    assert by_name[check_name].status == "FAIL", by_name[check_name]
+    also = {
+        "compiled-failed": {"optimized / compiled logits vs plain (speed run)"},
+        "grad-scaler": {"profile matrix complete"},
+    }
+    failed = {c.name for c in by_name.values() if c.status == "FAIL"}
+    assert failed - {check_name} <= also.get(case, set())
+
+
+def test_energy_not_supported_is_a_skip_and_cpu_skips_the_cuda_checks() -> None:
+    results = passing_results()
+    for record in results.profiles.values():
+        for timing in record["throughput"].values():
+            timing.update(energy={"error": "NVMLError_NotSupported: Not Supported"}, img_per_j=None)
+    assert (
+        _by_name(run_checks(results))["NVML energy of the timed loops -> images per joule"].status == "SKIP"
+    )
+
+    cpu = passing_results()
+    cpu.environment["device"] = "cpu"
+    skipped = {c.name for c in run_checks(cpu) if c.status == "SKIP"}
+    assert "timer is CUDA events" in skipped and "OOM back-off records requested vs achieved batch" in skipped
+
+
+def _write_folder(results: Results, folder: Path) -> None:
+    (folder / "profile").mkdir(parents=True)
+    (folder / "ablate").mkdir()
+    dump = {
+        "environment.json": results.environment,
+        "ceilings.json": results.ceilings,
+        "logits.json": results.logits,
+        "speed.json": results.speed,
+        "finetune.json": results.finetune,
+        "torchrun-finetune.json": results.torchrun,
+        "steps.json": {"steps": list(results.steps.values())},
+    }
+    for name, data in dump.items():
+        (folder / name).write_text(json.dumps(data))
+    for name, record in results.profiles.items():
+        (folder / "profile" / f"{name}.json").write_text(json.dumps(record))
+    (folder / "ablate" / "cells.jsonl").write_text("".join(json.dumps(c) + "\n" for c in results.cells))
+
+
+def test_checks_only_rereads_a_folder_and_writes_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    results = passing_results()
+    results.speed = None  # the summary renders without a speed record; that check then fails
+    _write_folder(results, tmp_path)
+    loaded = load_results(tmp_path)
+    assert loaded.profiles.keys() == results.profiles.keys() and len(loaded.cells) == 4
+
+    assert main(["--checks-only", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  optimized / compiled logits vs plain (speed run): no speed record" in out
+    summary = (tmp_path / "summary.md").read_text()
+    # tiny infer at batch 32: 3200 img/s x 2 x 5.226 GMACs = 33.4 TFLOP/s; 33.45 / 50 (fp32 ceiling) = 66.9 %
+    assert (
+        "| tiny | plain | fp32 | infer | 32 | 3,200.0 | 33.4 | 66.9 % | 321 MiB | 328 MiB | 20.0 |" in summary
+    )
+    assert "256 (of 4096 requested)" in summary
+    saved = json.loads((tmp_path / "checks.json").read_text())
+    assert saved["counts"]["FAIL"] == 2  # the speed-path check and the compile check both read speed.json
+
+
+def test_summary_renders_a_row_per_phase() -> None:
+    results = passing_results()
+    checked = run_checks(results)
+    results.speed = None  # a full speed record is rendered by speed.render (tested with it)
+    text = render_summary(results, checked)
+    phases = sum(len(r["throughput"]) for r in results.profiles.values())
+    assert text.count("| tiny |") + text.count("| base |") == phases
+
+
+def test_without_cuda_the_script_exits_2_with_one_line() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    env.pop("PYTHONPATH", None)  # the script finds the source tree itself
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gpu_check.py")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: no CUDA GPU is visible"), proc.stderr
+    assert "TORCH_SPEC" in lines[0]
+
+
+def test_bad_budget_and_folder_are_one_line_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--checks-only", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+    assert main(["--rehearse-on-cpu", "--budget-s", "5"]) == 2
+    assert "--budget-s 5 is too short" in capsys.readouterr().err
+
+
+# --- NVML energy with a fake NVML -------------------------------------------------------------------------
+
+
+class _NVMLError(Exception):
+    pass
+
+
+def _fake_nvml(monkeypatch: pytest.MonkeyPatch, *, counter: bool) -> types.SimpleNamespace:
+    state = types.SimpleNamespace(energy_mj=1_000_000, shutdown=0)
+
+    def total_energy(handle: object) -> int:
+        if not counter:
+            raise _NVMLError("Not Supported")
+        state.energy_mj += 2_500  # 2.5 J between two readings
+        return state.energy_mj
+
+    fake = types.SimpleNamespace(
+        NVMLError=_NVMLError,
+        nvmlInit=lambda: None,
+        nvmlShutdown=lambda: setattr(state, "shutdown", state.shutdown + 1),
+        nvmlDeviceGetHandleByUUID=lambda uuid: "handle",
+        nvmlDeviceGetHandleByIndex=lambda index: "handle",
+        nvmlDeviceGetTotalEnergyConsumption=total_energy,
+        nvmlDeviceGetPowerUsage=lambda handle: 300_000,  # 300 W
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: types.SimpleNamespace(uuid="abc"))
+    return state
+
+
+def test_energy_from_the_nvml_counter(monkeypatch: pytest.MonkeyPatch) -> None:
+    state = _fake_nvml(monkeypatch, counter=True)
+    with gpu_energy("cuda") as energy:
+        pass
+    assert energy["joules"] == pytest.approx(2.5) and energy["method"] == COUNTER_METHOD
+    assert state.shutdown == 1
+
+
+def test_energy_falls_back_to_power_samples(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    _fake_nvml(monkeypatch, counter=False)
+    with gpu_energy("cuda", interval_s=0.005) as energy:
+        time.sleep(0.05)
+    assert energy["mean_power_w"] == pytest.approx(300.0)  # constant power: the trapezoid integral is exact
+    assert energy["joules"] == pytest.approx(300.0 * energy["sampled_s"]) and energy["samples"] >= 2
+    assert "NotSupported" not in str(energy.get("error")) and "Not Supported" in energy["counter_error"]
+
+
+def test_speed_precision_and_ceilings_are_validated() -> None:
+    with pytest.raises(BenchError, match="fp16 is CUDA-only"):
+        SpeedSettings(device="cpu", precision="fp16").validate(16)
+    with pytest.raises(BenchError, match="ceiling 'int8' is not valid"):
+        SpeedSettings(device="cpu", ceilings=("int8",)).validate(16)
+    SpeedSettings(device="cpu", precision="bf16", ceilings=("fp32",)).validate(16)
+
+
+def test_a_missing_module_stops_the_check_before_it_starts(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from conformer_bench.gpu_check import main as main_module
+
+    monkeypatch.setattr(main_module, "REQUIRED_MODULES", ("no_such_module_for_the_gpu_check",))
+    assert main(["--rehearse-on-cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: cannot import no_such_module_for_the_gpu_check")
