@@ -90,10 +90,29 @@ def validate_settings(cfg: Any, settings: ProfileSettings) -> None:
             f"--img-size {settings.img_size} is not a multiple of the patch size {p}; use e.g. --img-size {near}"
         )
     _input_fits(cfg, settings)
+    _train_batch_has_statistics(cfg, settings)
     if settings.iters is None and settings.warmup == 0 and settings.mode != "none":
         raise BenchError("--warmup 0 needs --iters N (the iteration count is auto-ranged from the warm-up)")
     if settings.path != "plain":
         inference_optimizer()
+
+
+def _train_batch_has_statistics(cfg: Any, settings: ProfileSettings) -> None:
+    """Training normalises over batch x map: one image on a 1x1 map gives BatchNorm a single value per
+    channel, which it cannot train on. The CNN's last block runs at 1/32 of the input (its fusion block
+    downsamples), an FCU up-projection on the token grid (1/patch)."""
+    if settings.mode not in ("train", "both") or settings.batch_size != 1:
+        return
+    maps = []
+    if cfg.branches != "transformer":
+        maps.append(settings.img_size // 32)
+    if cfg.branches == "dual" and cfg.coupling in ("both", "up"):
+        maps.append(settings.img_size // cfg.patch_size)
+    if maps and min(maps) <= 1:
+        raise BenchError(
+            f"training at --batch-size 1 and --img-size {settings.img_size} leaves BatchNorm one value per "
+            f"channel on a 1x1 map; use --batch-size 2 or more, or --img-size {2 * max(32, cfg.patch_size)} or more"
+        )
 
 
 def _input_fits(cfg: Any, settings: ProfileSettings) -> None:

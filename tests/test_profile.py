@@ -432,3 +432,10 @@ def test_format_is_case_insensitive_for_the_file_too(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert json.loads(out.read_text())["schema"] == "conformer-bench.profile"
     assert json.loads(result.stdout) == json.loads(out.read_text())
+
+
+def test_training_one_image_on_a_1x1_map_is_refused_with_the_fix() -> None:
+    result = invoke("--variant", "nano", "--img-size", "32", "-b", "1", "--mode", "train", "--no-flops")
+    assert result.exit_code == 2
+    assert "leaves BatchNorm one value per channel" in result.stderr and "--batch-size 2" in result.stderr
+    assert "Traceback" not in result.output
