@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -66,6 +67,11 @@ def to_release(state_dict: Mapping[str, Tensor], cfg: ConformerConfig) -> dict[s
     return {_rename(k, table): v for k, v in state_dict.items()}
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """Read a ``.pth`` holding a state dict or ``{"model": state_dict, ...}`` with ``weights_only=True``."""
     path = Path(path)
@@ -75,11 +81,17 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # torch's message suggests loading with weights_only=False, which runs arbitrary code: never advised.
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" in str(exc):
+            # torch's message suggests weights_only=False, which runs arbitrary code: never advised.
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} holds Python objects besides tensors and is refused (only weights "
+                "are loaded); export its state dict with torch.save(model.state_dict(), path)"
+            ) from None
+        detail = re.search(r"WeightsUnpickler error: *\n*\s*(.+)", str(exc))
         raise CheckpointError(
-            f"checkpoint {str(path)!r} holds Python objects besides tensors and is refused (only weights "
-            "are loaded); export its state dict with torch.save(model.state_dict(), path)"
+            f"checkpoint {str(path)!r} could not be read ({detail.group(1).strip() if detail else _first_line(exc)}); "
+            "it must be a torch .pth state dict"
         ) from None
     except (zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
