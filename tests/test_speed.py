@@ -13,7 +13,7 @@ from conformer_bench.cli import app
 runner = CliRunner()
 ROUNDS = 3
 BASE = ["speed", "-v", "nano", "--img-size", "32", "-b", "2", "--rounds", str(ROUNDS), "--warmup", "0"]
-BASE += ["--matmul-size", "256", "-q"]
+BASE += ["--matmul-size", "256", "-q", "--precision", "fp32", "--agreement-images", "4"]
 
 
 def run_json(*extra: str) -> dict:
@@ -50,7 +50,7 @@ def test_speed_record_schema_and_numbers(tmp_path: Path) -> None:
     out = tmp_path / "nano.json"
     record = run_json("--paths", "plain,optimized", "--output", str(out))
     assert json.loads(out.read_text()) == record, "--output holds the same record as stdout"
-    assert record["schema"] == "conformer-bench.speed" and record["schema_version"] == 1
+    assert record["schema"] == "conformer-bench.speed" and record["schema_version"] == 2
     assert record["status"] == "ok" and record["reason"] is None
     env = record["environment"]
     for key in ("device", "cpu_model", "threads", "torch", "precision", "batch_size", "img_size", "commit"):
@@ -111,7 +111,7 @@ def test_speed_compiled_path() -> None:
     record = json.loads(
         runner.invoke(
             app, ["speed", "-v", "nano", "--img-size", "32", "-b", "2", "--rounds", "3", "--warmup", "0",
-                  "--matmul-size", "256", "-q", "--paths", "plain,compiled", "--format", "json"],
+                  "--matmul-size", "256", "-q", "--paths", "plain,compiled", "--precision", "fp32", "--format", "json"],
         ).stdout
     )  # fmt: skip
     compiled = record["paths"]["compiled"]

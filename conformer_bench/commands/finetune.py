@@ -127,6 +127,7 @@ def print_table(record: dict[str, Any]) -> None:
             f"cue top-1 (sum head): texture {final['cue_top1']['local']:.2f} %, "
             f"arrangement {final['cue_top1']['global']:.2f} %\n"
         )
+    extra += _bf16_inference_line(final.get("bf16_inference"))
     console.print(
         f"{extra}val loss {_fmt(final['val_loss'], 4)} after {hyper['epochs']} epoch(s), {final['steps_done']} steps\n"
         f"batch {hyper['batch_size']} x {dist['world_size']} process(es), lr {hyper['lr']:g}, seed {hyper['seed']}\n"
@@ -139,6 +140,20 @@ def print_table(record: dict[str, Any]) -> None:
             else ""
         ),
         highlight=False,
+    )
+
+
+def _bf16_inference_line(check: dict[str, Any] | None) -> str:
+    if check is None:
+        return ""
+    if check["status"] != "ok":
+        return f"bf16 inference: {check['reason']}\n"
+    heads = [h for h in ("conv", "trans", "sum") if check["top1_fp32"][h] is not None]
+    top1 = ", ".join(f"{h} {check['top1_bf16'][h]:.2f} % (fp32 {check['top1_fp32'][h]:.2f} %)" for h in heads)
+    agree = ", ".join(f"{h} {check['top1_agreement'][h]:.2f} %" for h in heads)
+    return (
+        f"bf16 inference ({check['kernels']}), {check['count']} validation images: top-1 {top1}; "
+        f"agreement with fp32 {agree}; logits rel err {check['max_rel_diff']:.1e}\n"
     )
 
 
@@ -231,6 +246,14 @@ def register(app: typer.Typer) -> None:
         channels_last: Annotated[
             bool, typer.Option("--channels-last", help="Channels-last memory format.")
         ] = False,
+        bf16_inference: Annotated[
+            bool,
+            typer.Option(
+                "--bf16-inference",
+                help="After training, also evaluate with bf16 inference (optimize_for_inference) against fp32: "
+                "top-1 per head and their agreement.",
+            ),
+        ] = False,
         save: Annotated[
             Path | None, typer.Option("--save", help="Write the fine-tuned weights (release keys).")
         ] = None,
@@ -278,6 +301,7 @@ def register(app: typer.Typer) -> None:
             save=str(save) if save else None,
             train_size=train_size,
             val_size=val_size,
+            bf16_inference=bf16_inference,
         )
         record = run_finetune(cfg, settings, show_progress=not no_progress)
         if not main:
