@@ -19,6 +19,16 @@
 * **torch.compile** (``compile=True``) — the folded, pool-first, channels-last model compiled by Inductor
   with weight freezing on CPU (prepacked oneDNN convs and MKL linears). Compilation happens on the first call.
 
+**bfloat16** (``dtype=torch.bfloat16``; CPU with native bf16, see ``conformer_bench.precision``) — BatchNorm is
+folded in float64 and rounded once to bf16; the fused oneDNN convolutions and linears above run in bf16 (MKL's
+GEMM is fp32-only, so linears take oneDNN's); accumulation is float32 inside every kernel, LayerNorm computes
+its statistics and softmax its sums in float32 on bf16 tensors. Attention is the explicit matmul-softmax
+(faster than SDPA in bf16 on CPU, see :func:`prefer_sdpa`). The final LayerNorm and both classifiers stay
+float32 (``float32_heads``): logits are not rounded to bf16 (tiny: max logits error 1.1e-2 -> 8.8e-3, speed
+within noise). Input and logits are float32 at the boundary. Measured on a Zen 4 EPYC (AVX512-BF16), tiny,
+batch 8, 224², one thread: 2.5-2.7x the plain fp32 model, ~75 % of a bf16 2048² matmul; rounding the weights
+to bf16 is most of the error (micro: 7e-3 of 1.3e-2).
+
 FLOP counts are a property of the plain structure: count them on the model *before* optimising (fvcore does
 not see inside the fused oneDNN ops).
 """
@@ -127,17 +137,25 @@ def mkl_linear_available() -> bool:
     return torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
 
 
-def prefer_sdpa(device: torch.device | str) -> bool:
-    """Whether the optimised path uses SDPA for attention on this device.
+def prefer_sdpa(device: torch.device | str, dtype: torch.dtype = torch.float32) -> bool:
+    """Whether the optimised path uses SDPA for attention on this device and dtype.
 
     Measured on torch 2.13: on a 2-core Xeon (AVX-512) SDPA's CPU flash kernel was 3-7x faster than the
-    explicit matmul-softmax for 197 tokens x 6 heads x 64 dims at batch 8; on CUDA the flash / memory-efficient
-    kernels are the fast path.
+    explicit matmul-softmax for 197 tokens x 6 heads x 64 dims at batch 8 in float32; on CUDA the flash /
+    memory-efficient kernels are the fast path. In bfloat16 on CPU the explicit form wins: on a Zen 4 EPYC
+    (AVX512-BF16, one thread) 5.7-6.1 ms against SDPA's 8.4-8.6 ms at those shapes (SDPA bf16 ran no faster
+    than SDPA fp32, while the two bf16 batched matmuls run on oneDNN's bf16 GEMM); the softmax still
+    accumulates in float32 inside the kernel, and the logits error was unchanged (8.8e-3 on tiny).
     """
-    return torch.device(device).type in ("cpu", "cuda")
+    kind = torch.device(device).type
+    if kind == "cpu" and dtype == torch.bfloat16:
+        return False
+    return kind in ("cpu", "cuda")
 
 
-PACK_ONEDNN_LINEAR = True  # experiment switch
+# bf16 linears run oneDNN's GEMM on a weight reordered once per row count (as Inductor's freezing does);
+# measured within noise of the plain weight (+1.4 %, tiny, one thread), kept as the layout oneDNN asks for.
+PACK_ONEDNN_LINEAR = True
 
 # --- fused inference modules (oneDNN, CPU float32) -----------------------------------------------------------
 
@@ -487,8 +505,10 @@ def optimize_for_inference(
 ) -> nn.Module:
     """An eval-mode copy of ``model`` that computes the same logits faster (the input model is not changed).
 
-    Call it after moving the model to its device and dtype. ``fuse_pointwise`` swaps in fused oneDNN modules
-    on CPU float32 (requires ``fold_bn`` and ``channels_last``; ignored elsewhere). ``pool_first`` moves the
+    Call it after moving the model to its device and dtype. ``dtype`` (e.g. ``torch.bfloat16``) casts the copy
+    after folding; it then takes float32 input and returns float32 logits, and with ``float32_heads`` keeps the
+    final norm and classifiers in float32. ``fuse_pointwise`` swaps in fused oneDNN modules on CPU float32 or
+    bfloat16 (requires ``fold_bn`` and ``channels_last``; ignored elsewhere). ``pool_first`` moves the
     FCU-down average pooling before its 1x1 projection (an exact rewrite, see :class:`_PoolFirstFCUDown`).
     ``compile=True`` wraps ``torch.compile(fullgraph=True)`` of the folded channels-last model (one graph or
     an error; Inductor fuses pointwise ops itself, so the oneDNN swap is skipped); the first call compiles,
@@ -515,7 +535,7 @@ def optimize_for_inference(
         _cast(opt, dtype, float32_heads)
     if channels_last:
         opt = opt.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    use_sdpa = prefer_sdpa(device)
+    use_sdpa = prefer_sdpa(device, dtype)
     if (
         fuse_pointwise
         and not compile

@@ -42,8 +42,8 @@ PATH_DESCRIPTIONS: dict[str, str] = {
     "norms, softmax and BatchNorm in fp32",
     "optimized-bf16": "optimize_for_inference(dtype=bfloat16): BN folded in float64 then rounded to bf16, FCU-down "
     "pool before projection, channels-last; CPU: fused oneDNN bf16 convs and linears with prepacked weights; "
-    "SDPA and LayerNorm on bf16 tensors (fp32 softmax and statistics inside the kernels); final norm and "
-    "classifier heads in fp32",
+    "explicit matmul-softmax attention and LayerNorm on bf16 tensors (fp32 accumulation, softmax sums and "
+    "statistics inside the kernels); final norm and classifier heads in fp32",
     "compiled-bf16": "optimize_for_inference(dtype=bfloat16, compile=True): the bf16 model above (unfused) "
     "compiled by Inductor with weight freezing",
 }
@@ -233,9 +233,12 @@ def _kernels(runner: Any, path: str, precision: str, support: PrecisionSupport) 
         parts.append("oneDNN linear")
     if "_CompiledUnderConfig" in names:
         parts.append("Inductor (torch.compile, frozen weights)")
+    if "_Float32Head" in names:
+        parts.append("fp32 final norm and heads")
     if path == "plain":
         return ", ".join([*parts, "ATen kernels"])
-    return ", ".join([*parts, "SDPA"])
+    sdpa = any(getattr(m, "use_sdpa", False) or getattr(m, "fused", False) for m in modules)
+    return ", ".join([*parts, "SDPA" if sdpa else "matmul-softmax attention"])
 
 
 def _ceiling(precision: str, n: int, samples: list[float]) -> dict[str, Any]:
@@ -548,6 +551,7 @@ def _header_lines(record: dict[str, Any]) -> list[str]:
             for q, s in record.get("precision_support", {}).items()
             if not s["supported"]
         ),
+        *(f"kernels of {name}: {e['kernels']}" for name, e in record["paths"].items() if e.get("kernels")),
         "first call / compile: seconds of the first forward (for compiled: torch.compile's compilation)",
         "accuracy against the plain fp32 model: logits rel err = max |Δlogit| / max |logit| (rms: ‖Δlogits‖ / "
         f"‖logits‖), worst head, on the timed batch; top-1 agreement of the summed heads on {_eval_what(record)}",
