@@ -141,3 +141,24 @@ def test_speed_times_bf16_against_its_own_ceiling() -> None:
     assert 0 < record["paths"]["optimized-bf16"]["max_rel_diff_vs_plain"] <= MAX_TOL
     assert 0 < record["paths"]["optimized-bf16"]["rms_rel_diff_vs_plain"] <= RMS_TOL
     assert "oneDNN" in record["paths"]["optimized-bf16"]["kernels"]
+
+
+def test_finetune_record_compares_bf16_inference_with_fp32() -> None:
+    from conformer import get_config
+    from conformer_bench.finetune import FinetuneSettings, run_finetune
+
+    settings = FinetuneSettings(
+        steps=2, batch_size=32, train_size=64, val_size=40, device="cpu", bf16_inference=True
+    )
+    record = run_finetune(get_config("nano"), settings, show_progress=False)
+    check = record["final"]["bf16_inference"]
+    if not SUPPORT.supported:
+        assert check["status"] == "unsupported" and "not supported" in check["reason"]
+        return
+    assert check["status"] == "ok" and check["reason"] is None and check["count"] == 40
+    assert check["top1_fp32"] == record["final"]["top1"], "the fp32 side is the model the record evaluated"
+    for key in ("top1_bf16", "top1_agreement"):
+        assert set(check[key]) == {"conv", "trans", "sum"}
+        for value in check[key].values():
+            assert 0 <= value <= 100 and (value * 40 / 100) == pytest.approx(round(value * 40 / 100))
+    assert 0 < check["max_rel_diff"] < 0.1
