@@ -22,12 +22,13 @@
 **bfloat16** (``dtype=torch.bfloat16``; CPU with native bf16, see ``conformer_bench.precision``) — BatchNorm is
 folded in float64 and rounded once to bf16; the fused oneDNN convolutions and linears above run in bf16 (MKL's
 GEMM is fp32-only, so linears take oneDNN's); accumulation is float32 inside every kernel, LayerNorm computes
-its statistics and softmax its sums in float32 on bf16 tensors. Attention is the explicit matmul-softmax
-(faster than SDPA in bf16 on CPU, see :func:`prefer_sdpa`). The final LayerNorm and both classifiers stay
+its statistics and softmax its sums in float32 on bf16 tensors. Attention is SDPA, which keeps scores and
+softmax in float32 (see :func:`prefer_sdpa` for what the explicit form would buy and cost). The final LayerNorm and both classifiers stay
 float32 (``float32_heads``): logits are not rounded to bf16 (tiny: max logits error 1.1e-2 -> 8.8e-3, speed
 within noise). Input and logits are float32 at the boundary. Measured on a Zen 4 EPYC (AVX512-BF16), tiny,
-batch 8, 224², one thread: 2.5-2.7x the plain fp32 model, ~75 % of a bf16 2048² matmul; rounding the weights
-to bf16 is most of the error (micro: 7e-3 of 1.3e-2).
+batch 8, 224², one thread: 2.7-2.8x the plain fp32 model at 78-83 % of a bf16 2048² matmul; rounding the
+weights to bf16 is most of the error (micro: 7e-3 of 1.3e-2). ``optimize_for_inference`` does not check that the
+CPU has native bf16 (oneDNN emulates it, slower than fp32, on AVX-512 CPUs without it); the benchmark does.
 
 FLOP counts are a property of the plain structure: count them on the model *before* optimising (fvcore does
 not see inside the fused oneDNN ops).
@@ -137,27 +138,24 @@ def mkl_linear_available() -> bool:
     return torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
 
 
-def prefer_sdpa(device: torch.device | str, dtype: torch.dtype = torch.float32) -> bool:
-    """Whether the optimised path uses SDPA for attention on this device and dtype.
+def prefer_sdpa(device: torch.device | str) -> bool:
+    """Whether the optimised path uses SDPA for attention on this device.
 
     Measured on torch 2.13: on a 2-core Xeon (AVX-512) SDPA's CPU flash kernel was 3-7x faster than the
-    explicit matmul-softmax for 197 tokens x 6 heads x 64 dims at batch 8 in float32; on CUDA the flash /
-    memory-efficient kernels are the fast path. In bfloat16 on CPU the explicit form wins: on a Zen 4 EPYC
-    (AVX512-BF16, one thread) 5.7-6.1 ms against SDPA's 8.4-8.6 ms at those shapes (SDPA bf16 ran no faster
-    than SDPA fp32, while the two bf16 batched matmuls run on oneDNN's bf16 GEMM); the softmax still
-    accumulates in float32 inside the kernel, and the logits error was unchanged (8.8e-3 on tiny).
+    explicit matmul-softmax for 197 tokens x 6 heads x 64 dims at batch 8; on CUDA the flash / memory-efficient
+    kernels are the fast path. In bfloat16 on a Zen 4 EPYC (AVX512-BF16, one thread) the explicit form was
+    faster (5.7-6.1 ms against 8.4-8.6 ms at those shapes; tiny +6 % overall), but it rounds the attention
+    scores to bf16 before the softmax, which SDPA keeps in float32: micro's conv-head logits error rose from
+    0.93e-2 to 1.19e-2 (rms), and peaked attention in trained models would feel it more. SDPA stays.
     """
-    kind = torch.device(device).type
-    if kind == "cpu" and dtype == torch.bfloat16:
-        return False
-    return kind in ("cpu", "cuda")
+    return torch.device(device).type in ("cpu", "cuda")
 
 
-# bf16 linears run oneDNN's GEMM on a weight reordered once per row count (as Inductor's freezing does);
-# measured within noise of the plain weight (+1.4 %, tiny, one thread), kept as the layout oneDNN asks for.
+# bf16 linears run oneDNN's GEMM on a weight reordered once per row count (as Inductor's freezing does):
+# measured +1.4 % and +4.5 % over the plain weight in two runs (tiny, batch 8, one thread).
 PACK_ONEDNN_LINEAR = True
 
-# --- fused inference modules (oneDNN, CPU float32) -----------------------------------------------------------
+# --- fused inference modules (oneDNN, CPU float32 / bfloat16) -----------------------------------------------------------
 
 
 class _PackCache(nn.Module):
@@ -231,7 +229,8 @@ class _FusedLinear(_PackCache):
 
     With MKL the GEMM runs on a weight pre-packed for the call's row count (``torch.ops.mkl._mkl_linear``,
     measured ~8 % faster than oneDNN's ``_linear_pointwise`` at ViT shapes on AVX-512); the GELU / add then
-    run as separate element-wise ops. Without MKL, one oneDNN primitive does both.
+    run as separate element-wise ops. Without MKL, and in bfloat16 (MKL's GEMM is fp32-only), one oneDNN
+    primitive does both, on a weight reordered once per row count.
     """
 
     def __init__(self, linear: nn.Linear, gelu: bool = False) -> None:
@@ -535,7 +534,7 @@ def optimize_for_inference(
         _cast(opt, dtype, float32_heads)
     if channels_last:
         opt = opt.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    use_sdpa = prefer_sdpa(device, dtype)
+    use_sdpa = prefer_sdpa(device)
     if (
         fuse_pointwise
         and not compile

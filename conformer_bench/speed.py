@@ -42,8 +42,8 @@ PATH_DESCRIPTIONS: dict[str, str] = {
     "norms, softmax and BatchNorm in fp32",
     "optimized-bf16": "optimize_for_inference(dtype=bfloat16): BN folded in float64 then rounded to bf16, FCU-down "
     "pool before projection, channels-last; CPU: fused oneDNN bf16 convs and linears with prepacked weights; "
-    "explicit matmul-softmax attention and LayerNorm on bf16 tensors (fp32 accumulation, softmax sums and "
-    "statistics inside the kernels); final norm and classifier heads in fp32",
+    "SDPA and LayerNorm on bf16 tensors (fp32 accumulation, attention scores, softmax and statistics inside "
+    "the kernels); final norm and classifier heads in fp32",
     "compiled-bf16": "optimize_for_inference(dtype=bfloat16, compile=True): the bf16 model above (unfused) "
     "compiled by Inductor with weight freezing",
 }
@@ -277,6 +277,9 @@ def measure_speed(
     report = progress or (lambda message, fraction: None)
     timed = _timer(device)
     support = {q: precision_support(q, device) for q in settings.precisions}
+    if not any(s.supported for s in support.values()):
+        reasons = "; ".join(str(s.reason) for s in support.values())
+        raise BenchError(f"--precision: nothing to time ({reasons}); add fp32, e.g. --precision fp32,bf16")
 
     torch.manual_seed(settings.seed)
     plain = create_model(cfg).eval().to(device)
@@ -351,7 +354,7 @@ def measure_speed(
                      "timer": "perf_counter" + (" + cuda synchronize" if device.startswith("cuda") else "")},
         "precision_support": {q: s.to_dict() for q, s in support.items()},
         "evaluation_set": {
-            "images": eval_set[0].shape[0] * len(eval_set) if eval_set else 0,
+            "images": sum(batch.shape[0] for batch in eval_set),
             "what": f"{settings.agreement_images} images drawn from N(0, 1) with seed {settings.seed + 1} "
             f"({settings.img_size}², batches of {settings.batch_size}); the model's seeded weights",
         },

@@ -162,3 +162,10 @@ def test_finetune_record_compares_bf16_inference_with_fp32() -> None:
         for value in check[key].values():
             assert 0 <= value <= 100 and (value * 40 / 100) == pytest.approx(round(value * 40 / 100))
     assert 0 < check["max_rel_diff"] < 0.1
+
+
+def test_speed_bf16_only_on_a_cpu_without_bf16_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(precision, "native_bf16_flags", lambda: ())
+    result = runner.invoke(app, [*SPEED, "--precision", "bf16"])
+    assert result.exit_code != 0 and result.output.startswith("error: --precision: nothing to time")
+    assert "Traceback" not in result.output and "--precision fp32,bf16" in result.output
