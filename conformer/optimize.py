@@ -19,16 +19,17 @@
 * **torch.compile** (``compile=True``) — the folded, pool-first, channels-last model compiled by Inductor
   with weight freezing on CPU (prepacked oneDNN convs and MKL linears). Compilation happens on the first call.
 
-**bfloat16** (``dtype=torch.bfloat16``; CPU with native bf16, see ``conformer_bench.precision``) — BatchNorm is
-folded in float64 and rounded once to bf16; the fused oneDNN convolutions and linears above run in bf16 (MKL's
-GEMM is fp32-only, so linears take oneDNN's); accumulation is float32 inside every kernel, LayerNorm computes
-its statistics and softmax its sums in float32 on bf16 tensors. Attention is SDPA, which keeps scores and
-softmax in float32 (see :func:`prefer_sdpa` for what the explicit form would buy and cost). The final LayerNorm and both classifiers stay
-float32 (``float32_heads``): logits are not rounded to bf16 (tiny: max logits error 1.1e-2 -> 8.8e-3, speed
-within noise). Input and logits are float32 at the boundary. Measured on a Zen 4 EPYC (AVX512-BF16), tiny,
-batch 8, 224², one thread: 2.7-2.8x the plain fp32 model at 78-83 % of a bf16 2048² matmul; rounding the
-weights to bf16 is most of the error (micro: 7e-3 of 1.3e-2). ``optimize_for_inference`` does not check that the
-CPU has native bf16 (oneDNN emulates it, slower than fp32, on AVX-512 CPUs without it); the benchmark does.
+**bfloat16** (``dtype=torch.bfloat16``; CPU with native bf16, see ``conformer_bench.precision``) — BatchNorm
+is folded in float64 and rounded once to bf16; the fused oneDNN convolutions and linears above run in bf16
+(MKL's GEMM is fp32-only, so linears take oneDNN's, on prepacked weights); every kernel accumulates in float32,
+and LayerNorm and softmax compute their statistics and sums in float32 on bf16 tensors. Attention is the
+explicit matmul-softmax (faster than SDPA in bf16 on CPU; see :func:`prefer_sdpa` for its cost). The final
+LayerNorm and both classifiers stay float32 (``float32_heads``), so logits are not rounded to bf16 (tiny: max
+logits error 1.1e-2 -> 8.8e-3 at no measurable speed cost). Input and logits are float32 at the boundary.
+Measured on a Zen 4 EPYC (AVX512-BF16), tiny, batch 8, 224², one thread: ~2.5x the plain fp32 model at ~80 %
+of a bf16 2048² matmul; most of the error is the bf16 rounding of the weights (micro: 7e-3 of 1.3e-2).
+``optimize_for_inference`` does not check that the CPU has native bf16 (oneDNN emulates it on AVX-512 CPUs
+without it, slower than fp32); the benchmark does.
 
 FLOP counts are a property of the plain structure: count them on the model *before* optimising (fvcore does
 not see inside the fused oneDNN ops).
@@ -138,17 +139,23 @@ def mkl_linear_available() -> bool:
     return torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
 
 
-def prefer_sdpa(device: torch.device | str) -> bool:
-    """Whether the optimised path uses SDPA for attention on this device.
+def prefer_sdpa(device: torch.device | str, dtype: torch.dtype = torch.float32) -> bool:
+    """Whether the optimised path uses SDPA for attention on this device and dtype.
 
     Measured on torch 2.13: on a 2-core Xeon (AVX-512) SDPA's CPU flash kernel was 3-7x faster than the
-    explicit matmul-softmax for 197 tokens x 6 heads x 64 dims at batch 8; on CUDA the flash / memory-efficient
-    kernels are the fast path. In bfloat16 on a Zen 4 EPYC (AVX512-BF16, one thread) the explicit form was
-    faster (5.7-6.1 ms against 8.4-8.6 ms at those shapes; tiny +6 % overall), but it rounds the attention
-    scores to bf16 before the softmax, which SDPA keeps in float32: micro's conv-head logits error rose from
-    0.93e-2 to 1.19e-2 (rms), and peaked attention in trained models would feel it more. SDPA stays.
+    explicit matmul-softmax for 197 tokens x 6 heads x 64 dims at batch 8 in float32; on CUDA the flash /
+    memory-efficient kernels are the fast path. In bfloat16 on CPU the explicit form wins: on a Zen 4 EPYC
+    (AVX512-BF16, one thread) 5.7-6.1 ms against SDPA's 8.4-8.6 ms at those shapes (SDPA bf16 ran no faster
+    than SDPA fp32; the two bf16 batched matmuls run on oneDNN's bf16 GEMM), tiny +6-7 % overall. It rounds
+    the attention scores to bf16 before the softmax (which still sums in float32), where SDPA keeps them in
+    float32; measured cost: none on tiny (8.8e-3 max logits error either way) nor on micro fine-tuned on
+    digits (rms 1.65e-2 against SDPA's 1.66e-2, 100 % top-1 agreement either way); on one random-init micro
+    the conv head's rms error rose from 0.93e-2 to 1.19e-2.
     """
-    return torch.device(device).type in ("cpu", "cuda")
+    kind = torch.device(device).type
+    if kind == "cpu" and dtype == torch.bfloat16:
+        return False
+    return kind in ("cpu", "cuda")
 
 
 # bf16 linears run oneDNN's GEMM on a weight reordered once per row count (as Inductor's freezing does):
@@ -534,7 +541,7 @@ def optimize_for_inference(
         _cast(opt, dtype, float32_heads)
     if channels_last:
         opt = opt.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    use_sdpa = prefer_sdpa(device)
+    use_sdpa = prefer_sdpa(device, dtype)
     if (
         fuse_pointwise
         and not compile

@@ -42,8 +42,8 @@ PATH_DESCRIPTIONS: dict[str, str] = {
     "norms, softmax and BatchNorm in fp32",
     "optimized-bf16": "optimize_for_inference(dtype=bfloat16): BN folded in float64 then rounded to bf16, FCU-down "
     "pool before projection, channels-last; CPU: fused oneDNN bf16 convs and linears with prepacked weights; "
-    "SDPA and LayerNorm on bf16 tensors (fp32 accumulation, attention scores, softmax and statistics inside "
-    "the kernels); final norm and classifier heads in fp32",
+    "explicit matmul-softmax attention and LayerNorm on bf16 tensors (fp32 accumulation, softmax sums and "
+    "statistics inside the kernels); final norm and classifier heads in fp32",
     "compiled-bf16": "optimize_for_inference(dtype=bfloat16, compile=True): the bf16 model above (unfused) "
     "compiled by Inductor with weight freezing",
 }
