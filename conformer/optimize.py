@@ -26,8 +26,8 @@ and LayerNorm and softmax compute their statistics and sums in float32 on bf16 t
 explicit matmul-softmax (faster than SDPA in bf16 on CPU; see :func:`prefer_sdpa` for its cost). The final
 LayerNorm and both classifiers stay float32 (``float32_heads``), so logits are not rounded to bf16 (tiny: max
 logits error 1.1e-2 -> 8.8e-3 at no measurable speed cost). Input and logits are float32 at the boundary.
-Measured on a Zen 4 EPYC (AVX512-BF16), tiny, batch 8, 224², one thread: ~2.5x the plain fp32 model at ~80 %
-of a bf16 2048² matmul; most of the error is the bf16 rounding of the weights (micro: 7e-3 of 1.3e-2).
+Measured on a 2-core Zen 4 EPYC (AVX512-BF16), batch 8, 224²: 2.8x the plain fp32 model (tiny and small) at
+78-87 % of a bf16 2048² matmul; most of the error is the bf16 rounding of the weights (micro: 7e-3 of 1.3e-2).
 ``optimize_for_inference`` does not check that the CPU has native bf16 (oneDNN emulates it on AVX-512 CPUs
 without it, slower than fp32); the benchmark does.
 
