@@ -169,3 +169,15 @@ def test_speed_bf16_only_on_a_cpu_without_bf16_is_a_one_line_error(monkeypatch: 
     result = runner.invoke(app, [*SPEED, "--precision", "bf16"])
     assert result.exit_code != 0 and result.output.startswith("error: --precision: nothing to time")
     assert "Traceback" not in result.output and "--precision fp32,bf16" in result.output
+
+
+@needs_bf16
+@pytest.mark.slow
+def test_speed_compiled_bf16_path() -> None:
+    torch._dynamo.reset()
+    args = [a if a != "plain,optimized" else "plain,compiled" for a in SPEED]
+    record = json.loads(runner.invoke(app, [*args, "--format", "json"]).stdout)
+    compiled = record["paths"]["compiled-bf16"]
+    assert compiled["status"] == "ok", compiled["reason"]
+    assert compiled["compile_s"] == compiled["first_call_s"] > 0 and "Inductor" in compiled["kernels"]
+    assert 0 < compiled["max_rel_diff_vs_plain"] <= MAX_TOL
