@@ -75,6 +75,7 @@ class FinetuneSettings:
     save: str | None = None
     train_size: int | None = None
     val_size: int | None = None
+    bf16_inference: bool = False  # also evaluate the trained model with bf16 inference against fp32
 
 
 def validate_settings(s: FinetuneSettings) -> None:
@@ -640,6 +641,12 @@ def _run(
         "peak_memory_bytes": peak,
         "peak_memory_kind": peak_kind,
     }
+    if s.bf16_inference and status == "ok":
+        from .bf16_check import bf16_inference_check
+
+        final["bf16_inference"] = bf16_inference_check(
+            model, bundle.val, ctx, device=device, batch_size=s.batch_size, channels_last=s.channels_last
+        )
     hyper = {
         "epochs": epochs,
         "steps": total_steps,

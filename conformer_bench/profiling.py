@@ -157,6 +157,8 @@ def autocast_dtype(precision: str, device: str) -> Any:
     cuda = device.startswith("cuda")
     if precision == "fp32":
         return None
+    if precision in ("bf16", "amp") and not cuda:
+        _require_native_bf16(precision, device)
     if precision == "bf16":
         return torch.bfloat16
     if precision == "fp16":
@@ -167,6 +169,15 @@ def autocast_dtype(precision: str, device: str) -> Any:
             )
         return torch.float16
     return torch.float16 if cuda else torch.bfloat16  # amp: the device's usual mixed precision
+
+
+def _require_native_bf16(precision: str, device: str) -> None:
+    """A CPU without bf16 instructions would emulate bf16 in fp32, slower than fp32: refuse to time that."""
+    from .precision import precision_support
+
+    support = precision_support("bf16", device)
+    if not support.supported:
+        raise BenchError(f"--precision {precision}: {support.reason}; use --precision fp32")
 
 
 def heads_loss(output: Any, target: Any) -> Any:
@@ -469,7 +480,9 @@ def _run_phase(
 
     def make() -> _Phase:
         if phase == "infer":
-            return _infer_phase(runner, cfg, batch, settings.img_size, device, cl, dtype)
+            # a bf16 optimized copy casts its input itself; autocast would also cast its fp32 heads to bf16
+            infer_dtype = None if _casts_itself(runner) else dtype
+            return _infer_phase(runner, cfg, batch, settings.img_size, device, cl, infer_dtype)
         return _train_phase(runner, cfg, batch, settings.img_size, device, cl, dtype, settings.precision)
 
     first_call_s = None
@@ -508,8 +521,9 @@ def _build_runner(
 ) -> tuple[Any, bool]:
     """The module a phase times and whether its inputs are channels-last.
 
-    Under autocast the optimised path keeps the unfused modules (``fuse_pointwise=False``): the fused oneDNN
-    ops are float32-only and autocast does not reach inside them, so they would run in fp32.
+    In bf16 the optimised path is the bf16 copy (``optimize_for_inference(dtype=torch.bfloat16)``: fused
+    oneDNN bf16 ops, fp32 heads), run without autocast. Under fp16 autocast it keeps the unfused modules
+    (``fuse_pointwise=False``): autocast does not reach inside the fused oneDNN ops.
     """
     import torch
 
@@ -518,12 +532,14 @@ def _build_runner(
         model.eval()
         if path != "plain":
             optimize = inference_optimizer()
+            bf16 = dtype is torch.bfloat16
             runner = optimize(
                 model,
+                dtype=dtype if bf16 else None,
                 channels_last=True,
                 fold_bn=True,
                 compile=path == "compiled",
-                fuse_pointwise=dtype is None,
+                fuse_pointwise=dtype is None or bf16,
             )
             return runner, True
         return (model.to(memory_format=torch.channels_last) if cl else model), cl
@@ -534,10 +550,19 @@ def _build_runner(
     return runner, cl
 
 
+def _casts_itself(runner: Any) -> bool:
+    """The runner is a low-precision optimized copy that casts its input and logits itself."""
+    return any(type(m).__name__ == "_LowPrecision" for m in runner.modules())
+
+
 def _phase_precision(runner: Any, precision: str, dtype: Any) -> str:
     """The precision a phase ran in: the requested one, unless fused oneDNN ops kept it in fp32."""
     if dtype is None:
         return precision
+    if _casts_itself(runner):
+        fused = any(type(m).__name__.startswith("_Fused") for m in runner.modules())
+        kernels = "fused oneDNN bf16 ops" if fused else "bf16 weights"
+        return f"{precision} (optimize_for_inference dtype=bfloat16: {kernels}, fp32 heads; no autocast)"
     fused = any(type(m).__name__.startswith("_Fused") for m in runner.modules())
     return "fp32 (fused oneDNN ops ignore autocast)" if fused else precision
 

@@ -1,8 +1,13 @@
-"""Interleaved speed measurement of the inference paths (plain, optimized, compiled) of one variant.
+"""Interleaved speed measurement of the inference paths (plain, optimized, compiled) of one variant, per precision.
 
-All paths run in one process, one forward pass each in turn (A B C M, then B C M A, ... with M a large fp32
-matmul), so that load from other processes hits every path alike and ratios stay meaningful on a shared
-machine. The record keeps every raw sample; rounding happens only in :func:`render`.
+All paths run in one process, one forward pass each in turn (A B C M, then B C M A, ... with M a large matmul
+per precision), so that load from other processes hits every path alike and ratios stay meaningful on a shared
+machine. Precision is an axis: each path runs in fp32 and, where the device has native bf16, in bf16 (named
+``<path>-bf16``), and each precision's share of ceiling is taken against a matmul in that precision timed in
+the same rounds (more matmuls, e.g. TF32 and fp16 on CUDA, can be timed beside them with
+``SpeedSettings.ceilings``). Next to each path's speed, its accuracy cost: logits relative error and top-1
+agreement against the plain fp32 model. The record keeps every raw sample; rounding happens only in
+:func:`render`.
 """
 
 from __future__ import annotations
@@ -16,21 +21,21 @@ from typing import Any
 import numpy as np
 
 from .errors import BenchError
+from .precision import PRECISIONS, PrecisionSupport
 
 SCHEMA = "conformer-bench.speed"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 PATHS: tuple[str, ...] = ("plain", "optimized", "compiled")
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 # Matmul ceilings: fp32 with TF32 off, fp32 inputs with TF32 tensor cores (CUDA), bf16 and fp16 inputs.
 CEILINGS: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16")
+CUDA_ONLY_CEILINGS: tuple[str, ...] = ("tf32", "fp16")
 FORMATS: tuple[str, ...] = ("table", "json", "csv", "md")
 FLOP_CONVENTION = (
     "achieved GFLOP/s = 2 x paper_macs x images / median seconds; paper_macs = multiply-adds of conv + linear + "
     "matmul of the plain model (fvcore, batch 1, eval; norms, pooling and element-wise ops excluded), counted "
-    "once for all paths; the ceiling is 2 n^3 flops per n x n matmul in the run's precision (fp32: TF32 off), "
-    "timed in the same rounds; "
-    "executed GFLOP/s counts what a path runs instead (the optimized paths pool before the FCU-down 1x1 "
-    "projection, an exact rewrite that skips some multiply-adds)"
+    "once for all paths; the ceiling is 2 n^3 flops per n x n matmul in the path's precision (fp32: TF32 "
+    "off), timed in the same rounds; executed GFLOP/s counts what a path runs instead (the optimized paths "
+    "pool before the FCU-down 1x1 projection, an exact rewrite that skips some multiply-adds)"
 )
 PATH_DESCRIPTIONS: dict[str, str] = {
     "plain": "eval model as built (NCHW, BatchNorm, explicit attention unless the config says fused)",
@@ -38,9 +43,22 @@ PATH_DESCRIPTIONS: dict[str, str] = {
     "fused oneDNN conv ops with prepacked weights, MKL prepacked GEMM for linears; SDPA",
     "compiled": "optimize_for_inference(compile=True): folded BN, FCU-down pool before projection, "
     "channels-last, torch.compile (Inductor; weight freezing with prepacked oneDNN convs / MKL linears on CPU)",
+    "plain-bf16": "the plain eval model under torch.autocast(bfloat16): convs, linears and matmuls in bf16, "
+    "norms, softmax and BatchNorm in fp32",
+    "optimized-bf16": "optimize_for_inference(dtype=bfloat16): BN folded in float64 then rounded to bf16, FCU-down "
+    "pool before projection, channels-last; CPU: fused oneDNN bf16 convs and linears with prepacked weights; "
+    "explicit matmul-softmax attention and LayerNorm on bf16 tensors (fp32 accumulation, softmax sums and "
+    "statistics inside the kernels); final norm and classifier heads in fp32",
+    "compiled-bf16": "optimize_for_inference(dtype=bfloat16, compile=True): the bf16 model above (unfused) "
+    "compiled by Inductor with weight freezing",
 }
 
 ProgressFn = Callable[[str, float], None]
+
+
+def run_name(path: str, precision: str) -> str:
+    """``("optimized", "bf16")`` -> ``"optimized-bf16"``; fp32 paths keep their bare names."""
+    return path if precision == "fp32" else f"{path}-{precision}"
 
 
 @dataclass(frozen=True)
@@ -51,6 +69,7 @@ class SpeedSettings:
     batch_size: int = 8
     img_size: int = 224
     paths: tuple[str, ...] = PATHS
+    precisions: tuple[str, ...] = PRECISIONS
     rounds: int = 10
     warmup: int = 2
     matmul_size: int = 2048
@@ -59,8 +78,8 @@ class SpeedSettings:
     fold_bn: bool = True
     fuse_pointwise: bool = True
     pool_first: bool = True
+    agreement_images: int = 32
     seed: int = 0
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (CUDA): autocast around every path
     ceilings: tuple[str, ...] = ()  # more matmul ceilings timed in the same rounds (see CEILINGS)
 
     def validate(self, patch_size: int) -> None:
@@ -84,19 +103,30 @@ class SpeedSettings:
         for path in self.paths:
             if path not in PATHS:
                 raise BenchError(f"--paths: {path!r} is not a path; use a comma list of {', '.join(PATHS)}")
+        if not self.precisions or len(set(self.precisions)) != len(self.precisions):
+            raise BenchError("--precision needs distinct names, e.g. fp32,bf16")
+        for precision in self.precisions:
+            if precision not in PRECISIONS:
+                raise BenchError(
+                    f"--precision: {precision!r} is not a precision; use a comma list of {', '.join(PRECISIONS)}"
+                )
         if self.threads is not None and self.threads < 1:
             raise BenchError(f"--threads {self.threads} is not valid; use 1 or more")
-        if self.precision not in PRECISIONS:
-            raise BenchError(f"precision {self.precision!r} is not valid; use one of {', '.join(PRECISIONS)}")
         cuda = self.device.startswith("cuda")
-        for kind in (self.precision, *self.ceilings):
+        for kind in self.ceilings:
             if kind not in CEILINGS:
                 raise BenchError(f"ceiling {kind!r} is not valid; use one of {', '.join(CEILINGS)}")
-            if kind in ("fp16", "tf32") and not cuda:
-                raise BenchError(f"{kind} is CUDA-only here; use fp32 or bf16 on CPU")
+            if kind in CUDA_ONLY_CEILINGS and not cuda:
+                raise BenchError(f"ceiling {kind} is CUDA-only here; use fp32 or bf16 on CPU")
+        if self.agreement_images < 0:
+            raise BenchError(f"--agreement-images {self.agreement_images} is not valid; use 0 or more")
+
+    def runs(self) -> list[tuple[str, str, str]]:
+        """``(name, path, precision)`` of every measured path, fp32 first."""
+        return [(run_name(p, q), p, q) for q in self.precisions for p in self.paths]
 
 
-def parse_paths(text: str) -> tuple[str, ...]:
+def parse_list(text: str) -> tuple[str, ...]:
     """``"plain,compiled"`` -> ``("plain", "compiled")`` (validated later by :meth:`SpeedSettings.validate`)."""
     return tuple(part.strip().lower() for part in text.split(",") if part.strip())
 
@@ -146,6 +176,7 @@ def matmul_step(kind: str, a: Any, b: Any, device: str) -> Callable[[], Any]:
 
 
 def _under_autocast(run: Callable[[Any], Any], device: str, dtype: Any) -> Callable[[Any], Any]:
+    """``run`` under ``torch.autocast(dtype)`` with float32 outputs (``dtype=None``: ``run`` itself)."""
     import torch
 
     if dtype is None:
@@ -154,19 +185,21 @@ def _under_autocast(run: Callable[[Any], Any], device: str, dtype: Any) -> Calla
 
     def autocast_run(x: Any) -> Any:
         with torch.autocast(device_type=device_type, dtype=dtype):
-            return run(x)
+            out = run(x)
+        return type(out)(*(None if t is None else t.float() for t in out))
 
     return autocast_run
 
 
 def ceiling_record(kind: str, n: int, samples: list[float]) -> dict[str, Any]:
+    """One matmul ceiling of ``kind`` (see :data:`CEILINGS`) from its seconds per call."""
     from .stats import summarize
 
     flop = 2.0 * n**3
     tf32 = " (TF32 tensor cores)" if kind == "tf32" else " (TF32 off)" if kind == "fp32" else ""
     return {
-        "op": f"torch.mm {kind}{tf32} {n}x{n} @ {n}x{n}",
         "precision": kind,
+        "op": f"torch.mm {kind}{tf32} {n}x{n} @ {n}x{n}",
         "matmul_size": n,
         "flop_per_call": flop,
         "samples_s": samples,
@@ -187,6 +220,86 @@ def max_rel_diff(out: Any, ref: Any) -> float:
     return worst
 
 
+def _rms_rel_diff(out: Any, ref: Any) -> float:
+    """Largest ``||a - b|| / ||b||`` (Frobenius) over the present heads: the typical error, where max is the worst."""
+    worst = 0.0
+    for a, b in zip(out, ref, strict=True):
+        if a is None or b is None:
+            continue
+        scale = float(b.float().norm()) or 1.0
+        worst = max(worst, float((a.float() - b.float()).norm()) / scale)
+    return worst
+
+
+HEADS = ("conv", "trans", "sum")
+
+
+def _head_logits(out: Any) -> dict[str, Any]:
+    """``{conv, trans, sum}`` logits of a ConformerOutput (absent heads left out)."""
+    heads = {"conv": out.conv_logits, "trans": out.trans_logits, "sum": out.logits}
+    return {name: t.float() for name, t in heads.items() if t is not None}
+
+
+@dataclass
+class _Agreement:
+    """Top-1 agreement of one path with the plain fp32 model over the evaluation set, per head."""
+
+    same: dict[str, int]
+    images: int = 0
+
+    def add(self, out: Any, ref: dict[str, Any]) -> None:
+        for head, logits in _head_logits(out).items():
+            self.same[head] = self.same.get(head, 0) + int((logits.argmax(1) == ref[head].argmax(1)).sum())
+
+    def fractions(self) -> dict[str, float | None]:
+        return {h: (self.same[h] / self.images if h in self.same and self.images else None) for h in HEADS}
+
+
+def _build_runner(plain: Any, path: str, precision: str, settings: SpeedSettings) -> Callable[[Any], Any]:
+    """The callable one path times: the plain model (under bf16 autocast for ``plain-bf16``) or its optimized copy."""
+    import torch
+
+    from conformer.optimize import optimize_for_inference
+
+    if path == "plain":
+        return _under_autocast(plain, settings.device, torch.bfloat16 if precision == "bf16" else None)
+    return optimize_for_inference(
+        plain,
+        dtype=torch.bfloat16 if precision == "bf16" else None,
+        channels_last=settings.channels_last,
+        fold_bn=settings.fold_bn,
+        compile=path == "compiled",
+        fuse_pointwise=settings.fuse_pointwise,
+        pool_first=settings.pool_first,
+    )
+
+
+def _kernels(runner: Any, path: str, precision: str, support: PrecisionSupport) -> str:
+    """What ran, in words: precision, fused-op kernels (from the module types) and attention."""
+    if not hasattr(runner, "modules"):
+        return f"{precision} ATen kernels under autocast ({support.kernels})"
+    modules = list(runner.modules())
+    names = {type(m).__name__ for m in modules}
+    parts = [precision]
+    if "_FusedConv" in names:
+        parts.append("oneDNN fused conv (prepacked)")
+    linears = [m for m in modules if type(m).__name__ == "_FusedLinear"]
+    if any(getattr(m, "use_mkl", False) for m in linears):
+        parts.append("MKL prepacked linear")
+    elif any(getattr(m, "pack_onednn", False) for m in linears):
+        parts.append("oneDNN prepacked linear")
+    elif linears:
+        parts.append("oneDNN linear")
+    if "_CompiledUnderConfig" in names:
+        parts.append("Inductor (torch.compile, frozen weights)")
+    if "_Float32Head" in names:
+        parts.append("fp32 final norm and heads")
+    if path == "plain":
+        return ", ".join([*parts, "ATen kernels"])
+    sdpa = any(getattr(m, "use_sdpa", False) or getattr(m, "fused", False) for m in modules)
+    return ", ".join([*parts, "SDPA" if sdpa else "matmul-softmax attention"])
+
+
 def measure_speed(
     cfg: Any, settings: SpeedSettings, *, label: str | None = None, progress: ProgressFn | None = None
 ) -> dict[str, Any]:
@@ -194,205 +307,285 @@ def measure_speed(
     import torch
 
     from conformer import create_model
-    from conformer.optimize import fused_kernels_available, mkl_linear_available, optimize_for_inference
+    from conformer.optimize import fused_kernels_available, mkl_linear_available
 
     from .env import fingerprint
     from .flops import count_flops
-    from .stats import bootstrap_ratio, summarize
+    from .precision import precision_support
 
     settings.validate(cfg.patch_size)
     device = settings.device
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[settings.precision]
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
     report = progress or (lambda message, fraction: None)
     timed = step_timer(device)
+    support = {q: precision_support(q, device) for q in settings.precisions}
+    if not any(s.supported for s in support.values()):
+        reasons = "; ".join(str(s.reason) for s in support.values())
+        raise BenchError(f"--precision: nothing to time ({reasons}); add fp32, e.g. --precision fp32,bf16")
 
     torch.manual_seed(settings.seed)
     plain = create_model(cfg).eval().to(device)
     report("counting FLOPs", 0.0)
     flops = count_flops(plain, settings.img_size, cross_check=False)
-    flop_per_image = 2 * int(flops["paper_macs"])
     gen = torch.Generator().manual_seed(settings.seed)
     x = torch.randn(settings.batch_size, cfg.in_chans, settings.img_size, settings.img_size, generator=gen)
     x = x.to(device)
+    eval_set = _evaluation_set(cfg, settings, device)
     n = settings.matmul_size
     a = torch.randn(n, n, generator=gen).to(device)
     b = torch.randn(n, n, generator=gen).to(device)
+    # fp32 always (the record's `ceiling`), each timed precision's own, then the extra ones asked for
+    kinds = ["fp32", *(q for q in settings.precisions if q != "fp32" and support[q].supported)]
+    kinds += [k for k in settings.ceilings if k not in kinds]
+    matmuls = {kind: matmul_step(kind, a, b, device) for kind in kinds}
 
+    entries: dict[str, dict[str, Any]] = {}
     runners: dict[str, Callable[[Any], Any]] = {}
-    for path in settings.paths:
-        if path == "plain":
-            runners[path] = _under_autocast(plain, device, dtype)
-        else:
-            optimized = optimize_for_inference(
-                plain,
-                channels_last=settings.channels_last,
-                fold_bn=settings.fold_bn,
-                compile=path == "compiled",
-                fuse_pointwise=settings.fuse_pointwise and dtype is None,  # fused oneDNN ops are fp32-only
-                pool_first=settings.pool_first,
-            )
-            runners[path] = _under_autocast(optimized, device, dtype)
+    for name, path, precision in settings.runs():
+        entries[name] = {"path": path, "precision": precision, "status": "ok", "reason": None,
+                         "description": PATH_DESCRIPTIONS[name], "kernels": None}  # fmt: skip
+        if not support[precision].supported:
+            entries[name].update(status="unsupported", reason=support[precision].reason)
+            continue
+        runners[name] = _build_runner(plain, path, precision, settings)
     executed_macs = int(flops["paper_macs"])
     if settings.pool_first and any(p != "plain" for p in settings.paths):
+        from conformer.optimize import optimize_for_inference
+
         restructured = optimize_for_inference(
             plain, channels_last=False, fold_bn=False, fuse_pointwise=False, pool_first=True
         )
         executed_macs = int(count_flops(restructured, settings.img_size, cross_check=False)["paper_macs"])
 
-    status: dict[str, str] = dict.fromkeys(settings.paths, "ok")
-    reasons: dict[str, str | None] = dict.fromkeys(settings.paths, None)
-    first_call_s: dict[str, float] = {}
-    rel_diff: dict[str, float | None] = {}
     with torch.inference_mode():
-        reference = runners["plain"](x) if "plain" in runners else _under_autocast(plain, device, dtype)(x)
-        for i, (path, run) in enumerate(runners.items()):
-            report(f"first call: {path}", 0.05 + 0.15 * i / len(runners))
-            try:
-                out: Any = None
-
-                def first(run: Callable[[Any], Any] = run) -> None:
-                    nonlocal out
-                    out = run(x)
-
-                first_call_s[path] = timed(first)
-                rel_diff[path] = max_rel_diff(out, reference)
-                for _ in range(settings.warmup):
-                    run(x)
-            except Exception as exc:  # a path that cannot run (e.g. no C++ compiler) is recorded, not fatal
-                if path == "plain":
-                    raise
-                status[path] = "failed"
-                reasons[path] = (
-                    f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-                )
-                rel_diff[path] = None
-        live = [p for p in settings.paths if status[p] == "ok"]
-        samples: dict[str, list[float]] = {p: [] for p in live}
-        kinds = list(dict.fromkeys((settings.precision, *settings.ceilings)))
-        matmul_s: dict[str, list[float]] = {kind: [] for kind in kinds}
-        steps: list[tuple[str, Callable[[], Any]]] = [(p, partial(runners[p], x)) for p in live]
-        for kind in kinds:
-            steps.append((f"matmul:{kind}", matmul_step(kind, a, b, device)))
-            timed(steps[-1][1])  # warm the matmuls too
-        for r in range(settings.rounds):
-            report(f"round {r + 1}/{settings.rounds}", 0.2 + 0.8 * r / settings.rounds)
-            k = r % len(steps)  # rotate the order so that no path always runs first
-            for name, step in steps[k:] + steps[:k]:
-                t = timed(step)
-                if name.startswith("matmul:"):
-                    matmul_s[name.split(":", 1)[1]].append(t)
-                else:
-                    samples[name].append(t)
+        _first_calls(plain, runners, entries, x, eval_set, settings, timed, report)
+        for name in runners:
+            entries[name]["kernels"] = _kernels(runners[name], entries[name]["path"],
+                                                entries[name]["precision"], support[entries[name]["precision"]])  # fmt: skip
+        live = {name: run for name, run in runners.items() if entries[name]["status"] == "ok"}
+        samples, matmul_s = _interleaved(live, matmuls, x, settings, timed, report)
     report("done", 1.0)
 
-    ceilings = {kind: ceiling_record(kind, n, matmul_s[kind]) for kind in kinds}
-    ceiling = ceilings[settings.precision]
-    batch = settings.batch_size
-    results: dict[str, Any] = {}
-    for path in settings.paths:
-        entry: dict[str, Any] = {
-            "status": status[path],
-            "reason": reasons[path],
-            "description": PATH_DESCRIPTIONS[path],
-            "first_call_s": first_call_s.get(path),
-            "compile_s": first_call_s.get(path) if path == "compiled" else None,
-            "max_rel_diff_vs_plain": rel_diff.get(path),
-        }
-        if status[path] == "ok":
-            s = samples[path]
-            latency = summarize(s)
-            median = latency["median"]
-            rate = summarize([batch / t for t in s])
-            entry.update(
-                samples_s=s,
-                latency_s=latency,
-                img_per_s=batch / median,
-                img_per_s_iqr=[rate["q25"], rate["q75"]],
-                achieved_gflop_s=flop_per_image * batch / median / 1e9,
-            )
-            entry["ceiling_share"] = entry["achieved_gflop_s"] / ceiling["gflop_s"]
-            executed = int(flops["paper_macs"]) if path == "plain" else executed_macs
-            entry["executed_paper_macs_per_image"] = executed
-            entry["executed_gflop_s"] = 2 * executed * batch / median / 1e9
-            entry["executed_ceiling_share"] = entry["executed_gflop_s"] / ceiling["gflop_s"]
-            if "plain" in samples:
-                ratio, low, high = bootstrap_ratio(samples["plain"], s)
-                entry["speedup_vs_plain"] = {"ratio": ratio, "low": low, "high": high, "confidence": 0.95}
-        results[path] = entry
-    ok = [p for p in settings.paths if status[p] == "ok"]
-    best = max(ok, key=lambda p: results[p]["img_per_s"])
+    ceilings = {kind: ceiling_record(kind, n, s) for kind, s in matmul_s.items()}
+    for name, s in samples.items():
+        entry = entries[name]
+        executed = int(flops["paper_macs"]) if entry["path"] == "plain" else executed_macs
+        entry.update(_timing_entry(s, samples.get("plain"), settings.batch_size, int(flops["paper_macs"]),
+                                   executed, ceilings[entry["precision"]]))  # fmt: skip
+    failed = [n for n, e in entries.items() if e["status"] == "failed"]
+    timed_ok = [n for n in entries if n in samples]
+    best = max(timed_ok, key=lambda p: entries[p]["img_per_s"])
     threads = torch.get_num_threads()
     return {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
-        "status": "ok" if all(v == "ok" for v in status.values()) else "failed",
-        "reason": next((f"{p}: {reasons[p]}" for p in settings.paths if reasons[p]), None),
+        "status": "failed" if failed else "ok",
+        "reason": next((f"{p}: {entries[p]['reason']}" for p in failed), None),
         "environment": fingerprint(
             device,
-            settings.precision,
+            ",".join(settings.precisions),
             settings.batch_size,
             settings.img_size,
             fused_kernels=fused_kernels_available(device),
             mkl_linear=mkl_linear_available() and device == "cpu",
         ),
         "variant": {"name": cfg.name, "label": label or cfg.name, "config": cfg.to_dict()},
-        "settings": {**asdict(settings), "paths": list(settings.paths), "ceilings": kinds, "threads": threads,
+        "settings": {**asdict(settings), "paths": list(settings.paths), "precisions": list(settings.precisions),
+                     "ceilings": kinds, "threads": threads,
                      "order": "interleaved, one forward per path per round, order rotated each round",
                      "timer": "perf_counter" + (" + cuda synchronize" if device.startswith("cuda") else "")},
+        "precision_support": {q: s.to_dict() for q, s in support.items()},
+        "evaluation_set": {
+            "images": sum(batch.shape[0] for batch in eval_set),
+            "what": f"{settings.agreement_images} images drawn from N(0, 1) with seed {settings.seed + 1} "
+            f"({settings.img_size}², batches of {settings.batch_size}); the model's seeded weights",
+        },
         "flops": {
             "convention": FLOP_CONVENTION,
             "img_size": settings.img_size,
             "paper_macs_per_image": int(flops["paper_macs"]),
             "fvcore_total_per_image": int(flops["fvcore_total"]),
-            "flop_per_image": flop_per_image,
+            "flop_per_image": 2 * int(flops["paper_macs"]),
             "uncounted_ops": flops.get("uncounted_ops", {}),
             "executed_paper_macs_per_image_optimized": executed_macs,
         },
-        "ceiling": ceiling,  # of the run's precision: the ceiling_share of every path
+        "ceiling": ceilings["fp32"],
         "ceilings": ceilings,
-        "paths": results,
+        "paths": entries,
         "best_path": best,
     }  # fmt: skip
+
+
+def _evaluation_set(cfg: Any, settings: SpeedSettings, device: str) -> list[Any]:
+    """The fixed images on which top-1 agreement with plain fp32 is counted (seeded, batches of the run's size)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(settings.seed + 1)
+    count, size = settings.agreement_images, settings.img_size
+    images = torch.randn(count, cfg.in_chans, size, size, generator=gen).to(device)
+    return list(images.split(settings.batch_size)) if count else []
+
+
+def _first_calls(
+    plain: Any,
+    runners: dict[str, Callable[[Any], Any]],
+    entries: dict[str, dict[str, Any]],
+    x: Any,
+    eval_set: list[Any],
+    settings: SpeedSettings,
+    timed: Callable[[Callable[[], Any]], float],
+    report: ProgressFn,
+) -> None:
+    """First call (compilation for compiled paths), accuracy against plain fp32, then warm-up; in place."""
+    reference = plain(x)
+    eval_reference = [_head_logits(plain(batch)) for batch in eval_set]
+    for i, (name, run) in enumerate(runners.items()):
+        report(f"first call: {name}", 0.05 + 0.15 * i / len(runners))
+        entry = entries[name]
+        try:
+            out: Any = None
+
+            def first(run: Callable[[Any], Any] = run) -> None:
+                nonlocal out
+                out = run(x)
+
+            entry["first_call_s"] = timed(first)
+            entry["compile_s"] = entry["first_call_s"] if entry["path"] == "compiled" else None
+            entry["max_rel_diff_vs_plain"] = max_rel_diff(out, reference)
+            entry["rms_rel_diff_vs_plain"] = _rms_rel_diff(out, reference)
+            agreement = _Agreement({}, sum(batch.shape[0] for batch in eval_set))
+            for batch, ref in zip(eval_set, eval_reference, strict=True):
+                agreement.add(run(batch), ref)
+            entry["top1_agreement_vs_plain"] = agreement.fractions()
+            for _ in range(settings.warmup):
+                run(x)
+        except Exception as exc:  # a path that cannot run (e.g. no C++ compiler) is recorded, not fatal
+            if name == "plain":
+                raise
+            text = str(exc).strip()
+            entry.update(
+                status="failed", reason=f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+            )
+
+
+def _interleaved(
+    runners: dict[str, Callable[[Any], Any]],
+    matmuls: dict[str, Callable[[], Any]],
+    x: Any,
+    settings: SpeedSettings,
+    timed: Callable[[Callable[[], Any]], float],
+    report: ProgressFn,
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Seconds per call of every path and every precision's matmul, one call each per round, order rotated."""
+    steps: list[tuple[str, Callable[[], Any]]] = [(name, partial(run, x)) for name, run in runners.items()]
+    steps += [(f"matmul-{q}", mm) for q, mm in matmuls.items()]
+    for _, mm in matmuls.items():
+        timed(mm)  # warm the matmuls too
+    seconds: dict[str, list[float]] = {name: [] for name, _ in steps}
+    for r in range(settings.rounds):
+        report(f"round {r + 1}/{settings.rounds}", 0.2 + 0.8 * r / settings.rounds)
+        k = r % len(steps)  # rotate the order so that no path always runs first
+        for name, step in steps[k:] + steps[:k]:
+            seconds[name].append(timed(step))
+    matmul_s = {q: seconds.pop(f"matmul-{q}") for q in matmuls}
+    return seconds, matmul_s
+
+
+def _timing_entry(
+    s: list[float],
+    plain_s: list[float] | None,
+    batch: int,
+    paper_macs: int,
+    executed_macs: int,
+    ceiling: dict[str, Any],
+) -> dict[str, Any]:
+    """Statistics of one path's samples against its precision's ceiling (and plain fp32 when timed)."""
+    from .stats import bootstrap_ratio, summarize
+
+    latency = summarize(s)
+    median = latency["median"]
+    rate = summarize([batch / t for t in s])
+    achieved = 2 * paper_macs * batch / median / 1e9
+    executed = 2 * executed_macs * batch / median / 1e9
+    entry: dict[str, Any] = {
+        "samples_s": s,
+        "latency_s": latency,
+        "img_per_s": batch / median,
+        "img_per_s_iqr": [rate["q25"], rate["q75"]],
+        "achieved_gflop_s": achieved,
+        "ceiling_precision": ceiling["precision"],
+        "ceiling_share": achieved / ceiling["gflop_s"],
+        "executed_paper_macs_per_image": executed_macs,
+        "executed_gflop_s": executed,
+        "executed_ceiling_share": executed / ceiling["gflop_s"],
+    }
+    if plain_s is not None:
+        ratio, low, high = bootstrap_ratio(plain_s, s)
+        entry["speedup_vs_plain"] = {"ratio": ratio, "low": low, "high": high, "confidence": 0.95}
+    return entry
 
 
 # --- rendering (rounding happens only here) ------------------------------------------------------------------
 
 _COLUMNS = (
-    "path", "status", "img/s (median)", "img/s IQR", "vs plain (95% CI)", "achieved GFLOP/s",
-    "of matmul ceiling", "executed GFLOP/s (share)", "latency median", "IQR/median", "first call / compile", "max rel diff",
+    "path", "precision", "status", "img/s (median)", "img/s IQR", "vs plain fp32 (95% CI)", "achieved GFLOP/s",
+    "of matmul ceiling (own precision)", "executed GFLOP/s (share)", "latency median", "IQR/median",
+    "first call / compile", "logits rel err vs fp32: max (rms)", "top-1 agreement vs fp32",
 )  # fmt: skip
+
+
+def _errors(entry: dict[str, Any]) -> str:
+    worst, rms = entry.get("max_rel_diff_vs_plain"), entry.get("rms_rel_diff_vs_plain")
+    if worst is None:
+        return "—"
+    return f"{worst:.1e} ({rms:.1e})" if rms is not None else f"{worst:.1e}"
+
+
+def _agreement(entry: dict[str, Any]) -> str:
+    agreement = entry.get("top1_agreement_vs_plain") or {}
+    value = agreement.get("sum")
+    return f"{100 * value:.1f} %" if value is not None else "—"
 
 
 def _rows(record: dict[str, Any]) -> list[list[str]]:
     rows = []
     for path, e in record["paths"].items():
-        if e["status"] != "ok":
-            rows.append([path, f"{e['status']}: {e['reason']}"] + ["—"] * (len(_COLUMNS) - 2))
+        precision = e.get("precision", record["settings"].get("precision", "fp32"))  # schema 1: one for all
+        if e["status"] != "ok" or "img_per_s" not in e:
+            rows.append([path, precision, f"{e['status']}: {e['reason']}"] + ["—"] * (len(_COLUMNS) - 3))
             continue
         sp = e.get("speedup_vs_plain")
+        # schema 1 has no ceiling_precision: its shares are of the run's one ceiling
+        ceiling_of = e.get("ceiling_precision", record["ceiling"].get("precision", "fp32"))
         rows.append([
             path,
+            precision,
             "ok" + (" (noisy)" if e["latency_s"]["noisy"] else ""),
             f"{e['img_per_s']:.2f}",
             f"{e['img_per_s_iqr'][0]:.2f}–{e['img_per_s_iqr'][1]:.2f}",
             f"{sp['ratio']:.2f}× [{sp['low']:.2f}, {sp['high']:.2f}]" if sp else "—",
             f"{e['achieved_gflop_s']:.1f}",
-            f"{100 * e['ceiling_share']:.1f} %",
+            f"{100 * e['ceiling_share']:.1f} % ({ceiling_of})",
             f"{e['executed_gflop_s']:.1f} ({100 * e['executed_ceiling_share']:.1f} %)",
             f"{1e3 * e['latency_s']['median']:.1f} ms",
             f"{100 * e['latency_s']['iqr_over_median']:.1f} %",
             f"{e['first_call_s']:.2f} s" if e.get("first_call_s") is not None else "—",
-            f"{e['max_rel_diff_vs_plain']:.1e}" if e.get("max_rel_diff_vs_plain") is not None else "—",
+            _errors(e),
+            _agreement(e),
         ])  # fmt: skip
     return rows
 
 
 def _header_lines(record: dict[str, Any]) -> list[str]:
     env, st, fl, ce = record["environment"], record["settings"], record["flops"], record["ceiling"]
+    # schema 1 ran every path under one autocast precision and compared it with plain in that precision
+    reference = (
+        "fp32 model" if record.get("schema_version", 1) >= 2 else f"model in {st.get('precision', 'fp32')}"
+    )
     return [
-        f"variant {record['variant']['label']}: batch {st['batch_size']}, {st['img_size']}², {st['precision']}, "
+        f"variant {record['variant']['label']}: batch {st['batch_size']}, {st['img_size']}², "
+        f"{', '.join(st.get('precisions', [st.get('precision', 'fp32')]))}, "
         f"device {env['device']} ({env.get('device_name') or env.get('cpu_model')}), {st['threads']} threads, "
         f"torch {env['torch']}",
         f"{st['rounds']} interleaved rounds after {st['warmup']} warm-up calls per path; img/s = batch / median "
@@ -400,9 +593,25 @@ def _header_lines(record: dict[str, Any]) -> list[str]:
         f"FLOPs per image: {fl['flop_per_image'] / 1e9:.4f} GFLOP (2 × paper MACs; fvcore total "
         f"{fl['fvcore_total_per_image'] / 1e9:.4f} G, one multiply-add = one flop); executed GFLOP/s counts "
         "the FLOPs a path runs (optimized paths pool before the FCU-down projection)",
-        f"matmul ceiling: {ce['gflop_s']:.1f} GFLOP/s median, {ce['gflop_s_best']:.1f} best ({ce['op']}, same rounds)",
+        *(
+            f"matmul ceiling {q}: {c['gflop_s']:.1f} GFLOP/s median, {c['gflop_s_best']:.1f} best ({c['op']}, "
+            "same rounds)"
+            for q, c in record.get("ceilings", {"fp32": ce}).items()
+        ),
+        *(
+            f"{q}: {s['reason']}"
+            for q, s in record.get("precision_support", {}).items()
+            if not s["supported"]
+        ),
+        *(f"kernels of {name}: {e['kernels']}" for name, e in record["paths"].items() if e.get("kernels")),
         "first call / compile: seconds of the first forward (for compiled: torch.compile's compilation)",
+        f"accuracy against the plain {reference}: logits rel err = max |Δlogit| / max |logit| (rms: ‖Δlogits‖ / "
+        f"‖logits‖), worst head, on the timed batch; top-1 agreement of the summed heads on {_eval_what(record)}",
     ]
+
+
+def _eval_what(record: dict[str, Any]) -> str:
+    return str(record.get("evaluation_set", {}).get("what", "the evaluation set"))
 
 
 def render(record: dict[str, Any], fmt: str) -> str:

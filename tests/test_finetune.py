@@ -277,12 +277,17 @@ def test_cli_nan_exit_1_and_record_written(tmp_path: Path, monkeypatch: pytest.M
 def test_default_micro_digits_reaches_95(tmp_path: Path) -> None:
     """The default command, as a user types it: micro on digits must pass 95 % top-1 (sum head)."""
     out = tmp_path / "micro.json"
-    res = runner.invoke(app, ["finetune", "--variant", "micro", "--no-progress", "-o", str(out)])
+    res = runner.invoke(
+        app, ["finetune", "--variant", "micro", "--no-progress", "--bf16-inference", "-o", str(out)]
+    )
     assert res.exit_code == 0, res.output
     r = json.loads(out.read_text())
     assert r["data"]["source"] == "digits" and r["data"]["val_size"] == 359 and r["data"]["img_size"] == 32
     assert r["hyper"]["epochs"] == ft.DEFAULT_EPOCHS and r["hyper"]["lr"] == ft.DEFAULT_LR
     assert r["final"]["top1"]["sum"] >= 95.0, r["final"]
+    bf16 = r["final"]["bf16_inference"]
+    if bf16["status"] == "ok":  # bf16 inference of the fine-tuned model agrees with fp32 on 99 % of images
+        assert min(bf16["top1_agreement"].values()) >= 99.0, bf16
 
 
 def test_image_folder_run_with_workers_and_channels_last(tmp_path: Path) -> None:

@@ -100,10 +100,15 @@ def passing_results() -> Results:
         "sdpa_fused_bf16": {"what": "sdpa", "max_rel_diff": 0.0, "sdpa_calls": 12},
         "sdpa_fused_fp32": {"what": "sdpa", "max_rel_diff": 0.0, "sdpa_calls": 12},
     }
-    speed_paths = {
-        "plain": {"status": "ok", "max_rel_diff_vs_plain": 0.0, "compile_s": None},
-        "optimized": {"status": "ok", "max_rel_diff_vs_plain": 7e-3, "compile_s": None},
-        "compiled": {"status": "ok", "max_rel_diff_vs_plain": 7e-3, "compile_s": 20.0},
+    speed_paths = {  # schema 2, as run_speed writes it: every path in bf16, compared with plain fp32
+        f"{path}-bf16": {
+            "path": path,
+            "precision": "bf16",
+            "status": "ok",
+            "max_rel_diff_vs_plain": 8e-3,
+            "compile_s": 20.0 if path == "compiled" else None,
+        }
+        for path in ("plain", "optimized", "compiled")
     }
     cells = [
         {"label": label, "status": "ok", "profile": {"environment": {"device": "cuda"}}}
@@ -128,7 +133,11 @@ def passing_results() -> Results:
         },
         logits={"comparisons": comparisons},
         profiles=profiles,
-        speed={"settings": {"precision": "bf16"}, "paths": speed_paths},
+        speed={
+            "schema_version": 2,
+            "settings": {"device": "cuda", "precisions": ["bf16"]},
+            "paths": speed_paths,
+        },
         finetune={
             "status": "ok",
             "final": {"top1": {"sum": 97.5}},
@@ -205,10 +214,14 @@ FAILURES: dict[str, tuple[Callable[[Results], None], str]] = {
         "SDPA fused kernels (flash / memory-efficient only) on the optimized path",
     ),
     "compiled-diff": (
-        _set("speed.paths.compiled.max_rel_diff_vs_plain", 0.3),
+        _set("speed.paths.compiled-bf16.max_rel_diff_vs_plain", 0.3),
         "optimized / compiled logits vs plain (speed run)",
     ),
-    "compiled-failed": (_set("speed.paths.compiled.status", "failed"), "torch.compile path runs"),
+    "compiled-failed": (_set("speed.paths.compiled-bf16.status", "failed"), "torch.compile path runs"),
+    "plain-bf16-diff": (
+        _set("speed.paths.plain-bf16.max_rel_diff_vs_plain", 0.3),
+        "optimized / compiled logits vs plain (speed run)",
+    ),
     "matrix": (_drop_point, "profile matrix complete"),
     "oom-not-provoked": (
         _set(f"profiles.{OOM.name}.throughput.train.requested_batch_size", 256),
@@ -392,11 +405,39 @@ def test_energy_falls_back_to_power_samples(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_speed_precision_and_ceilings_are_validated() -> None:
-    with pytest.raises(BenchError, match="fp16 is CUDA-only"):
-        SpeedSettings(device="cpu", precision="fp16").validate(16)
+    with pytest.raises(BenchError, match="ceiling fp16 is CUDA-only"):
+        SpeedSettings(device="cpu", ceilings=("fp16",)).validate(16)
+    with pytest.raises(BenchError, match="ceiling tf32 is CUDA-only"):
+        SpeedSettings(device="cpu", ceilings=("tf32",)).validate(16)
     with pytest.raises(BenchError, match="ceiling 'int8' is not valid"):
         SpeedSettings(device="cpu", ceilings=("int8",)).validate(16)
-    SpeedSettings(device="cpu", precision="bf16", ceilings=("fp32",)).validate(16)
+    with pytest.raises(BenchError, match="'fp16' is not a precision"):
+        SpeedSettings(device="cuda", precisions=("fp16",)).validate(16)
+    SpeedSettings(device="cpu", precisions=("bf16",), ceilings=("fp32",)).validate(16)
+    SpeedSettings(device="cuda", precisions=("bf16",), ceilings=("tf32", "fp16")).validate(16)
+
+
+def _schema1_speed(compiled_diff: float = 7e-3, compiled_status: str = "ok") -> dict[str, Any]:
+    """A speed record of schema 1 (one autocast precision for all paths), as the committed H100 records hold."""
+    paths = {
+        "plain": {"status": "ok", "max_rel_diff_vs_plain": 0.0, "compile_s": None},
+        "optimized": {"status": "ok", "max_rel_diff_vs_plain": 6e-3, "compile_s": None},
+        "compiled": {"status": compiled_status, "max_rel_diff_vs_plain": compiled_diff, "compile_s": 20.0},
+    }
+    return {"schema_version": 1, "settings": {"precision": "bf16"}, "paths": paths}
+
+
+def test_speed_checks_read_schema_1_records() -> None:
+    results = passing_results()
+    results.speed = _schema1_speed()
+    by_name = _by_name(run_checks(results))
+    speed_check = by_name["optimized / compiled logits vs plain (speed run)"]
+    assert speed_check.status == "PASS" and "optimized 6.0e-03, compiled 7.0e-03" in speed_check.detail
+    assert by_name["torch.compile path runs"].status == "PASS"
+    results.speed = _schema1_speed(compiled_diff=0.3)
+    assert _by_name(run_checks(results))["optimized / compiled logits vs plain (speed run)"].status == "FAIL"
+    results.speed = _schema1_speed(compiled_status="failed")
+    assert _by_name(run_checks(results))["torch.compile path runs"].status == "FAIL"
 
 
 def test_a_missing_module_stops_the_check_before_it_starts(

@@ -15,7 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 import conformer
-from conformer_bench import profiling
+from conformer_bench import precision, profiling
 from conformer_bench.cli import app
 from conformer_bench.flops import count_flops
 from conformer_bench.params import COMPONENTS
@@ -188,6 +188,11 @@ def test_nan_loss_sets_status(monkeypatch: pytest.MonkeyPatch) -> None:
     assert record["status"] == "nan" and "train" in record["reason"]
 
 
+BF16 = precision.precision_support("bf16", "cpu")
+needs_bf16 = pytest.mark.skipif(not BF16.supported, reason=f"{BF16.reason}")
+
+
+@needs_bf16
 def test_bf16_autocast_is_recorded() -> None:
     settings = ProfileSettings(
         batch_size=2,
@@ -322,21 +327,30 @@ def _spy_optimizer(monkeypatch: pytest.MonkeyPatch, calls: list[dict[str, Any]],
     monkeypatch.setattr(optimize, "optimize_for_inference", spy)
 
 
-def test_optimized_bf16_keeps_autocast_and_records_precision(monkeypatch: pytest.MonkeyPatch) -> None:
+@needs_bf16
+def test_optimized_bf16_runs_the_bf16_copy_and_records_precision(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[dict[str, Any]] = []
     _spy_optimizer(monkeypatch, calls)
     settings = ProfileSettings(**INFER_FAST, precision="bf16", warmup=1, iters=2, path="optimized")
     record = profile_variant(conformer.get_config("nano"), settings)
     assert record["status"] == "ok"
-    assert calls and calls[0]["fuse_pointwise"] is False  # the fused oneDNN ops would run in fp32
-    assert record["settings"]["precision_by_phase"] == {"infer": "bf16"}
-    assert record["throughput"]["infer"]["precision"] == "bf16"
+    assert calls and calls[0]["dtype"] is torch.bfloat16 and calls[0]["fuse_pointwise"] is True
+    ran = record["settings"]["precision_by_phase"]["infer"]
+    assert ran.startswith("bf16 (optimize_for_inference dtype=bfloat16: fused oneDNN bf16 ops, fp32 heads")
+    assert record["throughput"]["infer"]["precision"] == ran
 
     calls.clear()
     fp32 = profile_variant(
         conformer.get_config("nano"), ProfileSettings(**INFER_FAST, warmup=1, iters=2, path="optimized")
     )
     assert calls[0]["fuse_pointwise"] is True and fp32["settings"]["precision_by_phase"] == {"infer": "fp32"}
+
+
+def test_bf16_profile_refused_on_a_cpu_without_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(precision, "native_bf16_flags", lambda: ())
+    result = CliRunner().invoke(app, ["profile", "-v", "nano", "--device", "cpu", "--precision", "bf16"])
+    assert result.exit_code != 0 and result.output.startswith("error: --precision bf16: bf16 not supported")
+    assert "Traceback" not in result.output and "use --precision fp32" in result.output
 
 
 def test_fused_runner_under_autocast_is_recorded_as_fp32() -> None:

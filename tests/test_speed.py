@@ -13,7 +13,7 @@ from conformer_bench.cli import app
 runner = CliRunner()
 ROUNDS = 3
 BASE = ["speed", "-v", "nano", "--img-size", "32", "-b", "2", "--rounds", str(ROUNDS), "--warmup", "0"]
-BASE += ["--matmul-size", "256", "-q"]
+BASE += ["--matmul-size", "256", "-q", "--precision", "fp32", "--agreement-images", "4"]
 
 
 def run_json(*extra: str) -> dict:
@@ -50,7 +50,7 @@ def test_speed_record_schema_and_numbers(tmp_path: Path) -> None:
     out = tmp_path / "nano.json"
     record = run_json("--paths", "plain,optimized", "--output", str(out))
     assert json.loads(out.read_text()) == record, "--output holds the same record as stdout"
-    assert record["schema"] == "conformer-bench.speed" and record["schema_version"] == 1
+    assert record["schema"] == "conformer-bench.speed" and record["schema_version"] == 2
     assert record["status"] == "ok" and record["reason"] is None
     env = record["environment"]
     for key in ("device", "cpu_model", "threads", "torch", "precision", "batch_size", "img_size", "commit"):
@@ -111,7 +111,7 @@ def test_speed_compiled_path() -> None:
     record = json.loads(
         runner.invoke(
             app, ["speed", "-v", "nano", "--img-size", "32", "-b", "2", "--rounds", "3", "--warmup", "0",
-                  "--matmul-size", "256", "-q", "--paths", "plain,compiled", "--format", "json"],
+                  "--matmul-size", "256", "-q", "--paths", "plain,compiled", "--precision", "fp32", "--format", "json"],
         ).stdout
     )  # fmt: skip
     compiled = record["paths"]["compiled"]
@@ -140,3 +140,31 @@ def test_speed_bad_input_is_one_line_exit_2(args: list[str], needle: str) -> Non
     err = result.stderr.strip()
     assert err.startswith("error:") and "\n" not in err and needle in err
     assert "Traceback" not in result.output
+
+
+def test_extra_ceilings_are_timed_in_the_same_rounds() -> None:
+    from conformer import get_config
+    from conformer_bench.speed import SpeedSettings, measure_speed
+
+    settings = SpeedSettings(batch_size=2, img_size=32, paths=("plain",), precisions=("fp32",), rounds=ROUNDS,
+                             warmup=0, matmul_size=128, agreement_images=0, ceilings=("bf16",))  # fmt: skip
+    record = measure_speed(get_config("nano"), settings)
+    assert record["settings"]["ceilings"] == ["fp32", "bf16"]
+    ceilings = record["ceilings"]
+    assert list(ceilings) == ["fp32", "bf16"] and record["ceiling"] == ceilings["fp32"]
+    assert "TF32 off" in ceilings["fp32"]["op"] and ceilings["bf16"]["precision"] == "bf16"
+    assert all(len(c["samples_s"]) == ROUNDS for c in ceilings.values())
+    assert record["paths"]["plain"]["ceiling_precision"] == "fp32"
+
+
+def test_a_schema_1_record_renders() -> None:
+    """Records of schema 1 (one autocast precision for all paths, e.g. the GPU check's) still render."""
+    from conformer_bench.speed import render
+
+    path = Path(__file__).parent.parent / "results/gpu/nvidia-h100-80gb-hbm3/speed.json"
+    record = json.loads(path.read_text())
+    assert record["schema_version"] == 1
+    table = render(record, "table")
+    rows = {line.split()[0]: line.split() for line in table.splitlines() if line.split()[:1] == ["compiled"]}
+    assert rows["compiled"][1] == "bf16" and "(bf16)" in rows["compiled"] and "matmul ceiling tf32" in table
+    assert render(record, "md") and render(record, "csv")

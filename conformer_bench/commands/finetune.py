@@ -128,6 +128,7 @@ def print_table(record: dict[str, Any]) -> None:
             f"cue top-1 (sum head): texture {final['cue_top1']['local']:.2f} %, "
             f"arrangement {final['cue_top1']['global']:.2f} %\n"
         )
+    extra += _bf16_inference_line(final.get("bf16_inference"))
     console.print(
         f"{extra}val loss {_fmt(final['val_loss'], 4)} "
         + (
@@ -145,6 +146,20 @@ def print_table(record: dict[str, Any]) -> None:
             else ""
         ),
         highlight=False,
+    )
+
+
+def _bf16_inference_line(check: dict[str, Any] | None) -> str:
+    if check is None:
+        return ""
+    if check["status"] != "ok":
+        return f"bf16 inference: {check['reason']}\n"
+    heads = [h for h in ("conv", "trans", "sum") if check["top1_fp32"][h] is not None]
+    top1 = ", ".join(f"{h} {check['top1_bf16'][h]:.2f} % (fp32 {check['top1_fp32'][h]:.2f} %)" for h in heads)
+    agree = ", ".join(f"{h} {check['top1_agreement'][h]:.2f} %" for h in heads)
+    return (
+        f"bf16 inference ({check['kernels']}), {check['count']} validation images: top-1 {top1}; "
+        f"agreement with fp32 {agree}; logits rel err {check['max_rel_diff']:.1e}\n"
     )
 
 
@@ -245,6 +260,14 @@ def register(app: typer.Typer) -> None:
                 "the heads; the record and the terminal say how many.",
             ),
         ] = False,
+        bf16_inference: Annotated[
+            bool,
+            typer.Option(
+                "--bf16-inference",
+                help="After training, also evaluate with bf16 inference (optimize_for_inference) against fp32: "
+                "top-1 per head and their agreement.",
+            ),
+        ] = False,
         save: Annotated[
             Path | None, typer.Option("--save", help="Write the fine-tuned weights (release keys).")
         ] = None,
@@ -294,6 +317,7 @@ def register(app: typer.Typer) -> None:
             save=str(save) if save else None,
             train_size=train_size,
             val_size=val_size,
+            bf16_inference=bf16_inference,
         )
         from ..flops import refuse_huge
 

@@ -31,6 +31,15 @@ def register(app: typer.Typer) -> None:
                 "--paths", help="Comma list of plain, optimized, compiled.", rich_help_panel=MEASURE
             ),
         ] = "plain,optimized,compiled",
+        precision: Annotated[
+            str,
+            typer.Option(
+                "--precision",
+                help="Comma list of fp32, bf16: every path runs in each (bf16 only where the device has it "
+                "natively; otherwise reported as not supported).",
+                rich_help_panel=MEASURE,
+            ),
+        ] = "fp32,bf16",
         device: Annotated[
             str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.", rich_help_panel=MEASURE)
         ] = "cpu",
@@ -69,7 +78,7 @@ def register(app: typer.Typer) -> None:
             int,
             typer.Option(
                 "--matmul-size",
-                help="n of the n×n fp32 matmul timed as the ceiling.",
+                help="n of the n×n matmul timed as the ceiling, once per precision.",
                 rich_help_panel=MEASURE,
             ),
         ] = 2048,
@@ -105,6 +114,14 @@ def register(app: typer.Typer) -> None:
                 rich_help_panel=MEASURE,
             ),
         ] = True,
+        agreement_images: Annotated[
+            int,
+            typer.Option(
+                "--agreement-images",
+                help="Seeded images on which top-1 agreement with plain fp32 is counted (0: none).",
+                rich_help_panel=MEASURE,
+            ),
+        ] = 32,
         seed: Annotated[
             int, typer.Option("--seed", help="Seed of weights and input.", rich_help_panel=MEASURE)
         ] = 0,
@@ -130,12 +147,12 @@ def register(app: typer.Typer) -> None:
         *,
         toggles: dict[str, Any],
     ) -> None:
-        """Images/s of the plain, optimized and compiled inference paths, interleaved in one process."""
+        """Images/s of the plain, optimized and compiled inference paths per precision, interleaved in one process."""
         from ..env import resolve_device
         from ..errors import BenchError
         from ..formatting import output_format_for
         from ..io import atomic_write_text, check_writable
-        from ..speed import FORMATS, SpeedSettings, measure_speed, parse_paths, render
+        from ..speed import FORMATS, SpeedSettings, measure_speed, parse_list, render
 
         stdout_format = (fmt or "table").lower()
         if stdout_format not in FORMATS:
@@ -145,7 +162,8 @@ def register(app: typer.Typer) -> None:
             device=resolve_device(device),
             batch_size=batch_size,
             img_size=img_size or cfg.img_size,
-            paths=parse_paths(paths),
+            paths=parse_list(paths),
+            precisions=parse_list(precision),
             rounds=rounds,
             warmup=warmup,
             matmul_size=matmul_size,
@@ -154,6 +172,7 @@ def register(app: typer.Typer) -> None:
             fold_bn=fold_bn,
             fuse_pointwise=fuse_pointwise,
             pool_first=pool_first,
+            agreement_images=agreement_images,
             seed=seed,
         )
         settings.validate(cfg.patch_size)

@@ -224,24 +224,42 @@ def check_sdpa(r: Results) -> CheckResult:
     return _result(name, bad, "ran and matched the unrestricted run: " + ", ".join(parts))
 
 
+def _speed_runs(speed: dict[str, Any]) -> list[tuple[str, str, str, dict[str, Any]]]:
+    """``(name, path, precision, entry)`` of every run of a speed record. Schema 1 (one autocast precision
+    for all paths, in ``settings.precision``) and schema 2 (precision per run, ``optimized-bf16`` ...) alike."""
+    default = speed["settings"].get("precision", "fp32")
+    return [(name, e.get("path", name), e.get("precision", default), e) for name, e in speed["paths"].items()]
+
+
+def _speed_entry(speed: dict[str, Any] | None, path: str) -> dict[str, Any] | None:
+    """The speed run of ``path`` (``compiled``: the fp32 one if any, else the first in the record)."""
+    runs = [e for _, p, _, e in _speed_runs(speed) if p == path] if speed else []
+    return (speed or {}).get("paths", {}).get(path) or next(iter(runs), None)
+
+
 def check_speed_paths(r: Results) -> CheckResult:
     name = "optimized / compiled logits vs plain (speed run)"
     if r.speed is None:
         return CheckResult(name, "FAIL", "no speed record")
-    precision = r.speed["settings"]["precision"]
-    tol = TOLERANCE[precision] if precision != "fp32" else COMPILED_FP32_TOLERANCE
-    bad, parts = [], []
-    for path, e in r.speed["paths"].items():
-        if path == "plain":
+    # schema 1: each path vs plain in the same precision; schema 2: each run vs plain fp32
+    reference = "plain" if r.speed.get("schema_version", 1) < 2 else "plain fp32"
+    bad, parts, tols = [], [], {}
+    for run, path, precision, e in _speed_runs(r.speed):
+        if path == "plain" and (precision == "fp32" or reference == "plain"):
             continue
+        tol = TOLERANCE[precision] if precision != "fp32" else COMPILED_FP32_TOLERANCE
+        tols[precision] = tol
         diff = e.get("max_rel_diff_vs_plain")
         if e["status"] != "ok" or diff is None:
-            bad.append(f"{path}: {e['status']} {e.get('reason') or ''}".strip())
+            bad.append(f"{run}: {e['status']} {e.get('reason') or ''}".strip())
         elif diff > tol:
-            bad.append(f"{path}: max rel diff {diff:.2e} > {tol:.0e}")
+            bad.append(f"{run}: max rel diff {diff:.2e} > {tol:.0e}")
         else:
-            parts.append(f"{path} {diff:.1e}")
-    return _result(name, bad, f"{precision}, tolerance {tol:.0e}: " + ", ".join(parts))
+            parts.append(f"{run} {diff:.1e}")
+    where = ", ".join(f"{q}, tolerance {t:.0e}" for q, t in tols.items())
+    return _result(
+        name, bad, f"{where}: " + ", ".join(parts) + ("" if reference == "plain" else f" (vs {reference})")
+    )
 
 
 def check_compiled(r: Results) -> CheckResult:
@@ -253,7 +271,7 @@ def check_compiled(r: Results) -> CheckResult:
         bad.append(f"no record for {point}")
     elif rec.get("status") != "ok" or not (rec.get("compile_s") or {}).get("infer"):
         bad.append(f"{point}: status {rec.get('status')} ({rec.get('reason')})")
-    speed_compiled = ((r.speed or {}).get("paths") or {}).get("compiled")
+    speed_compiled = _speed_entry(r.speed, "compiled")
     if speed_compiled is None or speed_compiled.get("status") != "ok":
         bad.append("speed: compiled path " + (speed_compiled or {}).get("status", "missing"))
     detail = ""

@@ -316,10 +316,13 @@ def run_matrix(runner: Runner, profiler: Profiler) -> str:
 
 def run_speed(plan: Plan, out_dir: Path) -> str:
     from ..formatting import output_format_for
+    from ..precision import precision_support
     from ..speed import SpeedSettings, measure_speed, render
 
     cuda = plan.device.startswith("cuda")
-    precision = "bf16"
+    # plain / optimized / compiled in bf16; their logits are compared with the plain fp32 model (a CPU
+    # rehearsal without native bf16 times fp32 instead)
+    bf16 = cuda or precision_support("bf16", plan.device).supported
     settings = SpeedSettings(
         device=plan.device,
         batch_size=plan.speed_batch,
@@ -327,8 +330,8 @@ def run_speed(plan: Plan, out_dir: Path) -> str:
         rounds=plan.speed_rounds,
         warmup=2,
         matmul_size=plan.ceiling_size,
-        precision=precision,
-        ceilings=("fp32", "tf32", "fp16") if cuda else ("fp32",),
+        precisions=("bf16",) if bf16 else ("fp32",),
+        ceilings=("tf32", "fp16") if cuda else (),
     )
     record = measure_speed(_config(plan.speed_variant), settings)
     atomic_write_text(out_dir / "speed.json", render(record, output_format_for("speed.json", None)))
