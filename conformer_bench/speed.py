@@ -348,7 +348,12 @@ def measure_speed(
         if not support[precision].supported:
             entries[name].update(status="unsupported", reason=support[precision].reason)
             continue
-        runners[name] = _build_runner(plain, path, precision, settings)
+        try:
+            runners[name] = _build_runner(plain, path, precision, settings)
+        except Exception as exc:  # building a path can fail too (e.g. no C++ compiler): recorded, not fatal
+            if name == "plain":
+                raise
+            entries[name].update(status="failed", reason=_one_line(exc))
     executed_macs = int(flops["paper_macs"])
     if settings.pool_first and any(p != "plain" for p in settings.paths):
         from conformer.optimize import optimize_for_inference
@@ -375,7 +380,7 @@ def measure_speed(
                                    executed, ceilings[entry["precision"]]))  # fmt: skip
     failed = [n for n, e in entries.items() if e["status"] == "failed"]
     timed_ok = [n for n in entries if n in samples]
-    best = max(timed_ok, key=lambda p: entries[p]["img_per_s"])
+    best = max(timed_ok, key=lambda p: entries[p]["img_per_s"]) if timed_ok else None  # None: nothing ran
     threads = torch.get_num_threads()
     return {
         "schema": SCHEMA,
@@ -463,10 +468,12 @@ def _first_calls(
         except Exception as exc:  # a path that cannot run (e.g. no C++ compiler) is recorded, not fatal
             if name == "plain":
                 raise
-            text = str(exc).strip()
-            entry.update(
-                status="failed", reason=f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
-            )
+            entry.update(status="failed", reason=_one_line(exc))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def _interleaved(

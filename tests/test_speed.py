@@ -168,3 +168,20 @@ def test_a_schema_1_record_renders() -> None:
     rows = {line.split()[0]: line.split() for line in table.splitlines() if line.split()[:1] == ["compiled"]}
     assert rows["compiled"][1] == "bf16" and "(bf16)" in rows["compiled"] and "matmul ceiling tf32" in table
     assert render(record, "md") and render(record, "csv")
+
+
+def test_a_path_that_cannot_be_built_is_recorded_and_the_run_exits_1(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No path ran (the compiled path alone, and it cannot be built): a failed record, exit 1, no traceback."""
+    from conformer_bench import speed
+
+    def no_compiler(plain: object, path: str, precision: str, settings: object) -> object:
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(speed, "_build_runner", no_compiler)
+    result = runner.invoke(app, [*BASE, "--paths", "compiled", "--format", "json"])
+    assert result.exit_code == 1, result.output
+    record = json.loads(result.stdout)
+    assert record["status"] == "failed" and record["best_path"] is None
+    assert record["paths"]["compiled"]["status"] == "failed"
+    assert "no C++ compiler found" in record["reason"]
+    assert "error: compiled: RuntimeError: no C++ compiler found" in result.stderr

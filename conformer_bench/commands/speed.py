@@ -189,3 +189,6 @@ def register(app: typer.Typer) -> None:
         if out_path is not None:
             atomic_write_text(out_path, render(record, output_format_for(str(out_path), fmt)))
         typer.echo(render(record, stdout_format), nl=False)
+        if record["status"] != "ok":
+            typer.echo(f"error: {record['reason']}", err=True)
+            raise typer.Exit(1)
