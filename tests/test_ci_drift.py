@@ -36,8 +36,8 @@ def other_kernel_set() -> dict[str, str]:
 
 
 def ablate(out: Path, *, kernels: dict[str, str] | None = None, inject: str | None = None) -> Path:
-    env = {k: v for k, v in os.environ.items() if k not in other_kernel_set()}
-    env.update(kernels or {}, PYTHONPATH=str(ROOT))
+    """A real `ablate` of the drift grid; ``kernels`` None: this process's own kernel set."""
+    env = {**os.environ, **(kernels or {}), "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "conformer_bench"]
     if inject is not None:
         command = [sys.executable, str(REGRESSED_CLI)]
