@@ -96,7 +96,7 @@ class SpeedSettings:
             raise BenchError(f"--warmup {self.warmup} is not valid; use 0 or more")
         if self.matmul_size < 64:
             raise BenchError(
-                f"--matmul-size {self.matmul_size} is too small to measure a ceiling; use 512 or more"
+                f"--matmul-size {self.matmul_size} is too small to measure a ceiling; use 64 or more (512 or more for a steady ceiling)"
             )
         if not self.paths or len(set(self.paths)) != len(self.paths):
             raise BenchError("--paths needs distinct names, e.g. plain,optimized,compiled")

@@ -132,6 +132,7 @@ def test_speed_compiled_path() -> None:
         (["--device", "tpu"], "--device"),
         (["--output", "/nonexistent-dir/x.json"], "does not exist"),
         (["-v", "huge"], "huge"),
+        (["--matmul-size", "32"], "use 64 or more"),
     ],
 )
 def test_speed_bad_input_is_one_line_exit_2(args: list[str], needle: str) -> None:
