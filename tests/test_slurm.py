@@ -27,23 +27,32 @@ LABELS = ["dual", "num_med_block=1", "cnn-only", "no-fcu"]
 runner = CliRunner()
 
 
-def _no_cluster_reason() -> str | None:
+def _no_cluster_reason(wait_s: float = 90.0) -> str | None:
+    """Why the cluster cannot run this test's jobs, or None. A node still completing an earlier test's
+    cancelled job (state ``comp``, up to Slurm's KillWait) is waited for, up to ``wait_s``."""
     if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
         return "Slurm is not installed here; start a one-node cluster with scripts/slurm.sh up (as root)"
-    try:
-        out = subprocess.run(
-            ["sinfo", "--noheader", "--format=%t"], capture_output=True, text=True, timeout=20, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"sinfo did not answer ({exc}); start the cluster with scripts/slurm.sh up"
-    if out.returncode != 0:
-        said = "; ".join(line.strip() for line in out.stderr.splitlines() if line.strip())
-        return f"no Slurm controller answers (sinfo: {said}); start one with scripts/slurm.sh up"
-    if not any(
-        state.strip().rstrip("*").startswith(("idle", "mix", "alloc")) for state in out.stdout.split()
-    ):
-        return f"no Slurm node can run jobs (sinfo states: {out.stdout.split()})"
-    return None
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            out = subprocess.run(
+                ["sinfo", "--noheader", "--format=%t"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"sinfo did not answer ({exc}); start the cluster with scripts/slurm.sh up"
+        if out.returncode != 0:
+            said = "; ".join(line.strip() for line in out.stderr.splitlines() if line.strip())
+            return f"no Slurm controller answers (sinfo: {said}); start one with scripts/slurm.sh up"
+        states = [state.strip().rstrip("*~#") for state in out.stdout.split()]
+        if any(state.startswith(("idle", "mix", "alloc")) for state in states):
+            return None
+        if time.monotonic() > deadline:
+            return f"no Slurm node can run jobs after {wait_s:.0f} s (sinfo states: {states})"
+        time.sleep(2.0)
 
 
 @pytest.fixture
