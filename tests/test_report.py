@@ -704,7 +704,7 @@ def test_the_repository_ci_thresholds_widen_throughput_and_cpu_memory_only() -> 
         return Metric(name=name, samples=(1.0,), unit="img/s", direction="higher", kind="noisy", timing=True)
 
     for phase in ("train", "infer"):
-        assert thresholds.spec_for(metric(f"micro/throughput.{phase}.img_per_s")).fail_rel == 0.25
+        assert thresholds.spec_for(metric(f"micro/throughput.{phase}.img_per_s")).fail_rel == 0.40
     memory = Metric(
         name="micro/memory.train.peak_rss_increase_bytes",
         samples=(1.0,),
