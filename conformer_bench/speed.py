@@ -211,23 +211,20 @@ def ceiling_record(kind: str, n: int, samples: list[float]) -> dict[str, Any]:
 
 def max_rel_diff(out: Any, ref: Any) -> float:
     """Largest ``max|a - b| / max|b|`` over the present heads."""
-    worst = 0.0
-    for a, b in zip(out, ref, strict=True):
-        if a is None or b is None:
-            continue
-        scale = float(b.abs().max()) or 1.0
-        worst = max(worst, float((a.float() - b.float()).abs().max()) / scale)
-    return worst
+    return _worst_head(out, ref, lambda d, b: float(d.abs().max()) / (float(b.abs().max()) or 1.0))
 
 
 def _rms_rel_diff(out: Any, ref: Any) -> float:
     """Largest ``||a - b|| / ||b||`` (Frobenius) over the present heads: the typical error, where max is the worst."""
+    return _worst_head(out, ref, lambda d, b: float(d.norm()) / (float(b.norm()) or 1.0))
+
+
+def _worst_head(out: Any, ref: Any, error: Callable[[Any, Any], float]) -> float:
+    """The largest ``error(a - b, b)`` (in float32) over the heads present in both outputs."""
     worst = 0.0
     for a, b in zip(out, ref, strict=True):
-        if a is None or b is None:
-            continue
-        scale = float(b.float().norm()) or 1.0
-        worst = max(worst, float((a.float() - b.float()).norm()) / scale)
+        if a is not None and b is not None:
+            worst = max(worst, error(a.float() - b.float(), b.float()))
     return worst
 
 
