@@ -463,19 +463,13 @@ def run_check(plan: Plan, out_dir: Path) -> int:
             for k, c in record["comparisons"].items()
         )
 
+    def finetune_args(record: str, *extra: str) -> list[str]:
+        """The micro fine-tune on this device, writing its JSON record to ``out_dir / record``."""
+        return ["finetune", "--variant", plan.finetune_variant, "--device", device, *extra,
+                "--no-progress", "--format", "json", "--output", str(out_dir / record)]  # fmt: skip
+
     def finetune() -> tuple[str, int]:
-        args = [
-            "finetune",
-            "--variant",
-            plan.finetune_variant,
-            "--device",
-            device,
-            "--no-progress",
-            "--format",
-            "json",
-            "--output",
-            str(out_dir / "finetune.json"),
-        ]
+        args = finetune_args("finetune.json")
         return run_cli(runner, args, out_dir / "finetune.log", cap_s=plan.subprocess_cap_s)
 
     def ablate() -> tuple[str, int]:
@@ -507,20 +501,7 @@ def run_check(plan: Plan, out_dir: Path) -> int:
     def torchrun() -> tuple[str, int]:
         if nproc < 2:
             return f"skipped: NCCL needs 2 GPUs, {nproc} visible", 0
-        args = [
-            "finetune",
-            "--variant",
-            plan.finetune_variant,
-            "--device",
-            device,
-            "--steps",
-            str(plan.torchrun_steps),
-            "--no-progress",
-            "--format",
-            "json",
-            "--output",
-            str(out_dir / "torchrun-finetune.json"),
-        ]
+        args = finetune_args("torchrun-finetune.json", "--steps", str(plan.torchrun_steps))
         module = [
             "-m",
             "torch.distributed.run",
