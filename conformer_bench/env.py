@@ -80,10 +80,17 @@ def cpu_vendor() -> str | None:
 
 
 @cache
+def cpu_flags() -> frozenset[str]:
+    """The instruction-set flags of the first CPU (``flags`` on x86, ``Features`` on Arm; empty without
+    /proc/cpuinfo)."""
+    info = _cpuinfo()
+    return frozenset((info.get("flags") or info.get("features") or "").split())
+
+
+@cache
 def cpu_kernel_flags() -> list[str]:
     """Which of :data:`KERNEL_FLAGS` the CPU reports."""
-    present = set(_cpuinfo().get("flags", "").split())
-    return [flag for flag in KERNEL_FLAGS if flag in present]
+    return [flag for flag in KERNEL_FLAGS if flag in cpu_flags()]
 
 
 @cache

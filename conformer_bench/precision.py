@@ -9,8 +9,9 @@ and oneDNN built with bf16 kernels for this CPU.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
+
+from .env import cpu_flags
 
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 BF16_CPU_FLAGS: tuple[str, ...] = ("avx512_bf16", "amx_bf16")
@@ -29,18 +30,6 @@ class PrecisionSupport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def cpu_flags() -> frozenset[str]:
-    """The instruction-set flags of the first CPU in ``/proc/cpuinfo`` (empty where there is no such file)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
 
 
 def native_bf16_flags() -> tuple[str, ...]:
