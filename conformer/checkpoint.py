@@ -94,9 +94,8 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
             "it must be a torch .pth state dict"
         ) from None
     except (zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
-            f"checkpoint {str(path)!r} could not be read ({first_line}); it must be a torch .pth state dict"
+            f"checkpoint {str(path)!r} could not be read ({_first_line(exc)}); it must be a torch .pth state dict"
         ) from exc
     if isinstance(obj, Mapping):
         for wrapper in ("model", "state_dict", "model_state"):

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BenchError
+from .errors import BenchError, exception_line
 from .precision import PRECISIONS, PrecisionSupport
 
 SCHEMA = "conformer-bench.speed"
@@ -350,7 +350,7 @@ def measure_speed(
         except Exception as exc:  # building a path can fail too (e.g. no C++ compiler): recorded, not fatal
             if name == "plain":
                 raise
-            entries[name].update(status="failed", reason=_one_line(exc))
+            entries[name].update(status="failed", reason=exception_line(exc))
     executed_macs = int(flops["paper_macs"])
     if settings.pool_first and any(p != "plain" for p in settings.paths):
         from conformer.optimize import optimize_for_inference
@@ -465,12 +465,7 @@ def _first_calls(
         except Exception as exc:  # a path that cannot run (e.g. no C++ compiler) is recorded, not fatal
             if name == "plain":
                 raise
-            entry.update(status="failed", reason=_one_line(exc))
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+            entry.update(status="failed", reason=exception_line(exc))
 
 
 def _interleaved(

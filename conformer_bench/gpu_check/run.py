@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import BenchError
+from ..errors import BenchError, exception_line
 from ..io import atomic_write_text, write_json
 from .plan import Plan, ProfilePoint
 
@@ -63,8 +63,7 @@ class Runner:
             detail, exit_code = out if isinstance(out, tuple) else (out, None)
             status = "ok" if exit_code in (None, 0) else "failed"
         except Exception as exc:  # a failed step is recorded and the check goes on
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            status, detail = "failed", f"{type(exc).__name__}: {text}"
+            status, detail = "failed", exception_line(exc)
         self._record(name, status, time.perf_counter() - started, exit_code, detail)
 
     def _record(self, name: str, status: str, seconds: float, exit_code: int | None, detail: str) -> None:
