@@ -203,6 +203,17 @@ def profile_rows(record: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         )
         noisy = "NOISY (> 10 %)" if t["noisy"] else "ok (<= 10 %)"
         rows.append((sec, "IQR / median", fmt_pct(t["iqr_over_median"]), noisy))
+        ref = t.get("reference")
+        if ref:
+            rows.append(
+                (
+                    sec,
+                    "img / reference GFLOP",
+                    f"{t['img_per_ref_gflop']:,.3f}",
+                    f"median over pairs of img/s / reference GFLOP/s; reference: {ref['workload']}, "
+                    f"{ref['gflop_per_s']:,.1f} GFLOP/s median",
+                )
+            )
     compile_s = record.get("compile_s") or {}
     for phase, seconds in compile_s.items():
         rows.append(
@@ -281,6 +292,7 @@ def flat_profile(record: dict[str, Any]) -> dict[str, Any]:
         t = (record.get("throughput") or {}).get(phase) or {}
         lat = t.get("latency_s") or {}
         row[f"{phase}_img_per_s"] = t.get("img_per_s")
+        row[f"{phase}_img_per_ref_gflop"] = t.get("img_per_ref_gflop")
         row[f"{phase}_batch_size"] = t.get("batch_size")
         row[f"{phase}_requested_batch_size"] = t.get("requested_batch_size")
         row[f"{phase}_iters"] = t.get("iters")

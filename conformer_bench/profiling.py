@@ -36,6 +36,7 @@ class ProfileSettings:
     count_flops: bool = True
     cross_check: bool = True
     path: str = "plain"  # plain | optimized | compiled
+    timing_reference: bool = False  # CPU: time a fixed GEMM beside every iteration (img per reference GFLOP)
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,8 @@ def validate_settings(cfg: Any, settings: ProfileSettings) -> None:
         raise BenchError("--warmup 0 needs --iters N (the iteration count is auto-ranged from the warm-up)")
     if settings.path != "plain":
         inference_optimizer()
+    if settings.timing_reference and settings.device.startswith("cuda"):
+        raise BenchError("--timing-reference times CPU steps only; drop it or use --device cpu")
 
 
 def _train_batch_has_statistics(cfg: Any, settings: ProfileSettings) -> None:
@@ -308,6 +311,8 @@ def profile_variant(
 
     validate_settings(cfg, settings)
     device = resolve_device(settings.device)
+    if settings.timing_reference and device != "cpu":
+        raise BenchError(f"--timing-reference times CPU steps only; {device} was picked, so add --device cpu")
     dtype = autocast_dtype(settings.precision, device)
     defaults = defaults or device_defaults(device)
     if settings.threads is not None:
@@ -474,9 +479,10 @@ def _run_phase(
     """
     import torch
 
-    from .timing import time_once
+    from .timing import gemm_reference, time_once
 
     runner, cl = _build_runner(phase, model, settings, dtype, path)
+    reference = gemm_reference() if settings.timing_reference else None
 
     def make() -> _Phase:
         if phase == "infer":
@@ -504,6 +510,7 @@ def _run_phase(
             min_iters=defaults.min_iters,
             max_iters=defaults.max_iters,
             progress=on_iter,
+            reference=reference,
         )
     if first_call_s is not None:
         timing["compile_s"] = first_call_s

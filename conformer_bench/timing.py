@@ -1,4 +1,10 @@
-"""Per-iteration timing of a step: warm-up, auto-ranged iteration count, raw samples, robust summary."""
+"""Per-iteration timing of a step: warm-up, auto-ranged iteration count, raw samples, robust summary.
+
+A CPU step can also be timed side by side with a fixed reference workload (:func:`gemm_reference`): each
+timed iteration is followed by one reference call, and the per-pair ratio says how fast the step ran *relative
+to what this machine did at that moment*. A shared host's slow phases slow both halves of a pair, so the ratio
+holds across runs and hosts of one CPU kind where raw img/s moves by a third (docs/ci.md).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from .stats import summarize
@@ -18,6 +25,47 @@ def plan_iters(estimate_s: float, budget_s: float, min_iters: int, max_iters: in
     if estimate_s <= 0 or not math.isfinite(estimate_s):
         return max_iters
     return max(min_iters, min(max_iters, math.ceil(budget_s / estimate_s)))
+
+
+@dataclass(frozen=True)
+class ReferenceWorkload:
+    """A fixed amount of plain-torch work timed beside each iteration of a step."""
+
+    description: str
+    flops: int  # floating-point operations of one call (a multiply-add counts 2)
+    step: Callable[[], Any]
+
+
+REFERENCE_GEMM_N = 256  # square fp32 matrices: small enough to stay in cache, large enough for the FMA units
+REFERENCE_GEMM_CALLS = 8  # about 3 ms on one Zen 4 core, the order of a micro model's step
+
+
+def gemm_reference(n: int = REFERENCE_GEMM_N, calls: int = REFERENCE_GEMM_CALLS) -> ReferenceWorkload:
+    """``calls`` fp32 ``torch.mm`` of ``n x n`` by ``n x n`` on the CPU, into a preallocated output.
+
+    Built before a phase's memory probe starts: its three matrices are the only memory it holds.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=generator)
+    b = torch.randn(n, n, generator=generator)
+    out = torch.empty(n, n)
+
+    def step() -> None:
+        for _ in range(calls):
+            torch.mm(a, b, out=out)
+
+    return ReferenceWorkload(f"{calls} x fp32 GEMM {n}x{n}x{n} (torch.mm, CPU)", 2 * n**3 * calls, step)
+
+
+def reference_ratios(
+    step_s: list[float], reference_s: list[float], batch_size: int, flops: int
+) -> list[float]:
+    """Images per reference GFLOP of each (step, reference) pair: the step's img/s over the reference's
+    GFLOP/s, both timed back to back: ``batch * t_reference / (t_step * GFLOP)``."""
+    gflop = flops / 1e9
+    return [batch_size * ref / (sec * gflop) for sec, ref in zip(step_s, reference_s, strict=True)]
 
 
 class _CudaTimer:
@@ -79,6 +127,22 @@ class _HostTimer:
                 progress(i + 1, iters)
         return samples
 
+    def run_paired(
+        self, step: Callable[[], Any], reference: Callable[[], Any], iters: int, progress: ProgressFn | None
+    ) -> tuple[list[float], list[float]]:
+        """``iters`` pairs: one timed step, then one timed reference call."""
+        steps, references = [], []
+        for i in range(iters):
+            start = time.perf_counter()
+            step()
+            middle = time.perf_counter()
+            reference()
+            references.append(time.perf_counter() - middle)
+            steps.append(middle - start)
+            if progress is not None:
+                progress(i + 1, iters)
+        return steps, references
+
 
 def time_once(step: Callable[[], Any], device: str) -> float:
     """Seconds of one call of ``step``, synchronised on both sides on CUDA (e.g. a first, compiling call)."""
@@ -98,15 +162,20 @@ def measure(
     max_iters: int,
     requested_batch_size: int | None = None,
     progress: ProgressFn | None = None,
+    reference: ReferenceWorkload | None = None,
 ) -> dict[str, Any]:
     """Run ``warmup`` untimed-for-the-result iterations, then ``iters`` timed ones; return a Timing dict.
 
     With ``iters=None`` the count is auto-ranged: the budget divided by the last warm-up iteration's time
     (so ``warmup`` must be >= 1), clamped to ``[min_iters, max_iters]``. ``latency_s`` is per batch.
     On CUDA the timed loop's energy is read from NVML (``energy``) and gives ``img_per_j``.
+    With a CPU ``reference``, every timed iteration is followed by one timed reference call; the result
+    then also holds ``reference`` (its samples and GFLOP/s) and ``img_per_ref_gflop`` (median over pairs).
     """
     if iters is None and warmup < 1:
         raise ValueError("auto-ranged iterations need at least one warm-up iteration")
+    if reference is not None and device.startswith("cuda"):
+        raise ValueError("a reference workload times CPU steps only")
     timer: _CudaTimer | _HostTimer = _CudaTimer(device) if device.startswith("cuda") else _HostTimer()
     warmup_s = [timer.time_synced(step) for _ in range(warmup)]
     auto = iters is None
@@ -114,15 +183,33 @@ def measure(
         estimate = statistics.median(warmup_s[1:]) if len(warmup_s) > 2 else warmup_s[-1]
         iters = plan_iters(estimate, budget_s, min_iters, max_iters)
     energy = None
+    reference_s: list[float] | None = None
     if device.startswith("cuda"):
         from .energy import gpu_energy
 
         with gpu_energy(device) as energy:
             samples = timer.run(step, iters, progress)  # synchronises before returning
+    elif reference is not None:
+        assert isinstance(timer, _HostTimer)
+        reference.step()  # its first call, untimed (allocation, kernel selection)
+        samples, reference_s = timer.run_paired(step, reference.step, iters, progress)
     else:
         samples = timer.run(step, iters, progress)
     summary = summarize(samples)
     joules = energy.get("joules") if energy else None
+    paired: dict[str, Any] = {}
+    if reference is not None and reference_s is not None:
+        ratios = reference_ratios(samples, reference_s, batch_size, reference.flops)
+        paired = {
+            "img_per_ref_gflop": statistics.median(ratios),
+            "ref_ratio_samples": ratios,
+            "reference": {
+                "workload": reference.description,
+                "flops": reference.flops,
+                "gflop_per_s": reference.flops / statistics.median(reference_s) / 1e9,
+                "samples_s": reference_s,
+            },
+        }
     return {
         "img_per_s": batch_size / summary["median"],
         "batch_size": batch_size,
@@ -139,4 +226,5 @@ def measure(
         "timer": timer.name,
         "energy": energy,  # cuda: NVML energy of the timed loop; None on CPU
         "img_per_j": batch_size * iters / joules if joules else None,
+        **paired,
     }

@@ -223,3 +223,86 @@ def test_cpu_peak_rss_sees_a_transient_allocation() -> None:
     assert mem["peak_rss_increase_bytes"] >= 0.8 * size
     assert mem["peak_rss_bytes"] >= mem["rss_before_bytes"] + mem["peak_rss_increase_bytes"] - 1
     assert mem["rss_samples"] > 0
+
+
+# --------------------------------------------------------------------------- timing beside a reference GEMM
+
+
+class _FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_reference_pairs_cancel_a_host_slowdown(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Halfway through, the host runs everything 2x slower: raw img/s moves, img per reference GFLOP not."""
+    from conformer_bench import timing as timing_module
+    from conformer_bench.timing import ReferenceWorkload, measure
+
+    clock = _FakeClock()
+    monkeypatch.setattr(timing_module.time, "perf_counter", clock)
+    calls = {"step": 0}
+
+    def slowdown() -> float:
+        return 2.0 if calls["step"] > 10 else 1.0
+
+    def step() -> None:
+        calls["step"] += 1
+        clock.now += 0.020 * slowdown()
+
+    def reference_step() -> None:
+        clock.now += 0.004 * slowdown()
+
+    reference = ReferenceWorkload("fake", flops=400_000_000, step=reference_step)
+    out = measure(
+        step, device="cpu", batch_size=16, warmup=2, iters=18, budget_s=1.0, min_iters=1, max_iters=100,
+        reference=reference,
+    )  # fmt: skip
+    assert out["samples_s"] == pytest.approx([0.020] * 8 + [0.040] * 10)
+    # 16 img / 0.02 s = 800 img/s against 0.4 GFLOP / 0.004 s = 100 GFLOP/s -> 8 img per GFLOP, in every pair
+    assert out["ref_ratio_samples"] == pytest.approx([8.0] * 18)
+    assert out["img_per_ref_gflop"] == pytest.approx(8.0)
+    assert out["img_per_s"] == pytest.approx(400.0)  # the raw median took the slow half
+    assert out["reference"]["workload"] == "fake" and out["reference"]["samples_s"] == pytest.approx(
+        [0.004] * 8 + [0.008] * 10
+    )
+
+
+def test_reference_workload_is_cpu_only_and_counts_its_flops() -> None:
+    from conformer_bench.timing import gemm_reference, measure
+
+    gemm = gemm_reference(n=8, calls=3)
+    assert gemm.flops == 2 * 8**3 * 3
+    gemm.step()
+    with pytest.raises(ValueError, match="CPU steps only"):
+        measure(
+            lambda: None, device="cuda", batch_size=1, warmup=0, iters=1, budget_s=1.0, min_iters=1,
+            max_iters=1, reference=gemm,
+        )  # fmt: skip
+
+
+def test_profile_with_timing_reference_records_the_pairs() -> None:
+    from conformer import get_config
+    from conformer_bench.profiling import ProfileSettings, profile_variant
+
+    cfg = get_config("micro")
+    settings = ProfileSettings(
+        device="cpu", batch_size=2, img_size=32, mode="infer", warmup=1, iters=3, count_flops=False,
+        threads=1, timing_reference=True,
+    )  # fmt: skip
+    record = profile_variant(cfg, settings)
+    infer = record["throughput"]["infer"]
+    assert len(infer["ref_ratio_samples"]) == 3 and infer["img_per_ref_gflop"] > 0
+    assert infer["reference"]["flops"] == 2 * 256**3 * 8
+    assert record["settings"]["timing_reference"] is True
+
+
+def test_timing_reference_on_cuda_is_refused_before_building() -> None:
+    from conformer import get_config
+    from conformer_bench.errors import BenchError
+    from conformer_bench.profiling import ProfileSettings, validate_settings
+
+    with pytest.raises(BenchError, match="CPU steps only"):
+        validate_settings(get_config("micro"), ProfileSettings(device="cuda", timing_reference=True))

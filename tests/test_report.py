@@ -704,7 +704,10 @@ def test_the_repository_ci_thresholds_widen_throughput_and_cpu_memory_only() -> 
         return Metric(name=name, samples=(1.0,), unit="img/s", direction="higher", kind="noisy", timing=True)
 
     for phase in ("train", "infer"):
-        assert thresholds.spec_for(metric(f"micro/throughput.{phase}.img_per_s")).fail_rel == 0.40
+        raw = thresholds.spec_for(metric(f"micro/throughput.{phase}.img_per_s"))
+        assert (raw.fail_rel, raw.gate) == (0.40, False)  # raw img/s is shown, never blocks
+        relative = thresholds.spec_for(metric(f"micro/throughput.{phase}.img_per_ref_gflop"))
+        assert (relative.fail_rel, relative.gate, relative.unit) == (0.40, True, "img/ref-GFLOP")
     memory = Metric(
         name="micro/memory.train.peak_rss_increase_bytes",
         samples=(1.0,),
@@ -716,3 +719,58 @@ def test_the_repository_ci_thresholds_widen_throughput_and_cpu_memory_only() -> 
     assert thresholds.spec_for(memory).gate == shipped.spec_for(memory).gate
     params = Metric(name="micro/params.total", samples=(1.0,), unit="", direction="equal", kind="exact")
     assert thresholds.spec_for(params) == shipped.spec_for(params)
+
+
+# --------------------------------------------------------------------------- speed against a reference GEMM
+
+
+def referenced(median_s: float, ratio: float, *, seed: int = 0) -> dict[str, Any]:
+    """A timing whose per-pair images per reference GFLOP sit around ``ratio`` (+-2 %)."""
+    out = timing(median_s, seed=seed)
+    rng = np.random.default_rng(seed + 7)
+    out["ref_ratio_samples"] = (ratio * (1.0 + rng.uniform(-0.02, 0.02, 25))).tolist()
+    out["img_per_ref_gflop"] = float(np.median(out["ref_ratio_samples"]))
+    return out
+
+
+def _ci_thresholds() -> Path:
+    return Path(__file__).resolve().parent.parent / "experiments" / "ci_thresholds.toml"
+
+
+def test_reference_samples_become_their_own_metric(tmp_path: Path) -> None:
+    record = profile_record(infer=referenced(0.010, 9.0))
+    metrics = load_metrics(write(tmp_path / "p.json", record))
+    relative = metrics.metrics["throughput.infer.img_per_ref_gflop"]
+    assert relative.unit == "img/ref-GFLOP" and relative.timing
+    assert np.median(relative.samples) == pytest.approx(9.0, rel=0.02)
+    assert "throughput.train.img_per_ref_gflop" not in metrics.metrics  # train had no reference
+
+
+def test_reference_samples_of_the_wrong_type_name_the_fix(tmp_path: Path) -> None:
+    timing_entry = referenced(0.010, 9.0)
+    timing_entry["ref_ratio_samples"] = "fast"
+    path = write(tmp_path / "p.json", profile_record(infer=timing_entry))
+    result = report_cli("--baseline", path, "--current", path)
+    assert result.exit_code == 2
+    assert "ref_ratio_samples is not a list" in result.output and "regenerate" in result.output
+
+
+def test_ci_gates_the_referenced_speed_not_raw_img_per_s(tmp_path: Path) -> None:
+    """On CI, a host slowdown that halves raw img/s but not the ratio passes; a real 50 % drop blocks."""
+    base = write(tmp_path / "base.json", profile_record(infer=referenced(0.010, 9.0)))
+    slow_host = write(tmp_path / "slow.json", profile_record(infer=referenced(0.020, 9.0, seed=1)))
+    comparison = run_compare(base, slow_host, _ci_thresholds())
+    raw = row(comparison, "throughput.infer.img_per_s")
+    assert raw.status == "WARN" and not raw.blocking
+    assert row(comparison, "throughput.infer.img_per_ref_gflop").status == "OK"
+    assert not comparison.blocking
+
+    slower_code = write(tmp_path / "code.json", profile_record(infer=referenced(0.020, 4.5, seed=2)))
+    comparison = run_compare(base, slower_code, _ci_thresholds())
+    relative = row(comparison, "throughput.infer.img_per_ref_gflop")
+    assert relative.status == "FAIL" and relative.blocking
+
+    milder = write(tmp_path / "mild.json", profile_record(infer=referenced(0.010, 9.0 * 0.75, seed=3)))
+    assert row(run_compare(base, milder, _ci_thresholds()), "throughput.infer.img_per_ref_gflop").status == (
+        "WARN"
+    )

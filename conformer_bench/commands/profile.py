@@ -121,6 +121,15 @@ def register(app: typer.Typer) -> None:
                 rich_help_panel=MEASURE,
             ),
         ] = False,
+        timing_reference: Annotated[
+            bool,
+            typer.Option(
+                "--timing-reference",
+                help="CPU: time a fixed fp32 GEMM after every iteration and also report img per reference "
+                "GFLOP, a speed that holds on a shared, noisy host.",
+                rich_help_panel=MEASURE,
+            ),
+        ] = False,
         flops: Annotated[
             bool,
             typer.Option(
@@ -184,6 +193,7 @@ def register(app: typer.Typer) -> None:
             count_flops=flops,
             cross_check=cross_check and flops,
             path="compiled" if compile_ else "optimized" if optimize else "plain",
+            timing_reference=timing_reference,
         )
         show_progress = not quiet and sys.stderr.isatty()
         if show_progress:

@@ -205,6 +205,10 @@ def profile_metrics(
                 if samples:
                     name = f"{prefix}throughput.{mode}.img_per_s"
                     out.add(Metric(name, samples, "img/s", "higher", "noisy", True, tenv, context))
+                relative = reference_samples(timing, f"throughput.{mode}", source)
+                if relative:
+                    name = f"{prefix}throughput.{mode}.img_per_ref_gflop"
+                    out.add(Metric(name, relative, REF_UNIT, "higher", "noisy", True, tenv, context))
         memory = _path(record, f"memory.{mode}")
         if isinstance(memory, Mapping):
             if memory.get("status", "ok") != "ok":
@@ -230,6 +234,22 @@ def throughput_samples(timing: Mapping[str, Any], where: str, source: str) -> tu
         raise BenchError(f"{source}: {where}.batch_size is missing; it is needed to turn seconds into img/s")
     seconds = [_number(s, f"{where}.samples_s", source) for s in raw]
     return tuple(batch / s for s in seconds if s is not None and s > 0)
+
+
+REF_UNIT = "img/ref-GFLOP"
+
+
+def reference_samples(timing: Mapping[str, Any], where: str, source: str) -> tuple[float, ...]:
+    """Images per reference GFLOP of every (step, reference GEMM) pair; empty without a reference."""
+    raw = timing.get("ref_ratio_samples")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise BenchError(
+            f"{source}: {where}.ref_ratio_samples is not a list of numbers; regenerate the record"
+        )
+    values = [_number(v, f"{where}.ref_ratio_samples", source) for v in raw]
+    return tuple(v for v in values if v is not None and v > 0)
 
 
 def finetune_metrics(
