@@ -24,7 +24,7 @@ from typing import Any
 from conformer import ConformerConfig
 
 from .errors import BenchError
-from .io import write_failure
+from .files import write_failure
 
 SCHEMA = "conformer-bench.finetune"
 SCHEMA_VERSION = 1
@@ -391,7 +391,7 @@ def run_finetune(
     """
     from . import distributed
     from .env import resolve_device
-    from .io import check_writable
+    from .files import check_writable
 
     validate_settings(settings)
     t_start = time.perf_counter()

@@ -7,7 +7,7 @@ import io
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .io import dumps_json
+from .files import dumps_json
 from .params import COMPONENTS
 
 FORMATS = ("table", "json", "csv", "md")

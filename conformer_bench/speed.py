@@ -614,7 +614,7 @@ def _eval_what(record: dict[str, Any]) -> str:
 
 
 def render(record: dict[str, Any], fmt: str) -> str:
-    from .io import dumps_json
+    from .files import dumps_json
 
     if fmt == "json":
         return dumps_json(record)

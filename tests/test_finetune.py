@@ -16,7 +16,7 @@ import conformer_bench.finetune as ft
 from conformer_bench.cli import app
 from conformer_bench.errors import BenchError
 from conformer_bench.finetune import FinetuneSettings, lr_at, run_finetune
-from conformer_bench.options import build_config
+from conformer_bench.toggles import build_config
 
 FIXTURE = Path(__file__).parent / "fixtures" / "official_conformer_micro.pt"
 # A few optimizer steps of the smallest preset on a slice of digits: the real code paths, in seconds.

@@ -86,7 +86,7 @@ def test_speed_record_schema_and_numbers(tmp_path: Path) -> None:
 
 
 def test_speed_text_formats_name_what_they_count(tmp_path: Path) -> None:
-    from conformer_bench.io import read_json
+    from conformer_bench.files import read_json
     from conformer_bench.speed import render
 
     md_path, json_path = tmp_path / "speed.md", tmp_path / "speed.json"

@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Any
 
-from ..io import read_json, write_json
+from ..files import read_json, write_json
 from .experiment import Cell
 
 SPEC_SCHEMA = "conformer-bench.cell-spec"

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BenchError
-from ..io import atomic_write_text, dumps_json
+from ..files import atomic_write_text, dumps_json
 from .executor import ExecutorSettings
 from .experiment import Cell, Experiment
 from .store import ResultStore

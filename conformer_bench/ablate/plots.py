@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..io import atomic_write_bytes
+from ..files import atomic_write_bytes
 from .summary import COMPONENTS
 
 if TYPE_CHECKING:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import BenchError
-from ..io import atomic_write_text, read_json, write_json
+from ..files import atomic_write_text, read_json, write_json
 from .experiment import Cell, Experiment
 from .store import CELL_SCHEMA, CELL_SCHEMA_VERSION, Holder, ResultStore
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BenchError
-from ..io import atomic_write_text, dumps_json, write_failure
+from ..files import atomic_write_text, dumps_json, write_failure
 
 CELL_SCHEMA = "conformer-bench.cell"
 CELL_SCHEMA_VERSION = 1

@@ -443,7 +443,7 @@ def write_summary(
     out_dir: Path, records: list[dict[str, Any]], base_label: str | None, title: str
 ) -> tuple[pd.DataFrame, list[str], dict[str, Path]]:
     """Write summary.csv, summary.md and the figures; return the frame, the notes and the written paths."""
-    from ..io import atomic_write_text
+    from ..files import atomic_write_text
     from .plots import write_figures
 
     df = build_frame(records, base_label)

@@ -313,7 +313,7 @@ def _run(
 
 def _make_output_dir(exp: Any) -> Path:
     from ..errors import BenchError
-    from ..io import check_writable, write_failure
+    from ..files import check_writable, write_failure
 
     out_dir: Path = exp.output_dir
     if out_dir.exists() and not out_dir.is_dir():

@@ -155,7 +155,7 @@ def variant_config(
     **more: Any,
 ) -> Any:
     """Build the ConformerConfig for a command's toggle options (raises BenchError on bad input)."""
-    from ..options import build_config
+    from ..toggles import build_config
 
     return build_config(
         variant,

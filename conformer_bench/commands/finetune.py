@@ -59,7 +59,7 @@ def _fmt(value: Any, digits: int = 2) -> str:
 
 def render(record: dict[str, Any], fmt: OutputFormat) -> str:
     """The record as json, csv or a markdown table (``table`` is printed with rich by the command)."""
-    from ..io import dumps_json
+    from ..files import dumps_json
 
     rows = summary_rows(record)
     if fmt is OutputFormat.json:
@@ -288,8 +288,8 @@ def register(app: typer.Typer) -> None:
         Exit status 1 when the loss became non-finite (the record is still written, status "nan").
         """
         from ..distributed import is_main_process
+        from ..files import check_writable, write_json
         from ..finetune import FinetuneSettings, run_finetune
-        from ..io import check_writable, write_json
 
         cfg = variant_config(variant, **toggles)
         main = is_main_process()

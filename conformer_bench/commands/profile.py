@@ -167,8 +167,8 @@ def register(app: typer.Typer) -> None:
         toggles: dict[str, Any],
     ) -> None:
         """Params, FLOPs, memory and throughput of one Conformer variant."""
+        from ..files import atomic_write_text, check_writable
         from ..formatting import FORMATS, output_format_for, render
-        from ..io import atomic_write_text, check_writable
         from ..profiling import MODES, PRECISIONS, ProfileSettings, profile_variant
 
         stdout_format = _choice("--format", fmt, FORMATS) if fmt else "table"

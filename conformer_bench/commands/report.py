@@ -47,7 +47,7 @@ def register(app: typer.Typer) -> None:
         Exit code 0: no blocking regression; 1: blocking regression; 2: bad input or nothing measured.
         """
         from ..errors import BenchError
-        from ..io import atomic_write_text, check_writable, write_json
+        from ..files import atomic_write_text, check_writable, write_json
         from ..report import compare, load_metrics, load_thresholds, render_json, render_markdown
 
         for flag, path in (("--baseline", baseline), ("--current", current)):

@@ -150,8 +150,8 @@ def register(app: typer.Typer) -> None:
         """Images/s of the plain, optimized and compiled inference paths per precision, interleaved in one process."""
         from ..env import resolve_device
         from ..errors import BenchError
+        from ..files import atomic_write_text, check_writable
         from ..formatting import output_format_for
-        from ..io import atomic_write_text, check_writable
         from ..speed import FORMATS, SpeedSettings, measure_speed, parse_list, render
 
         stdout_format = (fmt or "table").lower()

@@ -41,7 +41,7 @@ def table(
     from ..ablate.store import CELLS_FILE, ResultStore
     from ..ablate.summary import ordered, to_csv, to_latex, to_markdown, write_summary
     from ..errors import BenchError
-    from ..io import atomic_write_text
+    from ..files import atomic_write_text
 
     if not results_dir.is_dir():
         raise BenchError(

@@ -46,8 +46,8 @@ def collect(base: str, img_size: int | None, with_macs: bool) -> dict[str, Any]:
 
     from ..errors import BenchError
     from ..flops import quick_counts
-    from ..options import build_config
     from ..params import count_params
+    from ..toggles import build_config
 
     def counts(cfg: Any, size: int) -> dict[str, Any]:
         if size % cfg.patch_size:
@@ -147,8 +147,8 @@ def _tables(data: dict[str, Any]) -> tuple[list[str], list[list[str]], list[str]
 def render_variants(data: dict[str, Any], fmt: str) -> str:
     import io
 
+    from ..files import dumps_json
     from ..formatting import render_rows_md
-    from ..io import dumps_json
 
     p_head, p_rows, t_head, t_rows = _tables(data)
     base, size = data["toggle_base"], data["toggles"][0]["img_size"]
@@ -230,8 +230,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """List presets and toggles with their parameter counts and MACs."""
         from ..errors import BenchError
+        from ..files import atomic_write_text, check_writable
         from ..formatting import FORMATS
-        from ..io import atomic_write_text, check_writable
 
         if fmt not in FORMATS:
             raise BenchError(f"--format {fmt!r} is not valid; use one of {', '.join(FORMATS)}")

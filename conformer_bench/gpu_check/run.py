@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BenchError, exception_line
-from ..io import atomic_write_text, write_json
+from ..files import atomic_write_text, write_json
 from .plan import Plan, ProfilePoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,7 +78,7 @@ class Runner:
 
 
 def _config(variant: str) -> Any:
-    from ..options import build_config
+    from ..toggles import build_config
 
     return build_config(variant)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import BenchError
-from ..io import check_writable, read_json, write_json
+from ..files import check_writable, read_json, write_json
 from .metrics import BASELINE_SCHEMA, BASELINE_SCHEMA_VERSION, MetricSet, baseline_metrics, load_metrics
 
 

@@ -383,7 +383,7 @@ def baseline_metrics(record: Mapping[str, Any], source: str) -> MetricSet:
 
 def load_metrics(path: str | Path) -> MetricSet:
     """Read any input ``report`` and ``baseline`` accept; :class:`BenchError` for anything else."""
-    from ..io import read_json
+    from ..files import read_json
 
     path = Path(path)
     if path.is_dir() or path.suffix == ".jsonl":
