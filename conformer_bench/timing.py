@@ -1,8 +1,8 @@
 """Per-iteration timing of a step: warm-up, auto-ranged iteration count, raw samples, robust summary.
 
 A CPU step can also be timed side by side with a fixed reference workload (:func:`gemm_reference`): each
-timed iteration is followed by one reference call, and the per-pair ratio says how fast the step ran *relative
-to what this machine did at that moment*. A shared host's slow phases slow both halves of a pair, so the ratio
+timed iteration is bracketed by reference calls, and the ratio says how fast the step ran *relative to what
+this machine did at that moment*. A shared host's slow phases slow both halves of a pair, so the ratio
 holds across runs and hosts of one CPU kind where raw img/s moves by a third (docs/ci.md).
 """
 
@@ -62,10 +62,15 @@ def gemm_reference(n: int = REFERENCE_GEMM_N, calls: int = REFERENCE_GEMM_CALLS)
 def reference_ratios(
     step_s: list[float], reference_s: list[float], batch_size: int, flops: int
 ) -> list[float]:
-    """Images per reference GFLOP of each (step, reference) pair: the step's img/s over the reference's
-    GFLOP/s, both timed back to back: ``batch * t_reference / (t_step * GFLOP)``."""
+    """Images per reference GFLOP of each step: its img/s over the GFLOP/s of the reference calls just
+    before and after it (``reference_s`` has one more entry than ``step_s``), i.e.
+    ``batch * mean(t_reference before, after) / (t_step * GFLOP)``."""
+    if len(reference_s) != len(step_s) + 1:
+        raise ValueError("every step needs a reference call before and after it")
     gflop = flops / 1e9
-    return [batch_size * ref / (sec * gflop) for sec, ref in zip(step_s, reference_s, strict=True)]
+    return [
+        batch_size * (reference_s[i] + reference_s[i + 1]) / 2 / (sec * gflop) for i, sec in enumerate(step_s)
+    ]
 
 
 class _CudaTimer:
@@ -130,15 +135,18 @@ class _HostTimer:
     def run_paired(
         self, step: Callable[[], Any], reference: Callable[[], Any], iters: int, progress: ProgressFn | None
     ) -> tuple[list[float], list[float]]:
-        """``iters`` pairs: one timed step, then one timed reference call."""
-        steps, references = [], []
-        for i in range(iters):
+        """One timed reference call, then ``iters`` times a timed step and a timed reference call: every
+        step is bracketed by the reference calls just before and after it (``iters + 1`` of them)."""
+
+        def timed(call: Callable[[], Any]) -> float:
             start = time.perf_counter()
-            step()
-            middle = time.perf_counter()
-            reference()
-            references.append(time.perf_counter() - middle)
-            steps.append(middle - start)
+            call()
+            return time.perf_counter() - start
+
+        steps, references = [], [timed(reference)]
+        for i in range(iters):
+            steps.append(timed(step))
+            references.append(timed(reference))
             if progress is not None:
                 progress(i + 1, iters)
         return steps, references
@@ -169,8 +177,8 @@ def measure(
     With ``iters=None`` the count is auto-ranged: the budget divided by the last warm-up iteration's time
     (so ``warmup`` must be >= 1), clamped to ``[min_iters, max_iters]``. ``latency_s`` is per batch.
     On CUDA the timed loop's energy is read from NVML (``energy``) and gives ``img_per_j``.
-    With a CPU ``reference``, every timed iteration is followed by one timed reference call; the result
-    then also holds ``reference`` (its samples and GFLOP/s) and ``img_per_ref_gflop`` (median over pairs).
+    With a CPU ``reference``, every timed iteration is bracketed by timed reference calls; the result then
+    also holds ``reference`` (its samples and GFLOP/s) and ``img_per_ref_gflop`` (median over steps).
     """
     if iters is None and warmup < 1:
         raise ValueError("auto-ranged iterations need at least one warm-up iteration")
@@ -191,7 +199,7 @@ def measure(
             samples = timer.run(step, iters, progress)  # synchronises before returning
     elif reference is not None:
         assert isinstance(timer, _HostTimer)
-        reference.step()  # its first call, untimed (allocation, kernel selection)
+        reference.step()  # an untimed first call (allocation, kernel selection)
         samples, reference_s = timer.run_paired(step, reference.step, iters, progress)
     else:
         samples = timer.run(step, iters, progress)

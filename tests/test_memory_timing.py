@@ -237,7 +237,8 @@ class _FakeClock:
 
 
 def test_reference_pairs_cancel_a_host_slowdown(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Halfway through, the host runs everything 2x slower: raw img/s moves, img per reference GFLOP not."""
+    """From the 11th step on, the host runs everything 2x slower: raw img/s moves, img per reference GFLOP
+    does not (but for the step at the switch, whose reference calls straddle it)."""
     from conformer_bench import timing as timing_module
     from conformer_bench.timing import ReferenceWorkload, measure
 
@@ -261,13 +262,22 @@ def test_reference_pairs_cancel_a_host_slowdown(monkeypatch: pytest.MonkeyPatch)
         reference=reference,
     )  # fmt: skip
     assert out["samples_s"] == pytest.approx([0.020] * 8 + [0.040] * 10)
-    # 16 img / 0.02 s = 800 img/s against 0.4 GFLOP / 0.004 s = 100 GFLOP/s -> 8 img per GFLOP, in every pair
-    assert out["ref_ratio_samples"] == pytest.approx([8.0] * 18)
+    # 19 reference calls: one before the first step, one after each step (the 9th after the first slow step)
+    assert out["reference"]["samples_s"] == pytest.approx([0.004] * 9 + [0.008] * 10)
+    # 16 img / 0.02 s = 800 img/s against 0.4 GFLOP / 0.004 s = 100 GFLOP/s -> 8 img per GFLOP; the first
+    # slow step is bracketed by one fast and one slow reference call: 16 * 0.006 / (0.04 * 0.4) = 6
+    assert out["ref_ratio_samples"] == pytest.approx([8.0] * 8 + [6.0] + [8.0] * 9)
     assert out["img_per_ref_gflop"] == pytest.approx(8.0)
     assert out["img_per_s"] == pytest.approx(400.0)  # the raw median took the slow half
-    assert out["reference"]["workload"] == "fake" and out["reference"]["samples_s"] == pytest.approx(
-        [0.004] * 8 + [0.008] * 10
-    )
+    assert out["reference"]["workload"] == "fake"
+
+
+def test_reference_ratios_need_a_reference_call_on_both_sides() -> None:
+    from conformer_bench.timing import reference_ratios
+
+    assert reference_ratios([0.02], [0.004, 0.008], 16, 400_000_000) == pytest.approx([12.0])
+    with pytest.raises(ValueError, match="before and after"):
+        reference_ratios([0.02, 0.02], [0.004, 0.004], 16, 400_000_000)
 
 
 def test_reference_workload_is_cpu_only_and_counts_its_flops() -> None:
