@@ -55,10 +55,20 @@ SbatchOpt = Annotated[
 ]
 
 
-def register(app: typer.Typer) -> None:
-    app.command("ablate")(ablate)
+app = typer.Typer()
+
+EXAMPLES = """Examples:
+
+conformer-bench ablate experiments/ci.toml --dry-run
+
+conformer-bench ablate experiments/ci.toml --output-dir results/ci --resume
+
+conformer-bench ablate experiments/paper.toml --only base --only no_fcu --profile-mode none
+
+conformer-bench ablate experiments/paper.toml --executor slurm --partition gpu --gpus-per-task 1 --no-wait"""
 
 
+@app.command("ablate", epilog=EXAMPLES)
 @handle_errors
 def ablate(
     experiment: Annotated[

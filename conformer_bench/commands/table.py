@@ -17,10 +17,18 @@ class TableFormat(StrEnum):
     latex = "latex"
 
 
-def register(app: typer.Typer) -> None:
-    app.command("table")(table)
+app = typer.Typer()
+
+EXAMPLES = """Examples:
+
+conformer-bench table results/ci
+
+conformer-bench table results/ci --format latex
+
+conformer-bench table results/ci -f csv --base base > summary.csv"""
 
 
+@app.command("table", epilog=EXAMPLES)
 @handle_errors
 def table(
     results_dir: Annotated[
