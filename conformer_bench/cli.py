@@ -39,8 +39,15 @@ class OneLineErrorGroup(TyperGroup):
             sys.exit(exc.exit_code)
         except click_exceptions.ClickException as exc:
             ctx = getattr(exc, "ctx", None)
+            message = exc.format_message()
+            if isinstance(exc, click_exceptions.NoSuchOption) and ctx is not None:
+                hidden = {o for p in ctx.command.params if getattr(p, "hidden", False) for o in p.opts}
+                near = [o for o in exc.possibilities or () if o not in hidden]  # offer shown options only
+                message = f"No such option: {exc.option_name}"
+                if near:
+                    message += f". Did you mean {' or '.join(near)}?"
             where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
-            print(f"error: {exc.format_message()}{where}", file=sys.stderr)
+            print(f"error: {message}{where}", file=sys.stderr)
             sys.exit(exc.exit_code)
         except typer.Abort:
             print("aborted", file=sys.stderr)

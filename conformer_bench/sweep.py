@@ -130,7 +130,9 @@ def run_sweep(
     still run (Ctrl-C still stops the sweep).
     """
     if profile is None:
-        from .profiling import profile_variant as profile
+        from . import profiling
+
+        profile = profiling.profile_variant
     records = []
     counted: dict[tuple[str, int], dict[str, Any]] = {}  # FLOPs depend on the model and image size only
     for i, point in enumerate(sweep):
@@ -142,13 +144,7 @@ def run_sweep(
             precision=point.precision,
             count_flops=base.count_flops and key not in counted,
         )
-        step = None
-        if progress is not None:
-            name = f"{i + 1}/{len(sweep)} {point.cfg.name} batch {point.batch_size or 'auto'}, "
-            name += f"{point.img_size}px, {point.precision}"
-
-            def step(message: str, fraction: float, i: int = i, name: str = name) -> None:
-                progress(f"{name}: {message}", (i + fraction) / len(sweep))
+        step = None if progress is None else _point_progress(progress, point, i, len(sweep))
 
         if len(sweep) == 1:
             return [profile(point.cfg, settings, progress=step)]
@@ -164,6 +160,18 @@ def run_sweep(
                 record["settings"]["count_flops"] = True
         records.append(record)
     return records
+
+
+def _point_progress(
+    progress: Callable[[str, float], None], point: Point, i: int, n: int
+) -> Callable[[str, float], None]:
+    """One point's progress as its share of the whole sweep's bar."""
+    name = f"{i + 1}/{n} {point.cfg.name} batch {point.batch_size or 'auto'}, {point.img_size}px, {point.precision}"
+
+    def step(message: str, fraction: float) -> None:
+        progress(f"{name}: {message}", (i + fraction) / n)
+
+    return step
 
 
 def status_text(record: dict[str, Any]) -> str:

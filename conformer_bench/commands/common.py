@@ -258,10 +258,10 @@ def aliases(*, amp: bool = False) -> Callable[[F], F]:
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             for option, (alias, flag, _, value) in chosen.items():
-                given = kwargs.pop(alias)
-                if given is None or given is False:
+                spelled = kwargs.pop(alias)
+                if spelled is None or spelled is False:
                     continue
-                new = given if value is None else value
+                new = spelled if value is None else value
                 if given(option) and kwargs[option] != new:
                     raise BenchError(
                         f"{flag} and {OPTION_FLAGS[option]} disagree; give only {OPTION_FLAGS[option]}"
