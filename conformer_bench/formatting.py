@@ -49,13 +49,15 @@ def fmt_pct(x: float | None, digits: int = 1) -> str:
     return "—" if x is None else f"{100 * x:.{digits}f} %"
 
 
-def parse_format(value: str | None, option: str = "--format", default: str = "table") -> str:
+def parse_format(
+    value: str | None, option: str = "--format", default: str = "table", choices: Sequence[str] = FORMATS
+) -> str:
     """``--format`` read once, case-insensitively (``-f JSON`` is ``json``)."""
     if value is None:
         return default
     fmt = value.strip().lower()
-    if fmt not in FORMATS:
-        raise BenchError(f"{option} {value!r} is not valid; use one of {', '.join(FORMATS)}")
+    if fmt not in choices:
+        raise BenchError(f"{option} {value!r} is not valid; use one of {', '.join(choices)}")
     return fmt
 
 

@@ -23,7 +23,7 @@ KEEPS = {
     "profile": ("--variant", "--cnn-only", "--device", "--batch-size", "--precision", "--threads", "--quiet"),
     "speed": ("--paths", "--precision", "--device", "--rounds", "--matmul-size", "--format", "--quiet"),
     "finetune": ("--checkpoint", "--dataset", "--steps", "--device", "--precision", "--save", "--quiet"),
-    "ablate": ("--output-dir", "--resume", "--only", "--dry-run", "--executor", "--sbatch"),
+    "ablate": ("--output-dir", "--resume", "--only", "--dry-run", "--executor", "--sbatch", "--quiet"),
     "table": ("--format", "--base"),
     "report": ("--baseline", "--current", "--thresholds", "--warn-only"),
 }

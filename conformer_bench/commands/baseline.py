@@ -19,13 +19,13 @@ WRITE_EXAMPLES = """Examples:
 
 conformer-bench baseline write --from results/ci --output baseline.json
 
-conformer-bench baseline write --from profile.json --output baseline.json --force"""
+conformer-bench baseline write --from micro.json --output baseline.json --force"""
 
 UPDATE_EXAMPLES = """Examples:
 
 conformer-bench baseline update --from results/ci --baseline baseline.json
 
-conformer-bench baseline update --from results/ci --baseline baseline.json --only 'base/throughput.*'"""
+conformer-bench baseline update --from results/ci --baseline baseline.json --only 'micro/throughput.*'"""
 
 AllowDirtyOpt = Annotated[
     bool,

@@ -188,7 +188,7 @@ conformer-bench finetune --variant micro --steps 20 --device cpu
 
 conformer-bench finetune --variant nano --dataset local-global --epochs 2 -f json -o finetune.json
 
-conformer-bench finetune --variant tiny --checkpoint Conformer_tiny_patch16.pth --dataset data/pets --img-size 224 --precision bf16
+conformer-bench finetune --variant micro --dataset local-global --steps 30 --bf16-inference -o micro.csv
 
 torchrun --nproc-per-node 2 -m conformer_bench finetune --variant micro --steps 50 -q"""
 

@@ -13,11 +13,11 @@ app = typer.Typer()
 
 EXAMPLES = """Examples:
 
-conformer-bench report --baseline baseline.json --current results/ci
+conformer-bench report --baseline results/baselines/ci.json --current results/ci
 
-conformer-bench report --baseline baseline.json --current profile.json --markdown report.md --json verdict.json
+conformer-bench report --baseline results/baselines/ci.json --current runs/ci --markdown report.md --json verdict.json
 
-conformer-bench report --baseline baseline.json --current results/ci --warn-only"""
+conformer-bench report --baseline results/ci --current runs/ci --warn-only"""
 
 
 @app.command("report", epilog=EXAMPLES)
