@@ -333,7 +333,7 @@ def plot(records: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Non
         raise BenchError(
             "no point of the sweep measured throughput; nothing to plot (use --mode infer or train)"
         )
-    keys = ("variant", "config_hash", "precision", "img_size", "path")
+    keys = ("variant", "precision", "img_size", "path")
     varying = [k for k in keys if len({r[k] for r in rows}) > 1 or k == "variant"]
     fig, axes = plt.subplots(1, len(phases), figsize=(6 * len(phases), 4.5), squeeze=False)
     for ax, phase in zip(axes[0], phases, strict=True):
@@ -349,6 +349,9 @@ def plot(records: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Non
             )
             ax.plot([x for x, _ in xy], [y for _, y in xy], marker="o", label=label)
         ax.set_xscale("log", base=2)
+        batches = sorted({x for xy in lines.values() for x, _ in xy})
+        ax.set_xticks(batches, [str(b) for b in batches])
+        ax.minorticks_off()
         ax.set_xlabel("batch size (images per step)")
         ax.set_ylabel(f"{phase} images/s (median iteration)")
         ax.set_title(phase)
