@@ -11,8 +11,10 @@ import typer
 from typer.core import TyperGroup
 
 try:  # recent typer vendors click
+    from typer._click import core as click_core
     from typer._click import exceptions as click_exceptions
 except ImportError:  # pragma: no cover - older typer depends on click itself
+    from click import core as click_core  # type: ignore[no-redef]
     from click import exceptions as click_exceptions  # type: ignore[no-redef]
 
 
@@ -27,6 +29,7 @@ class OneLineErrorGroup(TyperGroup):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
+        _quiet_flag_metavars(self)
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
@@ -36,13 +39,32 @@ class OneLineErrorGroup(TyperGroup):
             sys.exit(exc.exit_code)
         except click_exceptions.ClickException as exc:
             ctx = getattr(exc, "ctx", None)
+            message = exc.format_message()
+            if isinstance(exc, click_exceptions.NoSuchOption) and ctx is not None:
+                hidden = {o for p in ctx.command.params if getattr(p, "hidden", False) for o in p.opts}
+                near = [o for o in exc.possibilities or () if o not in hidden]  # offer shown options only
+                message = f"No such option: {exc.option_name}"
+                if near:
+                    message += f". Did you mean {' or '.join(near)}?"
             where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
-            print(f"error: {exc.format_message()}{where}", file=sys.stderr)
+            print(f"error: {message}{where}", file=sys.stderr)
             sys.exit(exc.exit_code)
         except typer.Abort:
             print("aborted", file=sys.stderr)
             sys.exit(1)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _quiet_flag_metavars(command: Any) -> None:
+    """Show no ``<bool>`` type beside on/off flags in --help: they take no value."""
+    params = list(getattr(command, "params", ()))
+    if getattr(command, "add_help_option", False):
+        params.append(command.get_help_option(click_core.Context(command)))
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    for sub in getattr(command, "commands", {}).values():
+        _quiet_flag_metavars(sub)
 
 
 app = typer.Typer(
@@ -54,7 +76,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# Each module defines ``register(app)``; registration order is the order in --help.
+# Each module defines one ``app = typer.Typer()``; registration order is the order in --help.
 COMMAND_MODULES = ("variants", "profile", "speed", "finetune", "ablate", "table", "report", "baseline")
 
 
@@ -82,7 +104,7 @@ for _name in COMMAND_MODULES:
         if _exc.name != f"conformer_bench.commands.{_name}":
             raise
         continue
-    _module.register(app)
+    app.add_typer(_module.app)
 
 
 def main() -> None:

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Sequence
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
-from .files import dumps_json
+from .errors import BenchError
+from .files import atomic_write_text, dumps_json
 from .params import COMPONENTS
 
-FORMATS = ("table", "json", "csv", "md")
+# Every command that prints a record offers these; csv and jsonl hold raw values, one row per line.
+FORMATS = ("table", "json", "jsonl", "csv", "md")
+EXTENSIONS = {"json": "json", "jsonl": "jsonl", "ndjson": "jsonl", "csv": "csv", "md": "md", "txt": "table"}
 PHASES = ("infer", "train")
 
 
@@ -43,12 +49,73 @@ def fmt_pct(x: float | None, digits: int = 1) -> str:
     return "—" if x is None else f"{100 * x:.{digits}f} %"
 
 
-def output_format_for(path: str, explicit: str | None) -> str:
-    """The format written to ``--output``: the explicit ``--format``, else by extension (json otherwise)."""
-    if explicit:
-        return explicit.lower()  # --format is case-insensitive, for the file as for stdout
-    suffix = path.rsplit(".", 1)[-1].lower() if "." in path else ""
-    return {"csv": "csv", "md": "md", "txt": "table"}.get(suffix, "json")
+def parse_format(
+    value: str | None, option: str = "--format", default: str = "table", choices: Sequence[str] = FORMATS
+) -> str:
+    """``--format`` read once, case-insensitively (``-f JSON`` is ``json``)."""
+    if value is None:
+        return default
+    fmt = value.strip().lower()
+    if fmt not in choices:
+        raise BenchError(f"{option} {value!r} is not valid; use one of {', '.join(choices)}")
+    return fmt
+
+
+def file_format(path: str | os.PathLike[str], explicit: str | None) -> str:
+    """The format written to ``--output``: its known extension, else ``--format``, else json."""
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix in EXTENSIONS:
+        return EXTENSIONS[suffix]
+    return parse_format(explicit, default="json")
+
+
+output_format_for = file_format  # older name, kept for callers outside the CLI
+
+
+def write_output(
+    path: str | os.PathLike[str], render: Callable[[str], str], explicit: str | None = None
+) -> Path:
+    """Render in the file's format (see :func:`file_format`) and write atomically; say so on stderr."""
+    written = atomic_write_text(path, render(file_format(path, explicit)))
+    print(f"wrote {path}", file=sys.stderr)
+    return written
+
+
+def rows_csv(
+    rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, header: bool = True
+) -> str:
+    """Raw values, one row per line; ``None`` is an empty cell."""
+    if columns is None:
+        columns = list(rows[0]) if rows else []
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
+    if header:
+        writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    return buf.getvalue()
+
+
+def rows_jsonl(rows: Iterable[dict[str, Any]]) -> str:
+    return "".join(dumps_json(row, indent=None) for row in rows)
+
+
+def _typed(cell: str) -> Any:
+    if cell == "":
+        return None
+    if cell in ("True", "False"):
+        return cell == "True"
+    for kind in (int, float):
+        try:
+            return kind(cell)
+        except ValueError:
+            pass
+    return cell
+
+
+def csv_to_jsonl(text: str) -> str:
+    """The rows of a command's CSV form as JSON lines (numbers as numbers, empty cells as null)."""
+    return rows_jsonl({k: _typed(v) for k, v in row.items()} for row in csv.DictReader(io.StringIO(text)))
 
 
 # --- what the record says, as (section, metric, value, what it counts) rows -------------------------------
@@ -256,34 +323,75 @@ def render_md(record: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Config fields the variant toggles set; each is a column of the tidy rows.
+TOGGLE_FIELDS = (
+    "branches",
+    "coupling",
+    "num_med_block",
+    "fcu_down",
+    "fcu_up",
+    "fcu_stages",
+    "pos_embed",
+    "heads",
+    "fused_attn",
+)
+
+
+def config_hash(config: dict[str, Any] | None) -> str | None:
+    """Short hash of a model config's ``to_dict()``, the same identity the reports use."""
+    if not config:
+        return None
+    from .report.metrics import config_identity
+
+    return config_identity({"config": config})
+
+
 def flat_profile(record: dict[str, Any]) -> dict[str, Any]:
-    """One CSV row of raw (unrounded) values."""
+    """One tidy row of raw (unrounded) values; every record, failed ones too, gives the same columns.
+
+    Columns are listed in docs/records.md ("Tidy profile rows").
+    """
     env = record.get("environment") or {}
     settings = record.get("settings") or {}
+    variant = record.get("variant") or {}
+    config = variant.get("config") or {}
     row: dict[str, Any] = {
         "label": record.get("label"),
-        "variant": (record.get("variant") or {}).get("name"),
-        "status": record.get("status"),
-        "device": env.get("device"),
-        "device_name": env.get("device_name"),
-        "precision": settings.get("precision"),
-        "threads": env.get("threads"),
-        "path": settings.get("path"),
-        "channels_last": settings.get("channels_last"),
-        "img_size": settings.get("img_size"),
+        "variant": variant.get("name"),
+        "config_hash": config_hash(config),
     }
+    for field in TOGGLE_FIELDS:
+        value = config.get(field)
+        if field == "fcu_stages" and value is not None:
+            value = ",".join(str(s) for s in value) or "none"
+        row[field] = value
+    row.update(
+        {
+            "status": record.get("status"),
+            "reason": record.get("reason"),
+            "device": env.get("device", settings.get("device")),
+            "device_name": env.get("device_name") or env.get("cpu_model"),
+            "precision": settings.get("precision"),
+            "threads": env.get("threads", settings.get("threads")),
+            "path": settings.get("path"),
+            "channels_last": settings.get("channels_last"),
+            "mode": settings.get("mode"),
+            "batch_size": settings.get("batch_size"),
+            "img_size": settings.get("img_size"),
+        }
+    )
     params = record.get("params") or {}
     row["params_total"] = params.get("total")
     row["params_trainable"] = params.get("trainable")
     for comp in COMPONENTS:
         row[f"params_{comp}"] = (params.get("by_component") or {}).get(comp)
     flops = record.get("flops") or {}
-    row["fvcore_total"] = flops.get("fvcore_total")
     row["paper_macs"] = flops.get("paper_macs")
+    row["fvcore_flops"] = flops.get("fvcore_total")
     for comp in COMPONENTS:
         c = (flops.get("by_component") or {}).get(comp, {})
-        row[f"fvcore_{comp}"] = c.get("fvcore")
         row[f"paper_macs_{comp}"] = c.get("paper_macs")
+        row[f"fvcore_flops_{comp}"] = c.get("fvcore")
     cross = flops.get("cross_check") or {}
     row["cross_check_macs"] = cross.get("macs")
     row["cross_check_relative_difference"] = cross.get("relative_difference")
@@ -308,19 +416,15 @@ def flat_profile(record: dict[str, Any]) -> dict[str, Any]:
             "nvml_used_bytes",
         ):
             row[f"{phase}_{key}"] = mem.get(key)
+    row["wall_s"] = record.get("wall_s")
     return row
 
 
+TIDY_COLUMNS: tuple[str, ...] = tuple(flat_profile({}))
+
+
 def render_csv(records: Iterable[dict[str, Any]]) -> str:
-    rows = [flat_profile(r) for r in records]
-    if not rows:
-        return ""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: "" if v is None else v for k, v in row.items()})
-    return buf.getvalue()
+    return rows_csv([flat_profile(r) for r in records], TIDY_COLUMNS)
 
 
 def render(record: dict[str, Any], fmt: str) -> str:
@@ -328,6 +432,8 @@ def render(record: dict[str, Any], fmt: str) -> str:
         return dumps_json(record)
     if fmt == "csv":
         return render_csv([record])
+    if fmt == "jsonl":
+        return rows_jsonl([flat_profile(record)])
     if fmt == "md":
         return render_md(record)
     if fmt == "table":

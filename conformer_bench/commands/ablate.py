@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import handle_errors
+from .common import QuietOpt, handle_errors
 
 DRY_RUN_MAX = 200  # cells a dry run lists without --limit
 JOBS = "Jobs (--executor slurm / submitit-local; defaults from the file's executor table)"
@@ -55,10 +55,20 @@ SbatchOpt = Annotated[
 ]
 
 
-def register(app: typer.Typer) -> None:
-    app.command("ablate")(ablate)
+app = typer.Typer()
+
+EXAMPLES = """Examples:
+
+conformer-bench ablate experiments/ci.toml --dry-run
+
+conformer-bench ablate experiments/ci.toml --output-dir runs/ci --resume
+
+conformer-bench ablate experiments/paper.toml --only conformer-s --only no-fcu --profile-mode none
+
+conformer-bench ablate experiments/paper.toml --executor slurm --partition gpu --gpus-per-task 1 --no-wait"""
 
 
+@app.command("ablate", epilog=EXAMPLES)
 @handle_errors
 def ablate(
     experiment: Annotated[
@@ -161,6 +171,7 @@ def ablate(
     array_parallelism: ArrayOpt = None,
     max_requeues: RequeueOpt = None,
     sbatch: SbatchOpt = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """Run every cell of EXPERIMENT (profile, and fine-tune when asked), then write tables and figures.
 
@@ -233,7 +244,7 @@ def ablate(
         dist = Distributed(rank=shard_arg[0], world=shard_arg[1])
     else:
         dist = Distributed()
-    statuses = _run(exp, cells, run_finetune, resume, dist, isolate, force)
+    statuses = _run(exp, cells, run_finetune, resume, dist, isolate, force, quiet)
     bad = {label: s for label, s in statuses.items() if s != "ok"}
     if bad:
         typer.echo(
@@ -243,8 +254,38 @@ def ablate(
         raise typer.Exit(1)
 
 
+class _LinesOnly:
+    """Grid progress for --quiet: no bars, one line per finished cell."""
+
+    def __init__(self, console: Any, prefix: str) -> None:
+        self.console, self.prefix = console, prefix
+
+    def __enter__(self) -> _LinesOnly:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def start_cell(self, cell: Any, position: int, total: int) -> Any:
+        return self
+
+    def update(self, text: str, done: float | None = None, total: float | None = None) -> None:
+        pass
+
+    def end_cell(self, cell: Any, status: str, skipped: bool) -> None:
+        note = "skipped (unchanged, --resume)" if skipped else status
+        self.console.print(f"{self.prefix}{cell.label}: {note}", highlight=False)
+
+
 def _run(
-    exp: Any, cells: list[Any], finetune: bool, resume: bool, dist: Any, isolate: bool, force: bool
+    exp: Any,
+    cells: list[Any],
+    finetune: bool,
+    resume: bool,
+    dist: Any,
+    isolate: bool,
+    force: bool,
+    quiet: bool = False,
 ) -> dict[str, str]:
     from rich.console import Console
 
@@ -267,7 +308,13 @@ def _run(
     try:
         with sigterm_as_exit():
             try:
-                with RichGridProgress(len(share), rank=dist.rank, world=dist.world) as progress:
+                prefix = f"[rank {dist.rank}/{dist.world}] " if dist.world > 1 else ""
+                grid = (
+                    _LinesOnly(Console(stderr=True), prefix)
+                    if quiet
+                    else RichGridProgress(len(share), rank=dist.rank, world=dist.world)
+                )
+                with grid as progress:
                     result = run_grid(
                         exp,
                         cells,

@@ -9,10 +9,23 @@ import typer
 
 from .common import handle_errors
 
-baseline_app = typer.Typer(
+app = typer.Typer(
+    name="baseline",
     help="Write or update the baseline that `report` compares against (always explicit).",
     no_args_is_help=True,
 )
+
+WRITE_EXAMPLES = """Examples:
+
+conformer-bench baseline write --from results/ci --output baseline.json
+
+conformer-bench baseline write --from micro.json --output baseline.json --force"""
+
+UPDATE_EXAMPLES = """Examples:
+
+conformer-bench baseline update --from results/ci --baseline baseline.json
+
+conformer-bench baseline update --from results/ci --baseline baseline.json --only 'micro/throughput.*'"""
 
 AllowDirtyOpt = Annotated[
     bool,
@@ -23,7 +36,7 @@ FromOpt = Annotated[
 ]
 
 
-@baseline_app.command("write")
+@app.command("write", epilog=WRITE_EXAMPLES)
 @handle_errors
 def write(
     source: FromOpt,
@@ -38,7 +51,7 @@ def write(
     _summary(document, f"wrote {output}")
 
 
-@baseline_app.command("update")
+@app.command("update", epilog=UPDATE_EXAMPLES)
 @handle_errors
 def update(
     source: FromOpt,
@@ -64,7 +77,3 @@ def _summary(document: dict, action: str) -> None:
             f"warning: {prefix or 'record'} crashed in these results ({reason}); it is kept as crashed",
             err=True,
         )
-
-
-def register(app: typer.Typer) -> None:
-    app.add_typer(baseline_app, name="baseline")

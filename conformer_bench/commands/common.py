@@ -32,13 +32,6 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-class OutputFormat(StrEnum):
-    table = "table"
-    json = "json"
-    csv = "csv"
-    md = "md"
-
-
 class Branches(StrEnum):
     dual = "dual"
     cnn = "cnn"
@@ -128,6 +121,175 @@ HeadsOpt = Annotated[
     Heads | None,
     typer.Option("--heads", help="Which head(s) classify (release: both).", rich_help_panel=TOGGLES),
 ]
+
+
+# --- options shared by the measuring commands (one declaration each) ----------------------------------------
+
+MEASURE = "Measurement"
+OUTPUT = "Output"
+
+DeviceOpt = Annotated[
+    str,
+    typer.Option(
+        "--device", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N.", rich_help_panel=MEASURE
+    ),
+]
+BatchSizeOpt = Annotated[
+    int, typer.Option("--batch-size", "-b", help="Images per step (per process).", rich_help_panel=MEASURE)
+]
+BatchSizesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--batch-size",
+        "-b",
+        help="Images per step; a comma list sweeps (default: 2 on CPU, 64 on GPU).",
+        rich_help_panel=MEASURE,
+    ),
+]
+ImgSizeOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--img-size",
+        help="Square input size, a multiple of the patch size (default: the preset's).",
+        rich_help_panel=MEASURE,
+    ),
+]
+ImgSizesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--img-size",
+        help="Square input size, a multiple of the patch size; a comma list sweeps (default: the preset's).",
+        rich_help_panel=MEASURE,
+    ),
+]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--threads", help="torch intra-op threads (default: torch's; recorded).", rich_help_panel=MEASURE
+    ),
+]
+PrecisionOpt = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        help="fp32, bf16, fp16 (CUDA) or amp (fp16 on CUDA, bf16 on CPU), as far as the command runs them; "
+        "a comma list where the command measures several.",
+        rich_help_panel=MEASURE,
+    ),
+]
+OutputOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--output",
+        "-o",
+        help="Also write the result here: format from the extension (.json, .jsonl, .csv, .md, .txt), "
+        "else --format, else JSON.",
+        rich_help_panel=OUTPUT,
+    ),
+]
+FormatOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--format",
+        "-f",
+        help="table (default), json, jsonl, csv or md on stdout (any case).",
+        rich_help_panel=OUTPUT,
+    ),
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.", rich_help_panel=OUTPUT)]
+
+# Hidden spellings of the same options (timm's train.py/benchmark.py names, older flags).
+ALIASES: dict[str, tuple[str, str, Any, Any]] = {
+    # option parameter: (alias parameter, alias flag, annotation, value the option takes when the flag is set)
+    "variant": ("model", "--model", Annotated[str | None, typer.Option("--model", hidden=True)], None),
+    "output": (
+        "results_file",
+        "--results-file",
+        Annotated[str | None, typer.Option("--results-file", hidden=True)],
+        None,
+    ),
+    "quiet": (
+        "no_progress",
+        "--no-progress",
+        Annotated[bool, typer.Option("--no-progress", hidden=True)],
+        True,
+    ),
+    "precision": ("amp", "--amp", Annotated[bool, typer.Option("--amp", hidden=True)], "amp"),
+}
+OPTION_FLAGS = {"variant": "--variant", "output": "--output", "quiet": "--quiet", "precision": "--precision"}
+
+
+def given(name: str) -> bool:
+    """Whether option ``name`` was given on the command line (not its default)."""
+    try:
+        from typer._click.globals import get_current_context
+    except ImportError:  # pragma: no cover - older typer depends on click itself
+        from click.globals import get_current_context  # type: ignore[no-redef]
+
+    ctx = get_current_context(silent=True)
+    source = ctx.get_parameter_source(name) if ctx is not None else None
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+
+
+def aliases(*, amp: bool = False) -> Callable[[F], F]:
+    """Add the hidden aliases of the command's options (``--amp`` only with ``amp=True``)."""
+
+    def decorate(func: F) -> F:
+        signature = inspect.signature(func, eval_str=True)
+        params = list(signature.parameters.values())
+        names = {p.name for p in params}
+        chosen = {
+            option: spec
+            for option, spec in ALIASES.items()
+            if option in names and (option != "precision" or amp)
+        }
+        at = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.KEYWORD_ONLY), len(params))
+        added = [
+            inspect.Parameter(
+                alias,
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                default=None if value is None else False,
+                annotation=annotation,
+            )
+            for alias, _, annotation, value in chosen.values()
+        ]
+        parameters = [*params[:at], *added, *params[at:]]
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            for option, (alias, flag, _, value) in chosen.items():
+                spelled = kwargs.pop(alias)
+                if spelled is None or spelled is False:
+                    continue
+                new = spelled if value is None else value
+                if given(option) and kwargs[option] != new:
+                    raise BenchError(
+                        f"{flag} and {OPTION_FLAGS[option]} disagree; give only {OPTION_FLAGS[option]}"
+                    )
+                kwargs[option] = new
+            return func(*args, **kwargs)
+
+        wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def parse_format(fmt: str | None) -> str:
+    """``--format`` read once, case-insensitively; table when not given."""
+    from ..formatting import parse_format as parse
+
+    return parse(fmt)
+
+
+def write_output(path: str | None, render: Callable[[str], str], fmt: str | None) -> None:
+    """Write a command's result to ``--output`` (when given) in the file's format, atomically."""
+    if path is None:
+        return
+    from ..formatting import write_output as write
+
+    write(path, render, fmt)
 
 
 ForceOpt = Annotated[

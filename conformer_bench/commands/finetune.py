@@ -10,12 +10,20 @@ from typing import Annotated, Any
 import typer
 
 from .common import (
+    BatchSizeOpt,
+    DeviceOpt,
     ForceOpt,
-    OutputFormat,
+    FormatOpt,
+    OutputOpt,
+    PrecisionOpt,
+    QuietOpt,
     VariantOpt,
+    aliases,
     handle_errors,
+    parse_format,
     toggle_options,
     variant_config,
+    write_output,
 )
 
 TRAIN = "Training"
@@ -57,14 +65,23 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
-def render(record: dict[str, Any], fmt: OutputFormat) -> str:
-    """The record as json, csv or a markdown table (``table`` is printed with rich by the command)."""
+def render(record: dict[str, Any], fmt: str) -> str:
+    """The record as json, jsonl, csv, a markdown table or the terminal table as plain text."""
     from ..files import dumps_json
+    from ..formatting import rows_jsonl
 
     rows = summary_rows(record)
-    if fmt is OutputFormat.json:
+    if fmt == "json":
         return dumps_json(record)
-    if fmt is OutputFormat.csv:
+    if fmt == "jsonl":
+        return rows_jsonl(rows)
+    if fmt == "table":
+        from rich.console import Console
+
+        console = Console(file=io.StringIO(), width=120, color_system=None, force_terminal=False)
+        print_table(record, console)
+        return str(console.file.getvalue())  # type: ignore[attr-defined]
+    if fmt == "csv":
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["status"], lineterminator="\n")
         writer.writeheader()
@@ -100,7 +117,7 @@ def render(record: dict[str, Any], fmt: OutputFormat) -> str:
     return "\n".join(lines) + "\n"
 
 
-def print_table(record: dict[str, Any]) -> None:
+def print_table(record: dict[str, Any], console: Any = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -118,7 +135,7 @@ def print_table(record: dict[str, Any]) -> None:
         table.add_column(col, justify="right" if col != "head" else "left")
     for r in summary_rows(record):
         table.add_row(r["head"], _fmt(r["top1_pct"]), *([_fmt(r["top5_pct"])] if top5 else []))
-    console = Console()
+    console = console or Console()
     console.print(title, highlight=False)
     console.print(table)
     final = record["final"]
@@ -163,182 +180,183 @@ def _bf16_inference_line(check: dict[str, Any] | None) -> str:
     )
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("finetune")
-    @handle_errors
-    @toggle_options
-    def finetune(
-        variant: VariantOpt = "micro",
-        checkpoint: Annotated[
-            Path | None,
-            typer.Option("--checkpoint", help="Release .pth to start from; both heads are replaced."),
-        ] = None,
-        dataset: Annotated[
-            str,
-            typer.Option(
-                "--dataset", help="digits, local-global, or an ImageFolder path.", rich_help_panel=DATA
-            ),
-        ] = "digits",
-        img_size: Annotated[
-            int | None,
-            typer.Option(
-                "--img-size",
-                help="Input size (default: 32 for digits/local-global, 64 for folders).",
-                rich_help_panel=DATA,
-            ),
-        ] = None,
-        train_size: Annotated[
-            int | None,
-            typer.Option(
-                "--train-size",
-                help="Cap (folder/digits) or set (local-global) the training images.",
-                rich_help_panel=DATA,
-            ),
-        ] = None,
-        val_size: Annotated[
-            int | None,
-            typer.Option("--val-size", help="Cap or set the validation images.", rich_help_panel=DATA),
-        ] = None,
-        workers: Annotated[
-            int, typer.Option("--workers", help="DataLoader worker processes.", rich_help_panel=DATA)
-        ] = 0,
-        epochs: Annotated[
-            int | None,
-            typer.Option("--epochs", help="Epochs (default 8); excludes --steps.", rich_help_panel=TRAIN),
-        ] = None,
-        steps: Annotated[
-            int | None,
-            typer.Option("--steps", help="Optimizer steps; excludes --epochs.", rich_help_panel=TRAIN),
-        ] = None,
-        batch_size: Annotated[
-            int,
-            typer.Option("--batch-size", "-b", help="Images per step per process.", rich_help_panel=TRAIN),
-        ] = 64,
-        lr: Annotated[
-            float, typer.Option("--lr", help="Peak AdamW learning rate.", rich_help_panel=TRAIN)
-        ] = 2e-3,
-        weight_decay: Annotated[
-            float, typer.Option("--weight-decay", help="AdamW weight decay.", rich_help_panel=TRAIN)
-        ] = 0.05,
-        warmup: Annotated[
-            float,
-            typer.Option(
-                "--warmup",
-                help="Warm-up: below 1 a fraction of all steps, else epochs.",
-                rich_help_panel=TRAIN,
-            ),
-        ] = 0.1,
-        label_smoothing: Annotated[float, typer.Option("--label-smoothing", rich_help_panel=TRAIN)] = 0.0,
-        drop_path: Annotated[
-            float | None,
-            typer.Option(
-                "--drop-path", help="Stochastic depth rate (default: the variant's).", rich_help_panel=TRAIN
-            ),
-        ] = None,
-        clip_grad: Annotated[
-            float | None,
-            typer.Option("--clip-grad", help="Clip the gradient norm to this value.", rich_help_panel=TRAIN),
-        ] = None,
-        seed: Annotated[
-            int,
-            typer.Option(
-                "--seed", help="Seeds init, data split, order and augmentation.", rich_help_panel=TRAIN
-            ),
-        ] = 0,
-        device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
-        precision: Annotated[
-            str, typer.Option("--precision", help="fp32, bf16 (autocast) or fp16 (CUDA, grad scaler).")
-        ] = "fp32",
-        channels_last: Annotated[
-            bool, typer.Option("--channels-last", help="Channels-last memory format.")
-        ] = False,
-        allow_partial: Annotated[
-            bool,
-            typer.Option(
-                "--allow-partial",
-                help="Start from a --checkpoint that lacks keys of the variant (or has extra ones) outside "
-                "the heads; the record and the terminal say how many.",
-            ),
-        ] = False,
-        bf16_inference: Annotated[
-            bool,
-            typer.Option(
-                "--bf16-inference",
-                help="After training, also evaluate with bf16 inference (optimize_for_inference) against fp32: "
-                "top-1 per head and their agreement.",
-            ),
-        ] = False,
-        save: Annotated[
-            Path | None, typer.Option("--save", help="Write the fine-tuned weights (release keys).")
-        ] = None,
-        output: Annotated[
-            Path | None, typer.Option("--output", "-o", help="Write the JSON record here (atomically).")
-        ] = None,
-        fmt: Annotated[
-            OutputFormat, typer.Option("--format", "-f", help="What to print on stdout.")
-        ] = OutputFormat.table,
-        no_progress: Annotated[bool, typer.Option("--no-progress", help="Hide the progress bar.")] = False,
-        force: ForceOpt = False,
-        *,
-        toggles: dict[str, Any],
-    ) -> None:
-        """Train or fine-tune a variant for a short, fixed budget and report top-1/top-5 per head.
+app = typer.Typer()
 
-        Runs under torchrun too (DDP: gloo on CPU, NCCL on GPU); only rank 0 prints and writes.
-        Exit status 1 when the loss became non-finite (the record is still written, status "nan").
-        """
-        from ..distributed import is_main_process
-        from ..files import check_writable, write_json
-        from ..finetune import FinetuneSettings, run_finetune
+EXAMPLES = """Examples:
 
-        cfg = variant_config(variant, **toggles)
-        main = is_main_process()
-        if output is not None and main:
-            check_writable(output)
-        settings = FinetuneSettings(
-            dataset=dataset,
-            img_size=img_size,
-            epochs=epochs,
-            steps=steps,
-            batch_size=batch_size,
-            lr=lr,
-            weight_decay=weight_decay,
-            warmup=warmup,
-            label_smoothing=label_smoothing,
-            drop_path=drop_path,
-            clip_grad=clip_grad,
-            seed=seed,
-            device=device,
-            precision=precision,
-            channels_last=channels_last,
-            workers=workers,
-            checkpoint=str(checkpoint) if checkpoint else None,
-            allow_partial=allow_partial,
-            save=str(save) if save else None,
-            train_size=train_size,
-            val_size=val_size,
-            bf16_inference=bf16_inference,
+conformer-bench finetune --variant micro --steps 20 --device cpu
+
+conformer-bench finetune --variant nano --dataset local-global --epochs 2 -f json -o finetune.json
+
+conformer-bench finetune --variant micro --dataset local-global --steps 30 --bf16-inference -o micro.csv
+
+torchrun --nproc-per-node 2 -m conformer_bench finetune --variant micro --steps 50 -q"""
+
+
+@app.command("finetune", epilog=EXAMPLES)
+@handle_errors
+@aliases()
+@toggle_options
+def finetune(
+    variant: VariantOpt = "micro",
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option("--checkpoint", help="Release .pth to start from; both heads are replaced."),
+    ] = None,
+    dataset: Annotated[
+        str,
+        typer.Option("--dataset", help="digits, local-global, or an ImageFolder path.", rich_help_panel=DATA),
+    ] = "digits",
+    img_size: Annotated[
+        int | None,
+        typer.Option(
+            "--img-size",
+            help="Input size (default: 32 for digits/local-global, 64 for folders).",
+            rich_help_panel=DATA,
+        ),
+    ] = None,
+    train_size: Annotated[
+        int | None,
+        typer.Option(
+            "--train-size",
+            help="Cap (folder/digits) or set (local-global) the training images.",
+            rich_help_panel=DATA,
+        ),
+    ] = None,
+    val_size: Annotated[
+        int | None,
+        typer.Option("--val-size", help="Cap or set the validation images.", rich_help_panel=DATA),
+    ] = None,
+    workers: Annotated[
+        int, typer.Option("--workers", help="DataLoader worker processes.", rich_help_panel=DATA)
+    ] = 0,
+    epochs: Annotated[
+        int | None,
+        typer.Option("--epochs", help="Epochs (default 8); excludes --steps.", rich_help_panel=TRAIN),
+    ] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option("--steps", help="Optimizer steps; excludes --epochs.", rich_help_panel=TRAIN),
+    ] = None,
+    batch_size: BatchSizeOpt = 64,
+    lr: Annotated[
+        float, typer.Option("--lr", help="Peak AdamW learning rate.", rich_help_panel=TRAIN)
+    ] = 2e-3,
+    weight_decay: Annotated[
+        float, typer.Option("--weight-decay", help="AdamW weight decay.", rich_help_panel=TRAIN)
+    ] = 0.05,
+    warmup: Annotated[
+        float,
+        typer.Option(
+            "--warmup",
+            help="Warm-up: below 1 a fraction of all steps, else epochs.",
+            rich_help_panel=TRAIN,
+        ),
+    ] = 0.1,
+    label_smoothing: Annotated[float, typer.Option("--label-smoothing", rich_help_panel=TRAIN)] = 0.0,
+    drop_path: Annotated[
+        float | None,
+        typer.Option(
+            "--drop-path", help="Stochastic depth rate (default: the variant's).", rich_help_panel=TRAIN
+        ),
+    ] = None,
+    clip_grad: Annotated[
+        float | None,
+        typer.Option("--clip-grad", help="Clip the gradient norm to this value.", rich_help_panel=TRAIN),
+    ] = None,
+    seed: Annotated[
+        int,
+        typer.Option("--seed", help="Seeds init, data split, order and augmentation.", rich_help_panel=TRAIN),
+    ] = 0,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    channels_last: Annotated[
+        bool, typer.Option("--channels-last", help="Channels-last memory format.")
+    ] = False,
+    allow_partial: Annotated[
+        bool,
+        typer.Option(
+            "--allow-partial",
+            help="Start from a --checkpoint that lacks keys of the variant (or has extra ones) outside "
+            "the heads; the record and the terminal say how many.",
+        ),
+    ] = False,
+    bf16_inference: Annotated[
+        bool,
+        typer.Option(
+            "--bf16-inference",
+            help="After training, also evaluate with bf16 inference (optimize_for_inference) against fp32: "
+            "top-1 per head and their agreement.",
+        ),
+    ] = False,
+    save: Annotated[
+        Path | None, typer.Option("--save", help="Write the fine-tuned weights (release keys).")
+    ] = None,
+    output: OutputOpt = None,
+    fmt: FormatOpt = None,
+    quiet: QuietOpt = False,
+    force: ForceOpt = False,
+    *,
+    toggles: dict[str, Any],
+) -> None:
+    """Train or fine-tune a variant for a short, fixed budget and report top-1/top-5 per head.
+
+    Precision: fp32, bf16 (autocast) or fp16 (CUDA, grad scaler).
+    Runs under torchrun too (DDP: gloo on CPU, NCCL on GPU); only rank 0 prints and writes.
+    Exit status 1 when the loss became non-finite (the record is still written, status "nan").
+    """
+    from ..distributed import is_main_process
+    from ..files import check_writable
+    from ..finetune import FinetuneSettings, run_finetune
+
+    stdout_format = parse_format(fmt)
+    cfg = variant_config(variant, **toggles)
+    main = is_main_process()
+    if output is not None and main:
+        check_writable(output)
+    settings = FinetuneSettings(
+        dataset=dataset,
+        img_size=img_size,
+        epochs=epochs,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup=warmup,
+        label_smoothing=label_smoothing,
+        drop_path=drop_path,
+        clip_grad=clip_grad,
+        seed=seed,
+        device=device,
+        precision=precision,
+        channels_last=channels_last,
+        workers=workers,
+        checkpoint=str(checkpoint) if checkpoint else None,
+        allow_partial=allow_partial,
+        save=str(save) if save else None,
+        train_size=train_size,
+        val_size=val_size,
+        bf16_inference=bf16_inference,
+    )
+    from ..flops import refuse_huge
+
+    refuse_huge(cfg, img_size, force)
+    record = run_finetune(cfg, settings, show_progress=not quiet)
+    if not main:
+        return
+    write_output(output, lambda kind: render(record, kind), fmt)
+    if stdout_format == "table":
+        print_table(record)
+    else:
+        typer.echo(render(record, stdout_format), nl=False)
+    ckpt = record.get("checkpoint") or {}
+    if ckpt.get("partial"):
+        typer.echo(
+            f"warning: partial checkpoint {ckpt['path']}: {ckpt['body_missing']} key(s) of the variant "
+            f"missing and {ckpt['body_unexpected']} unexpected outside the heads (of {ckpt['model_keys']}); "
+            "those weights start from scratch (--allow-partial)",
+            err=True,
         )
-        from ..flops import refuse_huge
-
-        refuse_huge(cfg, img_size, force)
-        record = run_finetune(cfg, settings, show_progress=not no_progress)
-        if not main:
-            return
-        if output is not None:
-            write_json(output, record)
-        if fmt is OutputFormat.table:
-            print_table(record)
-        else:
-            typer.echo(render(record, fmt), nl=False)
-        ckpt = record.get("checkpoint") or {}
-        if ckpt.get("partial"):
-            typer.echo(
-                f"warning: partial checkpoint {ckpt['path']}: {ckpt['body_missing']} key(s) of the variant "
-                f"missing and {ckpt['body_unexpected']} unexpected outside the heads (of {ckpt['model_keys']}); "
-                "those weights start from scratch (--allow-partial)",
-                err=True,
-            )
-        if record["status"] != "ok":
-            typer.echo(f"error: {record['reason']}", err=True)
-            raise typer.Exit(1)
+    if record["status"] != "ok":
+        typer.echo(f"error: {record['reason']}", err=True)
+        raise typer.Exit(1)

@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
+import io
+import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from .common import handle_errors
 
+app = typer.Typer()
 
-class TableFormat(StrEnum):
-    md = "md"
-    csv = "csv"
-    latex = "latex"
+EXAMPLES = """Examples:
+
+conformer-bench table results/ci
+
+conformer-bench table results/ci --format latex
+
+conformer-bench table results/ci -f csv --base micro > summary.csv"""
 
 
-def register(app: typer.Typer) -> None:
-    app.command("table")(table)
-
-
+@app.command("table", epilog=EXAMPLES)
 @handle_errors
 def table(
     results_dir: Annotated[
@@ -30,8 +32,14 @@ def table(
         ),
     ],
     fmt: Annotated[
-        TableFormat, typer.Option("--format", "-f", help="What to print on stdout.")
-    ] = TableFormat.md,
+        str | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help="md (default), table, json, jsonl, csv or latex on stdout (any case); latex also writes "
+            "summary.tex.",
+        ),
+    ] = None,
     base: Annotated[
         str | None,
         typer.Option("--base", help="Cell to take deltas against (default: the experiment's base)."),
@@ -39,9 +47,12 @@ def table(
 ) -> None:
     """Rewrite summary.csv, summary.md (summary.tex with --format latex) and figures/ from cells.jsonl."""
     from ..ablate.store import CELLS_FILE, ResultStore
-    from ..ablate.summary import ordered, to_csv, to_latex, to_markdown, write_summary
+    from ..ablate.summary import ordered, rich_tables, to_csv, to_latex, to_markdown, write_summary
     from ..errors import BenchError
-    from ..files import atomic_write_text
+    from ..files import atomic_write_text, dumps_json
+    from ..formatting import FORMATS, csv_to_jsonl, parse_format
+
+    kind = parse_format(fmt, default="md", choices=(*FORMATS, "latex"))
 
     if not results_dir.is_dir():
         raise BenchError(
@@ -87,9 +98,15 @@ def table(
     rows = ordered(records, order)
     with store.locked():  # an ablate starting on this folder clears temporary files under the same lock
         df, notes, paths = write_summary(results_dir, rows, base_label, title)
-        if fmt is TableFormat.csv:
+        if kind == "csv":
             text = to_csv(df)
-        elif fmt is TableFormat.latex:
+        elif kind in ("jsonl", "json"):
+            text = csv_to_jsonl(to_csv(df))
+            if kind == "json":
+                text = dumps_json([json.loads(line) for line in text.splitlines()])
+        elif kind == "table":
+            text = _rich_text(rich_tables(df, notes, title))
+        elif kind == "latex":
             text = to_latex(df, notes, title)
             paths["latex"] = atomic_write_text(results_dir / "summary.tex", text)
         else:
@@ -97,3 +114,12 @@ def table(
     typer.echo(text, nl=False)
     for kind, path in paths.items():
         typer.echo(f"wrote {kind}: {path}", err=True)
+
+
+def _rich_text(tables: list[Any]) -> str:
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), width=160, color_system=None, force_terminal=False)
+    for tbl in tables:
+        console.print(tbl)
+    return str(console.file.getvalue())  # type: ignore[attr-defined]

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import handle_errors
+from .common import FormatOpt, OutputOpt, aliases, handle_errors, parse_format, write_output
 
 SCHEMA = "conformer-bench.variants"
 SCHEMA_VERSION = 1
@@ -206,40 +206,53 @@ def render_variants(data: dict[str, Any], fmt: str) -> str:
     return str(console.file.getvalue())  # type: ignore[attr-defined]
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("variants")
-    @handle_errors
-    def variants(
-        base: Annotated[
-            str, typer.Option("--variant", "-v", help="Preset the toggles are applied to.")
-        ] = "tiny",
-        img_size: Annotated[
-            int | None,
-            typer.Option(
-                "--img-size",
-                help="Count MACs at this size (default: 224 for paper presets, else the preset's own).",
-            ),
-        ] = None,
-        macs: Annotated[
-            bool, typer.Option("--macs/--no-macs", help="Count MACs (about a second in all).")
-        ] = True,
-        fmt: Annotated[str, typer.Option("--format", "-f", help="table, json, csv or md.")] = "table",
-        output: Annotated[
-            str | None, typer.Option("--output", "-o", help="Also write to this file (same format).")
-        ] = None,
-    ) -> None:
-        """List presets and toggles with their parameter counts and MACs."""
-        from ..errors import BenchError
-        from ..files import atomic_write_text, check_writable
-        from ..formatting import FORMATS
+app = typer.Typer()
 
-        if fmt not in FORMATS:
-            raise BenchError(f"--format {fmt!r} is not valid; use one of {', '.join(FORMATS)}")
-        if img_size is not None and img_size <= 0:
-            raise BenchError(f"--img-size must be a positive multiple of the patch size, got {img_size}")
-        if output is not None:
-            check_writable(output)
-        text = render_variants(collect(base, img_size, macs), fmt)
-        typer.echo(text, nl=False)
-        if output is not None:
-            atomic_write_text(output, text)
+EXAMPLES = """Examples:
+
+conformer-bench variants
+
+conformer-bench variants --variant small --img-size 384 -f csv -o variants.csv
+
+conformer-bench variants --no-macs -f json"""
+
+
+@app.command("variants", epilog=EXAMPLES)
+@handle_errors
+@aliases()
+def variants(
+    variant: Annotated[
+        str, typer.Option("--variant", "-v", help="Preset the toggles are applied to.")
+    ] = "tiny",
+    img_size: Annotated[
+        int | None,
+        typer.Option(
+            "--img-size",
+            help="Count MACs at this size (default: 224 for paper presets, else the preset's own).",
+        ),
+    ] = None,
+    macs: Annotated[
+        bool, typer.Option("--macs/--no-macs", help="Count MACs (about a second in all).")
+    ] = True,
+    fmt: FormatOpt = None,
+    output: OutputOpt = None,
+) -> None:
+    """List presets and toggles with their parameter counts and MACs."""
+    from ..errors import BenchError
+    from ..files import check_writable
+    from ..formatting import csv_to_jsonl
+
+    stdout_format = parse_format(fmt)
+    if img_size is not None and img_size <= 0:
+        raise BenchError(f"--img-size must be a positive multiple of the patch size, got {img_size}")
+    if output is not None:
+        check_writable(output)
+    data = collect(variant, img_size, macs)
+
+    def render(kind: str) -> str:
+        if kind == "jsonl":
+            return csv_to_jsonl(render_variants(data, "csv"))
+        return render_variants(data, kind)
+
+    typer.echo(render(stdout_format), nl=False)
+    write_output(output, render, fmt)
