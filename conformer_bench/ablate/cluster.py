@@ -282,7 +282,7 @@ def settle(exp: Experiment, states: list[CellState], out_dir: Path) -> list[Cell
 
     Under the store's lock, and only when the cell still has no record newer than its job's submission.
     """
-    from .runner import make_record
+    from .store import make_record
 
     ended = [s for s in states if s.ended_without_record and s.job is not None]
     if not ended:

@@ -69,6 +69,7 @@ FINETUNE_EXTRA_KEYS = ("run", "seeds", "jobs")
 FINETUNE_FORBIDDEN = ("seed", "save", "checkpoint", "allow_partial")
 PROFILE_IMG_SIZE = 224  # ProfileSettings.img_size default
 LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.,=+/:-]{0,79}$")
+CELL_SPEC_SCHEMA = "conformer-bench.cell-spec"
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,66 @@ class Cell:
         """Hash of the config and every run setting: a cell is re-run on --resume when it changes."""
         return _digest(
             {"profile": self.profile_hash(), "finetune": self.finetune_hash() if finetune else None}
+        )
+
+    def environment(self, profile: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The environment of the cell's record: its profile's, else a fingerprint of this machine."""
+        from ..env import fingerprint, resolve_device
+
+        recorded: dict[str, Any] | None = (profile or {}).get("environment")
+        if recorded:
+            return recorded
+        settings = self.profile_settings()
+        try:
+            device = resolve_device(settings.device)
+        except BenchError:
+            device = "cpu"
+        return fingerprint(device, settings.precision, settings.batch_size, settings.img_size)
+
+    def to_spec(
+        self,
+        finetune: bool,
+        reuse_profile: dict[str, Any] | None,
+        progress_fd: int | None,
+        cuda_device: int | None = None,
+    ) -> dict[str, Any]:
+        """The JSON-serialisable spec a worker process runs this cell from (see :meth:`from_spec`)."""
+        return {
+            "schema": CELL_SPEC_SCHEMA,
+            "schema_version": 1,
+            "cell": {
+                "index": self.index,
+                "label": self.label,
+                "config": self.config.to_dict(),
+                "changes": self.changes,
+                "profile": self.profile,
+                "finetune": self.finetune,
+                "seeds": list(self.seeds),
+                "seed_jobs": self.seed_jobs,
+            },
+            "finetune": finetune,
+            "reuse_profile": reuse_profile,
+            "progress_fd": progress_fd,
+            "cuda_device": cuda_device,
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> Cell:
+        """The cell a :meth:`to_spec` spec describes (the config rebuilt from its ``to_dict`` form)."""
+        from conformer import ConformerConfig
+
+        c = spec["cell"]
+        fields = dict(c["config"])
+        fields["fcu_stages"] = tuple(fields["fcu_stages"])
+        return cls(
+            index=int(c["index"]),
+            label=str(c["label"]),
+            config=ConformerConfig(**fields),
+            changes=dict(c["changes"]),
+            profile=dict(c["profile"]),
+            finetune=dict(c["finetune"]) if c["finetune"] is not None else None,
+            seeds=tuple(int(s) for s in c["seeds"]),
+            seed_jobs=int(c.get("seed_jobs", 1)),
         )
 
 
