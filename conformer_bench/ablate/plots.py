@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..files import atomic_write_bytes
-from .summary import COMPONENTS
+from ..params import COMPONENTS
 
 if TYPE_CHECKING:
     import pandas as pd
