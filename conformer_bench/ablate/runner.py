@@ -23,7 +23,7 @@ from . import worker
 from .experiment import Cell, Experiment
 from .launch import remove_orphan_cell_folders, run_cell_in_process
 from .progress import CellProgress, GridProgress, QuietGrid
-from .store import Holder, ResultStore, make_record
+from .store import Holder, ResultStore, make_record, reusable_profile
 
 if TYPE_CHECKING:
     from ..distributed import DistContext
@@ -123,14 +123,6 @@ class RunResult:
     elsewhere_done: dict[str, str] = field(default_factory=dict)
 
 
-def _reusable_profile(old: dict[str, Any] | None, cell: Cell, resume: bool) -> dict[str, Any] | None:
-    """The earlier record's profile when only the cell's fine-tuning changed since (``--resume``)."""
-    if not resume or old is None or old.get("profile_hash") != cell.profile_hash():
-        return None
-    profile: dict[str, Any] | None = old.get("profile")
-    return profile if profile is not None and profile.get("status", "ok") == "ok" else None
-
-
 def run_grid(
     experiment: Experiment,
     cells: list[Cell],
@@ -186,7 +178,7 @@ def run_grid(
             progress.end_cell(cell, "elsewhere", skipped=True)
             continue
         try:
-            reuse = _reusable_profile(old, cell, resume)
+            reuse = reusable_profile(old, cell, resume)
             reporter = progress.start_cell(cell, position, len(share))
             if isolate:
                 outcome = run_cell_in_process(cell, finetune, reuse, reporter, cuda_device=_cuda_device(dist))

@@ -136,6 +136,14 @@ def make_record(
     }
 
 
+def reusable_profile(old: Mapping[str, Any] | None, cell: Cell, resume: bool) -> dict[str, Any] | None:
+    """The cell's earlier profile record when only its fine-tuning settings changed since (``--resume``)."""
+    if not resume or old is None or old.get("profile_hash") != cell.profile_hash():
+        return None
+    profile = old.get("profile")
+    return dict(profile) if isinstance(profile, dict) and profile.get("status", "ok") == "ok" else None
+
+
 def load_records(out_dir: Path) -> dict[str, dict[str, Any]]:
     """Every cell record in ``out_dir``, the newest per label (read through the folder's store)."""
     return ResultStore(out_dir).latest()
