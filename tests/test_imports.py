@@ -73,3 +73,22 @@ def test_no_import_cycles() -> None:
     graph = {name: _imported(name, path, known) for name, path in known.items()}
     cycle = _cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        for nxt in graph[todo.pop()] - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return seen
+
+
+def test_ablation_worker_and_launcher_are_apart() -> None:
+    """The worker runs one cell knowing nothing of how it is launched or scheduled, and the other way round."""
+    known = _module_names()
+    graph = {name: _imported(name, path, known) for name, path in known.items()}
+    worker, launch, runner = (f"{PACKAGE}.ablate.{m}" for m in ("worker", "launch", "runner"))
+    assert not {launch, runner} & _reachable(graph, worker)
+    assert not {worker, runner} & _reachable(graph, launch)
