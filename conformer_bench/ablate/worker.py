@@ -77,12 +77,13 @@ def run_cell(
             finetunes, ft_status, ft_reason = _finetune_seeds(cell, settings.threads, device, progress)
             if ft_status != "ok":
                 status, reason = ft_status, ft_reason
+        environment = cell.environment(profile)  # with the cell's threads
     return {
         "profile": profile,
         "finetune": finetunes,
         "status": status,
         "reason": reason,
-        "environment": cell.environment(profile),
+        "environment": environment,
         "wall_s": time.time() - started,
     }
 
