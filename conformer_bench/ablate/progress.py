@@ -3,7 +3,7 @@
 A worker writes each update to a pipe as one JSON line ``{"message": str, "done": float | null,
 "total": float | null}`` (:class:`PipeProgress`); the launching process reads them back
 (:func:`relay_lines`). On the console, :class:`RichGridProgress` shows one bar across cells and one for
-the phase inside the running cell.
+the phase inside the running cell; a scheduler job prints each phase to its log (:class:`LogProgress`).
 """
 
 from __future__ import annotations
