@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from conformer_bench.ablate.experiment import load_experiment
 from conformer_bench.ablate.plots import pareto_front
-from conformer_bench.ablate.runner import load_records, parse_shard, run_grid, shard_of
+from conformer_bench.ablate.runner import parse_shard, run_grid, shard_of
+from conformer_bench.ablate.store import load_records
 from conformer_bench.cli import app
 from conformer_bench.errors import BenchError
 

@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from conformer_bench.ablate import runner
-from conformer_bench.ablate.cell import cell_from_spec, cell_spec
+from conformer_bench.ablate import launch
 from conformer_bench.ablate.experiment import Cell, load_experiment
-from conformer_bench.ablate.runner import child_env, exit_reason, load_records, run_grid
+from conformer_bench.ablate.launch import child_env, exit_reason
+from conformer_bench.ablate.runner import run_grid
+from conformer_bench.ablate.store import load_records
 from conformer_bench.ablate.summary import build_frame, describe
 from conformer_bench.cli import app
 
@@ -24,7 +25,7 @@ EXP = Path(__file__).parent / "fixtures" / "experiments"
 # stderr; every other cell runs as usual.
 CRASHING_CHILD = """
 import json, os, signal, sys
-from conformer_bench.ablate import cell
+from conformer_bench.ablate import worker
 label = json.load(open(sys.argv[1]))["cell"]["label"]
 if label == "cnn-only":
     os.kill(os.getpid(), signal.SIGKILL)
@@ -34,7 +35,7 @@ if label == "no-fcu":
     print("first line", file=sys.stderr)
     print("RuntimeError: native library gave up", file=sys.stderr)
     sys.exit(3)
-sys.exit(cell.main(sys.argv[1:]))
+sys.exit(worker.main(sys.argv[1:]))
 """
 
 TWIN = """
@@ -62,7 +63,7 @@ repeat = true
 
 
 def test_killed_and_crashed_cells_fail_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runner, "cell_command", lambda: [sys.executable, "-c", CRASHING_CHILD])
+    monkeypatch.setattr(launch, "cell_command", lambda: [sys.executable, "-c", CRASHING_CHILD])
     out = tmp_path / "res"
     result = CliRunner().invoke(app, ["ablate", str(EXP / "nano_costs.toml"), "--output-dir", str(out)])
     assert result.exit_code == 1, result.output
@@ -130,8 +131,8 @@ def test_twin_cells_in_fresh_processes_measure_alike(tmp_path: Path) -> None:
 def test_spec_round_trip_and_child_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     exp = load_experiment(EXP / "nano_grid.toml")
     for cell in exp.cells:
-        spec = json.loads(json.dumps(cell_spec(cell, True, {"status": "ok"}, 7)))
-        assert cell_from_spec(spec) == cell
+        spec = json.loads(json.dumps(cell.to_spec(True, {"status": "ok"}, 7)))
+        assert Cell.from_spec(spec) == cell
         assert spec["reuse_profile"] == {"status": "ok"} and spec["progress_fd"] == 7
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "TORCHELASTIC_RUN_ID"):
         monkeypatch.setenv(key, "1")

@@ -27,23 +27,23 @@ LABELS = ["dual", "cnn-only", "transformer-only", "no-fcu"]
 HOLD_CHILD = """
 import os, sys, time
 from pathlib import Path
-from conformer_bench.ablate import cell, runner
-real = runner.run_cell
+from conformer_bench.ablate import worker
+real = worker.run_cell
 def held(c, finetune, reuse, progress):
     if c.index >= 1:
         Path(os.environ["ABLATE_TEST_HOLD"]).write_text(str(os.getpid()))
         time.sleep(300)
     return real(c, finetune, reuse, progress)
-runner.run_cell = held
-sys.exit(cell.main(sys.argv[1:]))
+worker.run_cell = held
+sys.exit(worker.main(sys.argv[1:]))
 """
 # The test sends SIGINT, so the spawned command sets SIGINT's disposition itself: a test run started in the
 # background of a non-interactive shell (or under nohup) passes SIGINT ignored on to what it spawns.
 HOLD_SCRIPT = f"""
 import signal, sys
 signal.signal(signal.SIGINT, signal.default_int_handler)
-from conformer_bench.ablate import runner
-runner.cell_command = lambda: [sys.executable, "-c", {HOLD_CHILD!r}]
+from conformer_bench.ablate import launch
+launch.cell_command = lambda: [sys.executable, "-c", {HOLD_CHILD!r}]
 from conformer_bench.cli import app
 app(sys.argv[1:], prog_name="conformer-bench")
 """

@@ -20,7 +20,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conformer_bench.ablate.runner import TEMP_PREFIX, remove_orphan_cell_folders
+from conformer_bench.ablate.launch import TEMP_PREFIX, remove_orphan_cell_folders
 from conformer_bench.ablate.store import CELLS_FILE, ResultStore
 from conformer_bench.cli import app
 

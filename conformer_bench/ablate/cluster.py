@@ -30,7 +30,7 @@ from ..errors import BenchError
 from ..files import atomic_write_text, dumps_json
 from .executor import ExecutorSettings
 from .experiment import Cell, Experiment
-from .store import ResultStore
+from .store import ResultStore, reusable_profile
 
 JOBS_FILE = "jobs.json"
 JOBS_FOLDER = "jobs"
@@ -282,7 +282,7 @@ def settle(exp: Experiment, states: list[CellState], out_dir: Path) -> list[Cell
 
     Under the store's lock, and only when the cell still has no record newer than its job's submission.
     """
-    from .runner import make_record
+    from .store import make_record
 
     ended = [s for s in states if s.ended_without_record and s.job is not None]
     if not ended:
@@ -375,26 +375,12 @@ def submit(
     an error; with it, cells recorded ok with the same settings and cells whose job is still queued or
     running are left alone.
     """
-    from .job import CellJob, holder_path, release_claim_of
-
     out_dir = out_dir.resolve()
     store = ResultStore(out_dir)
     store.bind_experiment(exp.summary_dict(), force)
     store.clean_temp()
     current = {s.label: s for s in grid_states(cells, out_dir, finetune)}
-    unknown = [s.label for s in current.values() if s.state == "unknown"]
-    if unknown:
-        raise BenchError(
-            f"the scheduler did not answer (squeue), so it is not known whether {', '.join(unknown)} still "
-            "have jobs; retry when `squeue` works"
-        )
-    active = [current[c.label] for c in cells if current[c.label].state in ("queued", "running")]
-    if active and not resume:
-        busy = ", ".join(f"{s.label} (job {s.job.job_id if s.job else '?'}, {s.state})" for s in active)
-        raise BenchError(
-            f"{len(active)} cell(s) of {out_dir} still have a job: {busy}; follow them with --status, "
-            "pass --resume to submit only the other cells, or cancel those jobs (scancel)"
-        )
+    active = _active_jobs(cells, current, out_dir, resume)
     records = store.latest()
     to_run: list[Cell] = []
     kept: list[str] = []
@@ -413,6 +399,45 @@ def submit(
         to_run.append(cell)
     if not to_run:
         return Submission([], kept, active)
+    entries = _submit_jobs(exp, to_run, store, kind, settings, finetune, resume, records)
+    return Submission(entries, kept, active)
+
+
+def _active_jobs(
+    cells: list[Cell], current: dict[str, CellState], out_dir: Path, resume: bool
+) -> list[CellState]:
+    """The cells whose earlier job is still queued or running; an error without ``resume``, or when the
+    scheduler did not answer."""
+    unknown = [s.label for s in current.values() if s.state == "unknown"]
+    if unknown:
+        raise BenchError(
+            f"the scheduler did not answer (squeue), so it is not known whether {', '.join(unknown)} still "
+            "have jobs; retry when `squeue` works"
+        )
+    active = [current[c.label] for c in cells if current[c.label].state in ("queued", "running")]
+    if active and not resume:
+        busy = ", ".join(f"{s.label} (job {s.job.job_id if s.job else '?'}, {s.state})" for s in active)
+        raise BenchError(
+            f"{len(active)} cell(s) of {out_dir} still have a job: {busy}; follow them with --status, "
+            "pass --resume to submit only the other cells, or cancel those jobs (scancel)"
+        )
+    return active
+
+
+def _submit_jobs(
+    exp: Experiment,
+    to_run: list[Cell],
+    store: ResultStore,
+    kind: str,
+    settings: ExecutorSettings,
+    finetune: bool,
+    resume: bool,
+    records: dict[str, dict[str, Any]],
+) -> list[JobEntry]:
+    """Submit ``to_run`` as one batch and add the jobs to the ledger."""
+    from .job import CellJob, holder_path, release_claim_of
+
+    out_dir = store.folder
     ledger = read_ledger(out_dir)
     folder = out_dir / JOBS_FOLDER
     for cell in to_run:  # their earlier jobs ended (none is queued or running): drop what they claimed
@@ -421,7 +446,7 @@ def submit(
     ex = _executor(kind, folder, settings, exp.name)
     specs = [
         CellJob(
-            str(out_dir), kind, exp, cell, finetune, _reusable_profile(records.get(cell.label), cell, resume)
+            str(out_dir), kind, exp, cell, finetune, reusable_profile(records.get(cell.label), cell, resume)
         )
         for cell in to_run
     ]
@@ -447,20 +472,7 @@ def submit(
         for cell, job in zip(to_run, jobs, strict=True)
     ]
     _add_to_ledger(store, entries)
-    return Submission(entries, kept, active)
-
-
-def _reusable_profile(old: Mapping[str, Any] | None, cell: Cell, resume: bool) -> dict[str, Any] | None:
-    """The cell's earlier profile when only its fine-tuning settings changed (as ``run_grid`` does)."""
-    if (
-        resume
-        and old is not None
-        and old.get("profile_hash") == cell.profile_hash()
-        and old.get("profile") is not None
-        and (old.get("profile") or {}).get("status", "ok") == "ok"
-    ):
-        return dict(old["profile"])
-    return None
+    return entries
 
 
 # --- waiting ---------------------------------------------------------------------------------------------

@@ -69,6 +69,7 @@ FINETUNE_EXTRA_KEYS = ("run", "seeds", "jobs")
 FINETUNE_FORBIDDEN = ("seed", "save", "checkpoint", "allow_partial")
 PROFILE_IMG_SIZE = 224  # ProfileSettings.img_size default
 LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.,=+/:-]{0,79}$")
+CELL_SPEC_SCHEMA = "conformer-bench.cell-spec"
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,66 @@ class Cell:
         """Hash of the config and every run setting: a cell is re-run on --resume when it changes."""
         return _digest(
             {"profile": self.profile_hash(), "finetune": self.finetune_hash() if finetune else None}
+        )
+
+    def environment(self, profile: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The environment of the cell's record: its profile's, else a fingerprint of this machine."""
+        from ..env import fingerprint, resolve_device
+
+        recorded: dict[str, Any] | None = (profile or {}).get("environment")
+        if recorded:
+            return recorded
+        settings = self.profile_settings()
+        try:
+            device = resolve_device(settings.device)
+        except BenchError:
+            device = "cpu"
+        return fingerprint(device, settings.precision, settings.batch_size, settings.img_size)
+
+    def to_spec(
+        self,
+        finetune: bool,
+        reuse_profile: dict[str, Any] | None,
+        progress_fd: int | None,
+        cuda_device: int | None = None,
+    ) -> dict[str, Any]:
+        """The JSON-serialisable spec a worker process runs this cell from (see :meth:`from_spec`)."""
+        return {
+            "schema": CELL_SPEC_SCHEMA,
+            "schema_version": 1,
+            "cell": {
+                "index": self.index,
+                "label": self.label,
+                "config": self.config.to_dict(),
+                "changes": self.changes,
+                "profile": self.profile,
+                "finetune": self.finetune,
+                "seeds": list(self.seeds),
+                "seed_jobs": self.seed_jobs,
+            },
+            "finetune": finetune,
+            "reuse_profile": reuse_profile,
+            "progress_fd": progress_fd,
+            "cuda_device": cuda_device,
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> Cell:
+        """The cell a :meth:`to_spec` spec describes (the config rebuilt from its ``to_dict`` form)."""
+        from conformer import ConformerConfig
+
+        c = spec["cell"]
+        fields = dict(c["config"])
+        fields["fcu_stages"] = tuple(fields["fcu_stages"])
+        return cls(
+            index=int(c["index"]),
+            label=str(c["label"]),
+            config=ConformerConfig(**fields),
+            changes=dict(c["changes"]),
+            profile=dict(c["profile"]),
+            finetune=dict(c["finetune"]) if c["finetune"] is not None else None,
+            seeds=tuple(int(s) for s in c["seeds"]),
+            seed_jobs=int(c.get("seed_jobs", 1)),
         )
 
 
@@ -335,6 +396,57 @@ def _value_text(value: Any) -> str:
     return str(value)
 
 
+Where = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class _Header:
+    """The file's top-level scalars and its ``[executor]`` table."""
+
+    name: str
+    description: str
+    axes_mode: str
+    output_dir: Path
+    executor: ExecutorSettings
+
+
+@dataclass(frozen=True)
+class _Base:
+    """The ``[base]`` table: the variant every cell starts from, its label and its config overrides."""
+
+    variant: str
+    label: str
+    overrides: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _RunDefaults:
+    """The top-level ``[profile]`` and ``[finetune]`` tables every cell starts from."""
+
+    profile: dict[str, Any]
+    finetune: dict[str, Any] | None = None  # None: no [finetune] table
+    seeds: tuple[int, ...] = ()
+    seed_jobs: int = 1
+    run_by_default: bool = False
+
+
+@dataclass(frozen=True)
+class _CellSource:
+    """One cell as the file states it (the base, an axis value or a [[cells]] entry), not yet checked."""
+
+    where: Where
+    label: str
+    variant: str
+    overrides: dict[str, Any]
+    profile: dict[str, Any] = field(default_factory=dict)
+    finetune: dict[str, Any] = field(default_factory=dict)
+    repeat: Any = False
+
+    @property
+    def from_axis(self) -> bool:
+        return self.where[0] == "axes"
+
+
 def load_experiment(
     path: str | Path,
     *,
@@ -347,6 +459,37 @@ def load_experiment(
     settings in every cell, after the cells' own overrides.
     """
     path = Path(path)
+    data, chk = _read_file(path)
+    header = _read_header(chk, data, path, output_dir)
+    base = _read_base(chk, data)
+    defaults = _read_run_defaults(chk, data)
+    base_cfg = _build_config(
+        chk,
+        ("base",),
+        base.variant,
+        {"img_size": defaults.profile.get("img_size", PROFILE_IMG_SIZE), **base.overrides},
+    )
+    sources = [_CellSource(("base",), base.label, base.variant, base.overrides)]
+    sources += _axis_sources(chk, data, base, header.axes_mode)
+    sources += _listed_sources(chk, data, base)
+    cells = _build_cells(chk, sources, defaults, base_cfg, profile_overrides)
+    _check_constructible(chk, cells)
+    return Experiment(
+        name=header.name,
+        description=header.description,
+        path=path,
+        output_dir=header.output_dir,
+        axes_mode=header.axes_mode,
+        base_label=base.label,
+        finetune_by_default=defaults.run_by_default,
+        has_finetune=defaults.finetune is not None,
+        cells=tuple(cells),
+        executor=header.executor,
+    )
+
+
+def _read_file(path: Path) -> tuple[dict[str, Any], _Checker]:
+    """The file's TOML tables, with only known top-level keys, and the checker that locates its keys."""
     if not path.is_file():
         raise BenchError(
             f"experiment file {str(path)!r} does not exist; pass a path such as experiments/ci.toml"
@@ -365,7 +508,10 @@ def load_experiment(
     for key in data:
         if key not in TOP_KEYS:
             raise chk.fail((key,), _unknown([key], TOP_KEYS))
+    return data, chk
 
+
+def _read_header(chk: _Checker, data: dict[str, Any], path: Path, output_dir: str | Path | None) -> _Header:
     name = data.get("name", path.stem)
     if not isinstance(name, str) or not LABEL_RE.match(name):
         raise chk.fail(("name",), f"{name!r} is not valid; use letters, digits, _ or -")
@@ -378,13 +524,15 @@ def load_experiment(
     out_raw = data.get("output_dir", f"results/{name}")
     if not isinstance(out_raw, str) or not out_raw:
         raise chk.fail(("output_dir",), "must be a directory path string such as 'results/paper'")
-    out_dir = Path(output_dir) if output_dir is not None else Path(out_raw)
     executor = settings_from_table(
         data.get("executor", {}),
         lambda key, message: chk.fail(("executor", key) if key else ("executor",), message),
     )
+    out_dir = Path(output_dir) if output_dir is not None else Path(out_raw)
+    return _Header(name, description, axes_mode, out_dir, executor)
 
-    # Base variant.
+
+def _read_base(chk: _Checker, data: dict[str, Any]) -> _Base:
     base = data.get("base")
     if not isinstance(base, dict) or "variant" not in base:
         raise chk.fail(
@@ -392,51 +540,41 @@ def load_experiment(
         )
     if not isinstance(base["variant"], str):
         raise chk.fail(("base", "variant"), 'must be a preset name string such as "small"')
-    base_variant = base["variant"]
-    base_label = _label_ok(chk, ("base", "label"), base.get("label", "base"))
-    base_overrides = {k: v for k, v in base.items() if k not in ("label", "variant")}
+    label = _label_ok(chk, ("base", "label"), base.get("label", "base"))
+    overrides = {k: v for k, v in base.items() if k not in ("label", "variant")}
     for key in ("profile", "finetune"):
-        if key in base_overrides:
+        if key in overrides:
             raise chk.fail(("base", key), f"put run settings in the top-level [{key}] table, not in [base]")
+    return _Base(base["variant"], label, overrides)
 
-    # Run settings.
+
+def _read_run_defaults(chk: _Checker, data: dict[str, Any]) -> _RunDefaults:
     profile = _check_settings(chk, ("profile",), data.get("profile", {}), "profile")
     ft_table = data.get("finetune")
-    finetune: dict[str, Any] | None = None
-    seeds: tuple[int, ...] = ()
-    seed_jobs = 1
-    run_by_default = False
-    if ft_table is not None:
-        finetune = _check_settings(chk, ("finetune",), ft_table, "finetune")
-        run_by_default = ft_table.get("run", False)
-        if not isinstance(run_by_default, bool):
-            raise chk.fail(("finetune", "run"), "must be true or false")
-        raw_seeds = ft_table.get("seeds", [0])
-        if (
-            not isinstance(raw_seeds, list)
-            or not raw_seeds
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in raw_seeds)
-            or len(set(raw_seeds)) != len(raw_seeds)
-        ):
-            raise chk.fail(
-                ("finetune", "seeds"), f"{raw_seeds!r} is not valid; give distinct integers >= 0, e.g. [0, 1]"
-            )
-        seeds = tuple(raw_seeds)
-        seed_jobs = ft_table.get("jobs", 1)
-        if isinstance(seed_jobs, bool) or not isinstance(seed_jobs, int) or seed_jobs < 1:
-            raise chk.fail(("finetune", "jobs"), f"{seed_jobs!r} is not valid; give an integer >= 1, e.g. 2")
+    if ft_table is None:
+        return _RunDefaults(profile)
+    finetune = _check_settings(chk, ("finetune",), ft_table, "finetune")
+    run_by_default = ft_table.get("run", False)
+    if not isinstance(run_by_default, bool):
+        raise chk.fail(("finetune", "run"), "must be true or false")
+    seeds = ft_table.get("seeds", [0])
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
+        raise chk.fail(
+            ("finetune", "seeds"), f"{seeds!r} is not valid; give distinct integers >= 0, e.g. [0, 1]"
+        )
+    seed_jobs = ft_table.get("jobs", 1)
+    if isinstance(seed_jobs, bool) or not isinstance(seed_jobs, int) or seed_jobs < 1:
+        raise chk.fail(("finetune", "jobs"), f"{seed_jobs!r} is not valid; give an integer >= 1, e.g. 2")
+    return _RunDefaults(profile, finetune, tuple(seeds), seed_jobs, run_by_default)
 
-    base_cfg = _build_config(
-        chk,
-        ("base",),
-        base_variant,
-        {"img_size": profile.get("img_size", PROFILE_IMG_SIZE), **base_overrides},
-    )
 
-    # Cells: the base, then the axes, then the explicit list.
-    specs: list[tuple[tuple[str | int, ...], str, str, dict[str, Any], dict[str, Any], dict[str, Any]]] = [
-        (("base",), base_label, base_variant, base_overrides, {}, {})
-    ]
+def _axis_sources(chk: _Checker, data: dict[str, Any], base: _Base, axes_mode: str) -> list[_CellSource]:
+    """The cells of ``[axes]``: one axis value at a time (``each``) or every combination (``product``)."""
     axes = data.get("axes", {})
     if not isinstance(axes, dict):
         raise chk.fail(("axes",), "must be a table: [axes] key = [value, ...]")
@@ -444,104 +582,133 @@ def load_experiment(
         if not isinstance(values, list) or not values:
             raise chk.fail(("axes", key), f"must be a non-empty list of values, e.g. {key} = [0, 1]")
     if axes_mode == "each":
-        for key, values in axes.items():
-            for value in values:
-                specs.append(_axis_spec(base_variant, base_overrides, {key: value}))
-    elif axes:
-        keys = list(axes)
-        for combo in itertools.product(*(axes[k] for k in keys)):
-            specs.append(_axis_spec(base_variant, base_overrides, dict(zip(keys, combo, strict=True))))
+        return [_axis_source(base, {key: value}) for key, values in axes.items() for value in values]
+    if not axes:
+        return []
+    keys = list(axes)
+    combos = itertools.product(*(axes[k] for k in keys))
+    return [_axis_source(base, dict(zip(keys, combo, strict=True))) for combo in combos]
+
+
+def _axis_source(base: _Base, values: dict[str, Any]) -> _CellSource:
+    label = ",".join(f"{k}={_value_text(v)}" for k, v in values.items())
+    variant = values.get("variant", base.variant)
+    rest = {k: v for k, v in values.items() if k != "variant"}
+    overrides = {**base.overrides, **rest} if variant == base.variant else rest
+    return _CellSource(("axes", next(iter(values))), label, str(variant), overrides)
+
+
+def _listed_sources(chk: _Checker, data: dict[str, Any], base: _Base) -> list[_CellSource]:
+    """The ``[[cells]]`` entries."""
     cells_raw = data.get("cells", [])
     if not isinstance(cells_raw, list):
         raise chk.fail(("cells",), "must be an array of tables: write each cell as [[cells]]")
+    sources = []
     for i, raw in enumerate(cells_raw):
-        where: tuple[str | int, ...] = ("cells", i)
+        where: Where = ("cells", i)
         if "label" not in raw:
             raise chk.fail(where, 'missing label; add label = "short-name" to this [[cells]] entry')
         label = _label_ok(chk, (*where, "label"), raw["label"])
-        variant = raw.get("variant", base_variant)
+        variant = raw.get("variant", base.variant)
         if not isinstance(variant, str):
             raise chk.fail((*where, "variant"), 'must be a preset name string such as "small"')
         overrides = {k: v for k, v in raw.items() if k not in CELL_META_KEYS}
-        merged = {**base_overrides, **overrides} if variant == base_variant else overrides
-        specs.append((where, label, variant, merged, raw.get("profile", {}), raw.get("finetune", {})))
-
-    cells: list[Cell] = []
-    seen_labels: dict[str, tuple[str | int, ...]] = {}
-    seen_runs: dict[str, str] = {}  # what a cell computes and measures -> its label
-    for where, label, variant, overrides, prof, ft in specs:
-        is_axis = where[0] == "axes"
-        if label in seen_labels:
-            raise chk.fail(
-                where if not is_axis else ("axes",),
-                f"label {label!r} is used twice; give each cell its own label",
+        merged = {**base.overrides, **overrides} if variant == base.variant else overrides
+        sources.append(
+            _CellSource(
+                where,
+                label,
+                variant,
+                merged,
+                raw.get("profile", {}),
+                raw.get("finetune", {}),
+                raw.get("repeat", False),
             )
-        cell_profile = (
-            {**profile, **_check_settings(chk, (*where, "profile"), prof, "profile")} if prof else profile
         )
-        if profile_overrides:
-            cell_profile = {**cell_profile, **profile_overrides}
-        overrides = {k: v for k, v in overrides.items() if k != "variant"}
+    return sources
+
+
+def _build_cells(
+    chk: _Checker,
+    sources: list[_CellSource],
+    defaults: _RunDefaults,
+    base_cfg: Any,
+    profile_overrides: dict[str, Any] | None,
+) -> list[Cell]:
+    """Check each cell's settings and config; drop axis values that repeat an earlier cell."""
+    cells: list[Cell] = []
+    seen_labels: set[str] = set()
+    seen_runs: dict[str, str] = {}  # what a cell computes and measures -> its label
+    for src in sources:
+        if src.label in seen_labels:
+            raise chk.fail(
+                ("axes",) if src.from_axis else src.where,
+                f"label {src.label!r} is used twice; give each cell its own label",
+            )
+        profile = _cell_profile(chk, src, defaults, profile_overrides)
+        overrides = {k: v for k, v in src.overrides.items() if k != "variant"}
         if "img_size" not in overrides:
             # The config's img_size only sizes the position embedding: size it for the measured images.
-            overrides["img_size"] = cell_profile.get("img_size", PROFILE_IMG_SIZE)
-        cfg = _build_config(chk, where, variant, overrides)
-        run_key = _digest({"config": effective_config(cfg), "profile": cell_profile, "finetune": ft})
-        repeat = cells_raw[int(where[1])].get("repeat", False) if where[0] == "cells" else False
-        if not isinstance(repeat, bool):
-            raise chk.fail((*where, "repeat"), "must be true or false")
-        if run_key in seen_runs and not repeat:
-            if is_axis:
+            overrides["img_size"] = profile.get("img_size", PROFILE_IMG_SIZE)
+        cfg = _build_config(chk, src.where, src.variant, overrides)
+        run_key = _digest({"config": effective_config(cfg), "profile": profile, "finetune": src.finetune})
+        if not isinstance(src.repeat, bool):
+            raise chk.fail((*src.where, "repeat"), "must be true or false")
+        if run_key in seen_runs and not src.repeat:
+            if src.from_axis:
                 continue  # an axis value equal to the base (or an earlier cell) adds nothing
             raise chk.fail(
-                where,
-                f"cell {label!r} computes and measures the same as cell {seen_runs[run_key]!r} "
+                src.where,
+                f"cell {src.label!r} computes and measures the same as cell {seen_runs[run_key]!r} "
                 "(same config once toggles without effect are ignored); remove it, change a setting, "
                 "or add repeat = true to measure it again on purpose",
             )
-        seen_runs.setdefault(run_key, label)
-        cell_ft: dict[str, Any] | None = None
-        if ft and finetune is None:
-            raise chk.fail(
-                (*where, "finetune"), "per-cell finetune settings need a top-level [finetune] table"
-            )
-        if finetune is not None:
-            cell_ft = (
-                {**finetune, **_check_settings(chk, (*where, "finetune"), ft, "finetune")} if ft else finetune
-            )
-        changes = {
-            k: v
-            for k, v in cfg.to_dict().items()
-            if k not in ("name", "from_paper") and base_cfg.to_dict()[k] != v
-        }
-        if cfg.name != base_cfg.name:
-            changes = {"variant": cfg.name, **changes}
-        seen_labels[label] = where
+        seen_runs.setdefault(run_key, src.label)
+        finetune = _cell_finetune(chk, src, defaults)
+        seen_labels.add(src.label)
         cells.append(
             Cell(
                 index=len(cells),
-                label=label,
+                label=src.label,
                 config=cfg,
-                changes=changes,
-                profile=cell_profile,
-                finetune=cell_ft,
-                seeds=seeds,
-                seed_jobs=seed_jobs,
+                changes=_changes(cfg, base_cfg),
+                profile=profile,
+                finetune=finetune,
+                seeds=defaults.seeds,
+                seed_jobs=defaults.seed_jobs,
             )
         )
-    _check_constructible(chk, cells)
-    return Experiment(
-        name=name,
-        description=description,
-        path=path,
-        output_dir=out_dir,
-        axes_mode=axes_mode,
-        base_label=base_label,
-        finetune_by_default=run_by_default,
-        has_finetune=finetune is not None,
-        cells=tuple(cells),
-        executor=executor,
-    )
+    return cells
+
+
+def _cell_profile(
+    chk: _Checker, src: _CellSource, defaults: _RunDefaults, profile_overrides: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The file's profile settings, then the cell's own, then the command line's."""
+    profile = defaults.profile
+    if src.profile:
+        profile = {**profile, **_check_settings(chk, (*src.where, "profile"), src.profile, "profile")}
+    return {**profile, **profile_overrides} if profile_overrides else profile
+
+
+def _cell_finetune(chk: _Checker, src: _CellSource, defaults: _RunDefaults) -> dict[str, Any] | None:
+    """The file's fine-tune settings, then the cell's own; None without a [finetune] table."""
+    if defaults.finetune is None:
+        if src.finetune:
+            raise chk.fail(
+                (*src.where, "finetune"), "per-cell finetune settings need a top-level [finetune] table"
+            )
+        return None
+    if not src.finetune:
+        return defaults.finetune
+    return {**defaults.finetune, **_check_settings(chk, (*src.where, "finetune"), src.finetune, "finetune")}
+
+
+def _changes(cfg: Any, base_cfg: Any) -> dict[str, Any]:
+    """The config fields that differ from the base's (the variant first when it differs)."""
+    base = base_cfg.to_dict()
+    changes = {k: v for k, v in cfg.to_dict().items() if k not in ("name", "from_paper") and base[k] != v}
+    return {"variant": cfg.name, **changes} if cfg.name != base_cfg.name else changes
 
 
 def effective_config(cfg: Any) -> dict[str, Any]:
@@ -559,17 +726,6 @@ def effective_config(cfg: Any) -> dict[str, Any]:
     if not (down or up):
         d["coupling"], d["fcu_stages"] = "none", []
     return d
-
-
-def _axis_spec(
-    base_variant: str, base_overrides: dict[str, Any], values: dict[str, Any]
-) -> tuple[tuple[str | int, ...], str, str, dict[str, Any], dict[str, Any], dict[str, Any]]:
-    label = ",".join(f"{k}={_value_text(v)}" for k, v in values.items())
-    variant = values.get("variant", base_variant)
-    rest = {k: v for k, v in values.items() if k != "variant"}
-    overrides = {**base_overrides, **rest} if variant == base_variant else rest
-    key = next(iter(values))
-    return (("axes", key), label, str(variant), overrides, {}, {})
 
 
 def _check_constructible(chk: _Checker, cells: list[Cell]) -> None:

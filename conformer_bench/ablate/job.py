@@ -1,7 +1,7 @@
 """One cell of a grid as a scheduler job: what the submitting command pickles, and what the job runs.
 
 The job is a fresh Python process on a node; it runs its cell there (see
-:func:`conformer_bench.ablate.runner.run_cell`) and appends the cell's record through the run folder's
+:func:`conformer_bench.ablate.worker.run_cell`) and appends the cell's record through the run folder's
 store, claiming the cell first so that no two processes on one folder run it at once. It follows submitit's
 checkpointing protocol: on preemption, or on a timeout while requeues are left, the job is requeued and runs
 its cell again from the start (a cell keeps no state between attempts). As submitit does, the job lets
@@ -14,29 +14,16 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from .experiment import Cell, Experiment
-from .runner import make_record, run_cell
-from .store import Holder, ResultStore
+from .progress import LogProgress
+from .store import Holder, ResultStore, make_record
+from .worker import run_cell
 
 JOB_SCHEMA = "conformer-bench.cell-job"
-
-
-class LogProgress:
-    """A ``CellProgress`` that prints each new phase of the cell to the job's log."""
-
-    def __init__(self, label: str) -> None:
-        self._label = label
-        self._last = ""
-
-    def update(self, text: str, done: float | None = None, total: float | None = None) -> None:
-        if text != self._last:
-            self._last = text
-            print(f"{time.strftime('%H:%M:%S')} {self._label}: {text}", flush=True)
 
 
 @dataclass(frozen=True)

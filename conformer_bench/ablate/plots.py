@@ -1,14 +1,19 @@
-"""Figures of an experiment (matplotlib, Agg backend, PNG): each title says what was measured, where and how."""
+"""Figures of an experiment (matplotlib, Agg backend, PNG): each title says what was measured, where and how.
+
+In the scatter plots every cell is a small number beside its point and a key beside the axes maps numbers
+to labels, so labels never pile on each other; the base cell is a star, named in the legend.
+"""
 
 from __future__ import annotations
 
 import io
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..files import atomic_write_bytes
-from .summary import COMPONENTS
+from ..params import COMPONENTS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -20,6 +25,49 @@ COMPONENT_LABELS = {
     "fcu": "FCU",
     "heads": "heads",
 }
+BASE_MARKER = "*"
+BASE_SIZE = 220.0
+POINT_SIZE = 36.0
+
+
+@dataclass(frozen=True)
+class Point:
+    """One cell in a scatter plot: its number in the key, its label, where it lies."""
+
+    number: int
+    label: str
+    x: float
+    y: float
+    is_base: bool = False
+    yerr: float = 0.0
+
+
+@dataclass(frozen=True)
+class Series:
+    """Points drawn alike, with one legend entry."""
+
+    name: str
+    marker: str
+    color: str
+    points: tuple[Point, ...]
+
+
+@dataclass(frozen=True)
+class ScatterSpec:
+    """Everything a scatter figure shows, before any drawing: what the tests and :func:`draw_scatter` read."""
+
+    file: str  # PNG name without the suffix
+    title: str
+    subtitle: str
+    xlabel: str
+    ylabel: str
+    series: tuple[Series, ...]
+    key: tuple[tuple[int, str], ...]  # (number, label), in number order
+    base_label: str | None  # None: no base cell among the points
+    front: tuple[tuple[float, float], ...] = ()  # Pareto front, by increasing x
+
+
+# --- what the records say about where and how they were measured ------------------------------------------
 
 
 def _values(records: list[dict[str, Any]], *path: str) -> str:
@@ -33,12 +81,46 @@ def _values(records: list[dict[str, Any]], *path: str) -> str:
     return "/".join(sorted(found)) or "n/a"
 
 
-def _where(records: list[dict[str, Any]]) -> str:
-    """'<device name>, fp32, 2 threads' from the profile records."""
-    return (
-        f"{_values(records, 'profile', 'environment', 'device_name')} ({_values(records, 'profile', 'environment', 'device')}), "
-        f"{_values(records, 'profile', 'settings', 'precision')}, threads={_values(records, 'profile', 'environment', 'threads')}"
+def _environments(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The environment of each record that has one (its profile's, else the record's own)."""
+    out = []
+    for r in records:
+        env = (r.get("profile") or {}).get("environment") or r.get("environment")
+        if isinstance(env, dict):
+            out.append(env)
+    return out
+
+
+def machine_line(records: list[dict[str, Any]]) -> str:
+    """'<CPU or GPU model> (<device>), <precision>, <n> threads' from the records' environments."""
+    envs = _environments(records)
+
+    def joined(values: list[Any]) -> str:
+        return "/".join(sorted({str(v) for v in values if v is not None})) or "n/a"
+
+    model = joined([e.get("device_name") or e.get("cpu_model") for e in envs])
+    device = joined([e.get("device") for e in envs])
+    precisions = [((r.get("profile") or {}).get("settings") or {}).get("precision") for r in records]
+    precision = joined(precisions if any(precisions) else [e.get("precision") for e in envs])
+    threads = joined([e.get("threads") for e in envs])
+    return f"{model} ({device}), {precision}, {threads} threads"
+
+
+def _finetune_line(records: list[dict[str, Any]]) -> str:
+    """'fine-tuned on digits, 60 steps, 2 seed(s)' from the fine-tuning records."""
+    runs = [f for r in records for f in (r.get("finetune") or []) if isinstance(f, dict)]
+    if not runs:
+        return ""
+    sources = "/".join(sorted({str((f.get("data") or {}).get("source")) for f in runs}))
+    steps = {(f.get("hyper") or {}).get("steps") for f in runs}
+    epochs = {(f.get("hyper") or {}).get("epochs") for f in runs}
+    seeds = {(f.get("hyper") or {}).get("seed") for f in runs}
+    budget = (
+        f"{'/'.join(str(s) for s in sorted(steps, key=str))} steps"
+        if any(steps)
+        else f"{'/'.join(str(e) for e in sorted(epochs, key=str))} epochs"
     )
+    return f"fine-tuned on {sources}, {budget}, {len(seeds)} seed(s)"
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -51,6 +133,184 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
             front.append(i)
             best = points[i][1]
     return front
+
+
+# --- the plot specs ------------------------------------------------------------------------------------
+
+
+def _ok_rows(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["status"] == "ok"] if "status" in df else df
+
+
+def _base_label(df: pd.DataFrame) -> str | None:
+    if "is_base" not in df:
+        return None
+    base = df[df["is_base"].fillna(False).astype(bool)]
+    return str(base.iloc[0]["label"]) if not base.empty else None
+
+
+def _points(
+    rows: pd.DataFrame,
+    x: str,
+    y: str,
+    numbers: dict[str, int],
+    base: str | None,
+    scale: float = 1.0,
+    yerr: str | None = None,
+) -> tuple[Point, ...]:
+    """The cells of ``rows`` as points (``x`` times ``scale``, ``y``, error bar ``yerr``)."""
+    out = []
+    for _, row in rows.iterrows():
+        err = float(row[yerr]) if yerr and yerr in row and not math.isnan(row[yerr]) else 0.0
+        label = str(row["label"])
+        out.append(Point(numbers[label], label, float(row[x]) * scale, float(row[y]), label == base, err))
+    return tuple(out)
+
+
+def _key(series: tuple[Series, ...], base: str | None) -> tuple[tuple[int, str], ...]:
+    shown = {p.number: p.label for s in series for p in s.points}
+    return tuple((n, shown[n] + (" (base)" if shown[n] == base else "")) for n in sorted(shown))
+
+
+def accuracy_spec(df: pd.DataFrame, records: list[dict[str, Any]], title: str) -> ScatterSpec | None:
+    """Top-1 (mean ± std over seeds) against paper MACs, with the Pareto front; None without accuracy."""
+    ok = _ok_rows(df)
+    if "top1_sum" not in ok:
+        return None
+    acc = ok[ok["top1_sum"].notna() & ok["gmacs_paper"].notna()]
+    if acc.empty:
+        return None
+    numbers = cell_numbers(df)
+    base = _base_label(df)
+    unit, scale = ("GMACs", 1.0) if acc["gmacs_paper"].max() >= 0.1 else ("MMACs", 1e3)
+    points = _points(acc, "gmacs_paper", "top1_sum", numbers, base, scale, "top1_sum_std")
+    front = pareto_front([(p.x, p.y) for p in points])
+    series = (Series("cell (mean ± std)", "o", "tab:blue", points),)
+    img = _values(records, "profile", "flops", "img_size")
+    subtitle = "; ".join(s for s in (_finetune_line(records), machine_line(records)) if s)
+    return ScatterSpec(
+        file="accuracy_vs_gmacs",
+        title=f"{title}: top-1 vs MACs",
+        subtitle=subtitle,
+        xlabel=f"{unit} per image (conv + linear + matmul, {img} px, batch 1)",
+        ylabel="top-1 (%), argmax of summed head logits",
+        series=series,
+        key=_key(series, base),
+        base_label=base if any(p.is_base for p in points) else None,
+        front=tuple((points[i].x, points[i].y) for i in front),
+    )
+
+
+def throughput_spec(df: pd.DataFrame, records: list[dict[str, Any]], title: str) -> ScatterSpec | None:
+    """Images/s (inference and training) against parameters; None when nothing was timed."""
+    ok = _ok_rows(df)
+    thr = ok[ok["params_m"].notna()]
+    numbers = cell_numbers(df)
+    base = _base_label(df)
+    series = []
+    for mode, marker, color in (("infer", "o", "tab:green"), ("train", "s", "tab:orange")):
+        sub = thr[thr[f"{mode}_img_s"].notna()]
+        if sub.empty:
+            continue
+        batch = "/".join(sorted({str(b) for b in sub[f"{mode}_batch"]}))
+        points = _points(sub, "params_m", f"{mode}_img_s", numbers, base)
+        series.append(Series(f"{mode} (batch {batch})", marker, color, points))
+    if not series:
+        return None
+    img = _values(records, "profile", "flops", "img_size")
+    return ScatterSpec(
+        file="throughput_vs_params",
+        title=f"{title}: throughput vs parameters",
+        subtitle=f"{machine_line(records)}, {img} px",
+        xlabel="parameters (millions)",
+        ylabel="images/s (median over timed iterations)",
+        series=tuple(series),
+        key=_key(tuple(series), base),
+        base_label=base if any(p.is_base for s in series for p in s.points) else None,
+    )
+
+
+def cell_numbers(df: pd.DataFrame) -> dict[str, int]:
+    """Each cell's number in the figures' keys: 1, 2, ... in experiment order, the same in every figure."""
+    return {str(label): n for n, label in enumerate(df["label"], start=1)}
+
+
+# --- drawing ---------------------------------------------------------------------------------------------
+
+
+def draw_scatter(spec: ScatterSpec) -> Any:
+    """The matplotlib figure of ``spec``: numbered points, the base as a star, the key right of the axes."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    handles: list[Any] = []
+    for s in spec.series:
+        xs, ys = [p.x for p in s.points], [p.y for p in s.points]
+        if any(p.yerr for p in s.points):
+            ax.errorbar(xs, ys, yerr=[p.yerr for p in s.points], fmt="none", ecolor="tab:gray", capsize=3)
+        others = [p for p in s.points if not p.is_base]
+        ax.scatter([p.x for p in others], [p.y for p in others], s=POINT_SIZE, marker=s.marker, color=s.color)
+        handles.append(Line2D([], [], linestyle="", marker=s.marker, color=s.color, label=s.name))
+        for p in s.points:
+            if p.is_base:
+                ax.scatter(
+                    [p.x], [p.y], s=BASE_SIZE, marker=BASE_MARKER, color=s.color, edgecolors="black", zorder=3
+                )
+            ax.annotate(str(p.number), (p.x, p.y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    if spec.base_label is not None:
+        base = Line2D(
+            [], [], linestyle="", marker=BASE_MARKER, markersize=12, color="white", markeredgecolor="black"
+        )
+        base.set_label(f"base: {spec.base_label}")
+        handles.append(base)
+    if spec.front:
+        fx, fy = zip(*spec.front, strict=True)
+        (line,) = ax.plot(fx, fy, "-", color="tab:red", drawstyle="steps-post", label="Pareto front")
+        ax.scatter(fx, fy, s=120, facecolors="none", edgecolors="tab:red")
+        handles.append(line)
+    ax.set_xlabel(spec.xlabel)
+    ax.set_ylabel(spec.ylabel)
+    ax.set_title(f"{spec.title}\n{spec.subtitle}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(handles=handles, fontsize=8)
+    key = "\n".join(f"{n:>2}  {label}" for n, label in spec.key)
+    ax.text(1.02, 1.0, key, transform=ax.transAxes, ha="left", va="top", fontsize=7, family="monospace")
+    return fig
+
+
+def _components_figure(df: pd.DataFrame, records: list[dict[str, Any]], title: str) -> Any | None:
+    """MACs by component, stacked per cell; the base cell's name in bold."""
+    import matplotlib.pyplot as plt
+
+    ok = _ok_rows(df)
+    comp = ok[ok["paper_macs"].notna()]
+    if comp.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(comp) + 2), 5))
+    bottom = [0.0] * len(comp)
+    labels = comp["label"].astype(str).tolist()
+    unit, scale = ("GMACs", 1e9) if comp["paper_macs"].max() >= 1e8 else ("MMACs", 1e6)
+    for name in COMPONENTS:
+        vals = [0.0 if math.isnan(v) else v / scale for v in comp[f"macs_{name}"].tolist()]
+        if not any(vals):
+            continue
+        ax.bar(labels, vals, bottom=bottom, label=COMPONENT_LABELS[name])
+        bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
+    img = _values(records, "profile", "flops", "img_size")
+    ax.set_ylabel(f"{unit} per image (conv + linear + matmul, {img} px)")
+    ax.set_title(
+        f"{title}: MACs by component (paper convention, counted by tracing, batch 1)\n{machine_line(records)}",
+        fontsize=9,
+    )
+    ax.tick_params(axis="x", labelrotation=60, labelsize=7)
+    base = _base_label(df)
+    for tick in ax.get_xticklabels():
+        if tick.get_text() == base:
+            tick.set_fontweight("bold")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return fig
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -71,112 +331,13 @@ def write_figures(
     out: dict[str, Path] = {}
     if df.empty:
         return out
-    ok = df[df["status"] == "ok"] if "status" in df else df
-    img = _values(records, "profile", "flops", "img_size")
-
-    # 1. Accuracy vs paper MACs.
-    acc = ok[ok["top1_sum"].notna() & ok["gmacs_paper"].notna()] if "top1_sum" in ok else ok.iloc[0:0]
-    if not acc.empty:
-        fig, ax = plt.subplots(figsize=(7, 5))
-        unit, scale = ("GMACs", 1.0) if acc["gmacs_paper"].max() >= 0.1 else ("MMACs", 1e3)
-        xs, ys = [x * scale for x in acc["gmacs_paper"].tolist()], acc["top1_sum"].tolist()
-        err = [0.0 if math.isnan(s) else s for s in acc["top1_sum_std"].tolist()]
-        ax.errorbar(
-            xs,
-            ys,
-            yerr=err,
-            fmt="o",
-            color="tab:blue",
-            ecolor="tab:gray",
-            capsize=3,
-            label="cell (mean ± std)",
-        )
-        front = pareto_front(list(zip(xs, ys, strict=True)))
-        ax.plot(
-            [xs[i] for i in front],
-            [ys[i] for i in front],
-            "-",
-            color="tab:red",
-            drawstyle="steps-post",
-            label="Pareto front",
-        )
-        ax.scatter(
-            [xs[i] for i in front], [ys[i] for i in front], s=120, facecolors="none", edgecolors="tab:red"
-        )
-        for x, y, lbl in zip(xs, ys, acc["label"], strict=True):
-            ax.annotate(str(lbl), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-        data = _ft_desc(records)
-        ax.set_xlabel(f"{unit} per image (conv + linear + matmul, {img} px, batch 1)")
-        ax.set_ylabel("top-1 (%), argmax of summed head logits")
-        ax.set_title(f"{title}: top-1 vs MACs\n{data}", fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        out["accuracy_vs_gmacs"] = _save(fig, fig_dir / "accuracy_vs_gmacs.png")
-        plt.close(fig)
-
-    # 2. Throughput vs params.
-    thr = ok[ok["params_m"].notna()]
-    if not thr.empty and (thr["infer_img_s"].notna().any() or thr["train_img_s"].notna().any()):
-        fig, ax = plt.subplots(figsize=(7, 5))
-        for mode, marker, color in (("infer", "o", "tab:green"), ("train", "s", "tab:orange")):
-            sub = thr[thr[f"{mode}_img_s"].notna()]
-            if sub.empty:
-                continue
-            batch = "/".join(sorted({str(b) for b in sub[f"{mode}_batch"]}))
-            ax.scatter(
-                sub["params_m"],
-                sub[f"{mode}_img_s"],
-                marker=marker,
-                color=color,
-                label=f"{mode} (batch {batch})",
-            )
-            for x, y, lbl in zip(sub["params_m"], sub[f"{mode}_img_s"], sub["label"], strict=True):
-                ax.annotate(str(lbl), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-        ax.set_xlabel("parameters (millions)")
-        ax.set_ylabel("images/s (median over timed iterations)")
-        ax.set_title(f"{title}: throughput vs parameters\n{_where(records)}, {img} px", fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        out["throughput_vs_params"] = _save(fig, fig_dir / "throughput_vs_params.png")
-        plt.close(fig)
-
-    # 3. MACs by component, stacked per cell.
-    comp = ok[ok["paper_macs"].notna()]
-    if not comp.empty:
-        fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(comp) + 2), 5))
-        bottom = [0.0] * len(comp)
-        labels = comp["label"].astype(str).tolist()
-        unit, scale = ("GMACs", 1e9) if comp["paper_macs"].max() >= 1e8 else ("MMACs", 1e6)
-        for name in COMPONENTS:
-            vals = [0.0 if math.isnan(v) else v / scale for v in comp[f"macs_{name}"].tolist()]
-            if not any(vals):
-                continue
-            ax.bar(labels, vals, bottom=bottom, label=COMPONENT_LABELS[name])
-            bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
-        ax.set_ylabel(f"{unit} per image (conv + linear + matmul, {img} px)")
-        ax.set_title(
-            f"{title}: MACs by component (paper convention, counted by tracing, batch 1)", fontsize=9
-        )
-        ax.tick_params(axis="x", labelrotation=60, labelsize=7)
-        ax.legend(fontsize=8)
-        ax.grid(axis="y", alpha=0.3)
+    for spec in (accuracy_spec(df, records, title), throughput_spec(df, records, title)):
+        if spec is not None:
+            fig = draw_scatter(spec)
+            out[spec.file] = _save(fig, fig_dir / f"{spec.file}.png")
+            plt.close(fig)
+    fig = _components_figure(df, records, title)
+    if fig is not None:
         out["flops_by_component"] = _save(fig, fig_dir / "flops_by_component.png")
         plt.close(fig)
     return out
-
-
-def _ft_desc(records: list[dict[str, Any]]) -> str:
-    """'digits, 60 steps, 2 seeds' from the fine-tuning records."""
-    runs = [f for r in records for f in (r.get("finetune") or []) if isinstance(f, dict)]
-    if not runs:
-        return ""
-    sources = "/".join(sorted({str((f.get("data") or {}).get("source")) for f in runs}))
-    steps = {(f.get("hyper") or {}).get("steps") for f in runs}
-    epochs = {(f.get("hyper") or {}).get("epochs") for f in runs}
-    seeds = {(f.get("hyper") or {}).get("seed") for f in runs}
-    budget = (
-        f"{'/'.join(str(s) for s in sorted(steps, key=str))} steps"
-        if any(steps)
-        else f"{'/'.join(str(e) for e in sorted(epochs, key=str))} epochs"
-    )
-    return f"fine-tuned on {sources}, {budget}, {len(seeds)} seed(s); {_where(records)}"

@@ -1,12 +1,92 @@
-"""Rich progress for a grid: one bar across cells, one for the phase inside the running cell."""
+"""How a grid reports progress: the protocols, the pipe a worker process reports through, and rich bars.
+
+A worker writes each update to a pipe as one JSON line ``{"message": str, "done": float | null,
+"total": float | null}`` (:class:`PipeProgress`); the launching process reads them back
+(:func:`relay_lines`). On the console, :class:`RichGridProgress` shows one bar across cells and one for
+the phase inside the running cell; a scheduler job prints each phase to its log (:class:`LogProgress`).
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import time
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from .experiment import Cell
-from .runner import CellProgress
+if TYPE_CHECKING:
+    from .experiment import Cell
+
+
+class CellProgress(Protocol):
+    """What a running cell reports: what it is doing and, when known, how far it is (done of total)."""
+
+    def update(self, text: str, done: float | None = None, total: float | None = None) -> None: ...
+
+
+class GridProgress(Protocol):
+    """What a grid reports: a cell starts (and gets a :class:`CellProgress`), a cell ends."""
+
+    def start_cell(self, cell: Cell, position: int, total: int) -> CellProgress: ...
+
+    def end_cell(self, cell: Cell, status: str, skipped: bool) -> None: ...
+
+
+class NoProgress:
+    """A ``CellProgress`` that reports nothing."""
+
+    def update(self, text: str, done: float | None = None, total: float | None = None) -> None:
+        pass
+
+
+class QuietGrid:
+    """A ``GridProgress`` that reports nothing."""
+
+    def start_cell(self, cell: Cell, position: int, total: int) -> CellProgress:
+        return NoProgress()
+
+    def end_cell(self, cell: Cell, status: str, skipped: bool) -> None:
+        pass
+
+
+class PipeProgress:
+    """A ``CellProgress`` that writes each update as one JSON line to a file descriptor."""
+
+    def __init__(self, fd: int | None) -> None:
+        self._out = os.fdopen(fd, "w", encoding="utf-8", buffering=1) if fd is not None else None
+
+    def update(self, text: str, done: float | None = None, total: float | None = None) -> None:
+        if self._out is None:
+            return
+        try:
+            self._out.write(json.dumps({"message": text, "done": done, "total": total}) + "\n")
+        except (BrokenPipeError, ValueError):  # the parent stopped listening: run on, report nothing
+            self._out = None
+
+
+class LogProgress:
+    """A ``CellProgress`` that prints each new phase of the cell to the job's log."""
+
+    def __init__(self, label: str) -> None:
+        self._label = label
+        self._last = ""
+
+    def update(self, text: str, done: float | None = None, total: float | None = None) -> None:
+        if text != self._last:
+            self._last = text
+            print(f"{time.strftime('%H:%M:%S')} {self._label}: {text}", flush=True)
+
+
+def relay_lines(buffer: bytes, progress: CellProgress) -> bytes:
+    """Pass the complete lines of ``buffer`` that :class:`PipeProgress` wrote on; return the unfinished rest."""
+    *lines, rest = buffer.split(b"\n")
+    for line in lines:
+        try:
+            msg = json.loads(line)
+            progress.update(str(msg["message"]), msg.get("done"), msg.get("total"))
+        except (ValueError, KeyError, TypeError):
+            continue  # not a progress line: ignore
+    return rest
 
 
 class _CellBar:
@@ -22,7 +102,7 @@ class _CellBar:
 
 
 class RichGridProgress:
-    """Context manager implementing runner.GridProgress on a rich console (stderr by default)."""
+    """A ``GridProgress`` on a rich console (stderr by default), used as a context manager."""
 
     def __init__(self, total: int, *, rank: int = 0, world: int = 1, console: Any = None) -> None:
         from rich.console import Console

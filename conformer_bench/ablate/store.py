@@ -13,6 +13,7 @@ Files in a run folder:
 - ``.running.json``: cells being run now, with the pid, host and start of the process running each; several
   processes on one folder (``--shard``, torchrun ranks, or two ``ablate`` commands) cooperate through it,
   so each cell runs once and no finished record is lost.
+- ``shard-I-of-N.done``: shard I of N finished; the last shard to finish gathers (compacts) the records.
 - ``cells.shard-I-of-N.jsonl``: written by earlier versions for each shard; still read, folded in on compaction.
 """
 
@@ -27,10 +28,13 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BenchError
 from ..files import atomic_write_text, dumps_json, write_failure
+
+if TYPE_CHECKING:
+    from .experiment import Cell, Experiment
 
 CELL_SCHEMA = "conformer-bench.cell"
 CELL_SCHEMA_VERSION = 1
@@ -89,6 +93,60 @@ class Claim:
     granted: bool
     holder: Holder | None = None
     record: dict[str, Any] | None = None  # the record another process finished since this run began
+
+
+def reason_line(exc: BaseException) -> str:
+    """A record's ``reason`` for an exception: ``Type: message`` on one line, at most 500 characters."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}"[:500]
+
+
+def make_record(
+    cell: Cell,
+    experiment: Experiment,
+    finetune: bool,
+    result: dict[str, Any],
+    shard: tuple[int, int],
+    isolation: str = "inline",
+) -> dict[str, Any]:
+    """The ``conformer-bench.cell`` record of a finished cell (``isolation``: ``process`` or ``inline``)."""
+    return {
+        "schema": CELL_SCHEMA,
+        "schema_version": CELL_SCHEMA_VERSION,
+        "experiment": experiment.name,
+        "experiment_hash": experiment.digest(),
+        "label": cell.label,
+        "index": cell.index,
+        "variant": {"name": cell.config.name, "label": cell.label, "config": cell.config.to_dict()},
+        "config": cell.config.to_dict(),
+        "changes": cell.changes,
+        "config_hash": cell.config_hash(finetune),
+        "profile_hash": cell.profile_hash(),
+        "finetune_hash": cell.finetune_hash() if finetune else None,
+        "status": result["status"],
+        "reason": result["reason"],
+        "profile": result["profile"],
+        "finetune": result["finetune"],
+        "seeds": list(cell.seeds) if finetune else [],
+        "environment": result["environment"],
+        "wall_s": result["wall_s"],
+        "finished": time.time(),
+        "shard": {"rank": shard[0], "world_size": shard[1]},
+        "isolation": isolation,
+    }
+
+
+def reusable_profile(old: Mapping[str, Any] | None, cell: Cell, resume: bool) -> dict[str, Any] | None:
+    """The cell's earlier profile record when only its fine-tuning settings changed since (``--resume``)."""
+    if not resume or old is None or old.get("profile_hash") != cell.profile_hash():
+        return None
+    profile = old.get("profile")
+    return dict(profile) if isinstance(profile, dict) and profile.get("status", "ok") == "ok" else None
+
+
+def load_records(out_dir: Path) -> dict[str, dict[str, Any]]:
+    """Every cell record in ``out_dir``, the newest per label (read through the folder's store)."""
+    return ResultStore(out_dir).latest()
 
 
 def validate_record(record: Any, where: str) -> dict[str, Any]:
@@ -324,6 +382,31 @@ class ResultStore:
                 atomic_write_text(self.cells_path, text)
             for path in self.shard_files():
                 path.unlink(missing_ok=True)
+            return records
+
+    # --- shards -------------------------------------------------------------------------------------------
+
+    def _done_file(self, rank: int, world: int) -> Path:
+        return self.folder / f"shard-{rank}-of-{world}.done"
+
+    def clear_shard_done(self, rank: int, world: int) -> None:
+        """Forget that shard ``rank`` of ``world`` finished (it is about to run again)."""
+        self._done_file(rank, world).unlink(missing_ok=True)
+
+    def mark_shard_done(self, rank: int, world: int, labels: list[str]) -> None:
+        """Under the lock: note that shard ``rank`` of ``world`` finished ``labels``."""
+        with self.locked():
+            atomic_write_text(self._done_file(rank, world), json.dumps({"labels": labels}) + "\n")
+
+    def all_shards_done(self, world: int) -> bool:
+        return all(self._done_file(rank, world).exists() for rank in range(world))
+
+    def gather(self, order: list[str], world: int) -> dict[str, dict[str, Any]]:
+        """Compact the folder's records and remove the shards' completion markers."""
+        with self.locked():
+            records = self.compact(order)
+            for rank in range(world):
+                self.clear_shard_done(rank, world)
             return records
 
     def bind_experiment(self, summary: dict[str, Any], force: bool) -> None:

@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..params import COMPONENTS
+
 if TYPE_CHECKING:
     import pandas as pd
     from rich.table import Table
 
 MIB = 1024 * 1024
-COMPONENTS = ("stem", "cnn", "transformer", "fcu", "heads")
 HEADS = ("conv", "trans", "sum")
 
 

@@ -178,7 +178,7 @@ def ablate(
     Each finished cell is written at once to cells.jsonl; a crash, OOM or NaN in one cell (by default each in a process of its own) is recorded and the rest go on. Exit code 1 when a cell did not finish ok, 2 on bad input.
     """
     from ..ablate.experiment import load_experiment
-    from ..ablate.runner import Distributed, parse_shard, torchrun_rank
+    from ..ablate.runner import grid_context, parse_shard, torchrun_rank
     from ..errors import BenchError
 
     if profile_mode is not None and profile_mode not in ("infer", "train", "both", "none"):
@@ -239,11 +239,11 @@ def ablate(
     if shard_arg and ranked:
         raise BenchError("--shard and torchrun (RANK/WORLD_SIZE) both split the grid; use one of them")
     if ranked:
-        dist = Distributed(rank=ranked[0], world=ranked[1], torchrun=True)
+        dist = grid_context(rank=ranked[0], world=ranked[1], torchrun=True)
     elif shard_arg:
-        dist = Distributed(rank=shard_arg[0], world=shard_arg[1])
+        dist = grid_context(rank=shard_arg[0], world=shard_arg[1])
     else:
-        dist = Distributed()
+        dist = grid_context()
     statuses = _run(exp, cells, run_finetune, resume, dist, isolate, force, quiet)
     bad = {label: s for label, s in statuses.items() if s != "ok"}
     if bad:
@@ -289,30 +289,31 @@ def _run(
 ) -> dict[str, str]:
     from rich.console import Console
 
+    from ..ablate.launch import sigterm_as_exit
     from ..ablate.progress import RichGridProgress
-    from ..ablate.runner import run_grid, shard_of, sigterm_as_exit
+    from ..ablate.runner import join_ranks, leave_ranks, run_grid, shard_of
     from ..ablate.store import ResultStore
 
     out_dir = _make_output_dir(exp)
     store = ResultStore(out_dir)
     console = Console() if Console().is_terminal else Console(width=160)
-    share = shard_of(cells, dist.rank, dist.world)
+    share = shard_of(cells, dist.rank, dist.world_size)
     what = "profile + fine-tune" if finetune else "profile"
     console.print(
         f"[bold]{exp.name}[/]: {len(share)} of {len(exp.cells)} cells ({what})"
-        + (f" on rank {dist.rank} of {dist.world}" if dist.world > 1 else "")
+        + (f" on rank {dist.rank} of {dist.world_size}" if dist.world_size > 1 else "")
         + f" -> {out_dir}"
         + ("" if isolate else " (cells in this process: --no-isolate)")
     )
-    dist.start()
+    dist = join_ranks(dist)
     try:
         with sigterm_as_exit():
             try:
-                prefix = f"[rank {dist.rank}/{dist.world}] " if dist.world > 1 else ""
+                prefix = f"[rank {dist.rank}/{dist.world_size}] " if dist.world_size > 1 else ""
                 grid = (
                     _LinesOnly(Console(stderr=True), prefix)
                     if quiet
-                    else RichGridProgress(len(share), rank=dist.rank, world=dist.world)
+                    else RichGridProgress(len(share), rank=dist.rank, world=dist.world_size)
                 )
                 with grid as progress:
                     result = run_grid(
@@ -343,11 +344,11 @@ def _run(
             )
         if not result.gathered:
             console.print(
-                f"shard {dist.rank}/{dist.world} done; the last shard to finish merges cells.jsonl and writes the tables"
+                f"shard {dist.rank}/{dist.world_size} done; the last shard to finish merges cells.jsonl and writes the tables"
             )
             return result.statuses
         records = _write_tables(exp, store, console)
-        if dist.torchrun:
+        if dist.backend is not None:  # torchrun
             return {
                 str(r["label"]): str(r.get("status"))
                 for r in records
@@ -355,7 +356,7 @@ def _run(
             }
         return result.statuses
     finally:
-        dist.stop()
+        leave_ranks(dist)
 
 
 def _make_output_dir(exp: Any) -> Path:
