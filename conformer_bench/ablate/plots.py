@@ -103,7 +103,7 @@ def machine_line(records: list[dict[str, Any]]) -> str:
     precisions = [((r.get("profile") or {}).get("settings") or {}).get("precision") for r in records]
     precision = joined(precisions if any(precisions) else [e.get("precision") for e in envs])
     threads = joined([e.get("threads") for e in envs])
-    return f"{model} ({device}), {precision}, {threads} threads"
+    return f"{model} ({device}), {precision}, {threads} thread" + ("" if threads == "1" else "s")
 
 
 def _finetune_line(records: list[dict[str, Any]]) -> str:
