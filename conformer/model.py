@@ -6,13 +6,14 @@ Layout (internal names; ``conformer.checkpoint`` maps them to and from the relea
     cnn_entry     first bottleneck, 64 -> C1                          (release: conv_1)
     patch_embed   conv k=s=patch/4 over the stem output -> tokens     (release: trans_patch_conv)
     trans_entry   first transformer block                             (release: trans_1)
-    stages[s][j]  coupled blocks, three stages                        (release: conv_trans_2 .. conv_trans_<depth>)
+    stages[s][j]  coupled blocks, three ConformerStages                        (release: conv_trans_2 .. conv_trans_<depth>)
     conv_head / trans_norm + trans_head                               (release: conv_cls_head / trans_norm, trans_cls_head)
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -118,6 +119,38 @@ class ConvTransBlock(nn.Module):
         return x, x_t
 
 
+class ConformerStage(nn.Module):
+    """The coupled blocks of one stage, run in order.
+
+    Blocks are registered under their positions (``"0"``, ``"1"``, ...), as an ``nn.ModuleList`` would, so the
+    state-dict keys stay ``stages.<s>.<j>.<child>`` (the layout ``conformer.checkpoint`` maps to the release).
+    """
+
+    def __init__(self, blocks: list[ConvTransBlock]) -> None:
+        super().__init__()
+        for j, block in enumerate(blocks):
+            self.add_module(str(j), block)
+
+    @property
+    def blocks(self) -> list[ConvTransBlock]:
+        """The blocks in order (read from the registered children, so a replaced block is seen)."""
+        return [cast(ConvTransBlock, m) for m in self._modules.values()]
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __getitem__(self, index: int) -> ConvTransBlock:
+        return self.blocks[index]
+
+    def __iter__(self) -> Iterator[ConvTransBlock]:
+        return iter(self.blocks)
+
+    def forward(self, x: Tensor | None, x_t: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+        for block in self.blocks:
+            x, x_t = block(x, x_t)
+        return x, x_t
+
+
 class Conformer(nn.Module):
     """Conformer built from a :class:`ConformerConfig`; the defaults of the config reproduce the release."""
 
@@ -162,10 +195,10 @@ class Conformer(nn.Module):
         # Coupled blocks: depth - 1 of them; stage 1 has one fewer because the entry blocks open it.
         n = cfg.blocks_per_stage
         widths = (c1, c2, c3)
-        self.stages = nn.ModuleList()
+        stages: list[ConformerStage] = []
         index = 1  # release block number minus one; indexes dpr
         for stage in (1, 2, 3):
-            blocks = nn.ModuleList()
+            blocks: list[ConvTransBlock] = []
             count = n - 1 if stage == 1 else n
             for j in range(count):
                 first = j == 0 and stage > 1
@@ -184,7 +217,8 @@ class Conformer(nn.Module):
                         cnn_tail=not last or cfg.has_conv_head,
                     )
                 )
-            self.stages.append(blocks)
+            stages.append(ConformerStage(blocks))
+        self.stages = nn.ModuleList(stages)
 
         self.conv_head: nn.Linear | None = None
         self.trans_norm: nn.LayerNorm | None = None
@@ -258,8 +292,7 @@ class Conformer(nn.Module):
                 x_t = x_t + self._pos_embed_for(x_t.shape[1], x.shape[-2] // self.cfg.patch_size)
             x_t = self.trans_entry(x_t)
         for stage in self.stages:
-            for block in stage:  # type: ignore[attr-defined]  # each stage is an nn.ModuleList
-                x_c, x_t = block(x_c, x_t)
+            x_c, x_t = stage(x_c, x_t)
         return x_c, x_t
 
     def forward_head(self, x_c: Tensor | None, x_t: Tensor | None) -> ConformerOutput:
