@@ -205,17 +205,7 @@ def measure(
     joules = energy.get("joules") if energy else None
     paired: dict[str, Any] = {}
     if reference is not None and reference_s is not None:
-        ratios = reference_ratios(samples, reference_s, batch_size, reference.flops)
-        paired = {
-            "img_per_ref_gflop": statistics.median(ratios),
-            "ref_ratio_samples": ratios,
-            "reference": ReferenceTiming(
-                workload=reference.description,
-                flops=reference.flops,
-                gflop_per_s=reference.flops / statistics.median(reference_s) / 1e9,
-                samples_s=reference_s,
-            ),
-        }
+        paired = _paired_fields(samples, reference_s, batch_size, reference)
     return PhaseTiming(
         img_per_s=batch_size / summary["median"],
         batch_size=batch_size,
@@ -234,3 +224,20 @@ def measure(
         img_per_j=batch_size * iters / joules if joules else None,
         **paired,
     )
+
+
+def _paired_fields(
+    step_s: list[float], reference_s: list[float], batch_size: int, reference: ReferenceWorkload
+) -> dict[str, Any]:
+    """The :class:`PhaseTiming` fields of a step timed beside a reference workload."""
+    ratios = reference_ratios(step_s, reference_s, batch_size, reference.flops)
+    return {
+        "img_per_ref_gflop": statistics.median(ratios),
+        "ref_ratio_samples": ratios,
+        "reference": ReferenceTiming(
+            workload=reference.description,
+            flops=reference.flops,
+            gflop_per_s=reference.flops / statistics.median(reference_s) / 1e9,
+            samples_s=reference_s,
+        ),
+    }
