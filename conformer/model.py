@@ -158,7 +158,7 @@ class Conformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.num_classes = cfg.num_classes
-        c1, c2, c3 = cfg.stage_channels
+        c1, _, c3 = cfg.stage_channels
         dw1 = cfg.dw_stride(1)
         self.stem = nn.Sequential()
         self.stem.add_module("conv", nn.Conv2d(cfg.in_chans, 64, 7, stride=2, padding=3, bias=False))
@@ -192,33 +192,7 @@ class Conformer(nn.Module):
                 fused_attn=cfg.fused_attn,
             )
 
-        # Coupled blocks: depth - 1 of them; stage 1 has one fewer because the entry blocks open it.
-        n = cfg.blocks_per_stage
-        widths = (c1, c2, c3)
-        stages: list[ConformerStage] = []
-        index = 1  # release block number minus one; indexes dpr
-        for stage in (1, 2, 3):
-            blocks: list[ConvTransBlock] = []
-            count = n - 1 if stage == 1 else n
-            for j in range(count):
-                first = j == 0 and stage > 1
-                index += 1
-                last = index == cfg.depth
-                blocks.append(
-                    ConvTransBlock(
-                        cfg,
-                        stage,
-                        inplanes=widths[stage - 2] if first else widths[stage - 1],
-                        outplanes=widths[stage - 1],
-                        stride=2 if first else 1,
-                        res_conv=first,
-                        last_fusion=last,
-                        drop_path=dpr[index - 1],
-                        cnn_tail=not last or cfg.has_conv_head,
-                    )
-                )
-            stages.append(ConformerStage(blocks))
-        self.stages = nn.ModuleList(stages)
+        self.stages = nn.ModuleList(_coupled_stages(cfg, dpr))
 
         self.conv_head: nn.Linear | None = None
         self.trans_norm: nn.LayerNorm | None = None
@@ -321,6 +295,35 @@ class Conformer(nn.Module):
         grid_pos = grid_pos.reshape(1, grid, grid, -1).permute(0, 3, 1, 2)
         grid_pos = F.interpolate(grid_pos, size=(grid_h, grid_w), mode="bicubic", align_corners=False)
         return torch.cat([cls_pos, grid_pos.flatten(2).transpose(1, 2)], dim=1)
+
+
+def _coupled_stages(cfg: ConformerConfig, dpr: list[float]) -> list[ConformerStage]:
+    """The three stages of coupled blocks: depth - 1 blocks; stage 1 has one fewer (the entry blocks open it)."""
+    widths = cfg.stage_channels
+    stages: list[ConformerStage] = []
+    index = 1  # release block number minus one; indexes dpr
+    for stage in (1, 2, 3):
+        blocks: list[ConvTransBlock] = []
+        count = cfg.blocks_per_stage - 1 if stage == 1 else cfg.blocks_per_stage
+        for j in range(count):
+            first = j == 0 and stage > 1
+            index += 1
+            last = index == cfg.depth
+            blocks.append(
+                ConvTransBlock(
+                    cfg,
+                    stage,
+                    inplanes=widths[stage - 2] if first else widths[stage - 1],
+                    outplanes=widths[stage - 1],
+                    stride=2 if first else 1,
+                    res_conv=first,
+                    last_fusion=last,
+                    drop_path=dpr[index - 1],
+                    cnn_tail=not last or cfg.has_conv_head,
+                )
+            )
+        stages.append(ConformerStage(blocks))
+    return stages
 
 
 def _init_module(m: nn.Module) -> None:
