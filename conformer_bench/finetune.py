@@ -689,7 +689,18 @@ def _run(
         )
         final = replace(final, bf16_inference=check)
     return _record(
-        cfg, run_cfg, s, ctx, device, label, bundle, trainer, ckpt_info, saved, save_failure, final
+        cfg=cfg,
+        run_cfg=run_cfg,
+        s=s,
+        ctx=ctx,
+        device=device,
+        label=label,
+        bundle=bundle,
+        trainer=trainer,
+        ckpt_info=ckpt_info,
+        saved=saved,
+        save_failure=save_failure,
+        final=final,
     )
 
 
@@ -775,6 +786,7 @@ def _hyper(
 
 
 def _record(
+    *,
     cfg: ConformerConfig,
     run_cfg: ConformerConfig,
     s: FinetuneSettings,
@@ -788,6 +800,7 @@ def _record(
     save_failure: str | None,
     final: FinetuneFinal,
 ) -> dict[str, Any]:
+    """The ``conformer-bench.finetune`` record of a finished (or stopped) run, as its JSON dict."""
     from .env import fingerprint
 
     status, reason = (trainer.status, trainer.reason) if save_failure is None else ("failed", save_failure)

@@ -336,7 +336,16 @@ def _measure(
         ceiling = ceilings[entry.precision]
         _fill_timing(entry, s, samples.get("plain"), settings.batch_size, paper_macs, executed, ceiling)
     return _speed_record(
-        cfg, settings, support, label, flops, executed_macs, kinds, ceilings, entries, eval_set
+        cfg=cfg,
+        settings=settings,
+        support=support,
+        label=label,
+        flops=flops,
+        executed_macs=executed_macs,
+        kinds=kinds,
+        ceilings=ceilings,
+        entries=entries,
+        eval_set=eval_set,
     )
 
 
@@ -382,6 +391,7 @@ def _executed_macs(plain: Any, settings: SpeedSettings, paper_macs: int) -> int:
 
 
 def _speed_record(
+    *,
     cfg: Any,
     settings: SpeedSettings,
     support: dict[str, PrecisionSupport],
@@ -393,6 +403,7 @@ def _speed_record(
     entries: dict[str, SpeedPath],
     eval_set: list[Any],
 ) -> SpeedRecord:
+    """The ``conformer-bench.speed`` record of the timed paths; the best path is the fastest one timed."""
     import torch
 
     from conformer.optimize import fused_kernels_available, mkl_linear_available
