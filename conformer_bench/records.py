@@ -158,7 +158,7 @@ class CudaPhaseMemory(Record):
 
 
 @dataclass(frozen=True)
-class ProfiledPhase:
+class ProfiledPhase(Record):
     """One timed phase of a profile: its timing, then the precision it ran in, the last loss (train) and path."""
 
     timing: PhaseTiming
@@ -204,11 +204,6 @@ class ProfileRecord(SchemaRecord):
     throughput: dict[str, ProfiledPhase]
     compile_s: dict[str, float] | None
     wall_s: float
-
-    def to_dict(self) -> dict[str, Any]:
-        out = super().to_dict()
-        out["throughput"] = {phase: t.to_dict() for phase, t in self.throughput.items()}
-        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ProfileRecord:
