@@ -25,7 +25,7 @@ from conformer import ConformerConfig
 
 from .errors import BenchError
 from .files import write_failure
-from .records import FINETUNE_SCHEMA, SCHEMAS, FinetuneEpoch, FinetuneFinal, FinetuneRecord
+from .records import FINETUNE_SCHEMA, SCHEMAS, FinetuneEpoch, FinetuneFinal, FinetuneRecord, Status
 from .steps import HEADS, autocast, heads_loss, precision_dtype
 
 SCHEMA = FINETUNE_SCHEMA
@@ -466,7 +466,7 @@ class _Trainer:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.history: list[FinetuneEpoch] = []
         self.curve: list[dict[str, Any]] = []
-        self.status: str = "ok"
+        self.status = Status.OK
         self.reason: str | None = None
         self.step = 0
         self.train_s = 0.0
@@ -546,7 +546,7 @@ class _Trainer:
             now = time.perf_counter()
             speed = win_count * self.ctx.world_size / max(now - t_win, 1e-9)
             if w_bad > 0:
-                self.status = "nan"
+                self.status = Status.NAN
                 self.reason = (
                     f"non-finite training loss at or before step {self.step} of {sched.total_steps} "
                     f"(epoch {epoch + 1}); lower --lr or set --clip-grad"
@@ -616,7 +616,7 @@ class _Trainer:
             sums = self.train_epoch(epoch, loader, progress)
             epoch_s = time.perf_counter() - t_epoch
             self.train_s += epoch_s
-            if self.status != "ok":
+            if self.status != Status.OK:
                 break
             self.record_epoch(epoch, sums, epoch_s, bundle, cues)
             if self.step >= self.schedule.total_steps:
@@ -677,11 +677,11 @@ def _run(
     finally:
         progress.close()
 
-    last = trainer.history[-1] if (trainer.history and trainer.status == "ok") else None
+    last = trainer.history[-1] if (trainer.history and trainer.status == Status.OK) else None
     peak = _peak_memory(device)
     saved, save_failure = _save(model, s, ctx, trainer.status)
     final = _final(trainer, bundle, last, cues, t_start, peak)
-    if s.bf16_inference and trainer.status == "ok" and save_failure is None:
+    if s.bf16_inference and trainer.status == Status.OK and save_failure is None:
         from .bf16_check import bf16_inference_check
 
         check = bf16_inference_check(
@@ -704,11 +704,11 @@ def _run(
     )
 
 
-def _save(model: Any, s: FinetuneSettings, ctx: Any, status: str) -> tuple[str | None, str | None]:
+def _save(model: Any, s: FinetuneSettings, ctx: Any, status: Status) -> tuple[str | None, str | None]:
     """Write the weights (rank 0, a run that ended well, ``--save`` given): (path written, failure)."""
     from conformer import save_checkpoint
 
-    if s.save is None or not ctx.is_main or status != "ok":
+    if s.save is None or not ctx.is_main or status != Status.OK:
         return None, None
     try:
         save_checkpoint(model, s.save)
@@ -803,7 +803,9 @@ def _record(
     """The ``conformer-bench.finetune`` record of a finished (or stopped) run, as its JSON dict."""
     from .env import fingerprint
 
-    status, reason = (trainer.status, trainer.reason) if save_failure is None else ("failed", save_failure)
+    status, reason = (
+        (trainer.status, trainer.reason) if save_failure is None else (Status.FAILED, save_failure)
+    )
     record = FinetuneRecord(
         status=status,
         reason=reason,

@@ -9,7 +9,7 @@ from functools import partial
 from typing import Any
 
 from .errors import BenchError
-from .records import PROFILE_SCHEMA, SCHEMAS, PhaseTiming, ProfiledPhase, ProfileRecord
+from .records import PROFILE_SCHEMA, SCHEMAS, PhaseTiming, ProfiledPhase, ProfileRecord, Status
 from .steps import PATHS, autocast, heads_loss
 from .threads import threads
 
@@ -338,7 +338,7 @@ class _Phases:
     """What the phases of a profile measured, and how the profile ended."""
 
     memory: dict[str, Any]
-    status: str = "ok"  # ok | oom | nan
+    status: Status = Status.OK
     reason: str | None = None
     throughput: dict[str, ProfiledPhase] = field(default_factory=dict)
     path_by_phase: dict[str, str] = field(default_factory=dict)
@@ -488,7 +488,7 @@ def _measure_phases(
         result = _run_with_decaying_batch(run, batch, bar)
         bar.finish(phase)
         if result is None:
-            measured.status = "oom"
+            measured.status = Status.OOM
             measured.reason = f"{phase}: out of memory even at batch size 1 (requested {batch})"
             break
         if result.compile_s is not None:
@@ -503,7 +503,7 @@ def _measure_phases(
         )
         measured.memory[phase] = result.memory
         if not result.finite:
-            measured.status, measured.reason = "nan", f"{phase}: the loss became non-finite"
+            measured.status, measured.reason = Status.NAN, f"{phase}: the loss became non-finite"
             break
         if phase == "infer" and "train" in phases:
             model.train()

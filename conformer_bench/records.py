@@ -12,6 +12,7 @@ written now.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from enum import StrEnum
 from typing import Any, ClassVar, TypeVar, cast
 
 from .errors import BenchError
@@ -24,8 +25,21 @@ SCHEMAS: dict[str, int] = {PROFILE_SCHEMA: 1, SPEED_SCHEMA: 2, FINETUNE_SCHEMA: 
 R = TypeVar("R", bound="Record")
 
 
+class Status(StrEnum):
+    """How a measurement ended; written as its plain string value."""
+
+    OK = "ok"
+    OOM = "oom"  # profile: out of memory even at batch size 1
+    NAN = "nan"  # a training loss became non-finite
+    FAILED = "failed"  # speed: a path failed; fine-tune: the weights could not be saved
+    UNSUPPORTED = "unsupported"  # speed: the device has no native kernels for the precision
+
+
 def plain(value: Any) -> Any:
-    """``value`` with every nested record turned into its dict (dicts and lists copied, the rest as is)."""
+    """``value`` with every nested record turned into its dict and every status into its string (dicts and
+    lists copied, the rest as is)."""
+    if isinstance(value, Status):
+        return value.value
     if isinstance(value, Record):
         return value.to_dict()
     if isinstance(value, dict):
@@ -59,6 +73,9 @@ def known_fields(cls: type[Any], data: dict[str, Any]) -> dict[str, Any]:
     names = {f.name for f in fields(cls)}
     values = dict.fromkeys(getattr(cls, "OPTIONAL", ()))
     values.update((k, v) for k, v in data.items() if k in names)
+    status = values.get("status")
+    if isinstance(status, str) and status in set(Status):
+        values["status"] = Status(status)
     return values
 
 
@@ -192,7 +209,7 @@ class ProfileRecord(SchemaRecord):
 
     SCHEMA = PROFILE_SCHEMA
 
-    status: str  # ok | oom | nan
+    status: Status  # ok | oom | nan
     reason: str | None
     label: str
     variant: dict[str, Any]
@@ -246,7 +263,7 @@ class SpeedPath(Record):
 
     path: str
     precision: str
-    status: str  # ok | unsupported | failed
+    status: Status  # ok | unsupported | failed
     reason: str | None
     description: str
     kernels: str | None
@@ -280,7 +297,7 @@ class SpeedRecord(SchemaRecord):
 
     SCHEMA = SPEED_SCHEMA
 
-    status: str  # ok | failed
+    status: Status  # ok | failed
     reason: str | None
     environment: dict[str, Any]
     variant: dict[str, Any]
@@ -352,7 +369,7 @@ class FinetuneRecord(SchemaRecord):
 
     SCHEMA = FINETUNE_SCHEMA
 
-    status: str  # ok | nan | failed
+    status: Status  # ok | nan | failed
     reason: str | None
     environment: dict[str, Any]
     variant: dict[str, Any]

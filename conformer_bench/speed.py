@@ -22,7 +22,7 @@ import numpy as np
 from .errors import BenchError, exception_line
 from .formatting import FORMATS
 from .precision import PRECISIONS, PrecisionSupport
-from .records import SCHEMAS, SPEED_SCHEMA, SpeedPath, SpeedRecord
+from .records import SCHEMAS, SPEED_SCHEMA, SpeedPath, SpeedRecord, Status
 from .steps import HEADS, PATHS, autocast, head_logits
 from .threads import threads
 from .timing import synced_timer
@@ -324,7 +324,7 @@ def _measure(
         for name, run in runners.items():
             entry = entries[name]
             entry.kernels = _kernels(run, entry.path, entry.precision, support[entry.precision])
-        live = {name: run for name, run in runners.items() if entries[name].status == "ok"}
+        live = {name: run for name, run in runners.items() if entries[name].status == Status.OK}
         samples, matmul_s = _interleaved(live, matmuls, x, settings, timed, report)
     report("done", 1.0)
 
@@ -362,17 +362,17 @@ def _build_paths(
     entries: dict[str, SpeedPath] = {}
     runners: dict[str, Callable[[Any], Any]] = {}
     for name, path, precision in settings.runs():
-        entry = SpeedPath(path, precision, "ok", None, PATH_DESCRIPTIONS[name], None)
+        entry = SpeedPath(path, precision, Status.OK, None, PATH_DESCRIPTIONS[name], None)
         entries[name] = entry
         if not support[precision].supported:
-            entry.status, entry.reason = "unsupported", support[precision].reason
+            entry.status, entry.reason = Status.UNSUPPORTED, support[precision].reason
             continue
         try:
             runners[name] = _build_runner(plain, path, precision, settings)
         except Exception as exc:  # building a path can fail too (e.g. no C++ compiler): recorded, not fatal
             if name == "plain":
                 raise
-            entry.status, entry.reason = "failed", exception_line(exc)
+            entry.status, entry.reason = Status.FAILED, exception_line(exc)
     return entries, runners
 
 
@@ -411,11 +411,11 @@ def _speed_record(
     from .env import fingerprint
 
     device = settings.device
-    failed = [name for name, e in entries.items() if e.status == "failed"]
+    failed = [name for name, e in entries.items() if e.status == Status.FAILED]
     timed_ok = [name for name, e in entries.items() if e.img_per_s is not None]
     best = max(timed_ok, key=lambda name: entries[name].img_per_s or 0.0) if timed_ok else None
     return SpeedRecord(
-        status="failed" if failed else "ok",
+        status=Status.FAILED if failed else Status.OK,
         reason=next((f"{name}: {entries[name].reason}" for name in failed), None),
         environment=fingerprint(
             device,
@@ -503,7 +503,7 @@ def _first_calls(
         except Exception as exc:  # a path that cannot run (e.g. no C++ compiler) is recorded, not fatal
             if name == "plain":
                 raise
-            entry.status, entry.reason = "failed", exception_line(exc)
+            entry.status, entry.reason = Status.FAILED, exception_line(exc)
 
 
 def _interleaved(

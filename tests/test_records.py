@@ -152,3 +152,12 @@ def test_threads_hold_for_a_profile_only() -> None:
     settings = ProfileSettings(device="cpu", mode="none", count_flops=False, threads=before + 1)
     record = profile_variant(conformer.get_config("nano"), settings)
     assert record["settings"]["threads"] == before + 1 and torch.get_num_threads() == before
+
+
+def test_status_is_written_as_its_string() -> None:
+    from conformer_bench.records import Status
+
+    entry = SpeedPath("plain", "fp32", Status.UNSUPPORTED, "no bf16", "desc", None)
+    d = entry.to_dict()
+    assert type(d["status"]) is str and json.dumps(d["status"]) == '"unsupported"'
+    assert SpeedPath.from_dict(d).status is Status.UNSUPPORTED
