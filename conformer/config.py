@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 Branches = Literal["dual", "cnn", "transformer"]
 Coupling = Literal["both", "down", "up", "none"]
@@ -12,11 +12,12 @@ FcuDown = Literal["avgpool", "maxpool", "conv"]
 FcuUp = Literal["nearest", "bilinear", "deconv"]
 Heads = Literal["both", "conv", "trans"]
 
-BRANCHES: tuple[str, ...] = ("dual", "cnn", "transformer")
-COUPLINGS: tuple[str, ...] = ("both", "down", "up", "none")
-FCU_DOWNS: tuple[str, ...] = ("avgpool", "maxpool", "conv")
-FCU_UPS: tuple[str, ...] = ("nearest", "bilinear", "deconv")
-HEADS: tuple[str, ...] = ("both", "conv", "trans")
+# The valid choices of each toggle, read from its Literal so the two cannot drift apart.
+BRANCHES: tuple[str, ...] = get_args(Branches)
+COUPLINGS: tuple[str, ...] = get_args(Coupling)
+FCU_DOWNS: tuple[str, ...] = get_args(FcuDown)
+FCU_UPS: tuple[str, ...] = get_args(FcuUp)
+HEADS: tuple[str, ...] = get_args(Heads)
 STAGES: tuple[int, ...] = (1, 2, 3)
 
 

@@ -6,13 +6,14 @@ Layout (internal names; ``conformer.checkpoint`` maps them to and from the relea
     cnn_entry     first bottleneck, 64 -> C1                          (release: conv_1)
     patch_embed   conv k=s=patch/4 over the stem output -> tokens     (release: trans_patch_conv)
     trans_entry   first transformer block                             (release: trans_1)
-    stages[s][j]  coupled blocks, three stages                        (release: conv_trans_2 .. conv_trans_<depth>)
+    stages[s][j]  coupled blocks, three ConformerStages                        (release: conv_trans_2 .. conv_trans_<depth>)
     conv_head / trans_norm + trans_head                               (release: conv_cls_head / trans_norm, trans_cls_head)
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -118,6 +119,38 @@ class ConvTransBlock(nn.Module):
         return x, x_t
 
 
+class ConformerStage(nn.Module):
+    """The coupled blocks of one stage, run in order.
+
+    Blocks are registered under their positions (``"0"``, ``"1"``, ...), as an ``nn.ModuleList`` would, so the
+    state-dict keys stay ``stages.<s>.<j>.<child>`` (the layout ``conformer.checkpoint`` maps to the release).
+    """
+
+    def __init__(self, blocks: list[ConvTransBlock]) -> None:
+        super().__init__()
+        for j, block in enumerate(blocks):
+            self.add_module(str(j), block)
+
+    @property
+    def blocks(self) -> list[ConvTransBlock]:
+        """The blocks in order (read from the registered children, so a replaced block is seen)."""
+        return [cast(ConvTransBlock, m) for m in self._modules.values()]
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __getitem__(self, index: int) -> ConvTransBlock:
+        return self.blocks[index]
+
+    def __iter__(self) -> Iterator[ConvTransBlock]:
+        return iter(self.blocks)
+
+    def forward(self, x: Tensor | None, x_t: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+        for block in self.blocks:
+            x, x_t = block(x, x_t)
+        return x, x_t
+
+
 class Conformer(nn.Module):
     """Conformer built from a :class:`ConformerConfig`; the defaults of the config reproduce the release."""
 
@@ -125,7 +158,7 @@ class Conformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.num_classes = cfg.num_classes
-        c1, c2, c3 = cfg.stage_channels
+        c1, _, c3 = cfg.stage_channels
         dw1 = cfg.dw_stride(1)
         self.stem = nn.Sequential()
         self.stem.add_module("conv", nn.Conv2d(cfg.in_chans, 64, 7, stride=2, padding=3, bias=False))
@@ -159,32 +192,7 @@ class Conformer(nn.Module):
                 fused_attn=cfg.fused_attn,
             )
 
-        # Coupled blocks: depth - 1 of them; stage 1 has one fewer because the entry blocks open it.
-        n = cfg.blocks_per_stage
-        widths = (c1, c2, c3)
-        self.stages = nn.ModuleList()
-        index = 1  # release block number minus one; indexes dpr
-        for stage in (1, 2, 3):
-            blocks = nn.ModuleList()
-            count = n - 1 if stage == 1 else n
-            for j in range(count):
-                first = j == 0 and stage > 1
-                index += 1
-                last = index == cfg.depth
-                blocks.append(
-                    ConvTransBlock(
-                        cfg,
-                        stage,
-                        inplanes=widths[stage - 2] if first else widths[stage - 1],
-                        outplanes=widths[stage - 1],
-                        stride=2 if first else 1,
-                        res_conv=first,
-                        last_fusion=last,
-                        drop_path=dpr[index - 1],
-                        cnn_tail=not last or cfg.has_conv_head,
-                    )
-                )
-            self.stages.append(blocks)
+        self.stages = nn.ModuleList(_coupled_stages(cfg, dpr))
 
         self.conv_head: nn.Linear | None = None
         self.trans_norm: nn.LayerNorm | None = None
@@ -258,8 +266,7 @@ class Conformer(nn.Module):
                 x_t = x_t + self._pos_embed_for(x_t.shape[1], x.shape[-2] // self.cfg.patch_size)
             x_t = self.trans_entry(x_t)
         for stage in self.stages:
-            for block in stage:  # type: ignore[attr-defined]  # each stage is an nn.ModuleList
-                x_c, x_t = block(x_c, x_t)
+            x_c, x_t = stage(x_c, x_t)
         return x_c, x_t
 
     def forward_head(self, x_c: Tensor | None, x_t: Tensor | None) -> ConformerOutput:
@@ -288,6 +295,35 @@ class Conformer(nn.Module):
         grid_pos = grid_pos.reshape(1, grid, grid, -1).permute(0, 3, 1, 2)
         grid_pos = F.interpolate(grid_pos, size=(grid_h, grid_w), mode="bicubic", align_corners=False)
         return torch.cat([cls_pos, grid_pos.flatten(2).transpose(1, 2)], dim=1)
+
+
+def _coupled_stages(cfg: ConformerConfig, dpr: list[float]) -> list[ConformerStage]:
+    """The three stages of coupled blocks: depth - 1 blocks; stage 1 has one fewer (the entry blocks open it)."""
+    widths = cfg.stage_channels
+    stages: list[ConformerStage] = []
+    index = 1  # release block number minus one; indexes dpr
+    for stage in (1, 2, 3):
+        blocks: list[ConvTransBlock] = []
+        count = cfg.blocks_per_stage - 1 if stage == 1 else cfg.blocks_per_stage
+        for j in range(count):
+            first = j == 0 and stage > 1
+            index += 1
+            last = index == cfg.depth
+            blocks.append(
+                ConvTransBlock(
+                    cfg,
+                    stage,
+                    inplanes=widths[stage - 2] if first else widths[stage - 1],
+                    outplanes=widths[stage - 1],
+                    stride=2 if first else 1,
+                    res_conv=first,
+                    last_fusion=last,
+                    drop_path=dpr[index - 1],
+                    cnn_tail=not last or cfg.has_conv_head,
+                )
+            )
+        stages.append(ConformerStage(blocks))
+    return stages
 
 
 def _init_module(m: nn.Module) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-HEADS = ("conv", "trans", "sum")
+from .steps import HEADS
 
 
 def _heads(out: Any) -> list[Any]:

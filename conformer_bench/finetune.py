@@ -18,16 +18,18 @@ import math
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from conformer import ConformerConfig
 
 from .errors import BenchError
 from .files import write_failure
+from .records import FINETUNE_SCHEMA, SCHEMAS, FinetuneEpoch, FinetuneFinal, FinetuneRecord, Status
+from .steps import HEADS, autocast, heads_loss, precision_dtype
 
-SCHEMA = "conformer-bench.finetune"
-SCHEMA_VERSION = 1
+SCHEMA = FINETUNE_SCHEMA
+SCHEMA_VERSION = SCHEMAS[FINETUNE_SCHEMA]
 MIN_LR_RATIO = 0.01  # release: lr 1e-3 -> min lr 1e-5
 LOG_EVERY = 10  # optimizer steps between host synchronisations (progress, loss curve, non-finite check)
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -152,27 +154,6 @@ def param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
     ]
 
 
-def head_loss(out: Any, target: Any, label_smoothing: float) -> Any:
-    """Mean over the present heads of their cross-entropy (the release's convention)."""
-    import torch.nn.functional as F
-
-    losses = [
-        F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
-        for logits in (out.conv_logits, out.trans_logits)
-        if logits is not None
-    ]
-    return sum(losses) / len(losses)
-
-
-def _autocast(device: str, precision: str) -> contextlib.AbstractContextManager[Any]:
-    import torch
-
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=dtype)
-
-
 @contextlib.contextmanager
 def _deterministic_cudnn(device: str) -> Iterator[None]:
     """cuDNN deterministic kernels, no autotuning, for the run only (restored afterwards)."""
@@ -201,9 +182,6 @@ def _peak_memory(device: str) -> tuple[int, str]:
 
 def _pct(correct: float, count: float) -> float | None:
     return 100.0 * correct / count if count else None
-
-
-HEADS = ("conv", "trans", "sum")
 
 
 class _Progress:
@@ -278,7 +256,7 @@ def evaluate(
     present = [False, False]
     was_training = model.training
     model.eval()
-    with torch.inference_mode(), _autocast(device, precision):
+    with torch.inference_mode(), autocast(device, precision_dtype(precision)):
         for x, y in loader:
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
@@ -288,7 +266,7 @@ def evaluate(
             heads = [out.conv_logits, out.trans_logits]
             present = [h is not None for h in heads]
             sums[0] += y.numel()
-            sums[1] += head_loss(out, y, 0.0).double() * y.numel()
+            sums[1] += heads_loss(out, y, 0.0).double() * y.numel()
             for j, logits in enumerate([*heads, out.logits]):
                 if logits is None:
                     continue
@@ -409,6 +387,242 @@ def run_finetune(
         distributed.shutdown(ctx)
 
 
+@dataclass(frozen=True)
+class _Schedule:
+    """How many optimizer steps run, over how many epochs, with how long a warm-up."""
+
+    steps_per_epoch: int
+    total_steps: int
+    epochs: int
+    warmup_steps: int
+
+
+def _schedule(s: FinetuneSettings, per_rank: int) -> _Schedule:
+    steps_per_epoch = per_rank // s.batch_size
+    if steps_per_epoch < 1:
+        raise BenchError(
+            f"--batch-size {s.batch_size} exceeds the {per_rank} training images per process; lower it"
+        )
+    total_steps = s.steps if s.steps is not None else (s.epochs or DEFAULT_EPOCHS) * steps_per_epoch
+    warmup_steps = round(s.warmup * total_steps) if s.warmup < 1 else round(s.warmup * steps_per_epoch)
+    return _Schedule(
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        epochs=math.ceil(total_steps / steps_per_epoch),
+        warmup_steps=min(warmup_steps, total_steps),
+    )
+
+
+def _run_config(
+    cfg: ConformerConfig, s: FinetuneSettings, num_classes: int, img_size: int
+) -> ConformerConfig:
+    """``cfg`` for the dataset: its classes and image size, and ``--drop-path`` when given."""
+    if img_size % cfg.patch_size:
+        raise BenchError(
+            f"--img-size {img_size} is not a multiple of the patch size {cfg.patch_size}; "
+            f"use {max(cfg.patch_size, round(img_size / cfg.patch_size) * cfg.patch_size)}"
+        )
+    overrides: dict[str, Any] = {"num_classes": num_classes, "img_size": img_size}
+    if s.drop_path is not None:
+        overrides["drop_path_rate"] = s.drop_path
+    try:
+        return cfg.replace(**overrides)
+    except ValueError as exc:
+        raise BenchError(str(exc)) from None
+
+
+def _make_optimizer(model: Any, s: FinetuneSettings, device: str) -> Any:
+    """AdamW over :func:`param_groups`: fused kernels on CUDA, multi-tensor (foreach) on CPU."""
+    import torch
+
+    fused = device.startswith("cuda")
+    return torch.optim.AdamW(
+        param_groups(model, s.weight_decay),
+        lr=s.lr,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        fused=True if fused else None,
+        foreach=None if fused else True,
+    )
+
+
+class _Trainer:
+    """The training loop's state: the step count, the loss curve, per-epoch history and the outcome.
+
+    Loss and accuracy accumulate on the device; the host synchronises once per window of ``LOG_EVERY``
+    steps (and at the end of an epoch), where it also reduces over ranks and checks for a non-finite loss.
+    """
+
+    def __init__(
+        self, s: FinetuneSettings, ctx: Any, device: str, model: Any, ddp_model: Any, schedule: _Schedule
+    ) -> None:
+        import torch
+
+        self.s, self.ctx, self.device, self.schedule = s, ctx, device, schedule
+        self.model, self.ddp_model = model, ddp_model
+        self.optimizer = _make_optimizer(model, s, device)
+        self.scaler = torch.amp.GradScaler("cuda") if s.precision == "fp16" else None
+        self.dtype = precision_dtype(s.precision)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.history: list[FinetuneEpoch] = []
+        self.curve: list[dict[str, Any]] = []
+        self.status = Status.OK
+        self.reason: str | None = None
+        self.step = 0
+        self.train_s = 0.0
+        self.images_seen = 0  # on this rank
+        self.zero = torch.zeros((), dtype=torch.float64, device=device)
+        self.bad = torch.zeros((), dtype=torch.bool, device=device)
+
+    def lr(self, step: int) -> float:
+        sched = self.schedule
+        return lr_at(step, sched.total_steps, sched.warmup_steps, self.s.lr)
+
+    def optimizer_step(self, x: Any, y: Any, lr: float) -> tuple[Any, Any]:
+        """One step at ``lr``; returns the detached loss and the count of correct summed-head predictions."""
+        import torch
+
+        s = self.s
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        x = x.to(self.device, non_blocking=True)
+        y = y.to(self.device, non_blocking=True)
+        if s.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.dtype):
+            out = self.ddp_model(x)
+            loss = heads_loss(out, y, s.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            if s.clip_grad is not None:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.params, s.clip_grad, foreach=True)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            if s.clip_grad is not None:
+                torch.nn.utils.clip_grad_norm_(self.params, s.clip_grad, foreach=True)
+            self.optimizer.step()
+        lossd = loss.detach()
+        self.bad |= ~torch.isfinite(lossd)
+        return lossd, (out.logits.detach().argmax(1) == y).sum()
+
+    def train_epoch(self, epoch: int, loader: Any, progress: _Progress) -> tuple[Any, Any, int]:
+        """Steps of one epoch (until the epoch or the run ends, or the loss turns non-finite).
+
+        Returns this rank's summed loss, correct predictions and image count over the epoch's windows.
+        """
+        import torch
+
+        from . import distributed
+
+        sched, zero = self.schedule, self.zero
+        ep_loss, ep_correct, ep_count = zero.clone(), zero.clone(), 0
+        win_loss, win_correct, win_count = zero.clone(), zero.clone(), 0
+        t_win = time.perf_counter()
+        for x, y in loader:
+            if self.step >= sched.total_steps:
+                break
+            lr = self.lr(self.step)
+            lossd, correct = self.optimizer_step(x, y, lr)
+            n = y.shape[0]
+            win_loss += lossd.double() * n
+            win_correct += correct
+            win_count += n
+            self.step += 1
+            self.images_seen += n
+            last_in_epoch = self.step == sched.total_steps or self.step % sched.steps_per_epoch == 0
+            if self.step % LOG_EVERY != 0 and not last_in_epoch:
+                continue
+            # One host sync per window: reduce over ranks, check for a non-finite loss.
+            packed = torch.stack([win_loss, win_correct, self.bad.double(), zero + win_count])
+            distributed.all_reduce_sum(packed, self.ctx)
+            w_loss, w_correct, w_bad, w_count = packed.tolist()
+            ep_loss += win_loss
+            ep_correct += win_correct
+            ep_count += win_count
+            now = time.perf_counter()
+            speed = win_count * self.ctx.world_size / max(now - t_win, 1e-9)
+            if w_bad > 0:
+                self.status = Status.NAN
+                self.reason = (
+                    f"non-finite training loss at or before step {self.step} of {sched.total_steps} "
+                    f"(epoch {epoch + 1}); lower --lr or set --clip-grad"
+                )
+                break
+            self.curve.append({"step": self.step, "epoch": epoch + 1, "loss": w_loss / w_count, "lr": lr})
+            description = f"epoch {epoch + 1}/{sched.epochs}"
+            progress.update(self.step, w_loss / w_count, 100 * w_correct / w_count, speed, description)
+            win_loss, win_correct, win_count = zero.clone(), zero.clone(), 0
+            t_win = now
+        return ep_loss, ep_correct, ep_count
+
+    def record_epoch(
+        self, epoch: int, sums: tuple[Any, Any, int], epoch_s: float, bundle: Any, cues: bool
+    ) -> None:
+        """Reduce the epoch's training sums over ranks, evaluate, and append the epoch to the history."""
+        import torch
+
+        from . import distributed
+
+        ep_loss, ep_correct, ep_count = sums
+        ep = torch.stack([ep_loss, ep_correct, self.zero + ep_count])
+        distributed.all_reduce_sum(ep, self.ctx)
+        e_loss, e_correct, e_count = ep.tolist()
+        distributed.broadcast_buffers(self.model, self.ctx)
+        t_eval = time.perf_counter()
+        metrics = evaluate(
+            self.model,
+            bundle.val,
+            self.ctx,
+            device=self.device,
+            batch_size=self.s.batch_size,
+            precision=self.s.precision,
+            channels_last=self.s.channels_last,
+            num_classes=bundle.num_classes,
+            cues=cues,
+        )
+        eval_s = time.perf_counter() - t_eval
+        self.history.append(
+            FinetuneEpoch(
+                epoch=epoch + 1,
+                step=self.step,
+                train_loss=e_loss / e_count,
+                train_top1=100 * e_correct / e_count,
+                val_loss=metrics["val_loss"],
+                top1=metrics["top1"],
+                top5=metrics.get("top5"),
+                cue_top1=metrics["cue_top1"] if cues else None,
+                lr=self.lr(self.step - 1),
+                img_per_s=e_count / epoch_s,
+                epoch_s=epoch_s,
+                eval_s=eval_s,
+                eval_img_per_s=metrics["count"] / eval_s,
+            )
+        )
+
+    def run(self, loader: Any, sampler: Any, bundle: Any, cues: bool, progress: _Progress) -> None:
+        """All epochs: train, then (unless the loss turned non-finite) evaluate and record the epoch."""
+        from . import distributed
+
+        self.ddp_model.train()
+        for epoch in range(self.schedule.epochs):
+            distributed.set_sampler_epoch(sampler, epoch)
+            if hasattr(bundle.train, "set_epoch"):
+                bundle.train.set_epoch(epoch)
+            t_epoch = time.perf_counter()
+            sums = self.train_epoch(epoch, loader, progress)
+            epoch_s = time.perf_counter() - t_epoch
+            self.train_s += epoch_s
+            if self.status != Status.OK:
+                break
+            self.record_epoch(epoch, sums, epoch_s, bundle, cues)
+            if self.step >= self.schedule.total_steps:
+                break
+
+
 def _run(
     cfg: ConformerConfig,
     s: FinetuneSettings,
@@ -418,30 +632,18 @@ def _run(
     show_progress: bool,
     t_start: float,
 ) -> dict[str, Any]:
+    """Build the data, the model and the schedule, train, save, and assemble the record."""
     import torch
     from torch.utils.data import DataLoader
 
-    from conformer import Conformer, save_checkpoint
+    from conformer import Conformer
 
     from . import distributed
     from .data import load_dataset
-    from .env import fingerprint
 
     seed_everything(s.seed)
     bundle = load_dataset(s.dataset, s.img_size, s.seed, s.train_size, s.val_size)
-    img_size = bundle.img_size
-    if img_size % cfg.patch_size:
-        raise BenchError(
-            f"--img-size {img_size} is not a multiple of the patch size {cfg.patch_size}; "
-            f"use {max(cfg.patch_size, round(img_size / cfg.patch_size) * cfg.patch_size)}"
-        )
-    overrides: dict[str, Any] = {"num_classes": bundle.num_classes, "img_size": img_size}
-    if s.drop_path is not None:
-        overrides["drop_path_rate"] = s.drop_path
-    try:
-        run_cfg = cfg.replace(**overrides)
-    except ValueError as exc:
-        raise BenchError(str(exc)) from None
+    run_cfg = _run_config(cfg, s, bundle.num_classes, bundle.img_size)
 
     # Every rank initialises from the same seed (DDP also broadcasts rank 0's weights); stochastic depth
     # then draws from seed + rank so that ranks drop different paths.
@@ -456,201 +658,101 @@ def _run(
     ddp_model = distributed.wrap_model(model, ctx, device)
 
     sampler = distributed.train_sampler(bundle.train_size, ctx, s.seed)
-    per_rank = len(sampler)  # type: ignore[arg-type]
-    steps_per_epoch = per_rank // s.batch_size
-    if steps_per_epoch < 1:
-        raise BenchError(
-            f"--batch-size {s.batch_size} exceeds the {per_rank} training images per process; lower it"
-        )
-    total_steps = s.steps if s.steps is not None else (s.epochs or DEFAULT_EPOCHS) * steps_per_epoch
-    epochs = math.ceil(total_steps / steps_per_epoch)
-    warmup_steps = round(s.warmup * total_steps) if s.warmup < 1 else round(s.warmup * steps_per_epoch)
-    warmup_steps = min(warmup_steps, total_steps)
-    pin = device.startswith("cuda")
+    schedule = _schedule(s, len(sampler))  # type: ignore[arg-type]
     loader = DataLoader(
         bundle.train,
         batch_size=s.batch_size,
         sampler=sampler,
         drop_last=True,
         num_workers=s.workers,
-        pin_memory=pin,
+        pin_memory=device.startswith("cuda"),
     )
-
-    fused = device.startswith("cuda")
-    optimizer = torch.optim.AdamW(
-        param_groups(model, s.weight_decay),
-        lr=s.lr,
-        betas=(0.9, 0.999),
-        eps=1e-8,
-        fused=True if fused else None,
-        foreach=None if fused else True,
-    )
-    scaler = torch.amp.GradScaler("cuda") if s.precision == "fp16" else None
-    params = [p for p in model.parameters() if p.requires_grad]
+    trainer = _Trainer(s, ctx, device, model, ddp_model, schedule)
     cues = bundle.description.get("source") == "local-global"
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(device)
-
-    progress = _Progress(show_progress and ctx.is_main, total_steps, f"epoch 1/{epochs}")
-    history: list[dict[str, Any]] = []
-    curve: list[dict[str, Any]] = []
-    status, reason = "ok", None
-    step = 0
-    train_s = 0.0
-    images_seen = 0  # on this rank
-    # Device-side accumulators: no host sync inside the step.
-    zero = torch.zeros((), dtype=torch.float64, device=device)
-    bad = torch.zeros((), dtype=torch.bool, device=device)
-    ddp_model.train()
+    progress = _Progress(show_progress and ctx.is_main, schedule.total_steps, f"epoch 1/{schedule.epochs}")
     try:
-        for epoch in range(epochs):
-            distributed.set_sampler_epoch(sampler, epoch)
-            if hasattr(bundle.train, "set_epoch"):
-                bundle.train.set_epoch(epoch)
-            ep_loss, ep_correct, ep_count = zero.clone(), zero.clone(), 0
-            win_loss, win_correct, win_count = zero.clone(), zero.clone(), 0
-            t_epoch = time.perf_counter()
-            t_win = t_epoch
-            for x, y in loader:
-                if step >= total_steps:
-                    break
-                lr = lr_at(step, total_steps, warmup_steps, s.lr)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                x = x.to(device, non_blocking=True)
-                y = y.to(device, non_blocking=True)
-                if s.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with _autocast(device, s.precision):
-                    out = ddp_model(x)
-                    loss = head_loss(out, y, s.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    if s.clip_grad is not None:
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(params, s.clip_grad, foreach=True)
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    if s.clip_grad is not None:
-                        torch.nn.utils.clip_grad_norm_(params, s.clip_grad, foreach=True)
-                    optimizer.step()
-                n = y.shape[0]
-                lossd = loss.detach()
-                bad |= ~torch.isfinite(lossd)
-                correct = (out.logits.detach().argmax(1) == y).sum()
-                win_loss += lossd.double() * n
-                win_correct += correct
-                win_count += n
-                step += 1
-                images_seen += n
-                last_in_epoch = step == total_steps or step % steps_per_epoch == 0
-                if step % LOG_EVERY == 0 or last_in_epoch:
-                    # One host sync per window: reduce over ranks, check for a non-finite loss.
-                    packed = torch.stack([win_loss, win_correct, bad.double(), zero + win_count])
-                    distributed.all_reduce_sum(packed, ctx)
-                    w_loss, w_correct, w_bad, w_count = packed.tolist()
-                    ep_loss += win_loss
-                    ep_correct += win_correct
-                    ep_count += win_count
-                    now = time.perf_counter()
-                    speed = win_count * ctx.world_size / max(now - t_win, 1e-9)
-                    if w_bad > 0:
-                        status = "nan"
-                        reason = (
-                            f"non-finite training loss at or before step {step} of {total_steps} "
-                            f"(epoch {epoch + 1}); lower --lr or set --clip-grad"
-                        )
-                        break
-                    curve.append({"step": step, "epoch": epoch + 1, "loss": w_loss / w_count, "lr": lr})
-                    progress.update(
-                        step,
-                        w_loss / w_count,
-                        100 * w_correct / w_count,
-                        speed,
-                        f"epoch {epoch + 1}/{epochs}",
-                    )
-                    win_loss, win_correct, win_count = zero.clone(), zero.clone(), 0
-                    t_win = now
-            epoch_s = time.perf_counter() - t_epoch
-            train_s += epoch_s
-            if status != "ok":
-                break
-            ep = torch.stack([ep_loss, ep_correct, zero + ep_count])
-            distributed.all_reduce_sum(ep, ctx)
-            e_loss, e_correct, e_count = ep.tolist()
-            distributed.broadcast_buffers(model, ctx)
-            t_eval = time.perf_counter()
-            metrics = evaluate(
-                model,
-                bundle.val,
-                ctx,
-                device=device,
-                batch_size=s.batch_size,
-                precision=s.precision,
-                channels_last=s.channels_last,
-                num_classes=bundle.num_classes,
-                cues=cues,
-            )
-            eval_s = time.perf_counter() - t_eval
-            history.append(
-                {
-                    "epoch": epoch + 1,
-                    "step": step,
-                    "train_loss": e_loss / e_count,
-                    "train_top1": 100 * e_correct / e_count,
-                    "val_loss": metrics["val_loss"],
-                    "top1": metrics["top1"],
-                    **({"top5": metrics["top5"]} if "top5" in metrics else {}),
-                    **({"cue_top1": metrics["cue_top1"]} if cues else {}),
-                    "lr": lr_at(step - 1, total_steps, warmup_steps, s.lr),
-                    "img_per_s": e_count / epoch_s,
-                    "epoch_s": epoch_s,
-                    "eval_s": eval_s,
-                    "eval_img_per_s": metrics["count"] / eval_s,
-                }
-            )
-            if step >= total_steps:
-                break
+        trainer.run(loader, sampler, bundle, cues, progress)
     finally:
         progress.close()
 
-    peak, peak_kind = _peak_memory(device)
-    saved = None
-    last = history[-1] if (history and status == "ok") else None  # a failed --save keeps the accuracies
-    if s.save is not None and ctx.is_main and status == "ok":
-        try:
-            save_checkpoint(model, s.save)
-            saved = str(s.save)
-        except OSError as exc:  # the measurements stand; the record says the weights were not written
-            status, reason = "failed", f"--save: {write_failure(exc, s.save)}"
-    none_heads = dict.fromkeys(HEADS)
-    final: dict[str, Any] = {
-        "top1": last["top1"] if last else none_heads,
-        **({"top5": last["top5"] if last else none_heads} if bundle.num_classes >= 5 else {}),
-        **({"cue_top1": last["cue_top1"] if last else {"local": None, "global": None}} if cues else {}),
-        "val_loss": last["val_loss"] if last else None,
-        "val_count": bundle.val_size,
-        "train_loss": last["train_loss"] if last else None,
-        "img_per_s": images_seen * ctx.world_size / train_s if train_s > 0 else None,
-        "train_s": train_s,
-        "wall_s": time.perf_counter() - t_start,
-        "steps_done": step,
-        "peak_memory_bytes": peak,
-        "peak_memory_kind": peak_kind,
-    }
-    if s.bf16_inference and status == "ok":
+    last = trainer.history[-1] if (trainer.history and trainer.status == Status.OK) else None
+    peak = _peak_memory(device)
+    saved, save_failure = _save(model, s, ctx, trainer.status)
+    final = _final(trainer, bundle, last, cues, t_start, peak)
+    if s.bf16_inference and trainer.status == Status.OK and save_failure is None:
         from .bf16_check import bf16_inference_check
 
-        final["bf16_inference"] = bf16_inference_check(
+        check = bf16_inference_check(
             model, bundle.val, ctx, device=device, batch_size=s.batch_size, channels_last=s.channels_last
         )
+        final = replace(final, bf16_inference=check)
+    return _record(
+        cfg=cfg,
+        run_cfg=run_cfg,
+        s=s,
+        ctx=ctx,
+        device=device,
+        label=label,
+        bundle=bundle,
+        trainer=trainer,
+        ckpt_info=ckpt_info,
+        saved=saved,
+        save_failure=save_failure,
+        final=final,
+    )
+
+
+def _save(model: Any, s: FinetuneSettings, ctx: Any, status: Status) -> tuple[str | None, str | None]:
+    """Write the weights (rank 0, a run that ended well, ``--save`` given): (path written, failure)."""
+    from conformer import save_checkpoint
+
+    if s.save is None or not ctx.is_main or status != Status.OK:
+        return None, None
+    try:
+        save_checkpoint(model, s.save)
+    except OSError as exc:  # the measurements stand; the record says the weights were not written
+        return None, f"--save: {write_failure(exc, s.save)}"
+    return str(s.save), None
+
+
+def _final(
+    trainer: _Trainer,
+    bundle: Any,
+    last: FinetuneEpoch | None,
+    cues: bool,
+    t_start: float,
+    peak: tuple[int, str],
+) -> FinetuneFinal:
+    """The last epoch's accuracies (``None`` after a failure; a failed ``--save`` keeps them) and totals."""
+    peak_bytes, peak_kind = peak
+    none_heads: dict[str, float | None] = dict.fromkeys(HEADS)
+    train_s = trainer.train_s
+    return FinetuneFinal(
+        top1=last.top1 if last else none_heads,
+        top5=(last.top5 if last else none_heads) if bundle.num_classes >= 5 else None,
+        cue_top1=(last.cue_top1 if last else {"local": None, "global": None}) if cues else None,
+        val_loss=last.val_loss if last else None,
+        val_count=bundle.val_size,
+        train_loss=last.train_loss if last else None,
+        img_per_s=trainer.images_seen * trainer.ctx.world_size / train_s if train_s > 0 else None,
+        train_s=train_s,
+        wall_s=time.perf_counter() - t_start,
+        steps_done=trainer.step,
+        peak_memory_bytes=peak_bytes,
+        peak_memory_kind=peak_kind,
+    )
+
+
+def _hyper(
+    s: FinetuneSettings, ctx: Any, device: str, schedule: _Schedule, drop_path: float
+) -> dict[str, Any]:
+    """The run's hyper-parameters as they were resolved (schedule, optimizer, precision, distribution)."""
     hyper = {
-        "epochs": epochs,
-        "steps": total_steps,
-        "steps_per_epoch": steps_per_epoch,
+        "epochs": schedule.epochs,
+        "steps": schedule.total_steps,
+        "steps_per_epoch": schedule.steps_per_epoch,
         "requested": {"epochs": s.epochs, "steps": s.steps},
         "batch_size": s.batch_size,
         "global_batch_size": s.batch_size * ctx.world_size,
@@ -659,49 +761,71 @@ def _run(
         "lr_schedule": "per-step linear warm-up, then cosine to min_lr",
         "weight_decay": s.weight_decay,
         "warmup": s.warmup,
-        "warmup_steps": warmup_steps,
+        "warmup_steps": schedule.warmup_steps,
         "label_smoothing": s.label_smoothing,
-        "drop_path": run_cfg.drop_path_rate,
+        "drop_path": drop_path,
         "clip_grad": s.clip_grad,
         "seed": s.seed,
         "optimizer": {
             "name": "AdamW",
             "betas": [0.9, 0.999],
             "eps": 1e-8,
-            "impl": "fused" if fused else "foreach",
+            "impl": "fused" if device.startswith("cuda") else "foreach",
             "no_decay": "biases, norm weights, cls_token, pos_embed",
         },
         "loss": "mean over present heads of cross-entropy",
         "precision": s.precision,
-        "grad_scaler": scaler is not None,
+        "grad_scaler": s.precision == "fp16",
         "channels_last": s.channels_last,
         "workers": s.workers,
         "checkpoint": s.checkpoint,
         "distributed": ctx.describe() | {"sampler": "DistributedSampler" if ctx.enabled else "EpochShuffle"},
     }
     del hyper["distributed"]["rank"]
-    record: dict[str, Any] = {
-        "schema": SCHEMA,
-        "schema_version": SCHEMA_VERSION,
-        "status": status,
-        "reason": reason,
-        "environment": fingerprint(
+    return hyper
+
+
+def _record(
+    *,
+    cfg: ConformerConfig,
+    run_cfg: ConformerConfig,
+    s: FinetuneSettings,
+    ctx: Any,
+    device: str,
+    label: str | None,
+    bundle: Any,
+    trainer: _Trainer,
+    ckpt_info: dict[str, Any] | None,
+    saved: str | None,
+    save_failure: str | None,
+    final: FinetuneFinal,
+) -> dict[str, Any]:
+    """The ``conformer-bench.finetune`` record of a finished (or stopped) run, as its JSON dict."""
+    from .env import fingerprint
+
+    status, reason = (
+        (trainer.status, trainer.reason) if save_failure is None else (Status.FAILED, save_failure)
+    )
+    record = FinetuneRecord(
+        status=status,
+        reason=reason,
+        environment=fingerprint(
             device,
             s.precision,
             s.batch_size,
-            img_size,
+            bundle.img_size,
             world_size=ctx.world_size,
             dist_backend=ctx.backend,
             cudnn_deterministic=device.startswith("cuda"),
         ),
-        "variant": {"name": cfg.name, "label": label or cfg.name, "config": run_cfg.to_dict()},
-        "data": bundle.description,
-        "hyper": hyper,
-        "settings": asdict(s),
-        "checkpoint": ckpt_info,
-        "saved_checkpoint": saved,
-        "history": history,
-        "train_curve": curve,
-        "final": final,
-    }
-    return record
+        variant={"name": cfg.name, "label": label or cfg.name, "config": run_cfg.to_dict()},
+        data=bundle.description,
+        hyper=_hyper(s, ctx, device, trainer.schedule, run_cfg.drop_path_rate),
+        settings=asdict(s),
+        checkpoint=ckpt_info,
+        saved_checkpoint=saved,
+        history=trainer.history,
+        train_curve=trainer.curve,
+        final=final,
+    )
+    return record.to_dict()

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from .records import CpuPhaseMemory, CudaPhaseMemory
+
 CPU_METHOD = (
     "peak RSS minus RSS at the start of the phase; peak = max of psutil samples every {interval_ms:g} ms "
     "(a background thread) and, when the phase raised the process's lifetime high-water mark, "
@@ -47,7 +49,8 @@ def process_peak_rss_bytes() -> int:
 
 @contextmanager
 def cpu_peak_rss(interval_s: float = 0.005) -> Iterator[dict[str, Any]]:
-    """Measure the peak resident-set increase of the enclosed code; the dict is filled on exit."""
+    """Measure the peak resident-set increase of the enclosed code; the dict is filled on exit
+    (a :class:`~conformer_bench.records.CpuPhaseMemory` as a dict)."""
     import psutil
 
     proc = psutil.Process()
@@ -79,7 +82,7 @@ def cpu_peak_rss(interval_s: float = 0.005) -> Iterator[dict[str, Any]]:
         exact = hwm_after > hwm_before
         if exact:
             peak = max(peak, hwm_after)
-        result.update(
+        record = CpuPhaseMemory(
             peak_rss_increase_bytes=peak - before,
             rss_before_bytes=before,
             rss_after_bytes=after,
@@ -89,6 +92,7 @@ def cpu_peak_rss(interval_s: float = 0.005) -> Iterator[dict[str, Any]]:
             sample_interval_s=interval_s,
             malloc_trim=trimmed,
         )
+        result.update(record.to_dict())
 
 
 def nvml_memory(device_index: int, uuid: str | None = None) -> dict[str, Any]:
@@ -130,7 +134,8 @@ def _device_uuid(index: int) -> str | None:
 
 @contextmanager
 def cuda_peak_memory(device: str) -> Iterator[dict[str, Any]]:
-    """Allocator peaks of the enclosed code (stats reset at entry) and NVML's reading at exit."""
+    """Allocator peaks of the enclosed code (stats reset at entry) and NVML's reading at exit; the dict is
+    filled on exit (a :class:`~conformer_bench.records.CudaPhaseMemory` as a dict)."""
     import torch
 
     dev = torch.device(device)
@@ -145,12 +150,13 @@ def cuda_peak_memory(device: str) -> Iterator[dict[str, Any]]:
         yield result
     finally:
         torch.cuda.synchronize(index)
-        result.update(
+        record = CudaPhaseMemory(
             peak_allocated_bytes=int(torch.cuda.max_memory_allocated(index)),
             peak_reserved_bytes=int(torch.cuda.max_memory_reserved(index)),
             allocated_before_bytes=before,
+            **nvml_memory(index, _device_uuid(index)),
         )
-        result.update(nvml_memory(index, _device_uuid(index)))
+        result.update(record.to_dict())
 
 
 @contextmanager

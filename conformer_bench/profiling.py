@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from typing import Any
 
 from .errors import BenchError
+from .records import PROFILE_SCHEMA, SCHEMAS, PhaseTiming, ProfiledPhase, ProfileRecord, Status
+from .steps import PATHS, autocast, heads_loss
+from .threads import threads
 
-SCHEMA = "conformer-bench.profile"
-SCHEMA_VERSION = 1
+SCHEMA = PROFILE_SCHEMA
+SCHEMA_VERSION = SCHEMAS[PROFILE_SCHEMA]
 
 MODES = ("infer", "train", "both", "none")
 PRECISIONS = ("fp32", "bf16", "fp16", "amp")
-PATHS = ("plain", "optimized", "compiled")
 
 ProgressCallback = Callable[[str, float], None]  # (what is running, fraction of the whole profile done)
 
@@ -183,14 +185,6 @@ def _require_native_bf16(precision: str, device: str) -> None:
         raise BenchError(f"--precision {precision}: {support.reason}; use --precision fp32")
 
 
-def heads_loss(output: Any, target: Any) -> Any:
-    """The release's loss: cross-entropy on each present head, averaged over the heads."""
-    import torch.nn.functional as F
-
-    losses = [F.cross_entropy(logits.float(), target) for logits in output if logits is not None]
-    return sum(losses[1:], losses[0]) / len(losses)
-
-
 def make_optimizer(params: Any, device: str) -> Any:
     """AdamW with the release's weight decay, fused kernels on CUDA, multi-tensor (foreach) on CPU."""
     import torch
@@ -223,14 +217,6 @@ def _inputs(cfg: Any, batch: int, img_size: int, device: str, channels_last: boo
     return x, y
 
 
-def _autocast(device: str, dtype: Any) -> contextlib.AbstractContextManager[Any]:
-    import torch
-
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=dtype)
-
-
 def _infer_phase(
     model: Any, cfg: Any, batch: int, img_size: int, device: str, cl: bool, dtype: Any
 ) -> _Phase:
@@ -239,7 +225,7 @@ def _infer_phase(
     x, _ = _inputs(cfg, batch, img_size, device, cl)
 
     def step() -> Any:
-        with torch.inference_mode(), _autocast(device, dtype):
+        with torch.inference_mode(), autocast(device, dtype):
             return model(x)
 
     return _Phase(step)
@@ -259,7 +245,7 @@ def _train_phase(
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        with _autocast(device, dtype):
+        with autocast(device, dtype):
             loss = heads_loss(model(x), y)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -283,6 +269,83 @@ def _free_device_memory(device: str) -> None:
         torch.cuda.empty_cache()
 
 
+PHASES_OF_MODE: dict[str, tuple[str, ...]] = {
+    "infer": ("infer",),
+    "train": ("train",),
+    "both": ("infer", "train"),
+    "none": (),
+}
+
+
+class _ProfileProgress:
+    """The share of the progress bar per stage, roughly proportional to the time each takes on CPU."""
+
+    def __init__(self, callback: ProgressCallback | None, phases: tuple[str, ...], count_flops: bool) -> None:
+        self.callback = callback
+        self.weights = {"build": 0.05, "flops": 0.15 if count_flops else 0.0}
+        self.weights.update({p: (0.25 if p == "infer" else 0.55) for p in phases})
+        self.scale = 1.0 / sum(self.weights.values())
+        self.done = 0.0
+
+    def report(self, message: str, within: float = 0.0, stage: str | None = None) -> None:
+        if self.callback is not None:
+            extra = self.weights.get(stage, 0.0) * within if stage else 0.0
+            self.callback(message, min(1.0, (self.done + extra) * self.scale))
+
+    def iteration(self, phase: str, i: int, n: int) -> None:
+        self.report(f"{phase}: iteration {i}/{n}", i / n, phase)
+
+    def finish(self, stage: str) -> None:
+        self.done += self.weights.get(stage, 0.0)
+
+
+@dataclass(frozen=True)
+class PhaseRun:
+    """Everything the measurement of one phase needs besides its batch size.
+
+    ``measure`` and ``phase_memory`` are :func:`conformer_bench.timing.measure` and
+    :func:`conformer_bench.memory.phase_memory` unless replaced (e.g. by a fake probe).
+    """
+
+    phase: str  # infer | train
+    model: Any
+    cfg: Any
+    settings: ProfileSettings
+    device: str
+    dtype: Any  # autocast dtype, None for fp32
+    warmup: int
+    defaults: DeviceDefaults
+    path: str  # plain | optimized | compiled
+    on_iter: Callable[[int, int], None]
+    measure: Callable[..., PhaseTiming]
+    phase_memory: Callable[[str], Any]
+
+
+@dataclass(frozen=True)
+class PhaseResult:
+    """One phase measured at one batch size."""
+
+    timing: PhaseTiming
+    memory: dict[str, Any]
+    finite: bool  # the last training loss is finite (always True for inference)
+    precision: str
+    last_loss: float | None
+    compile_s: float | None  # seconds of a compiled runner's first call
+
+
+@dataclass
+class _Phases:
+    """What the phases of a profile measured, and how the profile ended."""
+
+    memory: dict[str, Any]
+    status: Status = Status.OK
+    reason: str | None = None
+    throughput: dict[str, ProfiledPhase] = field(default_factory=dict)
+    path_by_phase: dict[str, str] = field(default_factory=dict)
+    precision_by_phase: dict[str, str] = field(default_factory=dict)
+    compile_s: dict[str, float] = field(default_factory=dict)
+
+
 def profile_variant(
     cfg: Any,
     settings: ProfileSettings,
@@ -296,126 +359,64 @@ def profile_variant(
 
     ``defaults`` replaces the device's :data:`DEFAULTS` (batch, warm-up, time budget per phase); ``build``
     returns a fresh model of ``cfg`` instead of ``create_model(cfg)`` (e.g. a copy of one already built on
-    the device, for many profiles of one variant in a process).
+    the device, for many profiles of one variant in a process). ``settings.threads`` holds for the profile
+    only.
     """
-    import torch
-
-    from conformer import create_model
-
-    from .env import fingerprint, resolve_device
-    from .flops import count_flops
-    from .memory import method as memory_method
-    from .memory import phase_memory
-    from .params import count_params
-    from .timing import measure
+    from .env import resolve_device
 
     validate_settings(cfg, settings)
     device = resolve_device(settings.device)
     if settings.timing_reference and device != "cpu":
         raise BenchError(f"--timing-reference times CPU steps only; {device} was picked, so add --device cpu")
     dtype = autocast_dtype(settings.precision, device)
-    defaults = defaults or device_defaults(device)
-    if settings.threads is not None:
-        torch.set_num_threads(settings.threads)
-    phases = {"infer": ("infer",), "train": ("train",), "both": ("infer", "train"), "none": ()}[settings.mode]
+    bar = _ProfileProgress(progress, PHASES_OF_MODE[settings.mode], settings.count_flops)
+    with threads(settings.threads):
+        record = _profile(
+            cfg, settings, device, dtype, defaults or device_defaults(device), label, bar, build
+        )
+    if progress is not None:
+        progress("done", 1.0)
+    return record.to_dict()
+
+
+def _profile(
+    cfg: Any,
+    settings: ProfileSettings,
+    device: str,
+    dtype: Any,
+    defaults: DeviceDefaults,
+    label: str | None,
+    bar: _ProfileProgress,
+    build: Callable[[], Any] | None,
+) -> ProfileRecord:
+    """Build the model, count its parameters and FLOPs, measure its phases; the record of all that."""
+    import torch
+
+    from conformer import create_model
+
+    from .env import fingerprint
+    from .flops import count_flops
+    from .params import count_params
+
+    started = time.perf_counter()
+    phases = PHASES_OF_MODE[settings.mode]
     batch = settings.batch_size or defaults.batch_size
     warmup = settings.warmup if settings.warmup is not None else defaults.warmup
-    started = time.perf_counter()
 
-    # Share of the progress bar per stage, roughly proportional to the time each takes on CPU.
-    weights = {"build": 0.05, "flops": 0.15 if settings.count_flops else 0.0}
-    weights.update({p: (0.25 if p == "infer" else 0.55) for p in phases})
-    scale = 1.0 / sum(weights.values())
-    done = 0.0
-
-    def report(message: str, within: float = 0.0, stage: str | None = None) -> None:
-        if progress is not None:
-            extra = weights.get(stage, 0.0) * within if stage else 0.0
-            progress(message, min(1.0, (done + extra) * scale))
-
-    def finish(stage: str) -> None:
-        nonlocal done
-        done += weights.get(stage, 0.0)
-
-    report("building the model")
+    bar.report("building the model")
     torch.manual_seed(0)
     model = (build() if build is not None else create_model(cfg)).to(device)
     params = count_params(model)
-    finish("build")
+    bar.finish("build")
 
     flops = None
     if settings.count_flops:
-        report("counting FLOPs (fvcore" + (" + FlopCounterMode)" if settings.cross_check else ")"))
+        bar.report("counting FLOPs (fvcore" + (" + FlopCounterMode)" if settings.cross_check else ")"))
         flops = count_flops(model, settings.img_size, cross_check=settings.cross_check)
-        finish("flops")
+        bar.finish("flops")
 
-    status, reason = "ok", None
-    memory: dict[str, Any] = {"device": device, "method": memory_method(device)}
-    throughput: dict[str, Any] = {}
-    path_by_phase: dict[str, str] = {}
-    precision_by_phase: dict[str, str] = {}
-    compile_s: dict[str, float] = {}
-    cl = settings.channels_last
-    for phase in phases:
-        phase_path = settings.path if phase == "infer" or settings.path == "compiled" else "plain"
-        path_by_phase[phase] = phase_path
-        try_batch = batch
-        timing: dict[str, Any] | None = None
-        mem: dict[str, Any] | None = None
-        ok = True
-
-        def on_iter(i: int, n: int, phase: str = phase) -> None:
-            report(f"{phase}: iteration {i}/{n}", i / n, phase)
-
-        while True:
-            report(f"{phase}: warm-up (batch {try_batch})", 0.0, phase)
-            out_of_memory = False
-            try:
-                timing, mem, ok = _run_phase(
-                    phase,
-                    model,
-                    cfg,
-                    settings,
-                    device,
-                    dtype,
-                    try_batch,
-                    warmup,
-                    defaults,
-                    phase_path,
-                    on_iter,
-                    measure,
-                    phase_memory,
-                )
-            except torch.OutOfMemoryError:  # only a real OOM shrinks the batch; other errors propagate
-                out_of_memory = True
-            if not out_of_memory:
-                assert timing is not None
-                timing["requested_batch_size"] = batch
-                break
-            model.zero_grad(set_to_none=True)
-            _free_device_memory(device)  # outside the except block, so the failed frames are released
-            if try_batch == 1:
-                timing = None
-                status, reason = "oom", f"{phase}: out of memory even at batch size 1 (requested {batch})"
-                break
-            try_batch //= 2
-        finish(phase)
-        if timing is None:
-            break
-        first_call_s = timing.pop("compile_s", None)
-        if first_call_s is not None:
-            compile_s[phase] = first_call_s
-        timing["path"] = phase_path
-        precision_by_phase[phase] = timing["precision"]
-        throughput[phase] = timing
-        memory[phase] = mem
-        if not ok:
-            status, reason = "nan", f"{phase}: the loss became non-finite"
-            break
-        if phase == "infer" and "train" in phases:
-            model.train()
-
-    achieved = [t["batch_size"] for t in throughput.values()]
+    measured = _measure_phases(model, cfg, settings, device, dtype, batch, warmup, defaults, bar)
+    achieved = [t.timing.batch_size for t in measured.throughput.values()]
     resolved = {
         **asdict(settings),
         "device": device,
@@ -423,41 +424,35 @@ def profile_variant(
         "warmup": warmup if phases else None,
         "threads": torch.get_num_threads(),
         "autocast_dtype": str(dtype).replace("torch.", "") if dtype is not None else None,
-        "path_by_phase": path_by_phase,
-        "precision_by_phase": precision_by_phase,
+        "path_by_phase": measured.path_by_phase,
+        "precision_by_phase": measured.precision_by_phase,
         "optimizer": _optimizer_note(device) if "train" in phases else None,
     }
-    record: dict[str, Any] = {
-        "schema": SCHEMA,
-        "schema_version": SCHEMA_VERSION,
-        "status": status,
-        "reason": reason,
-        "label": label or cfg.name,
-        "variant": {"name": cfg.name, "label": label or cfg.name, "config": cfg.to_dict()},
-        "environment": fingerprint(
+    return ProfileRecord(
+        status=measured.status,
+        reason=measured.reason,
+        label=label or cfg.name,
+        variant={"name": cfg.name, "label": label or cfg.name, "config": cfg.to_dict()},
+        environment=fingerprint(
             device,
             settings.precision,
             min(achieved) if achieved else None,
             settings.img_size,
             threads_requested=settings.threads,
-            channels_last=cl,
+            channels_last=settings.channels_last,
             path=settings.path,
         ),
-        "settings": resolved,
-        "params": params,
-        "flops": flops,
-        "memory": memory if phases else None,
-        "throughput": throughput,
-        "compile_s": compile_s or None,
-        "wall_s": time.perf_counter() - started,
-    }
-    if progress is not None:
-        progress("done", 1.0)
-    return record
+        settings=resolved,
+        params=params,
+        flops=flops,
+        memory=measured.memory if phases else None,
+        throughput=measured.throughput,
+        compile_s=measured.compile_s or None,
+        wall_s=time.perf_counter() - started,
+    )
 
 
-def _run_phase(
-    phase: str,
+def _measure_phases(
     model: Any,
     cfg: Any,
     settings: ProfileSettings,
@@ -466,61 +461,129 @@ def _run_phase(
     batch: int,
     warmup: int,
     defaults: DeviceDefaults,
-    path: str,
-    on_iter: Callable[[int, int], None],
-    measure: Callable[..., dict[str, Any]],
-    phase_memory: Callable[[str], Any],
-) -> tuple[dict[str, Any], dict[str, Any], bool]:
-    """Build and time one phase at ``batch``; returns (timing, memory, loss finite).
+    bar: _ProfileProgress,
+) -> _Phases:
+    """Each phase in turn, at the largest batch up to ``batch`` that fits; stops at an OOM or a NaN."""
+    from . import memory, timing
+
+    phases = PHASES_OF_MODE[settings.mode]
+    measured = _Phases(memory={"device": device, "method": memory.method(device)})
+    for phase in phases:
+        path = settings.path if phase == "infer" or settings.path == "compiled" else "plain"
+        measured.path_by_phase[phase] = path
+        run = PhaseRun(
+            phase=phase,
+            model=model,
+            cfg=cfg,
+            settings=settings,
+            device=device,
+            dtype=dtype,
+            warmup=warmup,
+            defaults=defaults,
+            path=path,
+            on_iter=partial(bar.iteration, phase),
+            measure=timing.measure,
+            phase_memory=memory.phase_memory,
+        )
+        result = _run_with_decaying_batch(run, batch, bar)
+        bar.finish(phase)
+        if result is None:
+            measured.status = Status.OOM
+            measured.reason = f"{phase}: out of memory even at batch size 1 (requested {batch})"
+            break
+        if result.compile_s is not None:
+            measured.compile_s[phase] = result.compile_s
+        measured.precision_by_phase[phase] = result.precision
+        measured.throughput[phase] = ProfiledPhase(
+            replace(result.timing, requested_batch_size=batch),
+            result.precision,
+            path,
+            trained=phase == "train",
+            last_loss=result.last_loss,
+        )
+        measured.memory[phase] = result.memory
+        if not result.finite:
+            measured.status, measured.reason = Status.NAN, f"{phase}: the loss became non-finite"
+            break
+        if phase == "infer" and "train" in phases:
+            model.train()
+    return measured
+
+
+def _run_with_decaying_batch(run: PhaseRun, batch: int, bar: _ProfileProgress) -> PhaseResult | None:
+    """The phase at ``batch``, halved after each out-of-memory error; ``None`` when batch 1 does not fit."""
+    while True:
+        bar.report(f"{run.phase}: warm-up (batch {batch})", 0.0, run.phase)
+        result = _try_run(run, batch)
+        if result is not None:
+            return result
+        run.model.zero_grad(set_to_none=True)
+        _free_device_memory(run.device)  # after the except block has ended, so the failed frames are released
+        if batch == 1:
+            return None
+        batch //= 2
+
+
+def _try_run(run: PhaseRun, batch: int) -> PhaseResult | None:
+    """:func:`_run_phase`, or ``None`` on an out-of-memory error (any other error propagates)."""
+    import torch
+
+    try:
+        return _run_phase(run, batch)
+    except torch.OutOfMemoryError:
+        return None
+
+
+def _run_phase(run: PhaseRun, batch: int) -> PhaseResult:
+    """Build and time one phase at ``batch``.
 
     The runner (optimised copy, channels-last, ``torch.compile`` wrapper) is built, and a compiled runner's
-    first call (the compilation, recorded as ``timing["compile_s"]``) made, before the memory probe starts,
-    so the phase's memory counts the step itself, not the copy, the fusion or the compiler.
+    first call (the compilation, kept as ``compile_s``) made, before the memory probe starts, so the
+    phase's memory counts the step itself, not the copy, the fusion or the compiler.
     """
     import torch
 
     from .timing import gemm_reference, time_once
 
-    runner, cl = _build_runner(phase, model, settings, dtype, path)
+    settings, device, dtype = run.settings, run.device, run.dtype
+    runner, cl = _build_runner(run.phase, run.model, settings, dtype, run.path)
     reference = gemm_reference() if settings.timing_reference else None
 
     def make() -> _Phase:
-        if phase == "infer":
+        if run.phase == "infer":
             # a bf16 optimized copy casts its input itself; autocast would also cast its fp32 heads to bf16
             infer_dtype = None if _casts_itself(runner) else dtype
-            return _infer_phase(runner, cfg, batch, settings.img_size, device, cl, infer_dtype)
-        return _train_phase(runner, cfg, batch, settings.img_size, device, cl, dtype, settings.precision)
+            return _infer_phase(runner, run.cfg, batch, settings.img_size, device, cl, infer_dtype)
+        return _train_phase(runner, run.cfg, batch, settings.img_size, device, cl, dtype, settings.precision)
 
     first_call_s = None
-    if path == "compiled":
+    if run.path == "compiled":
         # One untimed call compiles; the warm-up and the auto-ranged iteration count then see compiled steps.
         first = make()
         first_call_s = time_once(_compile_errors_as_bench_errors(first.step), device)
         del first
-        model.zero_grad(set_to_none=True)  # the phase starts from the state a plain phase starts from
-    with phase_memory(device) as mem:
+        run.model.zero_grad(set_to_none=True)  # the phase starts from the state a plain phase starts from
+    with run.phase_memory(device) as mem:
         built = make()
-        timing = measure(
+        timing = run.measure(
             built.step,
             device=device,
             batch_size=batch,
-            warmup=warmup,
+            warmup=run.warmup,
             iters=settings.iters,
-            budget_s=defaults.budget_s[phase],
-            min_iters=defaults.min_iters,
-            max_iters=defaults.max_iters,
-            progress=on_iter,
+            budget_s=run.defaults.budget_s[run.phase],
+            min_iters=run.defaults.min_iters,
+            max_iters=run.defaults.max_iters,
+            progress=run.on_iter,
             reference=reference,
         )
-    if first_call_s is not None:
-        timing["compile_s"] = first_call_s
-    timing["precision"] = _phase_precision(runner, settings.precision, dtype)
-    finite = True
+    finite, last_loss = True, None
     if built.last is not None:
         loss = built.last()
         finite = bool(torch.isfinite(loss).item()) if loss is not None else True
-        timing["last_loss"] = float(loss.item()) if loss is not None else None
-    return timing, mem, finite
+        last_loss = float(loss.item()) if loss is not None else None
+    precision = _phase_precision(runner, settings.precision, dtype)
+    return PhaseResult(timing, mem, finite, precision, last_loss, first_call_s)
 
 
 def _build_runner(

@@ -12,7 +12,6 @@ agreement against the plain fp32 model. The record keeps every raw sample; round
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -21,15 +20,18 @@ from typing import Any
 import numpy as np
 
 from .errors import BenchError, exception_line
+from .formatting import FORMATS
 from .precision import PRECISIONS, PrecisionSupport
+from .records import SCHEMAS, SPEED_SCHEMA, SpeedPath, SpeedRecord, Status
+from .steps import HEADS, PATHS, autocast, head_logits
+from .threads import threads
+from .timing import synced_timer
 
-SCHEMA = "conformer-bench.speed"
-SCHEMA_VERSION = 2
-PATHS: tuple[str, ...] = ("plain", "optimized", "compiled")
+SCHEMA = SPEED_SCHEMA
+SCHEMA_VERSION = SCHEMAS[SPEED_SCHEMA]
 # Matmul ceilings: fp32 with TF32 off, fp32 inputs with TF32 tensor cores (CUDA), bf16 and fp16 inputs.
 CEILINGS: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16")
 CUDA_ONLY_CEILINGS: tuple[str, ...] = ("tf32", "fp16")
-FORMATS: tuple[str, ...] = ("table", "json", "csv", "md")
 FLOP_CONVENTION = (
     "achieved GFLOP/s = 2 x paper_macs x images / median seconds; paper_macs = multiply-adds of conv + linear + "
     "matmul of the plain model (fvcore, batch 1, eval; norms, pooling and element-wise ops excluded), counted "
@@ -131,26 +133,7 @@ def parse_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip().lower() for part in text.split(",") if part.strip())
 
 
-def step_timer(device: str) -> Callable[[Callable[[], Any]], float]:
-    import torch
-
-    if device.startswith("cuda"):
-
-        def timed_cuda(step: Callable[[], Any]) -> float:
-            torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            step()
-            torch.cuda.synchronize(device)
-            return time.perf_counter() - start
-
-        return timed_cuda
-
-    def timed(step: Callable[[], Any]) -> float:
-        start = time.perf_counter()
-        step()
-        return time.perf_counter() - start
-
-    return timed
+step_timer = synced_timer  # seconds of one synchronised call of a step
 
 
 def matmul_step(kind: str, a: Any, b: Any, device: str) -> Callable[[], Any]:
@@ -177,14 +160,11 @@ def matmul_step(kind: str, a: Any, b: Any, device: str) -> Callable[[], Any]:
 
 def _under_autocast(run: Callable[[Any], Any], device: str, dtype: Any) -> Callable[[Any], Any]:
     """``run`` under ``torch.autocast(dtype)`` with float32 outputs (``dtype=None``: ``run`` itself)."""
-    import torch
-
     if dtype is None:
         return run
-    device_type = "cuda" if device.startswith("cuda") else "cpu"
 
     def autocast_run(x: Any) -> Any:
-        with torch.autocast(device_type=device_type, dtype=dtype):
+        with autocast(device, dtype):
             out = run(x)
         return type(out)(*(None if t is None else t.float() for t in out))
 
@@ -228,15 +208,6 @@ def _worst_head(out: Any, ref: Any, error: Callable[[Any, Any], float]) -> float
     return worst
 
 
-HEADS = ("conv", "trans", "sum")
-
-
-def _head_logits(out: Any) -> dict[str, Any]:
-    """``{conv, trans, sum}`` logits of a ConformerOutput (absent heads left out)."""
-    heads = {"conv": out.conv_logits, "trans": out.trans_logits, "sum": out.logits}
-    return {name: t.float() for name, t in heads.items() if t is not None}
-
-
 @dataclass
 class _Agreement:
     """Top-1 agreement of one path with the plain fp32 model over the evaluation set, per head."""
@@ -245,7 +216,7 @@ class _Agreement:
     images: int = 0
 
     def add(self, out: Any, ref: dict[str, Any]) -> None:
-        for head, logits in _head_logits(out).items():
+        for head, logits in head_logits(out).items():
             self.same[head] = self.same.get(head, 0) + int((logits.argmax(1) == ref[head].argmax(1)).sum())
 
     def fractions(self) -> dict[str, float | None]:
@@ -300,27 +271,38 @@ def _kernels(runner: Any, path: str, precision: str, support: PrecisionSupport) 
 def measure_speed(
     cfg: Any, settings: SpeedSettings, *, label: str | None = None, progress: ProgressFn | None = None
 ) -> dict[str, Any]:
-    """Build ``cfg``, time every path interleaved, and return a ``conformer-bench.speed`` record."""
-    import torch
+    """Build ``cfg``, time every path interleaved, and return a ``conformer-bench.speed`` record.
 
-    from conformer import create_model
-    from conformer.optimize import fused_kernels_available, mkl_linear_available
-
-    from .env import fingerprint
-    from .flops import count_flops
+    ``settings.threads`` holds for the run only.
+    """
     from .precision import precision_support
 
     settings.validate(cfg.patch_size)
-    device = settings.device
-    if settings.threads is not None:
-        torch.set_num_threads(settings.threads)
-    report = progress or (lambda message, fraction: None)
-    timed = step_timer(device)
-    support = {q: precision_support(q, device) for q in settings.precisions}
+    support = {q: precision_support(q, settings.device) for q in settings.precisions}
     if not any(s.supported for s in support.values()):
         reasons = "; ".join(str(s.reason) for s in support.values())
         raise BenchError(f"--precision: nothing to time ({reasons}); add fp32, e.g. --precision fp32,bf16")
+    with threads(settings.threads):
+        record = _measure(cfg, settings, support, label, progress or (lambda message, fraction: None))
+    return record.to_dict()
 
+
+def _measure(
+    cfg: Any,
+    settings: SpeedSettings,
+    support: dict[str, PrecisionSupport],
+    label: str | None,
+    report: ProgressFn,
+) -> SpeedRecord:
+    """Build the paths, check them against plain fp32, time them interleaved with the matmuls; the record."""
+    import torch
+
+    from conformer import create_model
+
+    from .flops import count_flops
+
+    device = settings.device
+    timed = step_timer(device)
     torch.manual_seed(settings.seed)
     plain = create_model(cfg).eval().to(device)
     report("counting FLOPs", 0.0)
@@ -332,59 +314,110 @@ def measure_speed(
     n = settings.matmul_size
     a = torch.randn(n, n, generator=gen).to(device)
     b = torch.randn(n, n, generator=gen).to(device)
-    # fp32 always (the record's `ceiling`), each timed precision's own, then the extra ones asked for
-    kinds = ["fp32", *(q for q in settings.precisions if q != "fp32" and support[q].supported)]
-    kinds += [k for k in settings.ceilings if k not in kinds]
+    kinds = _ceiling_kinds(settings, support)
     matmuls = {kind: matmul_step(kind, a, b, device) for kind in kinds}
 
-    entries: dict[str, dict[str, Any]] = {}
+    entries, runners = _build_paths(plain, settings, support)
+    executed_macs = _executed_macs(plain, settings, int(flops["paper_macs"]))
+    with torch.inference_mode():
+        _first_calls(plain, runners, entries, x, eval_set, settings, timed, report)
+        for name, run in runners.items():
+            entry = entries[name]
+            entry.kernels = _kernels(run, entry.path, entry.precision, support[entry.precision])
+        live = {name: run for name, run in runners.items() if entries[name].status == Status.OK}
+        samples, matmul_s = _interleaved(live, matmuls, x, settings, timed, report)
+    report("done", 1.0)
+
+    ceilings = {kind: ceiling_record(kind, n, s) for kind, s in matmul_s.items()}
+    paper_macs = int(flops["paper_macs"])
+    for name, s in samples.items():
+        entry = entries[name]
+        executed = paper_macs if entry.path == "plain" else executed_macs
+        ceiling = ceilings[entry.precision]
+        _fill_timing(entry, s, samples.get("plain"), settings.batch_size, paper_macs, executed, ceiling)
+    return _speed_record(
+        cfg=cfg,
+        settings=settings,
+        support=support,
+        label=label,
+        flops=flops,
+        executed_macs=executed_macs,
+        kinds=kinds,
+        ceilings=ceilings,
+        entries=entries,
+        eval_set=eval_set,
+    )
+
+
+def _ceiling_kinds(settings: SpeedSettings, support: dict[str, PrecisionSupport]) -> list[str]:
+    """fp32 always (the record's ``ceiling``), each timed precision's own, then the extra ones asked for."""
+    kinds = ["fp32", *(q for q in settings.precisions if q != "fp32" and support[q].supported)]
+    return kinds + [k for k in settings.ceilings if k not in kinds]
+
+
+def _build_paths(
+    plain: Any, settings: SpeedSettings, support: dict[str, PrecisionSupport]
+) -> tuple[dict[str, SpeedPath], dict[str, Callable[[Any], Any]]]:
+    """An entry per path and the runners of those that could be built (failures recorded, plain's raised)."""
+    entries: dict[str, SpeedPath] = {}
     runners: dict[str, Callable[[Any], Any]] = {}
     for name, path, precision in settings.runs():
-        entries[name] = {"path": path, "precision": precision, "status": "ok", "reason": None,
-                         "description": PATH_DESCRIPTIONS[name], "kernels": None}  # fmt: skip
+        entry = SpeedPath(path, precision, Status.OK, None, PATH_DESCRIPTIONS[name], None)
+        entries[name] = entry
         if not support[precision].supported:
-            entries[name].update(status="unsupported", reason=support[precision].reason)
+            entry.status, entry.reason = Status.UNSUPPORTED, support[precision].reason
             continue
         try:
             runners[name] = _build_runner(plain, path, precision, settings)
         except Exception as exc:  # building a path can fail too (e.g. no C++ compiler): recorded, not fatal
             if name == "plain":
                 raise
-            entries[name].update(status="failed", reason=exception_line(exc))
-    executed_macs = int(flops["paper_macs"])
-    if settings.pool_first and any(p != "plain" for p in settings.paths):
-        from conformer.optimize import optimize_for_inference
+            entry.status, entry.reason = Status.FAILED, exception_line(exc)
+    return entries, runners
 
-        restructured = optimize_for_inference(
-            plain, channels_last=False, fold_bn=False, fuse_pointwise=False, pool_first=True
-        )
-        executed_macs = int(count_flops(restructured, settings.img_size, cross_check=False)["paper_macs"])
 
-    with torch.inference_mode():
-        _first_calls(plain, runners, entries, x, eval_set, settings, timed, report)
-        for name in runners:
-            entries[name]["kernels"] = _kernels(runners[name], entries[name]["path"],
-                                                entries[name]["precision"], support[entries[name]["precision"]])  # fmt: skip
-        live = {name: run for name, run in runners.items() if entries[name]["status"] == "ok"}
-        samples, matmul_s = _interleaved(live, matmuls, x, settings, timed, report)
-    report("done", 1.0)
+def _executed_macs(plain: Any, settings: SpeedSettings, paper_macs: int) -> int:
+    """Multiply-adds per image the optimized paths run: fewer than plain's when they pool before FCU-down."""
+    if not (settings.pool_first and any(p != "plain" for p in settings.paths)):
+        return paper_macs
+    from conformer.optimize import optimize_for_inference
 
-    ceilings = {kind: ceiling_record(kind, n, s) for kind, s in matmul_s.items()}
-    for name, s in samples.items():
-        entry = entries[name]
-        executed = int(flops["paper_macs"]) if entry["path"] == "plain" else executed_macs
-        entry.update(_timing_entry(s, samples.get("plain"), settings.batch_size, int(flops["paper_macs"]),
-                                   executed, ceilings[entry["precision"]]))  # fmt: skip
-    failed = [n for n, e in entries.items() if e["status"] == "failed"]
-    timed_ok = [n for n in entries if n in samples]
-    best = max(timed_ok, key=lambda p: entries[p]["img_per_s"]) if timed_ok else None  # None: nothing ran
-    threads = torch.get_num_threads()
-    return {
-        "schema": SCHEMA,
-        "schema_version": SCHEMA_VERSION,
-        "status": "failed" if failed else "ok",
-        "reason": next((f"{p}: {entries[p]['reason']}" for p in failed), None),
-        "environment": fingerprint(
+    from .flops import count_flops
+
+    restructured = optimize_for_inference(
+        plain, channels_last=False, fold_bn=False, fuse_pointwise=False, pool_first=True
+    )
+    return int(count_flops(restructured, settings.img_size, cross_check=False)["paper_macs"])
+
+
+def _speed_record(
+    *,
+    cfg: Any,
+    settings: SpeedSettings,
+    support: dict[str, PrecisionSupport],
+    label: str | None,
+    flops: dict[str, Any],
+    executed_macs: int,
+    kinds: list[str],
+    ceilings: dict[str, dict[str, Any]],
+    entries: dict[str, SpeedPath],
+    eval_set: list[Any],
+) -> SpeedRecord:
+    """The ``conformer-bench.speed`` record of the timed paths; the best path is the fastest one timed."""
+    import torch
+
+    from conformer.optimize import fused_kernels_available, mkl_linear_available
+
+    from .env import fingerprint
+
+    device = settings.device
+    failed = [name for name, e in entries.items() if e.status == Status.FAILED]
+    timed_ok = [name for name, e in entries.items() if e.img_per_s is not None]
+    best = max(timed_ok, key=lambda name: entries[name].img_per_s or 0.0) if timed_ok else None
+    return SpeedRecord(
+        status=Status.FAILED if failed else Status.OK,
+        reason=next((f"{name}: {entries[name].reason}" for name in failed), None),
+        environment=fingerprint(
             device,
             ",".join(settings.precisions),
             settings.batch_size,
@@ -392,18 +425,23 @@ def measure_speed(
             fused_kernels=fused_kernels_available(device),
             mkl_linear=mkl_linear_available() and device == "cpu",
         ),
-        "variant": {"name": cfg.name, "label": label or cfg.name, "config": cfg.to_dict()},
-        "settings": {**asdict(settings), "paths": list(settings.paths), "precisions": list(settings.precisions),
-                     "ceilings": kinds, "threads": threads,
-                     "order": "interleaved, one forward per path per round, order rotated each round",
-                     "timer": "perf_counter" + (" + cuda synchronize" if device.startswith("cuda") else "")},
-        "precision_support": {q: s.to_dict() for q, s in support.items()},
-        "evaluation_set": {
+        variant={"name": cfg.name, "label": label or cfg.name, "config": cfg.to_dict()},
+        settings={
+            **asdict(settings),
+            "paths": list(settings.paths),
+            "precisions": list(settings.precisions),
+            "ceilings": kinds,
+            "threads": torch.get_num_threads(),
+            "order": "interleaved, one forward per path per round, order rotated each round",
+            "timer": "perf_counter" + (" + cuda synchronize" if device.startswith("cuda") else ""),
+        },
+        precision_support={q: s.to_dict() for q, s in support.items()},
+        evaluation_set={
             "images": sum(batch.shape[0] for batch in eval_set),
             "what": f"{settings.agreement_images} images drawn from N(0, 1) with seed {settings.seed + 1} "
             f"({settings.img_size}², batches of {settings.batch_size}); the model's seeded weights",
         },
-        "flops": {
+        flops={
             "convention": FLOP_CONVENTION,
             "img_size": settings.img_size,
             "paper_macs_per_image": int(flops["paper_macs"]),
@@ -412,11 +450,11 @@ def measure_speed(
             "uncounted_ops": flops.get("uncounted_ops", {}),
             "executed_paper_macs_per_image_optimized": executed_macs,
         },
-        "ceiling": ceilings["fp32"],
-        "ceilings": ceilings,
-        "paths": entries,
-        "best_path": best,
-    }  # fmt: skip
+        ceiling=ceilings["fp32"],
+        ceilings=ceilings,
+        paths=entries,
+        best_path=best,
+    )
 
 
 def _evaluation_set(cfg: Any, settings: SpeedSettings, device: str) -> list[Any]:
@@ -432,7 +470,7 @@ def _evaluation_set(cfg: Any, settings: SpeedSettings, device: str) -> list[Any]
 def _first_calls(
     plain: Any,
     runners: dict[str, Callable[[Any], Any]],
-    entries: dict[str, dict[str, Any]],
+    entries: dict[str, SpeedPath],
     x: Any,
     eval_set: list[Any],
     settings: SpeedSettings,
@@ -441,7 +479,7 @@ def _first_calls(
 ) -> None:
     """First call (compilation for compiled paths), accuracy against plain fp32, then warm-up; in place."""
     reference = plain(x)
-    eval_reference = [_head_logits(plain(batch)) for batch in eval_set]
+    eval_reference = [head_logits(plain(batch)) for batch in eval_set]
     for i, (name, run) in enumerate(runners.items()):
         report(f"first call: {name}", 0.05 + 0.15 * i / len(runners))
         entry = entries[name]
@@ -452,20 +490,20 @@ def _first_calls(
                 nonlocal out
                 out = run(x)
 
-            entry["first_call_s"] = timed(first)
-            entry["compile_s"] = entry["first_call_s"] if entry["path"] == "compiled" else None
-            entry["max_rel_diff_vs_plain"] = max_rel_diff(out, reference)
-            entry["rms_rel_diff_vs_plain"] = _rms_rel_diff(out, reference)
+            entry.first_call_s = timed(first)
+            entry.compile_s = entry.first_call_s if entry.path == "compiled" else None
+            entry.max_rel_diff_vs_plain = max_rel_diff(out, reference)
+            entry.rms_rel_diff_vs_plain = _rms_rel_diff(out, reference)
             agreement = _Agreement({}, sum(batch.shape[0] for batch in eval_set))
             for batch, ref in zip(eval_set, eval_reference, strict=True):
                 agreement.add(run(batch), ref)
-            entry["top1_agreement_vs_plain"] = agreement.fractions()
+            entry.top1_agreement_vs_plain = agreement.fractions()
             for _ in range(settings.warmup):
                 run(x)
         except Exception as exc:  # a path that cannot run (e.g. no C++ compiler) is recorded, not fatal
             if name == "plain":
                 raise
-            entry.update(status="failed", reason=exception_line(exc))
+            entry.status, entry.reason = Status.FAILED, exception_line(exc)
 
 
 def _interleaved(
@@ -491,14 +529,15 @@ def _interleaved(
     return seconds, matmul_s
 
 
-def _timing_entry(
+def _fill_timing(
+    entry: SpeedPath,
     s: list[float],
     plain_s: list[float] | None,
     batch: int,
     paper_macs: int,
     executed_macs: int,
     ceiling: dict[str, Any],
-) -> dict[str, Any]:
+) -> None:
     """Statistics of one path's samples against its precision's ceiling (and plain fp32 when timed)."""
     from .stats import bootstrap_ratio, summarize
 
@@ -507,22 +546,19 @@ def _timing_entry(
     rate = summarize([batch / t for t in s])
     achieved = 2 * paper_macs * batch / median / 1e9
     executed = 2 * executed_macs * batch / median / 1e9
-    entry: dict[str, Any] = {
-        "samples_s": s,
-        "latency_s": latency,
-        "img_per_s": batch / median,
-        "img_per_s_iqr": [rate["q25"], rate["q75"]],
-        "achieved_gflop_s": achieved,
-        "ceiling_precision": ceiling["precision"],
-        "ceiling_share": achieved / ceiling["gflop_s"],
-        "executed_paper_macs_per_image": executed_macs,
-        "executed_gflop_s": executed,
-        "executed_ceiling_share": executed / ceiling["gflop_s"],
-    }
+    entry.samples_s = s
+    entry.latency_s = latency
+    entry.img_per_s = batch / median
+    entry.img_per_s_iqr = [rate["q25"], rate["q75"]]
+    entry.achieved_gflop_s = achieved
+    entry.ceiling_precision = ceiling["precision"]
+    entry.ceiling_share = achieved / ceiling["gflop_s"]
+    entry.executed_paper_macs_per_image = executed_macs
+    entry.executed_gflop_s = executed
+    entry.executed_ceiling_share = executed / ceiling["gflop_s"]
     if plain_s is not None:
         ratio, low, high = bootstrap_ratio(plain_s, s)
-        entry["speedup_vs_plain"] = {"ratio": ratio, "low": low, "high": high, "confidence": 0.95}
-    return entry
+        entry.speedup_vs_plain = {"ratio": ratio, "low": low, "high": high, "confidence": 0.95}
 
 
 # --- rendering (rounding happens only here) ------------------------------------------------------------------

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .records import PhaseTiming, ReferenceTiming
 from .stats import summarize
 
 ProgressFn = Callable[[int, int], None]  # (iterations done, iterations planned)
@@ -152,10 +153,15 @@ class _HostTimer:
         return steps, references
 
 
+def synced_timer(device: str) -> Callable[[Callable[[], Any]], float]:
+    """Seconds of one call of a step, synchronised on both sides on CUDA (first calls, interleaved rounds)."""
+    timer: _CudaTimer | _HostTimer = _CudaTimer(device) if device.startswith("cuda") else _HostTimer()
+    return timer.time_synced
+
+
 def time_once(step: Callable[[], Any], device: str) -> float:
     """Seconds of one call of ``step``, synchronised on both sides on CUDA (e.g. a first, compiling call)."""
-    timer: _CudaTimer | _HostTimer = _CudaTimer(device) if device.startswith("cuda") else _HostTimer()
-    return timer.time_synced(step)
+    return synced_timer(device)(step)
 
 
 def measure(
@@ -171,8 +177,8 @@ def measure(
     requested_batch_size: int | None = None,
     progress: ProgressFn | None = None,
     reference: ReferenceWorkload | None = None,
-) -> dict[str, Any]:
-    """Run ``warmup`` untimed-for-the-result iterations, then ``iters`` timed ones; return a Timing dict.
+) -> PhaseTiming:
+    """Run ``warmup`` untimed-for-the-result iterations, then ``iters`` timed ones; return their timing.
 
     With ``iters=None`` the count is auto-ranged: the budget divided by the last warm-up iteration's time
     (so ``warmup`` must be >= 1), clamped to ``[min_iters, max_iters]``. ``latency_s`` is per batch.
@@ -207,32 +213,39 @@ def measure(
     joules = energy.get("joules") if energy else None
     paired: dict[str, Any] = {}
     if reference is not None and reference_s is not None:
-        ratios = reference_ratios(samples, reference_s, batch_size, reference.flops)
-        paired = {
-            "img_per_ref_gflop": statistics.median(ratios),
-            "ref_ratio_samples": ratios,
-            "reference": {
-                "workload": reference.description,
-                "flops": reference.flops,
-                "gflop_per_s": reference.flops / statistics.median(reference_s) / 1e9,
-                "samples_s": reference_s,
-            },
-        }
-    return {
-        "img_per_s": batch_size / summary["median"],
-        "batch_size": batch_size,
-        "requested_batch_size": requested_batch_size if requested_batch_size is not None else batch_size,
-        "iters": iters,
-        "iters_auto": auto,
-        "budget_s": budget_s if auto else None,
-        "warmup": warmup,
-        "warmup_s": warmup_s,
-        "latency_s": {k: summary[k] for k in ("median", "p90", "p99", "iqr", "mean", "min", "max")},
-        "iqr_over_median": summary["iqr_over_median"],
-        "noisy": summary["noisy"],
-        "samples_s": samples,
-        "timer": timer.name,
-        "energy": energy,  # cuda: NVML energy of the timed loop; None on CPU
-        "img_per_j": batch_size * iters / joules if joules else None,
+        paired = _paired_fields(samples, reference_s, batch_size, reference)
+    return PhaseTiming(
+        img_per_s=batch_size / summary["median"],
+        batch_size=batch_size,
+        requested_batch_size=requested_batch_size if requested_batch_size is not None else batch_size,
+        iters=iters,
+        iters_auto=auto,
+        budget_s=budget_s if auto else None,
+        warmup=warmup,
+        warmup_s=warmup_s,
+        latency_s={k: summary[k] for k in ("median", "p90", "p99", "iqr", "mean", "min", "max")},
+        iqr_over_median=summary["iqr_over_median"],
+        noisy=summary["noisy"],
+        samples_s=samples,
+        timer=timer.name,
+        energy=energy,
+        img_per_j=batch_size * iters / joules if joules else None,
         **paired,
+    )
+
+
+def _paired_fields(
+    step_s: list[float], reference_s: list[float], batch_size: int, reference: ReferenceWorkload
+) -> dict[str, Any]:
+    """The :class:`PhaseTiming` fields of a step timed beside a reference workload."""
+    ratios = reference_ratios(step_s, reference_s, batch_size, reference.flops)
+    return {
+        "img_per_ref_gflop": statistics.median(ratios),
+        "ref_ratio_samples": ratios,
+        "reference": ReferenceTiming(
+            workload=reference.description,
+            flops=reference.flops,
+            gflop_per_s=reference.flops / statistics.median(reference_s) / 1e9,
+            samples_s=reference_s,
+        ),
     }

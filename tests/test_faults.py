@@ -441,7 +441,7 @@ def test_non_finite_checkpoint_is_refused_without_lr_advice(tmp_path: Path) -> N
 def test_nan_summary_names_the_step_it_stopped_at(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from conformer_bench import finetune as ft
 
-    monkeypatch.setattr(ft, "head_loss", lambda out, y, s: out.logits.sum() * float("inf"))
+    monkeypatch.setattr(ft, "heads_loss", lambda out, y, s: out.logits.sum() * float("inf"))
     res = invoke(
         "finetune", "--variant", "nano", "--epochs", "2", "--batch-size", "16", "--train-size", "32",
         "--val-size", "16", "--device", "cpu", "--no-progress",

@@ -98,14 +98,14 @@ def test_lr_schedule() -> None:
 
 def test_non_finite_loss_stops_with_status(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = {"n": 0}
-    real = ft.head_loss
+    real = ft.heads_loss
 
     def poisoned(out: Any, target: Any, smoothing: float) -> Any:
         loss = real(out, target, smoothing)
         calls["n"] += 1
         return loss * float("nan") if calls["n"] >= 3 and torch.is_grad_enabled() else loss
 
-    monkeypatch.setattr(ft, "head_loss", poisoned)
+    monkeypatch.setattr(ft, "heads_loss", poisoned)
     r = run_finetune(conformer.get_config("nano"), _tiny(steps=15, train_size=480), show_progress=False)
     assert r["status"] == "nan"
     assert "non-finite training loss" in r["reason"] and "step 10 of 15" in r["reason"]
@@ -246,7 +246,7 @@ def test_cli_non_finite_number_is_one_line_exit_2(option: str, value: str) -> No
 
 
 def test_cli_nan_exit_1_and_record_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ft, "head_loss", lambda out, y, s: out.logits.sum() * float("inf"))
+    monkeypatch.setattr(ft, "heads_loss", lambda out, y, s: out.logits.sum() * float("inf"))
     out = tmp_path / "rec.json"
     res = runner.invoke(
         app,

@@ -15,6 +15,7 @@ import conformer
 from conformer_bench import memory as memory_mod
 from conformer_bench.memory import cpu_peak_rss, cuda_peak_memory, nvml_memory
 from conformer_bench.profiling import ProfileSettings, profile_variant
+from conformer_bench.records import PhaseTiming
 from conformer_bench.timing import measure, plan_iters
 
 # --- timing -------------------------------------------------------------------------------------------------
@@ -33,7 +34,11 @@ def test_measure_on_cpu_keeps_raw_samples() -> None:
         calls.append(1)
         time.sleep(0.002)
 
-    t = measure(step, device="cpu", batch_size=4, warmup=2, iters=5, budget_s=1.0, min_iters=1, max_iters=10)
+    timing = measure(
+        step, device="cpu", batch_size=4, warmup=2, iters=5, budget_s=1.0, min_iters=1, max_iters=10
+    )
+    t = timing.to_dict()
+    assert PhaseTiming.from_dict(t) == timing and "reference" not in t  # reference keys only when used
     assert len(calls) == 7 and t["iters"] == 5 and len(t["samples_s"]) == 5 and len(t["warmup_s"]) == 2
     assert all(s >= 0.002 for s in t["samples_s"])
     assert t["img_per_s"] == pytest.approx(4 / float(np.median(t["samples_s"])))
@@ -52,7 +57,7 @@ def test_measure_auto_ranges_from_the_warmup() -> None:
         budget_s=0.05,
         min_iters=2,
         max_iters=50,
-    )
+    ).to_dict()
     # Each step sleeps >= 10 ms, so at most ceil(50 ms / 10 ms) iterations fit the budget.
     assert t["iters_auto"] is True and 2 <= t["iters"] <= 5 and t["budget_s"] == 0.05
     with pytest.raises(ValueError, match="warm-up"):
@@ -159,7 +164,7 @@ def test_measure_on_cuda_uses_events(monkeypatch: pytest.MonkeyPatch) -> None:
         budget_s=1.0,
         min_iters=1,
         max_iters=10,
-    )
+    ).to_dict()
     assert t["timer"] == "cuda_event"
     assert t["samples_s"] == pytest.approx([0.005, 0.007, 0.006])
     assert t["img_per_s"] == pytest.approx(8 / 0.006)
@@ -260,7 +265,7 @@ def test_reference_pairs_cancel_a_host_slowdown(monkeypatch: pytest.MonkeyPatch)
     out = measure(
         step, device="cpu", batch_size=16, warmup=2, iters=18, budget_s=1.0, min_iters=1, max_iters=100,
         reference=reference,
-    )  # fmt: skip
+    ).to_dict()  # fmt: skip
     assert out["samples_s"] == pytest.approx([0.020] * 8 + [0.040] * 10)
     # 19 reference calls: one before the first step, one after each step (the 9th after the first slow step)
     assert out["reference"]["samples_s"] == pytest.approx([0.004] * 9 + [0.008] * 10)

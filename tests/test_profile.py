@@ -147,13 +147,11 @@ def test_oom_halves_the_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     real = profiling._run_phase
     tried: list[int] = []
 
-    def run_phase(
-        phase: str, model: Any, cfg: Any, settings: Any, device: str, dtype: Any, batch: int, *a: Any
-    ) -> Any:
+    def run_phase(run: profiling.PhaseRun, batch: int) -> Any:
         tried.append(batch)
         if batch > 2:
             raise torch.OutOfMemoryError("fake: out of memory")
-        return real(phase, model, cfg, settings, device, dtype, batch, *a)
+        return real(run, batch)
 
     monkeypatch.setattr(profiling, "_run_phase", run_phase)
     settings = ProfileSettings(batch_size=8, img_size=32, mode="infer", warmup=1, iters=2, count_flops=False)

@@ -1,0 +1,391 @@
+"""Typed records of what the benchmarks measure, and the JSON they write.
+
+Each record is a dataclass whose fields are the record's keys in the order they are written: ``to_dict()``
+gives the JSON object (nested records included), ``from_dict()`` reads one back. Fields named in
+``OPTIONAL`` are left out of the JSON while ``None`` (a key that appears only in some runs); every other
+``None`` is written as ``null``. Schema names and versions live here, in :data:`SCHEMAS`.
+
+Readers of older records (``report``, ``table``) keep reading plain dicts; these classes describe what is
+written now.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from enum import StrEnum
+from typing import Any, ClassVar, TypeVar, cast
+
+from .errors import BenchError
+
+PROFILE_SCHEMA = "conformer-bench.profile"
+SPEED_SCHEMA = "conformer-bench.speed"
+FINETUNE_SCHEMA = "conformer-bench.finetune"
+SCHEMAS: dict[str, int] = {PROFILE_SCHEMA: 1, SPEED_SCHEMA: 2, FINETUNE_SCHEMA: 1}
+
+R = TypeVar("R", bound="Record")
+
+
+class Status(StrEnum):
+    """How a measurement ended; written as its plain string value."""
+
+    OK = "ok"
+    OOM = "oom"  # profile: out of memory even at batch size 1
+    NAN = "nan"  # a training loss became non-finite
+    FAILED = "failed"  # speed: a path failed; fine-tune: the weights could not be saved
+    UNSUPPORTED = "unsupported"  # speed: the device has no native kernels for the precision
+
+
+def plain(value: Any) -> Any:
+    """``value`` with every nested record turned into its dict and every status into its string (dicts and
+    lists copied, the rest as is)."""
+    if isinstance(value, Status):
+        return value.value
+    if isinstance(value, Record):
+        return value.to_dict()
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
+class Record:
+    """Field order is key order; ``OPTIONAL`` fields are omitted while ``None``."""
+
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset()
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(cast(Any, self)):  # every subclass is a dataclass
+            value = getattr(self, f.name)
+            if value is None and f.name in self.OPTIONAL:
+                continue
+            out[f.name] = plain(value)
+        return out
+
+    @classmethod
+    def from_dict(cls: type[R], data: dict[str, Any]) -> R:
+        return cls(**known_fields(cls, data))
+
+
+def known_fields(cls: type[Any], data: dict[str, Any]) -> dict[str, Any]:
+    """The items of ``data`` that are fields of the dataclass ``cls``; optional fields it lacks are ``None``."""
+    names = {f.name for f in fields(cls)}
+    values = dict.fromkeys(getattr(cls, "OPTIONAL", ()))
+    values.update((k, v) for k, v in data.items() if k in names)
+    status = values.get("status")
+    if isinstance(status, str) and status in set(Status):
+        values["status"] = Status(status)
+    return values
+
+
+class SchemaRecord(Record):
+    """A top-level record: ``schema`` and ``schema_version`` come first in its JSON."""
+
+    SCHEMA: ClassVar[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": self.SCHEMA, "schema_version": SCHEMAS[self.SCHEMA], **super().to_dict()}
+
+    @classmethod
+    def check_schema(cls, data: dict[str, Any]) -> None:
+        schema, version = data.get("schema"), data.get("schema_version")
+        if schema != cls.SCHEMA or version != SCHEMAS[cls.SCHEMA]:
+            raise BenchError(
+                f"record is {schema!r} version {version!r}, not {cls.SCHEMA!r} version {SCHEMAS[cls.SCHEMA]}; "
+                "read it with the conformer-bench that wrote it"
+            )
+
+
+# --- timing and memory of one phase ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReferenceTiming(Record):
+    """The reference workload timed beside each iteration (see :func:`conformer_bench.timing.gemm_reference`)."""
+
+    workload: str
+    flops: int
+    gflop_per_s: float
+    samples_s: list[float]
+
+
+@dataclass(frozen=True)
+class PhaseTiming(Record):
+    """Per-iteration timing of one phase (``timing.measure``); ``latency_s`` is per batch."""
+
+    OPTIONAL = frozenset({"img_per_ref_gflop", "ref_ratio_samples", "reference"})
+
+    img_per_s: float
+    batch_size: int
+    requested_batch_size: int
+    iters: int
+    iters_auto: bool
+    budget_s: float | None
+    warmup: int
+    warmup_s: list[float]
+    latency_s: dict[str, float]
+    iqr_over_median: float
+    noisy: bool
+    samples_s: list[float]
+    timer: str
+    energy: dict[str, Any] | None  # cuda: NVML energy of the timed loop; None on CPU
+    img_per_j: float | None
+    img_per_ref_gflop: float | None = None  # these three only when timed beside a reference workload
+    ref_ratio_samples: list[float] | None = None
+    reference: ReferenceTiming | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PhaseTiming:
+        values = known_fields(cls, data)
+        if isinstance(values.get("reference"), dict):
+            values["reference"] = ReferenceTiming.from_dict(values["reference"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class CpuPhaseMemory(Record):
+    """Resident-set peak of a phase on the CPU (``memory.cpu_peak_rss``)."""
+
+    peak_rss_increase_bytes: int
+    rss_before_bytes: int
+    rss_after_bytes: int
+    peak_rss_bytes: int
+    peak_from_ru_maxrss: bool
+    rss_samples: int
+    sample_interval_s: float
+    malloc_trim: bool
+
+
+@dataclass(frozen=True)
+class CudaPhaseMemory(Record):
+    """Allocator peaks of a phase on a CUDA device and NVML's reading at its end (``memory.cuda_peak_memory``)."""
+
+    OPTIONAL = frozenset({"nvml_error"})
+
+    peak_allocated_bytes: int
+    peak_reserved_bytes: int
+    allocated_before_bytes: int
+    nvml_used_bytes: int | None
+    nvml_total_bytes: int | None
+    nvml_error: str | None = None
+
+
+# --- profile -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProfiledPhase(Record):
+    """One timed phase of a profile: its timing, then the precision it ran in, the last loss (train) and path."""
+
+    timing: PhaseTiming
+    precision: str
+    path: str
+    trained: bool = False
+    last_loss: float | None = None  # written for a training phase only
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {**self.timing.to_dict(), "precision": self.precision}
+        if self.trained:
+            out["last_loss"] = self.last_loss
+        out["path"] = self.path
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProfiledPhase:
+        timing = {k: v for k, v in data.items() if k not in ("precision", "last_loss", "path")}
+        return cls(
+            PhaseTiming.from_dict(timing),
+            data["precision"],
+            data["path"],
+            trained="last_loss" in data,
+            last_loss=data.get("last_loss"),
+        )
+
+
+@dataclass
+class ProfileRecord(SchemaRecord):
+    """A ``conformer-bench.profile`` record: one variant's params, FLOPs, memory and throughput."""
+
+    SCHEMA = PROFILE_SCHEMA
+
+    status: Status  # ok | oom | nan
+    reason: str | None
+    label: str
+    variant: dict[str, Any]
+    environment: dict[str, Any]
+    settings: dict[str, Any]
+    params: dict[str, Any]
+    flops: dict[str, Any] | None
+    memory: dict[str, Any] | None  # device, method, then one probe's dict per phase
+    throughput: dict[str, ProfiledPhase]
+    compile_s: dict[str, float] | None
+    wall_s: float
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProfileRecord:
+        cls.check_schema(data)
+        values = known_fields(cls, data)
+        values["throughput"] = {p: ProfiledPhase.from_dict(t) for p, t in data["throughput"].items()}
+        return cls(**values)
+
+
+# --- speed ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SpeedPath(Record):
+    """One measured path of a speed run, filled in as the run goes: description, first call, timing.
+
+    A path that failed keeps what it got before failing; ``compile_s`` is written (null unless compiled)
+    whenever ``first_call_s`` is.
+    """
+
+    OPTIONAL = frozenset(
+        {
+            "first_call_s",
+            "max_rel_diff_vs_plain",
+            "rms_rel_diff_vs_plain",
+            "top1_agreement_vs_plain",
+            "samples_s",
+            "latency_s",
+            "img_per_s",
+            "img_per_s_iqr",
+            "achieved_gflop_s",
+            "ceiling_precision",
+            "ceiling_share",
+            "executed_paper_macs_per_image",
+            "executed_gflop_s",
+            "executed_ceiling_share",
+            "speedup_vs_plain",
+        }
+    )
+
+    path: str
+    precision: str
+    status: Status  # ok | unsupported | failed
+    reason: str | None
+    description: str
+    kernels: str | None
+    first_call_s: float | None = None
+    compile_s: float | None = None
+    max_rel_diff_vs_plain: float | None = None
+    rms_rel_diff_vs_plain: float | None = None
+    top1_agreement_vs_plain: dict[str, float | None] | None = None
+    samples_s: list[float] | None = None
+    latency_s: dict[str, Any] | None = None
+    img_per_s: float | None = None
+    img_per_s_iqr: list[float] | None = None
+    achieved_gflop_s: float | None = None
+    ceiling_precision: str | None = None
+    ceiling_share: float | None = None
+    executed_paper_macs_per_image: int | None = None
+    executed_gflop_s: float | None = None
+    executed_ceiling_share: float | None = None
+    speedup_vs_plain: dict[str, float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        if self.first_call_s is None:
+            del out["compile_s"]
+        return out
+
+
+@dataclass
+class SpeedRecord(SchemaRecord):
+    """A ``conformer-bench.speed`` record: every path of one variant timed interleaved, per precision."""
+
+    SCHEMA = SPEED_SCHEMA
+
+    status: Status  # ok | failed
+    reason: str | None
+    environment: dict[str, Any]
+    variant: dict[str, Any]
+    settings: dict[str, Any]
+    precision_support: dict[str, Any]
+    evaluation_set: dict[str, Any]
+    flops: dict[str, Any]
+    ceiling: dict[str, Any]
+    ceilings: dict[str, dict[str, Any]]
+    paths: dict[str, SpeedPath]
+    best_path: str | None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SpeedRecord:
+        cls.check_schema(data)
+        values = known_fields(cls, data)
+        values["paths"] = {name: SpeedPath.from_dict(e) for name, e in data["paths"].items()}
+        return cls(**values)
+
+
+# --- fine-tune -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FinetuneEpoch(Record):
+    """Training and validation numbers after one epoch."""
+
+    OPTIONAL = frozenset({"top5", "cue_top1"})
+
+    epoch: int
+    step: int
+    train_loss: float
+    train_top1: float
+    val_loss: float | None
+    top1: dict[str, float | None]
+    top5: dict[str, float | None] | None  # with 5 classes or more
+    cue_top1: dict[str, float | None] | None  # local-global only
+    lr: float
+    img_per_s: float
+    epoch_s: float
+    eval_s: float
+    eval_img_per_s: float
+
+
+@dataclass(frozen=True)
+class FinetuneFinal(Record):
+    """The run's outcome: the last epoch's accuracies (``None`` when it failed), speed and peak memory."""
+
+    OPTIONAL = frozenset({"top5", "cue_top1", "bf16_inference"})
+
+    top1: dict[str, float | None]
+    top5: dict[str, float | None] | None
+    cue_top1: dict[str, float | None] | None
+    val_loss: float | None
+    val_count: int
+    train_loss: float | None
+    img_per_s: float | None
+    train_s: float
+    wall_s: float
+    steps_done: int
+    peak_memory_bytes: int
+    peak_memory_kind: str
+    bf16_inference: dict[str, Any] | None = None
+
+
+@dataclass
+class FinetuneRecord(SchemaRecord):
+    """A ``conformer-bench.finetune`` record."""
+
+    SCHEMA = FINETUNE_SCHEMA
+
+    status: Status  # ok | nan | failed
+    reason: str | None
+    environment: dict[str, Any]
+    variant: dict[str, Any]
+    data: dict[str, Any]
+    hyper: dict[str, Any]
+    settings: dict[str, Any]
+    checkpoint: dict[str, Any] | None
+    saved_checkpoint: str | None
+    history: list[FinetuneEpoch]
+    train_curve: list[dict[str, Any]]
+    final: FinetuneFinal
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FinetuneRecord:
+        cls.check_schema(data)
+        values = known_fields(cls, data)
+        values["history"] = [FinetuneEpoch.from_dict(e) for e in data["history"]]
+        values["final"] = FinetuneFinal.from_dict(data["final"])
+        return cls(**values)

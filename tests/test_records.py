@@ -1,0 +1,163 @@
+"""Typed records: what they write is the JSON written before them, and what they read back is equal."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import conformer
+from conformer_bench import memory as memory_mod
+from conformer_bench.errors import BenchError
+from conformer_bench.records import (
+    SCHEMAS,
+    CudaPhaseMemory,
+    FinetuneRecord,
+    PhaseTiming,
+    ProfileRecord,
+    ReferenceTiming,
+    SpeedPath,
+    SpeedRecord,
+)
+
+RESULTS = Path(__file__).parent.parent / "results"
+
+
+def _timing(**extra: Any) -> PhaseTiming:
+    return PhaseTiming(
+        img_per_s=10.0, batch_size=2, requested_batch_size=4, iters=3, iters_auto=False, budget_s=None,
+        warmup=1, warmup_s=[0.3], latency_s={"median": 0.2}, iqr_over_median=0.01, noisy=False,
+        samples_s=[0.2, 0.2, 0.2], timer="perf_counter", energy=None, img_per_j=None, **extra,
+    )  # fmt: skip
+
+
+def test_optional_fields_are_left_out_while_none_others_written_as_null() -> None:
+    d = _timing().to_dict()
+    assert "reference" not in d and "img_per_ref_gflop" not in d and "ref_ratio_samples" not in d
+    assert (
+        d["energy"] is None
+        and d["budget_s"] is None
+        and list(d)[:3] == ["img_per_s", "batch_size", "requested_batch_size"]
+    )
+    reference = ReferenceTiming("fake", 100, 1.0, [0.1])
+    paired = _timing(img_per_ref_gflop=8.0, ref_ratio_samples=[8.0], reference=reference)
+    d = paired.to_dict()
+    assert list(d)[-3:] == ["img_per_ref_gflop", "ref_ratio_samples", "reference"]
+    assert d["reference"] == {"workload": "fake", "flops": 100, "gflop_per_s": 1.0, "samples_s": [0.1]}
+    assert PhaseTiming.from_dict(d) == paired
+
+
+def test_cuda_memory_writes_nvml_error_only_when_there_is_one() -> None:
+    ok = CudaPhaseMemory(1, 2, 0, 5, 6)
+    assert "nvml_error" not in ok.to_dict()
+    failed = CudaPhaseMemory(1, 2, 0, None, None, "OSError: no driver")
+    assert (
+        failed.to_dict()["nvml_error"] == "OSError: no driver" and failed.to_dict()["nvml_used_bytes"] is None
+    )
+
+
+def test_speed_path_writes_compile_s_with_the_first_call_only() -> None:
+    entry = SpeedPath("optimized", "fp32", "failed", "RuntimeError: x", "desc", None)
+    assert list(entry.to_dict()) == ["path", "precision", "status", "reason", "description", "kernels"]
+    entry.first_call_s = 0.5
+    assert entry.to_dict()["compile_s"] is None and "max_rel_diff_vs_plain" not in entry.to_dict()
+
+
+def _round_trip(cls: Any, record: dict[str, Any]) -> None:
+    typed = cls.from_dict(record)
+    assert json.dumps(typed.to_dict()) == json.dumps(record)  # same keys, same order, same values
+
+
+def test_profile_record_round_trips_byte_for_byte() -> None:
+    from conformer_bench.profiling import ProfileSettings, profile_variant
+
+    settings = ProfileSettings(
+        device="cpu", batch_size=2, img_size=32, mode="both", warmup=1, iters=2, count_flops=False,
+        timing_reference=True,
+    )  # fmt: skip
+    record = profile_variant(conformer.get_config("nano"), settings)
+    assert (
+        record["schema"] == "conformer-bench.profile"
+        and record["schema_version"] == SCHEMAS[record["schema"]]
+    )
+    assert "last_loss" in record["throughput"]["train"] and "last_loss" not in record["throughput"]["infer"]
+    _round_trip(ProfileRecord, record)
+
+
+def test_speed_record_round_trips_byte_for_byte() -> None:
+    from conformer_bench.speed import SpeedSettings, measure_speed
+
+    settings = SpeedSettings(
+        batch_size=1, img_size=32, rounds=3, warmup=0, matmul_size=64, paths=("plain", "optimized"),
+        precisions=("fp32",), agreement_images=2,
+    )  # fmt: skip
+    record = measure_speed(conformer.get_config("nano"), settings)
+    _round_trip(SpeedRecord, record)
+
+
+def test_finetune_record_round_trips_byte_for_byte() -> None:
+    from conformer_bench.finetune import FinetuneSettings, run_finetune
+
+    settings = FinetuneSettings(steps=4, batch_size=8, train_size=32, val_size=16, device="cpu")
+    record = run_finetune(conformer.get_config("nano"), settings, show_progress=False)
+    _round_trip(FinetuneRecord, record)
+
+
+def test_records_written_before_still_read() -> None:
+    """The current-schema records under results/ (CPU and GPU runs) read back into the same JSON."""
+    readers = {
+        "conformer-bench.profile": ProfileRecord,
+        "conformer-bench.finetune": FinetuneRecord,
+        "conformer-bench.speed": SpeedRecord,
+    }
+    seen = 0
+    for path in sorted(RESULTS.rglob("*.json")):
+        record = json.loads(path.read_text())
+        cls = readers.get(record.get("schema")) if isinstance(record, dict) else None
+        if cls is None or record.get("schema_version") != SCHEMAS[record["schema"]]:
+            continue
+        _round_trip(cls, record)
+        seen += 1
+    if not seen:
+        pytest.skip("no current-schema record under results/")
+
+
+def test_wrong_schema_is_one_line_naming_the_fix() -> None:
+    with pytest.raises(BenchError, match="read it with the conformer-bench that wrote it"):
+        ProfileRecord.from_dict({"schema": "conformer-bench.speed", "schema_version": 2})
+
+
+def test_peak_rss_is_not_scaled_on_macos(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ru_maxrss is bytes on macOS and KiB on Linux; the fine-tune record's CPU peak reads it through memory."""
+    from conformer_bench import finetune
+
+    class Usage:
+        ru_maxrss = 5_000_000
+
+    monkeypatch.setattr(memory_mod.resource, "getrusage", lambda who: Usage())
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert finetune._peak_memory("cpu") == (5_000_000, "process_peak_rss")
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert finetune._peak_memory("cpu") == (5_000_000 * 1024, "process_peak_rss")
+
+
+def test_threads_hold_for_a_profile_only() -> None:
+    from conformer_bench.profiling import ProfileSettings, profile_variant
+
+    before = torch.get_num_threads()
+    settings = ProfileSettings(device="cpu", mode="none", count_flops=False, threads=before + 1)
+    record = profile_variant(conformer.get_config("nano"), settings)
+    assert record["settings"]["threads"] == before + 1 and torch.get_num_threads() == before
+
+
+def test_status_is_written_as_its_string() -> None:
+    from conformer_bench.records import Status
+
+    entry = SpeedPath("plain", "fp32", Status.UNSUPPORTED, "no bf16", "desc", None)
+    d = entry.to_dict()
+    assert type(d["status"]) is str and json.dumps(d["status"]) == '"unsupported"'
+    assert SpeedPath.from_dict(d).status is Status.UNSUPPORTED
