@@ -54,7 +54,7 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check conformer conformer_bench tests
 	$(BIN)/ruff format --check conformer conformer_bench tests
-	$(BIN)/mypy conformer_bench
+	$(BIN)/mypy conformer conformer_bench
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix conformer conformer_bench tests
