@@ -17,6 +17,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import Any
 
 from .errors import BenchError
@@ -172,6 +173,74 @@ def count_flops(model_or_cfg: Any, img_size: int = 224, *, cross_check: bool = T
     return result
 
 
+def structural_twin(cfg: Any, img_size: int) -> tuple[Any, int]:
+    """A config with the same layers and forward graph as ``cfg`` at ``img_size``, but one-element-wide.
+
+    Widths and the image size change no operator's presence, only its cost; the position embedding is
+    resampled exactly when the image's grid differs from the config's, so that choice is kept.
+    """
+    patch = cfg.patch_size
+    twin = cfg.replace(
+        base_channel=4,
+        channel_ratio=1.0,
+        embed_dim=4,
+        num_heads=1,
+        mlp_ratio=1.0,
+        in_chans=1,
+        num_classes=min(cfg.num_classes, 1),
+        img_size=patch if cfg.img_size == img_size else 2 * patch,
+    )
+    return twin, patch
+
+
+@lru_cache(maxsize=512)
+def _uncounted_ops(twin: Any, img_size: int) -> tuple[dict[str, int], dict[str, int]]:
+    """fvcore's (unsupported, ignored) operator counts of a traced structural twin, on one thread."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny trace: more threads only spin (and contend on a busy machine)
+    try:
+        record = count_flops(twin, img_size, cross_check=False)
+    finally:
+        torch.set_num_threads(threads)
+    return record["unsupported_ops"], record["ignored_ops"]
+
+
+def count_flops_from_config(cfg: Any, img_size: int = 224, *, cross_check: bool = True) -> dict[str, Any]:
+    """:func:`count_flops`' record for ``create_model(cfg)``, without building it or running an image.
+
+    fvcore's counts come in closed form (:mod:`.costs`); the uncounted operators from fvcore's trace of a
+    one-element-wide twin (same graph); the cross-check from FlopCounterMode on meta tensors.
+    """
+    from .costs import flop_counts
+
+    counts = flop_counts(cfg, img_size)
+    unsupported, ignored = _uncounted_ops(*structural_twin(cfg, img_size))
+    result: dict[str, Any] = {
+        "convention": CONVENTION,
+        "img_size": img_size,
+        "batch_size": 1,
+        "fvcore_total": counts["fvcore_total"],
+        "paper_macs": counts["paper_macs"],
+        "by_operator": counts["by_operator"],
+        "by_component": counts["by_component"],
+        "uncounted_ops": dict(sorted({**unsupported, **ignored}.items())),
+        "unsupported_ops": dict(unsupported),
+        "ignored_ops": dict(ignored),
+        "handles_added": [SDPA_OP],
+    }
+    if cross_check:
+        import torch
+
+        x = torch.zeros(1, cfg.in_chans, img_size, img_size, device="meta")
+        cross = _cross_check(build_on_meta(cfg).eval(), x)
+        macs = counts["paper_macs"]
+        cross["relative_difference"] = (cross["macs"] - macs) / macs if macs else None
+        result["cross_check"] = cross
+    return result
+
+
 def _cross_check(model: Any, x: Any) -> dict[str, Any]:
     """Count with torch's FlopCounterMode on the math SDPA backend (its CPU flash kernel is not counted)."""
     import torch
@@ -225,23 +294,15 @@ def build_on_meta(cfg: Any) -> Any:
 
 
 def quick_counts(cfg: Any, img_size: int | None = None) -> dict[str, Any]:
-    """Params and paper-convention MACs (batch 1, eval) of ``cfg`` in well under a second, on meta tensors.
+    """Params and paper-convention MACs (batch 1, eval) of ``cfg``, in closed form (microseconds, no torch).
 
-    MACs come from FlopCounterMode (flops / 2) over shapes only; ``count_flops`` gives the full fvcore record.
+    Equal to ``count_params`` of the built model and to FlopCounterMode's flops / 2 on it; ``count_flops``
+    (or :func:`count_flops_from_config`) gives the full fvcore record.
     """
-    import torch
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from .params import count_params
+    from .costs import flop_counts, param_counts
 
     size = img_size or cfg.img_size
-    model = build_on_meta(cfg).eval()
-    x = torch.zeros(1, cfg.in_chans, size, size, device="meta")
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), counter:
-        model(x)
-    return {"params": count_params(model), "macs": int(counter.get_total_flops()) // 2, "img_size": size}
+    return {"params": param_counts(cfg), "macs": int(flop_counts(cfg, size)["paper_macs"]), "img_size": size}
 
 
 MAC_LIMIT = 10**12  # per image: past this a variant is almost surely a typo (the release's base is ~23 G)
@@ -249,16 +310,10 @@ MED_BLOCK_LIMIT = 2000  # extra bottlenecks in the whole model (the paper's grid
 
 
 def estimated_macs(cfg: Any, img_size: int | None = None) -> int:
-    """Paper-convention MACs per image (batch 1), counted on shapes only, without building a large model.
+    """Paper-convention MACs per image (batch 1), in closed form: no model is built, whatever its size."""
+    from .costs import paper_macs
 
-    MACs grow linearly with ``num_med_block`` (each adds the same bottlenecks), so a config with many is
-    extrapolated exactly from 0 and 1 extra blocks.
-    """
-    if cfg.num_med_block <= 1:
-        return int(quick_counts(cfg, img_size)["macs"])
-    none = int(quick_counts(cfg.replace(num_med_block=0), img_size)["macs"])
-    one = int(quick_counts(cfg.replace(num_med_block=1), img_size)["macs"])
-    return none + cfg.num_med_block * (one - none)
+    return paper_macs(cfg, img_size)
 
 
 def refuse_huge(cfg: Any, img_size: int | None, force: bool) -> None:
