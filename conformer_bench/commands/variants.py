@@ -41,12 +41,12 @@ def preset_size(cfg: Any, img_size: int | None) -> int:
 
 
 def collect(base: str, img_size: int | None, with_macs: bool) -> dict[str, Any]:
-    """Rows for presets and toggles (raw ints; MACs on meta tensors, conv + linear + matmul, batch 1)."""
+    """Rows for presets and toggles (raw ints; MACs in closed form, conv + linear + matmul, batch 1)."""
     import conformer
 
+    from ..costs import param_counts
     from ..errors import BenchError
     from ..flops import quick_counts
-    from ..costs import param_counts
     from ..toggles import build_config
 
     def counts(cfg: Any, size: int) -> dict[str, Any]:
