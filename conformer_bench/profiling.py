@@ -302,8 +302,9 @@ def profile_variant(
 
     from conformer import create_model
 
+    from .costs import param_counts
     from .env import fingerprint, resolve_device
-    from .flops import count_flops
+    from .flops import count_flops, count_flops_from_config
     from .memory import method as memory_method
     from .memory import phase_memory
     from .params import count_params
@@ -339,14 +340,22 @@ def profile_variant(
 
     report("building the model")
     torch.manual_seed(0)
-    model = (build() if build is not None else create_model(cfg)).to(device)
-    params = count_params(model)
+    # Costs only: params and FLOPs come from the config (same numbers), so no model is built.
+    model = (
+        None
+        if not phases and build is None
+        else (build() if build is not None else create_model(cfg)).to(device)
+    )
+    params = count_params(model) if model is not None else param_counts(cfg)
     finish("build")
 
     flops = None
     if settings.count_flops:
         report("counting FLOPs (fvcore" + (" + FlopCounterMode)" if settings.cross_check else ")"))
-        flops = count_flops(model, settings.img_size, cross_check=settings.cross_check)
+        count = count_flops if model is not None else count_flops_from_config
+        flops = count(
+            model if model is not None else cfg, settings.img_size, cross_check=settings.cross_check
+        )
         finish("flops")
 
     status, reason = "ok", None

@@ -633,7 +633,9 @@ def run_grid(
             ):
                 reuse = old["profile"]  # only the fine-tuning part changed
             reporter = progress.start_cell(cell, position, len(share))
-            if isolate:
+            # A costs-only cell builds no model and runs no image: a process of its own would only cost time.
+            own_process = isolate and not cell.costs_only(finetune)
+            if own_process:
                 outcome = run_cell_in_process(cell, finetune, reuse, reporter, cuda_device=_cuda_device(dist))
             else:
                 with _single_process_env(dist.torchrun), _restore_threads():
@@ -644,7 +646,7 @@ def run_grid(
                 finetune,
                 outcome,
                 (dist.rank, dist.world),
-                "process" if isolate else "inline",
+                "process" if own_process else "inline",
             )
             store.append(record)
         finally:
