@@ -341,7 +341,7 @@ def profile_variant(
     report("building the model")
     torch.manual_seed(0)
     # Costs only: params and FLOPs come from the config (same numbers), so no model is built.
-    model = (
+    model: Any = (
         None
         if not phases and build is None
         else (build() if build is not None else create_model(cfg)).to(device)
