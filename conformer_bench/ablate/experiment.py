@@ -436,6 +436,7 @@ def load_experiment(
         base_variant,
         {"img_size": profile.get("img_size", PROFILE_IMG_SIZE), **base_overrides},
     )
+    base_fields = base_cfg.to_dict()
 
     # Cells: the base, then the axes, then the explicit list.
     specs: list[tuple[tuple[str | int, ...], str, str, dict[str, Any], dict[str, Any], dict[str, Any]]] = [
@@ -514,9 +515,7 @@ def load_experiment(
                 {**finetune, **_check_settings(chk, (*where, "finetune"), ft, "finetune")} if ft else finetune
             )
         changes = {
-            k: v
-            for k, v in cfg.to_dict().items()
-            if k not in ("name", "from_paper") and base_cfg.to_dict()[k] != v
+            k: v for k, v in cfg.to_dict().items() if k not in ("name", "from_paper") and base_fields[k] != v
         }
         if cfg.name != base_cfg.name:
             changes = {"variant": cfg.name, **changes}
