@@ -577,17 +577,18 @@ def run_grid(
     dist: Distributed | None = None,
     progress: GridProgress | None = None,
     cell_fn: CellFn | None = None,
-    isolate: bool = True,
+    isolate: bool | None = None,
     force: bool = False,
 ) -> RunResult:
     """Run this process's share of ``cells``; store each finished cell at once; gather when every shard is done.
 
-    ``isolate``: each cell runs in a fresh process (:func:`run_cell_in_process`); otherwise in this one,
-    through ``cell_fn`` (default :func:`run_cell`), which only the inline mode accepts. A folder holding
+    ``isolate``: each cell runs in a fresh process (:func:`run_cell_in_process`); ``False``: in this one,
+    through ``cell_fn`` (default :func:`run_cell`), which only the inline mode accepts; ``None``: in a fresh
+    process, except costs-only cells (nothing built, timed or trained), which run in this one. A folder holding
     another experiment's results is refused unless ``force``. A cell that another process on the same
     folder runs, or finished since this run began, is left to it (see :meth:`ResultStore.claim`).
     """
-    if isolate and cell_fn is not None:
+    if isolate is not False and cell_fn is not None:
         raise ValueError("cell_fn runs cells in this process; pass isolate=False with it")
     dist = dist or Distributed()
     cell_fn = cell_fn or run_cell  # looked up at call time, so it can be wrapped
@@ -634,7 +635,7 @@ def run_grid(
                 reuse = old["profile"]  # only the fine-tuning part changed
             reporter = progress.start_cell(cell, position, len(share))
             # A costs-only cell builds no model and runs no image: a process of its own would only cost time.
-            own_process = isolate and not cell.costs_only(finetune)
+            own_process = isolate if isolate is not None else not cell.costs_only(finetune)
             if own_process:
                 outcome = run_cell_in_process(cell, finetune, reuse, reporter, cuda_device=_cuda_device(dist))
             else:

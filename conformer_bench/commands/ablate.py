@@ -109,13 +109,15 @@ def ablate(
         ),
     ] = None,
     isolate: Annotated[
-        bool,
+        bool | None,
         typer.Option(
             "--isolate/--no-isolate",
             help="Run each cell in a fresh Python process (a segfault, abort or OOM kill fails only that cell, "
-            "and CPU memory is measured from a fresh process); --no-isolate runs cells in this process.",
+            "and CPU memory is measured from a fresh process); --no-isolate runs cells in this process. "
+            "Default: isolated, but costs-only cells (--profile-mode none, no fine-tune) run in this process.",
+            show_default=False,
         ),
-    ] = True,
+    ] = None,
     force: Annotated[
         bool,
         typer.Option(
@@ -208,7 +210,7 @@ def ablate(
     if executor is not Executor.local:
         if shard or torchrun_rank():
             raise BenchError(f"--executor {executor.value} runs a job per cell; drop --shard and torchrun")
-        if not isolate:
+        if isolate is False:
             raise BenchError(
                 f"--no-isolate runs cells in this process; it does not combine with --executor {executor.value}"
             )
@@ -240,7 +242,7 @@ def ablate(
 
 
 def _run(
-    exp: Any, cells: list[Any], finetune: bool, resume: bool, dist: Any, isolate: bool, force: bool
+    exp: Any, cells: list[Any], finetune: bool, resume: bool, dist: Any, isolate: bool | None, force: bool
 ) -> dict[str, str]:
     from rich.console import Console
 
@@ -257,7 +259,7 @@ def _run(
         f"[bold]{exp.name}[/]: {len(share)} of {len(exp.cells)} cells ({what})"
         + (f" on rank {dist.rank} of {dist.world}" if dist.world > 1 else "")
         + f" -> {out_dir}"
-        + ("" if isolate else " (cells in this process: --no-isolate)")
+        + ("" if isolate is not False else " (cells in this process: --no-isolate)")
     )
     dist.start()
     try:
