@@ -13,11 +13,15 @@ All counts are for batch 1 in eval mode (fvcore counts BatchNorm differently in 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from .errors import BenchError
@@ -207,12 +211,70 @@ def _uncounted_ops(twin: Any, img_size: int) -> tuple[dict[str, int], dict[str, 
     return record["unsupported_ops"], record["ignored_ops"]
 
 
+CACHE_ENV = "CONFORMER_BENCH_CACHE"  # a folder for the on-disk cache of FLOP records; "off" disables it
+
+
+def _cache_folder() -> Path | None:
+    setting = os.environ.get(CACHE_ENV)
+    if setting is not None:
+        return None if setting.strip().lower() in ("", "off", "0", "no") else Path(setting)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "conformer-bench" / "flops"
+
+
+@lru_cache(maxsize=1)
+def _tool_fingerprint() -> dict[str, str]:
+    """Versions of torch and fvcore and a digest of the counted code: any change starts a fresh cache."""
+    from importlib.metadata import version
+
+    import torch
+
+    import conformer.layers
+    import conformer.model
+
+    from . import costs
+
+    digest = hashlib.sha256()  # the model's code and the counting code
+    for source in (conformer.model.__file__, conformer.layers.__file__, __file__, costs.__file__):
+        digest.update(Path(source).read_bytes())
+    return {"torch": torch.__version__, "fvcore": version("fvcore"), "code": digest.hexdigest()}
+
+
+def _cache_path(cfg: Any, img_size: int, cross_check: bool) -> Path | None:
+    folder = _cache_folder()
+    if folder is None:
+        return None
+    config = {k: v for k, v in cfg.to_dict().items() if k not in ("name", "from_paper")}
+    key = {"config": config, "img_size": img_size, "cross_check": cross_check, **_tool_fingerprint()}
+    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    return folder / f"{name}.json"
+
+
 def count_flops_from_config(cfg: Any, img_size: int = 224, *, cross_check: bool = True) -> dict[str, Any]:
     """:func:`count_flops`' record for ``create_model(cfg)``, without building it or running an image.
 
-    fvcore's counts come in closed form (:mod:`.costs`); the uncounted operators from fvcore's trace of a
-    one-element-wide twin (same graph); the cross-check from FlopCounterMode on meta tensors.
+    Cached on disk (see :data:`CACHE_ENV`; written atomically, so concurrent runs are safe); a miss is
+    counted by :func:`_count_from_config`.
     """
+    path = _cache_path(cfg, img_size, cross_check)
+    if path is not None:
+        try:
+            cached: dict[str, Any] = json.loads(path.read_text())
+            return cached
+        except (OSError, ValueError):
+            pass  # absent or unreadable: count again
+    result = _count_from_config(cfg, img_size, cross_check)
+    if path is not None:
+        from .files import atomic_write_text
+
+        with suppress(BenchError, OSError):  # a cache that cannot be written only costs time
+            atomic_write_text(path, json.dumps(result))
+    return result
+
+
+def _count_from_config(cfg: Any, img_size: int, cross_check: bool) -> dict[str, Any]:
+    """fvcore's counts in closed form (:mod:`.costs`); the uncounted operators from fvcore's trace of a
+    one-element-wide twin (same graph); the cross-check from FlopCounterMode on meta tensors."""
     from .costs import flop_counts
 
     counts = flop_counts(cfg, img_size)

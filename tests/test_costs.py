@@ -16,7 +16,7 @@ from conformer_bench.ablate.experiment import load_experiment
 from conformer_bench.ablate.runner import load_records, run_grid
 from conformer_bench.cli import app
 from conformer_bench.costs import flop_counts, param_counts
-from conformer_bench.flops import count_flops, count_flops_from_config, quick_counts
+from conformer_bench.flops import CACHE_ENV, count_flops, count_flops_from_config, quick_counts
 from conformer_bench.params import count_params
 from conformer_bench.profiling import ProfileSettings, profile_variant
 
@@ -45,7 +45,8 @@ def _case_id(case: tuple) -> str:
 
 
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
-def test_closed_form_equals_the_built_model(case: tuple) -> None:
+def test_closed_form_equals_the_built_model(case: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CACHE_ENV, "off")  # count, do not read a record back
     name, overrides, size = case
     cfg = conformer.get_config(name, **overrides)
     torch.manual_seed(0)
@@ -74,6 +75,17 @@ def test_closed_form_equals_the_release_presets_on_meta(name: str) -> None:
     assert flop_counts(cfg, 224)["paper_macs"] == cross["macs"]
 
 
+def test_flop_records_are_cached_on_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    cfg = conformer.get_config("nano", coupling="down")
+    counted = count_flops_from_config(cfg, 32)
+    (path,) = tmp_path.glob("*.json")
+    assert count_flops_from_config(cfg, 32) == counted  # read back
+    path.write_text("{not json")
+    assert count_flops_from_config(cfg, 32) == counted  # an unreadable entry is counted again
+    assert count_flops_from_config(cfg, 64) != counted and len(list(tmp_path.glob("*.json"))) == 2
+
+
 def test_costs_only_profile_builds_nothing_and_records_the_same() -> None:
     cfg = conformer.get_config("micro", pos_embed=True)
     settings = ProfileSettings(mode="none", img_size=64, device="cpu")
@@ -85,7 +97,7 @@ def test_costs_only_profile_builds_nothing_and_records_the_same() -> None:
 
 def test_costs_only_cells_run_inline(tmp_path: Path) -> None:
     exp = load_experiment(EXP / "nano_costs.toml")
-    run_grid(exp, list(exp.cells), tmp_path, finetune=False, resume=False, isolate=True)
+    run_grid(exp, list(exp.cells), tmp_path, finetune=False, resume=False)  # isolate: by default
     records = load_records(tmp_path)
     assert set(records) == {"dual", "cnn-only", "transformer-only", "no-fcu"}
     assert all(r["status"] == "ok" and r["isolation"] == "inline" for r in records.values())
