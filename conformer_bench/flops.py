@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import os
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -199,16 +200,47 @@ def structural_twin(cfg: Any, img_size: int) -> tuple[Any, int]:
 
 @lru_cache(maxsize=512)
 def _uncounted_ops(twin: Any, img_size: int) -> tuple[dict[str, int], dict[str, int]]:
-    """fvcore's (unsupported, ignored) operator counts of a traced structural twin, on one thread."""
-    import torch
+    """fvcore's (unsupported, ignored) operator counts of a traced structural twin, on one thread.
 
+    The twin is traced once, without fvcore's per-module scopes (only the whole model's counts are needed),
+    and its nodes are sorted with fvcore's own tables as fvcore does.
+    """
+    import torch
+    from fvcore.nn import FlopCountAnalysis
+    from torch.jit import _get_trace_graph
+
+    from conformer import create_model
+
+    model = create_model(twin).eval()
+    x = torch.zeros(1, twin.in_chans, img_size, img_size)
+    # fvcore's own tables of the operators it counts and of those it deems free.
+    analysis = FlopCountAnalysis(model, (x,))
+    handled = set(analysis._op_handles) | {SDPA_OP}
+    free = set(analysis._ignored_ops)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny trace: more threads only spin (and contend on a busy machine)
     try:
-        record = count_flops(twin, img_size, cross_check=False)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about shape checks, as fvcore silences them
+            graph, _ = _get_trace_graph(model, (x,))
     finally:
         torch.set_num_threads(threads)
-    return record["unsupported_ops"], record["ignored_ops"]
+    unsupported: Counter[str] = Counter()
+    ignored: Counter[str] = Counter()
+    for node in graph.nodes():  # as fvcore walks the trace, without the per-module scopes
+        kind = node.kind()
+        if kind == "prim::PythonOp":
+            kind = f"{kind}.{node.pyname()}"
+        if kind in free:
+            ignored[kind] += 1
+        elif kind in handled or (kind.startswith("prim::") and not kind.startswith(_PRIM_COUNTED)):
+            continue
+        else:
+            unsupported[kind] += 1
+    return dict(sorted(unsupported.items())), dict(sorted(ignored.items()))
+
+
+_PRIM_COUNTED = ("prim::PythonOp", "prim::CallFunction")  # the prim:: nodes fvcore does not skip
 
 
 CACHE_ENV = "CONFORMER_BENCH_CACHE"  # a folder for the on-disk cache of FLOP records; "off" disables it
@@ -273,7 +305,7 @@ def count_flops_from_config(cfg: Any, img_size: int = 224, *, cross_check: bool 
 
 
 def _count_from_config(cfg: Any, img_size: int, cross_check: bool) -> dict[str, Any]:
-    """fvcore's counts in closed form (:mod:`.costs`); the uncounted operators from fvcore's trace of a
+    """fvcore's counts in closed form (:mod:`.costs`); the uncounted operators from a trace of a
     one-element-wide twin (same graph); the cross-check from FlopCounterMode on meta tensors."""
     from .costs import flop_counts
 
