@@ -352,6 +352,21 @@ def _cross_check(model: Any, x: Any) -> dict[str, Any]:
 # --- fast counts for listings: no weights, no arithmetic ----------------------------------------------------
 
 
+def _fills_meta_in_place(func: Any, args: tuple[Any, ...]) -> bool:
+    """An in-place tensor method (``uniform_``, ``normal_``, ``fill_`` ...) called on a meta tensor."""
+    import torch
+
+    name = getattr(func, "__name__", "")
+    return (
+        name.endswith("_")
+        and not name.startswith("_")
+        and name not in ("resize_", "set_", "as_strided_", "requires_grad_")
+        and bool(args)
+        and isinstance(args[0], torch.Tensor)
+        and args[0].is_meta
+    )
+
+
 def build_on_meta(cfg: Any) -> Any:
     """Build the model with every tensor on the meta device (shapes only; no memory, no initialisation cost).
 
@@ -377,6 +392,8 @@ def build_on_meta(cfg: Any) -> Any:
             kwargs = dict(kwargs or {})
             if func in constructors and func is not torch.linspace and kwargs.get("device") is None:
                 kwargs["device"] = "meta"
+            elif _fills_meta_in_place(func, args):
+                return args[0]  # weight initialisation: a meta tensor has no values to fill
             return func(*args, **kwargs)
 
     try:

@@ -117,7 +117,8 @@ def run_cell(
             status = "oom" if _is_oom(exc) else "failed"
             reason = f"profile: {_one_line(exc)}"
         finally:
-            _free_memory()
+            if not cell.costs_only(finetune):  # a costs-only profile builds no model: nothing to free
+                _free_memory()
     if finetune and status == "ok":
         finetunes, ft_status, ft_reason = _finetune_seeds(cell, settings.threads, device, progress)
         if ft_status != "ok":
