@@ -198,6 +198,9 @@ def structural_twin(cfg: Any, img_size: int) -> tuple[Any, int]:
     return twin, patch
 
 
+_PRIM_COUNTED = ("prim::PythonOp", "prim::CallFunction")  # the prim:: nodes fvcore does not skip
+
+
 @lru_cache(maxsize=512)
 def _uncounted_ops(twin: Any, img_size: int) -> tuple[dict[str, int], dict[str, int]]:
     """fvcore's (unsupported, ignored) operator counts of a traced structural twin, on one thread.
@@ -238,9 +241,6 @@ def _uncounted_ops(twin: Any, img_size: int) -> tuple[dict[str, int], dict[str, 
         else:
             unsupported[kind] += 1
     return dict(sorted(unsupported.items())), dict(sorted(ignored.items()))
-
-
-_PRIM_COUNTED = ("prim::PythonOp", "prim::CallFunction")  # the prim:: nodes fvcore does not skip
 
 
 CACHE_ENV = "CONFORMER_BENCH_CACHE"  # a folder for the on-disk cache of FLOP records; "off" disables it
@@ -291,8 +291,9 @@ def count_flops_from_config(cfg: Any, img_size: int = 224, *, cross_check: bool 
     path = _cache_path(cfg, img_size, cross_check)
     if path is not None:
         try:
-            cached: dict[str, Any] = json.loads(path.read_text())
-            return cached
+            cached = json.loads(path.read_text())
+            if isinstance(cached, dict) and "fvcore_total" in cached:
+                return cached
         except (OSError, ValueError):
             pass  # absent or unreadable: count again
     result = _count_from_config(cfg, img_size, cross_check)

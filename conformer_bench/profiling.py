@@ -352,10 +352,10 @@ def profile_variant(
     flops = None
     if settings.count_flops:
         report("counting FLOPs (fvcore" + (" + FlopCounterMode)" if settings.cross_check else ")"))
-        count = count_flops if model is not None else count_flops_from_config
-        flops = count(
-            model if model is not None else cfg, settings.img_size, cross_check=settings.cross_check
-        )
+        if model is None:
+            flops = count_flops_from_config(cfg, settings.img_size, cross_check=settings.cross_check)
+        else:
+            flops = count_flops(model, settings.img_size, cross_check=settings.cross_check)
         finish("flops")
 
     status, reason = "ok", None
