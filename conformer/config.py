@@ -114,7 +114,8 @@ class ConformerConfig:
         return self == dataclasses.replace(self, **TOGGLE_DEFAULTS)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        # Every field is a scalar but fcu_stages (a tuple of ints): no deep copy needed.
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["fcu_stages"] = list(self.fcu_stages)
         return d
 

@@ -13,10 +13,16 @@ All counts are for batch 1 in eval mode (fvcore counts BatchNorm differently in 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from .errors import BenchError
@@ -172,6 +178,164 @@ def count_flops(model_or_cfg: Any, img_size: int = 224, *, cross_check: bool = T
     return result
 
 
+def structural_twin(cfg: Any, img_size: int) -> tuple[Any, int]:
+    """A config with the same layers and forward graph as ``cfg`` at ``img_size``, but one-element-wide.
+
+    Widths and the image size change no operator's presence, only its cost; the position embedding is
+    resampled exactly when the image's grid differs from the config's, so that choice is kept.
+    """
+    patch = cfg.patch_size
+    twin = cfg.replace(
+        base_channel=4,
+        channel_ratio=1.0,
+        embed_dim=4,
+        num_heads=1,
+        mlp_ratio=1.0,
+        in_chans=1,
+        num_classes=min(cfg.num_classes, 1),
+        img_size=patch if cfg.img_size == img_size else 2 * patch,
+    )
+    return twin, patch
+
+
+_PRIM_COUNTED = ("prim::PythonOp", "prim::CallFunction")  # the prim:: nodes fvcore does not skip
+
+
+@lru_cache(maxsize=512)
+def _uncounted_ops(twin: Any, img_size: int) -> tuple[dict[str, int], dict[str, int]]:
+    """fvcore's (unsupported, ignored) operator counts of a traced structural twin, on one thread.
+
+    The twin is traced once, without fvcore's per-module scopes (only the whole model's counts are needed),
+    and its nodes are sorted with fvcore's own tables as fvcore does.
+    """
+    import torch
+    from fvcore.nn import FlopCountAnalysis
+    from torch.jit import _get_trace_graph
+
+    from conformer import create_model
+
+    model = create_model(twin).eval()
+    x = torch.zeros(1, twin.in_chans, img_size, img_size)
+    # fvcore's own tables of the operators it counts and of those it deems free.
+    analysis = FlopCountAnalysis(model, (x,))
+    handled = set(analysis._op_handles) | {SDPA_OP}
+    free = set(analysis._ignored_ops)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny trace: more threads only spin (and contend on a busy machine)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about shape checks, as fvcore silences them
+            graph, _ = _get_trace_graph(model, (x,))
+    finally:
+        torch.set_num_threads(threads)
+    unsupported: Counter[str] = Counter()
+    ignored: Counter[str] = Counter()
+    for node in graph.nodes():  # as fvcore walks the trace, without the per-module scopes
+        kind = node.kind()
+        if kind == "prim::PythonOp":
+            kind = f"{kind}.{node.pyname()}"
+        if kind in free:
+            ignored[kind] += 1
+        elif kind in handled or (kind.startswith("prim::") and not kind.startswith(_PRIM_COUNTED)):
+            continue
+        else:
+            unsupported[kind] += 1
+    return dict(sorted(unsupported.items())), dict(sorted(ignored.items()))
+
+
+CACHE_ENV = "CONFORMER_BENCH_CACHE"  # a folder for the on-disk cache of FLOP records; "off" disables it
+
+
+def _cache_folder() -> Path | None:
+    setting = os.environ.get(CACHE_ENV)
+    if setting is not None:
+        return None if setting.strip().lower() in ("", "off", "0", "no") else Path(setting)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "conformer-bench" / "flops"
+
+
+@lru_cache(maxsize=1)
+def _tool_fingerprint() -> dict[str, str]:
+    """Versions of torch and fvcore and a digest of the counted code: any change starts a fresh cache."""
+    from importlib.metadata import version
+
+    import torch
+
+    import conformer.layers
+    import conformer.model
+
+    from . import costs
+
+    digest = hashlib.sha256()  # the model's code and the counting code
+    for source in (conformer.model.__file__, conformer.layers.__file__, __file__, costs.__file__):
+        digest.update(Path(source).read_bytes())
+    return {"torch": torch.__version__, "fvcore": version("fvcore"), "code": digest.hexdigest()}
+
+
+def _cache_path(cfg: Any, img_size: int, cross_check: bool) -> Path | None:
+    folder = _cache_folder()
+    if folder is None:
+        return None
+    config = {k: v for k, v in cfg.to_dict().items() if k not in ("name", "from_paper")}
+    key = {"config": config, "img_size": img_size, "cross_check": cross_check, **_tool_fingerprint()}
+    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    return folder / f"{name}.json"
+
+
+def count_flops_from_config(cfg: Any, img_size: int = 224, *, cross_check: bool = True) -> dict[str, Any]:
+    """:func:`count_flops`' record for ``create_model(cfg)``, without building it or running an image.
+
+    Cached on disk (see :data:`CACHE_ENV`; written atomically, so concurrent runs are safe); a miss is
+    counted by :func:`_count_from_config`.
+    """
+    path = _cache_path(cfg, img_size, cross_check)
+    if path is not None:
+        try:
+            cached = json.loads(path.read_text())
+            if isinstance(cached, dict) and "fvcore_total" in cached:
+                return cached
+        except (OSError, ValueError):
+            pass  # absent or unreadable: count again
+    result = _count_from_config(cfg, img_size, cross_check)
+    if path is not None:
+        from .files import atomic_write_text
+
+        with suppress(BenchError, OSError):  # a cache that cannot be written only costs time
+            atomic_write_text(path, json.dumps(result))
+    return result
+
+
+def _count_from_config(cfg: Any, img_size: int, cross_check: bool) -> dict[str, Any]:
+    """fvcore's counts in closed form (:mod:`.costs`); the uncounted operators from a trace of a
+    one-element-wide twin (same graph); the cross-check from FlopCounterMode on meta tensors."""
+    from .costs import flop_counts
+
+    counts = flop_counts(cfg, img_size)
+    unsupported, ignored = _uncounted_ops(*structural_twin(cfg, img_size))
+    result: dict[str, Any] = {
+        "convention": CONVENTION,
+        "img_size": img_size,
+        "batch_size": 1,
+        "fvcore_total": counts["fvcore_total"],
+        "paper_macs": counts["paper_macs"],
+        "by_operator": counts["by_operator"],
+        "by_component": counts["by_component"],
+        "uncounted_ops": dict(sorted({**unsupported, **ignored}.items())),
+        "unsupported_ops": dict(unsupported),
+        "ignored_ops": dict(ignored),
+        "handles_added": [SDPA_OP],
+    }
+    if cross_check:
+        import torch
+
+        x = torch.zeros(1, cfg.in_chans, img_size, img_size, device="meta")
+        cross = _cross_check(build_on_meta(cfg).eval(), x)
+        macs = counts["paper_macs"]
+        cross["relative_difference"] = (cross["macs"] - macs) / macs if macs else None
+        result["cross_check"] = cross
+    return result
+
+
 def _cross_check(model: Any, x: Any) -> dict[str, Any]:
     """Count with torch's FlopCounterMode on the math SDPA backend (its CPU flash kernel is not counted)."""
     import torch
@@ -187,6 +351,21 @@ def _cross_check(model: Any, x: Any) -> dict[str, Any]:
 
 
 # --- fast counts for listings: no weights, no arithmetic ----------------------------------------------------
+
+
+def _fills_meta_in_place(func: Any, args: tuple[Any, ...]) -> bool:
+    """An in-place tensor method (``uniform_``, ``normal_``, ``fill_`` ...) called on a meta tensor."""
+    import torch
+
+    name = getattr(func, "__name__", "")
+    return (
+        name.endswith("_")
+        and not name.startswith("_")
+        and name not in ("resize_", "set_", "as_strided_", "requires_grad_")
+        and bool(args)
+        and isinstance(args[0], torch.Tensor)
+        and args[0].is_meta
+    )
 
 
 def build_on_meta(cfg: Any) -> Any:
@@ -214,6 +393,8 @@ def build_on_meta(cfg: Any) -> Any:
             kwargs = dict(kwargs or {})
             if func in constructors and func is not torch.linspace and kwargs.get("device") is None:
                 kwargs["device"] = "meta"
+            elif _fills_meta_in_place(func, args):
+                return args[0]  # weight initialisation: a meta tensor has no values to fill
             return func(*args, **kwargs)
 
     try:
@@ -225,23 +406,15 @@ def build_on_meta(cfg: Any) -> Any:
 
 
 def quick_counts(cfg: Any, img_size: int | None = None) -> dict[str, Any]:
-    """Params and paper-convention MACs (batch 1, eval) of ``cfg`` in well under a second, on meta tensors.
+    """Params and paper-convention MACs (batch 1, eval) of ``cfg``, in closed form (microseconds, no torch).
 
-    MACs come from FlopCounterMode (flops / 2) over shapes only; ``count_flops`` gives the full fvcore record.
+    Equal to ``count_params`` of the built model and to FlopCounterMode's flops / 2 on it; ``count_flops``
+    (or :func:`count_flops_from_config`) gives the full fvcore record.
     """
-    import torch
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from .params import count_params
+    from .costs import flop_counts, param_counts
 
     size = img_size or cfg.img_size
-    model = build_on_meta(cfg).eval()
-    x = torch.zeros(1, cfg.in_chans, size, size, device="meta")
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), counter:
-        model(x)
-    return {"params": count_params(model), "macs": int(counter.get_total_flops()) // 2, "img_size": size}
+    return {"params": param_counts(cfg), "macs": int(flop_counts(cfg, size)["paper_macs"]), "img_size": size}
 
 
 MAC_LIMIT = 10**12  # per image: past this a variant is almost surely a typo (the release's base is ~23 G)
@@ -249,16 +422,10 @@ MED_BLOCK_LIMIT = 2000  # extra bottlenecks in the whole model (the paper's grid
 
 
 def estimated_macs(cfg: Any, img_size: int | None = None) -> int:
-    """Paper-convention MACs per image (batch 1), counted on shapes only, without building a large model.
+    """Paper-convention MACs per image (batch 1), in closed form: no model is built, whatever its size."""
+    from .costs import paper_macs
 
-    MACs grow linearly with ``num_med_block`` (each adds the same bottlenecks), so a config with many is
-    extrapolated exactly from 0 and 1 extra blocks.
-    """
-    if cfg.num_med_block <= 1:
-        return int(quick_counts(cfg, img_size)["macs"])
-    none = int(quick_counts(cfg.replace(num_med_block=0), img_size)["macs"])
-    one = int(quick_counts(cfg.replace(num_med_block=1), img_size)["macs"])
-    return none + cfg.num_med_block * (one - none)
+    return paper_macs(cfg, img_size)
 
 
 def refuse_huge(cfg: Any, img_size: int | None, force: bool) -> None:

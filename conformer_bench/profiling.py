@@ -394,8 +394,9 @@ def _profile(
 
     from conformer import create_model
 
+    from .costs import param_counts
     from .env import fingerprint
-    from .flops import count_flops
+    from .flops import count_flops, count_flops_from_config
     from .params import count_params
 
     started = time.perf_counter()
@@ -405,14 +406,22 @@ def _profile(
 
     bar.report("building the model")
     torch.manual_seed(0)
-    model = (build() if build is not None else create_model(cfg)).to(device)
-    params = count_params(model)
+    # Costs only: params and FLOPs come from the config (same numbers), so no model is built.
+    model: Any = (
+        None
+        if not phases and build is None
+        else (build() if build is not None else create_model(cfg)).to(device)
+    )
+    params = count_params(model) if model is not None else param_counts(cfg)
     bar.finish("build")
 
     flops = None
     if settings.count_flops:
         bar.report("counting FLOPs (fvcore" + (" + FlopCounterMode)" if settings.cross_check else ")"))
-        flops = count_flops(model, settings.img_size, cross_check=settings.cross_check)
+        if model is None:
+            flops = count_flops_from_config(cfg, settings.img_size, cross_check=settings.cross_check)
+        else:
+            flops = count_flops(model, settings.img_size, cross_check=settings.cross_check)
         bar.finish("flops")
 
     measured = _measure_phases(model, cfg, settings, device, dtype, batch, warmup, defaults, bar)

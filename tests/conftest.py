@@ -17,3 +17,11 @@ def release_fixture() -> dict:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _flops_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """FLOP records cached on disk go to a folder of this test session, not the user's cache."""
+    import os
+
+    os.environ["CONFORMER_BENCH_CACHE"] = str(tmp_path_factory.mktemp("flops-cache"))

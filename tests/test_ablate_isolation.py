@@ -65,7 +65,8 @@ repeat = true
 def test_killed_and_crashed_cells_fail_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(launch, "cell_command", lambda: [sys.executable, "-c", CRASHING_CHILD])
     out = tmp_path / "res"
-    result = CliRunner().invoke(app, ["ablate", str(EXP / "nano_costs.toml"), "--output-dir", str(out)])
+    args = ["ablate", str(EXP / "nano_costs.toml"), "--output-dir", str(out), "--isolate"]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 1, result.output
     records = load_records(out)
     assert records["dual"]["status"] == "ok" and records["dual"]["profile"]["params"]["total"] > 0

@@ -62,7 +62,18 @@ def _records(out: Path) -> list[dict[str, Any]]:
 def _start_held(out: Path, marker: Path, *args: str) -> subprocess.Popen[bytes]:
     marker.unlink(missing_ok=True)
     return subprocess.Popen(
-        [sys.executable, "-c", HOLD_SCRIPT, "ablate", str(GRID), "--output-dir", str(out), *args],
+        # --isolate: costs-only cells would otherwise run in the command's own process, unheld
+        [
+            sys.executable,
+            "-c",
+            HOLD_SCRIPT,
+            "ablate",
+            str(GRID),
+            "--output-dir",
+            str(out),
+            "--isolate",
+            *args,
+        ],
         env=_env(ABLATE_TEST_HOLD=str(marker)),
         cwd=ROOT,
         stdout=subprocess.PIPE,

@@ -96,6 +96,10 @@ class Cell:
         assert self.finetune is not None, "cell has no finetune settings"
         return FinetuneSettings(**self.finetune, seed=seed)
 
+    def costs_only(self, finetune: bool) -> bool:
+        """Nothing timed or trained: params and FLOPs, counted from the config in milliseconds."""
+        return not finetune and self.profile.get("mode") == "none"
+
     def profile_hash(self) -> str:
         return _digest({"config": self.config.to_dict(), "profile": self.profile})
 

@@ -133,17 +133,18 @@ def run_grid(
     dist: DistContext | None = None,
     progress: GridProgress | None = None,
     cell_fn: CellFn | None = None,
-    isolate: bool = True,
+    isolate: bool | None = None,
     force: bool = False,
 ) -> RunResult:
     """Run this process's share of ``cells``; store each finished cell at once; gather when every shard is done.
 
-    ``isolate``: each cell runs in a fresh process (:func:`.launch.run_cell_in_process`); otherwise in this
-    one, through ``cell_fn`` (default :func:`.worker.run_cell`), which only the inline mode accepts. A folder
-    holding another experiment's results is refused unless ``force``. A cell that another process on the
+    ``isolate``: each cell runs in a fresh process (:func:`.launch.run_cell_in_process`); ``False``: in this
+    one, through ``cell_fn`` (default :func:`.worker.run_cell`), which only the inline mode accepts; ``None``:
+    in a fresh process, except costs-only cells (nothing built, timed or trained), which run in this one. A
+    folder holding another experiment's results is refused unless ``force``. A cell that another process on the
     same folder runs, or finished since this run began, is left to it (see :meth:`ResultStore.claim`).
     """
-    if isolate and cell_fn is not None:
+    if isolate is not False and cell_fn is not None:
         raise ValueError("cell_fn runs cells in this process; pass isolate=False with it")
     dist = dist or grid_context()
     progress = progress or QuietGrid()
@@ -180,14 +181,16 @@ def run_grid(
         try:
             reuse = reusable_profile(old, cell, resume)
             reporter = progress.start_cell(cell, position, len(share))
-            if isolate:
+            # A costs-only cell builds no model and runs no image: a process of its own would only cost time.
+            own_process = isolate if isolate is not None else not cell.costs_only(finetune)
+            if own_process:
                 outcome = run_cell_in_process(cell, finetune, reuse, reporter, cuda_device=_cuda_device(dist))
             else:
                 with _single_process_env(_ranks_share_group(dist)), threads(None):
                     outcome = (cell_fn or worker.run_cell)(cell, finetune, reuse, reporter)
             shard = (dist.rank, dist.world_size)
             record = make_record(
-                cell, experiment, finetune, outcome, shard, "process" if isolate else "inline"
+                cell, experiment, finetune, outcome, shard, "process" if own_process else "inline"
             )
             store.append(record)
         finally:

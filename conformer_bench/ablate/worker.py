@@ -106,7 +106,8 @@ def _profile(
     except BaseException as exc:
         return None, ("oom" if _is_oom(exc) else "failed"), f"profile: {reason_line(exc)}"
     finally:
-        _free_memory()
+        if settings.mode != "none":  # a costs-only profile builds no model: nothing to free
+            _free_memory()
 
 
 def _finetune_seeds(

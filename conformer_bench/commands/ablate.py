@@ -10,7 +10,6 @@ import typer
 
 from .common import QuietOpt, handle_errors
 
-DRY_RUN_MAX = 200  # cells a dry run lists without --limit
 JOBS = "Jobs (--executor slurm / submitit-local; defaults from the file's executor table)"
 
 
@@ -120,13 +119,15 @@ def ablate(
         ),
     ] = None,
     isolate: Annotated[
-        bool,
+        bool | None,
         typer.Option(
             "--isolate/--no-isolate",
             help="Run each cell in a fresh Python process (a segfault, abort or OOM kill fails only that cell, "
-            "and CPU memory is measured from a fresh process); --no-isolate runs cells in this process.",
+            "and CPU memory is measured from a fresh process); --no-isolate runs cells in this process. "
+            "Default: isolated, but costs-only cells (--profile-mode none, no fine-tune) run in this process.",
+            show_default=False,
         ),
-    ] = True,
+    ] = None,
     force: Annotated[
         bool,
         typer.Option(
@@ -194,12 +195,9 @@ def ablate(
     if limit is not None and not dry_run:
         raise BenchError("--limit only shortens a --dry-run listing; use --only to run some cells")
     if dry_run:
-        if limit is None and len(cells) > DRY_RUN_MAX:
-            raise BenchError(
-                f"{exp.path} has {len(cells)} cells; a dry run counts each on shapes (up to seconds a cell): "
-                f"pass --limit {DRY_RUN_MAX} to list the first {DRY_RUN_MAX}, or --only to pick cells"
-            )
-        _dry_run(exp, cells[:limit], run_finetune, resume, total=len(cells))
+        from ..ablate.dry_run import print_dry_run
+
+        print_dry_run(exp, cells[:limit], run_finetune, resume, total=len(cells), echo=typer.echo)
         return
 
     job_options = {
@@ -223,7 +221,7 @@ def ablate(
     if executor is not Executor.local:
         if shard or torchrun_rank():
             raise BenchError(f"--executor {executor.value} runs a job per cell; drop --shard and torchrun")
-        if not isolate:
+        if isolate is False:
             raise BenchError(
                 f"--no-isolate runs cells in this process; it does not combine with --executor {executor.value}"
             )
@@ -283,7 +281,7 @@ def _run(
     finetune: bool,
     resume: bool,
     dist: Any,
-    isolate: bool,
+    isolate: bool | None,
     force: bool,
     quiet: bool = False,
 ) -> dict[str, str]:
@@ -303,7 +301,7 @@ def _run(
         f"[bold]{exp.name}[/]: {len(share)} of {len(exp.cells)} cells ({what})"
         + (f" on rank {dist.rank} of {dist.world_size}" if dist.world_size > 1 else "")
         + f" -> {out_dir}"
-        + ("" if isolate else " (cells in this process: --no-isolate)")
+        + ("" if isolate is not False else " (cells in this process: --no-isolate)")
     )
     dist = join_ranks(dist)
     try:
@@ -542,66 +540,3 @@ def _follow_jobs(
 
 def _title(exp: Any) -> str:
     return f"{exp.name}: {exp.description}" if exp.description else exp.name
-
-
-def _dry_run(exp: Any, cells: list[Any], finetune: bool, resume: bool, total: int) -> None:
-    """Print the cells with params and MACs (counted on shapes only; nothing is timed or trained)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from ..ablate.store import ResultStore
-    from ..flops import quick_counts
-
-    existing = ResultStore(exp.output_dir).latest() if exp.output_dir.is_dir() else {}
-    shown = f"{len(cells)} cells" if len(cells) == total else f"first {len(cells)} of {total} cells"
-    table = Table(title=f"{exp.name} (dry run, {shown}, output {exp.output_dir})")
-    numeric = ("#", "Params (M)", "GMACs")
-    for col in (
-        "#",
-        "Cell",
-        "Variant",
-        "Changes vs base",
-        "Params (M)",
-        "GMACs",
-        "Profile",
-        "Fine-tune",
-        "Recorded",
-    ):
-        table.add_column(col, justify="right" if col in numeric else "left")
-    for cell in cells:
-        img = int(cell.profile.get("img_size", 224))
-        counts = quick_counts(cell.config, img)
-        prof = cell.profile_settings()
-        prof_text = f"{prof.mode}, {img} px, batch {prof.batch_size or 'auto'}, {prof.device}"
-        ft_text = "—"
-        if finetune and cell.finetune is not None:
-            ft = cell.finetune
-            budget = f"{ft['steps']} steps" if ft.get("steps") else f"{ft.get('epochs', 'default')} epochs"
-            ft_text = f"{ft.get('dataset', 'digits')}, {budget}, seeds {list(cell.seeds)}"
-        old = existing.get(cell.label)
-        if old is None:
-            state = "new"
-        elif old.get("config_hash") == cell.config_hash(finetune):
-            if old.get("status") == "ok":
-                state = "ok, unchanged" + (" (skipped with --resume)" if resume else "")
-            else:
-                state = f"{old.get('status')}, unchanged" + (" (reruns with --resume)" if resume else "")
-        else:
-            state = f"{old.get('status')}, settings changed (reruns)"
-        changes = " ".join(f"{k}={v}" for k, v in cell.changes.items()) or "—"
-        table.add_row(
-            str(cell.index),
-            cell.label + (" (base)" if cell.label == exp.base_label else ""),
-            cell.config.name,
-            changes,
-            f"{counts['params']['total'] / 1e6:.3f}",
-            f"{counts['macs'] / 1e9:.4g}",
-            prof_text,
-            ft_text,
-            state,
-        )
-    Console(width=200).print(table)
-    typer.echo(
-        "GMACs: conv + linear + matmul multiply-accumulates per image at the cell's img_size, batch 1, eval mode "
-        "(torch FlopCounterMode / 2 on shapes only; the run records fvcore's count too). Nothing was run."
-    )

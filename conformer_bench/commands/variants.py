@@ -41,12 +41,12 @@ def preset_size(cfg: Any, img_size: int | None) -> int:
 
 
 def collect(base: str, img_size: int | None, with_macs: bool) -> dict[str, Any]:
-    """Rows for presets and toggles (raw ints; MACs on meta tensors, conv + linear + matmul, batch 1)."""
+    """Rows for presets and toggles (raw ints; MACs in closed form, conv + linear + matmul, batch 1)."""
     import conformer
 
+    from ..costs import param_counts
     from ..errors import BenchError
     from ..flops import quick_counts
-    from ..params import count_params
     from ..toggles import build_config
 
     def counts(cfg: Any, size: int) -> dict[str, Any]:
@@ -56,9 +56,7 @@ def collect(base: str, img_size: int | None, with_macs: bool) -> dict[str, Any]:
             )
         if with_macs:
             return quick_counts(cfg, size)
-        from ..flops import build_on_meta
-
-        return {"params": count_params(build_on_meta(cfg)), "macs": None, "img_size": size}
+        return {"params": param_counts(cfg), "macs": None, "img_size": size}
 
     aliases: dict[str, list[str]] = {}
     for alias in conformer.list_models(include_aliases=True):
@@ -99,7 +97,7 @@ def collect(base: str, img_size: int | None, with_macs: bool) -> dict[str, Any]:
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
         "macs_convention": "multiply-adds of conv + linear + matmul (the paper's column), batch 1, eval; "
-        "torch FlopCounterMode flops / 2 on meta tensors",
+        "counted in closed form from the config (equal to torch FlopCounterMode flops / 2)",
         "toggle_base": base_cfg.name,
         "presets": presets,
         "toggles": toggles,
@@ -231,9 +229,7 @@ def variants(
             help="Count MACs at this size (default: 224 for paper presets, else the preset's own).",
         ),
     ] = None,
-    macs: Annotated[
-        bool, typer.Option("--macs/--no-macs", help="Count MACs (about a second in all).")
-    ] = True,
+    macs: Annotated[bool, typer.Option("--macs/--no-macs", help="Count MACs (closed form, instant).")] = True,
     fmt: FormatOpt = None,
     output: OutputOpt = None,
 ) -> None:
