@@ -22,8 +22,12 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from .flops import PAPER_OPERATORS
 from .params import COMPONENTS
+
+# fvcore operator names whose counts make up the paper's MACs: conv + linear + matmul products.
+PAPER_OPERATORS: frozenset[str] = frozenset(
+    {"conv", "linear", "matmul", "bmm", "einsum", "addmm", "mm", "scaled_dot_product_attention"}
+)
 
 STEM_WIDTH = 64  # the stem's output channels (fixed in the release)
 BOTTLENECK_EXPANSION = 4

@@ -25,6 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from .costs import PAPER_OPERATORS
 from .errors import BenchError
 from .params import COMPONENTS, component_of, component_roots
 
@@ -32,10 +33,6 @@ CONVENTION = (
     "fvcore_total: fvcore, one fused multiply-add = one flop (also counts norms, adaptive pooling, "
     "upsampling); paper_macs: multiply-adds of conv + linear + matmul (incl. bmm/einsum/SDPA products); "
     "batch 1, eval mode"
-)
-# fvcore operator names (as in ``by_operator``) that make up the paper's MAC column.
-PAPER_OPERATORS: frozenset[str] = frozenset(
-    {"conv", "linear", "matmul", "bmm", "einsum", "addmm", "mm", "scaled_dot_product_attention"}
 )
 SDPA_OP = "aten::scaled_dot_product_attention"
 CROSS_CHECK_TOOL = "torch.utils.flop_counter.FlopCounterMode"

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 import conformer
 from conformer_bench.ablate.dry_run import dry_run_lines
 from conformer_bench.ablate.experiment import load_experiment
-from conformer_bench.ablate.runner import load_records, run_grid
+from conformer_bench.ablate.runner import run_grid
+from conformer_bench.ablate.store import load_records
 from conformer_bench.cli import app
 from conformer_bench.costs import flop_counts, param_counts
 from conformer_bench.flops import CACHE_ENV, count_flops, count_flops_from_config, quick_counts
