@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Any
 
 import typer
@@ -19,11 +20,12 @@ from .common import (
     ThreadsOpt,
     VariantOpt,
     aliases,
-    fraction_progress,
+    exit_unless_ok,
     handle_errors,
     parse_format,
     toggle_options,
     variant_config,
+    with_progress,
     write_output,
 )
 
@@ -161,14 +163,7 @@ def speed(
     refuse_huge(cfg, settings.img_size, force)
     if output is not None:
         check_writable(output)
-    if quiet:
-        record = measure_speed(cfg, settings)
-    else:
-        progress, update = fraction_progress("speed")
-        with progress:
-            record = measure_speed(cfg, settings, progress=update)
+    record = with_progress("speed", not quiet, partial(measure_speed, cfg, settings))
     write_output(output, render_as, fmt)
     typer.echo(render_as(stdout_format), nl=False)
-    if record["status"] != "ok":
-        typer.echo(f"error: {record['reason']}", err=True)
-        raise typer.Exit(1)
+    exit_unless_ok(record)
