@@ -129,6 +129,12 @@ HeadsOpt = Annotated[
 MEASURE = "Measurement"
 OUTPUT = "Output"
 
+
+def measure_option(*decls: str, help_text: str) -> Any:
+    """An option listed under the Measurement panel of ``--help``."""
+    return typer.Option(*decls, help=help_text, rich_help_panel=MEASURE)
+
+
 DeviceOpt = Annotated[
     str,
     typer.Option(

@@ -10,7 +10,6 @@ from typing import Annotated, Any
 import typer
 
 from .common import (
-    MEASURE,
     OUTPUT,
     BatchSizesOpt,
     DeviceOpt,
@@ -24,6 +23,7 @@ from .common import (
     aliases,
     given,
     handle_errors,
+    measure_option,
     parse_format,
     toggle_options,
     variant_config,
@@ -83,74 +83,51 @@ def profile(
     batch_size: BatchSizesOpt = None,
     img_size: ImgSizesOpt = None,
     mode: Annotated[
-        str,
-        typer.Option(
-            "--mode", help="infer, train, both, or none (params and FLOPs only).", rich_help_panel=MEASURE
-        ),
+        str, measure_option("--mode", help_text="infer, train, both, or none (params and FLOPs only).")
     ] = "both",
     precision: PrecisionOpt = "fp32",
     channels_last: Annotated[
-        bool,
-        typer.Option(
-            "--channels-last",
-            help="Channels-last memory format for model and input.",
-            rich_help_panel=MEASURE,
-        ),
+        bool, measure_option("--channels-last", help_text="Channels-last memory format for model and input.")
     ] = False,
     threads: ThreadsOpt = None,
     warmup: Annotated[
         int | None,
-        typer.Option(
-            "--warmup",
-            help="Warm-up iterations per phase (default: 1 on CPU, 10 on GPU).",
-            rich_help_panel=MEASURE,
-        ),
+        measure_option("--warmup", help_text="Warm-up iterations per phase (default: 1 on CPU, 10 on GPU)."),
     ] = None,
     iters: Annotated[
         int | None,
-        typer.Option(
-            "--iters",
-            help="Timed iterations per phase (default: auto-ranged to a time budget).",
-            rich_help_panel=MEASURE,
+        measure_option(
+            "--iters", help_text="Timed iterations per phase (default: auto-ranged to a time budget)."
         ),
     ] = None,
     optimize: Annotated[
         bool,
-        typer.Option(
+        measure_option(
             "--optimize",
-            help="Measure inference on the optimized eager path (folded BN, channels-last).",
-            rich_help_panel=MEASURE,
+            help_text="Measure inference on the optimized eager path (folded BN, channels-last).",
         ),
     ] = False,
     compile_: Annotated[
         bool,
-        typer.Option(
-            "--compile",
-            help="Measure the optimized path under torch.compile (train: torch.compile).",
-            rich_help_panel=MEASURE,
+        measure_option(
+            "--compile", help_text="Measure the optimized path under torch.compile (train: torch.compile)."
         ),
     ] = False,
     timing_reference: Annotated[
         bool,
-        typer.Option(
+        measure_option(
             "--timing-reference",
-            help="CPU: time a fixed fp32 GEMM after every iteration and also report img per reference "
+            help_text="CPU: time a fixed fp32 GEMM after every iteration and also report img per reference "
             "GFLOP, a speed that holds on a shared, noisy host.",
-            rich_help_panel=MEASURE,
         ),
     ] = False,
     flops: Annotated[
-        bool,
-        typer.Option(
-            "--flops/--no-flops", help="Count FLOPs (fvcore, batch 1, eval).", rich_help_panel=MEASURE
-        ),
+        bool, measure_option("--flops/--no-flops", help_text="Count FLOPs (fvcore, batch 1, eval).")
     ] = True,
     cross_check: Annotated[
         bool,
-        typer.Option(
-            "--cross-check/--no-cross-check",
-            help="Cross-check FLOPs with torch's FlopCounterMode.",
-            rich_help_panel=MEASURE,
+        measure_option(
+            "--cross-check/--no-cross-check", help_text="Cross-check FLOPs with torch's FlopCounterMode."
         ),
     ] = True,
     output: OutputOpt = None,
