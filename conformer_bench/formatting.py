@@ -121,10 +121,10 @@ def csv_to_jsonl(text: str) -> str:
 # --- what the record says, as (section, metric, value, what it counts) rows -------------------------------
 
 
-Row = tuple[str, str, str, str]
+ProfileRow = tuple[str, str, str, str]
 
 
-def _run_rows(record: dict[str, Any]) -> list[Row]:
+def _run_rows(record: dict[str, Any]) -> list[ProfileRow]:
     env = record.get("environment") or {}
     settings = record.get("settings") or {}
     precision = settings.get("precision", env.get("precision"))
@@ -156,7 +156,7 @@ def _run_rows(record: dict[str, Any]) -> list[Row]:
     return rows
 
 
-def _params_rows(params: dict[str, Any]) -> list[Row]:
+def _params_rows(params: dict[str, Any]) -> list[ProfileRow]:
     if not params:
         return []
     total = params["total"]
@@ -171,7 +171,7 @@ def _params_rows(params: dict[str, Any]) -> list[Row]:
     return rows
 
 
-def _flops_rows(flops: dict[str, Any] | None) -> list[Row]:
+def _flops_rows(flops: dict[str, Any] | None) -> list[ProfileRow]:
     if not flops:
         return []
     size = f"batch 1, {flops['img_size']}x{flops['img_size']}, eval"
@@ -219,7 +219,7 @@ def _flops_rows(flops: dict[str, Any] | None) -> list[Row]:
     return rows
 
 
-def _memory_rows(phase: str, mem: dict[str, Any]) -> list[Row]:
+def _memory_rows(phase: str, mem: dict[str, Any]) -> list[ProfileRow]:
     section = f"memory {phase}"
     if "peak_allocated_bytes" not in mem:
         return [
@@ -242,7 +242,7 @@ def _memory_rows(phase: str, mem: dict[str, Any]) -> list[Row]:
     ]
 
 
-def _throughput_rows(phase: str, t: dict[str, Any]) -> list[Row]:
+def _throughput_rows(phase: str, t: dict[str, Any]) -> list[ProfileRow]:
     batch = t["batch_size"]
     req = t.get("requested_batch_size", batch)
     batch_note = f"batch {batch}" + (f" (requested {req}, halved on OOM)" if req != batch else "")
@@ -274,7 +274,7 @@ def _throughput_rows(phase: str, t: dict[str, Any]) -> list[Row]:
     return rows
 
 
-def profile_rows(record: dict[str, Any]) -> list[Row]:
+def profile_rows(record: dict[str, Any]) -> list[ProfileRow]:
     """Every printed figure with its unit and what it counts."""
     rows = _run_rows(record)
     rows += _params_rows(record.get("params") or {})
