@@ -146,6 +146,12 @@ def _choice(name: str, value: Any, options: tuple[str, ...]) -> None:
 
 def validate(cfg: ConformerConfig) -> None:
     """Reject values and toggle combinations that would build a broken or partly dead model."""
+    _validate_values(cfg)
+    _validate_toggles(cfg)
+
+
+def _validate_values(cfg: ConformerConfig) -> None:
+    """Each field on its own, and the sizes that must divide one another."""
     _choice("branches", cfg.branches, BRANCHES)
     _choice("coupling", cfg.coupling, COUPLINGS)
     _choice("fcu_down", cfg.fcu_down, FCU_DOWNS)
@@ -184,7 +190,9 @@ def validate(cfg: ConformerConfig) -> None:
     if bad_stages:
         raise ValueError(f"fcu_stages may only contain 1, 2, 3; got {list(cfg.fcu_stages)}")
 
-    # Toggle combinations.
+
+def _validate_toggles(cfg: ConformerConfig) -> None:
+    """Toggle combinations: branches, coupling, FCU and heads that contradict one another."""
     single = cfg.branches != "dual"
     if single and cfg.coupling != "both":
         raise ValueError(

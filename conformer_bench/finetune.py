@@ -636,8 +636,6 @@ def _run(
     import torch
     from torch.utils.data import DataLoader
 
-    from conformer import Conformer
-
     from . import distributed
     from .data import load_dataset
 
@@ -645,18 +643,7 @@ def _run(
     bundle = load_dataset(s.dataset, s.img_size, s.seed, s.train_size, s.val_size)
     run_cfg = _run_config(cfg, s, bundle.num_classes, bundle.img_size)
 
-    # Every rank initialises from the same seed (DDP also broadcasts rank 0's weights); stochastic depth
-    # then draws from seed + rank so that ranks drop different paths.
-    model = Conformer(run_cfg)
-    ckpt_info = None
-    if s.checkpoint is not None:
-        ckpt_info = _load_release_checkpoint(model, s.checkpoint, bundle.num_classes, s.allow_partial)
-    torch.manual_seed(s.seed + ctx.rank)
-    model.to(device)
-    if s.channels_last:
-        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    ddp_model = distributed.wrap_model(model, ctx, device)
-
+    model, ddp_model, ckpt_info = _build_model(run_cfg, s, ctx, device, bundle.num_classes)
     sampler = distributed.train_sampler(bundle.train_size, ctx, s.seed)
     schedule = _schedule(s, len(sampler))  # type: ignore[arg-type]
     loader = DataLoader(
@@ -702,6 +689,29 @@ def _run(
         save_failure=save_failure,
         final=final,
     )
+
+
+def _build_model(
+    run_cfg: ConformerConfig, s: FinetuneSettings, ctx: Any, device: str, num_classes: int
+) -> tuple[Any, Any, dict[str, Any] | None]:
+    """The model (from ``--checkpoint`` when given) on ``device``, its DDP wrapper, and what the checkpoint held."""
+    import torch
+
+    from conformer import Conformer
+
+    from . import distributed
+
+    # Every rank initialises from the same seed (DDP also broadcasts rank 0's weights); stochastic depth
+    # then draws from seed + rank so that ranks drop different paths.
+    model = Conformer(run_cfg)
+    ckpt_info = None
+    if s.checkpoint is not None:
+        ckpt_info = _load_release_checkpoint(model, s.checkpoint, num_classes, s.allow_partial)
+    torch.manual_seed(s.seed + ctx.rank)
+    model.to(device)
+    if s.channels_last:
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    return model, distributed.wrap_model(model, ctx, device), ckpt_info
 
 
 def _save(model: Any, s: FinetuneSettings, ctx: Any, status: Status) -> tuple[str | None, str | None]:

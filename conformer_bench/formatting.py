@@ -121,7 +121,10 @@ def csv_to_jsonl(text: str) -> str:
 # --- what the record says, as (section, metric, value, what it counts) rows -------------------------------
 
 
-def _run_rows(record: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+ProfileRow = tuple[str, str, str, str]
+
+
+def _run_rows(record: dict[str, Any]) -> list[ProfileRow]:
     env = record.get("environment") or {}
     settings = record.get("settings") or {}
     precision = settings.get("precision", env.get("precision"))
@@ -153,136 +156,138 @@ def _run_rows(record: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def profile_rows(record: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+def _params_rows(params: dict[str, Any]) -> list[ProfileRow]:
+    if not params:
+        return []
+    total = params["total"]
+    rows = [
+        ("params", "total", fmt_int(total), f"{total / 1e6:.2f} M parameters"),
+        ("params", "trainable", fmt_int(params["trainable"]), "requires_grad"),
+    ]
+    for comp in COMPONENTS:
+        n = params["by_component"].get(comp, 0)
+        share = n / total if total else 0.0
+        rows.append(("params", comp, fmt_int(n), fmt_pct(share)))
+    return rows
+
+
+def _flops_rows(flops: dict[str, Any] | None) -> list[ProfileRow]:
+    if not flops:
+        return []
+    size = f"batch 1, {flops['img_size']}x{flops['img_size']}, eval"
+    rows = [
+        (
+            "flops",
+            "paper MACs",
+            fmt_giga(flops["paper_macs"], 3),
+            f"conv+linear+matmul multiply-adds, {size}",
+        ),
+        (
+            "flops",
+            "fvcore total",
+            fmt_giga(flops["fvcore_total"]),
+            f"fvcore: 1 fused multiply-add = 1 flop, {size}",
+        ),
+    ]
+    for comp in COMPONENTS:
+        c = flops["by_component"].get(comp, {})
+        rows.append(
+            (
+                "flops",
+                comp,
+                fmt_giga(c.get("paper_macs"), 3),
+                f"paper MACs; fvcore {fmt_giga(c.get('fvcore'))}",
+            )
+        )
+    cross = flops.get("cross_check")
+    if cross:
+        rows.append(
+            (
+                "flops",
+                "cross-check MACs",
+                fmt_giga(cross["macs"], 3),
+                f"FlopCounterMode flops/2 (math SDPA); vs paper MACs {fmt_pct(cross.get('relative_difference'), 3)}",
+            )
+        )
+    for key, metric, why in (
+        ("unsupported_ops", "uncounted, fvcore warns", "no handle, counted as 0"),
+        ("ignored_ops", "uncounted, fvcore silent", "deemed zero-cost by fvcore"),
+    ):
+        ops = flops.get(key, {})
+        listed = ", ".join(f"{op.removeprefix('aten::')}×{n}" for op, n in ops.items())
+        rows.append(("flops", metric, f"{sum(ops.values())} calls", f"{why}: {listed or 'none'}"))
+    return rows
+
+
+def _memory_rows(phase: str, mem: dict[str, Any]) -> list[ProfileRow]:
+    section = f"memory {phase}"
+    if "peak_allocated_bytes" not in mem:
+        return [
+            (
+                section,
+                "peak RSS increase",
+                fmt_mib(mem["peak_rss_increase_bytes"]),
+                f"over {fmt_mib(mem['rss_before_bytes'])} at phase start",
+            )
+        ]
+    return [
+        (section, "peak allocated", fmt_mib(mem["peak_allocated_bytes"]), "torch.cuda, this phase"),
+        (section, "peak reserved", fmt_mib(mem["peak_reserved_bytes"]), "caching allocator"),
+        (
+            section,
+            "NVML used",
+            fmt_mib(mem.get("nvml_used_bytes")),
+            mem.get("nvml_error", "whole device, end of phase"),
+        ),
+    ]
+
+
+def _throughput_rows(phase: str, t: dict[str, Any]) -> list[ProfileRow]:
+    batch = t["batch_size"]
+    req = t.get("requested_batch_size", batch)
+    batch_note = f"batch {batch}" + (f" (requested {req}, halved on OOM)" if req != batch else "")
+    lat = t["latency_s"]
+    iters = (
+        f"{t['iters']} timed iters"
+        + (" (auto-ranged)" if t.get("iters_auto") else "")
+        + f", {t['warmup']} warm-up"
+    )
+    sec = f"{phase} ({t.get('path', 'plain')})"
+    noisy = "NOISY (> 10 %)" if t["noisy"] else "ok (<= 10 %)"
+    rows = [
+        (sec, "images/s", f"{t['img_per_s']:,.2f}", f"{batch_note} / median iteration time"),
+        (sec, "latency median", fmt_ms(lat["median"]), f"per batch of {batch}; {iters}"),
+        (sec, "latency p90 / p99", f"{fmt_ms(lat['p90'])} / {fmt_ms(lat['p99'])}", f"timer {t['timer']}"),
+        (sec, "IQR / median", fmt_pct(t["iqr_over_median"]), noisy),
+    ]
+    ref = t.get("reference")
+    if ref:
+        rows.append(
+            (
+                sec,
+                "img / reference GFLOP",
+                f"{t['img_per_ref_gflop']:,.3f}",
+                f"median over pairs of img/s / reference GFLOP/s; reference: {ref['workload']}, "
+                f"{ref['gflop_per_s']:,.1f} GFLOP/s median",
+            )
+        )
+    return rows
+
+
+def profile_rows(record: dict[str, Any]) -> list[ProfileRow]:
     """Every printed figure with its unit and what it counts."""
     rows = _run_rows(record)
-
-    params = record.get("params") or {}
-    if params:
-        total = params["total"]
-        rows.append(("params", "total", fmt_int(total), f"{total / 1e6:.2f} M parameters"))
-        rows.append(("params", "trainable", fmt_int(params["trainable"]), "requires_grad"))
-        for comp in COMPONENTS:
-            n = params["by_component"].get(comp, 0)
-            share = n / total if total else 0.0
-            rows.append(("params", comp, fmt_int(n), fmt_pct(share)))
-
-    flops = record.get("flops")
-    if flops:
-        size = f"batch 1, {flops['img_size']}x{flops['img_size']}, eval"
-        rows.append(
-            (
-                "flops",
-                "paper MACs",
-                fmt_giga(flops["paper_macs"], 3),
-                f"conv+linear+matmul multiply-adds, {size}",
-            )
-        )
-        rows.append(
-            (
-                "flops",
-                "fvcore total",
-                fmt_giga(flops["fvcore_total"]),
-                f"fvcore: 1 fused multiply-add = 1 flop, {size}",
-            )
-        )
-        for comp in COMPONENTS:
-            c = flops["by_component"].get(comp, {})
-            rows.append(
-                (
-                    "flops",
-                    comp,
-                    fmt_giga(c.get("paper_macs"), 3),
-                    f"paper MACs; fvcore {fmt_giga(c.get('fvcore'))}",
-                )
-            )
-        cross = flops.get("cross_check")
-        if cross:
-            rows.append(
-                (
-                    "flops",
-                    "cross-check MACs",
-                    fmt_giga(cross["macs"], 3),
-                    f"FlopCounterMode flops/2 (math SDPA); vs paper MACs {fmt_pct(cross.get('relative_difference'), 3)}",
-                )
-            )
-        for key, metric, why in (
-            ("unsupported_ops", "uncounted, fvcore warns", "no handle, counted as 0"),
-            ("ignored_ops", "uncounted, fvcore silent", "deemed zero-cost by fvcore"),
-        ):
-            ops = flops.get(key, {})
-            listed = ", ".join(f"{op.removeprefix('aten::')}×{n}" for op, n in ops.items())
-            rows.append(("flops", metric, f"{sum(ops.values())} calls", f"{why}: {listed or 'none'}"))
-
+    rows += _params_rows(record.get("params") or {})
+    rows += _flops_rows(record.get("flops"))
     memory = record.get("memory") or {}
     for phase in PHASES:
-        mem = memory.get(phase)
-        if not mem:
-            continue
-        if "peak_allocated_bytes" in mem:
-            rows.append(
-                (
-                    f"memory {phase}",
-                    "peak allocated",
-                    fmt_mib(mem["peak_allocated_bytes"]),
-                    "torch.cuda, this phase",
-                )
-            )
-            rows.append(
-                (f"memory {phase}", "peak reserved", fmt_mib(mem["peak_reserved_bytes"]), "caching allocator")
-            )
-            rows.append(
-                (
-                    f"memory {phase}",
-                    "NVML used",
-                    fmt_mib(mem.get("nvml_used_bytes")),
-                    mem.get("nvml_error", "whole device, end of phase"),
-                )
-            )
-        else:
-            rows.append(
-                (
-                    f"memory {phase}",
-                    "peak RSS increase",
-                    fmt_mib(mem["peak_rss_increase_bytes"]),
-                    f"over {fmt_mib(mem['rss_before_bytes'])} at phase start",
-                )
-            )
-
+        if memory.get(phase):
+            rows += _memory_rows(phase, memory[phase])
+    throughput = record.get("throughput") or {}
     for phase in PHASES:
-        t = (record.get("throughput") or {}).get(phase)
-        if not t:
-            continue
-        batch = t["batch_size"]
-        req = t.get("requested_batch_size", batch)
-        batch_note = f"batch {batch}" + (f" (requested {req}, halved on OOM)" if req != batch else "")
-        lat = t["latency_s"]
-        iters = (
-            f"{t['iters']} timed iters"
-            + (" (auto-ranged)" if t.get("iters_auto") else "")
-            + f", {t['warmup']} warm-up"
-        )
-        sec = f"{phase} ({t.get('path', 'plain')})"
-        rows.append((sec, "images/s", f"{t['img_per_s']:,.2f}", f"{batch_note} / median iteration time"))
-        rows.append((sec, "latency median", fmt_ms(lat["median"]), f"per batch of {batch}; {iters}"))
-        rows.append(
-            (sec, "latency p90 / p99", f"{fmt_ms(lat['p90'])} / {fmt_ms(lat['p99'])}", f"timer {t['timer']}")
-        )
-        noisy = "NOISY (> 10 %)" if t["noisy"] else "ok (<= 10 %)"
-        rows.append((sec, "IQR / median", fmt_pct(t["iqr_over_median"]), noisy))
-        ref = t.get("reference")
-        if ref:
-            rows.append(
-                (
-                    sec,
-                    "img / reference GFLOP",
-                    f"{t['img_per_ref_gflop']:,.3f}",
-                    f"median over pairs of img/s / reference GFLOP/s; reference: {ref['workload']}, "
-                    f"{ref['gflop_per_s']:,.1f} GFLOP/s median",
-                )
-            )
-    compile_s = record.get("compile_s") or {}
-    for phase, seconds in compile_s.items():
+        if throughput.get(phase):
+            rows += _throughput_rows(phase, throughput[phase])
+    for phase, seconds in (record.get("compile_s") or {}).items():
         rows.append(
             ("compile", phase, f"{seconds:.1f} s", "untimed first call (torch.compile), before the warm-up")
         )
@@ -346,13 +351,8 @@ def config_hash(config: dict[str, Any] | None) -> str | None:
     return config_identity({"config": config})
 
 
-def flat_profile(record: dict[str, Any]) -> dict[str, Any]:
-    """One tidy row of raw (unrounded) values; every record, failed ones too, gives the same columns.
-
-    Columns are listed in docs/records.md ("Tidy profile rows").
-    """
-    env = record.get("environment") or {}
-    settings = record.get("settings") or {}
+def _flat_identity(record: dict[str, Any]) -> dict[str, Any]:
+    """Label, variant and its toggles as columns."""
     variant = record.get("variant") or {}
     config = variant.get("config") or {}
     row: dict[str, Any] = {
@@ -365,24 +365,31 @@ def flat_profile(record: dict[str, Any]) -> dict[str, Any]:
         if field == "fcu_stages" and value is not None:
             value = ",".join(str(s) for s in value) or "none"
         row[field] = value
-    row.update(
-        {
-            "status": record.get("status"),
-            "reason": record.get("reason"),
-            "device": env.get("device", settings.get("device")),
-            "device_name": env.get("device_name") or env.get("cpu_model"),
-            "precision": settings.get("precision"),
-            "threads": env.get("threads", settings.get("threads")),
-            "path": settings.get("path"),
-            "channels_last": settings.get("channels_last"),
-            "mode": settings.get("mode"),
-            "batch_size": settings.get("batch_size"),
-            "img_size": settings.get("img_size"),
-        }
-    )
+    return row
+
+
+def _flat_run(record: dict[str, Any]) -> dict[str, Any]:
+    env = record.get("environment") or {}
+    settings = record.get("settings") or {}
+    return {
+        "status": record.get("status"),
+        "reason": record.get("reason"),
+        "device": env.get("device", settings.get("device")),
+        "device_name": env.get("device_name") or env.get("cpu_model"),
+        "precision": settings.get("precision"),
+        "threads": env.get("threads", settings.get("threads")),
+        "path": settings.get("path"),
+        "channels_last": settings.get("channels_last"),
+        "mode": settings.get("mode"),
+        "batch_size": settings.get("batch_size"),
+        "img_size": settings.get("img_size"),
+    }
+
+
+def _flat_costs(record: dict[str, Any]) -> dict[str, Any]:
+    """Parameter and FLOP counts, whole model and per component."""
     params = record.get("params") or {}
-    row["params_total"] = params.get("total")
-    row["params_trainable"] = params.get("trainable")
+    row: dict[str, Any] = {"params_total": params.get("total"), "params_trainable": params.get("trainable")}
     for comp in COMPONENTS:
         row[f"params_{comp}"] = (params.get("by_component") or {}).get(comp)
     flops = record.get("flops") or {}
@@ -395,27 +402,43 @@ def flat_profile(record: dict[str, Any]) -> dict[str, Any]:
     cross = flops.get("cross_check") or {}
     row["cross_check_macs"] = cross.get("macs")
     row["cross_check_relative_difference"] = cross.get("relative_difference")
+    return row
+
+
+def _flat_phase(phase: str, t: dict[str, Any], mem: dict[str, Any]) -> dict[str, Any]:
+    """Throughput, latency and memory of one phase, each column prefixed with the phase."""
+    lat = t.get("latency_s") or {}
+    row: dict[str, Any] = {
+        f"{phase}_img_per_s": t.get("img_per_s"),
+        f"{phase}_img_per_ref_gflop": t.get("img_per_ref_gflop"),
+        f"{phase}_batch_size": t.get("batch_size"),
+        f"{phase}_requested_batch_size": t.get("requested_batch_size"),
+        f"{phase}_iters": t.get("iters"),
+    }
+    for key in ("median", "p90", "p99", "iqr"):
+        row[f"{phase}_latency_{key}_s"] = lat.get(key)
+    row[f"{phase}_iqr_over_median"] = t.get("iqr_over_median")
+    row[f"{phase}_noisy"] = t.get("noisy")
+    for key in (
+        "peak_rss_increase_bytes",
+        "peak_allocated_bytes",
+        "peak_reserved_bytes",
+        "nvml_used_bytes",
+    ):
+        row[f"{phase}_{key}"] = mem.get(key)
+    return row
+
+
+def flat_profile(record: dict[str, Any]) -> dict[str, Any]:
+    """One tidy row of raw (unrounded) values; every record, failed ones too, gives the same columns.
+
+    Columns are listed in docs/records.md ("Tidy profile rows").
+    """
+    row = _flat_identity(record) | _flat_run(record) | _flat_costs(record)
+    throughput = record.get("throughput") or {}
     memory = record.get("memory") or {}
     for phase in PHASES:
-        t = (record.get("throughput") or {}).get(phase) or {}
-        lat = t.get("latency_s") or {}
-        row[f"{phase}_img_per_s"] = t.get("img_per_s")
-        row[f"{phase}_img_per_ref_gflop"] = t.get("img_per_ref_gflop")
-        row[f"{phase}_batch_size"] = t.get("batch_size")
-        row[f"{phase}_requested_batch_size"] = t.get("requested_batch_size")
-        row[f"{phase}_iters"] = t.get("iters")
-        for key in ("median", "p90", "p99", "iqr"):
-            row[f"{phase}_latency_{key}_s"] = lat.get(key)
-        row[f"{phase}_iqr_over_median"] = t.get("iqr_over_median")
-        row[f"{phase}_noisy"] = t.get("noisy")
-        mem = memory.get(phase) or {}
-        for key in (
-            "peak_rss_increase_bytes",
-            "peak_allocated_bytes",
-            "peak_reserved_bytes",
-            "nvml_used_bytes",
-        ):
-            row[f"{phase}_{key}"] = mem.get(key)
+        row |= _flat_phase(phase, throughput.get(phase) or {}, memory.get(phase) or {})
     row["wall_s"] = record.get("wall_s")
     return row
 

@@ -11,6 +11,7 @@ written now.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import Any, ClassVar, TypeVar, cast
@@ -23,6 +24,8 @@ FINETUNE_SCHEMA = "conformer-bench.finetune"
 SCHEMAS: dict[str, int] = {PROFILE_SCHEMA: 1, SPEED_SCHEMA: 2, FINETUNE_SCHEMA: 1}
 
 R = TypeVar("R", bound="Record")
+S = TypeVar("S", bound="SchemaRecord")
+Readers = Mapping[str, Callable[[Any], Any]]  # field name -> what reads its JSON back
 
 
 class Status(StrEnum):
@@ -79,13 +82,33 @@ def known_fields(cls: type[Any], data: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
+def _dict_of(kind: type[Record]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """Reads a JSON object of ``kind`` records, key by key."""
+    return lambda data: {key: kind.from_dict(value) for key, value in data.items()}
+
+
+def _list_of(kind: type[Record]) -> Callable[[list[Any]], list[Any]]:
+    """Reads a JSON list of ``kind`` records."""
+    return lambda data: [kind.from_dict(value) for value in data]
+
+
 class SchemaRecord(Record):
     """A top-level record: ``schema`` and ``schema_version`` come first in its JSON."""
 
     SCHEMA: ClassVar[str]
+    # Fields that hold nested records.
+    NESTED: ClassVar[Readers] = {}
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": self.SCHEMA, "schema_version": SCHEMAS[self.SCHEMA], **super().to_dict()}
+
+    @classmethod
+    def from_dict(cls: type[S], data: dict[str, Any]) -> S:
+        cls.check_schema(data)
+        values = known_fields(cls, data)
+        for name, read in cls.NESTED.items():
+            values[name] = read(data[name])
+        return cls(**values)
 
     @classmethod
     def check_schema(cls, data: dict[str, Any]) -> None:
@@ -208,6 +231,7 @@ class ProfileRecord(SchemaRecord):
     """A ``conformer-bench.profile`` record: one variant's params, FLOPs, memory and throughput."""
 
     SCHEMA = PROFILE_SCHEMA
+    NESTED: ClassVar[Readers] = {"throughput": _dict_of(ProfiledPhase)}
 
     status: Status  # ok | oom | nan
     reason: str | None
@@ -221,13 +245,6 @@ class ProfileRecord(SchemaRecord):
     throughput: dict[str, ProfiledPhase]
     compile_s: dict[str, float] | None
     wall_s: float
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ProfileRecord:
-        cls.check_schema(data)
-        values = known_fields(cls, data)
-        values["throughput"] = {p: ProfiledPhase.from_dict(t) for p, t in data["throughput"].items()}
-        return cls(**values)
 
 
 # --- speed ---------------------------------------------------------------------------------------------------
@@ -296,6 +313,7 @@ class SpeedRecord(SchemaRecord):
     """A ``conformer-bench.speed`` record: every path of one variant timed interleaved, per precision."""
 
     SCHEMA = SPEED_SCHEMA
+    NESTED: ClassVar[Readers] = {"paths": _dict_of(SpeedPath)}
 
     status: Status  # ok | failed
     reason: str | None
@@ -309,13 +327,6 @@ class SpeedRecord(SchemaRecord):
     ceilings: dict[str, dict[str, Any]]
     paths: dict[str, SpeedPath]
     best_path: str | None
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SpeedRecord:
-        cls.check_schema(data)
-        values = known_fields(cls, data)
-        values["paths"] = {name: SpeedPath.from_dict(e) for name, e in data["paths"].items()}
-        return cls(**values)
 
 
 # --- fine-tune -----------------------------------------------------------------------------------------------
@@ -368,6 +379,7 @@ class FinetuneRecord(SchemaRecord):
     """A ``conformer-bench.finetune`` record."""
 
     SCHEMA = FINETUNE_SCHEMA
+    NESTED: ClassVar[Readers] = {"history": _list_of(FinetuneEpoch), "final": FinetuneFinal.from_dict}
 
     status: Status  # ok | nan | failed
     reason: str | None
@@ -381,11 +393,3 @@ class FinetuneRecord(SchemaRecord):
     history: list[FinetuneEpoch]
     train_curve: list[dict[str, Any]]
     final: FinetuneFinal
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FinetuneRecord:
-        cls.check_schema(data)
-        values = known_fields(cls, data)
-        values["history"] = [FinetuneEpoch.from_dict(e) for e in data["history"]]
-        values["final"] = FinetuneFinal.from_dict(data["final"])
-        return cls(**values)

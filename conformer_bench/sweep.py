@@ -75,6 +75,54 @@ def read_model_list(path: str | os.PathLike[str]) -> list[str]:
     return names
 
 
+def parse_mode(text: str, modes: Sequence[str]) -> str:
+    """``--mode``: exactly one of ``modes``."""
+    found = parse_choices(text, "--mode", modes)
+    if len(found) > 1:
+        raise BenchError(f"--mode takes one of {', '.join(modes)}; both times infer and train")
+    return found[0]
+
+
+def variant_names(variant: str, model_list: str | os.PathLike[str] | None, variant_given: bool) -> list[str]:
+    """The variants to sweep: ``--model-list`` replaces the default ``--variant`` and adds to a given one."""
+    names = split_list(variant)
+    if model_list is not None:
+        listed = read_model_list(model_list)
+        names = list(dict.fromkeys([*names, *listed])) if variant_given else listed
+    if not names:
+        raise BenchError("--variant is empty; give a preset such as tiny (see `conformer-bench variants`)")
+    return names
+
+
+def check_targets(
+    output: str | None,
+    fmt: str | None,
+    append: bool,
+    plot: str | os.PathLike[str] | None,
+    batch_sizes: Sequence[int | None],
+    mode: str,
+) -> None:
+    """Refuse an unwritable ``--output`` or ``--plot``, and ``--append`` or ``--plot`` where they cannot work."""
+    from .files import check_writable
+    from .formatting import file_format
+
+    out_format = file_format(output, fmt) if output is not None else None
+    if output is not None:
+        check_writable(output)
+        if append:
+            check_appendable(output, str(out_format))
+    elif append:
+        raise BenchError("--append needs --output FILE.csv or FILE.jsonl to add the rows to")
+    if plot is not None:
+        if len(batch_sizes) < 2:
+            raise BenchError(
+                "--plot draws throughput against batch size; give several, e.g. --batch-size 1,2,4"
+            )
+        if mode == "none":
+            raise BenchError("--plot needs timed points; use --mode infer, train or both")
+        check_writable(plot)
+
+
 # --- running -------------------------------------------------------------------------------------------------
 
 
@@ -257,6 +305,15 @@ def render(records: Sequence[dict[str, Any]], fmt: str) -> str:
     if fmt == "md":
         return render_rows_md(*_display_rows(records))
     return render_table(records)
+
+
+def render_records(records: Sequence[dict[str, Any]], fmt: str) -> str:
+    """One record as its full form unless ``fmt`` is a row format; several as one row per point."""
+    if len(records) == 1 and fmt not in APPENDABLE:
+        from .formatting import render as render_record
+
+        return render_record(records[0], fmt)
+    return render(records, fmt)
 
 
 def _existing_columns(path: Path, fmt: str) -> list[str] | None:

@@ -19,8 +19,8 @@ class Executor(StrEnum):
     slurm = "slurm"
 
 
-def _job(flag: str, help_text: str) -> Any:
-    return typer.Option(flag, help=help_text, rich_help_panel=JOBS, show_default=False)
+def _job(flag: str, help_text: str, show_default: bool = False) -> Any:
+    return typer.Option(flag, help=help_text, rich_help_panel=JOBS, show_default=show_default)
 
 
 PartitionOpt = Annotated[str | None, _job("--partition", "Slurm partition.")]
@@ -137,28 +137,28 @@ def ablate(
     ] = False,
     executor: Annotated[
         Executor,
-        typer.Option(
+        _job(
             "--executor",
-            help="local: run the cells here; slurm: submit a job per cell (a job array) through submitit; "
+            "local: run the cells here; slurm: submit a job per cell (a job array) through submitit; "
             "submitit-local: the same jobs as processes on this machine.",
-            rich_help_panel=JOBS,
+            show_default=True,
         ),
     ] = Executor.local,
     wait: Annotated[
         bool,
-        typer.Option(
+        _job(
             "--wait/--no-wait",
-            help="Follow the jobs until every cell finished, then write the tables; --no-wait exits after "
+            "Follow the jobs until every cell finished, then write the tables; --no-wait exits after "
             "submitting (follow with --status, then `conformer-bench table`).",
-            rich_help_panel=JOBS,
+            show_default=True,
         ),
     ] = True,
     status: Annotated[
         bool,
-        typer.Option(
+        _job(
             "--status",
-            help="Show each cell's state (queued, running, done, failed) from its job and its record; run nothing.",
-            rich_help_panel=JOBS,
+            "Show each cell's state (queued, running, done, failed) from its job and its record; run nothing.",
+            show_default=True,
         ),
     ] = False,
     partition: PartitionOpt = None,
@@ -178,20 +178,9 @@ def ablate(
 
     Each finished cell is written at once to cells.jsonl; a crash, OOM or NaN in one cell (by default each in a process of its own) is recorded and the rest go on. Exit code 1 when a cell did not finish ok, 2 on bad input.
     """
-    from ..ablate.experiment import load_experiment
-    from ..ablate.runner import grid_context, parse_shard, torchrun_rank
     from ..errors import BenchError
 
-    if profile_mode is not None and profile_mode not in ("infer", "train", "both", "none"):
-        raise BenchError(f"--profile-mode {profile_mode!r} is not valid; use infer, train, both or none")
-    overrides = {"mode": profile_mode} if profile_mode is not None else None
-    exp = load_experiment(experiment, output_dir=output_dir, profile_overrides=overrides)
-    cells = exp.select(only)
-    run_finetune = finetune or exp.finetune_by_default
-    if finetune and not exp.has_finetune:
-        raise BenchError(
-            f"{exp.path}: --finetune needs a [finetune] table (dataset, steps or epochs, seeds); add one or drop --finetune"
-        )
+    exp, cells, run_finetune = _load_cells(experiment, output_dir, profile_mode, only, finetune)
     if limit is not None and not dry_run:
         raise BenchError("--limit only shortens a --dry-run listing; use --only to run some cells")
     if dry_run:
@@ -219,29 +208,11 @@ def ablate(
         _show_status(exp, cells, run_finetune)
         return
     if executor is not Executor.local:
-        if shard or torchrun_rank():
-            raise BenchError(f"--executor {executor.value} runs a job per cell; drop --shard and torchrun")
-        if isolate is False:
-            raise BenchError(
-                f"--no-isolate runs cells in this process; it does not combine with --executor {executor.value}"
-            )
-        _run_jobs(exp, cells, run_finetune, resume, force, executor.value, job_options, wait)
+        _checked_run_jobs(
+            exp, cells, run_finetune, resume, force, executor, isolate, shard, job_options, wait
+        )
         return
-    given = [k for k, v in job_options.items() if v is not None]
-    if given or not wait:
-        flag = "--no-wait" if not wait else "--" + given[0].replace("_", "-")
-        raise BenchError(f"{flag} applies to jobs; add --executor slurm (or submitit-local)")
-
-    shard_arg = parse_shard(shard)
-    ranked = torchrun_rank()
-    if shard_arg and ranked:
-        raise BenchError("--shard and torchrun (RANK/WORLD_SIZE) both split the grid; use one of them")
-    if ranked:
-        dist = grid_context(rank=ranked[0], world=ranked[1], torchrun=True)
-    elif shard_arg:
-        dist = grid_context(rank=shard_arg[0], world=shard_arg[1])
-    else:
-        dist = grid_context()
+    dist = _local_grid(shard, job_options, wait)
     statuses = _run(exp, cells, run_finetune, resume, dist, isolate, force, quiet)
     bad = {label: s for label, s in statuses.items() if s != "ok"}
     if bad:
@@ -250,6 +221,74 @@ def ablate(
             err=True,
         )
         raise typer.Exit(1)
+
+
+def _load_cells(
+    experiment: Path,
+    output_dir: Path | None,
+    profile_mode: str | None,
+    only: list[str] | None,
+    finetune: bool,
+) -> tuple[Any, list[Any], bool]:
+    """The experiment, its selected cells, and whether they are fine-tuned too."""
+    from ..ablate.experiment import load_experiment
+    from ..errors import BenchError
+
+    if profile_mode is not None and profile_mode not in ("infer", "train", "both", "none"):
+        raise BenchError(f"--profile-mode {profile_mode!r} is not valid; use infer, train, both or none")
+    overrides = {"mode": profile_mode} if profile_mode is not None else None
+    exp = load_experiment(experiment, output_dir=output_dir, profile_overrides=overrides)
+    cells = exp.select(only)
+    if finetune and not exp.has_finetune:
+        raise BenchError(
+            f"{exp.path}: --finetune needs a [finetune] table (dataset, steps or epochs, seeds); add one or drop --finetune"
+        )
+    return exp, cells, finetune or exp.finetune_by_default
+
+
+def _checked_run_jobs(
+    exp: Any,
+    cells: list[Any],
+    finetune: bool,
+    resume: bool,
+    force: bool,
+    executor: Executor,
+    isolate: bool | None,
+    shard: str | None,
+    options: dict[str, Any],
+    wait: bool,
+) -> None:
+    """Submit the cells as jobs of ``executor``, refusing the options that split or share this process."""
+    from ..ablate.runner import torchrun_rank
+    from ..errors import BenchError
+
+    if shard or torchrun_rank():
+        raise BenchError(f"--executor {executor.value} runs a job per cell; drop --shard and torchrun")
+    if isolate is False:
+        raise BenchError(
+            f"--no-isolate runs cells in this process; it does not combine with --executor {executor.value}"
+        )
+    _run_jobs(exp, cells, finetune, resume, force, executor.value, options, wait)
+
+
+def _local_grid(shard: str | None, job_options: dict[str, Any], wait: bool) -> Any:
+    """The share of the grid this process runs: a --shard, a torchrun rank, or all of it."""
+    from ..ablate.runner import grid_context, parse_shard, torchrun_rank
+    from ..errors import BenchError
+
+    given = [k for k, v in job_options.items() if v is not None]
+    if given or not wait:
+        flag = "--no-wait" if not wait else "--" + given[0].replace("_", "-")
+        raise BenchError(f"{flag} applies to jobs; add --executor slurm (or submitit-local)")
+    shard_arg = parse_shard(shard)
+    ranked = torchrun_rank()
+    if shard_arg and ranked:
+        raise BenchError("--shard and torchrun (RANK/WORLD_SIZE) both split the grid; use one of them")
+    if ranked:
+        return grid_context(rank=ranked[0], world=ranked[1], torchrun=True)
+    if shard_arg:
+        return grid_context(rank=shard_arg[0], world=shard_arg[1])
+    return grid_context()
 
 
 class _LinesOnly:
@@ -288,7 +327,6 @@ def _run(
     from rich.console import Console
 
     from ..ablate.launch import sigterm_as_exit
-    from ..ablate.progress import RichGridProgress
     from ..ablate.runner import join_ranks, leave_ranks, run_grid, shard_of
     from ..ablate.store import ResultStore
 
@@ -307,13 +345,7 @@ def _run(
     try:
         with sigterm_as_exit():
             try:
-                prefix = f"[rank {dist.rank}/{dist.world_size}] " if dist.world_size > 1 else ""
-                grid = (
-                    _LinesOnly(Console(stderr=True), prefix)
-                    if quiet
-                    else RichGridProgress(len(share), rank=dist.rank, world=dist.world_size)
-                )
-                with grid as progress:
+                with _grid_progress(quiet, len(share), dist) as progress:
                     result = run_grid(
                         exp,
                         cells,
@@ -329,17 +361,7 @@ def _run(
                 what = "terminated" if isinstance(exc, SystemExit) else "interrupted"
                 console.print(f"{what}: finished cells are in {out_dir / 'cells.jsonl'}; rerun with --resume")
                 raise
-        if result.skipped:
-            console.print(
-                f"skipped {len(result.skipped)} unchanged cell(s) (--resume): {', '.join(result.skipped)}"
-            )
-        for label, who in result.elsewhere_running.items():
-            console.print(f"left {label} to {who}, which is running it in this folder")
-        if result.elsewhere_done:
-            console.print(
-                f"{len(result.elsewhere_done)} cell(s) finished by another process on this folder meanwhile: "
-                + ", ".join(result.elsewhere_done)
-            )
+        _print_others(result, console)
         if not result.gathered:
             console.print(
                 f"shard {dist.rank}/{dist.world_size} done; the last shard to finish merges cells.jsonl and writes the tables"
@@ -355,6 +377,33 @@ def _run(
         return result.statuses
     finally:
         leave_ranks(dist)
+
+
+def _grid_progress(quiet: bool, cells: int, dist: Any) -> Any:
+    """Rich bars over the grid, or with ``quiet`` one line per finished cell on stderr."""
+    from rich.console import Console
+
+    from ..ablate.progress import RichGridProgress
+
+    if quiet:
+        prefix = f"[rank {dist.rank}/{dist.world_size}] " if dist.world_size > 1 else ""
+        return _LinesOnly(Console(stderr=True), prefix)
+    return RichGridProgress(cells, rank=dist.rank, world=dist.world_size)
+
+
+def _print_others(result: Any, console: Any) -> None:
+    """The cells this run left alone: unchanged ones (--resume) and those another process ran."""
+    if result.skipped:
+        console.print(
+            f"skipped {len(result.skipped)} unchanged cell(s) (--resume): {', '.join(result.skipped)}"
+        )
+    for label, who in result.elsewhere_running.items():
+        console.print(f"left {label} to {who}, which is running it in this folder")
+    if result.elsewhere_done:
+        console.print(
+            f"{len(result.elsewhere_done)} cell(s) finished by another process on this folder meanwhile: "
+            + ", ".join(result.elsewhere_done)
+        )
 
 
 def _make_output_dir(exp: Any) -> Path:

@@ -13,6 +13,7 @@ import typer
 from ..errors import BenchError
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 def handle_errors(func: F) -> F:
@@ -127,6 +128,12 @@ HeadsOpt = Annotated[
 
 MEASURE = "Measurement"
 OUTPUT = "Output"
+
+
+def measure_option(*decls: str, help_text: str) -> Any:
+    """An option listed under the Measurement panel of ``--help``."""
+    return typer.Option(*decls, help=help_text, rich_help_panel=MEASURE)
+
 
 DeviceOpt = Annotated[
     str,
@@ -359,6 +366,22 @@ def fraction_progress(title: str) -> tuple[Any, Callable[[str, float], None]]:
         progress.update(task, completed=fraction, description=message)
 
     return progress, update
+
+
+def with_progress(title: str, show: bool, run: Callable[..., T]) -> T:
+    """``run(progress=update)`` under a :func:`fraction_progress` bar when ``show``, else ``run()``."""
+    if not show:
+        return run()
+    bar, update = fraction_progress(title)
+    with bar:
+        return run(progress=update)
+
+
+def exit_unless_ok(record: dict[str, Any]) -> None:
+    """Say why on stderr and exit 1 when the record's status is not ok."""
+    if record["status"] != "ok":
+        typer.echo(f"error: {record['reason']}", err=True)
+        raise typer.Exit(1)
 
 
 # The toggle options every variant-building command takes, in --help order (after --variant).

@@ -19,6 +19,7 @@ from .common import (
     QuietOpt,
     VariantOpt,
     aliases,
+    exit_unless_ok,
     handle_errors,
     parse_format,
     toggle_options,
@@ -349,6 +350,11 @@ def finetune(
         print_table(record)
     else:
         typer.echo(render(record, stdout_format), nl=False)
+    _warn_partial_checkpoint(record)
+    exit_unless_ok(record)
+
+
+def _warn_partial_checkpoint(record: dict[str, Any]) -> None:
     ckpt = record.get("checkpoint") or {}
     if ckpt.get("partial"):
         typer.echo(
@@ -357,6 +363,3 @@ def finetune(
             "those weights start from scratch (--allow-partial)",
             err=True,
         )
-    if record["status"] != "ok":
-        typer.echo(f"error: {record['reason']}", err=True)
-        raise typer.Exit(1)

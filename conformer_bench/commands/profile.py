@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from .common import (
-    MEASURE,
     OUTPUT,
     BatchSizesOpt,
     DeviceOpt,
@@ -21,12 +21,13 @@ from .common import (
     QuietOpt,
     ThreadsOpt,
     aliases,
-    fraction_progress,
     given,
     handle_errors,
+    measure_option,
     parse_format,
     toggle_options,
     variant_config,
+    with_progress,
     write_output,
 )
 
@@ -82,74 +83,51 @@ def profile(
     batch_size: BatchSizesOpt = None,
     img_size: ImgSizesOpt = None,
     mode: Annotated[
-        str,
-        typer.Option(
-            "--mode", help="infer, train, both, or none (params and FLOPs only).", rich_help_panel=MEASURE
-        ),
+        str, measure_option("--mode", help_text="infer, train, both, or none (params and FLOPs only).")
     ] = "both",
     precision: PrecisionOpt = "fp32",
     channels_last: Annotated[
-        bool,
-        typer.Option(
-            "--channels-last",
-            help="Channels-last memory format for model and input.",
-            rich_help_panel=MEASURE,
-        ),
+        bool, measure_option("--channels-last", help_text="Channels-last memory format for model and input.")
     ] = False,
     threads: ThreadsOpt = None,
     warmup: Annotated[
         int | None,
-        typer.Option(
-            "--warmup",
-            help="Warm-up iterations per phase (default: 1 on CPU, 10 on GPU).",
-            rich_help_panel=MEASURE,
-        ),
+        measure_option("--warmup", help_text="Warm-up iterations per phase (default: 1 on CPU, 10 on GPU)."),
     ] = None,
     iters: Annotated[
         int | None,
-        typer.Option(
-            "--iters",
-            help="Timed iterations per phase (default: auto-ranged to a time budget).",
-            rich_help_panel=MEASURE,
+        measure_option(
+            "--iters", help_text="Timed iterations per phase (default: auto-ranged to a time budget)."
         ),
     ] = None,
     optimize: Annotated[
         bool,
-        typer.Option(
+        measure_option(
             "--optimize",
-            help="Measure inference on the optimized eager path (folded BN, channels-last).",
-            rich_help_panel=MEASURE,
+            help_text="Measure inference on the optimized eager path (folded BN, channels-last).",
         ),
     ] = False,
     compile_: Annotated[
         bool,
-        typer.Option(
-            "--compile",
-            help="Measure the optimized path under torch.compile (train: torch.compile).",
-            rich_help_panel=MEASURE,
+        measure_option(
+            "--compile", help_text="Measure the optimized path under torch.compile (train: torch.compile)."
         ),
     ] = False,
     timing_reference: Annotated[
         bool,
-        typer.Option(
+        measure_option(
             "--timing-reference",
-            help="CPU: time a fixed fp32 GEMM after every iteration and also report img per reference "
+            help_text="CPU: time a fixed fp32 GEMM after every iteration and also report img per reference "
             "GFLOP, a speed that holds on a shared, noisy host.",
-            rich_help_panel=MEASURE,
         ),
     ] = False,
     flops: Annotated[
-        bool,
-        typer.Option(
-            "--flops/--no-flops", help="Count FLOPs (fvcore, batch 1, eval).", rich_help_panel=MEASURE
-        ),
+        bool, measure_option("--flops/--no-flops", help_text="Count FLOPs (fvcore, batch 1, eval).")
     ] = True,
     cross_check: Annotated[
         bool,
-        typer.Option(
-            "--cross-check/--no-cross-check",
-            help="Cross-check FLOPs with torch's FlopCounterMode.",
-            rich_help_panel=MEASURE,
+        measure_option(
+            "--cross-check/--no-cross-check", help_text="Cross-check FLOPs with torch's FlopCounterMode."
         ),
     ] = True,
     output: OutputOpt = None,
@@ -183,44 +161,19 @@ def profile(
     """
     from .. import sweep
     from ..env import resolve_device
-    from ..errors import BenchError
-    from ..files import check_writable
     from ..flops import refuse_huge
-    from ..formatting import file_format, render
     from ..profiling import MODES, PRECISIONS, ProfileSettings
 
     stdout_format = parse_format(fmt)
-    modes = sweep.parse_choices(mode, "--mode", MODES)
-    if len(modes) > 1:
-        raise BenchError(f"--mode takes one of {', '.join(MODES)}; both times infer and train")
-    mode = modes[0]
+    mode = sweep.parse_mode(mode, MODES)
     precisions = sweep.parse_choices(precision, "--precision", PRECISIONS)
     batch_sizes = sweep.parse_ints(batch_size, "--batch-size")
     img_sizes = sweep.parse_ints(img_size, "--img-size")
-    names = sweep.split_list(variant)
-    if model_list is not None:
-        listed = sweep.read_model_list(model_list)
-        names = list(dict.fromkeys([*names, *listed])) if given("variant") or given("model") else listed
-    if not names:
-        raise BenchError("--variant is empty; give a preset such as tiny (see `conformer-bench variants`)")
+    names = sweep.variant_names(variant, model_list, given("variant") or given("model"))
     configs = list(
         {c.name: c for c in (variant_config(n, **toggles, fused_attn=fused_attn) for n in names)}.values()
     )
-    out_format = file_format(output, fmt) if output is not None else None
-    if output is not None:
-        check_writable(output)
-        if append:
-            sweep.check_appendable(output, str(out_format))
-    elif append:
-        raise BenchError("--append needs --output FILE.csv or FILE.jsonl to add the rows to")
-    if plot is not None:
-        if len(batch_sizes) < 2:
-            raise BenchError(
-                "--plot draws throughput against batch size; give several, e.g. --batch-size 1,2,4"
-            )
-        if mode == "none":
-            raise BenchError("--plot needs timed points; use --mode infer, train or both")
-        check_writable(plot)
+    sweep.check_targets(output, fmt, append, plot, batch_sizes, mode)
     for cfg in configs:
         for size in img_sizes:
             refuse_huge(cfg, size if size is not None else cfg.img_size, force)
@@ -237,28 +190,34 @@ def profile(
         timing_reference=timing_reference,
     )
     sweep_points = sweep.points(configs, batch_sizes, img_sizes, precisions)
-    if not quiet and sys.stderr.isatty():
-        bar, update = fraction_progress("profile")
-        with bar:
-            records = sweep.run_sweep(sweep_points, base, progress=update)
-    else:
-        records = sweep.run_sweep(sweep_points, base)
-    one = len(records) == 1
+    show = not quiet and sys.stderr.isatty()
+    records = with_progress("profile", show, partial(sweep.run_sweep, sweep_points, base))
+    _write_records(records, stdout_format, output, fmt, append, plot)
 
-    def render_as(kind: str) -> str:
-        if one and kind not in sweep.APPENDABLE:
-            return render(records[0], kind)
-        return sweep.render(records, kind)
 
-    typer.echo(render_as(stdout_format), nl=False)
+def _write_records(
+    records: list[dict[str, Any]],
+    stdout_format: str,
+    output: str | None,
+    fmt: str | None,
+    append: bool,
+    plot: Path | None,
+) -> None:
+    """Print the records, write ``--output`` and ``--plot``; exit 1 when a point did not finish ok."""
+    from .. import sweep
+
+    typer.echo(sweep.render_records(records, stdout_format), nl=False)
     if output is not None:
-        writer = (lambda kind: sweep.appended(output, records, kind)) if append else render_as
-        write_output(output, writer, fmt)
+        out = output
+        if append:
+            write_output(out, lambda kind: sweep.appended(out, records, kind), fmt)
+        else:
+            write_output(out, lambda kind: sweep.render_records(records, kind), fmt)
     if plot is not None:
         sweep.plot(records, plot)
         typer.echo(f"wrote {plot}", err=True)
     bad = [sweep.status_text(r) for r in records if r["status"] != "ok"]
-    if bad and not one:
+    if bad and len(records) > 1:
         typer.echo(f"{len(bad)} of {len(records)} point(s) did not finish ok", err=True)
     if bad:
         raise typer.Exit(1)

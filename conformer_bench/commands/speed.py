@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Any
 
 import typer
 
 from .common import (
-    MEASURE,
     BatchSizeOpt,
     DeviceOpt,
     ForceOpt,
@@ -19,11 +19,13 @@ from .common import (
     ThreadsOpt,
     VariantOpt,
     aliases,
-    fraction_progress,
+    exit_unless_ok,
     handle_errors,
+    measure_option,
     parse_format,
     toggle_options,
     variant_config,
+    with_progress,
     write_output,
 )
 
@@ -45,77 +47,59 @@ conformer-bench speed --variant small --device cuda --batch-size 64 --precision 
 def speed(
     variant: VariantOpt = "tiny",
     paths: Annotated[
-        str,
-        typer.Option("--paths", help="Comma list of plain, optimized, compiled.", rich_help_panel=MEASURE),
+        str, measure_option("--paths", help_text="Comma list of plain, optimized, compiled.")
     ] = "plain,optimized,compiled",
     precision: PrecisionOpt = "fp32,bf16",
     device: DeviceOpt = "auto",
     batch_size: BatchSizeOpt = 8,
     img_size: ImgSizeOpt = None,
     rounds: Annotated[
-        int,
-        typer.Option(
-            "--rounds", help="Interleaved rounds (one forward per path each).", rich_help_panel=MEASURE
-        ),
+        int, measure_option("--rounds", help_text="Interleaved rounds (one forward per path each).")
     ] = 10,
     warmup: Annotated[
-        int,
-        typer.Option(
-            "--warmup", help="Warm-up calls per path after the first call.", rich_help_panel=MEASURE
-        ),
+        int, measure_option("--warmup", help_text="Warm-up calls per path after the first call.")
     ] = 2,
     threads: ThreadsOpt = None,
     matmul_size: Annotated[
         int,
-        typer.Option(
-            "--matmul-size",
-            help="n of the n×n matmul timed as the ceiling, once per precision.",
-            rich_help_panel=MEASURE,
+        measure_option(
+            "--matmul-size", help_text="n of the n×n matmul timed as the ceiling, once per precision."
         ),
     ] = 2048,
     fold_bn: Annotated[
         bool,
-        typer.Option(
-            "--fold-bn/--no-fold-bn",
-            help="Fold BatchNorm into convs (optimized, compiled).",
-            rich_help_panel=MEASURE,
+        measure_option(
+            "--fold-bn/--no-fold-bn", help_text="Fold BatchNorm into convs (optimized, compiled)."
         ),
     ] = True,
     channels_last: Annotated[
         bool,
-        typer.Option(
-            "--channels-last/--no-channels-last",
-            help="Channels-last weights (optimized, compiled).",
-            rich_help_panel=MEASURE,
+        measure_option(
+            "--channels-last/--no-channels-last", help_text="Channels-last weights (optimized, compiled)."
         ),
     ] = True,
     fuse_pointwise: Annotated[
         bool,
-        typer.Option(
+        measure_option(
             "--fuse/--no-fuse",
-            help="Fused oneDNN conv/linear + activation/residual ops (optimized, CPU fp32).",
-            rich_help_panel=MEASURE,
+            help_text="Fused oneDNN conv/linear + activation/residual ops (optimized, CPU fp32).",
         ),
     ] = True,
     pool_first: Annotated[
         bool,
-        typer.Option(
+        measure_option(
             "--pool-first/--no-pool-first",
-            help="FCU-down: average-pool before the 1x1 projection (exact; optimized, compiled).",
-            rich_help_panel=MEASURE,
+            help_text="FCU-down: average-pool before the 1x1 projection (exact; optimized, compiled).",
         ),
     ] = True,
     agreement_images: Annotated[
         int,
-        typer.Option(
+        measure_option(
             "--agreement-images",
-            help="Seeded images on which top-1 agreement with plain fp32 is counted (0: none).",
-            rich_help_panel=MEASURE,
+            help_text="Seeded images on which top-1 agreement with plain fp32 is counted (0: none).",
         ),
     ] = 32,
-    seed: Annotated[
-        int, typer.Option("--seed", help="Seed of weights and input.", rich_help_panel=MEASURE)
-    ] = 0,
+    seed: Annotated[int, measure_option("--seed", help_text="Seed of weights and input.")] = 0,
     output: OutputOpt = None,
     fmt: FormatOpt = None,
     quiet: QuietOpt = False,
@@ -161,14 +145,7 @@ def speed(
     refuse_huge(cfg, settings.img_size, force)
     if output is not None:
         check_writable(output)
-    if quiet:
-        record = measure_speed(cfg, settings)
-    else:
-        progress, update = fraction_progress("speed")
-        with progress:
-            record = measure_speed(cfg, settings, progress=update)
+    record = with_progress("speed", not quiet, partial(measure_speed, cfg, settings))
     write_output(output, render_as, fmt)
     typer.echo(render_as(stdout_format), nl=False)
-    if record["status"] != "ok":
-        typer.echo(f"error: {record['reason']}", err=True)
-        raise typer.Exit(1)
+    exit_unless_ok(record)

@@ -46,11 +46,11 @@ def table(
     ] = None,
 ) -> None:
     """Rewrite summary.csv, summary.md (summary.tex with --format latex) and figures/ from cells.jsonl."""
-    from ..ablate.store import CELLS_FILE, ResultStore
-    from ..ablate.summary import ordered, rich_tables, to_csv, to_latex, to_markdown, write_summary
+    from ..ablate.store import ResultStore
+    from ..ablate.summary import ordered, write_summary
     from ..errors import BenchError
-    from ..files import atomic_write_text, dumps_json
-    from ..formatting import FORMATS, csv_to_jsonl, parse_format
+    from ..files import atomic_write_text
+    from ..formatting import FORMATS, parse_format
 
     kind = parse_format(fmt, default="md", choices=(*FORMATS, "latex"))
 
@@ -59,6 +59,26 @@ def table(
             f"{str(results_dir)!r} is not a folder; pass the results folder of an ablation (e.g. results/ci)"
         )
     store = ResultStore(results_dir)
+    records, meta = _current_records(store, results_dir)
+    order, base_label = _order_and_base(records, meta, base)
+    name = meta.get("name") or results_dir.name
+    title = f"{name}: {meta['description']}" if meta.get("description") else name
+    rows = ordered(records, order)
+    with store.locked():  # an ablate starting on this folder clears temporary files under the same lock
+        df, notes, paths = write_summary(results_dir, rows, base_label, title)
+        text = _summary_text(kind, df, notes, title)
+        if kind == "latex":
+            paths["latex"] = atomic_write_text(results_dir / "summary.tex", text)
+    typer.echo(text, nl=False)
+    for kind, path in paths.items():
+        typer.echo(f"wrote {kind}: {path}", err=True)
+
+
+def _current_records(store: Any, results_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The newest record of each cell, stale ones left out (with a note), and the experiment's metadata."""
+    from ..ablate.store import CELLS_FILE
+    from ..errors import BenchError
+
     records = store.latest()  # no lock needed to read: records are appended whole, compaction renames
     meta = store.experiment()
     stale = store.stale(records)
@@ -77,6 +97,13 @@ def table(
             raise BenchError(
                 f"every record in {results_dir} is stale; rerun `conformer-bench ablate` on its experiment"
             )
+    return records, meta
+
+
+def _order_and_base(records: dict[str, Any], meta: dict[str, Any], base: str | None) -> tuple[list[str], str]:
+    """The cells in the experiment's order, and the one deltas are taken against."""
+    from ..errors import BenchError
+
     order = [lbl for lbl in meta.get("labels", []) if lbl in records] or list(records)
     extra = [lbl for lbl in records if lbl not in order]
     if extra and meta:
@@ -93,27 +120,24 @@ def table(
         base_label = order[0]
     if base_label not in records:
         raise BenchError(f"--base {base_label!r} is not a recorded cell; choose one of: {', '.join(order)}")
-    name = meta.get("name") or results_dir.name
-    title = f"{name}: {meta['description']}" if meta.get("description") else name
-    rows = ordered(records, order)
-    with store.locked():  # an ablate starting on this folder clears temporary files under the same lock
-        df, notes, paths = write_summary(results_dir, rows, base_label, title)
-        if kind == "csv":
-            text = to_csv(df)
-        elif kind in ("jsonl", "json"):
-            text = csv_to_jsonl(to_csv(df))
-            if kind == "json":
-                text = dumps_json([json.loads(line) for line in text.splitlines()])
-        elif kind == "table":
-            text = _rich_text(rich_tables(df, notes, title))
-        elif kind == "latex":
-            text = to_latex(df, notes, title)
-            paths["latex"] = atomic_write_text(results_dir / "summary.tex", text)
-        else:
-            text = to_markdown(df, notes, title)
-    typer.echo(text, nl=False)
-    for kind, path in paths.items():
-        typer.echo(f"wrote {kind}: {path}", err=True)
+    return order, base_label
+
+
+def _summary_text(kind: str, df: Any, notes: Any, title: str) -> str:
+    from ..ablate.summary import rich_tables, to_csv, to_latex, to_markdown
+    from ..files import dumps_json
+    from ..formatting import csv_to_jsonl
+
+    if kind == "csv":
+        return to_csv(df)
+    if kind in ("jsonl", "json"):
+        text = csv_to_jsonl(to_csv(df))
+        return dumps_json([json.loads(line) for line in text.splitlines()]) if kind == "json" else text
+    if kind == "table":
+        return _rich_text(rich_tables(df, notes, title))
+    if kind == "latex":
+        return to_latex(df, notes, title)
+    return to_markdown(df, notes, title)
 
 
 def _rich_text(tables: list[Any]) -> str:

@@ -157,10 +157,45 @@ class _CountSdpa:
         self.torch = torch
 
 
+def _autocast(device_type: str, name: str) -> Any:
+    """Autocast to ``name`` (bf16 / fp16), or no autocast for fp32."""
+    import torch
+
+    if name == "fp32":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[name]
+    return torch.autocast(device_type=device_type, dtype=dtype)
+
+
+def _fused_sdpa_entry(sdpa_model: Any, x: Any, device_type: str, name: str) -> dict[str, Any]:
+    """The optimized path with SDPA limited to flash + memory-efficient kernels vs any backend."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from ..speed import max_rel_diff
+
+    entry: dict[str, Any] = {
+        "what": f"optimized path, {name}, SDPA limited to flash + memory-efficient vs any backend"
+    }
+    try:
+        with _autocast(device_type, name):
+            unrestricted = sdpa_model(x)
+            counter = _CountSdpa()
+            with (
+                sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]),
+                counter.mode,
+            ):
+                restricted = sdpa_model(x)
+        entry.update(max_rel_diff=max_rel_diff(restricted, unrestricted), sdpa_calls=counter.calls)
+        if counter.calls == 0:
+            entry["error"] = "the optimized path made no scaled_dot_product_attention call"
+    except RuntimeError as exc:
+        entry.update(max_rel_diff=None, error=f"RuntimeError: {str(exc).strip().splitlines()[0]}")
+    return entry
+
+
 def compare_logits(plan: Plan) -> dict[str, Any]:
     """Logits of one batch: bf16 / fp16 vs fp32, optimized vs plain, SDPA restricted to fused kernels."""
     import torch
-    from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from conformer import optimize_for_inference
 
@@ -172,7 +207,6 @@ def compare_logits(plan: Plan) -> dict[str, Any]:
     size = plan.img_size
     x = torch.randn(plan.logits_batch, 3, size, size, generator=gen).to(device)
     device_type = "cuda" if cuda else "cpu"
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
     comparisons: dict[str, dict[str, Any]] = {}
     with torch.inference_mode():
         with tf32_off():
@@ -183,7 +217,7 @@ def compare_logits(plan: Plan) -> dict[str, Any]:
                 "max_rel_diff": max_rel_diff(optimized(x), reference),
             }
         for name in ("bf16", "fp16") if cuda else ("bf16",):
-            with torch.autocast(device_type=device_type, dtype=dtypes[name]):
+            with _autocast(device_type, name):
                 out = model(x)
             comparisons[f"{name}_vs_fp32"] = {
                 "what": f"plain model under {name} autocast vs fp32 with TF32 off",
@@ -191,29 +225,7 @@ def compare_logits(plan: Plan) -> dict[str, Any]:
             }
         sdpa_model = optimize_for_inference(model, fuse_pointwise=False)
         for name in ("bf16", "fp32"):
-            autocast = (
-                torch.autocast(device_type=device_type, dtype=dtypes[name])
-                if name != "fp32"
-                else contextlib.nullcontext()
-            )
-            entry: dict[str, Any] = {
-                "what": f"optimized path, {name}, SDPA limited to flash + memory-efficient vs any backend"
-            }
-            try:
-                with autocast:
-                    unrestricted = sdpa_model(x)
-                    counter = _CountSdpa()
-                    with (
-                        sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]),
-                        counter.mode,
-                    ):
-                        restricted = sdpa_model(x)
-                entry.update(max_rel_diff=max_rel_diff(restricted, unrestricted), sdpa_calls=counter.calls)
-                if counter.calls == 0:
-                    entry["error"] = "the optimized path made no scaled_dot_product_attention call"
-            except RuntimeError as exc:
-                entry.update(max_rel_diff=None, error=f"RuntimeError: {str(exc).strip().splitlines()[0]}")
-            comparisons[f"sdpa_fused_{name}"] = entry
+            comparisons[f"sdpa_fused_{name}"] = _fused_sdpa_entry(sdpa_model, x, device_type, name)
     return {
         "schema": "conformer-bench.gpu-check.logits",
         "schema_version": 1,
@@ -432,6 +444,83 @@ def write_summary(runner: Runner, out_dir: Path, *, keep_console: bool = False) 
     return 1 if failed else 0
 
 
+class CheckSteps:
+    """The steps of one check run that are more than a call: each writes its record under ``out_dir``."""
+
+    def __init__(self, plan: Plan, out_dir: Path, runner: Runner, profiler: Profiler, nproc: int) -> None:
+        self.plan, self.out_dir = plan, out_dir
+        self.runner, self.profiler, self.nproc = runner, profiler, nproc
+
+    def ceilings(self) -> str:
+        record = measure_ceilings(self.plan)
+        write_json(self.out_dir / "ceilings.json", record)
+        return ", ".join(f"{k} {c['gflop_s'] / 1e3:.3g} TFLOP/s" for k, c in record["ceilings"].items())
+
+    def logits(self) -> str:
+        record = compare_logits(self.plan)
+        write_json(self.out_dir / "logits.json", record)
+        return ", ".join(
+            f"{k} {c.get('max_rel_diff') or 0:.1e}" + (" ERROR" if c.get("error") else "")
+            for k, c in record["comparisons"].items()
+        )
+
+    def finetune_args(self, record: str, *extra: str) -> list[str]:
+        """The micro fine-tune on this device, writing its JSON record to ``out_dir / record``."""
+        plan, out_dir = self.plan, self.out_dir
+        return ["finetune", "--variant", plan.finetune_variant, "--device", plan.device, *extra,
+                "--no-progress", "--format", "json", "--output", str(out_dir / record)]  # fmt: skip
+
+    def finetune(self) -> tuple[str, int]:
+        args = self.finetune_args("finetune.json")
+        return run_cli(self.runner, args, self.out_dir / "finetune.log", cap_s=self.plan.subprocess_cap_s)
+
+    def ablate(self) -> tuple[str, int]:
+        experiment = ablate_experiment(self.plan, self.out_dir)
+        return run_cli(
+            self.runner,
+            ["ablate", str(experiment), "--output-dir", str(self.out_dir / "ablate")],
+            self.out_dir / "ablate.log",
+            cap_s=self.plan.subprocess_cap_s,
+        )
+
+    def report(self) -> tuple[str, int]:
+        out_dir = self.out_dir
+        grid = str(out_dir / "ablate")
+        args = [
+            "report",
+            "--baseline",
+            grid,
+            "--current",
+            grid,
+            "--markdown",
+            str(out_dir / "report.md"),
+            "--json",
+            str(out_dir / "report.json"),
+        ]
+        return run_cli(self.runner, args, out_dir / "report.log", cap_s=60)
+
+    def torchrun(self) -> tuple[str, int]:
+        if self.nproc < 2:
+            return f"skipped: NCCL needs 2 GPUs, {self.nproc} visible", 0
+        args = self.finetune_args("torchrun-finetune.json", "--steps", str(self.plan.torchrun_steps))
+        module = [
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={self.nproc}",
+            "-m",
+            "conformer_bench",
+        ]
+        return run_cli(
+            self.runner, args, self.out_dir / "torchrun.log", cap_s=self.plan.subprocess_cap_s, module=module
+        )
+
+    def oom(self) -> str:
+        if self.plan.oom is None:
+            return "skipped: needs CUDA (no OOM error to catch on CPU)"
+        return describe_profile(self.profiler.run(self.plan.oom, iters=2, warmup=1))
+
+
 def run_check(plan: Plan, out_dir: Path) -> int:
     """Every step in order of importance; returns the exit code (0: all PASS/SKIP, 1: a FAIL)."""
     import torch
@@ -448,86 +537,21 @@ def run_check(plan: Plan, out_dir: Path) -> int:
         + (" — CPU rehearsal: smallest sizes, CUDA-only checks skipped" if plan.rehearsal else "")
     )
     profiler = Profiler(plan, out_dir)
-
-    def ceilings() -> str:
-        record = measure_ceilings(plan)
-        write_json(out_dir / "ceilings.json", record)
-        return ", ".join(f"{k} {c['gflop_s'] / 1e3:.3g} TFLOP/s" for k, c in record["ceilings"].items())
-
-    def logits() -> str:
-        record = compare_logits(plan)
-        write_json(out_dir / "logits.json", record)
-        return ", ".join(
-            f"{k} {c.get('max_rel_diff') or 0:.1e}" + (" ERROR" if c.get("error") else "")
-            for k, c in record["comparisons"].items()
-        )
-
-    def finetune_args(record: str, *extra: str) -> list[str]:
-        """The micro fine-tune on this device, writing its JSON record to ``out_dir / record``."""
-        return ["finetune", "--variant", plan.finetune_variant, "--device", device, *extra,
-                "--no-progress", "--format", "json", "--output", str(out_dir / record)]  # fmt: skip
-
-    def finetune() -> tuple[str, int]:
-        args = finetune_args("finetune.json")
-        return run_cli(runner, args, out_dir / "finetune.log", cap_s=plan.subprocess_cap_s)
-
-    def ablate() -> tuple[str, int]:
-        experiment = ablate_experiment(plan, out_dir)
-        return run_cli(
-            runner,
-            ["ablate", str(experiment), "--output-dir", str(out_dir / "ablate")],
-            out_dir / "ablate.log",
-            cap_s=plan.subprocess_cap_s,
-        )
-
-    def report() -> tuple[str, int]:
-        grid = str(out_dir / "ablate")
-        args = [
-            "report",
-            "--baseline",
-            grid,
-            "--current",
-            grid,
-            "--markdown",
-            str(out_dir / "report.md"),
-            "--json",
-            str(out_dir / "report.json"),
-        ]
-        return run_cli(runner, args, out_dir / "report.log", cap_s=60)
-
     nproc = min(2, torch.cuda.device_count()) if cuda else 2
-
-    def torchrun() -> tuple[str, int]:
-        if nproc < 2:
-            return f"skipped: NCCL needs 2 GPUs, {nproc} visible", 0
-        args = finetune_args("torchrun-finetune.json", "--steps", str(plan.torchrun_steps))
-        module = [
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc_per_node={nproc}",
-            "-m",
-            "conformer_bench",
-        ]
-        return run_cli(runner, args, out_dir / "torchrun.log", cap_s=plan.subprocess_cap_s, module=module)
-
-    def oom() -> str:
-        if plan.oom is None:
-            return "skipped: needs CUDA (no OOM error to catch on CPU)"
-        return describe_profile(profiler.run(plan.oom, iters=2, warmup=1))
+    steps = CheckSteps(plan, out_dir, runner, profiler, nproc)
 
     gpu = not plan.rehearsal
     # Most telling first: when the budget runs short, the last steps are the ones skipped.
-    runner.step("ceilings", 5, ceilings)
-    runner.step("logits", 15 if gpu else 30, logits)
+    runner.step("ceilings", 5, steps.ceilings)
+    runner.step("logits", 15 if gpu else 30, steps.logits)
     runner.step("profile-matrix", 60, lambda: run_matrix(runner, profiler))
-    runner.step("finetune", 25 if gpu else 60, finetune)
-    runner.step("profile-oom", 15 if cuda else 0, oom)
+    runner.step("finetune", 25 if gpu else 60, steps.finetune)
+    runner.step("profile-oom", 15 if cuda else 0, steps.oom)
     runner.step("profile-compiled", 50 if gpu else 30, lambda: describe_profile(profiler.run(plan.compiled)))
     runner.step("speed", 30, lambda: run_speed(plan, out_dir))
-    runner.step("ablate", 35 if gpu else 60, ablate)
-    runner.step("report", 5, report)
-    runner.step("torchrun", (25 if gpu else 60) if nproc > 1 else 0, torchrun)
+    runner.step("ablate", 35 if gpu else 60, steps.ablate)
+    runner.step("report", 5, steps.report)
+    runner.step("torchrun", (25 if gpu else 60) if nproc > 1 else 0, steps.torchrun)
     return write_summary(runner, out_dir)
 
 

@@ -178,28 +178,45 @@ def _noisy(row: Row, base: Metric, cur: Metric, spec: MetricSpec) -> None:
     if b_center <= 0:
         row.status, row.note = "NOT COMPARABLE", "baseline value is not positive"
         return
-    ratio = c_center / b_center
-    row.delta_rel = ratio - 1.0
-    if spec.timing:
-        differ = [k for k in TIMING_KEYS if dict(base.timing_env).get(k) != dict(cur.timing_env).get(k)]
-        if differ:
-            row.status, row.note = "NOT COMPARABLE", "environment differs: " + ", ".join(differ)
-            return
-    for side, samples in (("baseline", base.samples), ("current", cur.samples)):
-        iqr_rel, cv = _spread(samples)
-        limit_iqr, limit_cv = spec.unstable_iqr_over_median, spec.unstable_cv
-        if limit_iqr is not None and iqr_rel > limit_iqr:
-            row.status, row.note = "UNSTABLE", f"{side} IQR/median {iqr_rel:.1%} > {limit_iqr:.0%}"
-            return
-        if limit_cv is not None and cv > limit_cv:
-            row.status, row.note = "UNSTABLE", f"{side} CV {cv:.1%} > {limit_cv:.0%}"
-            return
+    row.delta_rel = c_center / b_center - 1.0
+    unfit = _unfit(base, cur, spec)
+    if unfit is not None:
+        row.status, row.note = unfit
+        return
     low, high = _ratio_interval(cur.samples, base.samples, spec)
     p = mann_whitney_p(base.samples, cur.samples)
     if len(base.samples) >= 2 and len(cur.samples) >= 2:  # a single sample has no interval nor test
         row.ci, row.p_value = (low, high), p
+    _noisy_status(row, base, cur, spec, (low, high), p)
 
-    bad_rel, bad_abs = _bad(ratio - 1.0, spec.direction), _bad(c_center - b_center, spec.direction)
+
+def _unfit(base: Metric, cur: Metric, spec: MetricSpec) -> tuple[str, str] | None:
+    """Status and note when the sides cannot be judged: timings of other environments, or too much spread."""
+    if spec.timing:
+        differ = [k for k in TIMING_KEYS if dict(base.timing_env).get(k) != dict(cur.timing_env).get(k)]
+        if differ:
+            return "NOT COMPARABLE", "environment differs: " + ", ".join(differ)
+    for side, samples in (("baseline", base.samples), ("current", cur.samples)):
+        iqr_rel, cv = _spread(samples)
+        limit_iqr, limit_cv = spec.unstable_iqr_over_median, spec.unstable_cv
+        if limit_iqr is not None and iqr_rel > limit_iqr:
+            return "UNSTABLE", f"{side} IQR/median {iqr_rel:.1%} > {limit_iqr:.0%}"
+        if limit_cv is not None and cv > limit_cv:
+            return "UNSTABLE", f"{side} CV {cv:.1%} > {limit_cv:.0%}"
+    return None
+
+
+def _noisy_status(
+    row: Row, base: Metric, cur: Metric, spec: MetricSpec, ratio_ci: tuple[float, float], p: float
+) -> None:
+    """FAIL, WARN, NOISY or IMPROVED from the thresholds, the ratio's interval and the test's p-value."""
+    assert row.baseline is not None and row.current is not None
+    b_center, c_center = row.baseline, row.current
+    low, high = ratio_ci
+    bad_rel, bad_abs = (
+        _bad(c_center / b_center - 1.0, spec.direction),
+        _bad(c_center - b_center, spec.direction),
+    )
     bad_least, bad_most = _bad_interval(low - 1.0, high - 1.0, spec.direction)
 
     def significant(rel_t: float | None, abs_t: float | None, good: bool = False) -> bool:
@@ -344,6 +361,31 @@ def environment_mismatch(baseline: dict[str, Any], current: dict[str, Any]) -> d
 
 def compare(baseline: MetricSet, current: MetricSet, thresholds: Thresholds) -> Comparison:
     """Compare every metric of ``baseline`` and ``current``; raises BenchError when nothing can be compared."""
+    _check_comparable(baseline, current)
+    rows: list[Row] = []
+    crashed_lost: dict[str, int] = {}  # crash prefix -> baseline metrics it took away
+    for name in sorted(set(baseline.metrics) | set(current.metrics)):
+        base, cur = baseline.metrics.get(name), current.metrics.get(name)
+        crash = current.crash_for(name)
+        if cur is None and crash is not None:
+            crashed_lost[crash[0]] = crashed_lost.get(crash[0], 0) + 1
+            continue
+        rows.append(_metric_row(name, base, cur, baseline, thresholds))
+    _decide_accuracy(rows)
+    for row in rows:  # MISSING and CHANGED block even where a metric's rule is set not to gate.
+        row.blocking = row.status in BLOCKING and (row.spec is None or row.spec.gate or row.status != "FAIL")
+    rows += _crash_rows(baseline, current, crashed_lost)
+    rows.sort(key=lambda r: r.sort_key)
+    return Comparison(
+        baseline,
+        current,
+        rows,
+        environment_mismatch(baseline.environment, current.environment),
+        thresholds.sources,
+    )
+
+
+def _check_comparable(baseline: MetricSet, current: MetricSet) -> None:
     if baseline.source_kind != current.source_kind:
         raise BenchError(
             f"baseline holds {baseline.source_kind} metrics but current holds {current.source_kind} metrics; "
@@ -360,43 +402,40 @@ def compare(baseline: MetricSet, current: MetricSet, thresholds: Thresholds) -> 
         )
         raise BenchError(f"current {current.source} holds no measured metric ({why}); rerun the measurement")
 
-    rows: list[Row] = []
-    crashed_lost: dict[str, int] = {}  # crash prefix -> baseline metrics it took away
-    for name in sorted(set(baseline.metrics) | set(current.metrics)):
-        base, cur = baseline.metrics.get(name), current.metrics.get(name)
-        crash = current.crash_for(name)
-        if cur is None and crash is not None:
-            crashed_lost[crash[0]] = crashed_lost.get(crash[0], 0) + 1
-            continue
-        ref = cur or base
-        assert ref is not None
-        spec = thresholds.spec_for(ref)
-        row = Row(name, "OK", False, spec.kind, spec.direction, spec.unit, spec=spec)
-        if base is not None:
-            row.n_baseline, row.baseline = len(base.samples), _center(base.samples, spec.statistic)
-        if cur is not None:
-            row.n_current, row.current = len(cur.samples), _center(cur.samples, spec.statistic)
-        if base is None:
-            row.status = "NEW"
-            old_crash = baseline.crash_for(name)
-            row.note = f"crashed in the baseline ({old_crash[1]})" if old_crash else "not in the baseline"
-        elif cur is None:
-            row.status, row.note = "MISSING", "not in the current results"
-        elif base.context != cur.context and base.context is not None and cur.context is not None:
-            row.status = "CHANGED"
-            row.note = f"cell config differs (hash {base.context} -> {cur.context})"
-        elif spec.kind == "exact":
-            _exact(row, base, cur)
-        elif spec.kind == "accuracy":
-            _accuracy(row, base, cur, spec)
-        else:
-            _noisy(row, base, cur, spec)
-        rows.append(row)
-    _decide_accuracy(rows)
-    for row in rows:  # MISSING and CHANGED block even where a metric's rule is set not to gate.
-        row.blocking = row.status in BLOCKING and (row.spec is None or row.spec.gate or row.status != "FAIL")
 
-    # One row per crashed record (a whole cell, a seed set, a timing section), not one per lost metric.
+def _metric_row(
+    name: str, base: Metric | None, cur: Metric | None, baseline: MetricSet, thresholds: Thresholds
+) -> Row:
+    """One metric's row, judged by its kind's rule (accuracy rows get their status later)."""
+    ref = cur or base
+    assert ref is not None
+    spec = thresholds.spec_for(ref)
+    row = Row(name, "OK", False, spec.kind, spec.direction, spec.unit, spec=spec)
+    if base is not None:
+        row.n_baseline, row.baseline = len(base.samples), _center(base.samples, spec.statistic)
+    if cur is not None:
+        row.n_current, row.current = len(cur.samples), _center(cur.samples, spec.statistic)
+    if base is None:
+        row.status = "NEW"
+        old_crash = baseline.crash_for(name)
+        row.note = f"crashed in the baseline ({old_crash[1]})" if old_crash else "not in the baseline"
+    elif cur is None:
+        row.status, row.note = "MISSING", "not in the current results"
+    elif base.context != cur.context and base.context is not None and cur.context is not None:
+        row.status = "CHANGED"
+        row.note = f"cell config differs (hash {base.context} -> {cur.context})"
+    elif spec.kind == "exact":
+        _exact(row, base, cur)
+    elif spec.kind == "accuracy":
+        _accuracy(row, base, cur, spec)
+    else:
+        _noisy(row, base, cur, spec)
+    return row
+
+
+def _crash_rows(baseline: MetricSet, current: MetricSet, crashed_lost: dict[str, int]) -> list[Row]:
+    """One row per crashed record (a whole cell, a seed set, a timing section), not one per lost metric."""
+    rows = []
     for prefix, reason in sorted(current.crashed.items()):
         lost = crashed_lost.get(prefix, 0)
         known = prefix in baseline.crashed
@@ -406,12 +445,4 @@ def compare(baseline: MetricSet, current: MetricSet, thresholds: Thresholds) -> 
             note = f"{reason} (crashed in the baseline too)" if known else f"{reason}; not in the baseline"
         blocking = bool(lost) or not known
         rows.append(Row(f"{prefix}*", "CRASHED", blocking, "-", "-", "", n_baseline=lost, note=note))
-
-    rows.sort(key=lambda r: r.sort_key)
-    return Comparison(
-        baseline,
-        current,
-        rows,
-        environment_mismatch(baseline.environment, current.environment),
-        thresholds.sources,
-    )
+    return rows
