@@ -159,10 +159,10 @@ def test_extra_ceilings_are_timed_in_the_same_rounds() -> None:
 
 
 def test_a_schema_1_record_renders() -> None:
-    """Records of schema 1 (one autocast precision for all paths, e.g. the GPU check's) still render."""
+    """Records of schema 1 (one autocast precision for all paths; an H100 GPU check's) still render."""
     from conformer_bench.speed import render
 
-    path = Path(__file__).parent.parent / "results/gpu/nvidia-h100-80gb-hbm3/speed.json"
+    path = Path(__file__).parent / "fixtures" / "speed_schema1_h100.json"
     record = json.loads(path.read_text())
     assert record["schema_version"] == 1
     table = render(record, "table")
