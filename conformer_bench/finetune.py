@@ -25,11 +25,9 @@ from conformer import ConformerConfig
 
 from .errors import BenchError
 from .files import write_failure
-from .records import FINETUNE_SCHEMA, SCHEMAS, FinetuneEpoch, FinetuneFinal, FinetuneRecord, Status
+from .records import FinetuneEpoch, FinetuneFinal, FinetuneRecord, Status
 from .steps import HEADS, autocast, heads_loss, precision_dtype
 
-SCHEMA = FINETUNE_SCHEMA
-SCHEMA_VERSION = SCHEMAS[FINETUNE_SCHEMA]
 MIN_LR_RATIO = 0.01  # release: lr 1e-3 -> min lr 1e-5
 LOG_EVERY = 10  # optimizer steps between host synchronisations (progress, loss curve, non-finite check)
 PRECISIONS = ("fp32", "bf16", "fp16")

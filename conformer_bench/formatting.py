@@ -69,9 +69,6 @@ def file_format(path: str | os.PathLike[str], explicit: str | None) -> str:
     return parse_format(explicit, default="json")
 
 
-output_format_for = file_format  # older name, kept for callers outside the CLI
-
-
 def write_output(
     path: str | os.PathLike[str], render: Callable[[str], str], explicit: str | None = None
 ) -> Path:

@@ -9,12 +9,9 @@ from functools import partial
 from typing import Any
 
 from .errors import BenchError
-from .records import PROFILE_SCHEMA, SCHEMAS, PhaseTiming, ProfiledPhase, ProfileRecord, Status
+from .records import PhaseTiming, ProfiledPhase, ProfileRecord, Status
 from .steps import PATHS, autocast, heads_loss
 from .threads import threads
-
-SCHEMA = PROFILE_SCHEMA
-SCHEMA_VERSION = SCHEMAS[PROFILE_SCHEMA]
 
 MODES = ("infer", "train", "both", "none")
 PRECISIONS = ("fp32", "bf16", "fp16", "amp")

@@ -22,13 +22,11 @@ import numpy as np
 from .errors import BenchError, exception_line
 from .formatting import FORMATS
 from .precision import PRECISIONS, PrecisionSupport
-from .records import SCHEMAS, SPEED_SCHEMA, SpeedPath, SpeedRecord, Status
+from .records import SpeedPath, SpeedRecord, Status
 from .steps import HEADS, PATHS, autocast, head_logits
 from .threads import threads
 from .timing import synced_timer
 
-SCHEMA = SPEED_SCHEMA
-SCHEMA_VERSION = SCHEMAS[SPEED_SCHEMA]
 # Matmul ceilings: fp32 with TF32 off, fp32 inputs with TF32 tensor cores (CUDA), bf16 and fp16 inputs.
 CEILINGS: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16")
 CUDA_ONLY_CEILINGS: tuple[str, ...] = ("tf32", "fp16")
@@ -131,9 +129,6 @@ class SpeedSettings:
 def parse_list(text: str) -> tuple[str, ...]:
     """``"plain,compiled"`` -> ``("plain", "compiled")`` (validated later by :meth:`SpeedSettings.validate`)."""
     return tuple(part.strip().lower() for part in text.split(",") if part.strip())
-
-
-step_timer = synced_timer  # seconds of one synchronised call of a step
 
 
 def matmul_step(kind: str, a: Any, b: Any, device: str) -> Callable[[], Any]:
@@ -302,7 +297,7 @@ def _measure(
     from .flops import count_flops
 
     device = settings.device
-    timed = step_timer(device)
+    timed = synced_timer(device)
     torch.manual_seed(settings.seed)
     plain = create_model(cfg).eval().to(device)
     report("counting FLOPs", 0.0)

@@ -149,14 +149,14 @@ def points(
 
 def failed_record(point: Point, settings: Any, exc: BaseException) -> dict[str, Any]:
     """The record of a point that raised: what was asked, status ``failed`` and the first line of the error."""
-    from .profiling import SCHEMA, SCHEMA_VERSION
+    from .records import PROFILE_SCHEMA, SCHEMAS
 
     text = str(exc).strip().splitlines()
     reason = text[0] if isinstance(exc, BenchError) and text else exception_line(exc)
     cfg = point.cfg
     return {
-        "schema": SCHEMA,
-        "schema_version": SCHEMA_VERSION,
+        "schema": PROFILE_SCHEMA,
+        "schema_version": SCHEMAS[PROFILE_SCHEMA],
         "status": "failed",
         "reason": reason,
         "label": cfg.name,

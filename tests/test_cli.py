@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from conformer_bench import profiling
 from conformer_bench.cli import app
 from conformer_bench.formatting import TIDY_COLUMNS
+from conformer_bench.records import PROFILE_SCHEMA
 
 runner = CliRunner()
 COMMANDS = ("variants", "profile", "speed", "finetune", "ablate", "table", "report", "baseline")
@@ -33,7 +34,7 @@ def fake_record(cfg: Any, settings: profiling.ProfileSettings, **_: Any) -> dict
     """A profile record without measuring: throughput grows with the batch."""
     batch = settings.batch_size or 2
     return {
-        "schema": profiling.SCHEMA,
+        "schema": PROFILE_SCHEMA,
         "status": "ok",
         "reason": None,
         "label": cfg.name,

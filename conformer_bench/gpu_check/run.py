@@ -115,14 +115,15 @@ def measure_ceilings(plan: Plan) -> dict[str, Any]:
     """n x n matmuls in every precision the plan profiles (and TF32 on CUDA): the denominators of the table."""
     import torch
 
-    from ..speed import ceiling_record, matmul_step, step_timer
+    from ..speed import ceiling_record, matmul_step
+    from ..timing import synced_timer
 
     n, device = plan.ceiling_size, plan.device
     kinds = ["fp32", "tf32", "bf16", "fp16"] if device.startswith("cuda") else ["fp32", "bf16"]
     gen = torch.Generator().manual_seed(0)
     a = torch.randn(n, n, generator=gen).to(device)
     b = torch.randn(n, n, generator=gen).to(device)
-    timed = step_timer(device)
+    timed = synced_timer(device)
     ceilings = {}
     for kind in kinds:
         step = matmul_step(kind, a, b, device)
@@ -326,7 +327,7 @@ def run_matrix(runner: Runner, profiler: Profiler) -> str:
 
 
 def run_speed(plan: Plan, out_dir: Path) -> str:
-    from ..formatting import output_format_for
+    from ..formatting import file_format
     from ..precision import precision_support
     from ..speed import SpeedSettings, measure_speed, render
 
@@ -345,7 +346,7 @@ def run_speed(plan: Plan, out_dir: Path) -> str:
         ceilings=("tf32", "fp16") if cuda else (),
     )
     record = measure_speed(_config(plan.speed_variant), settings)
-    atomic_write_text(out_dir / "speed.json", render(record, output_format_for("speed.json", None)))
+    atomic_write_text(out_dir / "speed.json", render(record, file_format("speed.json", None)))
     paths = record["paths"]
     return ", ".join(
         f"{p} {e['img_per_s']:.1f} img/s" if e["status"] == "ok" else f"{p} {e['status']}"
