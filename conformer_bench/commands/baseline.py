@@ -69,6 +69,37 @@ def update(
     _summary(document, f"updated {baseline}: {len(changed)} metric(s) changed")
 
 
+REVISION_EXAMPLES = """Examples:
+
+conformer-bench baseline revision results/baselines/ci.json
+
+conformer-bench ab "$(conformer-bench baseline revision results/baselines/ci.json)" HEAD -e experiments/ci.toml"""
+
+
+@app.command("revision", epilog=REVISION_EXAMPLES)
+@handle_errors
+def revision(
+    baseline: Annotated[
+        Path, typer.Argument(help="A baseline JSON written by `baseline write`.", show_default=False)
+    ],
+) -> None:
+    """Print the commit the baseline's results were measured at (what `ab` times a newer revision against)."""
+    from ..errors import BenchError
+    from ..report.baseline import baseline_revision, read_baseline
+
+    if not baseline.is_file():
+        raise BenchError(
+            f"{str(baseline)!r} does not exist; pass a baseline such as results/baselines/ci.json"
+        )
+    found = baseline_revision(read_baseline(baseline))
+    if found is None:
+        raise BenchError(
+            f"{baseline} names no revision (its results came from uncommitted code or an unknown checkout); "
+            "write it again from results measured at a commit"
+        )
+    typer.echo(found)
+
+
 def _summary(document: dict, action: str) -> None:
     crashed = document.get("crashed") or {}
     typer.echo(f"{action} ({len(document['metrics'])} metrics, {document['source_kind']})")

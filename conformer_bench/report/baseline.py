@@ -28,6 +28,24 @@ def _history_entry(action: str, metrics: MetricSet, names: list[str]) -> dict[st
     }
 
 
+def measured_revision(environment: dict[str, Any]) -> str | None:
+    """The commit that results were measured at, from their environment; None when unknown or when the
+    tree had uncommitted changes (``...+dirty``: no revision holds that code)."""
+    commit = environment.get("commit")
+    if not isinstance(commit, str) or not commit or commit.endswith("+dirty"):
+        return None
+    return commit
+
+
+def baseline_revision(document: dict[str, Any]) -> str | None:
+    """The revision a baseline's results were measured at (older baselines: their environment's commit)."""
+    revision = document.get("revision")
+    if isinstance(revision, str) and revision:
+        return revision
+    environment = document.get("environment")
+    return measured_revision(environment) if isinstance(environment, dict) else None
+
+
 def baseline_document(metrics: MetricSet, history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The versioned JSON written by ``baseline write``: environment plus every metric's samples."""
     if not metrics.metrics:
@@ -39,6 +57,8 @@ def baseline_document(metrics: MetricSet, history: list[dict[str, Any]] | None =
         "tool_version": __version__,
         "source": metrics.source,
         "source_kind": metrics.source_kind,
+        # The commit the results were measured at: `conformer-bench ab` times it against a newer revision.
+        "revision": measured_revision(metrics.environment),
         "environment": metrics.environment,
         "metrics": {name: metrics.metrics[name].to_dict() for name in sorted(metrics.metrics)},
         "crashed": dict(sorted(metrics.crashed.items())),
@@ -103,6 +123,7 @@ def update_baseline(
         metrics = {**old["metrics"], **picked}
         new_doc["metrics"] = dict(sorted(metrics.items()))
         new_doc["environment"] = old.get("environment", {})
+        new_doc["revision"] = baseline_revision(old)  # most metrics still come from the old results
         new_doc["crashed"] = old.get("crashed", {})
         new_doc["created"] = old.get("created")
     changed = sorted(
