@@ -77,7 +77,7 @@ app = typer.Typer(
 )
 
 # Each module defines one ``app = typer.Typer()``; registration order is the order in --help.
-COMMAND_MODULES = ("variants", "profile", "speed", "finetune", "ablate", "table", "report", "baseline")
+COMMAND_MODULES = ("variants", "profile", "speed", "finetune", "ablate", "table", "report", "ab", "baseline")
 
 
 def _version_callback(value: bool) -> None:

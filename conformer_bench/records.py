@@ -21,7 +21,8 @@ from .errors import BenchError
 PROFILE_SCHEMA = "conformer-bench.profile"
 SPEED_SCHEMA = "conformer-bench.speed"
 FINETUNE_SCHEMA = "conformer-bench.finetune"
-SCHEMAS: dict[str, int] = {PROFILE_SCHEMA: 1, SPEED_SCHEMA: 2, FINETUNE_SCHEMA: 1}
+AB_SCHEMA = "conformer-bench.ab"
+SCHEMAS: dict[str, int] = {PROFILE_SCHEMA: 1, SPEED_SCHEMA: 2, FINETUNE_SCHEMA: 1, AB_SCHEMA: 1}
 
 R = TypeVar("R", bound="Record")
 S = TypeVar("S", bound="SchemaRecord")
@@ -35,7 +36,9 @@ class Status(StrEnum):
     OOM = "oom"  # profile: out of memory even at batch size 1
     NAN = "nan"  # a training loss became non-finite
     FAILED = "failed"  # speed: a path failed; fine-tune: the weights could not be saved
-    UNSUPPORTED = "unsupported"  # speed: the device has no native kernels for the precision
+    UNSUPPORTED = (
+        "unsupported"  # speed: no native kernels for the precision; ab: a revision cannot build the cell
+    )
 
 
 def plain(value: Any) -> Any:
@@ -393,3 +396,83 @@ class FinetuneRecord(SchemaRecord):
     history: list[FinetuneEpoch]
     train_curve: list[dict[str, Any]]
     final: FinetuneFinal
+
+
+# --- same-machine A/B of two revisions -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PairedRound(Record):
+    """One round of an A/B cell: each revision's turn of ``steps_per_turn`` steps, in the order they ran.
+
+    Times are per turn (the sum of its steps): wall clock (``perf_counter``) and the worker's CPU time
+    (``process_time``, all its threads, user and system).
+    """
+
+    order: str  # "base,head", "head,base", or "duet" (both at once)
+    epoch: int  # which build of the cell (each epoch builds it anew, at another memory layout)
+    base_wall_s: float
+    head_wall_s: float
+    base_cpu_s: float
+    head_cpu_s: float
+    base_page_faults: int  # minor page faults during the turn (the workers' allocator is set to need none)
+    head_page_faults: int
+
+
+@dataclass(frozen=True)
+class InstructionCounts(Record):
+    """Instructions per image of each revision's step, counted under callgrind (``count_steps`` steps)."""
+
+    base: float | None
+    head: float | None
+    count_steps: int
+    tool: str  # e.g. "valgrind-3.19.0 callgrind, Ir"
+
+
+@dataclass
+class PairedCell(Record):
+    """One cell and phase of an A/B: what ran, how it ended, and every round's raw times."""
+
+    OPTIONAL = frozenset({"instructions"})
+
+    label: str
+    phase: str  # infer | train
+    status: Status  # ok | unsupported (a revision cannot build it) | failed
+    reason: str | None
+    failed_side: str | None  # base | head when one side alone could not run it
+    config_hash: str
+    batch_size: int
+    img_size: int
+    precision: str
+    path: str
+    threads: int
+    steps_per_turn: int
+    rounds: list[PairedRound]
+    instructions: InstructionCounts | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PairedCell:
+        values = known_fields(cls, data)
+        values["rounds"] = [PairedRound.from_dict(r) for r in data["rounds"]]
+        if isinstance(values.get("instructions"), dict):
+            values["instructions"] = InstructionCounts.from_dict(values["instructions"])
+        return cls(**values)
+
+
+@dataclass
+class ABRecord(SchemaRecord):
+    """A ``conformer-bench.ab`` record: two revisions measured side by side on one machine, cell by cell."""
+
+    SCHEMA = AB_SCHEMA
+    NESTED: ClassVar[Readers] = {"cells": _list_of(PairedCell)}
+
+    status: Status  # ok | failed (stopped before every cell ran)
+    reason: str | None
+    base: dict[str, Any]  # the revision: name, sha, subject, commit_time
+    head: dict[str, Any]
+    experiment: dict[str, Any]  # name, source, digest
+    environment: dict[str, Any]
+    settings: dict[str, Any]
+    workers: dict[str, Any]  # per side: what the worker reported at start (python, torch, its conformer)
+    cells: list[PairedCell]
+    wall_s: float

@@ -25,3 +25,11 @@ def _flops_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     import os
 
     os.environ["CONFORMER_BENCH_CACHE"] = str(tmp_path_factory.mktemp("flops-cache"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _revisions_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Revisions extracted by `ab` go to a folder of this test session, not the user's cache."""
+    import os
+
+    os.environ["CONFORMER_BENCH_REVISIONS"] = str(tmp_path_factory.mktemp("revisions"))

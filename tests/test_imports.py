@@ -92,3 +92,17 @@ def test_ablation_worker_and_launcher_are_apart() -> None:
     worker, launch, runner = (f"{PACKAGE}.ablate.{m}" for m in ("worker", "launch", "runner"))
     assert not {launch, runner} & _reachable(graph, worker)
     assert not {worker, runner} & _reachable(graph, launch)
+
+
+def test_the_ab_worker_stands_alone() -> None:
+    """The A/B worker runs under another revision's code: it may import no module of this package (it would
+    get that revision's), and nothing here imports it (it is started by path)."""
+    known = _module_names()
+    worker = f"{PACKAGE}.ab.worker"
+    tree = ast.parse(known[worker].read_text(encoding="utf-8"))
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not any(name.startswith(PACKAGE) for name in imported), imported
+    assert not any(isinstance(node, ast.ImportFrom) and node.level for node in ast.walk(tree))
+    graph = {name: _imported(name, path, known) for name, path in known.items()}
+    assert not any(worker in targets for targets in graph.values())

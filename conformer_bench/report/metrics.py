@@ -32,7 +32,7 @@ READABLE_HINT = (
     "a profile or finetune record (JSON), an ablation results folder (cells.jsonl) or a baseline file"
 )
 
-KINDS = ("exact", "noisy", "accuracy")
+KINDS = ("exact", "noisy", "accuracy", "paired")  # paired: two revisions timed side by side (ab)
 DIRECTIONS = ("higher", "lower", "equal")
 
 

@@ -35,10 +35,14 @@ def format_value(value: float | None, unit: str) -> str:
         return f"{value:,.1f} img/s"
     if unit == "%":
         return f"{value:.2f}%"
+    if unit.startswith("instructions"):
+        return f"{value:,.0f}"
     return f"{value:.4f}" + (f" {unit}" if unit else "")
 
 
 def format_delta(row: Row) -> str:
+    if row.kind == "paired":  # two revisions measured side by side: the ratio is the result
+        return f"{row.delta_rel:+.2%}" if row.delta_rel is not None else "—"
     if row.delta is None:
         return "—"
     if row.kind == "exact":
@@ -94,7 +98,7 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _table(rows: list[Row]) -> list[str]:
+def metric_table(rows: list[Row]) -> list[str]:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in rows:
         status = f"**{row.status}**" if row.blocking else row.status
@@ -145,11 +149,11 @@ def render_markdown(comparison: Comparison) -> str:
     attention = [r for r in comparison.rows if r.status != "OK"]
     unchanged = [r for r in comparison.rows if r.status == "OK"]
     if attention:
-        lines += _table(attention)
+        lines += metric_table(attention)
         lines.append("")
     if unchanged:
         lines += [f"<details><summary>{len(unchanged)} unchanged metrics</summary>", ""]
-        lines += _table(unchanged)
+        lines += metric_table(unchanged)
         lines += ["", "</details>", ""]
     notes = []
     if comparison.env_mismatch:

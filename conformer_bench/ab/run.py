@@ -1,0 +1,418 @@
+"""Measure two revisions side by side: cells timed in lockstep rounds by one long-lived worker per revision.
+
+For each cell both workers build the cell's model, warm it up and time one step; then, round after round,
+each runs a turn of the same number of steps, the order drawn at random per round (randomised multiple
+interleaved trials), so that whatever the machine does hits both sides alike. The schedules:
+
+- ``same-core`` (default): turns alternate, both workers pinned to the same core(s);
+- ``split-cores``: turns alternate, each worker on a core of its own;
+- ``duet``: both turns at once, each worker on a core of its own (Bulej et al., ICPE 2020).
+
+Optionally a second pass counts each cell's inference instructions under callgrind: one valgrind process
+per revision counts every cell, so torch is imported once per revision.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import BenchError
+from ..records import InstructionCounts, PairedCell, PairedRound, Status
+from .workers import Launch, Worker, WorkerGone, hello
+
+SCHEDULES = ("same-core", "split-cores", "duet")
+CLOCKS = ("cpu", "wall")
+PHASES = ("infer", "train")
+SIDES = ("base", "head")
+BUILD_TIMEOUT_S = 900.0
+TURN_TIMEOUT_S = 600.0
+MAX_PAD_BYTES = 1 << 20  # a rebuild holds up to this much first, so its tensors land elsewhere
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ABSettings:
+    """How the two revisions are timed. ``rounds`` fixes the rounds per cell; otherwise ``budget_s`` (the
+    timed seconds of the whole run, both sides) is shared out over the cells, within [min, max] rounds."""
+
+    phases: tuple[str, ...] = ("infer",)
+    schedule: str = "same-core"
+    clock: str = "cpu"
+    budget_s: float = 300.0
+    rounds: int | None = None
+    min_rounds: int = 20
+    max_rounds: int = 400
+    turn_s: float = 0.05  # a turn lasts at least this long: steps per turn from the first timed step
+    warmup: int = 3
+    epochs: int = 4  # builds per cell and side, each at another memory layout; the rounds are shared out
+    seed: int = 0
+    confidence: float = 0.95
+    instructions: bool = False
+    count_steps: int = 3
+
+    def to_dict(self) -> dict[str, Any]:
+        from .workers import ALLOCATOR_ENV
+
+        return {**asdict(self), "phases": list(self.phases), "worker_allocator_env": ALLOCATOR_ENV}
+
+
+@dataclass(frozen=True)
+class ABCell:
+    """One cell and phase to time: the worker's build message plus what identifies it."""
+
+    label: str
+    phase: str
+    config: dict[str, Any]
+    config_hash: str
+    batch_size: int
+    img_size: int
+    precision: str
+    path: str
+    threads: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.label}/{self.phase}"
+
+    def message(self, warmup: int, seed: int) -> dict[str, Any]:
+        return {
+            "op": "build",
+            "cell": {
+                "label": self.label,
+                "config": self.config,
+                "phase": self.phase,
+                "batch_size": self.batch_size,
+                "img_size": self.img_size,
+                "precision": self.precision,
+                "path": self.path,
+                "threads": self.threads,
+                "warmup": warmup,
+                "seed": seed,
+            },
+        }
+
+    def empty(self, status: Status, reason: str | None, side: str | None) -> PairedCell:
+        return PairedCell(
+            self.label, self.phase, status, reason, side, self.config_hash, self.batch_size, self.img_size,
+            self.precision, self.path, self.threads, 0, [],
+        )  # fmt: skip
+
+
+def cores_for(schedule: str, threads: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """CPU cores of the base and head workers: the last ``threads`` usable cores for both (same-core), or
+    a set each (split-cores, duet)."""
+    usable = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if not usable:
+        return (), ()
+    if schedule == "same-core":
+        shared = tuple(usable[-threads:]) if threads <= len(usable) else tuple(usable)
+        return shared, shared
+    if 2 * threads > len(usable):
+        raise BenchError(
+            f"--schedule {schedule} needs {2 * threads} cores ({threads} thread(s) a side) but "
+            f"{len(usable)} are usable; use --schedule same-core or fewer threads"
+        )
+    return tuple(usable[-2 * threads : -threads]), tuple(usable[-threads:])
+
+
+class _Pair:
+    """The two workers, started together and stopped together."""
+
+    def __init__(self, trees: dict[str, Path], cores: tuple[tuple[int, ...], ...], logs: Path | None) -> None:
+        self.workers: dict[str, Worker] = {}
+        try:
+            for side, core in zip(SIDES, cores, strict=True):
+                log = logs / f"{side}.log" if logs else None
+                self.workers[side] = Worker(Launch(side, trees[side], core, log))
+            self.hello = {side: hello(w) for side, w in self.workers.items()}
+        except BaseException:
+            self.close()
+            raise
+
+    def each(self, messages: dict[str, dict[str, Any]], timeout_s: float) -> dict[str, dict[str, Any]]:
+        """Send each worker its message, then wait for both answers (they run at once)."""
+        for side, w in self.workers.items():
+            w.send(messages[side])
+        return {side: w.receive(timeout_s) for side, w in self.workers.items()}
+
+    def close(self) -> None:
+        for w in self.workers.values():
+            w.close()
+
+
+def _refusal(answers: dict[str, dict[str, Any]]) -> tuple[Status, str, str | None] | None:
+    """The status, reason and side of a build that did not succeed on a side (unsupported before failed)."""
+    bad = {side: a for side, a in answers.items() if not a.get("ok")}
+    if not bad:
+        return None
+    status = (
+        Status.UNSUPPORTED if any(a.get("status") == "unsupported" for a in bad.values()) else Status.FAILED
+    )
+    reason = "; ".join(f"{side}: {a.get('reason')}" for side, a in bad.items())
+    return status, reason, (next(iter(bad)) if len(bad) == 1 else None)
+
+
+def _turn_times(answer: dict[str, Any], side: str) -> tuple[float, float, int]:
+    """A turn's wall and CPU seconds (sums over its steps) and the page faults it took."""
+    if not answer.get("ok"):
+        raise _CellFailed(side, str(answer.get("reason")))
+    return float(sum(answer["wall_s"])), float(sum(answer["cpu_s"])), int(answer.get("page_faults", 0))
+
+
+class _CellFailed(Exception):
+    def __init__(self, side: str, reason: str) -> None:
+        super().__init__(reason)
+        self.side = side
+
+
+def _rounds_for(settings: ABSettings, step_s: float, steps: int, budget_s: float) -> int:
+    if settings.rounds is not None:
+        return settings.rounds
+    per_round = 2 * step_s * steps
+    wanted = math.floor(budget_s / per_round) if per_round > 0 else settings.max_rounds
+    return max(settings.min_rounds, min(settings.max_rounds, wanted))
+
+
+def _time_cell(
+    pair: _Pair, cell: ABCell, settings: ABSettings, budget_s: float, rng: random.Random
+) -> PairedCell:
+    """Time the cell in ``settings.epochs`` epochs: each builds the cell anew on both sides (another memory
+    layout) and runs its share of the rounds; a side that cannot build or run it ends the cell."""
+    timed = cell.empty(Status.OK, None, None)
+    per_epoch = 0
+    try:
+        for epoch in range(settings.epochs):
+            refused = _build(pair, cell, settings, rng)
+            if refused is not None:
+                return (
+                    cell.empty(*refused)
+                    if epoch == 0
+                    else _failed(timed, Status.FAILED, refused[1], refused[2])
+                )
+            if epoch == 0:
+                timed.steps_per_turn, n_rounds = _plan(pair, settings, budget_s)
+                per_epoch = max(1, math.ceil(n_rounds / settings.epochs))
+            for _ in range(per_epoch):
+                timed.rounds.append(_round(pair, settings.schedule, timed.steps_per_turn, epoch, rng))
+    except _CellFailed as exc:
+        return _failed(timed, Status.FAILED, f"{exc.side}: {exc}", exc.side)
+    return timed
+
+
+def _failed(cell: PairedCell, status: Status, reason: str, side: str | None) -> PairedCell:
+    cell.status, cell.reason, cell.failed_side = status, reason, side
+    return cell
+
+
+def _build(
+    pair: _Pair, cell: ABCell, settings: ABSettings, rng: random.Random
+) -> tuple[Status, str, str | None] | None:
+    """Build the cell on both sides at once, each after holding a random number of bytes (its layout)."""
+    messages = {}
+    for side in SIDES:
+        message = cell.message(settings.warmup, settings.seed)
+        message["cell"]["pad_bytes"] = rng.randrange(0, MAX_PAD_BYTES) if settings.epochs > 1 else 0
+        messages[side] = message
+    return _refusal(pair.each(messages, BUILD_TIMEOUT_S))
+
+
+def _plan(pair: _Pair, settings: ABSettings, budget_s: float) -> tuple[int, int]:
+    """Steps per turn and rounds for the cell, from one step timed on each side, one after the other."""
+    step_s = max(
+        _turn_times(pair.workers[side].request({"op": "turn", "steps": 1}, BUILD_TIMEOUT_S), side)[0]
+        for side in SIDES
+    )
+    steps = max(1, math.ceil(settings.turn_s / step_s)) if step_s > 0 else 1
+    return steps, _rounds_for(settings, step_s, steps, budget_s)
+
+
+def _round(pair: _Pair, schedule: str, steps: int, epoch: int, rng: random.Random) -> PairedRound:
+    message = {"op": "turn", "steps": steps}
+    timeout = TURN_TIMEOUT_S
+    if schedule == "duet":
+        answers = pair.each(dict.fromkeys(SIDES, message), timeout)
+        order = "duet"
+    else:
+        sides = list(SIDES)
+        rng.shuffle(sides)
+        answers = {side: pair.workers[side].request(message, timeout) for side in sides}
+        order = ",".join(sides)
+    (bw, bc, bf), (hw, hc, hf) = (_turn_times(answers[side], side) for side in SIDES)
+    return PairedRound(order, epoch, bw, hw, bc, hc, bf, hf)
+
+
+@dataclass
+class TimingRun:
+    """What the timing pass produced: a cell per cell and phase, and each worker's start-up answer."""
+
+    cells: list[PairedCell]
+    workers: dict[str, Any] = field(default_factory=dict)
+
+
+def time_cells(
+    trees: dict[str, Path],
+    cells: list[ABCell],
+    settings: ABSettings,
+    *,
+    logs: Path | None = None,
+    progress: Progress | None = None,
+    on_cell: Callable[[PairedCell], None] | None = None,
+) -> TimingRun:
+    """Time every cell with both revisions' workers, sharing ``settings.budget_s`` out as cells go."""
+    threads = max((c.threads for c in cells), default=1)
+    pair = _Pair(trees, cores_for(settings.schedule, threads), logs)
+    rng = random.Random(settings.seed)
+    out = TimingRun([], dict(pair.hello))
+    spent = 0.0
+    try:
+        for i, cell in enumerate(cells):
+            if progress is not None:
+                progress(f"[{i + 1}/{len(cells)}] {cell.key}: building and timing")
+            share = max(0.0, settings.budget_s - spent) / (len(cells) - i)
+            started = time.perf_counter()
+            paired = _time_cell(pair, cell, settings, share, rng)
+            spent += time.perf_counter() - started
+            out.cells.append(paired)
+            if on_cell is not None:
+                on_cell(paired)
+    finally:
+        pair.close()
+    return out
+
+
+# --- instruction counts ---------------------------------------------------------------------------------------
+
+_SUMMARY_RE = re.compile(r"^(?:summary|totals):\s*(\d+)", re.MULTILINE)
+
+
+def valgrind_version() -> str:
+    """``valgrind-3.19.0``, or a BenchError naming the fix when valgrind is not installed."""
+    exe = shutil.which("valgrind")
+    if exe is None:
+        raise BenchError(
+            "--instructions needs valgrind; install it (apt-get install valgrind) or drop the option"
+        )
+    done = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30)
+    return done.stdout.strip() or "valgrind"
+
+
+def _callgrind_prefix(out_dir: Path, side: str) -> tuple[str, ...]:
+    """valgrind's callgrind with collection off until the worker turns it on; address randomisation off."""
+    prefix: list[str] = []
+    setarch = shutil.which("setarch")
+    if setarch is not None and subprocess.run([setarch, "-R", "true"], capture_output=True).returncode == 0:
+        prefix = [setarch, "-R"]
+    return (
+        *prefix,
+        "valgrind",
+        "--tool=callgrind",
+        "--collect-atstart=no",
+        "--dump-instr=no",
+        "--dump-line=no",
+        "--quiet",
+        f"--callgrind-out-file={out_dir / side}.%p",
+    )
+
+
+def _dumped_instructions(out_dir: Path, side: str, pid: int, dump: int) -> float:
+    """Ir of dump number ``dump`` of the worker ``pid`` (callgrind names it ``<side>.<pid>.<dump>``)."""
+    path = out_dir / f"{side}.{pid}.{dump}"
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        raise BenchError(f"callgrind wrote no dump {path}; check the worker log in {out_dir}") from None
+    match = _SUMMARY_RE.search(text)
+    if match is None:
+        raise BenchError(f"callgrind dump {path} has no summary line")
+    return float(match.group(1))
+
+
+def count_instructions(
+    trees: dict[str, Path],
+    cells: list[ABCell],
+    settings: ABSettings,
+    *,
+    logs: Path | None = None,
+    progress: Progress | None = None,
+) -> dict[str, InstructionCounts]:
+    """Instructions per image of each inference cell, both revisions counted at once under callgrind."""
+    tool = valgrind_version() + " callgrind, Ir"
+    infer = [c for c in cells if c.phase == "infer"]
+    if not infer:
+        return {}
+    with tempfile.TemporaryDirectory(prefix="conformer-bench-callgrind-") as tmp:
+        out_dir = Path(tmp)
+        cores = cores_for("split-cores", 1) if len(os.sched_getaffinity(0)) >= 2 else ((), ())
+        workers = {
+            side: Worker(Launch(side, trees[side], core, logs / f"{side}-callgrind.log" if logs else None,
+                                _callgrind_prefix(out_dir, side)))
+            for side, core in zip(SIDES, cores, strict=True)
+        }  # fmt: skip
+        counts: dict[str, InstructionCounts] = {}
+        try:
+            pids = {side: int(hello(w, timeout_s=1800)["pid"]) for side, w in workers.items()}
+            dumps = dict.fromkeys(SIDES, 0)
+            for i, cell in enumerate(infer):
+                if progress is not None:
+                    progress(f"[{i + 1}/{len(infer)}] {cell.key}: counting instructions under callgrind")
+                per_image = _count_cell(workers, cell, settings, out_dir, pids, dumps)
+                counts[cell.key] = InstructionCounts(
+                    per_image["base"], per_image["head"], settings.count_steps, tool
+                )
+        finally:
+            for w in workers.values():
+                w.close(grace_s=120)
+    return counts
+
+
+def _count_cell(
+    workers: dict[str, Worker],
+    cell: ABCell,
+    settings: ABSettings,
+    out_dir: Path,
+    pids: dict[str, int],
+    dumps: dict[str, int],
+) -> dict[str, float | None]:
+    """Build the cell under callgrind on both sides, count ``count_steps`` steps; None for a side that
+    cannot build or count it."""
+    message = cell.message(settings.warmup, settings.seed)
+    for w in workers.values():
+        w.send(message)
+    built = {side: w.receive(BUILD_TIMEOUT_S * 4) for side, w in workers.items()}
+    for side, w in workers.items():
+        if built[side].get("ok"):
+            w.send({"op": "count", "steps": settings.count_steps})
+    result: dict[str, float | None] = dict.fromkeys(SIDES)
+    for side, w in workers.items():
+        if not built[side].get("ok"):
+            continue
+        answer = w.receive(BUILD_TIMEOUT_S * 4)
+        if answer.get("ok"):
+            dumps[side] += 1
+            total = _dumped_instructions(out_dir, side, pids[side], dumps[side])
+            result[side] = total / (settings.count_steps * cell.batch_size)
+    return result
+
+
+__all__ = [
+    "CLOCKS",
+    "PHASES",
+    "SCHEDULES",
+    "ABCell",
+    "ABSettings",
+    "TimingRun",
+    "WorkerGone",
+    "count_instructions",
+    "time_cells",
+]
