@@ -31,6 +31,8 @@ from .errors import BenchError
 WORKTREE = "WORKTREE"  # the revision name of the working tree as it is, uncommitted changes included
 REVISIONS_ENV = "CONFORMER_BENCH_REVISIONS"  # where extracted revisions are kept (default: the user cache)
 PACKAGES = ("conformer", "conformer_bench")  # what a revision's tree must hold to be measured
+EXTRACTED = (*PACKAGES, "pyproject.toml")  # what is extracted of a commit (the rest is read with git show)
+KEEP_REVISIONS = 32  # extracted revisions kept in the cache; the least recently used go first
 _GIT_TIMEOUT_S = 60
 
 
@@ -142,8 +144,12 @@ def source_tree(revision: Revision, cache: Path | None = None) -> Path:
         tree = revision.repo
     else:
         folder = (cache or cache_root()) / revision.sha
-        if not (folder / ".complete").is_file():
+        marker = folder / ".complete"
+        if marker.is_file():
+            marker.touch()  # recently used: kept when the cache is pruned
+        else:
             _extract(revision, folder)
+            prune_cache(folder.parent, keep=KEEP_REVISIONS)
         tree = folder
     missing = [p for p in PACKAGES if not (tree / p / "__init__.py").is_file()]
     if missing:
@@ -165,7 +171,11 @@ def _extract(revision: Revision, folder: Path) -> None:
             f"{REVISIONS_ENV} to a writable folder"
         ) from None
     try:
-        archive: bytes = _git(revision.repo, "archive", "--format=tar", revision.sha, binary=True).stdout  # type: ignore[assignment]
+        present = set(_git(revision.repo, "ls-tree", "--name-only", revision.sha).stdout.split())
+        paths = [p for p in EXTRACTED if p in present]
+        archive: bytes = _git(
+            revision.repo, "archive", "--format=tar", revision.sha, "--", *paths, binary=True
+        ).stdout  # type: ignore[assignment]
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
             tar.extractall(staging, filter="data")
         (staging / ".complete").write_text(revision.sha + "\n", encoding="utf-8")
@@ -176,6 +186,18 @@ def _extract(revision: Revision, folder: Path) -> None:
         raise BenchError(f"cannot extract {revision.describe()} into {str(folder)!r}: {exc}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def prune_cache(folder: Path, keep: int) -> list[Path]:
+    """Remove all but the ``keep`` most recently used extracted revisions of ``folder``; returns the removed."""
+    try:
+        trees = [p for p in folder.iterdir() if (p / ".complete").is_file()]
+    except OSError:
+        return []
+    trees.sort(key=lambda p: (p / ".complete").stat().st_mtime, reverse=True)
+    for old in trees[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+    return trees[keep:]
 
 
 def read_text_at(revision: Revision, path: str | os.PathLike[str]) -> str | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -59,7 +60,8 @@ def main() -> int:
                 "--repo", str(repo), "--quiet", "--json", str(verdict_path), "--seed", str(run),
                 "--output", str(out / f"run{run:02d}-record.json"), *extra,
             ]  # fmt: skip
-            done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+            env = {**os.environ, "CONFORMER_BENCH_REVISIONS": str(Path(tmp) / "revisions")}
+            done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env)
             if done.returncode not in (0, 1) or not verdict_path.exists():
                 print(f"run {run}: exit {done.returncode}\n{done.stderr[-2000:]}", file=sys.stderr)
                 return 2

@@ -216,6 +216,21 @@ def test_revisions_resolve_extract_and_read(throwaway: tuple[Path, str, str]) ->
             resolve_revision(repo, bad)
 
 
+def test_the_revision_cache_keeps_the_most_recently_used(tmp_path: Path) -> None:
+    import os
+
+    from conformer_bench.revisions import prune_cache
+
+    for i in range(5):
+        (tmp_path / f"rev{i}").mkdir()
+        (tmp_path / f"rev{i}" / ".complete").write_text("x")
+        os.utime(tmp_path / f"rev{i}" / ".complete", (1000 + i, 1000 + i))
+    (tmp_path / "half-extracted").mkdir()
+    removed = prune_cache(tmp_path, keep=2)
+    assert sorted(p.name for p in removed) == ["rev0", "rev1", "rev2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["half-extracted", "rev3", "rev4"]
+
+
 def test_shallow_clone_without_the_base_names_the_fix(
     throwaway: tuple[Path, str, str], tmp_path: Path
 ) -> None:

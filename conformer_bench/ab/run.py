@@ -299,9 +299,10 @@ _SUMMARY_RE = re.compile(r"^(?:summary|totals):\s*(\d+)", re.MULTILINE)
 def valgrind_version() -> str:
     """``valgrind-3.19.0``, or a BenchError naming the fix when valgrind is not installed."""
     exe = shutil.which("valgrind")
-    if exe is None:
+    if exe is None or shutil.which("callgrind_control") is None:
         raise BenchError(
-            "--instructions needs valgrind; install it (apt-get install valgrind) or drop the option"
+            "--instructions needs valgrind and its callgrind_control; install valgrind "
+            "(apt-get install valgrind) or drop the option"
         )
     done = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30)
     return done.stdout.strip() or "valgrind"
@@ -317,6 +318,7 @@ def _callgrind_prefix(out_dir: Path, side: str) -> tuple[str, ...]:
         *prefix,
         "valgrind",
         "--tool=callgrind",
+        "--instr-atstart=no",  # the worker switches it on once torch is imported (callgrind_control)
         "--collect-atstart=no",
         "--dump-instr=no",
         "--dump-line=no",

@@ -94,6 +94,26 @@ def _cells(experiment: Any, phases: tuple[str, ...], only: tuple[str, ...]) -> l
     return cells
 
 
+def _load_cells(
+    request: ABRequest, repo: Path, head: Revision, settings: ABSettings
+) -> tuple[Any, list[ABCell]]:
+    """The experiment as the head revision has it, and the cells and phases to time."""
+    import tempfile
+
+    from ..ablate.experiment import load_experiment
+
+    with tempfile.TemporaryDirectory(prefix="conformer-bench-ab-") as scratch:
+        copy = _experiment_file(request, repo, head, Path(scratch))
+        try:
+            experiment = load_experiment(copy)
+        except BenchError as exc:  # name the file as the user knows it, not the scratch copy
+            raise BenchError(str(exc).replace(str(copy), f"{head.short}:{request.experiment}")) from None
+    cells = _cells(experiment, settings.phases, request.only)
+    if not cells:
+        raise BenchError("no cell to time; check --only and the experiment's cells")
+    return experiment, cells
+
+
 def run_ab(
     request: ABRequest,
     settings: ABSettings,
@@ -101,11 +121,13 @@ def run_ab(
     progress: Progress | None = None,
     on_cell: Callable[[PairedCell], None] | None = None,
 ) -> ABRecord:
-    """Measure the request's cells on both revisions; the record holds every round's raw times."""
-    import tempfile
+    """Measure the request's cells on both revisions; the record holds every round's raw times.
 
-    from ..ablate.experiment import load_experiment
-    from ..env import fingerprint
+    The workers' output goes to ``request.logs``, or to a temporary folder that is removed after a
+    successful run and kept (and named in the error) when a worker fails.
+    """
+    import shutil
+    import tempfile
 
     started = time.perf_counter()
     repo = repository_root(request.repo)
@@ -113,20 +135,17 @@ def run_ab(
     trees = {"base": source_tree(base, request.cache), "head": source_tree(head, request.cache)}
     for side, revision in (("base", base), ("head", head)):
         check_environment(revision, trees[side])
-    with tempfile.TemporaryDirectory(prefix="conformer-bench-ab-") as scratch:
-        experiment = load_experiment(_experiment_file(request, repo, head, Path(scratch)))
-    cells = _cells(experiment, settings.phases, request.only)
-    if not cells:
-        raise BenchError("no cell to time; check --only and the experiment's cells")
+    experiment, cells = _load_cells(request, repo, head, settings)
     if progress is not None:
         progress(f"{len(cells)} cell(s): {head.describe()} against {base.describe()}")
-    timing = time_cells(trees, cells, settings, logs=request.logs, progress=progress, on_cell=on_cell)
+    logs = request.logs or Path(tempfile.mkdtemp(prefix="conformer-bench-ab-logs-"))
+    timing = time_cells(trees, cells, settings, logs=logs, progress=progress, on_cell=on_cell)
     if settings.instructions:
-        counts = count_instructions(trees, cells, settings, logs=request.logs, progress=progress)
+        counts = count_instructions(trees, cells, settings, logs=logs, progress=progress)
         for paired in timing.cells:
             paired.instructions = counts.get(f"{paired.label}/{paired.phase}")
-    threads = max(c.threads for c in cells)
-    first = cells[0]
+    if request.logs is None:
+        shutil.rmtree(logs, ignore_errors=True)
     return ABRecord(
         status=Status.OK,
         reason=None,
@@ -138,12 +157,20 @@ def run_ab(
             "digest": experiment.digest(),
             "cells": len(experiment.select(list(request.only))),
         },
-        environment={
-            **fingerprint("cpu", first.precision, first.batch_size, first.img_size),
-            "threads": threads,
-        },
+        environment=_environment(cells),
         settings=settings.to_dict(),
         workers=timing.workers,
         cells=timing.cells,
         wall_s=time.perf_counter() - started,
     )
+
+
+def _environment(cells: list[ABCell]) -> dict[str, Any]:
+    """This machine's fingerprint, with the threads the cells ran on (the first cell's other settings)."""
+    from ..env import fingerprint
+
+    first = cells[0]
+    return {
+        **fingerprint("cpu", first.precision, first.batch_size, first.img_size),
+        "threads": max(c.threads for c in cells),
+    }

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..ablate.launch import die_with_parent
 from ..errors import BenchError
 
 WORKER_SCRIPT = Path(__file__).with_name("worker.py")
@@ -81,6 +82,7 @@ class Worker:
                 stderr=subprocess.STDOUT if launch.log else subprocess.DEVNULL,
                 pass_fds=(write_fd,),
                 cwd=launch.source,
+                preexec_fn=die_with_parent(os.getpid()),  # a killed run leaves no worker behind
             )
         finally:
             os.close(write_fd)

@@ -56,7 +56,7 @@ def child_env() -> dict[str, str]:
     }
 
 
-def _die_with_parent(parent: int) -> Callable[[], None]:
+def die_with_parent(parent: int) -> Callable[[], None]:
     """Run in the child before exec: on Linux, have the kernel SIGKILL it when the parent dies."""
     prctl: Callable[..., int] | None = None
     if sys.platform.startswith("linux"):
@@ -160,7 +160,7 @@ def run_cell_in_process(
                     stderr=subprocess.STDOUT,
                     pass_fds=(write_fd,),
                     start_new_session=True,  # a terminal's Ctrl-C reaches the parent, which stops the child
-                    preexec_fn=_die_with_parent(os.getpid()),
+                    preexec_fn=die_with_parent(os.getpid()),
                 )
             os.close(write_fd)
             write_fd = -1
