@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,9 +94,11 @@ def repository_root(path: str | os.PathLike[str] = ".") -> Path:
         raise BenchError(f"--repo {str(folder)!r} is not a folder; pass the project's git checkout")
     done = _git(folder, "rev-parse", "--show-toplevel", check=False)
     if done.returncode != 0:
+        said = done.stderr.strip().splitlines()
+        why = f" (git: {said[0]})" if said and "not a git repository" not in said[0] else ""
         raise BenchError(
-            f"{str(folder.resolve())!r} is not inside a git repository; run from the project's clone or "
-            "pass --repo PATH"
+            f"{str(folder.resolve())!r} is not a git checkout git can read{why}; run from the project's clone "
+            "or pass --repo PATH"
         )
     return Path(done.stdout.strip())
 
@@ -146,7 +149,8 @@ def source_tree(revision: Revision, cache: Path | None = None) -> Path:
         folder = (cache or cache_root()) / revision.sha
         marker = folder / ".complete"
         if marker.is_file():
-            marker.touch()  # recently used: kept when the cache is pruned
+            with contextlib.suppress(OSError):  # a read-only cache still serves
+                marker.touch()  # recently used: kept when the cache is pruned
         else:
             _extract(revision, folder)
             prune_cache(folder.parent, keep=KEEP_REVISIONS)
@@ -177,8 +181,10 @@ def _extract(revision: Revision, folder: Path) -> None:
             revision.repo, "archive", "--format=tar", revision.sha, "--", *paths, binary=True
         ).stdout  # type: ignore[assignment]
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-            tar.extractall(staging, filter="data")
+            _extract_all(tar, staging)
         (staging / ".complete").write_text(revision.sha + "\n", encoding="utf-8")
+        if (folder / ".complete").is_file():
+            return  # another run extracted it meanwhile: use theirs, never remove a complete tree
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(folder)  # an incomplete earlier extraction
         os.replace(staging, folder)
@@ -188,16 +194,40 @@ def _extract(revision: Revision, folder: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _extract_all(tar: tarfile.TarFile, target: Path) -> None:
+    """Extract with the "data" filter (no links out of the folder, no devices) where Python has it."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(target, filter="data")
+        return
+    for member in tar.getmembers():  # Python 3.11.0-3.11.3: refuse what the filter would
+        name = Path(member.name)
+        if name.is_absolute() or ".." in name.parts or not (member.isfile() or member.isdir()):
+            raise OSError(f"unexpected archive member {member.name!r}")
+    tar.extractall(target)
+
+
+STALE_STAGING_S = 3600.0  # a staging folder this old belongs to a run that was killed
+
+
 def prune_cache(folder: Path, keep: int) -> list[Path]:
-    """Remove all but the ``keep`` most recently used extracted revisions of ``folder``; returns the removed."""
+    """Remove all but the ``keep`` most recently used extracted revisions of ``folder``, and staging
+    folders left by killed runs; returns what was removed."""
     try:
-        trees = [p for p in folder.iterdir() if (p / ".complete").is_file()]
+        entries = list(folder.iterdir())
     except OSError:
         return []
+    trees = [p for p in entries if (p / ".complete").is_file()]
     trees.sort(key=lambda p: (p / ".complete").stat().st_mtime, reverse=True)
-    for old in trees[keep:]:
+    now = time.time()
+    stale = [
+        p
+        for p in entries
+        if p.name.startswith(".") and p.is_dir() and now - p.stat().st_mtime > STALE_STAGING_S
+    ]
+    removed = trees[keep:] + stale
+    for old in removed:
         shutil.rmtree(old, ignore_errors=True)
-    return trees[keep:]
+    return removed
 
 
 def read_text_at(revision: Revision, path: str | os.PathLike[str]) -> str | None:
@@ -210,9 +240,18 @@ def read_text_at(revision: Revision, path: str | os.PathLike[str]) -> str | None
             raise BenchError(f"{str(path)!r} is outside the repository {str(revision.repo)!r}") from None
     if revision.sha is None:
         target = revision.repo / rel
-        return target.read_text(encoding="utf-8") if target.is_file() else None
-    done = _git(revision.repo, "show", f"{revision.sha}:{rel.as_posix()}", check=False)
-    return done.stdout if done.returncode == 0 else None
+        if not target.is_file():
+            return None
+        data = target.read_bytes()
+    else:
+        done = _git(revision.repo, "show", f"{revision.sha}:{rel.as_posix()}", check=False, binary=True)
+        if done.returncode != 0:
+            return None
+        data = done.stdout  # type: ignore[assignment]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BenchError(f"{rel.as_posix()} at {revision.short} is not a text (UTF-8) file") from None
 
 
 # --- does this environment run the revision? ------------------------------------------------------------

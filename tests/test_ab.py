@@ -102,15 +102,30 @@ def test_paired_estimate_recovers_the_ratio_under_a_drifting_machine() -> None:
     est = paired_estimate([r.base_cpu_s for r in rounds], [r.head_cpu_s for r in rounds])
     assert est.low < 1.10 < est.high
     assert est.high / est.low < 1.03, "pairing removes the machine's drift: a tight interval"
-    assert est.p_value is not None and est.p_value < 1e-10
+    assert est.p_value == pytest.approx(1 / 4000), "no resample crosses no change: the smallest p"
     same = _rounds(1.0, 150, random.Random(2))
     flat = paired_estimate([r.base_cpu_s for r in same], [r.head_cpu_s for r in same])
     assert flat.low < 1.0 < flat.high and flat.p_value is not None and flat.p_value > 0.01
 
 
+def test_a_layout_offset_per_epoch_widens_the_interval() -> None:
+    """Rounds of one build share its layout's luck: four builds offset by 0, +5, -1 and +4 % are four
+    draws, not 160 independent rounds. Pooled, the rounds would call it significant; by epoch it is not."""
+    rounds = _rounds(1.0, 160, random.Random(3), noise=0.01)
+    offsets = {0: 1.0, 1: 1.05, 2: 0.99, 3: 1.04}
+    head = [r.head_cpu_s * offsets[r.epoch] for r in rounds]
+    base = [r.base_cpu_s for r in rounds]
+    clustered = paired_estimate(base, head, [r.epoch for r in rounds])
+    assert clustered.low < 1.0 < clustered.high and clustered.epochs == 4 and clustered.p_value > 0.05
+    pooled = paired_estimate(base, head)  # as if every round were independent
+    assert pooled.low > 1.0 and pooled.p_value < 0.001
+
+
 def test_geometric_mean_over_cells_and_bad_samples() -> None:
     cells = [_rounds(r, 100, random.Random(i)) for i, r in enumerate((1.02, 1.04, 1.06))]
-    est = geometric_mean_estimate([([r.base_cpu_s for r in c], [r.head_cpu_s for r in c]) for c in cells])
+    est = geometric_mean_estimate(
+        [([r.base_cpu_s for r in c], [r.head_cpu_s for r in c], [r.epoch for r in c]) for c in cells]
+    )
     assert est.low < (1.02 * 1.04 * 1.06) ** (1 / 3) < est.high
     with pytest.raises(ValueError):
         paired_estimate([0.1, float("nan")], [0.1, 0.1])
@@ -139,6 +154,36 @@ def test_one_slowed_cell_is_named_and_a_five_percent_slowdown_warns() -> None:
     assert _statuses(_record([_cell("a", 0.90, 6)]))["a"] == "IMPROVED"
 
 
+def test_what_the_head_cannot_build_blocks_and_nothing_compared_is_bad_input() -> None:
+    head_only = _cell("new", 1.0, 1, status=Status.FAILED, failed_side="head", rounds=[])
+    head_only.reason = "head: this revision rejects the config"
+    rows = {
+        r.metric.split("/")[0]: r
+        for r in compare_ab(_record([head_only, _cell("ok", 1.0, 2)]), load_thresholds()).comparison.rows
+    }
+    assert rows["new"].status == "CRASHED" and rows["new"].blocking
+    base_gap = _cell("gap", 1.0, 3, status=Status.UNSUPPORTED, failed_side="base", rounds=[])
+    base_gap.reason = "base: this revision's ConformerConfig has no field fancy"
+    with pytest.raises(BenchError, match="no cell could be timed on both revisions"):
+        compare_ab(_record([base_gap]), load_thresholds())
+
+
+def test_the_clock_follows_the_cell_threads() -> None:
+    from conformer_bench.ab.compare import cell_clock
+
+    one, two = _cell("one", 1.0, 1), _cell("two", 1.0, 2, threads=2)
+    assert (cell_clock("auto", one), cell_clock("auto", two)) == ("cpu", "wall")
+    assert cell_clock("wall", one) == "wall" and cell_clock("cpu", two) == "cpu"
+    # a head that lost its parallelism: the same CPU time, twice the wall time
+    for r in two.rounds:
+        object.__setattr__(r, "head_wall_s", 2 * r.base_wall_s)
+    record = _record([two])
+    record.settings["clock"] = "auto"
+    assert _statuses(record)["two"] == "FAIL"
+    record.settings["clock"] = "cpu"
+    assert _statuses(record)["two"] == "OK", "CPU time cannot see lost parallelism"
+
+
 def test_instruction_counts_gate_on_their_own_threshold() -> None:
     flagged = _cell("more", 1.0, 1, instructions=InstructionCounts(1_000_000, 1_013_000, 3, "callgrind"))
     steady = _cell("same", 1.0, 2, instructions=InstructionCounts(1_000_000, 1_000_400, 3, "callgrind"))
@@ -159,6 +204,50 @@ def test_cells_a_side_could_not_run() -> None:
     assert rows["broken"].status == "CRASHED" and rows["broken"].blocking
     text = render_markdown(result)
     assert "no field fancy" in text and "Not measured on both revisions (1)" in text
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda d: d["cells"][0]["rounds"][0].update(base_cpu_s=float("nan")),
+        lambda d: d["cells"][0]["rounds"][0].update(head_wall_s=0),
+        lambda d: d["cells"][0]["rounds"][0].update(head_cpu_s="fast"),
+        lambda d: d["cells"][0].pop("rounds"),
+        lambda d: d["cells"][0].pop("label"),
+        lambda d: d["cells"][0].update(status="weird"),
+        lambda d: d["cells"][0].update(batch_size=None),
+        lambda d: d.update(settings=None),
+        lambda d: d.update(cells={"a": 1}),
+        lambda d: d["settings"].update(clock="sundial"),
+        lambda d: d["settings"].update(seed="0"),
+        lambda d: d["cells"][0].update(instructions={"base": 0, "head": 5, "count_steps": 3, "tool": "t"}),
+        lambda d: d["cells"][0].update(
+            instructions={"base": float("inf"), "head": 5, "count_steps": 3, "tool": "t"}
+        ),
+        lambda d: d.update(schema_version=99),
+    ],
+)
+def test_a_damaged_saved_record_is_one_line_and_exit_2(damage: Any, tmp_path: Path) -> None:
+    data = _record([_cell("a", 1.0, 1)]).to_dict()
+    damage(data)
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(data))
+    result = runner.invoke(app, ["ab", "--from", str(path)])
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: --from"), result.output
+
+
+def test_from_refuses_measuring_options_and_judges_on_another_clock(tmp_path: Path) -> None:
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(_record([_cell("a", 1.10, 1)]).to_dict()))
+    refused = runner.invoke(app, ["ab", "--from", str(path), "--rounds", "50"])
+    assert refused.exit_code == 2 and "drop --rounds" in refused.output
+    same_file = runner.invoke(app, ["ab", "--from", str(path), "--json", str(path)])
+    assert same_file.exit_code == 2 and "is an input" in same_file.output
+    assert json.loads(path.read_text())["schema"] == "conformer-bench.ab", "the input is untouched"
+    wall = runner.invoke(app, ["ab", "--from", str(path), "--clock", "wall"])
+    assert wall.exit_code == 1 and "gated on the wall clock" in wall.output
 
 
 def test_record_round_trip_and_rendering() -> None:
@@ -352,7 +441,8 @@ def test_the_gate_bites_on_a_ten_percent_slower_forward(
     rejudged = runner.invoke(app, ["ab", "--from", str(record)])
     assert rejudged.exit_code == 1 and "FAIL" in rejudged.output.splitlines()[0]
 
-    same = runner.invoke(app, ["ab", head, head, "-e", experiment, *common])
+    unchanged = inject.commit_change(repo, "none")  # a new commit with the slowed code: a tree of its own
+    same = runner.invoke(app, ["ab", head, unchanged, "-e", experiment, *common])
     assert same.exit_code == 0, same.output
     assert not any(line.startswith("| **FAIL") for line in same.output.splitlines())
 

@@ -1,19 +1,20 @@
 """The verdict of an A/B record: one report row per cell and phase, judged by the paired rule.
 
 Throughput (``<cell>/paired.<phase>.img_per_s``): the head's images per second over the base's, from the
-median of the per-round time ratios. A cell FAILs when the whole interval lies past ``fail_rel`` (a drop)
-and the signed-rank test says the rounds centre away from no change (p-values corrected over the cells,
-Benjamini-Hochberg); it WARNs when the estimate is past ``warn_rel`` and significant. Instruction counts
-(``<cell>/paired.infer.instructions``, under callgrind) are nearly deterministic: the threshold alone
-decides. A geometric mean over the cells catches a change that slows every cell a little.
+per-round time ratios (:mod:`.stats`). A cell FAILs when the whole interval lies past ``fail_rel`` (a drop)
+and the bootstrap p-value, corrected over the cells (Benjamini-Hochberg), is below ``alpha``; it WARNs when
+the estimate is past ``warn_rel`` and significant. Instruction counts (``<cell>/paired.infer.instructions``,
+under callgrind) are nearly deterministic: the threshold alone decides. A geometric mean over the cells
+catches a change that slows every cell a little.
 """
 
 from __future__ import annotations
 
-import statistics
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import BenchError
 from ..records import ABRecord, PairedCell, Status
 from ..report.compare import BLOCKING, Comparison, Row
 from ..report.metrics import Metric, MetricSet
@@ -21,6 +22,7 @@ from ..report.thresholds import MetricSpec, Thresholds
 from .stats import PairedEstimate, geometric_mean_estimate, paired_estimate
 
 GEOMEAN_LABEL = "all cells (geometric mean)"
+CLOCKS = ("auto", "cpu", "wall")
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class ABComparison:
 
     record: ABRecord
     comparison: Comparison
+    clock: str
     estimates: list[CellEstimate] = field(default_factory=list)
     geomean: dict[str, PairedEstimate] = field(default_factory=dict)  # phase -> estimate over cells
 
@@ -49,11 +52,21 @@ class ABComparison:
         return self.comparison.exit_code(warn_only)
 
 
-def turn_times(cell: PairedCell, clock: str) -> tuple[list[float], list[float]]:
-    """Each round's base and head turn times on ``clock`` (cpu or wall)."""
-    if clock == "wall":
-        return [r.base_wall_s for r in cell.rounds], [r.head_wall_s for r in cell.rounds]
-    return [r.base_cpu_s for r in cell.rounds], [r.head_cpu_s for r in cell.rounds]
+def cell_clock(clock: str, cell: PairedCell) -> str:
+    """The clock a cell is judged on: ``auto`` is the workers' CPU time for a one-thread cell (it leaves
+    out time the worker was preempted) and the wall clock otherwise (CPU time adds up all threads, so lost
+    parallelism would not show)."""
+    if clock == "auto":
+        return "cpu" if cell.threads == 1 else "wall"
+    return clock
+
+
+def turn_times(cell: PairedCell, clock: str) -> tuple[list[float], list[float], list[int]]:
+    """Each round's base and head turn times on the cell's clock, and each round's epoch."""
+    epochs = [r.epoch for r in cell.rounds]
+    if cell_clock(clock, cell) == "wall":
+        return [r.base_wall_s for r in cell.rounds], [r.head_wall_s for r in cell.rounds], epochs
+    return [r.base_cpu_s for r in cell.rounds], [r.head_cpu_s for r in cell.rounds], epochs
 
 
 def _spec(thresholds: Thresholds, name: str, unit: str, direction: str) -> MetricSpec:
@@ -62,19 +75,18 @@ def _spec(thresholds: Thresholds, name: str, unit: str, direction: str) -> Metri
 
 def _detectable_drop(estimate: PairedEstimate, fail_rel: float) -> float:
     """Throughput drop d such that an interval of this width centred on 1 - d lies just past fail_rel."""
-    import math
-
     return 1.0 - (1.0 - fail_rel) * math.exp(-estimate.half_width)
 
 
 def _timing_row(cell: PairedCell, clock: str, thresholds: Thresholds, seed: int) -> tuple[Row, CellEstimate]:
     name = f"{cell.label}/paired.{cell.phase}.img_per_s"
     spec = _spec(thresholds, name, "img/s", "higher")
-    base, head = turn_times(cell, clock)
-    estimate = paired_estimate(base, head, confidence=spec.confidence, seed=seed)
+    base, head, epochs = turn_times(cell, clock)
+    estimate = paired_estimate(base, head, epochs, confidence=spec.confidence, seed=seed)
     images = cell.batch_size * cell.steps_per_turn
     row = Row(name, "OK", False, "paired", "higher", spec.unit or "img/s", spec=spec)
-    row.baseline, row.current = images / statistics.median(base), images / statistics.median(head)
+    row.baseline = images / _median(base)
+    row.current = row.baseline * estimate.throughput_ratio  # the paired estimate, not a separate median
     row.delta = row.current - row.baseline
     row.delta_rel = estimate.throughput_ratio - 1.0
     row.ci = estimate.throughput_interval
@@ -82,6 +94,12 @@ def _timing_row(cell: PairedCell, clock: str, thresholds: Thresholds, seed: int)
     row.n_baseline = row.n_current = estimate.n
     fail = spec.fail_rel if spec.fail_rel is not None else 0.0
     return row, CellEstimate(name, estimate, _detectable_drop(estimate, fail))
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def _geomean_row(
@@ -95,6 +113,7 @@ def _geomean_row(
     row = Row(name, "OK", False, "paired", "higher", spec.unit or "img/s", spec=spec)
     row.delta_rel = estimate.throughput_ratio - 1.0
     row.ci = estimate.throughput_interval
+    row.p_value = estimate.p_value
     row.n_baseline = row.n_current = len(cells)
     row.note = f"over {len(cells)} cells"
     return row, estimate
@@ -110,12 +129,12 @@ def _instruction_row(cell: PairedCell, thresholds: Thresholds) -> Row | None:
     row.baseline, row.current = counts.base, counts.head
     row.n_baseline = row.n_current = counts.count_steps
     if counts.base is None or counts.head is None:
-        row.status, row.note = "NOT COMPARABLE", "a side could not be counted under callgrind"
+        row.status = "CRASHED" if counts.head is None else "NOT COMPARABLE"
+        row.note = counts.reason or "a side could not be counted under callgrind"
         return row
     row.delta = counts.head - counts.base
-    row.delta_rel = counts.head / counts.base - 1.0 if counts.base else None
-    if row.delta_rel is not None:
-        _threshold_status(row, spec, row.delta_rel, row.delta_rel, significant=True)
+    row.delta_rel = counts.head / counts.base - 1.0
+    _threshold_status(row, spec, row.delta_rel, row.delta_rel, significant=True)
     return row
 
 
@@ -138,50 +157,49 @@ def _threshold_status(
 
 
 def _decide_timing(rows: list[Row]) -> None:
-    """Benjamini-Hochberg over the cells' signed-rank p-values, then each timing row's status."""
+    """Benjamini-Hochberg over the rows' p-values, then each timing row's status."""
     from scipy.stats import false_discovery_control
 
-    tested = [r for r in rows if r.p_value is not None]
-    corrected = [r for r in tested if r.spec is not None and r.spec.correction != "none"]
+    corrected = [
+        r for r in rows if r.p_value is not None and r.spec is not None and r.spec.correction != "none"
+    ]
     if corrected:
         adjusted = false_discovery_control([r.p_value for r in corrected], method="bh")
         for r, p in zip(corrected, adjusted, strict=True):
             r.p_adjusted = float(p)
     for row in rows:
         assert row.spec is not None and row.ci is not None and row.delta_rel is not None
-        worse, worse_least = -row.delta_rel, 1.0 - row.ci[1]
-        if row.p_value is None:  # a summary over cells: its interval is the evidence
-            significant = row.ci[0] > 1.0 or row.ci[1] < 1.0
-        else:
-            p = row.p_adjusted if row.p_adjusted is not None else row.p_value
-            significant = p < row.spec.alpha
-        _threshold_status(row, row.spec, worse, worse_least, significant=significant)
+        p = row.p_adjusted if row.p_adjusted is not None else row.p_value
+        significant = p is not None and p < row.spec.alpha
+        _threshold_status(row, row.spec, -row.delta_rel, 1.0 - row.ci[1], significant=significant)
 
 
 def _unmeasured_row(cell: PairedCell) -> Row:
-    """A cell that did not run on both sides: a head failure blocks, anything else is shown."""
+    """A cell that did not run on both sides: anything head could not do blocks; base's gaps are shown."""
     name = f"{cell.label}/paired.{cell.phase}.img_per_s"
-    row = Row(
-        name, "NOT COMPARABLE", False, "paired", "higher", "img/s", note=f"{cell.status.value}: {cell.reason}"
-    )
-    if cell.status == Status.FAILED and cell.failed_side != "base":
+    note = f"{cell.status.value}: {cell.reason}"
+    row = Row(name, "NOT COMPARABLE", False, "paired", "higher", "img/s", note=note)
+    if cell.failed_side != "base":
         row.status = "CRASHED"
     return row
 
 
-def compare_ab(record: ABRecord, thresholds: Thresholds) -> ABComparison:
-    """Judge every cell of ``record`` under ``thresholds`` (its ``paired.*`` rules)."""
-    clock = str(record.settings.get("clock", "cpu"))
+def compare_ab(record: ABRecord, thresholds: Thresholds, clock: str | None = None) -> ABComparison:
+    """Judge every cell of ``record`` under ``thresholds`` (its ``paired.*`` rules), on ``clock`` (default:
+    the one the run was asked for). A BenchError when no cell was timed on both sides and nothing blocks."""
+    clock = clock or str(record.settings.get("clock", "auto"))
+    if clock not in CLOCKS:
+        raise BenchError(f"clock {clock!r} is not one of {', '.join(CLOCKS)}")
     seed = int(record.settings.get("seed", 0))
     timing_rows: list[Row] = []
     other_rows: list[Row] = []
     estimates: list[CellEstimate] = []
     measured: dict[str, list[PairedCell]] = {}
-    for cell in record.cells:
+    for i, cell in enumerate(record.cells):
         if cell.status != Status.OK or not cell.rounds:
             other_rows.append(_unmeasured_row(cell))
             continue
-        row, estimate = _timing_row(cell, clock, thresholds, seed)
+        row, estimate = _timing_row(cell, clock, thresholds, seed + i)
         timing_rows.append(row)
         estimates.append(estimate)
         measured.setdefault(cell.phase, []).append(cell)
@@ -199,17 +217,20 @@ def compare_ab(record: ABRecord, thresholds: Thresholds) -> ABComparison:
     rows = timing_rows + summary_rows + other_rows
     for row in rows:
         row.blocking = row.status in BLOCKING and (row.spec is None or row.spec.gate or row.status != "FAIL")
+    if not timing_rows and not any(r.blocking for r in rows):
+        reasons = "; ".join(f"{c.label}/{c.phase}: {c.reason}" for c in record.cells[:3]) or "no cells"
+        raise BenchError(
+            f"no cell could be timed on both revisions ({reasons}); choose a base revision that can build "
+            "the experiment's cells, or cells it can build (--only)"
+        )
     rows.sort(key=lambda r: r.sort_key)
     comparison = Comparison(
         _side_set(record, "base"), _side_set(record, "head"), rows, {}, thresholds.sources
     )
-    return ABComparison(record, comparison, estimates, geomean)
+    return ABComparison(record, comparison, clock, estimates, geomean)
 
 
 def _side_set(record: ABRecord, side: str) -> MetricSet:
     revision: dict[str, Any] = record.base if side == "base" else record.head
-    return MetricSet(
-        source=str(revision.get("sha") or revision.get("name")),
-        source_kind="ab",
-        environment=record.environment,
-    )
+    source = str(revision.get("sha") or revision.get("name"))
+    return MetricSet(source=source, source_kind="ab", environment=record.environment)

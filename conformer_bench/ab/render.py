@@ -66,20 +66,41 @@ def _unmeasured_lines(result: ABComparison) -> list[str]:
     return [f"- Not measured on both revisions ({len(unsupported)}): {names}; see each row's note."]
 
 
+CLOCK_TEXT = {
+    "cpu": "the workers' CPU time (img/s are images per CPU-second)",
+    "wall": "the wall clock",
+    "auto": "the workers' CPU time for one-thread cells (images per CPU-second), the wall clock for the others",
+}
+
+
 def _how_lines(result: ABComparison) -> list[str]:
-    settings = result.record.settings
-    rounds = [len(c.rounds) for c in result.record.cells if c.rounds]
-    rounds_text = f"{min(rounds)}–{max(rounds)} rounds a cell" if rounds else "no rounds"
-    if rounds and min(rounds) == max(rounds):
-        rounds_text = f"{rounds[0]} rounds a cell"
-    clock = "CPU time of the worker process" if settings.get("clock") == "cpu" else "wall clock"
-    schedule = SCHEDULE_TEXT.get(str(settings.get("schedule")), str(settings.get("schedule")))
+    settings, cells = result.record.settings, [c for c in result.record.cells if c.rounds]
+    rounds = sorted(len(c.rounds) for c in cells)
+    rounds_text = "no rounds"
+    if rounds:
+        rounds_text = (
+            f"{rounds[0]} rounds a cell"
+            if rounds[0] == rounds[-1]
+            else f"{rounds[0]}–{rounds[-1]} rounds a cell"
+        )
+    epochs = max((len({r.epoch for r in c.rounds}) for c in cells), default=0)
+    schedule = str(settings.get("schedule"))
+    order = "" if schedule == "duet" else ", order drawn per round"
     experiment = result.record.experiment
-    return [
+    lines = [
         f"Measured: experiment `{experiment.get('name')}` ({experiment.get('source')}), phases "
-        f"{'+'.join(settings.get('phases', []))}, {rounds_text}, {schedule}, order drawn per round; "
-        f"gated on {clock}; one long-lived worker per revision, {result.record.wall_s:.0f} s in all.",
+        f"{'+'.join(settings.get('phases', []))}, {rounds_text} in {epochs} build(s) a side, "
+        f"{SCHEDULE_TEXT.get(schedule, schedule)}{order}; gated on {CLOCK_TEXT.get(result.clock, result.clock)}; "
+        f"one long-lived worker per revision, {result.record.wall_s:.0f} s in all.",
     ]
+    faults = [r.base_page_faults + r.head_page_faults for c in cells for r in c.rounds]
+    if faults and max(faults) > 0:
+        lines.append(
+            f"Page faults during turns: {sum(1 for f in faults if f)} of {len(faults)} rounds had some "
+            f"(most {max(faults)}); the workers' allocator is set to need none, so these point at memory "
+            "the model maps afresh each step."
+        )
+    return lines
 
 
 def render_markdown(result: ABComparison) -> str:
@@ -104,8 +125,7 @@ def render_markdown(result: ABComparison) -> str:
         "",
         f"Head: {_rev(head)} {head.get('subject', '')}".rstrip(),
         "",
-        *_how_lines(result),
-        "",
+        *(line for how in _how_lines(result) for line in (how, "")),
         "Machine: " + describe_environment(result.record.environment),
         "",
         "Thresholds: "

@@ -2,11 +2,13 @@
 
 For each cell both workers build the cell's model, warm it up and time one step; then, round after round,
 each runs a turn of the same number of steps, the order drawn at random per round (randomised multiple
-interleaved trials), so that whatever the machine does hits both sides alike. The schedules:
+interleaved trials), so that whatever the machine does hits both sides alike. A cell's rounds come in
+epochs: each epoch builds the cell anew on both sides, after holding a random number of bytes, so that the
+estimate averages over memory layouts rather than keeping one layout's luck. The schedules:
 
 - ``same-core`` (default): turns alternate, both workers pinned to the same core(s);
-- ``split-cores``: turns alternate, each worker on a core of its own;
-- ``duet``: both turns at once, each worker on a core of its own (Bulej et al., ICPE 2020).
+- ``split-cores``: turns alternate, each worker on a core of its own (the cores swap every epoch);
+- ``duet``: both turns at once, each worker on a core of its own (Bulej et al., ICPE 2020; cores swap too).
 
 Optionally a second pass counts each cell's inference instructions under callgrind: one valgrind process
 per revision counts every cell, so torch is imported once per revision.
@@ -22,18 +24,20 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import BenchError
 from ..records import InstructionCounts, PairedCell, PairedRound, Status
-from .workers import Launch, Worker, WorkerGone, hello
+from .workers import ALLOCATOR_ENV, Launch, Worker, WorkerGone, hello
 
 SCHEDULES = ("same-core", "split-cores", "duet")
-CLOCKS = ("cpu", "wall")
 PHASES = ("infer", "train")
+PRECISIONS = ("fp32", "bf16")  # what the worker measures (autocast or a bf16 optimized copy)
+PATHS = ("plain", "optimized")
 SIDES = ("base", "head")
 BUILD_TIMEOUT_S = 900.0
 TURN_TIMEOUT_S = 600.0
@@ -44,11 +48,12 @@ Progress = Callable[[str], None]
 @dataclass(frozen=True)
 class ABSettings:
     """How the two revisions are timed. ``rounds`` fixes the rounds per cell; otherwise ``budget_s`` (the
-    timed seconds of the whole run, both sides) is shared out over the cells, within [min, max] rounds."""
+    seconds of the whole timing pass, builds included) is shared out over the cells, within [min, max]
+    rounds a cell."""
 
     phases: tuple[str, ...] = ("infer",)
     schedule: str = "same-core"
-    clock: str = "cpu"
+    clock: str = "auto"  # auto: CPU time for one-thread cells, wall clock otherwise
     budget_s: float = 300.0
     rounds: int | None = None
     min_rounds: int = 20
@@ -62,14 +67,15 @@ class ABSettings:
     count_steps: int = 3
 
     def to_dict(self) -> dict[str, Any]:
-        from .workers import ALLOCATOR_ENV
-
         return {**asdict(self), "phases": list(self.phases), "worker_allocator_env": ALLOCATOR_ENV}
 
 
 @dataclass(frozen=True)
 class ABCell:
-    """One cell and phase to time: the worker's build message plus what identifies it."""
+    """One cell and phase to time: the worker's build message plus what identifies it.
+
+    ``config`` holds the config fields the cell sets away from the defaults: each revision fills in the
+    rest with its own defaults, so a field added by a newer revision does not stop an older one."""
 
     label: str
     phase: str
@@ -85,22 +91,13 @@ class ABCell:
     def key(self) -> str:
         return f"{self.label}/{self.phase}"
 
-    def message(self, warmup: int, seed: int) -> dict[str, Any]:
-        return {
-            "op": "build",
-            "cell": {
-                "label": self.label,
-                "config": self.config,
-                "phase": self.phase,
-                "batch_size": self.batch_size,
-                "img_size": self.img_size,
-                "precision": self.precision,
-                "path": self.path,
-                "threads": self.threads,
-                "warmup": warmup,
-                "seed": seed,
-            },
-        }
+    def message(self, warmup: int, seed: int, **extra: Any) -> dict[str, Any]:
+        cell = {
+            "label": self.label, "config": self.config, "phase": self.phase, "batch_size": self.batch_size,
+            "img_size": self.img_size, "precision": self.precision, "path": self.path,
+            "threads": self.threads, "warmup": warmup, "seed": seed,
+        }  # fmt: skip
+        return {"op": "build", "cell": {**cell, **extra}}
 
     def empty(self, status: Status, reason: str | None, side: str | None) -> PairedCell:
         return PairedCell(
@@ -109,10 +106,14 @@ class ABCell:
         )  # fmt: skip
 
 
+def usable_cores() -> list[int]:
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+
+
 def cores_for(schedule: str, threads: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """CPU cores of the base and head workers: the last ``threads`` usable cores for both (same-core), or
     a set each (split-cores, duet)."""
-    usable = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    usable = usable_cores()
     if not usable:
         return (), ()
     if schedule == "same-core":
@@ -129,16 +130,29 @@ def cores_for(schedule: str, threads: int) -> tuple[tuple[int, ...], tuple[int, 
 class _Pair:
     """The two workers, started together and stopped together."""
 
-    def __init__(self, trees: dict[str, Path], cores: tuple[tuple[int, ...], ...], logs: Path | None) -> None:
+    def __init__(
+        self, trees: dict[str, Path], cores: tuple[tuple[int, ...], tuple[int, ...]], logs: Path | None
+    ) -> None:
+        self.trees, self.cores, self.logs = trees, cores, logs
         self.workers: dict[str, Worker] = {}
+        self.hello: dict[str, Any] = {}
+        self.start()
+
+    def start(self) -> None:
         try:
-            for side, core in zip(SIDES, cores, strict=True):
-                log = logs / f"{side}.log" if logs else None
-                self.workers[side] = Worker(Launch(side, trees[side], core, log))
+            for side, core in zip(SIDES, self.cores, strict=True):
+                log = self.logs / f"{side}.log" if self.logs else None
+                self.workers[side] = Worker(Launch(side, self.trees[side], core, log))
             self.hello = {side: hello(w) for side, w in self.workers.items()}
         except BaseException:
             self.close()
             raise
+
+    def restart(self) -> None:
+        """New workers after one died (the cell it was on is recorded as failed; the run goes on)."""
+        self.close()
+        self.workers = {}
+        self.start()
 
     def each(self, messages: dict[str, dict[str, Any]], timeout_s: float) -> dict[str, dict[str, Any]]:
         """Send each worker its message, then wait for both answers (they run at once)."""
@@ -146,21 +160,38 @@ class _Pair:
             w.send(messages[side])
         return {side: w.receive(timeout_s) for side, w in self.workers.items()}
 
+    def swap_cores(self, epoch: int) -> None:
+        """On split cores, base and head trade cores every epoch so that neither keeps the better one."""
+        if self.cores[0] == self.cores[1]:
+            return
+        order = self.cores if epoch % 2 == 0 else self.cores[::-1]
+        for side, cores in zip(SIDES, order, strict=True):
+            answer = self.workers[side].request({"op": "pin", "cores": list(cores)}, 60.0)
+            if not answer.get("ok"):
+                raise _CellFailed(side, f"could not move to cores {list(cores)}: {answer.get('reason')}")
+
     def close(self) -> None:
         for w in self.workers.values():
             w.close()
 
 
+class _CellFailed(Exception):
+    def __init__(self, side: str, reason: str) -> None:
+        super().__init__(reason)
+        self.side = side
+
+
 def _refusal(answers: dict[str, dict[str, Any]]) -> tuple[Status, str, str | None] | None:
-    """The status, reason and side of a build that did not succeed on a side (unsupported before failed)."""
+    """The status, reason and side of a build that did not succeed. Only the base may lack something the
+    experiment asks for (unsupported, shown); anything the head cannot build is a failure (it blocks)."""
     bad = {side: a for side, a in answers.items() if not a.get("ok")}
     if not bad:
         return None
-    status = (
-        Status.UNSUPPORTED if any(a.get("status") == "unsupported" for a in bad.values()) else Status.FAILED
-    )
     reason = "; ".join(f"{side}: {a.get('reason')}" for side, a in bad.items())
-    return status, reason, (next(iter(bad)) if len(bad) == 1 else None)
+    if "head" in bad:
+        return Status.FAILED, reason, "head"
+    status = Status.UNSUPPORTED if bad["base"].get("status") == "unsupported" else Status.FAILED
+    return status, reason, "base"
 
 
 def _turn_times(answer: dict[str, Any], side: str) -> tuple[float, float, int]:
@@ -168,12 +199,6 @@ def _turn_times(answer: dict[str, Any], side: str) -> tuple[float, float, int]:
     if not answer.get("ok"):
         raise _CellFailed(side, str(answer.get("reason")))
     return float(sum(answer["wall_s"])), float(sum(answer["cpu_s"])), int(answer.get("page_faults", 0))
-
-
-class _CellFailed(Exception):
-    def __init__(self, side: str, reason: str) -> None:
-        super().__init__(reason)
-        self.side = side
 
 
 def _rounds_for(settings: ABSettings, step_s: float, steps: int, budget_s: float) -> int:
@@ -184,26 +209,31 @@ def _rounds_for(settings: ABSettings, step_s: float, steps: int, budget_s: float
     return max(settings.min_rounds, min(settings.max_rounds, wanted))
 
 
+def _epoch_rounds(total: int, epochs: int) -> list[int]:
+    """``total`` rounds shared out over ``epochs`` (the first ones take the remainder)."""
+    epochs = max(1, min(epochs, total))
+    return [total // epochs + (1 if e < total % epochs else 0) for e in range(epochs)]
+
+
 def _time_cell(
     pair: _Pair, cell: ABCell, settings: ABSettings, budget_s: float, rng: random.Random
 ) -> PairedCell:
-    """Time the cell in ``settings.epochs`` epochs: each builds the cell anew on both sides (another memory
-    layout) and runs its share of the rounds; a side that cannot build or run it ends the cell."""
+    """Time the cell in epochs: each builds the cell anew on both sides (another memory layout) and runs
+    its share of the rounds; a side that cannot build or run it ends the cell."""
     timed = cell.empty(Status.OK, None, None)
-    per_epoch = 0
+    plan: list[int] = []
     try:
         for epoch in range(settings.epochs):
+            if plan and epoch >= len(plan):
+                break
+            pair.swap_cores(epoch)
             refused = _build(pair, cell, settings, rng)
             if refused is not None:
-                return (
-                    cell.empty(*refused)
-                    if epoch == 0
-                    else _failed(timed, Status.FAILED, refused[1], refused[2])
-                )
+                return cell.empty(*refused) if epoch == 0 else _failed(timed, Status.FAILED, *refused[1:])
             if epoch == 0:
                 timed.steps_per_turn, n_rounds = _plan(pair, settings, budget_s)
-                per_epoch = max(1, math.ceil(n_rounds / settings.epochs))
-            for _ in range(per_epoch):
+                plan = _epoch_rounds(n_rounds, settings.epochs)
+            for _ in range(plan[epoch]):
                 timed.rounds.append(_round(pair, settings.schedule, timed.steps_per_turn, epoch, rng))
     except _CellFailed as exc:
         return _failed(timed, Status.FAILED, f"{exc.side}: {exc}", exc.side)
@@ -219,11 +249,10 @@ def _build(
     pair: _Pair, cell: ABCell, settings: ABSettings, rng: random.Random
 ) -> tuple[Status, str, str | None] | None:
     """Build the cell on both sides at once, each after holding a random number of bytes (its layout)."""
-    messages = {}
-    for side in SIDES:
-        message = cell.message(settings.warmup, settings.seed)
-        message["cell"]["pad_bytes"] = rng.randrange(0, MAX_PAD_BYTES) if settings.epochs > 1 else 0
-        messages[side] = message
+    messages = {
+        side: cell.message(settings.warmup, settings.seed, pad_bytes=rng.randrange(0, MAX_PAD_BYTES))
+        for side in SIDES
+    }
     return _refusal(pair.each(messages, BUILD_TIMEOUT_S))
 
 
@@ -239,14 +268,13 @@ def _plan(pair: _Pair, settings: ABSettings, budget_s: float) -> tuple[int, int]
 
 def _round(pair: _Pair, schedule: str, steps: int, epoch: int, rng: random.Random) -> PairedRound:
     message = {"op": "turn", "steps": steps}
-    timeout = TURN_TIMEOUT_S
     if schedule == "duet":
-        answers = pair.each(dict.fromkeys(SIDES, message), timeout)
+        answers = pair.each(dict.fromkeys(SIDES, message), TURN_TIMEOUT_S)
         order = "duet"
     else:
         sides = list(SIDES)
         rng.shuffle(sides)
-        answers = {side: pair.workers[side].request(message, timeout) for side in sides}
+        answers = {side: pair.workers[side].request(message, TURN_TIMEOUT_S) for side in sides}
         order = ",".join(sides)
     (bw, bc, bf), (hw, hc, hf) = (_turn_times(answers[side], side) for side in SIDES)
     return PairedRound(order, epoch, bw, hw, bc, hc, bf, hf)
@@ -269,7 +297,11 @@ def time_cells(
     progress: Progress | None = None,
     on_cell: Callable[[PairedCell], None] | None = None,
 ) -> TimingRun:
-    """Time every cell with both revisions' workers, sharing ``settings.budget_s`` out as cells go."""
+    """Time every cell with both revisions' workers, sharing ``settings.budget_s`` out as cells go.
+
+    A worker that dies (a crash, an out-of-memory kill, no answer) fails the cell it was on, on its side,
+    and both workers start anew for the next cell.
+    """
     threads = max((c.threads for c in cells), default=1)
     pair = _Pair(trees, cores_for(settings.schedule, threads), logs)
     rng = random.Random(settings.seed)
@@ -281,7 +313,11 @@ def time_cells(
                 progress(f"[{i + 1}/{len(cells)}] {cell.key}: building and timing")
             share = max(0.0, settings.budget_s - spent) / (len(cells) - i)
             started = time.perf_counter()
-            paired = _time_cell(pair, cell, settings, share, rng)
+            try:
+                paired = _time_cell(pair, cell, settings, share, rng)
+            except WorkerGone as exc:
+                paired = cell.empty(Status.FAILED, str(exc), exc.side)
+                pair.restart()
             spent += time.perf_counter() - started
             out.cells.append(paired)
             if on_cell is not None:
@@ -309,7 +345,8 @@ def valgrind_version() -> str:
 
 
 def _callgrind_prefix(out_dir: Path, side: str) -> tuple[str, ...]:
-    """valgrind's callgrind with collection off until the worker turns it on; address randomisation off."""
+    """valgrind's callgrind with instrumentation and collection off until the worker turns them on; address
+    randomisation off."""
     prefix: list[str] = []
     setarch = shutil.which("setarch")
     if setarch is not None and subprocess.run([setarch, "-R", "true"], capture_output=True).returncode == 0:
@@ -340,6 +377,24 @@ def _dumped_instructions(out_dir: Path, side: str, pid: int, dump: int) -> float
     return float(match.group(1))
 
 
+@contextmanager
+def _callgrind_workers(
+    trees: dict[str, Path], out_dir: Path, logs: Path | None
+) -> Iterator[tuple[dict[str, Worker], dict[str, int]]]:
+    """Both revisions' workers under callgrind (a core each where there are two), and their pids."""
+    cores = cores_for("split-cores", 1) if len(usable_cores()) >= 2 else ((), ())
+    workers: dict[str, Worker] = {}
+    try:
+        for side, core in zip(SIDES, cores, strict=True):
+            log = logs / f"{side}-callgrind.log" if logs else None
+            workers[side] = Worker(Launch(side, trees[side], core, log, _callgrind_prefix(out_dir, side)))
+        pids = {side: int(hello(w, timeout_s=1800)["pid"]) for side, w in workers.items()}
+        yield workers, pids
+    finally:
+        for w in workers.values():
+            w.close(grace_s=120)
+
+
 def count_instructions(
     trees: dict[str, Path],
     cells: list[ABCell],
@@ -348,33 +403,24 @@ def count_instructions(
     logs: Path | None = None,
     progress: Progress | None = None,
 ) -> dict[str, InstructionCounts]:
-    """Instructions per image of each inference cell, both revisions counted at once under callgrind."""
+    """Instructions per image of each inference cell, both revisions counted at once under callgrind, one
+    thread each (counts of several threads depend on how the work was split)."""
     tool = valgrind_version() + " callgrind, Ir"
     infer = [c for c in cells if c.phase == "infer"]
+    counts: dict[str, InstructionCounts] = {}
     if not infer:
-        return {}
+        return counts
     with tempfile.TemporaryDirectory(prefix="conformer-bench-callgrind-") as tmp:
         out_dir = Path(tmp)
-        cores = cores_for("split-cores", 1) if len(os.sched_getaffinity(0)) >= 2 else ((), ())
-        workers = {
-            side: Worker(Launch(side, trees[side], core, logs / f"{side}-callgrind.log" if logs else None,
-                                _callgrind_prefix(out_dir, side)))
-            for side, core in zip(SIDES, cores, strict=True)
-        }  # fmt: skip
-        counts: dict[str, InstructionCounts] = {}
-        try:
-            pids = {side: int(hello(w, timeout_s=1800)["pid"]) for side, w in workers.items()}
+        with _callgrind_workers(trees, out_dir, logs) as (workers, pids):
             dumps = dict.fromkeys(SIDES, 0)
             for i, cell in enumerate(infer):
                 if progress is not None:
                     progress(f"[{i + 1}/{len(infer)}] {cell.key}: counting instructions under callgrind")
-                per_image = _count_cell(workers, cell, settings, out_dir, pids, dumps)
+                per_image, reason = _count_cell(workers, cell, settings, out_dir, pids, dumps)
                 counts[cell.key] = InstructionCounts(
-                    per_image["base"], per_image["head"], settings.count_steps, tool
+                    per_image["base"], per_image["head"], settings.count_steps, tool, reason
                 )
-        finally:
-            for w in workers.values():
-                w.close(grace_s=120)
     return counts
 
 
@@ -385,36 +431,30 @@ def _count_cell(
     out_dir: Path,
     pids: dict[str, int],
     dumps: dict[str, int],
-) -> dict[str, float | None]:
-    """Build the cell under callgrind on both sides, count ``count_steps`` steps; None for a side that
-    cannot build or count it."""
-    message = cell.message(settings.warmup, settings.seed)
+) -> tuple[dict[str, float | None], str | None]:
+    """Build the cell under callgrind on both sides, count ``count_steps`` steps: instructions per image per
+    side (None where a side could not build or count it) and why not."""
+    message = cell.message(settings.warmup, settings.seed, threads=1)
     for w in workers.values():
         w.send(message)
     built = {side: w.receive(BUILD_TIMEOUT_S * 4) for side, w in workers.items()}
     for side, w in workers.items():
         if built[side].get("ok"):
             w.send({"op": "count", "steps": settings.count_steps})
+    answers = {
+        side: w.receive(BUILD_TIMEOUT_S * 4) if built[side].get("ok") else built[side]
+        for side, w in workers.items()
+    }
     result: dict[str, float | None] = dict.fromkeys(SIDES)
-    for side, w in workers.items():
-        if not built[side].get("ok"):
+    reasons = []
+    for side, answer in answers.items():
+        if not answer.get("ok"):
+            reasons.append(f"{side}: {answer.get('reason')}")
             continue
-        answer = w.receive(BUILD_TIMEOUT_S * 4)
-        if answer.get("ok"):
-            dumps[side] += 1
-            total = _dumped_instructions(out_dir, side, pids[side], dumps[side])
-            result[side] = total / (settings.count_steps * cell.batch_size)
-    return result
-
-
-__all__ = [
-    "CLOCKS",
-    "PHASES",
-    "SCHEDULES",
-    "ABCell",
-    "ABSettings",
-    "TimingRun",
-    "WorkerGone",
-    "count_instructions",
-    "time_cells",
-]
+        dumps[side] += 1
+        total = _dumped_instructions(out_dir, side, pids[side], dumps[side])
+        if total <= 0:
+            reasons.append(f"{side}: callgrind counted no instruction (instrumentation never came on)")
+            continue
+        result[side] = total / (settings.count_steps * cell.batch_size)
+    return result, "; ".join(reasons) or None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +20,16 @@ from ..revisions import (
     resolve_revision,
     source_tree,
 )
-from .run import PHASES, ABCell, ABSettings, count_instructions, time_cells
+from .run import (
+    PATHS,
+    PHASES,
+    PRECISIONS,
+    ABCell,
+    ABSettings,
+    count_instructions,
+    time_cells,
+    valgrind_version,
+)
 
 Progress = Callable[[str], None]
 
@@ -38,17 +48,23 @@ class ABRequest:
 
 
 def _experiment_file(request: ABRequest, repo: Path, head: Revision, scratch: Path) -> Path:
-    """The experiment file as the head revision has it (a file outside the repository is read as it is)."""
+    """The experiment file as the head revision has it; a file outside the repository is read as it is.
+
+    A relative path is taken from the current folder when that lies inside the repository, else from the
+    repository's top folder (``--repo`` elsewhere)."""
     given = request.experiment
-    absolute = given if given.is_absolute() else Path.cwd() / given
-    try:
-        rel = absolute.resolve().relative_to(repo.resolve())
-    except ValueError:
-        if not absolute.is_file():
-            raise BenchError(
-                f"experiment file {str(given)!r} does not exist; pass e.g. experiments/ci.toml"
-            ) from None
-        return absolute
+    candidates = [given] if given.is_absolute() else [Path.cwd() / given, repo / given]
+    rel = None
+    for candidate in candidates:
+        try:
+            rel = candidate.resolve().relative_to(repo.resolve())
+            break
+        except ValueError:
+            continue
+    if rel is None:
+        if not given.is_file():
+            raise BenchError(f"experiment file {str(given)!r} does not exist; pass e.g. experiments/ci.toml")
+        return given
     text = read_text_at(head, rel)
     if text is None:
         raise BenchError(
@@ -58,6 +74,14 @@ def _experiment_file(request: ABRequest, repo: Path, head: Revision, scratch: Pa
     copy = scratch / rel.name
     copy.write_text(text, encoding="utf-8")
     return copy
+
+
+def _explicit_fields(config: Any) -> dict[str, Any]:
+    """The config's fields that differ from the defaults: each revision fills in the rest its own way."""
+    from conformer import ConformerConfig
+
+    defaults = ConformerConfig().to_dict()
+    return {k: v for k, v in config.to_dict().items() if k not in defaults or v != defaults[k]}
 
 
 def _cells(experiment: Any, phases: tuple[str, ...], only: tuple[str, ...]) -> list[ABCell]:
@@ -71,18 +95,13 @@ def _cells(experiment: Any, phases: tuple[str, ...], only: tuple[str, ...]) -> l
     cells: list[ABCell] = []
     for cell in experiment.select(list(only)):
         profile = cell.profile
-        device = str(profile.get("device", "auto"))
-        if device.startswith("cuda"):
-            raise BenchError(
-                f'cell {cell.label!r} is set to device {device}; ab times CPU cells: set device = "cpu" in the '
-                "experiment's [profile]"
-            )
-        for phase in phases:
+        _check_timeable(cell.label, profile)
+        for phase in dict.fromkeys(phases):
             cells.append(
                 ABCell(
                     label=cell.label,
                     phase=phase,
-                    config=cell.config.to_dict(),
+                    config=_explicit_fields(cell.config),
                     config_hash=cell.profile_hash(),
                     batch_size=int(profile.get("batch_size") or DEFAULTS["cpu"].batch_size),
                     img_size=int(profile.get("img_size", 224)),
@@ -92,6 +111,25 @@ def _cells(experiment: Any, phases: tuple[str, ...], only: tuple[str, ...]) -> l
                 )
             )
     return cells
+
+
+def _check_timeable(label: str, profile: dict[str, Any]) -> None:
+    """What the A/B workers can time: CPU cells, fp32 or bf16, the plain or optimized path."""
+    device = str(profile.get("device", "auto"))
+    if device.startswith("cuda"):
+        raise BenchError(
+            f'cell {label!r} is set to device {device}; ab times CPU cells: set device = "cpu" in the '
+            "experiment's [profile]"
+        )
+    precision, path = str(profile.get("precision", "fp32")), str(profile.get("path", "plain"))
+    if precision not in PRECISIONS:
+        raise BenchError(
+            f"cell {label!r}: ab times precision fp32 or bf16, not {precision!r}; change [profile]"
+        )
+    if path not in PATHS:
+        raise BenchError(
+            f"cell {label!r}: ab times the plain or optimized path, not {path!r}; change [profile]"
+        )
 
 
 def _load_cells(
@@ -114,6 +152,15 @@ def _load_cells(
     return experiment, cells
 
 
+class ABAborted(BenchError):
+    """The run stopped part-way (Ctrl-C, SIGTERM, an error): ``record`` holds the cells timed so far."""
+
+    def __init__(self, message: str, record: ABRecord, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.record = record
+        self.exit_code = exit_code
+
+
 def run_ab(
     request: ABRequest,
     settings: ABSettings,
@@ -124,29 +171,23 @@ def run_ab(
     """Measure the request's cells on both revisions; the record holds every round's raw times.
 
     The workers' output goes to ``request.logs``, or to a temporary folder that is removed after a
-    successful run and kept (and named in the error) when a worker fails.
+    successful run and kept (its path in the error) when the run stops. A run that stops part-way raises
+    :class:`ABAborted` with the cells timed so far.
     """
-    import shutil
     import tempfile
 
     started = time.perf_counter()
     repo = repository_root(request.repo)
     base, head = resolve_revision(repo, request.base), resolve_revision(repo, request.head)
+    if settings.instructions:
+        valgrind_version()  # before minutes of timing, not after
     trees = {"base": source_tree(base, request.cache), "head": source_tree(head, request.cache)}
     for side, revision in (("base", base), ("head", head)):
         check_environment(revision, trees[side])
     experiment, cells = _load_cells(request, repo, head, settings)
     if progress is not None:
         progress(f"{len(cells)} cell(s): {head.describe()} against {base.describe()}")
-    logs = request.logs or Path(tempfile.mkdtemp(prefix="conformer-bench-ab-logs-"))
-    timing = time_cells(trees, cells, settings, logs=logs, progress=progress, on_cell=on_cell)
-    if settings.instructions:
-        counts = count_instructions(trees, cells, settings, logs=logs, progress=progress)
-        for paired in timing.cells:
-            paired.instructions = counts.get(f"{paired.label}/{paired.phase}")
-    if request.logs is None:
-        shutil.rmtree(logs, ignore_errors=True)
-    return ABRecord(
+    record = ABRecord(
         status=Status.OK,
         reason=None,
         base=base.to_dict(),
@@ -159,10 +200,54 @@ def run_ab(
         },
         environment=_environment(cells),
         settings=settings.to_dict(),
-        workers=timing.workers,
-        cells=timing.cells,
-        wall_s=time.perf_counter() - started,
+        workers={},
+        cells=[],
+        wall_s=0.0,
     )
+    logs = request.logs or Path(tempfile.mkdtemp(prefix="conformer-bench-ab-logs-"))
+    _measure(record, trees, cells, settings, logs, progress, on_cell, started)
+    if request.logs is None:
+        shutil.rmtree(logs, ignore_errors=True)
+    return record
+
+
+def _measure(
+    record: ABRecord,
+    trees: dict[str, Path],
+    cells: list[ABCell],
+    settings: ABSettings,
+    logs: Path,
+    progress: Progress | None,
+    on_cell: Callable[[PairedCell], None] | None,
+    started: float,
+) -> None:
+    """Time (and count) into ``record``; on the way out by an error or a signal, a partial record."""
+
+    def keep(cell: PairedCell) -> None:
+        record.cells.append(cell)
+        if on_cell is not None:
+            on_cell(cell)
+
+    try:
+        timing = time_cells(trees, cells, settings, logs=logs, progress=progress, on_cell=keep)
+        record.workers = timing.workers
+        if settings.instructions:
+            counts = count_instructions(trees, cells, settings, logs=logs, progress=progress)
+            for paired in record.cells:
+                paired.instructions = counts.get(f"{paired.label}/{paired.phase}")
+    except (KeyboardInterrupt, SystemExit, BenchError) as exc:
+        why = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc) or type(exc).__name__
+        record.status, record.reason = (
+            Status.FAILED,
+            f"{why} after {len(record.cells)} of {len(cells)} cell(s)",
+        )
+        record.wall_s = time.perf_counter() - started
+        code: Any = exc.exit_code if isinstance(exc, BenchError) else 130
+        if isinstance(exc, SystemExit):  # SIGTERM, turned into SystemExit(143) by the command
+            code = exc.code if isinstance(exc.code, int) else 1
+        raise ABAborted(f"{record.reason}; worker logs in {logs}", record, int(code)) from None
+    finally:
+        record.wall_s = time.perf_counter() - started
 
 
 def _environment(cells: list[ABCell]) -> dict[str, Any]:

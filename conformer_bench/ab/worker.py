@@ -12,6 +12,7 @@ stay free for whatever the revision's code prints):
   {"op": "build", "cell": {...}}   -> build the cell's model, input and step; run its warm-up steps
   {"op": "turn", "steps": k}       -> {"ok": true, "wall_s": [k values], "cpu_s": [k values]}
   {"op": "count", "steps": k}      -> under callgrind: k steps with collection on, then a dump
+  {"op": "pin", "cores": [2, 3]}   -> every thread of the worker moves to these cores
   {"op": "quit"}                   -> exit 0
 
 A cell is ``{"label", "config": ConformerConfig fields, "phase": infer|train, "batch_size", "img_size",
@@ -72,6 +73,12 @@ class Harness:
             "cores": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         }
 
+    def pin(self, message: dict[str, Any]) -> dict[str, Any]:
+        cores = {int(c) for c in message["cores"]}
+        for task in os.listdir("/proc/self/task"):  # the threads torch has started too
+            os.sched_setaffinity(int(task), cores)
+        return {"ok": True}
+
     def build(self, message: dict[str, Any]) -> dict[str, Any]:
         self.step = self.pad = None
         gc.collect()
@@ -87,6 +94,9 @@ class Harness:
         self.step = self._step(model, cell)
         for _ in range(int(cell.get("warmup", 1))):
             self.step()
+        strays = _modules_outside(self.source)
+        if strays:
+            raise RuntimeError(f"{strays[0]} was imported from outside the revision's tree {self.source}")
         return {"ok": True, "threads": torch.get_num_threads()}
 
     def turn(self, message: dict[str, Any]) -> dict[str, Any]:
@@ -116,9 +126,12 @@ class Harness:
         if not self.instrumented:
             import subprocess
 
-            subprocess.run(
-                ["callgrind_control", "-i", "on", str(os.getpid())], check=True, capture_output=True
+            done = subprocess.run(
+                ["callgrind_control", "-i", "on", str(os.getpid())], capture_output=True, text=True
             )
+            said = (done.stdout + done.stderr).strip()
+            if done.returncode != 0 or "error" in said.lower():  # it exits 0 when it finds no callgrind
+                raise RuntimeError(f"callgrind_control could not switch instrumentation on: {said[:200]}")
             self.instrumented = True
         self.step()
         gc.collect()
@@ -182,15 +195,18 @@ class Harness:
         optimize = getattr(conformer, "optimize_for_inference", None)
         if optimize is None:
             raise Unsupported("this revision has no optimize_for_inference")
+        import inspect
+
         bf16 = dtype is self.torch.bfloat16
+        options = {
+            "dtype": dtype if bf16 else None, "channels_last": True, "fold_bn": True, "compile": False,
+            "fuse_pointwise": True,
+        }  # fmt: skip
         try:
-            runner = optimize(
-                model, dtype=dtype if bf16 else None, channels_last=True, fold_bn=True, compile=False,
-                fuse_pointwise=True,
-            )  # fmt: skip
+            inspect.signature(optimize).bind(model, **options)
         except TypeError as exc:
-            raise Unsupported(f"this revision's optimize_for_inference differs: {_line(exc)}") from None
-        return runner, None if bf16 else dtype
+            raise Unsupported(f"this revision's optimize_for_inference takes other options: {exc}") from None
+        return optimize(model, **options), None if bf16 else dtype
 
     def _train_step(self, model: Any, x: Any, cell: dict[str, Any], dtype: Any) -> Any:
         torch = self.torch
@@ -218,6 +234,32 @@ class Harness:
         return train
 
 
+def _modules_outside(source: Path) -> list[str]:
+    """The project's modules this process loaded from anywhere but the revision's tree."""
+    root = source.resolve()
+    strays = []
+    for name, module in list(sys.modules.items()):
+        if name.split(".")[0] not in ("conformer", "conformer_bench"):
+            continue
+        where = getattr(module, "__file__", None)
+        if where and not Path(where).resolve().is_relative_to(root):
+            strays.append(name)
+    return sorted(strays)
+
+
+def _forget_editable_installs() -> None:
+    """An editable install of the project adds import hooks that map its packages to the developer's
+    checkout; a module the revision lacks would quietly come from there. Drop them."""
+    sys.meta_path[:] = [f for f in sys.meta_path if not _editable(f)]
+    sys.path_hooks[:] = [h for h in sys.path_hooks if not _editable(h)]
+    sys.path_importer_cache.clear()
+
+
+def _editable(hook: Any) -> bool:
+    owner = getattr(hook, "__module__", "") or getattr(type(hook), "__module__", "")
+    return "__editable__" in owner or "__editable__" in getattr(hook, "__qualname__", "")
+
+
 def model_in_chans(cell: dict[str, Any]) -> int:
     return int(cell["config"].get("in_chans", 3))
 
@@ -240,7 +282,10 @@ def _logits(out: Any) -> list[Any]:
 
 
 def serve(harness: Harness, reply: Any) -> int:
-    handlers = {"hello": harness.hello, "build": harness.build, "turn": harness.turn, "count": harness.count}
+    handlers = {
+        "hello": harness.hello, "build": harness.build, "turn": harness.turn, "count": harness.count,
+        "pin": harness.pin,
+    }  # fmt: skip
     for raw in sys.stdin:
         if not raw.strip():
             continue
@@ -265,6 +310,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--reply-fd", type=int, required=True)
     parser.add_argument("--cores", default="")
     args = parser.parse_args(argv)
+    _forget_editable_installs()
     if args.cores and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {int(c) for c in args.cores.split(",")})  # before torch starts its threads
     with os.fdopen(args.reply_fd, "w", encoding="utf-8") as reply:

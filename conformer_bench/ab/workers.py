@@ -38,7 +38,11 @@ _DROPPED_ENV = ("PYTHONPATH", "PYTHONSTARTUP", "PYTHONHOME", "PYTHONINSPECT")
 
 
 class WorkerGone(BenchError):
-    """A worker exited or stopped answering (exit code 2: the run cannot go on)."""
+    """A worker exited, stopped answering or answered garbage."""
+
+    def __init__(self, message: str, side: str) -> None:
+        super().__init__(message)
+        self.side = side
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,14 @@ class Worker:
         ]
         if launch.cores:
             command += ["--cores", ",".join(str(c) for c in launch.cores)]
-        log = open(launch.log, "ab") if launch.log else subprocess.DEVNULL  # noqa: SIM115 - closed below
+        try:
+            log = open(launch.log, "ab") if launch.log else subprocess.DEVNULL  # noqa: SIM115 - closed below
+        except OSError as exc:
+            os.close(read_fd)
+            os.close(write_fd)
+            raise BenchError(
+                f"cannot write the worker log {launch.log}: {exc.strerror}; pass --logs DIR"
+            ) from None
         try:
             self.proc = subprocess.Popen(
                 command,
@@ -110,11 +121,17 @@ class Worker:
             if ready:
                 chunk = os.read(fd, 1 << 16)
                 if not chunk:
-                    self.proc.wait(5)
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        self.proc.wait(5)
                     raise self._gone("the worker exited")
                 self._buffer += chunk
         line, _, self._buffer = self._buffer.partition(b"\n")
-        answer: dict[str, Any] = json.loads(line)
+        try:
+            answer = json.loads(line)
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            raise self._gone(f"it answered {line[:80]!r}, not a JSON object")
         return answer
 
     def request(self, message: dict[str, Any], timeout_s: float) -> dict[str, Any]:
@@ -125,7 +142,7 @@ class Worker:
         code = self.proc.poll()
         ended = f" (exit code {code})" if code is not None else ""
         log = f"; its output: {self.launch.log}" if self.launch.log else ""
-        return WorkerGone(f"the {self.launch.side} worker failed: {what}{ended}{log}")
+        return WorkerGone(f"the {self.launch.side} worker failed: {what}{ended}{log}", self.launch.side)
 
     def close(self, grace_s: float = 10.0) -> None:
         with contextlib.suppress(OSError, WorkerGone):
@@ -146,5 +163,7 @@ def hello(worker: Worker, timeout_s: float = 600.0) -> dict[str, Any]:
     """Start-up check: the worker imported torch and the revision's own ``conformer``."""
     answer = worker.request({"op": "hello"}, timeout_s)
     if not answer.get("ok"):
-        raise WorkerGone(f"the {worker.launch.side} worker could not start: {answer.get('reason')}")
+        raise WorkerGone(
+            f"the {worker.launch.side} worker could not start: {answer.get('reason')}", worker.launch.side
+        )
     return answer

@@ -9,10 +9,12 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .common import MEASURE, OUTPUT, handle_errors
+from .common import MEASURE, OUTPUT, given, handle_errors
 
 if TYPE_CHECKING:
-    from ..records import PairedCell
+    from ..ab.run import ABSettings
+    from ..ab.session import ABRequest
+    from ..records import ABRecord, PairedCell
 
 app = typer.Typer()
 
@@ -34,6 +36,7 @@ class Schedule(StrEnum):
 
 
 class Clock(StrEnum):
+    auto = "auto"
     cpu = "cpu"
     wall = "wall"
 
@@ -75,7 +78,10 @@ def ab(
     rounds: Annotated[
         int | None,
         typer.Option(
-            "--rounds", min=2, help="Rounds per cell (instead of --budget-s).", rich_help_panel=MEASURE
+            "--rounds",
+            min=10,
+            help="Rounds per cell (instead of --budget-s; at least 10).",
+            rich_help_panel=MEASURE,
         ),
     ] = None,
     schedule: Annotated[
@@ -91,10 +97,11 @@ def ab(
         Clock,
         typer.Option(
             "--clock",
-            help="What gates: the workers' CPU time or the wall clock (both are recorded).",
+            help="What gates: auto (the workers' CPU time for one-thread cells, the wall clock otherwise), "
+            "cpu or wall; both are recorded. With --from: judge the saved record on this clock.",
             rich_help_panel=MEASURE,
         ),
-    ] = Clock.cpu,
+    ] = Clock.auto,
     instructions: Annotated[
         bool,
         typer.Option(
@@ -165,57 +172,24 @@ def ab(
     """
     from ..ab.compare import compare_ab
     from ..ab.render import render_json, render_markdown
-    from ..ab.run import ABSettings
-    from ..ab.session import ABRequest, run_ab
-    from ..errors import BenchError
-    from ..files import atomic_write_text, check_writable, read_json, write_json
-    from ..records import ABRecord
+    from ..ablate.launch import sigterm_as_exit
+    from ..files import atomic_write_text, write_json
     from ..report import load_thresholds
 
-    outputs = [p for p in (markdown, json_out, output) if p is not None]
-    for path in outputs:
-        check_writable(path)
+    _check_outputs(
+        {"--markdown": markdown, "--json": json_out, "--output": output}, [from_record, thresholds]
+    )
     rules = load_thresholds(thresholds)  # bad thresholds stop the run before it measures
     if from_record is not None:
-        if base is not None or head is not None:
-            raise BenchError("--from judges a saved record: give no BASE or HEAD with it")
-        if not from_record.is_file():
-            raise BenchError(
-                f"--from {str(from_record)!r} does not exist; pass the --output file of an earlier ab run"
-            )
-        record = ABRecord.from_dict(read_json(from_record))
+        record = _saved_record(from_record, base, head)
+        judged_clock = clock.value if given("clock") else None
     else:
-        if base is None or head is None or experiment is None:
-            raise BenchError(
-                "give BASE, HEAD and --experiment FILE, e.g. `conformer-bench ab main WORKTREE -e experiments/ci.toml`"
-            )
-        settings = ABSettings(
-            phases=tuple(p.strip() for p in phases.split(",") if p.strip()),
-            schedule=schedule.value,
-            clock=clock.value,
-            budget_s=budget_s,
-            rounds=rounds,
-            seed=seed,
-            epochs=epochs,
-            instructions=instructions,
-        )
-        if budget_s <= 0 or budget_s != budget_s or budget_s == float("inf"):
-            raise BenchError(f"--budget-s must be a positive number of seconds, got {budget_s}")
-        request = ABRequest(
-            base,
-            head,
-            experiment,
-            repo=repo,
-            only=tuple(label.strip() for label in (only or "").split(",") if label.strip()),
-            logs=logs,
-        )
-        if logs is not None:
-            logs.mkdir(parents=True, exist_ok=True)
-        say = None if quiet else (lambda line: typer.echo(line, err=True))
-        record = run_ab(request, settings, progress=say, on_cell=None if quiet else _cell_line(clock.value))
-        if output is not None:
-            write_json(output, record.to_dict())
-    result = compare_ab(record, rules)
+        settings = _settings(phases, schedule, clock, budget_s, rounds, seed, epochs, instructions)
+        request = _request(base, head, experiment, repo, only, logs)
+        with sigterm_as_exit():
+            record = _measure(request, settings, output, quiet)
+        judged_clock = None
+    result = compare_ab(record, rules, judged_clock)
     text = render_markdown(result)
     if markdown is not None:
         atomic_write_text(markdown, text)
@@ -228,22 +202,146 @@ def ab(
     raise typer.Exit(code)
 
 
+MEASURING_OPTIONS = (
+    "experiment",
+    "repo",
+    "only",
+    "phases",
+    "budget_s",
+    "rounds",
+    "schedule",
+    "epochs",
+    "instructions",
+    "seed",
+    "logs",
+)
+
+
+def _check_outputs(outputs: dict[str, Path | None], inputs: list[Path | None]) -> None:
+    """Every output writable, none the same file as an input or as another output."""
+    from ..errors import BenchError
+    from ..files import check_writable
+
+    seen: dict[str, str] = {}
+    for flag, path in outputs.items():
+        if path is None:
+            continue
+        check_writable(path)
+        for source in inputs:
+            if source is not None and source.exists() and path.exists() and path.samefile(source):
+                raise BenchError(f"{flag} {str(path)!r} is an input of this command; write elsewhere")
+        key = str(path.resolve())
+        if key in seen:
+            raise BenchError(f"{flag} and {seen[key]} are the same file {str(path)!r}; give each its own")
+        seen[key] = flag
+
+
+def _saved_record(path: Path, base: str | None, head: str | None) -> ABRecord:
+    """The record of an earlier run, read and checked (``--from``); measuring options are refused."""
+    from ..errors import BenchError
+    from ..files import read_json
+    from ..records import ABRecord
+
+    if base is not None or head is not None:
+        raise BenchError("--from judges a saved record: give no BASE or HEAD with it")
+    extra = [f"--{name.replace('_', '-')}" for name in MEASURING_OPTIONS if given(name)]
+    if extra:
+        raise BenchError(
+            f"--from measures nothing: drop {', '.join(extra)} (only --clock and the outputs apply)"
+        )
+    if not path.is_file():
+        raise BenchError(f"--from {str(path)!r} is not a file; pass the --output file of an earlier ab run")
+    try:
+        return ABRecord.from_dict(read_json(path))
+    except BenchError as exc:
+        raise BenchError(f"--from {path}: {exc}") from None
+
+
+def _settings(
+    phases: str, schedule: Schedule, clock: Clock, budget_s: float, rounds: int | None, seed: int, epochs: int,
+    instructions: bool,
+) -> ABSettings:  # fmt: skip
+    from ..ab.run import ABSettings
+    from ..errors import BenchError
+
+    if not (0 < budget_s < float("inf")):
+        raise BenchError(f"--budget-s must be a positive number of seconds, got {budget_s}")
+    return ABSettings(
+        phases=tuple(p.strip() for p in phases.split(",") if p.strip()),
+        schedule=schedule.value,
+        clock=clock.value,
+        budget_s=budget_s,
+        rounds=rounds,
+        seed=seed,
+        epochs=epochs,
+        instructions=instructions,
+    )
+
+
+def _request(
+    base: str | None,
+    head: str | None,
+    experiment: Path | None,
+    repo: Path,
+    only: str | None,
+    logs: Path | None,
+) -> ABRequest:
+    from ..ab.session import ABRequest
+    from ..errors import BenchError
+
+    if base is None or head is None or experiment is None:
+        raise BenchError(
+            "give BASE, HEAD and --experiment FILE, e.g. `conformer-bench ab main WORKTREE -e experiments/ci.toml`"
+        )
+    if logs is not None:
+        if logs.exists() and not logs.is_dir():
+            raise BenchError(f"--logs {str(logs)!r} is a file; give a folder for the workers' output")
+        try:
+            logs.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BenchError(
+                f"cannot create --logs {str(logs)!r}: {exc.strerror}; choose another folder"
+            ) from None
+    labels = tuple(label.strip() for label in (only or "").split(",") if label.strip())
+    return ABRequest(base, head, experiment, repo=repo, only=labels, logs=logs)
+
+
+def _measure(request: ABRequest, settings: ABSettings, output: Path | None, quiet: bool) -> ABRecord:
+    """Run the A/B; the record is written to ``output`` even when the run stops part-way."""
+    from ..ab.session import ABAborted, run_ab
+    from ..files import write_json
+
+    say = None if quiet else (lambda line: typer.echo(line, err=True))
+    try:
+        record = run_ab(
+            request, settings, progress=say, on_cell=None if quiet else _cell_line(settings.clock)
+        )
+    except ABAborted as exc:
+        if output is not None and exc.record.cells:
+            write_json(output, exc.record.to_dict())
+            exc.args = (f"{exc}; the cells timed so far are in {output}",)
+        raise
+    if output is not None:
+        write_json(output, record.to_dict())
+    return record
+
+
 def _cell_line(clock: str) -> Callable[[PairedCell], None]:
     """One line per finished cell: the head's throughput over the base's (median of the rounds)."""
 
     def say(cell: PairedCell) -> None:
         import statistics
 
-        from ..ab.compare import turn_times
+        from ..ab.compare import cell_clock, turn_times
 
         if not cell.rounds:
             typer.echo(f"    {cell.label}/{cell.phase}: {cell.status.value}: {cell.reason}", err=True)
             return
-        base, head = turn_times(cell, clock)
+        base, head, _ = turn_times(cell, clock)
         ratio = statistics.median(b / h for b, h in zip(base, head, strict=True))
         typer.echo(
             f"    {cell.label}/{cell.phase}: head/base throughput ×{ratio:.3f} "
-            f"({len(cell.rounds)} rounds of {cell.steps_per_turn} step(s), {clock} time)",
+            f"({len(cell.rounds)} rounds of {cell.steps_per_turn} step(s), {cell_clock(clock, cell)} time)",
             err=True,
         )
 
