@@ -10,7 +10,6 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -449,19 +448,21 @@ def test_the_gate_bites_on_a_ten_percent_slower_forward(
 
 @pytest.mark.slow
 def test_a_worktree_change_is_measured(throwaway: tuple[Path, str, str], tmp_path: Path) -> None:
-    """WORKTREE: uncommitted edits are what the head worker imports."""
+    """WORKTREE: the uncommitted edit (every forward 50 % slower) is what the head worker runs."""
     repo, _, head = throwaway
     model = repo / "conformer" / "model.py"
     original = model.read_text()
-    model.write_text(original + "\nINJECTED_MARK = 1\n")
+    model.write_text(original + inject.patch_text("slow:0.5"))
     try:
         result = runner.invoke(
-            app, ["ab", head, WORKTREE, "-e", str(repo / "nano_ab.toml"), "--repo", str(repo), "--rounds", "10",
-                  "--epochs", "1", "--quiet", "-o", str(tmp_path / "r.json")],
+            app, ["ab", head, WORKTREE, "-e", str(repo / "nano_ab.toml"), "--repo", str(repo), "--rounds", "12",
+                  "--epochs", "1", "--quiet", "-o", str(tmp_path / "r.json"), "--json", str(tmp_path / "v.json")],
         )  # fmt: skip
     finally:
         model.write_text(original)
-    assert result.exit_code in (0, 1), result.output
+    assert result.exit_code == 1, result.output
     record = json.loads((tmp_path / "r.json").read_text())
     assert record["head"]["name"] == WORKTREE and record["workers"]["head"]["conformer"].startswith(str(repo))
-    assert all(np.isfinite(r["head_cpu_s"]) for c in record["cells"] for r in c["rounds"])
+    rows = json.loads((tmp_path / "v.json").read_text())["rows"]
+    ratios = [r["delta_rel"] for r in rows if r["metric"].startswith(("dual/", "cnn-only/"))]
+    assert len(ratios) == 2 and all(-0.45 < r < -0.2 for r in ratios), ratios  # 1/1.5 - 1 = -33 %

@@ -56,25 +56,26 @@ def _slow_patch(fraction: float, condition: str | None) -> str:
     if condition is not None:
         field, value = condition.split("=", 1)
         check = f"str(getattr(self.cfg, {field!r}, None)) == {value!r}"
+    # A factory binds the wrapped forward at patch time, so patches can be stacked.
     return f"""
 
 # Injected: every forward spins for {fraction:g} times its own CPU time.
-import time as _injected_time
+def _injected_slowdown(inner):
+    import time
 
-_injected_forward = Conformer.forward
+    def forward(self, x):
+        start = time.thread_time()
+        out = inner(self, x)
+        if {check}:
+            until = time.thread_time() + {fraction!r} * (time.thread_time() - start)
+            while time.thread_time() < until:
+                pass
+        return out
+
+    return forward
 
 
-def _slowed_forward(self, x):
-    start = _injected_time.thread_time()
-    out = _injected_forward(self, x)
-    if {check}:
-        until = _injected_time.thread_time() + {fraction!r} * (_injected_time.thread_time() - start)
-        while _injected_time.thread_time() < until:
-            pass
-    return out
-
-
-Conformer.forward = _slowed_forward
+Conformer.forward = _injected_slowdown(Conformer.forward)
 """
 
 
@@ -82,24 +83,25 @@ def _flops_patch(fraction: float) -> str:
     return f"""
 
 # Injected: every forward also multiplies two matrices holding {fraction:g} times the model's paper MACs.
-_injected_forward = Conformer.forward
-_injected_mats = {{}}
+def _injected_matmul(inner):
+    mats = {{}}
+
+    def forward(self, x):
+        out = inner(self, x)
+        key = (id(self), x.shape[0], x.shape[-1])
+        if key not in mats:
+            from conformer_bench.costs import paper_macs
+
+            n = max(1, round(({fraction!r} * paper_macs(self.cfg, x.shape[-1]) * x.shape[0]) ** (1 / 3)))
+            mats[key] = (torch.ones(n, n), torch.ones(n, n))
+        a, b = mats[key]
+        torch.mm(a, b)
+        return out
+
+    return forward
 
 
-def _heavier_forward(self, x):
-    out = _injected_forward(self, x)
-    key = (id(self), x.shape[0], x.shape[-1])
-    if key not in _injected_mats:
-        from conformer_bench.costs import paper_macs
-
-        n = max(1, round(({fraction!r} * paper_macs(self.cfg, x.shape[-1]) * x.shape[0]) ** (1 / 3)))
-        _injected_mats[key] = (torch.ones(n, n), torch.ones(n, n))
-    a, b = _injected_mats[key]
-    torch.mm(a, b)
-    return out
-
-
-Conformer.forward = _heavier_forward
+Conformer.forward = _injected_matmul(Conformer.forward)
 """
 
 
