@@ -94,13 +94,18 @@ def _how_lines(result: ABComparison) -> list[str]:
         f"one long-lived worker per revision, {result.record.wall_s:.0f} s in all.",
     ]
     faults = [r.base_page_faults + r.head_page_faults for c in cells for r in c.rounds]
-    if faults and max(faults) > 0:
+    faulty = sum(1 for f in faults if f)
+    if faults and faulty > len(faults) / 10:  # a stray first touch now and then is not worth a line
         lines.append(
-            f"Page faults during turns: {sum(1 for f in faults if f)} of {len(faults)} rounds had some "
-            f"(most {max(faults)}); the workers' allocator is set to need none, so these point at memory "
-            "the model maps afresh each step."
+            f"Page faults during turns: {faulty} of {len(faults)} rounds had some (most {max(faults)}); the "
+            "workers' allocator is set to need none, so a step is mapping memory afresh."
         )
     return lines
+
+
+def _machine(environment: dict[str, Any]) -> dict[str, Any]:
+    """The environment without the running tool's own checkout (the revisions are named above it)."""
+    return {k: v for k, v in environment.items() if k not in ("commit", "created")}
 
 
 def render_markdown(result: ABComparison) -> str:
@@ -126,7 +131,7 @@ def render_markdown(result: ABComparison) -> str:
         f"Head: {_rev(head)} {head.get('subject', '')}".rstrip(),
         "",
         *(line for how in _how_lines(result) for line in (how, "")),
-        "Machine: " + describe_environment(result.record.environment),
+        "Machine: " + describe_environment(_machine(result.record.environment)),
         "",
         "Thresholds: "
         + ", ".join(
