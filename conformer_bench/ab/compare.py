@@ -19,10 +19,10 @@ from ..records import ABRecord, PairedCell, Status
 from ..report.compare import BLOCKING, Comparison, Row
 from ..report.metrics import Metric, MetricSet
 from ..report.thresholds import MetricSpec, Thresholds
+from . import CLOCKS
 from .stats import PairedEstimate, geometric_mean_estimate, paired_estimate
 
 GEOMEAN_LABEL = "all cells (geometric mean)"
-CLOCKS = ("auto", "cpu", "wall")
 
 
 @dataclass(frozen=True)

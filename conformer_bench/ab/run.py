@@ -34,7 +34,6 @@ from ..errors import BenchError
 from ..records import InstructionCounts, PairedCell, PairedRound, Status
 from .workers import ALLOCATOR_ENV, Launch, Worker, WorkerGone, hello
 
-SCHEDULES = ("same-core", "split-cores", "duet")
 PHASES = ("infer", "train")
 PRECISIONS = ("fp32", "bf16")  # what the worker measures (autocast or a bf16 optimized copy)
 PATHS = ("plain", "optimized")

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from ..ab import CLOCKS, SCHEDULES
 from .common import MEASURE, OUTPUT, given, handle_errors
 
 if TYPE_CHECKING:
@@ -29,16 +30,9 @@ conformer-bench ab v0.1.0 HEAD -e experiments/ci.toml --instructions --output ab
 conformer-bench ab --from ab-record.json --thresholds experiments/ci_thresholds.toml"""
 
 
-class Schedule(StrEnum):
-    same_core = "same-core"
-    split_cores = "split-cores"
-    duet = "duet"
-
-
-class Clock(StrEnum):
-    auto = "auto"
-    cpu = "cpu"
-    wall = "wall"
+# Choices from the one place that defines them.
+Schedule = StrEnum("Schedule", {name.replace("-", "_"): name for name in SCHEDULES})  # type: ignore[misc]
+Clock = StrEnum("Clock", {name: name for name in CLOCKS})  # type: ignore[misc]
 
 
 @app.command("ab", epilog=EXAMPLES)
@@ -92,7 +86,7 @@ def ab(
             "once, a core each.",
             rich_help_panel=MEASURE,
         ),
-    ] = Schedule.same_core,
+    ] = Schedule.same_core,  # type: ignore[attr-defined]
     clock: Annotated[
         Clock,
         typer.Option(
@@ -101,7 +95,7 @@ def ab(
             "cpu or wall; both are recorded. With --from: judge the saved record on this clock.",
             rich_help_panel=MEASURE,
         ),
-    ] = Clock.auto,
+    ] = Clock.auto,  # type: ignore[attr-defined]
     instructions: Annotated[
         bool,
         typer.Option(
