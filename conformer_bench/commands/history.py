@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from .common import handle_errors
+from .common import MEASURE, OUTPUT, handle_errors
 
 if TYPE_CHECKING:
     from ..history.store import HistoryStore
@@ -75,3 +75,125 @@ def add(
             added = [store.add(entry) for entry in found]
             new = sum(1 for a in added if a.new_run)
             typer.echo(f"{path}: {new} run(s) added, {len(found) - new} already in {store.path}")
+
+
+BACKFILL_EXAMPLES = """Examples:
+
+conformer-bench history backfill v0.1.0..main -e experiments/ci.toml
+
+conformer-bench history backfill HEAD~20..HEAD -e experiments/ci.toml --every 5 --only micro,no-fcu --rounds 30
+
+conformer-bench history backfill main~6..main -e experiments/ci.toml --anchor main~10 --db history.db"""
+
+
+@history.command("backfill", epilog=BACKFILL_EXAMPLES)
+@handle_errors
+def backfill(
+    revisions: Annotated[
+        str,
+        typer.Argument(
+            help="A..B: the commits of B's first-parent line since A (A is the anchor unless --anchor); or one "
+            "revision.",
+            show_default=False,
+        ),
+    ],
+    experiment: Annotated[
+        Path,
+        typer.Option(
+            "--experiment",
+            "-e",
+            help="Experiment whose [profile] cells are timed (read as B has it).",
+            show_default=False,
+        ),
+    ],
+    anchor: Annotated[
+        str | None,
+        typer.Option("--anchor", help="The revision every one is timed against (default: A of A..B)."),
+    ] = None,
+    every: Annotated[
+        int, typer.Option("--every", min=1, help="Time every N-th revision (counted back from B).")
+    ] = 1,
+    only: Annotated[
+        str | None, typer.Option("--only", help="Comma-separated cell labels to time (default: all).")
+    ] = None,
+    phases: Annotated[
+        str, typer.Option("--phases", help="infer, train or infer,train.", rich_help_panel=MEASURE)
+    ] = "infer",
+    budget_s: Annotated[
+        float,
+        typer.Option(
+            "--budget-s",
+            help="Timed seconds per revision, shared out over its cells.",
+            rich_help_panel=MEASURE,
+        ),
+    ] = 60.0,
+    rounds: Annotated[
+        int | None,
+        typer.Option(
+            "--rounds", min=10, help="Rounds per cell (instead of --budget-s).", rich_help_panel=MEASURE
+        ),
+    ] = None,
+    epochs: Annotated[
+        int,
+        typer.Option(
+            "--epochs",
+            min=1,
+            help="Builds per cell and side, each at another memory layout.",
+            rich_help_panel=MEASURE,
+        ),
+    ] = 2,
+    seed: Annotated[
+        int,
+        typer.Option(
+            "--seed", min=0, max=2**32 - 1, help="Seed of the round order.", rich_help_panel=MEASURE
+        ),
+    ] = 0,
+    db: DbOpt = None,
+    repo: RepoOpt = Path("."),
+    logs: Annotated[
+        Path | None,
+        typer.Option("--logs", help="Keep the workers' output in this folder.", rich_help_panel=OUTPUT),
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress lines.", rich_help_panel=OUTPUT)
+    ] = False,
+) -> None:
+    """Time an experiment's cells at each revision of a range, each paired against one anchor revision on
+    this machine, and add every cell to the history as it is timed.
+
+    Run again, it skips every cell the history holds for this machine, experiment, anchor and revision, so
+    a stopped backfill (Ctrl-C, SIGTERM, SIGKILL) goes on where it stopped. Exit 0: every cell timed or
+    found; 1: some cells failed (not stored, tried again next time); 2: bad input.
+    """
+    from ..ablate.launch import sigterm_as_exit
+    from ..history.backfill import BackfillRequest, run_backfill
+    from .ab import Clock, Schedule
+    from .ab import _settings as ab_settings
+
+    settings = ab_settings(phases, Schedule.same_core, Clock.auto, budget_s, rounds, seed, epochs, False)
+    labels = tuple(label.strip() for label in (only or "").split(",") if label.strip())
+    request = BackfillRequest(revisions, experiment, repo, anchor, every, labels, logs=_logs(logs))
+    say = None if quiet else (lambda line: typer.echo(line, err=True))
+    with _store(db) as store, sigterm_as_exit():
+        summary = run_backfill(request, settings, store, progress=say)
+    typer.echo(
+        f"backfill {revisions}: {len(summary.points)} revision(s) against {summary.anchor.short}; "
+        f"{summary.timed} cell(s) timed, {summary.skipped} already in {store.path}, {len(summary.failed)} failed"
+    )
+    for line in summary.failed:
+        typer.echo(f"  failed: {line}")
+    raise typer.Exit(1 if summary.failed else 0)
+
+
+def _logs(logs: Path | None) -> Path | None:
+    from ..errors import BenchError
+
+    if logs is None:
+        return None
+    try:
+        logs.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BenchError(
+            f"cannot create --logs {str(logs)!r}: {exc.strerror}; choose another folder"
+        ) from None
+    return logs
