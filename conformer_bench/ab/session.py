@@ -147,9 +147,9 @@ def _load_cells(
         copy = _experiment_file(request, repo, at, Path(scratch))
         try:
             experiment = load_experiment(copy)
+            cells = _cells(experiment, settings.phases, request.only)
         except BenchError as exc:  # name the file as the user knows it, not the scratch copy
             raise BenchError(str(exc).replace(str(copy), f"{at.short}:{request.experiment}")) from None
-    cells = _cells(experiment, settings.phases, request.only)
     if not cells:
         raise BenchError("no cell to time; check --only and the experiment's cells")
     return experiment, cells

@@ -109,14 +109,15 @@ def run_backfill(
     experiment_at = request.experiment_at or points[-1].sha
     revs = Revisions(repo)
     summary = BackfillSummary(anchor)
-    say(f"backfill: {len(points)} revision(s) against anchor {anchor.describe()}")
     for i, revision in enumerate(points, 1):
         assert anchor.sha is not None and revision.sha is not None
         ab_request = ABRequest(
             anchor.sha, revision.sha, request.experiment, repo, request.only, request.cache, request.logs,
             experiment_at,
         )  # fmt: skip
-        plan = plan_ab(ab_request, settings)
+        plan = plan_ab(ab_request, settings)  # the first one checks the experiment before anything is said
+        if i == 1:
+            say(f"backfill: {len(points)} revision(s) against anchor {anchor.describe()}")
         outcome = _time_point(plan, settings, store, revs, request, f"[{i}/{len(points)}]", say, on_cell)
         summary.points.append(outcome)
     return summary
