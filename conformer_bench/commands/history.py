@@ -4,7 +4,7 @@ in each series and publish them as a static site."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -197,3 +197,99 @@ def _logs(logs: Path | None) -> Path | None:
             f"cannot create --logs {str(logs)!r}: {exc.strerror}; choose another folder"
         ) from None
     return logs
+
+
+CHANGES_EXAMPLES = """Examples:
+
+conformer-bench history changes
+
+conformer-bench history changes --metric 'paired.*' --cell micro --json changes.json
+
+conformer-bench history changes --gate 'paired.*.img_per_s' --gate 'finetune.top1.*' --markdown changes.md"""
+
+
+@history.command("changes", epilog=CHANGES_EXAMPLES)
+@handle_errors
+def changes(
+    db: DbOpt = None,
+    metric: Annotated[
+        list[str] | None,
+        typer.Option("--metric", help="Only metrics matching this pattern (fnmatch; repeatable)."),
+    ] = None,
+    cell: Annotated[
+        list[str] | None, typer.Option("--cell", help="Only cells matching this pattern (repeatable).")
+    ] = None,
+    machine: Annotated[
+        str | None, typer.Option("--machine", help="Only the machine whose fingerprint starts with this.")
+    ] = None,
+    gate: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--gate",
+            help="Metrics that gate (fnmatch; repeatable): exit 1 when the newest step of one of their series is a "
+            "regression. Default: paired.*.img_per_s.",
+        ),
+    ] = None,
+    alpha: Annotated[
+        float, typer.Option("--alpha", min=1e-9, max=0.5, help="Significance a step must reach.")
+    ] = 0.01,
+    min_change: Annotated[
+        float,
+        typer.Option("--min-change", min=0.0, help="Smallest step reported, as a fraction (0.02 = 2 %)."),
+    ] = 0.02,
+    markdown: Annotated[Path | None, typer.Option("--markdown", help="Also write the table here.")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write every series and its steps here.")
+    ] = None,
+    warn_only: Annotated[
+        bool, typer.Option("--warn-only", help="Exit 0 even when a gated series regressed.")
+    ] = False,
+) -> None:
+    """List the change points of every series in the history: where it steps, by how much (with a 95 %
+    interval) and how significantly. Series are per machine, experiment, cell, metric and settings.
+
+    Exit code 0: no gated series ends in a regression; 1: one does; 2: bad input.
+    """
+    from ..files import atomic_write_text, check_writable, write_json
+    from ..history.changes import series_steps
+    from ..history.render import DEFAULT_GATE, Gate, render_json, render_markdown
+    from ..history.series import load_series
+
+    for path in (markdown, json_out):
+        if path is not None:
+            check_writable(path)
+    with _store(db, create=False) as store:
+        everything = load_series(store)
+    chosen = [s for s in everything if _selected(s, metric, cell, machine)]
+    _check_selection(everything, chosen)
+    found = [series_steps(s, alpha=alpha, min_change=min_change) for s in chosen]
+    rule = Gate(tuple(gate) if gate else DEFAULT_GATE)
+    text = render_markdown(found, rule, len(chosen))
+    if markdown is not None:
+        atomic_write_text(markdown, text)
+    if json_out is not None:
+        write_json(json_out, render_json(found, rule))
+    typer.echo(text, nl=False)
+    raise typer.Exit(1 if rule.blocking(found) and not warn_only else 0)
+
+
+def _selected(series: Any, metric: list[str] | None, cell: list[str] | None, machine: str | None) -> bool:
+    import fnmatch
+
+    key = series.key
+    if metric and not any(fnmatch.fnmatchcase(key.metric, p) for p in metric):
+        return False
+    if cell and not any(fnmatch.fnmatchcase(key.cell, p) for p in cell):
+        return False
+    return machine is None or key.machine.startswith(machine)
+
+
+def _check_selection(everything: list[Any], chosen: list[Any]) -> None:
+    from ..errors import BenchError
+
+    if not everything:
+        raise BenchError("the history holds no results yet; add runs (`history add`) or backfill a range")
+    if not chosen:
+        metrics = sorted({s.key.metric for s in everything})
+        shown = ", ".join(metrics[:8]) + (", ..." if len(metrics) > 8 else "")
+        raise BenchError(f"no series matches --metric/--cell/--machine; its metrics: {shown}")
