@@ -293,3 +293,86 @@ def _check_selection(everything: list[Any], chosen: list[Any]) -> None:
         metrics = sorted({s.key.metric for s in everything})
         shown = ", ".join(metrics[:8]) + (", ..." if len(metrics) > 8 else "")
         raise BenchError(f"no series matches --metric/--cell/--machine; its metrics: {shown}")
+
+
+PUBLISH_EXAMPLES = """Examples:
+
+conformer-bench history publish site/
+
+conformer-bench history publish site/ --db history.db --commit-url 'https://github.com/ORG/REPO/commit/{sha}'"""
+
+
+@history.command("publish", epilog=PUBLISH_EXAMPLES)
+@handle_errors
+def publish(
+    folder: Annotated[Path, typer.Argument(help="Folder to write the site into.", show_default=False)],
+    db: DbOpt = None,
+    repo: RepoOpt = Path("."),
+    commit_url: Annotated[
+        str | None,
+        typer.Option(
+            "--commit-url",
+            help="Link of a commit, with {sha} (default: from the repository's origin where it is a GitHub or "
+            "GitLab address; else no links).",
+        ),
+    ] = None,
+    title: Annotated[
+        str, typer.Option("--title", help="The front page's title.")
+    ] = "conformer-bench history",
+    alpha: Annotated[
+        float, typer.Option("--alpha", min=1e-9, max=0.5, help="Significance a step must reach.")
+    ] = 0.01,
+    min_change: Annotated[
+        float, typer.Option("--min-change", min=0.0, help="Smallest step marked, as a fraction.")
+    ] = 0.02,
+) -> None:
+    """Write the history as a static site: a front page of the latest regressions, and per metric a trend
+    plot for each machine with the change points marked. It opens from file:// with no server."""
+    from ..errors import BenchError
+    from ..history.changes import series_steps
+    from ..history.publish import publish as write_site
+    from ..history.render import Gate
+    from ..history.series import load_series
+
+    if folder.exists() and not folder.is_dir():
+        raise BenchError(f"{str(folder)!r} is a file; give a folder for the site")
+    if commit_url is not None and "{sha}" not in commit_url:
+        raise BenchError(
+            "--commit-url needs {sha} where the commit goes, e.g. https://host/org/repo/commit/{sha}"
+        )
+    with _store(db, create=False) as store:
+        everything = load_series(store)
+    _check_selection(everything, everything)
+    found = [series_steps(s, alpha=alpha, min_change=min_change) for s in everything]
+    link = commit_url if commit_url is not None else _origin_commit_url(repo)
+    try:
+        site = write_site(found, folder, commit_url=link, title=title, gate=Gate())
+    except OSError as exc:
+        raise BenchError(
+            f"cannot write the site into {str(folder)!r}: {exc.strerror}; choose another folder"
+        ) from None
+    typer.echo(
+        f"{site.folder / 'index.html'}: {len(site.pages) - 1} metric page(s), {site.plots} plot(s), "
+        f"{site.marked} change point(s) marked"
+    )
+
+
+def _origin_commit_url(repo: Path) -> str | None:
+    """``https://HOST/ORG/REPO/commit/{sha}`` from the origin remote of a GitHub or GitLab repository."""
+    import re
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(repo), "remote", "get-url", "origin"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.match(r"^(?:https://|git@)(github\.com|gitlab\.com)[/:](.+?)(?:\.git)?$", done.stdout.strip())
+    if done.returncode != 0 or match is None:
+        return None
+    path = "commit" if match.group(1) == "github.com" else "-/commit"
+    return f"https://{match.group(1)}/{match.group(2)}/{path}/{{sha}}"
