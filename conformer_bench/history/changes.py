@@ -5,19 +5,22 @@ The series is read in log units (a step is a ratio). ``ruptures`` (PELT, squared
 steps, with a penalty of ``PENALTY`` × σ² × log n, where σ is the series' measured noise: the larger of
 the points' scatter (the median absolute difference between neighbours, which a step barely moves) and the
 median of the points' own standard errors (a paired point's interval). Each proposed step is then tested
-against its neighbouring steps by a pooled t-test of the two segments' log means (their scatter floored
-at the points' own standard error), its p-value multiplied by the number of places the step could have been put
-in that stretch (the search is part of the test). The least significant step is dropped and the rest are
-tested again until every one left has p < ``alpha``; steps smaller than ``min_change`` are dropped too.
-A step needs ``min_size`` points on each side: a single odd point is an outlier, not a new level.
+against its neighbouring steps: the pooled t statistic of the two segments' log means (their scatter
+floored at the points' own standard error), and as p-value how often Gaussian noise of the same length
+gives a larger t at the best of all the places the step could have been put (the search is part of the
+test, so a flat series gets a false step at rate ``alpha``). The least significant step is dropped and the
+rest are tested again until every one left has p < ``alpha``; steps smaller than ``min_change`` are dropped
+too. A step needs ``min_size`` points on each side: a single odd point is an outlier, not a new level.
 
 Exact metrics (params, FLOPs) have no noise: every change of value is a step, with p = 0.
 
-Measured before choosing (scripts/changepoint_measure.py): see docs/history.md.
+Measured against apache-otava before choosing (scripts/changepoint_measure.py; README, *History across
+revisions*).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +35,7 @@ ALPHA = 0.01
 MIN_SIZE = 2
 MIN_CHANGE = 0.02  # steps smaller than 2 % are not reported
 Z95 = 1.959963984540054
+NULL_DRAWS = 20_000  # simulated series behind a p-value (its floor is 1 / (draws + 1))
 
 
 @dataclass(frozen=True)
@@ -71,21 +75,45 @@ def log_errors(
     return out
 
 
+def _split_t(y: np.ndarray, min_size: int) -> np.ndarray:
+    """|t| of a pooled two-sample t-test at every place a step could be put, for each row of ``y``
+    (places ``min_size`` .. n - ``min_size``), from cumulative sums."""
+    n = y.shape[-1]
+    cut = np.arange(min_size, n - min_size + 1)
+    s1, q1 = np.cumsum(y, axis=-1), np.cumsum(y * y, axis=-1)
+    left_sum, left_sq = s1[..., cut - 1], q1[..., cut - 1]
+    right_sum, right_sq = s1[..., -1:] - left_sum, q1[..., -1:] - left_sq
+    n1, n2 = cut.astype(float), (n - cut).astype(float)
+    ss = (left_sq - left_sum**2 / n1) + (right_sq - right_sum**2 / n2)
+    sd = np.sqrt(np.maximum(ss, 0.0) / (n - 2))
+    diff = right_sum / n2 - left_sum / n1
+    return np.abs(diff) / np.maximum(sd * np.sqrt(1 / n1 + 1 / n2), 1e-300)
+
+
+@functools.lru_cache(maxsize=256)
+def _max_t_null(n: int, min_size: int) -> np.ndarray:
+    """The distribution of the largest |t| over all places of a step, in ``n`` points of pure Gaussian noise
+    (the t statistic does not depend on the noise's scale): simulated once per length, seeded by it."""
+    draws = int(min(NULL_DRAWS, max(2000, 4_000_000 // n)))
+    noise = np.random.default_rng(n).standard_normal((draws, n))
+    return np.sort(_split_t(noise, min_size).max(axis=1))
+
+
 def _test(y: np.ndarray, start: int, cut: int, end: int, floor: float, min_size: int) -> Step:
-    """The step at ``cut`` between the stretch ``[start, cut)`` and ``[cut, end)``."""
+    """The step at ``cut`` between the stretch ``[start, cut)`` and ``[cut, end)``: its p-value is how often
+    noise alone gives a larger |t| at the best of all the places in the stretch."""
     from scipy.stats import t
 
     left, right = y[start:cut], y[cut:end]
     n1, n2 = left.size, right.size
     df = n1 + n2 - 2
-    pooled = math.sqrt(
-        (float(np.sum((left - left.mean()) ** 2)) + float(np.sum((right - right.mean()) ** 2))) / df
-    )
-    sd = max(pooled, floor, 1e-12)
+    ss = float(np.sum((left - left.mean()) ** 2)) + float(np.sum((right - right.mean()) ** 2))
+    sd = max(math.sqrt(ss / df), floor, 1e-12)
     delta = float(right.mean() - left.mean())
     se = sd * math.sqrt(1 / n1 + 1 / n2)
-    places = max(1, (end - start) - 2 * min_size + 1)
-    p = min(1.0, places * 2 * float(t.sf(abs(delta) / se, df)))
+    null = _max_t_null(end - start, min_size)
+    exceed = null.size - int(np.searchsorted(null, abs(delta) / se, side="left"))
+    p = (exceed + 1) / (null.size + 1)
     half = float(t.ppf(0.975, df)) * se
     return Step(cut, math.exp(delta), math.exp(delta - half), math.exp(delta + half), p, n1, n2)
 
