@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from .common import MEASURE, OUTPUT, handle_errors
+from .ab import EpochsOpt, LogsOpt, OnlyOpt, PhasesOpt, QuietOpt, RepoOpt, RoundsOpt, SeedOpt
+from .common import MEASURE, handle_errors
 
 if TYPE_CHECKING:
     from ..history.store import HistoryStore
@@ -29,7 +30,6 @@ DbOpt = Annotated[
         show_default=False,
     ),
 ]
-RepoOpt = Annotated[Path, typer.Option("--repo", help="The project's git checkout.")]
 
 ADD_EXAMPLES = """Examples:
 
@@ -113,12 +113,8 @@ def backfill(
     every: Annotated[
         int, typer.Option("--every", min=1, help="Time every N-th revision (counted back from B).")
     ] = 1,
-    only: Annotated[
-        str | None, typer.Option("--only", help="Comma-separated cell labels to time (default: all).")
-    ] = None,
-    phases: Annotated[
-        str, typer.Option("--phases", help="infer, train or infer,train.", rich_help_panel=MEASURE)
-    ] = "infer",
+    only: OnlyOpt = None,
+    phases: PhasesOpt = "infer",
     budget_s: Annotated[
         float,
         typer.Option(
@@ -127,36 +123,13 @@ def backfill(
             rich_help_panel=MEASURE,
         ),
     ] = 60.0,
-    rounds: Annotated[
-        int | None,
-        typer.Option(
-            "--rounds", min=10, help="Rounds per cell (instead of --budget-s).", rich_help_panel=MEASURE
-        ),
-    ] = None,
-    epochs: Annotated[
-        int,
-        typer.Option(
-            "--epochs",
-            min=1,
-            help="Builds per cell and side, each at another memory layout.",
-            rich_help_panel=MEASURE,
-        ),
-    ] = 2,
-    seed: Annotated[
-        int,
-        typer.Option(
-            "--seed", min=0, max=2**32 - 1, help="Seed of the round order.", rich_help_panel=MEASURE
-        ),
-    ] = 0,
+    rounds: RoundsOpt = None,
+    epochs: EpochsOpt = 2,
+    seed: SeedOpt = 0,
     db: DbOpt = None,
     repo: RepoOpt = Path("."),
-    logs: Annotated[
-        Path | None,
-        typer.Option("--logs", help="Keep the workers' output in this folder.", rich_help_panel=OUTPUT),
-    ] = None,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress lines.", rich_help_panel=OUTPUT)
-    ] = False,
+    logs: LogsOpt = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """Time an experiment's cells at each revision of a range, each paired against one anchor revision on
     this machine, and add every cell to the history as it is timed.
