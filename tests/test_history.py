@@ -90,6 +90,7 @@ def _writer(path: str, worker: int, runs: int) -> None:
             store.add(_entry(i, 1.0, cell=f"w{worker}", run=f"w{worker}"))
 
 
+@pytest.mark.slow
 def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
     """Four processes add 25 runs each at once (and all race to create the file): every run is there."""
     path = str(tmp_path / "h.db")
@@ -260,6 +261,7 @@ def _browse() -> Any:
     return module.browse
 
 
+@pytest.mark.slow
 def test_publish_writes_a_site_that_opens_in_chromium(tmp_path: Path) -> None:
     """The front page names the regression and links its commit; the metric page draws one line per cell
     and marks the step, with no console error; picking a cell in the menu hides the other; the screenshot
@@ -300,8 +302,7 @@ def test_publish_writes_a_site_that_opens_in_chromium(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def slowed_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
-    """base (with a nano experiment), an unchanged commit, a commit making every forward 25 % slower, and
-    an unchanged commit after it."""
+    """base (with a nano experiment), an unchanged commit, and a commit making every forward 25 % slower."""
     repo = tmp_path_factory.mktemp("history") / "repo"
     inject.throwaway_repo(ROOT, repo)
     (repo / "nano.toml").write_text(NANO_AB)
@@ -310,13 +311,13 @@ def slowed_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[st
     subprocess.run(["git", "-C", str(repo), "commit", "-qm", "experiment"], check=True, env=env)
     commits = [
         inject.commit_change(repo, change, f"r{i}: {change}")
-        for i, change in enumerate(("none", "slow:0.25", "none"), 1)
+        for i, change in enumerate(("none", "slow:0.25"), 1)
     ]
     return repo, commits
 
 
 def _backfill(repo: Path, db: Path, *extra: str) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "conformer_bench", "history", "backfill", "HEAD~3..HEAD", "-e",
+    command = [sys.executable, "-m", "conformer_bench", "history", "backfill", "HEAD~2..HEAD", "-e",
                str(repo / "nano.toml"), "--repo", str(repo), "--db", str(db), "--rounds", "10", "--epochs", "1",
                *extra]  # fmt: skip
     return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -340,27 +341,27 @@ def test_backfill_killed_and_resumed_then_the_step_is_found(
     slowed_repo: tuple[Path, list[str]], tmp_path: Path
 ) -> None:
     """SIGKILL a backfill once it has stored some cells; the resumed one times only the others (nothing twice,
-    nothing lost). Every revision's ratio over the anchor is about 1 up to the slowed commit and about 0.8 from
-    it on, for both cells; no step is listed anywhere else (four points are too few for this test to demand
-    one: the detection on a backfill is proven by scripts/history_proof.py, README)."""
+    nothing lost). The ratio over the anchor is about 1 at the anchor and the unchanged commit and about 0.8 at
+    the slowed one, for both cells; no step is listed anywhere else (three points are too few for a step: the
+    detection on a backfill is proven by scripts/history_proof.py, README)."""
     repo, commits = slowed_repo
     db = tmp_path / "h.db"
     first = _backfill(repo, db)
     deadline = time.monotonic() + 600
-    while len(_stored_cells(db)) < 3 and first.poll() is None and time.monotonic() < deadline:
+    while len(_stored_cells(db)) < 2 and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     assert first.poll() is None, f"finished before it could be killed: {first.communicate()}"
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     before = _stored_cells(db)
-    assert 3 <= len(before) < 8
+    assert 2 <= len(before) < 6
     kept = _cell_records(db)
     resumed = _backfill(repo, db)
     out, err = resumed.communicate(timeout=900)
     assert resumed.returncode == 0, err
-    assert f"{8 - len(before)} cell(s) timed, {len(before)} already in" in out, out
+    assert f"{6 - len(before)} cell(s) timed, {len(before)} already in" in out, out
     after = _stored_cells(db)
-    assert len(after) == len(set(after)) == 8, "every cell of the 4 revisions once"
+    assert len(after) == len(set(after)) == 6, "every cell of the 3 revisions once"
     now = _cell_records(db)
     assert all(now[part] == record for part, record in kept.items()), (
         "the cells stored before the kill are kept"
@@ -376,10 +377,7 @@ def test_backfill_killed_and_resumed_then_the_step_is_found(
     for s in series:
         ratios = {p["revision"]: p["value"] for p in s["points"]}
         slowed = [sha for sha, ratio in ratios.items() if ratio < 0.9]
-        assert slowed == [commits[1], commits[2]], (
-            s["cell"],
-            ratios,
-        )  # 1 / 1.25 = 0.8 from the slowed one on
+        assert slowed == [commits[1]], (s["cell"], ratios)  # 1 / 1.25 = 0.8
         assert all(0.9 < ratios[sha] < 1.1 for sha in ratios if sha not in slowed), (s["cell"], ratios)
         assert all(cp["revision"] == commits[1] for cp in s["change_points"]), "no step anywhere else"
 
