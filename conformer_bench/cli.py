@@ -77,7 +77,9 @@ app = typer.Typer(
 )
 
 # Each module defines one ``app = typer.Typer()``; registration order is the order in --help.
-COMMAND_MODULES = ("variants", "profile", "speed", "finetune", "ablate", "table", "report", "ab", "baseline")
+COMMAND_MODULES = (
+    "variants", "profile", "speed", "finetune", "ablate", "table", "report", "ab", "baseline", "history",
+)  # fmt: skip
 
 
 def _version_callback(value: bool) -> None:

@@ -324,3 +324,38 @@ def check_environment(revision: Revision, tree: Path) -> None:
             f"{'; '.join(unmet)}; both revisions run in this environment, so install what it needs "
             "(pip install into .venv) or compare revisions whose dependencies it satisfies"
         )
+
+
+# --- ranges of revisions (a backfill over history) ------------------------------------------------------
+
+
+def commit_position(revision: Revision) -> int:
+    """How many commits the revision's history holds (itself included): larger for any descendant, so
+    revisions sort in history order even where commit times tie."""
+    if revision.sha is None:
+        raise BenchError(f"{WORKTREE} has no place in the history; commit it first")
+    return int(_git(revision.repo, "rev-list", "--count", revision.sha).stdout.strip())
+
+
+def revisions_in_range(repo: Path, spec: str, every: int = 1) -> tuple[Revision, list[Revision]]:
+    """The range's base and its revisions, oldest first: ``A..B`` is what B's first-parent line holds that
+    A's does not (as ``git log --first-parent A..B``); a single revision is a range of one, based on itself.
+
+    ``every`` keeps every N-th revision counted back from the newest, so the newest is always kept."""
+    if every < 1:
+        raise BenchError(f"--every must be 1 or more, got {every}")
+    if ".." not in spec:
+        one = resolve_revision(repo, spec)
+        return one, [one]
+    if "..." in spec:
+        raise BenchError(f"range {spec!r}: use A..B (two dots), the commits of B's line since A")
+    start, end = spec.split("..", 1)
+    if not start or not end:
+        raise BenchError(f"range {spec!r} needs both ends: A..B, e.g. v0.1.0..main")
+    base, tip = resolve_revision(repo, start), resolve_revision(repo, end)
+    assert base.sha is not None and tip.sha is not None
+    listed = _git(repo, "rev-list", "--first-parent", "--reverse", f"{base.sha}..{tip.sha}").stdout.split()
+    if not listed:
+        raise BenchError(f"range {spec!r} holds no commit: is {start} an ancestor of {end}?")
+    kept = listed[::-1][::every][::-1]
+    return base, [resolve_revision(repo, sha) for sha in kept]

@@ -45,6 +45,7 @@ class ABRequest:
     only: tuple[str, ...] = ()
     cache: Path | None = None  # extracted revisions (default: revisions.cache_root())
     logs: Path | None = None  # the workers' output
+    experiment_at: str | None = None  # the revision whose experiment file is read (default: head)
 
 
 def _experiment_file(request: ABRequest, repo: Path, head: Revision, scratch: Path) -> Path:
@@ -135,18 +136,20 @@ def _check_timeable(label: str, profile: dict[str, Any]) -> None:
 def _load_cells(
     request: ABRequest, repo: Path, head: Revision, settings: ABSettings
 ) -> tuple[Any, list[ABCell]]:
-    """The experiment as the head revision has it, and the cells and phases to time."""
+    """The experiment as the head revision (or ``request.experiment_at``) has it, and the cells and
+    phases to time."""
     import tempfile
 
     from ..ablate.experiment import load_experiment
 
+    at = head if request.experiment_at is None else resolve_revision(repo, request.experiment_at)
     with tempfile.TemporaryDirectory(prefix="conformer-bench-ab-") as scratch:
-        copy = _experiment_file(request, repo, head, Path(scratch))
+        copy = _experiment_file(request, repo, at, Path(scratch))
         try:
             experiment = load_experiment(copy)
+            cells = _cells(experiment, settings.phases, request.only)
         except BenchError as exc:  # name the file as the user knows it, not the scratch copy
-            raise BenchError(str(exc).replace(str(copy), f"{head.short}:{request.experiment}")) from None
-    cells = _cells(experiment, settings.phases, request.only)
+            raise BenchError(str(exc).replace(str(copy), f"{at.short}:{request.experiment}")) from None
     if not cells:
         raise BenchError("no cell to time; check --only and the experiment's cells")
     return experiment, cells
@@ -161,22 +164,19 @@ class ABAborted(BenchError):
         self.exit_code = exit_code
 
 
-def run_ab(
-    request: ABRequest,
-    settings: ABSettings,
-    *,
-    progress: Progress | None = None,
-    on_cell: Callable[[PairedCell], None] | None = None,
-) -> ABRecord:
-    """Measure the request's cells on both revisions; the record holds every round's raw times.
+@dataclass
+class ABPlan:
+    """Both revisions resolved, extracted and checked, the cells to time, and the record to fill."""
 
-    The workers' output goes to ``request.logs``, or to a temporary folder that is removed after a
-    successful run and kept (its path in the error) when the run stops. A run that stops part-way raises
-    :class:`ABAborted` with the cells timed so far.
-    """
-    import tempfile
+    base: Revision
+    head: Revision
+    trees: dict[str, Path]
+    cells: list[ABCell]
+    record: ABRecord  # every field but the cells (and wall_s) filled in
 
-    started = time.perf_counter()
+
+def plan_ab(request: ABRequest, settings: ABSettings) -> ABPlan:
+    """Resolve, extract and check both revisions and read the cells: everything before timing."""
     repo = repository_root(request.repo)
     base, head = resolve_revision(repo, request.base), resolve_revision(repo, request.head)
     if settings.instructions:
@@ -185,8 +185,6 @@ def run_ab(
     for side, revision in (("base", base), ("head", head)):
         check_environment(revision, trees[side])
     experiment, cells = _load_cells(request, repo, head, settings)
-    if progress is not None:
-        progress(f"{len(cells)} cell(s): {head.describe()} against {base.describe()}")
     record = ABRecord(
         status=Status.OK,
         reason=None,
@@ -204,11 +202,47 @@ def run_ab(
         cells=[],
         wall_s=0.0,
     )
-    logs = request.logs or Path(tempfile.mkdtemp(prefix="conformer-bench-ab-logs-"))
-    _measure(record, trees, cells, settings, logs, progress, on_cell, started)
-    if request.logs is None:
-        shutil.rmtree(logs, ignore_errors=True)
-    return record
+    return ABPlan(base, head, trees, cells, record)
+
+
+def run_ab(
+    request: ABRequest,
+    settings: ABSettings,
+    *,
+    progress: Progress | None = None,
+    on_cell: Callable[[PairedCell], None] | None = None,
+) -> ABRecord:
+    """Measure the request's cells on both revisions; the record holds every round's raw times.
+
+    The workers' output goes to ``request.logs``, or to a temporary folder that is removed after a
+    successful run and kept (its path in the error) when the run stops. A run that stops part-way raises
+    :class:`ABAborted` with the cells timed so far.
+    """
+    started = time.perf_counter()
+    plan = plan_ab(request, settings)
+    return measure_plan(plan, settings, request.logs, progress=progress, on_cell=on_cell, started=started)
+
+
+def measure_plan(
+    plan: ABPlan,
+    settings: ABSettings,
+    logs: Path | None = None,
+    *,
+    progress: Progress | None = None,
+    on_cell: Callable[[PairedCell], None] | None = None,
+    started: float | None = None,
+) -> ABRecord:
+    """Time (and count) the plan's cells into its record, as :func:`run_ab` does."""
+    import tempfile
+
+    started = time.perf_counter() if started is None else started
+    if progress is not None:
+        progress(f"{len(plan.cells)} cell(s): {plan.head.describe()} against {plan.base.describe()}")
+    folder = logs or Path(tempfile.mkdtemp(prefix="conformer-bench-ab-logs-"))
+    _measure(plan.record, plan.trees, plan.cells, settings, folder, progress, on_cell, started)
+    if logs is None:
+        shutil.rmtree(folder, ignore_errors=True)
+    return plan.record
 
 
 def _measure(

@@ -19,6 +19,48 @@ if TYPE_CHECKING:
 
 app = typer.Typer()
 
+# Options that `history backfill` shares (declared once).
+RepoOpt = Annotated[Path, typer.Option("--repo", help="The project's git checkout.")]
+OnlyOpt = Annotated[
+    str | None, typer.Option("--only", help="Comma-separated cell labels to time (default: all).")
+]
+PhasesOpt = Annotated[
+    str, typer.Option("--phases", help="infer, train or infer,train.", rich_help_panel=MEASURE)
+]
+RoundsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--rounds",
+        min=10,
+        help="Rounds per cell (instead of --budget-s; at least 10).",
+        rich_help_panel=MEASURE,
+    ),
+]
+EpochsOpt = Annotated[
+    int,
+    typer.Option(
+        "--epochs",
+        min=1,
+        help="Builds per cell and side, each at another memory layout.",
+        rich_help_panel=MEASURE,
+    ),
+]
+SeedOpt = Annotated[
+    int,
+    typer.Option(
+        "--seed",
+        min=0,
+        max=2**32 - 1,
+        help="Seed of the round order and inputs.",
+        rich_help_panel=MEASURE,
+    ),
+]
+LogsOpt = Annotated[
+    Path | None,
+    typer.Option("--logs", help="Keep the workers' output in this folder.", rich_help_panel=OUTPUT),
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.", rich_help_panel=OUTPUT)]
+
 EXAMPLES = """Examples:
 
 conformer-bench ab main WORKTREE --experiment experiments/ci.toml
@@ -54,13 +96,9 @@ def ab(
             "--experiment", "-e", help="Experiment file whose cells are timed (read as HEAD has it)."
         ),
     ] = None,
-    repo: Annotated[Path, typer.Option("--repo", help="The project's git checkout.")] = Path("."),
-    only: Annotated[
-        str | None, typer.Option("--only", help="Comma-separated cell labels to time (default: all).")
-    ] = None,
-    phases: Annotated[
-        str, typer.Option("--phases", help="infer, train or infer,train.", rich_help_panel=MEASURE)
-    ] = "infer",
+    repo: RepoOpt = Path("."),
+    only: OnlyOpt = None,
+    phases: PhasesOpt = "infer",
     budget_s: Annotated[
         float,
         typer.Option(
@@ -69,15 +107,7 @@ def ab(
             rich_help_panel=MEASURE,
         ),
     ] = 300.0,
-    rounds: Annotated[
-        int | None,
-        typer.Option(
-            "--rounds",
-            min=10,
-            help="Rounds per cell (instead of --budget-s; at least 10).",
-            rich_help_panel=MEASURE,
-        ),
-    ] = None,
+    rounds: RoundsOpt = None,
     schedule: Annotated[
         Schedule,
         typer.Option(
@@ -104,25 +134,8 @@ def ab(
             rich_help_panel=MEASURE,
         ),
     ] = False,
-    epochs: Annotated[
-        int,
-        typer.Option(
-            "--epochs",
-            min=1,
-            help="Builds per cell and side, each at another memory layout.",
-            rich_help_panel=MEASURE,
-        ),
-    ] = 4,
-    seed: Annotated[
-        int,
-        typer.Option(
-            "--seed",
-            min=0,
-            max=2**32 - 1,
-            help="Seed of the round order and inputs.",
-            rich_help_panel=MEASURE,
-        ),
-    ] = 0,
+    epochs: EpochsOpt = 4,
+    seed: SeedOpt = 0,
     from_record: Annotated[
         Path | None,
         typer.Option(
@@ -146,13 +159,8 @@ def ab(
             "--output", "-o", help="Write the A/B record (every round) here.", rich_help_panel=OUTPUT
         ),
     ] = None,
-    logs: Annotated[
-        Path | None,
-        typer.Option("--logs", help="Keep the workers' output in this folder.", rich_help_panel=OUTPUT),
-    ] = None,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress lines.", rich_help_panel=OUTPUT)
-    ] = False,
+    logs: LogsOpt = None,
+    quiet: QuietOpt = False,
     warn_only: Annotated[
         bool,
         typer.Option("--warn-only", help="Exit 0 even on a blocking regression (still writes everything)."),
