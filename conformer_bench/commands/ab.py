@@ -116,7 +116,7 @@ def ab(
             "once, a core each.",
             rich_help_panel=MEASURE,
         ),
-    ] = Schedule.same_core,  # type: ignore[attr-defined]
+    ] = Schedule("same-core"),
     clock: Annotated[
         Clock,
         typer.Option(
@@ -125,7 +125,7 @@ def ab(
             "cpu or wall; both are recorded. With --from: judge the saved record on this clock.",
             rich_help_panel=MEASURE,
         ),
-    ] = Clock.auto,  # type: ignore[attr-defined]
+    ] = Clock("auto"),
     instructions: Annotated[
         bool,
         typer.Option(
