@@ -38,6 +38,10 @@ METRICS: tuple[Metric, ...] = (
     Metric("share_cnn_pct", "CNN % MACs", "pp", 1),
     Metric("share_transformer_pct", "Trans % MACs", "pp", 1),
     Metric("share_fcu_pct", "FCU % MACs", "pp", 1),
+    Metric("time_share_cnn_pct", "CNN % time", "pp", 1),
+    Metric("time_share_transformer_pct", "Trans % time", "pp", 1),
+    Metric("time_share_fcu_down_pct", "FCU-down % time", "pp", 1),
+    Metric("time_share_fcu_up_pct", "FCU-up % time", "pp", 1),
     Metric("infer_img_s", "Infer img/s", "rel", 1, True),
     Metric("train_img_s", "Train img/s", "rel", 1, True),
     Metric("peak_mem_infer_mib", "Peak mem infer (MiB)", "rel", 1, False),
@@ -124,6 +128,7 @@ def row_of(record: dict[str, Any]) -> dict[str, Any]:
         row[f"macs_{comp}"] = macs
         if comp in ("cnn", "transformer", "fcu"):
             row[f"share_{comp}_pct"] = 100.0 * macs / paper if paper and not math.isnan(paper) else math.nan
+    row.update(_time_by_component(prof.get("breakdown")))
     for mode in ("infer", "train"):
         timing = _get(prof, "throughput", mode) or {}
         row[f"{mode}_img_s"] = _num(timing.get("img_per_s"))
@@ -144,6 +149,19 @@ def row_of(record: dict[str, Any]) -> dict[str, Any]:
         else:
             row[f"top1_{head}_std"] = math.nan
         row[f"top1_{head}_n"] = len(values)
+    return row
+
+
+def _time_by_component(breakdown: dict[str, Any] | None) -> dict[str, float]:
+    """Milliseconds and share of the forward per component of a profile's breakdown (NaN without one)."""
+    from ..breakdown import ROWS
+
+    comps = (breakdown or {}).get("components") or {}
+    row: dict[str, float] = {}
+    for comp in ROWS:
+        row[f"time_{comp}_ms"] = 1e3 * _num(_get(comps, comp, "seconds"))
+        row[f"time_share_{comp}_pct"] = 100.0 * _num(_get(comps, comp, "share_of_forward"))
+    row["time_forward_ms"] = 1e3 * _num((breakdown or {}).get("forward_s"))
     return row
 
 
