@@ -303,13 +303,7 @@ def _components_figure(df: pd.DataFrame, records: list[dict[str, Any]], title: s
         f"{title}: MACs by component (paper convention, counted by tracing, batch 1)\n{machine_line(records)}",
         fontsize=9,
     )
-    ax.tick_params(axis="x", labelrotation=60, labelsize=7)
-    base = _base_label(df)
-    for tick in ax.get_xticklabels():
-        if tick.get_text() == base:
-            tick.set_fontweight("bold")
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
+    _finish_per_cell_axes(ax, df)
     return fig
 
 
@@ -344,6 +338,12 @@ def _time_components_figure(df: pd.DataFrame, records: list[dict[str, Any]], tit
         f"{machine_line(records)}",
         fontsize=9,
     )
+    _finish_per_cell_axes(ax, df)
+    return fig
+
+
+def _finish_per_cell_axes(ax: Any, df: pd.DataFrame) -> None:
+    """Slanted cell labels (the base cell's in bold), a legend and a horizontal grid."""
     ax.tick_params(axis="x", labelrotation=60, labelsize=7)
     base = _base_label(df)
     for tick in ax.get_xticklabels():
@@ -351,7 +351,6 @@ def _time_components_figure(df: pd.DataFrame, records: list[dict[str, Any]], tit
             tick.set_fontweight("bold")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    return fig
 
 
 def _save(fig: Any, path: Path) -> Path:
