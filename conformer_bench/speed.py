@@ -137,7 +137,6 @@ class SpeedSettings:
             device=self.device,
             img_size=self.img_size,
             threads=threads,
-            seed=self.seed,
             channels_last=self.channels_last,
             fold_bn=self.fold_bn,
             fuse_pointwise=self.fuse_pointwise,

@@ -35,7 +35,6 @@ class PrepareOptions:
     device: str = "cpu"
     img_size: int = 224
     threads: int = 1  # intra-op threads the runtime uses (the run's torch thread count)
-    seed: int = 0  # the weights' seed, part of the export cache key
     channels_last: bool = True  # eager optimized / compiled only
     fold_bn: bool = True
     fuse_pointwise: bool = True

@@ -77,9 +77,9 @@ def _compiled(cfg: Any, export: Any, hint: str, options: PrepareOptions) -> tupl
         result = request.infer({0: as_numpy(x)}, share_inputs=True, share_outputs=False)
         return as_conformer_output(cfg, [result[output] for output in compiled.outputs])
 
-    effective = str(compiled.get_property("INFERENCE_PRECISION_HINT")).split("'")[-2:-1] or [hint]
+    effective = compiled.get_property("INFERENCE_PRECISION_HINT")
     kernels = (
-        f"{effective[0]}, OpenVINO {ov.get_version().split('-')[0]} CPU plugin, "
+        f"{getattr(effective, 'get_type_name', lambda: hint)()}, OpenVINO {ov.get_version().split('-')[0]} CPU plugin, "
         f"{compiled.get_property('INFERENCE_NUM_THREADS')} threads, {_runtime_precisions(compiled)}"
     )
     return run, kernels
