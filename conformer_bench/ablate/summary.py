@@ -153,15 +153,18 @@ def row_of(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _time_by_component(breakdown: dict[str, Any] | None) -> dict[str, float]:
-    """Milliseconds and share of the forward per component of a profile's breakdown (NaN without one)."""
+    """Milliseconds and share of the forward per component of a profile's breakdown (no columns without one,
+    so the summaries of grids run without ``breakdown`` keep their columns)."""
     from ..breakdown import ROWS
 
-    comps = (breakdown or {}).get("components") or {}
+    if not breakdown or breakdown.get("status") != "ok":
+        return {}
+    comps = breakdown.get("components") or {}
     row: dict[str, float] = {}
     for comp in ROWS:
         row[f"time_{comp}_ms"] = 1e3 * _num(_get(comps, comp, "seconds"))
         row[f"time_share_{comp}_pct"] = 100.0 * _num(_get(comps, comp, "share_of_forward"))
-    row["time_forward_ms"] = 1e3 * _num((breakdown or {}).get("forward_s"))
+    row["time_forward_ms"] = 1e3 * _num(breakdown.get("forward_s"))
     return row
 
 
@@ -176,6 +179,8 @@ def build_frame(records: Iterable[dict[str, Any]], base_label: str | None) -> pd
     base = df[df["label"] == base_label]
     for metric in METRICS:
         col = f"d_{metric.key}"
+        if metric.key not in df:
+            continue  # e.g. time by component in a grid run without it
         if base.empty:
             df[col] = math.nan
             continue
@@ -382,6 +387,10 @@ CSV_COLUMNS = (
     "share_cnn_pct",
     "share_transformer_pct",
     "share_fcu_pct",
+    # time by component, in grids whose profiles ran with breakdown = true
+    *(f"time_{c}_ms" for c in ("stem", "cnn", "transformer", "fcu_down", "fcu_up", "heads", "rest")),
+    *(f"time_share_{c}_pct" for c in ("stem", "cnn", "transformer", "fcu_down", "fcu_up", "heads", "rest")),
+    "time_forward_ms",
     "infer_img_s",
     "infer_iqr_over_median",
     "infer_noisy",
