@@ -12,6 +12,7 @@ import typer
 from .common import (
     OUTPUT,
     BatchSizesOpt,
+    BreakdownOpt,
     DeviceOpt,
     ForceOpt,
     FormatOpt,
@@ -125,14 +126,7 @@ def profile(
             "`pip install -e .[deploy]`). Training stays eager.",
         ),
     ] = "eager",
-    breakdown: Annotated[
-        bool,
-        measure_option(
-            "--breakdown",
-            help_text="Inference time by component (stem, CNN, transformer, FCU down/up, heads, the rest), "
-            "with the instrumentation's overhead.",
-        ),
-    ] = False,
+    breakdown: BreakdownOpt = False,
     timing_reference: Annotated[
         bool,
         measure_option(

@@ -9,6 +9,7 @@ import typer
 
 from .common import (
     BatchSizeOpt,
+    BreakdownOpt,
     DeviceOpt,
     ForceOpt,
     FormatOpt,
@@ -60,14 +61,7 @@ def speed(
             "`pip install -e .[deploy]`. Plain fp32 always runs as the reference.",
         ),
     ] = "eager",
-    breakdown: Annotated[
-        bool,
-        measure_option(
-            "--breakdown/--no-breakdown",
-            help_text="Time by component (stem, CNN, transformer, FCU down/up, heads, the rest) of each "
-            "eager path that keeps the model's modules.",
-        ),
-    ] = False,
+    breakdown: BreakdownOpt = False,
     breakdown_rounds: Annotated[
         int, measure_option("--breakdown-rounds", help_text="Interleaved rounds of the time by component.")
     ] = 5,
