@@ -382,22 +382,6 @@ def _summarise(
     )
 
 
-def measure_ceiling(precision: str, device: str, n: int = 2048, calls: int = 5) -> dict[str, Any]:
-    """A matmul ceiling in ``precision`` (speed's ceiling record: median of ``calls`` n x n matmuls)."""
-    import torch
-
-    from .speed import ceiling_record, matmul_step
-    from .timing import synced_timer
-
-    gen = torch.Generator().manual_seed(0)
-    a = torch.randn(n, n, generator=gen).to(device)
-    b = torch.randn(n, n, generator=gen).to(device)
-    step = matmul_step(precision, a, b, device)
-    timed = synced_timer(device)
-    timed(step)
-    return ceiling_record(precision, n, [timed(step) for _ in range(calls)])
-
-
 # --- FLOPs per component ---------------------------------------------------------------------------------
 
 

@@ -643,10 +643,10 @@ def _breakdown(run: PhaseRun, runner: Any, batch: int, cl: bool, dtype: Any) -> 
     """Time by component of the inference runner, beside a matmul ceiling in the phase's precision."""
     import torch
 
-    from .breakdown import BreakdownSettings, component_macs, measure_breakdown, measure_ceiling
+    from .breakdown import BreakdownSettings, component_macs, measure_breakdown
 
     x, _ = _inputs(run.cfg, batch, run.settings.img_size, run.device, cl)
-    ceiling = measure_ceiling(
+    ceiling = _matmul_ceiling(
         "bf16"
         if dtype is torch.bfloat16 or _casts_itself(runner)
         else ("fp16" if dtype is torch.float16 else "fp32"),
@@ -663,6 +663,28 @@ def _breakdown(run: PhaseRun, runner: Any, batch: int, cl: bool, dtype: Any) -> 
             forward, x, BreakdownSettings(device=run.device), macs, ceiling, model=runner
         )
     return result.to_dict()
+
+
+def _matmul_ceiling(precision: str, device: str, n: int = 2048, calls: int = 5) -> dict[str, Any]:
+    """The rate of an n x n matmul in ``precision`` (median of ``calls``), the breakdown's ceiling."""
+    import statistics
+
+    import torch
+
+    from .timing import synced_timer
+
+    gen = torch.Generator().manual_seed(0)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    a = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
+    b = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
+    timed = synced_timer(device)
+    timed(lambda: torch.mm(a, b))
+    seconds = statistics.median(timed(lambda: torch.mm(a, b)) for _ in range(calls))
+    return {
+        "precision": precision,
+        "op": f"torch.mm {precision} {n}x{n} @ {n}x{n}",
+        "gflop_s": 2 * n**3 / seconds / 1e9,
+    }
 
 
 def _build_runner(

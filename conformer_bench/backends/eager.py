@@ -10,7 +10,7 @@ from typing import Any
 from ..errors import exception_line
 from ..records import Status
 from ..steps import autocast
-from . import EAGER, Prepared, PrepareOptions, unsupported
+from .base import EAGER, Prepared, PrepareOptions, unsupported
 
 PATH_DESCRIPTIONS: dict[str, str] = {
     "plain": "eval model as built (NCHW, BatchNorm, explicit attention unless the config says fused)",

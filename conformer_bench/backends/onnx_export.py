@@ -220,7 +220,7 @@ def prepare_from_export(
     """
     from ..errors import exception_line
     from ..records import Status
-    from . import Prepared, unsupported
+    from .base import Prepared, unsupported
 
     if options.device != "cpu":
         reason = f"{backend} runs on the CPU here; device {options.device} was asked for"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import Prepared, PrepareOptions, unsupported
+from .base import Prepared, PrepareOptions, unsupported
 from .onnx_export import INPUT_NAME, as_conformer_output, as_numpy, prepare_from_export
 
 NAME = "onnxruntime"

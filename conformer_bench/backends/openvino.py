@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from . import Prepared, PrepareOptions, unsupported
+from .base import Prepared, PrepareOptions, unsupported
 from .onnx_export import as_conformer_output, as_numpy, prepare_from_export
 
 NAME = "openvino"
