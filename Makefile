@@ -38,7 +38,7 @@ $(STAMP):
 	@$(BIN)/python -c '$(CHECK_PYTHON)' || { echo "(.venv was made by an older Python: make clean, then run make again)" >&2; exit 1; }
 	$(BIN)/python -m pip install --upgrade pip
 	@if [ -n "$(TORCH_SPEC)" ]; then echo "$(BIN)/python -m pip install $(TORCH_SPEC)"; $(BIN)/python -m pip install $(TORCH_SPEC); fi
-	$(BIN)/python -m pip install -e '.[dev]'
+	$(BIN)/python -m pip install -e '.[dev,deploy]'
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 

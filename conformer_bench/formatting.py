@@ -121,6 +121,14 @@ def csv_to_jsonl(text: str) -> str:
 ProfileRow = tuple[str, str, str, str]
 
 
+def _precision_note(settings: dict[str, Any], dtype: Any) -> str:
+    if settings.get("backend", "eager") != "eager":
+        return f"inference: {settings['backend']}'s own kernels, no autocast" + (
+            f"; training: autocast {dtype}" if dtype and settings.get("mode") in ("train", "both") else ""
+        )
+    return f"autocast {dtype}" if dtype else "no autocast"
+
+
 def _run_rows(record: dict[str, Any]) -> list[ProfileRow]:
     env = record.get("environment") or {}
     settings = record.get("settings") or {}
@@ -137,7 +145,7 @@ def _run_rows(record: dict[str, Any]) -> list[ProfileRow]:
             str(env.get("device_name") or env.get("device", "?")),
             f"{env.get('device')}, torch {env.get('torch')}",
         ),
-        ("run", "precision", str(precision), f"autocast {dtype}" if dtype else "no autocast"),
+        ("run", "precision", str(precision), _precision_note(settings, dtype)),
         ("run", "threads", str(env.get("threads")), threads_note),
     ]
     if settings.get("mode") != "none":
@@ -149,6 +157,11 @@ def _run_rows(record: dict[str, Any]) -> list[ProfileRow]:
                 str(settings.get("path", "plain")),
                 "channels-last" if settings.get("channels_last") else "",
             )
+        )
+    if settings.get("backend", "eager") != "eager":
+        infer = (settings.get("precision_by_phase") or {}).get("infer", "")
+        rows.append(
+            ("run", "backend", str(settings["backend"]), f"inference only (training stays eager): {infer}")
         )
     return rows
 
@@ -288,7 +301,9 @@ def profile_rows(record: dict[str, Any]) -> list[ProfileRow]:
         rows.append(
             ("compile", phase, f"{seconds:.1f} s", "untimed first call (torch.compile), before the warm-up")
         )
-    return rows
+    from .breakdown import profile_rows as breakdown_rows
+
+    return rows + breakdown_rows(record.get("breakdown"))
 
 
 # --- renderers ----------------------------------------------------------------------------------------------

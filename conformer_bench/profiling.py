@@ -36,6 +36,8 @@ class ProfileSettings:
     cross_check: bool = True
     path: str = "plain"  # plain | optimized | compiled
     timing_reference: bool = False  # CPU: time a fixed GEMM beside every iteration (img per reference GFLOP)
+    backend: str = "eager"  # where inference runs: eager (the path above), onnxruntime, openvino
+    breakdown: bool = False  # infer: time by component of the inference runner (conformer_bench.breakdown)
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,28 @@ def validate_settings(cfg: Any, settings: ProfileSettings) -> None:
         inference_optimizer()
     if settings.timing_reference and settings.device.startswith("cuda"):
         raise BenchError("--timing-reference times CPU steps only; drop it or use --device cpu")
+    _backend_fits(settings)
+
+
+def _backend_fits(settings: ProfileSettings) -> None:
+    """A deployment backend runs its own graph in fp32 or bf16; a breakdown needs the model's modules."""
+    from .backends import BACKENDS, EAGER, require_installed
+    from .breakdown import breakdown_unavailable
+
+    if settings.backend not in BACKENDS:
+        raise BenchError(f"--backend {settings.backend!r} is not valid; use one of {', '.join(BACKENDS)}")
+    if settings.backend != EAGER:
+        require_installed((settings.backend,))
+        if settings.path != "plain":
+            raise BenchError(f"--backend {settings.backend} runs its own graph; drop --optimize / --compile")
+        if settings.precision not in ("fp32", "bf16"):
+            raise BenchError(f"--backend {settings.backend} runs fp32 or bf16; use --precision fp32 or bf16")
+    if settings.breakdown:
+        if settings.mode not in ("infer", "both"):
+            raise BenchError("--breakdown times inference; use --mode infer or both")
+        why_not = breakdown_unavailable(settings.backend, settings.path)
+        if why_not is not None:
+            raise BenchError(f"--breakdown is not available here: {why_not}; drop --breakdown")
 
 
 def _train_batch_has_statistics(cfg: Any, settings: ProfileSettings) -> None:
@@ -328,6 +352,7 @@ class PhaseResult:
     precision: str
     last_loss: float | None
     compile_s: float | None  # seconds of a compiled runner's first call
+    breakdown: dict[str, Any] | None = None  # infer with --breakdown: time by component
 
 
 @dataclass
@@ -341,6 +366,16 @@ class _Phases:
     path_by_phase: dict[str, str] = field(default_factory=dict)
     precision_by_phase: dict[str, str] = field(default_factory=dict)
     compile_s: dict[str, float] = field(default_factory=dict)
+    breakdown: dict[str, Any] | None = None
+
+
+class _BackendCannotRun(Exception):
+    """A deployment backend cannot run this variant in this precision (recorded as the profile's status)."""
+
+    def __init__(self, status: Status, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
 
 
 def profile_variant(
@@ -455,6 +490,7 @@ def _profile(
         throughput=measured.throughput,
         compile_s=measured.compile_s or None,
         wall_s=time.perf_counter() - started,
+        breakdown=measured.breakdown,
     )
 
 
@@ -476,6 +512,8 @@ def _measure_phases(
     measured = _Phases(memory={"device": device, "method": memory.method(device)})
     for phase in phases:
         path = settings.path if phase == "infer" or settings.path == "compiled" else "plain"
+        if phase == "infer" and settings.backend != "eager":
+            path = settings.backend
         measured.path_by_phase[phase] = path
         run = PhaseRun(
             phase=phase,
@@ -491,8 +529,14 @@ def _measure_phases(
             measure=timing.measure,
             phase_memory=memory.phase_memory,
         )
-        result = _run_with_decaying_batch(run, batch, bar)
+        try:
+            result = _run_with_decaying_batch(run, batch, bar)
+        except _BackendCannotRun as exc:
+            measured.status, measured.reason = exc.status, f"{phase}: {exc.reason}"
+            break
         bar.finish(phase)
+        if result is not None and result.breakdown is not None:
+            measured.breakdown = result.breakdown
         if result is None:
             measured.status = Status.OOM
             measured.reason = f"{phase}: out of memory even at batch size 1 (requested {batch})"
@@ -552,13 +596,13 @@ def _run_phase(run: PhaseRun, batch: int) -> PhaseResult:
     from .timing import gemm_reference, time_once
 
     settings, device, dtype = run.settings, run.device, run.dtype
-    runner, cl = _build_runner(run.phase, run.model, settings, dtype, run.path)
+    runner, cl, backend_precision = _build_runner(run.phase, run.model, settings, dtype, run.path)
     reference = gemm_reference() if settings.timing_reference else None
+    # a bf16 optimized copy or a runtime casts its input itself; autocast would also cast fp32 heads to bf16
+    infer_dtype = None if backend_precision is not None or _casts_itself(runner) else dtype
 
     def make() -> _Phase:
         if run.phase == "infer":
-            # a bf16 optimized copy casts its input itself; autocast would also cast its fp32 heads to bf16
-            infer_dtype = None if _casts_itself(runner) else dtype
             return _infer_phase(runner, run.cfg, batch, settings.img_size, device, cl, infer_dtype)
         return _train_phase(runner, run.cfg, batch, settings.img_size, device, cl, dtype, settings.precision)
 
@@ -588,14 +632,66 @@ def _run_phase(run: PhaseRun, batch: int) -> PhaseResult:
         loss = built.last()
         finite = bool(torch.isfinite(loss).item()) if loss is not None else True
         last_loss = float(loss.item()) if loss is not None else None
-    precision = _phase_precision(runner, settings.precision, dtype)
-    return PhaseResult(timing, mem, finite, precision, last_loss, first_call_s)
+    precision = backend_precision or _phase_precision(runner, settings.precision, dtype)
+    breakdown = None
+    if settings.breakdown and run.phase == "infer":
+        breakdown = _breakdown(run, runner, batch, cl, infer_dtype)
+    return PhaseResult(timing, mem, finite, precision, last_loss, first_call_s, breakdown)
+
+
+def _breakdown(run: PhaseRun, runner: Any, batch: int, cl: bool, dtype: Any) -> dict[str, Any]:
+    """Time by component of the inference runner, beside a matmul ceiling in the phase's precision."""
+    import torch
+
+    from .breakdown import BreakdownSettings, component_macs, measure_breakdown
+
+    x, _ = _inputs(run.cfg, batch, run.settings.img_size, run.device, cl)
+    ceiling = _matmul_ceiling(
+        "bf16"
+        if dtype is torch.bfloat16 or _casts_itself(runner)
+        else ("fp16" if dtype is torch.float16 else "fp32"),
+        run.device,
+    )
+
+    def forward(images: Any) -> Any:
+        with autocast(run.device, dtype):
+            return runner(images)
+
+    macs = component_macs(run.model, run.settings.img_size)
+    with torch.inference_mode():
+        result = measure_breakdown(
+            forward, x, BreakdownSettings(device=run.device), macs, ceiling, model=runner
+        )
+    return result.to_dict()
+
+
+def _matmul_ceiling(precision: str, device: str, n: int = 2048, calls: int = 5) -> dict[str, Any]:
+    """The rate of an n x n matmul in ``precision`` (median of ``calls``), the breakdown's ceiling."""
+    import statistics
+
+    import torch
+
+    from .timing import synced_timer
+
+    gen = torch.Generator().manual_seed(0)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    a = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
+    b = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
+    timed = synced_timer(device)
+    timed(lambda: torch.mm(a, b))
+    seconds = statistics.median(timed(lambda: torch.mm(a, b)) for _ in range(calls))
+    return {
+        "precision": precision,
+        "op": f"torch.mm {precision} {n}x{n} @ {n}x{n}",
+        "gflop_s": 2 * n**3 / seconds / 1e9,
+    }
 
 
 def _build_runner(
     phase: str, model: Any, settings: ProfileSettings, dtype: Any, path: str
-) -> tuple[Any, bool]:
-    """The module a phase times and whether its inputs are channels-last.
+) -> tuple[Any, bool, str | None]:
+    """The module (or a runtime's callable) a phase times, whether its inputs are channels-last, and the
+    precision a deployment backend runs (``None`` for the eager paths).
 
     In bf16 the optimised path is the bf16 copy (``optimize_for_inference(dtype=torch.bfloat16)``: fused
     oneDNN bf16 ops, fp32 heads), run without autocast. Under fp16 autocast it keeps the unfused modules
@@ -604,6 +700,8 @@ def _build_runner(
     import torch
 
     cl = settings.channels_last
+    if phase == "infer" and settings.backend != "eager":
+        return _backend_runner(model, settings)
     if phase == "infer":
         model.eval()
         if path != "plain":
@@ -617,18 +715,37 @@ def _build_runner(
                 compile=path == "compiled",
                 fuse_pointwise=dtype is None or bf16,
             )
-            return runner, True
-        return (model.to(memory_format=torch.channels_last) if cl else model), cl
+            return runner, True, None
+        return (model.to(memory_format=torch.channels_last) if cl else model), cl, None
     model.train()
     runner = model.to(memory_format=torch.channels_last) if cl else model
     if path == "compiled":
         runner = torch.compile(runner)
-    return runner, cl
+    return runner, cl, None
+
+
+def _backend_runner(model: Any, settings: ProfileSettings) -> tuple[Any, bool, str]:
+    """A deployment backend's callable for the eval model; :class:`_BackendCannotRun` when it has none."""
+    import torch
+
+    from .backends import PrepareOptions, get_backend
+
+    model.eval()
+    options = PrepareOptions(
+        device=settings.device, img_size=settings.img_size, threads=torch.get_num_threads()
+    )
+    prepared = get_backend(settings.backend).prepare(model, settings.precision, options)
+    if not prepared.ok or prepared.run is None:
+        raise _BackendCannotRun(prepared.status, f"{settings.backend}: {prepared.reason}")
+    precision = prepared.precision
+    if prepared.precision_name != precision:
+        precision = f"{precision} ({settings.backend}: {prepared.precision_name})"
+    return prepared.run, False, f"{precision}; {prepared.kernels}"
 
 
 def _casts_itself(runner: Any) -> bool:
     """The runner is a low-precision optimized copy that casts its input and logits itself."""
-    return any(type(m).__name__ == "_LowPrecision" for m in runner.modules())
+    return hasattr(runner, "modules") and any(type(m).__name__ == "_LowPrecision" for m in runner.modules())
 
 
 def _phase_precision(runner: Any, precision: str, dtype: Any) -> str:

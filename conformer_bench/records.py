@@ -23,7 +23,7 @@ PROFILE_SCHEMA = "conformer-bench.profile"
 SPEED_SCHEMA = "conformer-bench.speed"
 FINETUNE_SCHEMA = "conformer-bench.finetune"
 AB_SCHEMA = "conformer-bench.ab"
-SCHEMAS: dict[str, int] = {PROFILE_SCHEMA: 1, SPEED_SCHEMA: 2, FINETUNE_SCHEMA: 1, AB_SCHEMA: 1}
+SCHEMAS: dict[str, int] = {PROFILE_SCHEMA: 1, SPEED_SCHEMA: 3, FINETUNE_SCHEMA: 1, AB_SCHEMA: 1}
 
 R = TypeVar("R", bound="Record")
 S = TypeVar("S", bound="SchemaRecord")
@@ -249,6 +249,9 @@ class ProfileRecord(SchemaRecord):
     throughput: dict[str, ProfiledPhase]
     compile_s: dict[str, float] | None
     wall_s: float
+    breakdown: dict[str, Any] | None = None  # --breakdown: time by component of inference
+
+    OPTIONAL = frozenset({"breakdown"})
 
 
 # --- speed ---------------------------------------------------------------------------------------------------
@@ -267,6 +270,7 @@ class SpeedPath(Record):
             "first_call_s",
             "max_rel_diff_vs_plain",
             "rms_rel_diff_vs_plain",
+            "max_abs_diff_vs_plain",
             "top1_agreement_vs_plain",
             "samples_s",
             "latency_s",
@@ -279,6 +283,10 @@ class SpeedPath(Record):
             "executed_gflop_s",
             "executed_ceiling_share",
             "speedup_vs_plain",
+            "precision_name",
+            "prepare_s",
+            "export",
+            "breakdown",
         }
     )
 
@@ -292,6 +300,7 @@ class SpeedPath(Record):
     compile_s: float | None = None
     max_rel_diff_vs_plain: float | None = None
     rms_rel_diff_vs_plain: float | None = None
+    max_abs_diff_vs_plain: float | None = None
     top1_agreement_vs_plain: dict[str, float | None] | None = None
     samples_s: list[float] | None = None
     latency_s: dict[str, Any] | None = None
@@ -304,6 +313,12 @@ class SpeedPath(Record):
     executed_gflop_s: float | None = None
     executed_ceiling_share: float | None = None
     speedup_vs_plain: dict[str, float] | None = None
+    # schema 3: where the path ran (eager or a deployment runtime) and the precision as that backend names it
+    backend: str = "eager"
+    precision_name: str | None = None
+    prepare_s: float | None = None  # export + session creation or compilation, before the first call
+    export: dict[str, Any] | None = None  # the ONNX export a runtime ran (file, cache hit, seconds, opset)
+    breakdown: dict[str, Any] | None = None  # time by component (conformer_bench.breakdown), when asked for
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()

@@ -19,11 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from .backends import BACKENDS, EAGER, Prepared, PrepareOptions
+from .backends.eager import run_name
 from .errors import BenchError, exception_line
 from .formatting import FORMATS
 from .precision import PRECISIONS, PrecisionSupport
 from .records import SpeedPath, SpeedRecord, Status
-from .steps import HEADS, PATHS, autocast, head_logits
+from .steps import HEADS, PATHS, head_logits
 from .threads import threads
 from .timing import synced_timer
 
@@ -37,28 +39,7 @@ FLOP_CONVENTION = (
     "off), timed in the same rounds; executed GFLOP/s counts what a path runs instead (the optimized paths "
     "pool before the FCU-down 1x1 projection, an exact rewrite that skips some multiply-adds)"
 )
-PATH_DESCRIPTIONS: dict[str, str] = {
-    "plain": "eval model as built (NCHW, BatchNorm, explicit attention unless the config says fused)",
-    "optimized": "optimize_for_inference: folded BN, FCU-down pool before projection, channels-last; CPU fp32: "
-    "fused oneDNN conv ops with prepacked weights, MKL prepacked GEMM for linears; SDPA",
-    "compiled": "optimize_for_inference(compile=True): folded BN, FCU-down pool before projection, "
-    "channels-last, torch.compile (Inductor; weight freezing with prepacked oneDNN convs / MKL linears on CPU)",
-    "plain-bf16": "the plain eval model under torch.autocast(bfloat16): convs, linears and matmuls in bf16, "
-    "norms, softmax and BatchNorm in fp32",
-    "optimized-bf16": "optimize_for_inference(dtype=bfloat16): BN folded in float64 then rounded to bf16, FCU-down "
-    "pool before projection, channels-last; CPU: fused oneDNN bf16 convs and linears with prepacked weights; "
-    "explicit matmul-softmax attention and LayerNorm on bf16 tensors (fp32 accumulation, softmax sums and "
-    "statistics inside the kernels); final norm and classifier heads in fp32",
-    "compiled-bf16": "optimize_for_inference(dtype=bfloat16, compile=True): the bf16 model above (unfused) "
-    "compiled by Inductor with weight freezing",
-}
-
 ProgressFn = Callable[[str, float], None]
-
-
-def run_name(path: str, precision: str) -> str:
-    """``("optimized", "bf16")`` -> ``"optimized-bf16"``; fp32 paths keep their bare names."""
-    return path if precision == "fp32" else f"{path}-{precision}"
 
 
 @dataclass(frozen=True)
@@ -81,6 +62,11 @@ class SpeedSettings:
     agreement_images: int = 32
     seed: int = 0
     ceilings: tuple[str, ...] = ()  # more matmul ceilings timed in the same rounds (see CEILINGS)
+    backends: tuple[str, ...] = (
+        EAGER,
+    )  # eager runs ``paths``; the others run their own graph (plain fp32 always)
+    breakdown: bool = False  # time by component of each eager path that has module boundaries
+    breakdown_rounds: int = 5
 
     def validate(self, patch_size: int) -> None:
         if self.batch_size < 1:
@@ -120,10 +106,42 @@ class SpeedSettings:
                 raise BenchError(f"ceiling {kind} is CUDA-only here; use fp32 or bf16 on CPU")
         if self.agreement_images < 0:
             raise BenchError(f"--agreement-images {self.agreement_images} is not valid; use 0 or more")
+        if not self.backends or len(set(self.backends)) != len(self.backends):
+            raise BenchError(f"--backend needs distinct names, e.g. {','.join(BACKENDS)}")
+        for backend in self.backends:
+            if backend not in BACKENDS:
+                raise BenchError(
+                    f"--backend: {backend!r} is not a backend; use a comma list of {', '.join(BACKENDS)}"
+                )
+        if self.breakdown_rounds < 3:
+            raise BenchError(
+                f"--breakdown-rounds {self.breakdown_rounds} is too few for a median; use 3 or more"
+            )
 
-    def runs(self) -> list[tuple[str, str, str]]:
-        """``(name, path, precision)`` of every measured path, fp32 first."""
-        return [(run_name(p, q), p, q) for q in self.precisions for p in self.paths]
+    def runs(self) -> list[tuple[str, str, str, str]]:
+        """``(name, backend, path, precision)`` of every measured run, fp32 first, the eager paths first.
+
+        Without ``eager`` among the backends, the plain fp32 model still runs: it is the reference of the
+        ratios and the logits checks.
+        """
+        if EAGER in self.backends:
+            out = [(run_name(p, q), EAGER, p, q) for q in self.precisions for p in self.paths]
+        else:
+            out = [("plain", EAGER, "plain", "fp32")]
+        deployed = [b for b in self.backends if b != EAGER]
+        return out + [(run_name(b, q), b, b, q) for q in self.precisions for b in deployed]
+
+    def prepare_options(self, threads: int) -> PrepareOptions:
+        """What the backends need of these settings (``threads``: the run's torch thread count)."""
+        return PrepareOptions(
+            device=self.device,
+            img_size=self.img_size,
+            threads=threads,
+            channels_last=self.channels_last,
+            fold_bn=self.fold_bn,
+            fuse_pointwise=self.fuse_pointwise,
+            pool_first=self.pool_first,
+        )
 
 
 def parse_list(text: str) -> tuple[str, ...]:
@@ -153,19 +171,6 @@ def matmul_step(kind: str, a: Any, b: Any, device: str) -> Callable[[], Any]:
     return mm_with_tf32_switch
 
 
-def _under_autocast(run: Callable[[Any], Any], device: str, dtype: Any) -> Callable[[Any], Any]:
-    """``run`` under ``torch.autocast(dtype)`` with float32 outputs (``dtype=None``: ``run`` itself)."""
-    if dtype is None:
-        return run
-
-    def autocast_run(x: Any) -> Any:
-        with autocast(device, dtype):
-            out = run(x)
-        return type(out)(*(None if t is None else t.float() for t in out))
-
-    return autocast_run
-
-
 def ceiling_record(kind: str, n: int, samples: list[float]) -> dict[str, Any]:
     """One matmul ceiling of ``kind`` (see :data:`CEILINGS`) from its seconds per call."""
     from .stats import summarize
@@ -187,6 +192,11 @@ def ceiling_record(kind: str, n: int, samples: list[float]) -> dict[str, Any]:
 def max_rel_diff(out: Any, ref: Any) -> float:
     """Largest ``max|a - b| / max|b|`` over the present heads."""
     return _worst_head(out, ref, lambda d, b: float(d.abs().max()) / (float(b.abs().max()) or 1.0))
+
+
+def _max_abs_diff(out: Any, ref: Any) -> float:
+    """Largest ``max|a - b|`` over the present heads (in the logits' own units)."""
+    return _worst_head(out, ref, lambda d, b: float(d.abs().max()))
 
 
 def _rms_rel_diff(out: Any, ref: Any) -> float:
@@ -216,51 +226,6 @@ class _Agreement:
 
     def fractions(self) -> dict[str, float | None]:
         return {h: (self.same[h] / self.images if h in self.same and self.images else None) for h in HEADS}
-
-
-def _build_runner(plain: Any, path: str, precision: str, settings: SpeedSettings) -> Callable[[Any], Any]:
-    """The callable one path times: the plain model (under bf16 autocast for ``plain-bf16``) or its optimized copy."""
-    import torch
-
-    from conformer.optimize import optimize_for_inference
-
-    if path == "plain":
-        return _under_autocast(plain, settings.device, torch.bfloat16 if precision == "bf16" else None)
-    return optimize_for_inference(
-        plain,
-        dtype=torch.bfloat16 if precision == "bf16" else None,
-        channels_last=settings.channels_last,
-        fold_bn=settings.fold_bn,
-        compile=path == "compiled",
-        fuse_pointwise=settings.fuse_pointwise,
-        pool_first=settings.pool_first,
-    )
-
-
-def _kernels(runner: Any, path: str, precision: str, support: PrecisionSupport) -> str:
-    """What ran, in words: precision, fused-op kernels (from the module types) and attention."""
-    if not hasattr(runner, "modules"):
-        return f"{precision} ATen kernels under autocast ({support.kernels})"
-    modules = list(runner.modules())
-    names = {type(m).__name__ for m in modules}
-    parts = [precision]
-    if "_FusedConv" in names:
-        parts.append("oneDNN fused conv (prepacked)")
-    linears = [m for m in modules if type(m).__name__ == "_FusedLinear"]
-    if any(getattr(m, "use_mkl", False) for m in linears):
-        parts.append("MKL prepacked linear")
-    elif any(getattr(m, "pack_onednn", False) for m in linears):
-        parts.append("oneDNN prepacked linear")
-    elif linears:
-        parts.append("oneDNN linear")
-    if "_CompiledUnderConfig" in names:
-        parts.append("Inductor (torch.compile, frozen weights)")
-    if "_Float32Head" in names:
-        parts.append("fp32 final norm and heads")
-    if path == "plain":
-        return ", ".join([*parts, "ATen kernels"])
-    sdpa = any(getattr(m, "use_sdpa", False) or getattr(m, "fused", False) for m in modules)
-    return ", ".join([*parts, "SDPA" if sdpa else "matmul-softmax attention"])
 
 
 def measure_speed(
@@ -312,22 +277,23 @@ def _measure(
     kinds = _ceiling_kinds(settings, support)
     matmuls = {kind: matmul_step(kind, a, b, device) for kind in kinds}
 
-    entries, runners = _build_paths(plain, settings, support)
+    report("preparing the paths and backends", 0.02)
+    entries, runners = _build_paths(plain, settings)
     executed_macs = _executed_macs(plain, settings, int(flops["paper_macs"]))
     with torch.inference_mode():
         _first_calls(plain, runners, entries, x, eval_set, settings, timed, report)
-        for name, run in runners.items():
-            entry = entries[name]
-            entry.kernels = _kernels(run, entry.path, entry.precision, support[entry.precision])
         live = {name: run for name, run in runners.items() if entries[name].status == Status.OK}
         samples, matmul_s = _interleaved(live, matmuls, x, settings, timed, report)
+    ceilings = {kind: ceiling_record(kind, n, s) for kind, s in matmul_s.items()}
+    if settings.breakdown:
+        with torch.inference_mode():
+            _breakdowns(plain, live, entries, x, settings, ceilings, report)
     report("done", 1.0)
 
-    ceilings = {kind: ceiling_record(kind, n, s) for kind, s in matmul_s.items()}
     paper_macs = int(flops["paper_macs"])
     for name, s in samples.items():
         entry = entries[name]
-        executed = paper_macs if entry.path == "plain" else executed_macs
+        executed = executed_macs if entry.backend == EAGER and entry.path != "plain" else paper_macs
         ceiling = ceilings[entry.precision]
         _fill_timing(entry, s, samples.get("plain"), settings.batch_size, paper_macs, executed, ceiling)
     return _speed_record(
@@ -351,24 +317,66 @@ def _ceiling_kinds(settings: SpeedSettings, support: dict[str, PrecisionSupport]
 
 
 def _build_paths(
-    plain: Any, settings: SpeedSettings, support: dict[str, PrecisionSupport]
+    plain: Any, settings: SpeedSettings
 ) -> tuple[dict[str, SpeedPath], dict[str, Callable[[Any], Any]]]:
-    """An entry per path and the runners of those that could be built (failures recorded, plain's raised)."""
+    """An entry per run and the runners of those that could be prepared (unsupported and failed ones recorded
+    with their reason; plain's failure raised)."""
+    import torch
+
+    from .backends import get_backend
+
+    options = settings.prepare_options(torch.get_num_threads())
     entries: dict[str, SpeedPath] = {}
     runners: dict[str, Callable[[Any], Any]] = {}
-    for name, path, precision in settings.runs():
-        entry = SpeedPath(path, precision, Status.OK, None, PATH_DESCRIPTIONS[name], None)
-        entries[name] = entry
-        if not support[precision].supported:
-            entry.status, entry.reason = Status.UNSUPPORTED, support[precision].reason
-            continue
-        try:
-            runners[name] = _build_runner(plain, path, precision, settings)
-        except Exception as exc:  # building a path can fail too (e.g. no C++ compiler): recorded, not fatal
-            if name == "plain":
-                raise
-            entry.status, entry.reason = Status.FAILED, exception_line(exc)
+    for name, backend, path, precision in settings.runs():
+        prepared = get_backend(backend).prepare(plain, precision, options, path=path)
+        entries[name] = _entry_of(prepared)
+        if prepared.ok:
+            assert prepared.run is not None
+            runners[name] = prepared.run
     return entries, runners
+
+
+def _entry_of(prepared: Prepared) -> SpeedPath:
+    """The record of one run as prepared: status, reason, what it runs; timing is filled in later."""
+    return SpeedPath(
+        prepared.path,
+        prepared.precision,
+        prepared.status,
+        prepared.reason,
+        prepared.description,
+        prepared.kernels,
+        backend=prepared.backend,
+        precision_name=prepared.precision_name,
+        prepare_s=prepared.prepare_s,
+        export=prepared.export,
+    )
+
+
+def _breakdowns(
+    plain: Any,
+    runners: dict[str, Callable[[Any], Any]],
+    entries: dict[str, SpeedPath],
+    x: Any,
+    settings: SpeedSettings,
+    ceilings: dict[str, dict[str, Any]],
+    report: ProgressFn,
+) -> None:
+    """Time by component of every eager run that still has the model's modules (not compiled); in place."""
+    from .breakdown import BreakdownSettings, breakdown_unavailable, component_macs, measure_breakdown
+
+    macs = component_macs(plain, settings.img_size)
+    bd = BreakdownSettings(device=settings.device, rounds=settings.breakdown_rounds, warmup=1)
+    for name, entry in entries.items():
+        if entry.status != Status.OK:
+            continue
+        why_not = breakdown_unavailable(entry.backend or EAGER, entry.path)
+        if why_not is not None:
+            entry.breakdown = {"status": "unsupported", "reason": why_not}
+            continue
+        report(f"time by component: {name}", 0.95)
+        result = measure_breakdown(runners[name], x, bd, macs, ceilings[entry.precision], model=plain)
+        entry.breakdown = result.to_dict()
 
 
 def _executed_macs(plain: Any, settings: SpeedSettings, paper_macs: int) -> int:
@@ -488,6 +496,7 @@ def _first_calls(
             entry.first_call_s = timed(first)
             entry.compile_s = entry.first_call_s if entry.path == "compiled" else None
             entry.max_rel_diff_vs_plain = max_rel_diff(out, reference)
+            entry.max_abs_diff_vs_plain = _max_abs_diff(out, reference)
             entry.rms_rel_diff_vs_plain = _rms_rel_diff(out, reference)
             agreement = _Agreement({}, sum(batch.shape[0] for batch in eval_set))
             for batch, ref in zip(eval_set, eval_reference, strict=True):
@@ -562,6 +571,7 @@ _COLUMNS = (
     "path", "precision", "status", "img/s (median)", "img/s IQR", "vs plain fp32 (95% CI)", "achieved GFLOP/s",
     "of matmul ceiling (own precision)", "executed GFLOP/s (share)", "latency median", "IQR/median",
     "first call / compile", "logits rel err vs fp32: max (rms)", "top-1 agreement vs fp32",
+    "logits max abs err vs fp32",
 )  # fmt: skip
 
 
@@ -578,10 +588,19 @@ def _agreement(entry: dict[str, Any]) -> str:
     return f"{100 * value:.1f} %" if value is not None else "—"
 
 
+def _precision_text(e: dict[str, Any], run_precision: str) -> str:
+    """``fp32``, or ``fp32 (openvino: f32)`` where the backend names the precision otherwise."""
+    name = e.get("precision_name")
+    return run_precision if name in (None, run_precision) else f"{run_precision} ({e['backend']}: {name})"
+
+
 def _rows(record: dict[str, Any]) -> list[list[str]]:
     rows = []
     for path, e in record["paths"].items():
-        precision = e.get("precision", record["settings"].get("precision", "fp32"))  # schema 1: one for all
+        run_precision = e.get(
+            "precision", record["settings"].get("precision", "fp32")
+        )  # schema 1: one for all
+        precision = _precision_text(e, run_precision)
         if e["status"] != "ok" or "img_per_s" not in e:
             rows.append([path, precision, f"{e['status']}: {e['reason']}"] + ["—"] * (len(_COLUMNS) - 3))
             continue
@@ -603,8 +622,39 @@ def _rows(record: dict[str, Any]) -> list[list[str]]:
             f"{e['first_call_s']:.2f} s" if e.get("first_call_s") is not None else "—",
             _errors(e),
             _agreement(e),
+            f"{e['max_abs_diff_vs_plain']:.1e}" if e.get("max_abs_diff_vs_plain") is not None else "—",
         ])  # fmt: skip
     return rows
+
+
+def _breakdown_sections(record: dict[str, Any], fmt: str) -> list[str]:
+    """One table of time by component per path that has one (``md`` or ``table``), and a line for the others."""
+    from . import breakdown
+    from .formatting import render_rows_md
+
+    sections = []
+    for name, e in record["paths"].items():
+        bd = e.get("breakdown")
+        if not bd:
+            continue
+        if bd["status"] != "ok":
+            sections.append(f"time by component of {name}: {bd['status']} ({bd['reason']})")
+            continue
+        title = f"time by component of {name} (batch {bd['batch_size']}, {bd['device']}, {bd['timer']}):"
+        body = breakdown.rows(bd)
+        if fmt == "md":
+            table = render_rows_md(breakdown.COLUMNS, body)
+        else:
+            table = _plain_table(breakdown.COLUMNS, body)
+        sections.append(f"{title}\n\n{table}\n{breakdown.note(bd)}")
+    return sections
+
+
+def _plain_table(columns: tuple[str, ...], rows: list[list[str]]) -> str:
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines.extend("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows)
+    return "\n".join(lines)
 
 
 def _header_lines(record: dict[str, Any]) -> list[str]:
@@ -634,10 +684,27 @@ def _header_lines(record: dict[str, Any]) -> list[str]:
             if not s["supported"]
         ),
         *(f"kernels of {name}: {e['kernels']}" for name, e in record["paths"].items() if e.get("kernels")),
+        *_export_lines(record),
         "first call / compile: seconds of the first forward (for compiled: torch.compile's compilation)",
         f"accuracy against the plain {reference}: logits rel err = max |Δlogit| / max |logit| (rms: ‖Δlogits‖ / "
         f"‖logits‖), worst head, on the timed batch; top-1 agreement of the summed heads on {_eval_what(record)}",
     ]
+
+
+def _export_lines(record: dict[str, Any]) -> list[str]:
+    """How each runtime's ONNX graph came to be (one line per distinct export file)."""
+    by_file: dict[str, tuple[dict[str, Any], list[str]]] = {}
+    for name, e in record["paths"].items():
+        if e.get("export"):
+            by_file.setdefault(e["export"]["path"], (e["export"], []))[1].append(name)
+    lines = []
+    for export, names in by_file.values():
+        how = "cache hit" if export["cache_hit"] else f"exported in {export['export_s']:.1f} s"
+        lines.append(
+            f"ONNX graph of {', '.join(names)}: torch.onnx.export(dynamo=True), dynamic batch, opset "
+            f"{export['opset']}, {how} (torch {export['tools']['torch']}, onnxscript {export['tools']['onnxscript']})"
+        )
+    return lines
 
 
 def _eval_what(record: dict[str, Any]) -> str:
@@ -666,13 +733,14 @@ def render(record: dict[str, Any], fmt: str) -> str:
     if fmt == "md":
         from .formatting import render_rows_md
 
-        return (
+        text = (
             "\n".join(f"- {line}" for line in _header_lines(record)) + "\n\n" + render_rows_md(_COLUMNS, rows)
         )
+        return "\n\n".join([text, *_breakdown_sections(record, "md")])
     if fmt == "table":
         widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(_COLUMNS)]
         lines = [*_header_lines(record), ""]
         lines.append("  ".join(c.ljust(w) for c, w in zip(_COLUMNS, widths, strict=True)))
         lines.extend("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows)
-        return "\n".join(lines) + "\n"
+        return "\n\n".join(["\n".join(lines), *_breakdown_sections(record, "table")]) + "\n"
     raise BenchError(f"--format {fmt!r} is not valid; use one of {', '.join(FORMATS)}")

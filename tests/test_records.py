@@ -62,7 +62,15 @@ def test_cuda_memory_writes_nvml_error_only_when_there_is_one() -> None:
 
 def test_speed_path_writes_compile_s_with_the_first_call_only() -> None:
     entry = SpeedPath("optimized", "fp32", "failed", "RuntimeError: x", "desc", None)
-    assert list(entry.to_dict()) == ["path", "precision", "status", "reason", "description", "kernels"]
+    assert list(entry.to_dict()) == [
+        "path",
+        "precision",
+        "status",
+        "reason",
+        "description",
+        "kernels",
+        "backend",
+    ]
     entry.first_call_s = 0.5
     assert entry.to_dict()["compile_s"] is None and "max_rel_diff_vs_plain" not in entry.to_dict()
 

@@ -50,7 +50,7 @@ def test_speed_record_schema_and_numbers(tmp_path: Path) -> None:
     out = tmp_path / "nano.json"
     record = run_json("--paths", "plain,optimized", "--output", str(out))
     assert json.loads(out.read_text()) == record, "--output holds the same record as stdout"
-    assert record["schema"] == "conformer-bench.speed" and record["schema_version"] == 2
+    assert record["schema"] == "conformer-bench.speed" and record["schema_version"] == 3
     assert record["status"] == "ok" and record["reason"] is None
     env = record["environment"]
     for key in ("device", "cpu_model", "threads", "torch", "precision", "batch_size", "img_size", "commit"):
@@ -173,12 +173,12 @@ def test_a_schema_1_record_renders() -> None:
 
 def test_a_path_that_cannot_be_built_is_recorded_and_the_run_exits_1(monkeypatch: pytest.MonkeyPatch) -> None:
     """No path ran (the compiled path alone, and it cannot be built): a failed record, exit 1, no traceback."""
-    from conformer_bench import speed
+    from conformer_bench.backends import eager
 
-    def no_compiler(plain: object, path: str, precision: str, settings: object) -> object:
+    def no_compiler(plain: object, path: str, precision: str, options: object) -> object:
         raise RuntimeError("no C++ compiler found")
 
-    monkeypatch.setattr(speed, "_build_runner", no_compiler)
+    monkeypatch.setattr(eager, "build_runner", no_compiler)
     result = runner.invoke(app, [*BASE, "--paths", "compiled", "--format", "json"])
     assert result.exit_code == 1, result.output
     record = json.loads(result.stdout)

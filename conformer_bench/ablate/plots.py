@@ -303,6 +303,47 @@ def _components_figure(df: pd.DataFrame, records: list[dict[str, Any]], title: s
         f"{title}: MACs by component (paper convention, counted by tracing, batch 1)\n{machine_line(records)}",
         fontsize=9,
     )
+    _finish_per_cell_axes(ax, df)
+    return fig
+
+
+def _time_components_figure(df: pd.DataFrame, records: list[dict[str, Any]], title: str) -> Any | None:
+    """Measured inference time by component, stacked per cell (ms per batch), beside the MACs figure."""
+    import matplotlib.pyplot as plt
+
+    from ..breakdown import LABELS, ROWS
+
+    ok = _ok_rows(df)
+    if "time_forward_ms" not in ok:
+        return None
+    timed = ok[ok["time_forward_ms"].notna()]
+    if timed.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(timed) + 2), 5))
+    labels = timed["label"].astype(str).tolist()
+    bottom = [0.0] * len(timed)
+    for name in ROWS:
+        vals = [0.0 if math.isnan(v) else max(v, 0.0) for v in timed[f"time_{name}_ms"].tolist()]
+        if not any(vals):
+            continue
+        ax.bar(labels, vals, bottom=bottom, label=LABELS[name])
+        bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
+    ax.scatter(labels, timed["time_forward_ms"].tolist(), marker="_", s=400, color="black", zorder=3,
+               label="uninstrumented forward")  # fmt: skip
+    batch = _values(records, "profile", "breakdown", "batch_size")
+    img = _values(records, "profile", "flops", "img_size")
+    ax.set_ylabel(f"ms per forward (batch {batch}, {img} px), median over interleaved rounds")
+    ax.set_title(
+        f"{title}: inference time by component (module hooks; 'the rest' = outside the components)\n"
+        f"{machine_line(records)}",
+        fontsize=9,
+    )
+    _finish_per_cell_axes(ax, df)
+    return fig
+
+
+def _finish_per_cell_axes(ax: Any, df: pd.DataFrame) -> None:
+    """Slanted cell labels (the base cell's in bold), a legend and a horizontal grid."""
     ax.tick_params(axis="x", labelrotation=60, labelsize=7)
     base = _base_label(df)
     for tick in ax.get_xticklabels():
@@ -310,7 +351,6 @@ def _components_figure(df: pd.DataFrame, records: list[dict[str, Any]], title: s
             tick.set_fontweight("bold")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    return fig
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -322,7 +362,8 @@ def _save(fig: Any, path: Path) -> Path:
 def write_figures(
     df: pd.DataFrame, records: list[dict[str, Any]], fig_dir: Path, title: str
 ) -> dict[str, Path]:
-    """Accuracy vs GMACs (with the Pareto front), throughput vs params, and MACs by component per cell."""
+    """Accuracy vs GMACs (with the Pareto front), throughput vs params, MACs by component per cell, and
+    measured time by component per cell where the profiles have a breakdown."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -339,5 +380,9 @@ def write_figures(
     fig = _components_figure(df, records, title)
     if fig is not None:
         out["flops_by_component"] = _save(fig, fig_dir / "flops_by_component.png")
+        plt.close(fig)
+    fig = _time_components_figure(df, records, title)
+    if fig is not None:
+        out["time_by_component"] = _save(fig, fig_dir / "time_by_component.png")
         plt.close(fig)
     return out

@@ -38,6 +38,10 @@ METRICS: tuple[Metric, ...] = (
     Metric("share_cnn_pct", "CNN % MACs", "pp", 1),
     Metric("share_transformer_pct", "Trans % MACs", "pp", 1),
     Metric("share_fcu_pct", "FCU % MACs", "pp", 1),
+    Metric("time_share_cnn_pct", "CNN % time", "pp", 1),
+    Metric("time_share_transformer_pct", "Trans % time", "pp", 1),
+    Metric("time_share_fcu_down_pct", "FCU-down % time", "pp", 1),
+    Metric("time_share_fcu_up_pct", "FCU-up % time", "pp", 1),
     Metric("infer_img_s", "Infer img/s", "rel", 1, True),
     Metric("train_img_s", "Train img/s", "rel", 1, True),
     Metric("peak_mem_infer_mib", "Peak mem infer (MiB)", "rel", 1, False),
@@ -124,6 +128,7 @@ def row_of(record: dict[str, Any]) -> dict[str, Any]:
         row[f"macs_{comp}"] = macs
         if comp in ("cnn", "transformer", "fcu"):
             row[f"share_{comp}_pct"] = 100.0 * macs / paper if paper and not math.isnan(paper) else math.nan
+    row.update(_time_by_component(prof.get("breakdown")))
     for mode in ("infer", "train"):
         timing = _get(prof, "throughput", mode) or {}
         row[f"{mode}_img_s"] = _num(timing.get("img_per_s"))
@@ -147,6 +152,22 @@ def row_of(record: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def _time_by_component(breakdown: dict[str, Any] | None) -> dict[str, float]:
+    """Milliseconds and share of the forward per component of a profile's breakdown (no columns without one,
+    so the summaries of grids run without ``breakdown`` keep their columns)."""
+    from ..breakdown import ROWS
+
+    if not breakdown or breakdown.get("status") != "ok":
+        return {}
+    comps = breakdown.get("components") or {}
+    row: dict[str, float] = {}
+    for comp in ROWS:
+        row[f"time_{comp}_ms"] = 1e3 * _num(_get(comps, comp, "seconds"))
+        row[f"time_share_{comp}_pct"] = 100.0 * _num(_get(comps, comp, "share_of_forward"))
+    row["time_forward_ms"] = 1e3 * _num(breakdown.get("forward_s"))
+    return row
+
+
 def build_frame(records: Iterable[dict[str, Any]], base_label: str | None) -> pd.DataFrame:
     """One row per cell, raw metrics plus ``d_<metric>`` deltas against the base cell (NaN where undefined)."""
     import pandas as pd
@@ -158,6 +179,8 @@ def build_frame(records: Iterable[dict[str, Any]], base_label: str | None) -> pd
     base = df[df["label"] == base_label]
     for metric in METRICS:
         col = f"d_{metric.key}"
+        if metric.key not in df:
+            continue  # e.g. time by component in a grid run without it
         if base.empty:
             df[col] = math.nan
             continue
@@ -364,6 +387,10 @@ CSV_COLUMNS = (
     "share_cnn_pct",
     "share_transformer_pct",
     "share_fcu_pct",
+    # time by component, in grids whose profiles ran with breakdown = true
+    *(f"time_{c}_ms" for c in ("stem", "cnn", "transformer", "fcu_down", "fcu_up", "heads", "rest")),
+    *(f"time_share_{c}_pct" for c in ("stem", "cnn", "transformer", "fcu_down", "fcu_up", "heads", "rest")),
+    "time_forward_ms",
     "infer_img_s",
     "infer_iqr_over_median",
     "infer_noisy",

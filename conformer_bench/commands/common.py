@@ -175,6 +175,15 @@ ThreadsOpt = Annotated[
         "--threads", help="torch intra-op threads (default: torch's; recorded).", rich_help_panel=MEASURE
     ),
 ]
+BreakdownOpt = Annotated[
+    bool,
+    typer.Option(
+        "--breakdown/--no-breakdown",
+        help="Inference time by component (stem, CNN, transformer, FCU down/up, heads, the rest), with the "
+        "instrumentation's overhead; eager paths that keep the model's modules.",
+        rich_help_panel=MEASURE,
+    ),
+]
 PrecisionOpt = Annotated[
     str,
     typer.Option(

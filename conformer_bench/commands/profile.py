@@ -12,6 +12,7 @@ import typer
 from .common import (
     OUTPUT,
     BatchSizesOpt,
+    BreakdownOpt,
     DeviceOpt,
     ForceOpt,
     FormatOpt,
@@ -44,7 +45,11 @@ conformer-bench profile --variant micro,tiny --img-size 64 --batch-size 1,2 --mo
 
 conformer-bench profile --model-list models.txt --batch-size 1,8,32 --precision fp32,bf16 --mode infer -o results.csv --append --plot throughput.png
 
-conformer-bench profile --variant small --no-fcu --mode none"""
+conformer-bench profile --variant small --no-fcu --mode none
+
+conformer-bench profile --variant tiny --batch-size 8 --mode infer --precision bf16 --breakdown
+
+conformer-bench profile --variant tiny --batch-size 8 --mode infer --backend openvino"""
 
 
 @app.command("profile", epilog=EXAMPLES)
@@ -113,6 +118,15 @@ def profile(
             "--compile", help_text="Measure the optimized path under torch.compile (train: torch.compile)."
         ),
     ] = False,
+    backend: Annotated[
+        str,
+        measure_option(
+            "--backend",
+            help_text="Where inference runs: eager (default), onnxruntime or openvino (the ONNX export; "
+            "`pip install -e .[deploy]`). Training stays eager.",
+        ),
+    ] = "eager",
+    breakdown: BreakdownOpt = False,
     timing_reference: Annotated[
         bool,
         measure_option(
@@ -161,10 +175,19 @@ def profile(
     """
     from .. import sweep
     from ..env import resolve_device
+    from ..errors import BenchError
     from ..flops import refuse_huge
     from ..profiling import MODES, PRECISIONS, ProfileSettings
 
     stdout_format = parse_format(fmt)
+    from ..backends import parse_backends, require_installed
+
+    backends = parse_backends(backend)
+    if len(backends) > 1:
+        raise BenchError(
+            "--backend takes one backend in profile; compare several with `conformer-bench speed`"
+        )
+    require_installed(backends)
     mode = sweep.parse_mode(mode, MODES)
     precisions = sweep.parse_choices(precision, "--precision", PRECISIONS)
     batch_sizes = sweep.parse_ints(batch_size, "--batch-size")
@@ -188,6 +211,8 @@ def profile(
         cross_check=cross_check and flops,
         path="compiled" if compile_ else "optimized" if optimize else "plain",
         timing_reference=timing_reference,
+        backend=backends[0],
+        breakdown=breakdown,
     )
     sweep_points = sweep.points(configs, batch_sizes, img_sizes, precisions)
     show = not quiet and sys.stderr.isatty()

@@ -9,6 +9,7 @@ import typer
 
 from .common import (
     BatchSizeOpt,
+    BreakdownOpt,
     DeviceOpt,
     ForceOpt,
     FormatOpt,
@@ -37,7 +38,9 @@ conformer-bench speed --variant tiny --device cpu
 
 conformer-bench speed --variant micro --img-size 64 --paths plain,optimized --precision fp32 --rounds 5 -f json -o speed.json
 
-conformer-bench speed --variant small --device cuda --batch-size 64 --precision fp32,bf16"""
+conformer-bench speed --variant small --device cuda --batch-size 64 --precision fp32,bf16
+
+conformer-bench speed --variant tiny --batch-size 8 --backend eager,onnxruntime,openvino --breakdown"""
 
 
 @app.command("speed", epilog=EXAMPLES)
@@ -50,6 +53,18 @@ def speed(
         str, measure_option("--paths", help_text="Comma list of plain, optimized, compiled.")
     ] = "plain,optimized,compiled",
     precision: PrecisionOpt = "fp32,bf16",
+    backend: Annotated[
+        str,
+        measure_option(
+            "--backend",
+            help_text="Comma list of eager (the --paths), onnxruntime, openvino; the last two need "
+            "`pip install -e .[deploy]`. Plain fp32 always runs as the reference.",
+        ),
+    ] = "eager",
+    breakdown: BreakdownOpt = False,
+    breakdown_rounds: Annotated[
+        int, measure_option("--breakdown-rounds", help_text="Interleaved rounds of the time by component.")
+    ] = 5,
     device: DeviceOpt = "auto",
     batch_size: BatchSizeOpt = 8,
     img_size: ImgSizeOpt = None,
@@ -107,11 +122,15 @@ def speed(
     *,
     toggles: dict[str, Any],
 ) -> None:
-    """Images/s of the plain, optimized and compiled inference paths per precision, interleaved in one process.
+    """Images/s of the plain, optimized and compiled inference paths and of the deployment backends per
+    precision, interleaved in one process, with each one's logits checked against plain fp32.
 
     Precisions: a comma list of fp32 and bf16; every path runs in each (bf16 only where the device has it
-    natively, otherwise reported as not supported).
+    natively, otherwise reported as not supported). Backends: ONNX Runtime and OpenVINO run the model's
+    ONNX export (cached per config and weights); a precision or variant a backend cannot run is recorded as
+    unsupported with the reason.
     """
+    from ..backends import parse_backends, require_installed
     from ..env import resolve_device
     from ..files import check_writable
     from ..formatting import csv_to_jsonl
@@ -121,6 +140,8 @@ def speed(
         return csv_to_jsonl(render(record, "csv")) if kind == "jsonl" else render(record, kind)
 
     stdout_format = parse_format(fmt)
+    backends = parse_backends(backend)
+    require_installed(backends)
     cfg = variant_config(variant, **toggles)
     settings = SpeedSettings(
         device=resolve_device(device),
@@ -138,6 +159,9 @@ def speed(
         pool_first=pool_first,
         agreement_images=agreement_images,
         seed=seed,
+        backends=backends,
+        breakdown=breakdown,
+        breakdown_rounds=breakdown_rounds,
     )
     settings.validate(cfg.patch_size)
     from ..flops import refuse_huge
