@@ -143,7 +143,9 @@ def backfill(
     from .ab import Clock, Schedule
     from .ab import _settings as ab_settings
 
-    settings = ab_settings(phases, Schedule("same-core"), Clock("auto"), budget_s, rounds, seed, epochs, False)
+    settings = ab_settings(
+        phases, Schedule("same-core"), Clock("auto"), budget_s, rounds, seed, epochs, False
+    )
     labels = tuple(label.strip() for label in (only or "").split(",") if label.strip())
     request = BackfillRequest(revisions, experiment, repo, anchor, every, labels, logs=_logs(logs))
     say = None if quiet else (lambda line: typer.echo(line, err=True))
