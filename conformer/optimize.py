@@ -10,20 +10,24 @@
   map reshapes of the FCUs become views instead of copies.
 * **Pool before project** (``pool_first=True``) — the FCU-down average pooling runs before its 1x1
   projection (exact: both are linear maps), so the projection no longer makes a full-resolution map.
-* **Fused kernels** (CPU, float32, oneDNN available; ``fuse_pointwise=True``) — conv + ReLU and
-  conv + residual add + ReLU run as one oneDNN primitive on weights reordered once per input shape; the
-  linears run MKL's GEMM on weights pre-packed once per row count (~100 % of the 2048² matmul rate at
-  ViT-Ti shapes, vs ~92 % for oneDNN's fused linear), with the GELU / residual add after it; attention uses
-  ``scaled_dot_product_attention`` (measured ~3x faster than the explicit matmul-softmax on a 2-core Xeon at
-  197 tokens; the per-device choice is :func:`prefer_sdpa`).
+* **Fused kernels** (CPU, float32 or bfloat16, oneDNN available; ``fuse_pointwise=True``) — each conv (with its
+  ReLU and residual add), linear (with its GELU or residual add) and attention offers candidate kernels:
+  a oneDNN conv primitive on a weight reordered once per input shape, or ATen's conv then the add and ReLU in
+  place; oneDNN's GEMM on a weight prepacked per row count with the epilogue fused, or MKL's prepacked GEMM
+  (float32) then the epilogue; ``scaled_dot_product_attention`` or the explicit matmul-softmax. Which is
+  fastest depends on the CPU (oneDNN's fp32 GEMM beat MKL's on a Zen 4 EPYC and lost on a Xeon; SDPA won in
+  bf16 on a Xeon with AMX and lost on the EPYC), so by default each module times its candidates at the first
+  call per shape and keeps the fastest, cached per CPU fingerprint (:mod:`conformer.tuning`;
+  :class:`KernelChoices` fixes them instead). The attention scale is folded into the query rows of the qkv
+  projection, so no pass over the scores multiplies it.
 * **torch.compile** (``compile=True``) — the folded, pool-first, channels-last model compiled by Inductor
   with weight freezing on CPU (prepacked oneDNN convs and MKL linears). Compilation happens on the first call.
 
 **bfloat16** (``dtype=torch.bfloat16``; CPU with native bf16, see ``conformer_bench.precision``) — BatchNorm
 is folded in float64 and rounded once to bf16; the fused oneDNN convolutions and linears above run in bf16
 (MKL's GEMM is fp32-only, so linears take oneDNN's, on prepacked weights); every kernel accumulates in float32,
-and LayerNorm and softmax compute their statistics and sums in float32 on bf16 tensors. Attention is the
-explicit matmul-softmax (faster than SDPA in bf16 on CPU; see :func:`prefer_sdpa` for its cost). The final
+and LayerNorm and softmax compute their statistics and sums in float32 on bf16 tensors. Attention is SDPA or
+the explicit matmul-softmax, whichever this CPU runs faster (see :func:`prefer_sdpa` for the latter's cost). The final
 LayerNorm and both classifiers stay float32 (``float32_heads``), so logits are not rounded to bf16 (tiny: max
 logits error 1.1e-2 -> 8.8e-3 at no measurable speed cost). Input and logits are float32 at the boundary.
 Measured on a 2-core Zen 4 EPYC (AVX512-BF16), batch 8, 224²: 2.8x the plain fp32 model (tiny and small) at
@@ -38,6 +42,9 @@ not see inside the fused oneDNN ops).
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from typing import Any, cast
 
 import torch
@@ -46,10 +53,15 @@ from torch import Tensor, nn
 
 from .layers import Attention, Bottleneck, FCUDown, FCUUp, MedBottleneck, Mlp, TransformerBlock
 from .model import Conformer
+from .tuning import Decision, KernelTuner, default_tuner
 
 __all__ = [
+    "KernelChoices",
+    "compile_defaults",
+    "describe_kernels",
     "fold_batchnorm",
     "fused_kernels_available",
+    "kernel_decisions",
     "mkl_linear_available",
     "optimize_for_inference",
     "prefer_sdpa",
@@ -140,7 +152,8 @@ def mkl_linear_available() -> bool:
 
 
 def prefer_sdpa(device: torch.device | str, dtype: torch.dtype = torch.float32) -> bool:
-    """Whether the optimised path uses SDPA for attention on this device and dtype.
+    """Whether the unfused optimised paths (compiled, CUDA, ``fuse_pointwise=False``) and
+    :meth:`KernelChoices.rules` use SDPA for attention on this device and dtype; the fused CPU path measures.
 
     Measured on torch 2.13: on a 2-core Xeon (AVX-512) SDPA's CPU flash kernel was 3-7x faster than the
     explicit matmul-softmax for 197 tokens x 6 heads x 64 dims at batch 8 in float32; on CUDA the flash /
@@ -158,34 +171,106 @@ def prefer_sdpa(device: torch.device | str, dtype: torch.dtype = torch.float32) 
     return kind in ("cpu", "cuda")
 
 
-# bf16 linears run oneDNN's GEMM on a weight reordered once per row count (as Inductor's freezing does):
-# measured +1.4 % and +4.5 % over the plain weight in two runs (tiny, batch 8, one thread).
-PACK_ONEDNN_LINEAR = True
+AUTO = "auto"
+ATTENTION_KERNELS: tuple[str, ...] = ("sdpa", "bmm")
+LINEAR_KERNELS: tuple[str, ...] = ("onednn", "mkl")
+CONV_KERNELS: tuple[str, ...] = ("fused", "aten")
 
-# --- fused inference modules (oneDNN, CPU float32 / bfloat16) -----------------------------------------------------------
+
+@dataclass(frozen=True)
+class KernelChoices:
+    """Which kernel each fused op runs on CPU; ``auto`` (default): the fastest on this CPU at each shape,
+    measured at first use and cached per CPU fingerprint (:mod:`conformer.tuning`).
+
+    * ``attention``: ``sdpa`` (``scaled_dot_product_attention``, one fused kernel on strided views of the
+      qkv output) or ``bmm`` (explicit batched matmul-softmax); either way the scale is folded into the
+      query rows of the qkv projection.
+    * ``linear``: ``onednn`` (oneDNN GEMM on a weight prepacked per row count, GELU / residual add fused)
+      or ``mkl`` (MKL's prepacked GEMM, then the GELU / add); float32 only, bf16 linears are oneDNN's.
+    * ``conv``: ``fused`` (one oneDNN primitive with the ReLU / residual add, weight prepacked per input
+      shape) or ``aten`` (``F.conv2d`` on the channels-last weight, then in-place add and ReLU).
+    """
+
+    attention: str = AUTO
+    linear: str = AUTO
+    conv: str = AUTO
+
+    def __post_init__(self) -> None:
+        for kind, allowed in (
+            ("attention", ATTENTION_KERNELS),
+            ("linear", LINEAR_KERNELS),
+            ("conv", CONV_KERNELS),
+        ):
+            value = getattr(self, kind)
+            if value != AUTO and value not in allowed:
+                raise ValueError(f"{kind}={value!r} is not a kernel; use auto or one of {', '.join(allowed)}")
+
+    @classmethod
+    def rules(cls, device: torch.device | str, dtype: torch.dtype) -> KernelChoices:
+        """Fixed choices, no measurement: SDPA unless :func:`prefer_sdpa` says otherwise, MKL linears in
+        float32 where MKL is there, fused convs."""
+        attention = "sdpa" if prefer_sdpa(device, dtype) else "bmm"
+        linear = "mkl" if mkl_linear_available() and dtype == torch.float32 else "onednn"
+        return cls(attention=attention, linear=linear, conv="fused")
 
 
-class _PackCache(nn.Module):
-    """Holds weights re-laid-out for one input shape (opaque MKL / oneDNN tensors, built on first use)."""
+class _Kernels(nn.Module):
+    """A fused module with candidate kernels: it runs the one asked for or, with ``auto``, the tuner's
+    measured choice per input shape (kept with the tuner's evidence in ``decisions``), and holds weights
+    re-laid-out for one input shape (opaque MKL / oneDNN tensors, built on first use)."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, kind: str, candidates: tuple[str, ...], choice: str, tuner: KernelTuner | None
+    ) -> None:
         super().__init__()
-        self._packed: dict[tuple[int, ...], Tensor] = {}
+        self.kind = kind
+        self.candidates = candidates if choice == AUTO else (choice,)
+        self.tuner = tuner
+        self._packed: dict[tuple[Any, ...], Tensor] = {}
+        self._chosen: dict[tuple[Any, ...], str] = {}
+        self.decisions: dict[tuple[Any, ...], Decision] = {}
 
     def __getstate__(self) -> dict[str, Any]:  # copies re-pack on their first call
         state = dict(self.__dict__)
         state["_packed"] = {}
         return state
 
+    def _kernel(
+        self, shape: tuple[Any, ...], key: str, make_thunk: Callable[[str], Callable[[], Any]]
+    ) -> str:
+        chosen = self._chosen.get(shape)
+        if chosen is None:
+            if len(self.candidates) == 1:
+                chosen = self.candidates[0]
+            else:
+                tuner = self.tuner or default_tuner()
+                decision = tuner.choose(self.kind, key, {c: make_thunk(c) for c in self.candidates})
+                self.decisions[shape] = decision
+                chosen = decision.chosen
+                self._drop_packs(shape, chosen)
+            self._chosen[shape] = chosen
+        return chosen
 
-class _FusedConv(_PackCache):
-    """conv (+ bias) -> optional residual add -> optional ReLU as one oneDNN primitive (NHWC in and out).
+    def _drop_packs(self, shape: tuple[Any, ...], chosen: str) -> None:
+        """Free the weights packed while timing the kernels not chosen at ``shape`` (none by default)."""
 
-    The weight is reordered into oneDNN's blocked layout once per input shape, not on every call.
+
+def _like(t: Tensor) -> Tensor:
+    """A random tensor of ``t``'s shape, dtype, device and strides (a tuning input)."""
+    return torch.randn_like(t)
+
+
+class _FusedConv(_Kernels):
+    """conv (+ bias) -> optional residual add -> optional ReLU on NHWC tensors.
+
+    Kernels (:class:`KernelChoices` ``conv``): ``fused``, one oneDNN primitive on a weight reordered into
+    oneDNN's blocked layout once per input shape; ``aten``, ``F.conv2d`` then the add and ReLU in place.
     """
 
-    def __init__(self, conv: nn.Conv2d, relu: bool) -> None:
-        super().__init__()
+    def __init__(
+        self, conv: nn.Conv2d, relu: bool, choice: str = "fused", tuner: KernelTuner | None = None
+    ) -> None:
+        super().__init__("conv", CONV_KERNELS, choice, tuner)
         assert conv.padding_mode == "zeros" and isinstance(conv.padding, tuple), "explicit zero padding only"
         self.weight = nn.Parameter(conv.weight.detach().contiguous(memory_format=torch.channels_last), False)
         self.bias = nn.Parameter(conv.bias.detach(), False) if conv.bias is not None else None
@@ -197,10 +282,42 @@ class _FusedConv(_PackCache):
 
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         if x.dtype != self.weight.dtype:  # e.g. under autocast: the unfused ops, which autocast handles
-            y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
-            y = y + residual if residual is not None else y
-            return F.relu(y) if self.relu else y
+            return self._aten(x, residual)
         x = x.contiguous(memory_format=torch.channels_last)
+        if residual is not None:
+            residual = residual.contiguous(memory_format=torch.channels_last)
+        kernel = self._kernel(
+            (tuple(x.shape), residual is not None), self._key(x, residual), self._thunk(x, residual)
+        )
+        return self._aten(x, residual) if kernel == "aten" else self._fused(x, residual)
+
+    def _key(self, x: Tensor, residual: Tensor | None) -> str:
+        o, i, kh, kw = self.weight.shape
+        epilogue = "+add" * (residual is not None) + "+relu" * self.relu
+        return (
+            f"{str(x.dtype).removeprefix('torch.')} x={tuple(x.shape)} w={o}x{i}x{kh}x{kw} s={self.stride} "
+            f"p={self.padding} g={self.groups}{epilogue}"
+        )
+
+    def _thunk(self, x: Tensor, residual: Tensor | None) -> Callable[[str], Callable[[], Any]]:
+        def make(kernel: str) -> Callable[[], Any]:
+            xs, rs = _like(x), None if residual is None else _like(residual)
+            run = self._aten if kernel == "aten" else self._fused
+            return partial(run, xs, rs)
+
+        return make
+
+    def _drop_packs(self, shape: tuple[Any, ...], chosen: str) -> None:
+        if chosen == "aten":
+            self._packed.pop(shape[0], None)
+
+    def _aten(self, x: Tensor, residual: Tensor | None) -> Tensor:
+        y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        if residual is not None:
+            y = y.add_(residual) if y.dtype == residual.dtype else y + residual
+        return y.relu_() if self.relu else y
+
+    def _fused(self, x: Tensor, residual: Tensor | None) -> Tensor:
         weight = self._packed.get(tuple(x.shape))
         if weight is None:
             weight = self._packed[tuple(x.shape)] = torch.ops.mkldnn._reorder_convolution_weight(
@@ -209,18 +326,8 @@ class _FusedConv(_PackCache):
         unary = "relu" if self.relu else "none"
         if residual is None:
             return torch.ops.mkldnn._convolution_pointwise(
-                x,
-                weight,
-                self.bias,
-                self.padding,
-                self.stride,
-                self.dilation,
-                self.groups,
-                unary,
-                [],
-                "",
-            )
-        residual = residual.contiguous(memory_format=torch.channels_last)
+                x, weight, self.bias, self.padding, self.stride, self.dilation, self.groups, unary, [], "",
+            )  # fmt: skip
         return torch.ops.mkldnn._convolution_pointwise.binary(
             x, residual, weight, self.bias, self.padding, self.stride, self.dilation, self.groups,
             "add", None, unary, [], "",
@@ -228,32 +335,32 @@ class _FusedConv(_PackCache):
 
     def extra_repr(self) -> str:
         o, i, kh, kw = self.weight.shape
-        return f"{i * self.groups}, {o}, kernel=({kh}, {kw}), stride={tuple(self.stride)}, relu={self.relu}"
+        return (
+            f"{i * self.groups}, {o}, kernel=({kh}, {kw}), stride={tuple(self.stride)}, relu={self.relu}, "
+            f"kernels={'|'.join(self.candidates)}"
+        )
 
 
-class _FusedLinear(_PackCache):
-    """linear -> optional exact GELU, or linear -> residual add.
+class _FusedLinear(_Kernels):
+    """linear -> optional exact GELU, or linear -> residual add, on a prepacked weight.
 
-    With MKL the GEMM runs on a weight pre-packed for the call's row count (``torch.ops.mkl._mkl_linear``,
-    measured ~8 % faster than oneDNN's ``_linear_pointwise`` at ViT shapes on AVX-512); the GELU / add then
-    run as separate element-wise ops. Without MKL, and in bfloat16 (MKL's GEMM is fp32-only), one oneDNN
-    primitive does both, on a weight reordered once per row count.
+    Kernels (:class:`KernelChoices` ``linear``): ``onednn``, one oneDNN primitive (GEMM + GELU / add) on a
+    weight reordered once per row count; ``mkl`` (float32 only), MKL's GEMM on a weight packed once per row
+    count (``torch.ops.mkl._mkl_linear``), then the GELU / add as separate element-wise ops. Which is faster
+    depends on the CPU: MKL by ~8 % at ViT shapes on a Xeon, oneDNN by 12-17 % on a Zen 4 EPYC (one thread,
+    tiny's four linear shapes).
     """
 
-    def __init__(self, linear: nn.Linear, gelu: bool = False) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(linear.weight.detach().contiguous(), False)
+    def __init__(
+        self, linear: nn.Linear, gelu: bool = False, choice: str = AUTO, tuner: KernelTuner | None = None
+    ) -> None:
+        weight = linear.weight.detach().contiguous()
+        mkl = mkl_linear_available() and weight.dtype == torch.float32  # MKL's GEMM: fp32 only
+        candidates = LINEAR_KERNELS if mkl else ("onednn",)
+        super().__init__("linear", candidates, choice if choice in candidates else AUTO, tuner)
+        self.weight = nn.Parameter(weight, False)
         self.bias = nn.Parameter(linear.bias.detach(), False) if linear.bias is not None else None
         self.gelu = gelu
-        self.use_mkl = mkl_linear_available() and self.weight.dtype == torch.float32  # MKL: fp32 only
-        self.pack_onednn = PACK_ONEDNN_LINEAR and self.weight.dtype == torch.bfloat16
-
-    def _mkl(self, x: Tensor) -> Tensor:
-        rows = x.numel() // x.shape[-1]
-        packed = self._packed.get((rows,))
-        if packed is None:
-            packed = self._packed[(rows,)] = torch.ops.mkl._mkl_reorder_linear_weight(self.weight, rows)
-        return torch.ops.mkl._mkl_linear(x, packed, self.weight, self.bias, rows)
 
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         assert residual is None or not self.gelu, "GELU and a residual add are not fused together"
@@ -261,24 +368,51 @@ class _FusedLinear(_PackCache):
             y = F.linear(x, self.weight, self.bias)
             y = y + residual if residual is not None else y
             return F.gelu(y) if self.gelu else y
-        if self.use_mkl:
-            y = self._mkl(x)
-            if residual is not None:
-                return y.add_(residual)
-            return F.gelu(y) if self.gelu else y
-        weight = self._onednn_weight(x) if self.pack_onednn else self.weight
+        rows = x.numel() // x.shape[-1]
+        kernel = self._kernel(
+            (rows, residual is not None), self._key(x, rows, residual), self._thunk(x, residual)
+        )
+        return self._mkl(x, residual) if kernel == "mkl" else self._onednn(x, residual)
+
+    def _key(self, x: Tensor, rows: int, residual: Tensor | None) -> str:
+        out, inp = self.weight.shape
+        epilogue = "+gelu" if self.gelu else "+add" if residual is not None else ""
+        return f"{str(x.dtype).removeprefix('torch.')} rows={rows} {inp}->{out}{epilogue}"
+
+    def _thunk(self, x: Tensor, residual: Tensor | None) -> Callable[[str], Callable[[], Any]]:
+        def make(kernel: str) -> Callable[[], Any]:
+            xs, rs = _like(x), None if residual is None else _like(residual)
+            return partial(self._mkl if kernel == "mkl" else self._onednn, xs, rs)
+
+        return make
+
+    def _drop_packs(self, shape: tuple[Any, ...], chosen: str) -> None:
+        self._packed.pop((shape[0], chosen != "mkl"), None)
+
+    def _packed_weight(self, rows: int, kernel: str) -> Tensor:
+        packed = self._packed.get((rows, kernel == "mkl"))
+        if packed is None:
+            if kernel == "mkl":
+                packed = torch.ops.mkl._mkl_reorder_linear_weight(self.weight, rows)
+            else:
+                packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, rows)
+            self._packed[(rows, kernel == "mkl")] = packed
+        return packed
+
+    def _mkl(self, x: Tensor, residual: Tensor | None) -> Tensor:
+        rows = x.numel() // x.shape[-1]
+        y = torch.ops.mkl._mkl_linear(x, self._packed_weight(rows, "mkl"), self.weight, self.bias, rows)
+        if residual is not None:
+            return y.add_(residual)
+        return F.gelu(y) if self.gelu else y
+
+    def _onednn(self, x: Tensor, residual: Tensor | None) -> Tensor:
+        weight = self._packed_weight(x.numel() // x.shape[-1], "onednn")
         if residual is not None:
             return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, self.bias, "add")
         if self.gelu:  # algorithm "none" = erf GELU, as nn.GELU()
             return torch.ops.mkldnn._linear_pointwise(x, weight, self.bias, "gelu", [], "none")
         return torch.ops.mkldnn._linear_pointwise(x, weight, self.bias, "none", [], "")
-
-    def _onednn_weight(self, x: Tensor) -> Tensor:
-        rows = x.numel() // x.shape[-1]
-        packed = self._packed.get((rows,))
-        if packed is None:
-            packed = self._packed[(rows,)] = torch.ops.mkldnn._reorder_linear_weight(self.weight, rows)
-        return packed
 
 
 class _InferenceOnly(nn.Module):
@@ -291,16 +425,16 @@ class _InferenceOnly(nn.Module):
 class _FusedBottleneck(_InferenceOnly):
     """:class:`Bottleneck` (BN folded) with ReLUs and the residual add inside the convs."""
 
-    def __init__(self, block: Bottleneck) -> None:
+    def __init__(self, block: Bottleneck, conv: Callable[[nn.Conv2d, bool], _FusedConv]) -> None:
         super().__init__()
         self.head_only = block.head_only
         self.res_conv = block.res_conv
-        self.conv1 = _FusedConv(block.conv1, relu=True)
-        self.conv2 = _FusedConv(block.conv2, relu=True)
+        self.conv1 = conv(block.conv1, True)
+        self.conv2 = conv(block.conv2, True)
         if not block.head_only:
-            self.conv3 = _FusedConv(block.conv3, relu=True)
+            self.conv3 = conv(block.conv3, True)
             if block.res_conv:
-                self.residual_conv = _FusedConv(block.residual_conv, relu=False)
+                self.residual_conv = conv(block.residual_conv, False)
 
     def forward(self, x: Tensor, x_t: Tensor | None = None) -> tuple[Tensor, Tensor]:
         h = self.conv1(x)
@@ -314,43 +448,102 @@ class _FusedBottleneck(_InferenceOnly):
 
 
 class _FusedMedBottleneck(_InferenceOnly):
-    def __init__(self, block: MedBottleneck) -> None:
+    def __init__(self, block: MedBottleneck, conv: Callable[[nn.Conv2d, bool], _FusedConv]) -> None:
         super().__init__()
-        self.conv1 = _FusedConv(block.conv1, relu=True)
-        self.conv2 = _FusedConv(block.conv2, relu=True)
-        self.conv3 = _FusedConv(block.conv3, relu=True)
+        self.conv1 = conv(block.conv1, True)
+        self.conv2 = conv(block.conv2, True)
+        self.conv3 = conv(block.conv3, True)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv3(self.conv2(self.conv1(x)), x)
 
 
-class _FusedTransformerBlock(_InferenceOnly):
-    """:class:`TransformerBlock` in eval: residual adds fused into ``proj``/``fc2``, GELU into ``fc1``."""
+class _FusedAttention(_Kernels):
+    """softmax(q k^T) v over the heads of a qkv projection's output whose query rows carry the scale.
 
-    def __init__(self, block: TransformerBlock, use_sdpa: bool) -> None:
+    Kernels (:class:`KernelChoices` ``attention``): ``sdpa``, ``scaled_dot_product_attention`` with scale 1
+    on strided views of the qkv output; ``bmm``, the explicit batched matmul-softmax (q, k, v made
+    contiguous by the matmuls).
+    """
+
+    def __init__(
+        self, num_heads: int, head_dim: int, choice: str = AUTO, tuner: KernelTuner | None = None
+    ) -> None:
+        super().__init__("attention", ATTENTION_KERNELS, choice, tuner)
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+
+    def forward(self, qkv: Tensor) -> Tensor:
+        B, N, _ = qkv.shape
+        kernel = self._kernel((B, N, qkv.dtype), self._key(qkv), self._thunk(qkv))
+        return self._sdpa(qkv) if kernel == "sdpa" else self._bmm(qkv)
+
+    def _key(self, qkv: Tensor) -> str:
+        B, N, _ = qkv.shape
+        return f"{str(qkv.dtype).removeprefix('torch.')} b={B} tokens={N} heads={self.num_heads} dim={self.head_dim}"
+
+    def _thunk(self, qkv: Tensor) -> Callable[[str], Callable[[], Any]]:
+        def make(kernel: str) -> Callable[[], Any]:
+            return partial(self._sdpa if kernel == "sdpa" else self._bmm, _like(qkv))
+
+        return make
+
+    def _heads(self, qkv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        B, N, _ = qkv.shape
+        q, k, v = qkv.view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        return q, k, v  # (B, heads, N, head_dim) each
+
+    def _merge(self, a: Tensor) -> Tensor:
+        B, _, N, _ = a.shape
+        return a.transpose(1, 2).reshape(B, N, self.num_heads * self.head_dim)
+
+    def _sdpa(self, qkv: Tensor) -> Tensor:
+        q, k, v = self._heads(qkv)
+        return self._merge(F.scaled_dot_product_attention(q, k, v, scale=1.0))
+
+    def _bmm(self, qkv: Tensor) -> Tensor:
+        q, k, v = self._heads(qkv)
+        return self._merge((q @ k.transpose(-2, -1)).softmax(dim=-1) @ v)
+
+    def extra_repr(self) -> str:
+        return f"heads={self.num_heads}, head_dim={self.head_dim}, kernels={'|'.join(self.candidates)}"
+
+
+def _scaled_query(qkv: nn.Linear, scale: float) -> nn.Linear:
+    """A copy of ``qkv`` whose query rows (the first third) are multiplied by ``scale``, computed in float64
+    and rounded once (exact where the scale is a power of two, as head_dim**-0.5 is for head_dim 4^k)."""
+    out = copy.deepcopy(qkv)
+    rows = qkv.out_features // 3
+    with torch.no_grad():
+        out.weight[:rows].copy_(qkv.weight[:rows].double().mul(scale))
+        if out.bias is not None and qkv.bias is not None:
+            out.bias[:rows].copy_(qkv.bias[:rows].double().mul(scale))
+    return out
+
+
+class _FusedTransformerBlock(_InferenceOnly):
+    """:class:`TransformerBlock` in eval: residual adds fused into ``proj``/``fc2``, GELU into ``fc1``, the
+    attention scale folded into ``qkv``'s query rows."""
+
+    def __init__(
+        self,
+        block: TransformerBlock,
+        linear: Callable[[nn.Linear, bool], _FusedLinear],
+        attention: Callable[[int, int], _FusedAttention],
+    ) -> None:
         super().__init__()
         attn, mlp = block.attn, block.mlp
         assert isinstance(attn, Attention) and isinstance(mlp, Mlp)
         self.norm1 = block.norm1
         self.norm2 = block.norm2
-        self.num_heads = attn.num_heads
-        self.head_dim = attn.head_dim
-        self.scale = attn.scale
-        self.use_sdpa = use_sdpa
-        self.qkv = _FusedLinear(attn.qkv)
-        self.proj = _FusedLinear(attn.proj)
-        self.fc1 = _FusedLinear(mlp.fc1, gelu=True)
-        self.fc2 = _FusedLinear(mlp.fc2)
+        self.qkv = linear(_scaled_query(attn.qkv, attn.scale), False)
+        self.attn = attention(attn.num_heads, attn.head_dim)
+        self.proj = linear(attn.proj, False)
+        self.fc1 = linear(mlp.fc1, True)
+        self.fc2 = linear(mlp.fc2, False)
 
     def forward(self, x: Tensor) -> Tensor:
-        B, N, C = x.shape
-        qkv = self.qkv(self.norm1(x)).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # (B, heads, N, head_dim) each
-        if self.use_sdpa:
-            a = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
-        else:
-            a = (q @ k.transpose(-2, -1)).mul_(self.scale).softmax(dim=-1) @ v
-        x = self.proj(a.transpose(1, 2).reshape(B, N, C), x)
+        x = self.proj(self.attn(self.qkv(self.norm1(x))), x)
         return self.fc2(self.fc1(self.norm2(x)), x)
 
 
@@ -402,33 +595,43 @@ def _pool_first(model: nn.Module) -> int:
     return count
 
 
-def _fuse_cpu(model: nn.Module, use_sdpa: bool) -> None:
+def _fuse_cpu(model: nn.Module, choices: KernelChoices, tuner: KernelTuner | None) -> None:
     """Swap blocks for their fused oneDNN forms in place (BatchNorms must already be folded)."""
+
+    def conv(c: nn.Conv2d, relu: bool) -> _FusedConv:
+        return _FusedConv(c, relu, choices.conv, tuner)
+
+    def linear(lin: nn.Linear, gelu: bool) -> _FusedLinear:
+        return _FusedLinear(lin, gelu, choices.linear, tuner)
+
+    def attention(num_heads: int, head_dim: int) -> _FusedAttention:
+        return _FusedAttention(num_heads, head_dim, choices.attention, tuner)
+
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             new: nn.Module | None = None
             if isinstance(child, Bottleneck):
-                new = _FusedBottleneck(child)
+                new = _FusedBottleneck(child, conv)
             elif isinstance(child, MedBottleneck):
-                new = _FusedMedBottleneck(child)
+                new = _FusedMedBottleneck(child, conv)
             elif isinstance(child, TransformerBlock):
-                new = _FusedTransformerBlock(child, use_sdpa)
+                new = _FusedTransformerBlock(child, linear, attention)
             elif isinstance(child, FCUUp):
                 # conv_project + (folded) BN + ReLU in one primitive; the interpolation is unchanged.
                 up: Any = child
-                up.conv_project = _FusedConv(up.conv_project, relu=True)
+                up.conv_project = conv(up.conv_project, True)
                 up.act = nn.Identity()
             elif isinstance(child, FCUDown | _PoolFirstFCUDown):
                 down: Any = child
-                down.conv_project = _FusedConv(down.conv_project, relu=False)
+                down.conv_project = conv(down.conv_project, False)
             if new is not None:
                 setattr(parent, name, new)
     if isinstance(model, Conformer):
         stem: Any = model.stem
-        stem.conv = _FusedConv(stem.conv, relu=True)
+        stem.conv = conv(stem.conv, True)
         stem.act = nn.Identity()
         if model.patch_embed is not None:
-            model.patch_embed = _FusedConv(model.patch_embed, relu=False)  # type: ignore[assignment]
+            model.patch_embed = conv(model.patch_embed, False)  # type: ignore[assignment]
 
 
 def _set_attention(model: nn.Module, fused: bool) -> None:
@@ -443,18 +646,41 @@ class _CompiledUnderConfig(_InferenceOnly):
     On torch 2.13, ``freezing`` passed through ``torch.compile(options=...)`` did not reach Inductor's freezing
     switch (checked: no weight packing in the generated code, 1.59x instead of 1.74x over plain for tiny), so
     the patches are applied around each call; a call that hits the compiled graph only pays for the context.
+    Under CUDA graphs (``triton.cudagraphs``) each call starts a new graph step and returns copies of the
+    outputs: the graph's own output buffers are overwritten by the next replay.
     """
 
     def __init__(self, compiled: nn.Module, patches: dict[str, Any]) -> None:
         super().__init__()
         self.compiled = compiled
         self.patches = dict(patches)
+        self.cuda_graphs = bool(self.patches.get("triton.cudagraphs"))
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         import torch._inductor.config as inductor_config
 
         with inductor_config.patch(self.patches):
-            return self.compiled(*args, **kwargs)
+            if not self.cuda_graphs:
+                return self.compiled(*args, **kwargs)
+            torch.compiler.cudagraph_mark_step_begin()
+            out = self.compiled(*args, **kwargs)
+        return type(out)(*(None if t is None else t.clone() for t in out))
+
+
+def compile_defaults(device: torch.device | str) -> dict[str, Any]:
+    """Inductor config of ``optimize_for_inference(compile=True)`` per device type.
+
+    CPU: ``freezing`` (weights constant-folded and prepacked for oneDNN / MKL). CUDA: ``max_autotune``
+    (GEMM and convolution kernels chosen by timing Triton templates against cuBLAS / cuDNN at each shape)
+    and ``triton.cudagraphs`` (the forward replayed as one CUDA graph: no per-kernel launch cost). Other
+    devices: Inductor's defaults.
+    """
+    kind = torch.device(device).type
+    if kind == "cpu":
+        return {"freezing": True}
+    if kind == "cuda":
+        return {"max_autotune": True, "triton.cudagraphs": True}
+    return {}
 
 
 class _Float32Head(nn.Module):
@@ -508,6 +734,8 @@ def optimize_for_inference(
     fuse_pointwise: bool = True,
     pool_first: bool = True,
     compile_options: dict[str, Any] | None = None,
+    kernels: KernelChoices | None = None,
+    tuner: KernelTuner | None = None,
 ) -> nn.Module:
     """An eval-mode copy of ``model`` that computes the same logits faster (the input model is not changed).
 
@@ -518,9 +746,13 @@ def optimize_for_inference(
     FCU-down average pooling before its 1x1 projection (an exact rewrite, see :class:`_PoolFirstFCUDown`).
     ``compile=True`` wraps ``torch.compile(fullgraph=True)`` of the folded channels-last model (one graph or
     an error; Inductor fuses pointwise ops itself, so the oneDNN swap is skipped); the first call compiles,
-    under Inductor config ``compile_options`` (default on CPU: ``freezing=True``, which constant-folds and
-    prepacks the weights when called without grad, e.g. under ``torch.inference_mode()``).
-    The result is inference-only: ``.train()`` raises on fused modules, and gradients are off.
+    under Inductor config ``compile_options`` over :func:`compile_defaults` (CPU: ``freezing=True``, which
+    constant-folds and prepacks the weights when called without grad, e.g. under ``torch.inference_mode()``;
+    CUDA: max-autotune and CUDA graphs).
+    ``kernels`` says which kernel each fused op runs (default :class:`KernelChoices`: every choice ``auto``,
+    timed at first use per shape by ``tuner``, default :func:`conformer.tuning.default_tuner`, and cached per
+    CPU fingerprint; :meth:`KernelChoices.rules` measures nothing); :func:`kernel_decisions` lists what was
+    chosen and why. The result is inference-only: ``.train()`` raises on fused modules, and gradients are off.
     """
     was_training = model.training
     model.eval()
@@ -541,7 +773,6 @@ def optimize_for_inference(
         _cast(opt, dtype, float32_heads)
     if channels_last:
         opt = opt.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    use_sdpa = prefer_sdpa(device, dtype)
     if (
         fuse_pointwise
         and not compile
@@ -549,13 +780,42 @@ def optimize_for_inference(
         and channels_last
         and fused_kernels_available(device, dtype)
     ):
-        _fuse_cpu(opt, use_sdpa)
+        _fuse_cpu(opt, kernels or KernelChoices(), tuner)
     else:
-        _set_attention(opt, use_sdpa)
+        _set_attention(opt, prefer_sdpa(device, dtype))
     if dtype != model_dtype:
         opt = _LowPrecision(opt, dtype, channels_last)
     if compile:
-        options: dict[str, Any] = {"freezing": True} if device.type == "cpu" else {}
-        options.update(compile_options or {})
+        options = {**compile_defaults(device), **(compile_options or {})}
         return _CompiledUnderConfig(cast(nn.Module, torch.compile(opt, fullgraph=True)), options)
     return opt
+
+
+def kernel_decisions(model: nn.Module) -> list[Decision]:
+    """The kernel choices an optimised model's fused modules have made so far (one per op and shape)."""
+    seen: dict[tuple[str, str], Decision] = {}
+    for module in model.modules():
+        if isinstance(module, _Kernels):
+            for decision in module.decisions.values():
+                seen.setdefault((decision.kind, decision.key), decision)
+    return list(seen.values())
+
+
+def describe_kernels(model: nn.Module) -> str | None:
+    """What the fused modules run, counted per op and input shape met so far, e.g. ``conv fused 14, aten 20;
+    linear onednn 8; attention sdpa 2``; ``None`` for a model without them."""
+    modules = [m for m in model.modules() if isinstance(m, _Kernels)]
+    if not modules:
+        return None
+    parts = []
+    for kind in ("conv", "linear", "attention"):
+        counts: dict[str, int] = {}
+        for m in modules:
+            if m.kind == kind:
+                for chosen in m._chosen.values():
+                    counts[chosen] = counts.get(chosen, 0) + 1
+        if counts:
+            parts.append(f"{kind} " + ", ".join(f"{name} {n}" for name, n in sorted(counts.items())))
+        elif any(m.kind == kind for m in modules):
+            parts.append(f"{kind} not called yet")
+    return "; ".join(parts)

@@ -282,6 +282,7 @@ def _measure(
     executed_macs = _executed_macs(plain, settings, int(flops["paper_macs"]))
     with torch.inference_mode():
         _first_calls(plain, runners, entries, x, eval_set, settings, timed, report)
+        _describe_chosen_kernels(runners, entries)
         live = {name: run for name, run in runners.items() if entries[name].status == Status.OK}
         samples, matmul_s = _interleaved(live, matmuls, x, settings, timed, report)
     ceilings = {kind: ceiling_record(kind, n, s) for kind, s in matmul_s.items()}
@@ -308,6 +309,16 @@ def _measure(
         entries=entries,
         eval_set=eval_set,
     )
+
+
+def _describe_chosen_kernels(runners: dict[str, Callable[[Any], Any]], entries: dict[str, SpeedPath]) -> None:
+    """Each eager optimized run's kernels as chosen at its first calls (unknown when it was prepared); in place."""
+    from .backends.eager import kernels_of
+
+    for name, run in runners.items():
+        entry = entries[name]
+        if entry.backend == EAGER and entry.path != "plain" and entry.status == Status.OK:
+            entry.kernels = kernels_of(run, entry.path, entry.precision, entry.kernels or "")
 
 
 def _ceiling_kinds(settings: SpeedSettings, support: dict[str, PrecisionSupport]) -> list[str]:

@@ -190,10 +190,11 @@ def test_prepacked_weights_follow_the_input_shape_and_survive_copies() -> None:
     """Packed weights are cached per input shape: a new batch or image size repacks, copies repack."""
     import copy
 
-    from conformer.optimize import _FusedConv, _FusedLinear, mkl_linear_available
+    from conformer.optimize import KernelChoices, _FusedConv, _FusedLinear, mkl_linear_available
 
     model = randomize_norms(create_model("micro"))
-    opt = optimize_for_inference(model)
+    linear = "mkl" if mkl_linear_available() else "onednn"
+    opt = optimize_for_inference(model, kernels=KernelChoices(conv="fused", linear=linear))
     with torch.inference_mode():
         for shape in ((2, 3, 32, 32), (3, 3, 64, 64), (2, 3, 32, 32)):
             x = torch.randn(*shape)
@@ -201,8 +202,7 @@ def test_prepacked_weights_follow_the_input_shape_and_survive_copies() -> None:
         convs = [m for m in opt.modules() if isinstance(m, _FusedConv)]
         assert convs and all(len(m._packed) == 2 for m in convs), "one packed weight per input shape"
         linears = [m for m in opt.modules() if isinstance(m, _FusedLinear)]
-        if mkl_linear_available():
-            assert linears and all(len(m._packed) == 2 for m in linears)
+        assert linears and all(len(m._packed) == 2 for m in linears)
         clone = copy.deepcopy(opt)
         assert all(not m._packed for m in clone.modules() if isinstance(m, _FusedConv | _FusedLinear))
         x = torch.randn(2, 3, 32, 32)

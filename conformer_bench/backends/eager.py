@@ -14,16 +14,19 @@ from .base import EAGER, Prepared, PrepareOptions, unsupported
 
 PATH_DESCRIPTIONS: dict[str, str] = {
     "plain": "eval model as built (NCHW, BatchNorm, explicit attention unless the config says fused)",
-    "optimized": "optimize_for_inference: folded BN, FCU-down pool before projection, channels-last; CPU fp32: "
-    "fused oneDNN conv ops with prepacked weights, MKL prepacked GEMM for linears; SDPA",
+    "optimized": "optimize_for_inference: folded BN, FCU-down pool before projection, channels-last, attention "
+    "scale folded into qkv; CPU: each conv, linear and attention runs the kernel measured fastest on this CPU at "
+    "its shape (fused oneDNN conv or ATen conv; oneDNN or MKL prepacked GEMM; SDPA or matmul-softmax), cached "
+    "per CPU fingerprint",
     "compiled": "optimize_for_inference(compile=True): folded BN, FCU-down pool before projection, "
     "channels-last, torch.compile (Inductor; weight freezing with prepacked oneDNN convs / MKL linears on CPU)",
     "plain-bf16": "the plain eval model under torch.autocast(bfloat16): convs, linears and matmuls in bf16, "
     "norms, softmax and BatchNorm in fp32",
     "optimized-bf16": "optimize_for_inference(dtype=bfloat16): BN folded in float64 then rounded to bf16, FCU-down "
-    "pool before projection, channels-last; CPU: fused oneDNN bf16 convs and linears with prepacked weights; "
-    "explicit matmul-softmax attention and LayerNorm on bf16 tensors (fp32 accumulation, softmax sums and "
-    "statistics inside the kernels); final norm and classifier heads in fp32",
+    "pool before projection, channels-last; CPU: bf16 convs (fused oneDNN or ATen), oneDNN prepacked linears "
+    "and attention (SDPA or matmul-softmax), each the kernel measured fastest on this CPU at its shape; "
+    "LayerNorm on bf16 tensors (fp32 accumulation, softmax sums and statistics inside the kernels); final norm "
+    "and classifier heads in fp32",
     "compiled-bf16": "optimize_for_inference(dtype=bfloat16, compile=True): the bf16 model above (unfused) "
     "compiled by Inductor with weight freezing",
 }
@@ -105,26 +108,24 @@ def _under_autocast(run: Callable[[Any], Any], device: str, dtype: Any) -> Calla
 
 
 def kernels_of(runner: Any, path: str, precision: str, precision_kernels: str) -> str:
-    """What ran, in words: precision, fused-op kernels (from the module types) and attention."""
+    """What ran, in words: precision, the fused modules' kernels as chosen so far, compilation, heads."""
+    from conformer.optimize import describe_kernels
+
     if not hasattr(runner, "modules"):
         return f"{precision} ATen kernels under autocast ({precision_kernels})"
     modules = list(runner.modules())
     names = {type(m).__name__ for m in modules}
     parts = [precision]
-    if "_FusedConv" in names:
-        parts.append("oneDNN fused conv (prepacked)")
-    linears = [m for m in modules if type(m).__name__ == "_FusedLinear"]
-    if any(getattr(m, "use_mkl", False) for m in linears):
-        parts.append("MKL prepacked linear")
-    elif any(getattr(m, "pack_onednn", False) for m in linears):
-        parts.append("oneDNN prepacked linear")
-    elif linears:
-        parts.append("oneDNN linear")
+    chosen = describe_kernels(runner)
+    if chosen is not None:
+        parts.append(f"fused oneDNN / MKL / ATen kernels per op and shape ({chosen})")
     if "_CompiledUnderConfig" in names:
         parts.append("Inductor (torch.compile, frozen weights)")
     if "_Float32Head" in names:
         parts.append("fp32 final norm and heads")
     if path == "plain":
         return ", ".join([*parts, "ATen kernels"])
-    sdpa = any(getattr(m, "use_sdpa", False) or getattr(m, "fused", False) for m in modules)
-    return ", ".join([*parts, "SDPA" if sdpa else "matmul-softmax attention"])
+    if chosen is None:
+        sdpa = any(getattr(m, "fused", False) for m in modules)
+        parts.append("SDPA" if sdpa else "matmul-softmax attention")
+    return ", ".join(parts)
