@@ -138,6 +138,11 @@ def passing_results() -> Results:
             "settings": {"device": "cuda", "precisions": ["bf16"]},
             "paths": speed_paths,
         },
+        shares={
+            "variant": "base",
+            "batch_size": 128,
+            "shares": {"compiled-bf16": {"bf16": 0.45}, "compiled": {"fp32": 0.8, "tf32": 0.1}},
+        },
         finetune={
             "status": "ok",
             "final": {"top1": {"sum": 97.5}},
@@ -240,7 +245,15 @@ FAILURES: dict[str, tuple[Callable[[Results], None], str]] = {
         _set("torchrun.environment.dist_backend", "gloo"),
         "finetune under torchrun (DDP over nccl)",
     ),
-    "wall-clock": (_set("steps.speed.elapsed_s", 400.0), "whole check within 300 s"),
+    "wall-clock": (_set("steps.speed.elapsed_s", 500.0), "whole check within 420 s"),
+    "shares-low": (
+        _set("shares.shares.compiled-bf16.bf16", 0.31),
+        "compiled bf16 >= 40 % of the bf16 matmul ceiling (max-autotune, CUDA graphs)",
+    ),
+    "shares-missing": (
+        _set("shares.shares", {"plain-bf16": {"bf16": 0.2}}),
+        "compiled bf16 >= 40 % of the bf16 matmul ceiling (max-autotune, CUDA graphs)",
+    ),
 }
 
 
@@ -282,6 +295,7 @@ def _write_folder(results: Results, folder: Path) -> None:
         "ceilings.json": results.ceilings,
         "logits.json": results.logits,
         "speed.json": results.speed,
+        "shares.json": results.shares,
         "finetune.json": results.finetune,
         "torchrun-finetune.json": results.torchrun,
         "steps.json": {"steps": list(results.steps.values())},
@@ -449,3 +463,20 @@ def test_a_missing_module_stops_the_check_before_it_starts(
     assert main(["--rehearse-on-cpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: cannot import no_such_module_for_the_gpu_check")
+
+
+def test_ceiling_shares_per_precision_and_tf32() -> None:
+    from conformer_bench.gpu_check.run import ceiling_shares
+
+    record = {
+        "ceilings": {"fp32": {"gflop_s": 50.0}, "tf32": {"gflop_s": 400.0}, "bf16": {"gflop_s": 800.0}},
+        "paths": {
+            "compiled": {"precision": "fp32", "achieved_gflop_s": 40.0},
+            "compiled-bf16": {"precision": "bf16", "achieved_gflop_s": 360.0},
+            "plain-bf16": {"precision": "bf16", "achieved_gflop_s": None, "status": "failed"},
+        },
+    }
+    assert ceiling_shares(record) == {
+        "compiled": {"fp32": 0.8, "tf32": 0.1},
+        "compiled-bf16": {"bf16": 0.45},
+    }

@@ -21,7 +21,8 @@ TOLERANCE = {
 }
 COMPILED_FP32_TOLERANCE = 1e-3  # Inductor may reorder reductions
 MIN_FINETUNE_TOP1 = 95.0
-GPU_WALL_LIMIT_S = 300.0
+GPU_WALL_LIMIT_S = 420.0
+MIN_COMPILED_BF16_SHARE = 0.40  # of the bf16 tensor-core matmul ceiling, base at batch 128
 ABLATE_CELLS = 4
 
 
@@ -45,6 +46,7 @@ class Results:
     logits: dict[str, Any] | None = None
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)  # point name -> profile record
     speed: dict[str, Any] | None = None
+    shares: dict[str, Any] | None = None
     finetune: dict[str, Any] | None = None
     torchrun: dict[str, Any] | None = None
     cells: list[dict[str, Any]] = field(default_factory=list)
@@ -77,6 +79,7 @@ def load_results(folder: Path) -> Results:
         logits=_read(folder / "logits.json"),
         profiles={p.stem: _read(p) for p in sorted((folder / "profile").glob("*.json"))},
         speed=_read(folder / "speed.json"),
+        shares=_read(folder / "shares.json"),
         finetune=_read(folder / "finetune.json"),
         torchrun=_read(folder / "torchrun-finetune.json"),
         cells=cells,
@@ -281,6 +284,26 @@ def check_compiled(r: Results) -> CheckResult:
     return _result(name, bad, detail)
 
 
+def check_compiled_shares(r: Results) -> CheckResult:
+    name = f"compiled bf16 >= {100 * MIN_COMPILED_BF16_SHARE:.0f} % of the bf16 matmul ceiling (max-autotune, CUDA graphs)"
+    if not r.cuda:
+        return _skip(name, NEEDS_CUDA)
+    if r.shares is None:
+        return CheckResult(name, "FAIL", "no shares record")
+    shares = r.shares["shares"]
+    bf16 = shares.get("compiled-bf16", {}).get("bf16")
+    problems = []
+    if bf16 is None:
+        problems.append("compiled-bf16 not timed")
+    elif bf16 < MIN_COMPILED_BF16_SHARE:
+        problems.append(f"compiled-bf16 at {100 * bf16:.1f} %")
+    detail = f"{r.shares['variant']} b{r.shares['batch_size']}: " + ", ".join(
+        f"{run} " + " / ".join(f"{100 * v:.1f} % of {k}" for k, v in share.items())
+        for run, share in shares.items()
+    )
+    return _result(name, problems, detail)
+
+
 def check_matrix_complete(r: Results) -> CheckResult:
     name = "profile matrix complete"
     planned = list(r.plan.get("matrix") or [])
@@ -452,6 +475,7 @@ CHECKS: tuple[Callable[[Results], CheckResult], ...] = (
     check_sdpa,
     check_speed_paths,
     check_compiled,
+    check_compiled_shares,
     check_oom,
     check_energy,
     check_fused_adamw,

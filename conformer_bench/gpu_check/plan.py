@@ -43,6 +43,8 @@ class Plan:
     speed_variant: str
     speed_batch: int
     speed_rounds: int
+    shares_variant: str = "base"  # compiled paths' shares of the matmul ceilings (max-autotune, CUDA graphs)
+    shares_batch: int = 128
     finetune_variant: str = "micro"
     ablate_variant: str = "micro"
     ablate_img_size: int = 32
@@ -71,8 +73,9 @@ def _matrix(
     )
 
 
-def gpu_plan(budget_s: float = 285.0) -> Plan:
-    """tiny and base at batch 1/32/128 in fp32, bf16, fp16; aimed at about 3 minutes on one H100."""
+def gpu_plan(budget_s: float = 405.0) -> Plan:
+    """tiny and base at batch 1/32/128 in fp32, bf16, fp16, and base b128 compiled (max-autotune, CUDA graphs)
+    against the matmul ceilings; aimed at about 5 minutes on one H100."""
     precisions = ("fp32", "bf16", "fp16")
     return Plan(
         device="cuda",
@@ -122,6 +125,8 @@ def rehearsal_plan(budget_s: float = 1800.0) -> Plan:
         speed_variant="nano",
         speed_batch=2,
         speed_rounds=3,
+        shares_variant="nano",
+        shares_batch=2,
         precisions=precisions,
         subprocess_cap_s=600.0,
     )

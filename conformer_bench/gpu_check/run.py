@@ -326,23 +326,38 @@ def run_matrix(runner: Runner, profiler: Profiler) -> str:
     return f"{done} of {len(runner.plan.matrix)} points{note}"
 
 
-def run_speed(plan: Plan, out_dir: Path) -> str:
-    from ..formatting import file_format
-    from ..precision import precision_support
-    from ..speed import SpeedSettings, measure_speed, render
+def _speed_settings(plan: Plan, batch_size: int, **more: Any) -> Any:
+    """The speed settings the check's runs share (device, image size, rounds, ceiling size) with ``more``."""
+    from ..speed import SpeedSettings
 
-    cuda = plan.device.startswith("cuda")
-    # plain / optimized / compiled in bf16; their logits are compared with the plain fp32 model (a CPU
-    # rehearsal without native bf16 times fp32 instead)
-    bf16 = cuda or precision_support("bf16", plan.device).supported
-    settings = SpeedSettings(
+    return SpeedSettings(
         device=plan.device,
-        batch_size=plan.speed_batch,
+        batch_size=batch_size,
         img_size=plan.img_size,
         rounds=plan.speed_rounds,
         warmup=2,
         matmul_size=plan.ceiling_size,
-        precisions=("bf16",) if bf16 else ("fp32",),
+        **more,
+    )
+
+
+def _bf16_runs(plan: Plan) -> bool:
+    """bf16 is timed on CUDA and on a CPU with native bf16 (a rehearsal without it times fp32 instead)."""
+    from ..precision import precision_support
+
+    return plan.device.startswith("cuda") or precision_support("bf16", plan.device).supported
+
+
+def run_speed(plan: Plan, out_dir: Path) -> str:
+    from ..formatting import file_format
+    from ..speed import measure_speed, render
+
+    cuda = plan.device.startswith("cuda")
+    # plain / optimized / compiled in bf16; their logits are compared with the plain fp32 model
+    settings = _speed_settings(
+        plan,
+        plan.speed_batch,
+        precisions=("bf16",) if _bf16_runs(plan) else ("fp32",),
         ceilings=("tf32", "fp16") if cuda else (),
     )
     record = measure_speed(_config(plan.speed_variant), settings)
@@ -352,6 +367,61 @@ def run_speed(plan: Plan, out_dir: Path) -> str:
         f"{p} {e['img_per_s']:.1f} img/s" if e["status"] == "ok" else f"{p} {e['status']}"
         for p, e in paths.items()
     )
+
+
+def run_shares(plan: Plan, out_dir: Path) -> str:
+    """The plain and compiled paths (max-autotune and CUDA graphs on CUDA) of ``plan.shares_variant`` at
+    ``plan.shares_batch``, fp32 and bf16 interleaved, as shares of the matmul ceilings: bf16 of the bf16
+    tensor-core matmul, fp32 of both the TF32-off and the TF32 matmul (cuDNN convolutions run TF32 by
+    default, cuBLAS fp32 matmuls do not: the settings in force are recorded)."""
+    import torch
+
+    from ..speed import measure_speed
+
+    settings = _speed_settings(
+        plan,
+        plan.shares_batch,
+        paths=("plain", "compiled"),
+        precisions=("fp32", "bf16") if _bf16_runs(plan) else ("fp32",),
+        ceilings=("tf32",) if plan.device.startswith("cuda") else (),
+        agreement_images=0,
+    )
+    record = measure_speed(_config(plan.shares_variant), settings)
+    tf32 = {"cudnn_allow_tf32": torch.backends.cudnn.allow_tf32}
+    tf32["matmul_allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
+    shares = ceiling_shares(record)
+    write_json(
+        out_dir / "shares.json",
+        {
+            "schema": "conformer-bench.gpu-check.shares",
+            "schema_version": 1,
+            "variant": plan.shares_variant,
+            "batch_size": plan.shares_batch,
+            "tf32_settings": tf32,
+            "shares": shares,
+            "speed": record,
+        },
+    )
+    return ", ".join(
+        f"{name} " + " / ".join(f"{100 * v:.0f} % of {k}" for k, v in share.items())
+        for name, share in shares.items()
+    )
+
+
+def ceiling_shares(record: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Each timed run's achieved FLOP/s as a share of its own precision's matmul ceiling and, for fp32, of
+    the TF32 ceiling where one was timed."""
+    ceilings = record["ceilings"]
+    shares: dict[str, dict[str, float]] = {}
+    for name, entry in record["paths"].items():
+        if entry.get("achieved_gflop_s") is None:
+            continue
+        precision = entry["precision"]
+        share = {precision: entry["achieved_gflop_s"] / ceilings[precision]["gflop_s"]}
+        if precision == "fp32" and "tf32" in ceilings:
+            share["tf32"] = entry["achieved_gflop_s"] / ceilings["tf32"]["gflop_s"]
+        shares[name] = share
+    return shares
 
 
 # --- CLI subprocesses ---------------------------------------------------------------------------------------
@@ -550,6 +620,7 @@ def run_check(plan: Plan, out_dir: Path) -> int:
     runner.step("profile-oom", 15 if cuda else 0, steps.oom)
     runner.step("profile-compiled", 50 if gpu else 30, lambda: describe_profile(profiler.run(plan.compiled)))
     runner.step("speed", 30, lambda: run_speed(plan, out_dir))
+    runner.step("shares", 120 if gpu else 60, lambda: run_shares(plan, out_dir))
     runner.step("ablate", 35 if gpu else 60, steps.ablate)
     runner.step("report", 5, steps.report)
     runner.step("torchrun", (25 if gpu else 60) if nproc > 1 else 0, steps.torchrun)
