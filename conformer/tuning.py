@@ -5,7 +5,7 @@ no AMX) the explicit matmul-softmax beat ``scaled_dot_product_attention`` in bf1
 Xeons with AMX SDPA won, and oneDNN's fp32 GEMM beat MKL's on the EPYC while MKL won on a Xeon. So the
 optimised modules (``conformer.optimize``) offer their candidate kernels for each shape they meet to a
 :class:`KernelTuner`, which times them on synthetic inputs of that shape (a few interleaved calls each, wall
-clock), keeps the fastest, and stores the decision in a JSON file per CPU fingerprint (CPU model, ISA flags,
+clock; each candidate's fastest call counts, since load on a shared host only adds time), keeps the fastest, and stores the decision in a JSON file per CPU fingerprint (CPU model, ISA flags,
 logical CPUs, torch and oneDNN versions, kernel-selection overrides) keyed by op, shape, dtype and threads.
 A later process on the same kind of CPU reads the decision instead of measuring again; another CPU, torch
 build or thread count measures afresh.
@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import re
-import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -44,7 +43,7 @@ __all__ = [
 ]
 
 CACHE_ENV = "CONFORMER_BENCH_CACHE"  # shared with conformer-bench's other caches; "off" disables the files
-SCHEMA = 1
+SCHEMA = 2  # 2: a candidate's time is its fastest call (1: the median, which one preemption could swing)
 # ISA flags that change which kernels oneDNN / MKL / ATen pick.
 ISA_FLAGS: tuple[str, ...] = (
     "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16",
@@ -62,7 +61,7 @@ Clock = Callable[[], float]
 
 @dataclass(frozen=True)
 class Decision:
-    """Which candidate ``kind`` uses at ``key``, and the evidence: median seconds per candidate.
+    """Which candidate ``kind`` uses at ``key``, and the evidence: each candidate's fastest call, in seconds.
 
     ``source``: ``measured`` (timed now), ``cached`` (read from the fingerprint's file or memory),
     ``only`` (one candidate runs here, nothing to choose).
@@ -163,7 +162,8 @@ class KernelTuner:
     ``None`` keeps decisions in memory) and ``clock`` can be replaced, which is how tests stand in for CPUs
     that are not there. Each candidate is called once to warm up (a candidate that raises is dropped), then
     all are called in ``rounds`` interleaved rounds (order rotated), stopping after ``budget_s`` once three
-    rounds are in; the fastest median wins.
+    rounds are in; the candidate with the fastest call wins (the minimum: on a shared, loaded host
+    preemption only adds time, and one preempted call in three swings a median).
     """
 
     def __init__(
@@ -250,10 +250,10 @@ class KernelTuner:
             rounds += 1
             if rounds >= 3 and self.clock() - started > self.budget_s:
                 break
-        medians = {name: statistics.median(s) for name, s in seconds.items()}
-        chosen = min(names, key=lambda name: medians[name])  # first listed wins a tie
+        fastest = {name: min(s) for name, s in seconds.items()}
+        chosen = min(names, key=lambda name: fastest[name])  # first listed wins a tie
         now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-        return Decision(kind, key, chosen, medians, "measured", rounds, now)
+        return Decision(kind, key, chosen, fastest, "measured", rounds, now)
 
     # --- the cache file ----------------------------------------------------------------------------------
     def _decisions(self) -> dict[str, Decision]:
