@@ -19,6 +19,7 @@ from conformer.optimize import (
     _FusedConv,
     _FusedLinear,
     _scaled_query,
+    describe_kernels,
     fused_kernels_available,
     kernel_decisions,
     mkl_linear_available,
@@ -190,6 +191,8 @@ def test_every_kernel_matches_plain_micro(attention: str, conv: str, linear: str
     with torch.inference_mode():
         assert rel_diff(opt(x), model(x)) <= TOL
     assert not kernel_decisions(opt), "fixed choices measure nothing"
+    described = describe_kernels(opt) or ""
+    assert f"conv {conv} " in described and f"attention {attention} " in described, described
     assert all(m.candidates == (attention,) for m in opt.modules() if isinstance(m, _FusedAttention))
     assert all(m.candidates == (conv,) for m in opt.modules() if isinstance(m, _FusedConv))
 
