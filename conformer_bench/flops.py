@@ -427,38 +427,3 @@ def quick_counts(cfg: Any, img_size: int | None = None) -> dict[str, Any]:
 
     size = img_size or cfg.img_size
     return {"params": param_counts(cfg), "macs": int(flop_counts(cfg, size)["paper_macs"]), "img_size": size}
-
-
-MAC_LIMIT = 10**12  # per image: past this a variant is almost surely a typo (the release's base is ~23 G)
-MED_BLOCK_LIMIT = 2000  # extra bottlenecks in the whole model (the paper's grid: at most 3 per block, 36)
-
-
-def estimated_macs(cfg: Any, img_size: int | None = None) -> int:
-    """Paper-convention MACs per image (batch 1), in closed form: no model is built, whatever its size."""
-    from .costs import paper_macs
-
-    return paper_macs(cfg, img_size)
-
-
-def refuse_huge(cfg: Any, img_size: int | None, force: bool) -> None:
-    """A :class:`BenchError` when one image costs more than :data:`MAC_LIMIT` MACs, unless ``force``.
-
-    Counted only past the presets' range (more than 4 extra bottlenecks, or images over 1024 px): the
-    presets at those sizes stay far below the bound, so an ordinary run pays nothing for the check.
-    """
-    if force or (cfg.num_med_block <= 4 and (img_size or cfg.img_size) <= 1024):
-        return
-    extra = (cfg.depth - 1) * cfg.num_med_block  # every coupled block after the first stem-side one
-    if extra > MED_BLOCK_LIMIT:  # building alone would take minutes, whatever it costs per image
-        raise BenchError(
-            f"--num-med-block {cfg.num_med_block} builds {extra:,} extra bottlenecks ({cfg.depth - 1} coupled blocks), "
-            f"past the sanity bound of {MED_BLOCK_LIMIT:,} (the paper uses at most 3 per block); "
-            "lower it, or pass --force to build it anyway"
-        )
-    macs = estimated_macs(cfg, img_size)
-    if macs > MAC_LIMIT:
-        raise BenchError(
-            f"{cfg.name} at {img_size or cfg.img_size} px costs {macs / 1e12:.3g} TMACs per image (batch 1), "
-            f"past the {MAC_LIMIT / 1e12:g} TMAC sanity bound; check --num-med-block / --img-size, "
-            "or pass --force to run it anyway"
-        )
