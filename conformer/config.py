@@ -147,8 +147,8 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_real(value: Any) -> bool:
-    """An int or float (not a bool) that is neither NaN nor infinite, nor too large for a float."""
+def is_finite_number(value: Any) -> bool:
+    """An int or float (not a bool) that is neither NaN nor infinite, nor an integer past a float's range."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
     try:
@@ -188,9 +188,9 @@ def _validate_values(cfg: ConformerConfig) -> None:
     if not _is_int(cfg.num_med_block) or cfg.num_med_block < 0:
         raise ValueError(f"num_med_block must be an integer >= 0, got {cfg.num_med_block!r}")
     for name in REAL_FIELDS:
-        if not _is_real(getattr(cfg, name)):
+        if not is_finite_number(getattr(cfg, name)):
             raise ValueError(f"{name} must be a finite number, got {getattr(cfg, name)!r}")
-    if cfg.qk_scale is not None and (not _is_real(cfg.qk_scale) or cfg.qk_scale <= 0):
+    if cfg.qk_scale is not None and (not is_finite_number(cfg.qk_scale) or cfg.qk_scale <= 0):
         raise ValueError(
             f"qk_scale must be a finite number > 0 (or unset: head_dim ** -0.5), got {cfg.qk_scale!r}"
         )

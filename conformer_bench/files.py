@@ -258,16 +258,6 @@ def read_input_text(path: str | os.PathLike[str], what: str, fix: str) -> str:
         ) from None
 
 
-def is_finite_number(value: Any) -> bool:
-    """A real number (not a boolean) that is neither NaN nor infinite, nor an integer past a float's range."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:
-        return False
-
-
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 

@@ -35,11 +35,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from conformer.config import is_finite_number
+
 from ..errors import BenchError
 from ..files import (
     atomic_write_text,
     dumps_json,
-    is_finite_number,
     loads_json,
     open_in_folder,
     read_in_folder,

@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from conformer.config import is_finite_number
+
 from ..env import TIMING_KEYS
 from ..errors import BenchError
-from ..files import is_finite_number
 from ..stats import bootstrap_ratio, mann_whitney_p, summarize
 from .metrics import MAGNITUDE_LIMIT, Metric, MetricSet
 from .thresholds import MetricSpec, Thresholds

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from conformer.config import is_finite_number
+
 from ..env import TIMING_KEYS
 from ..errors import BenchError
-from ..files import is_finite_number
 
 SCHEMA_PREFIX = "conformer-bench."
 BASELINE_SCHEMA = "conformer-bench.baseline"

@@ -9,8 +9,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from conformer.config import is_finite_number
+
 from ..errors import BenchError
-from ..files import is_finite_number
 from .metrics import DIRECTIONS, KINDS, Metric
 
 THRESHOLDS_SCHEMA = "conformer-bench.thresholds"
