@@ -19,6 +19,8 @@ MED_BLOCK_LIMIT = 2000  # extra bottlenecks in the whole model (the paper's grid
 DEPTH_LIMIT = 3000  # transformer blocks (the release: 12); past it the count alone would take seconds
 CELL_LIMIT = 100_000  # cells of one experiment grid (a dry run lists ten thousand in seconds)
 SEED_LIMIT = 2**32 - 1  # largest seed: NumPy's range, and seed + rank still fits torch's generator
+THREAD_LIMIT = 1024  # intra-op threads (torch takes a C int; past the cores it only oversubscribes)
+WORKER_LIMIT = 256  # data-loading processes of a fine-tune
 FORCE_HINT = "or pass --force to run it anyway"
 
 
@@ -111,3 +113,11 @@ def check_seed(seed: Any, option: str = "--seed") -> int:
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_LIMIT:
         raise BenchError(f"{option} must be an integer from 0 to {SEED_LIMIT}, got {str(seed)[:40]}")
     return seed
+
+
+def check_count(value: Any, option: str, limit: int) -> None:
+    """``value`` (when given) as an integer from 1 to ``limit``, else one line naming the range."""
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit
+    ):
+        raise BenchError(f"{option} must be an integer from 1 to {limit:,}, got {str(value)[:40]}")

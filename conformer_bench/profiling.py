@@ -72,6 +72,8 @@ def _positive(name: str, value: int | None, minimum: int = 1) -> None:
 
 def validate_settings(cfg: Any, settings: ProfileSettings) -> None:
     """Every bad setting becomes a one-line :class:`BenchError` naming the fix (before anything is built)."""
+    from .bounds import THREAD_LIMIT, check_count
+
     if settings.mode not in MODES:
         raise BenchError(f"--mode {settings.mode!r} is not valid; use one of {', '.join(MODES)}")
     if settings.precision not in PRECISIONS:
@@ -82,7 +84,7 @@ def validate_settings(cfg: Any, settings: ProfileSettings) -> None:
         raise BenchError(f"path {settings.path!r} is not valid; use one of {', '.join(PATHS)}")
     _positive("--batch-size", settings.batch_size)
     _positive("--img-size", settings.img_size)
-    _positive("--threads", settings.threads)
+    check_count(settings.threads, "--threads", THREAD_LIMIT)
     _positive("--warmup", settings.warmup, minimum=0)
     _positive("--iters", settings.iters)
     if settings.img_size % cfg.patch_size:

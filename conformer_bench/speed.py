@@ -98,6 +98,9 @@ class SpeedSettings:
                 )
         if self.threads is not None and self.threads < 1:
             raise BenchError(f"--threads {self.threads} is not valid; use 1 or more")
+        from .bounds import THREAD_LIMIT, check_count
+
+        check_count(self.threads, "--threads", THREAD_LIMIT)
         cuda = self.device.startswith("cuda")
         for kind in self.ceilings:
             if kind not in CEILINGS:

@@ -518,7 +518,7 @@ def test_checkpoints_that_are_no_state_dict_are_one_line(tmp_path: Path, kind: s
     assert expected in error_line(res)
 
 
-def test_seeds_and_matmul_sizes_past_any_range_are_one_line() -> None:
+def test_seeds_threads_workers_and_matmul_sizes_past_any_range_are_one_line() -> None:
     huge = "99999999999999999999999"
     for command in (
         ("finetune", "-v", "micro", "--steps", "1"),
@@ -529,6 +529,15 @@ def test_seeds_and_matmul_sizes_past_any_range_are_one_line() -> None:
         )
     line = error_line(invoke("speed", "-v", "micro", "--img-size", "32", "--matmul-size", "1000000"))
     assert "--matmul-size 1000000 needs" in line and "lower --matmul-size" in line
+    for command in (
+        ("profile", "-v", "nano", "--mode", "infer"),
+        ("speed", "-v", "nano", "--img-size", "32"),
+    ):
+        assert "--threads must be an integer from 1 to 1,024" in error_line(
+            invoke(*command, "--threads", huge)
+        )
+    workers = invoke("finetune", "-v", "nano", "--steps", "1", "--workers", "100000")
+    assert "--workers must be an integer from 1 to 256" in error_line(workers)
 
 
 @pytest.mark.parametrize(
