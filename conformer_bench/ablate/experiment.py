@@ -2,7 +2,7 @@
 
 Layout (every key but ``[base] variant`` is optional)::
 
-    name = "paper"                     # default: the file's stem
+    name = "paper"                     # default: the file's stem; letters, digits, _ or -
     description = "..."
     output_dir = "results/paper"       # default: results/<name>, relative to the working directory
     axes_mode = "each"                 # each: one axis at a time from the base; product: the full grid
