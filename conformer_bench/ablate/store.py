@@ -532,11 +532,12 @@ class ResultStore:
     # --- cooperation between processes ---------------------------------------------------------------------
 
     def _running(self) -> dict[str, dict[str, Any]]:
+        """Label -> the claim on it; a damaged file or entry counts as no claim (claims lapse anyway)."""
         try:
             data = loads_json(read_in_folder(self.folder / RUNNING_FILE) or b"{}")
         except (OSError, ValueError):
             return {}
-        return data if isinstance(data, dict) else {}
+        return {k: v for k, v in data.items() if isinstance(v, dict)} if isinstance(data, dict) else {}
 
     def _write_running(self, running: dict[str, dict[str, Any]]) -> None:
         path = self.folder / RUNNING_FILE
