@@ -263,7 +263,7 @@ def test_report_outputs_never_overwrite_its_inputs(tmp_path: Path) -> None:
     assert {p: p.read_bytes() for p in before} == before
 
 
-def test_baseline_write_and_profile_outputs_never_overwrite_their_inputs(tmp_path: Path) -> None:
+def test_baseline_write_profile_and_ab_outputs_never_overwrite_their_inputs(tmp_path: Path) -> None:
     base = tmp_path / "b.json"
     shutil.copy(BASELINE, base)
     res = invoke("baseline", "write", "--from", base, "--output", base, "--force")
@@ -274,6 +274,10 @@ def test_baseline_write_and_profile_outputs_never_overwrite_their_inputs(tmp_pat
     res = invoke("profile", "--model-list", models, "--mode", "none", "-o", models)
     assert "is a file --model-list reads" in error_line(res)
     assert models.read_text() == "nano\n"
+    saved = tmp_path / "ab.json"
+    saved.write_text("{}", encoding="utf-8")
+    assert "is a file --from reads" in error_line(invoke("ab", "--from", saved, "--output", saved))
+    assert saved.read_text() == "{}"
 
 
 # --- 4. derived paths stay in the folder the user named ---------------------------------------------------
