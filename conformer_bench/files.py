@@ -94,8 +94,8 @@ def check_outputs_apart(
         for in_flag, paths in inputs.items():
             if any(_same_file(out, p) for p in paths):
                 raise BenchError(
-                    f"{flag} {str(out)!r} is a file {in_flag} reads; writing it would destroy the input: "
-                    "choose another output path"
+                    f"{flag} {str(out)!r} is an input ({in_flag} reads it); writing it would destroy the "
+                    "input: choose another output path"
                 )
         for other, path in seen.items():
             if _same_file(out, path):

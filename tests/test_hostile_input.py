@@ -255,7 +255,7 @@ def test_report_outputs_never_overwrite_its_inputs(tmp_path: Path) -> None:
     before = {p: p.read_bytes() for p in (base, rules, cur / "cells.jsonl")}
     for extra, flag, source in cases:
         res = invoke("report", "--baseline", base, "--current", cur, "--thresholds", rules, *extra)
-        assert f"{flag} " in error_line(res) and f"is a file {source} reads" in error_line(res)
+        assert f"{flag} " in error_line(res) and f"is an input ({source} reads it)" in error_line(res)
     same = invoke(
         "report", "--baseline", base, "--current", cur, "--json", tmp_path / "r", "--markdown", tmp_path / "r"
     )
@@ -267,16 +267,16 @@ def test_baseline_write_profile_and_ab_outputs_never_overwrite_their_inputs(tmp_
     base = tmp_path / "b.json"
     shutil.copy(BASELINE, base)
     res = invoke("baseline", "write", "--from", base, "--output", base, "--force")
-    assert "is a file --from reads" in error_line(res)
+    assert "is an input (--from reads it)" in error_line(res)
     assert base.read_bytes() == BASELINE.read_bytes()
     models = tmp_path / "models.txt"
     models.write_text("nano\n", encoding="utf-8")
     res = invoke("profile", "--model-list", models, "--mode", "none", "-o", models)
-    assert "is a file --model-list reads" in error_line(res)
+    assert "is an input (--model-list reads it)" in error_line(res)
     assert models.read_text() == "nano\n"
     saved = tmp_path / "ab.json"
     saved.write_text("{}", encoding="utf-8")
-    assert "is a file --from reads" in error_line(invoke("ab", "--from", saved, "--output", saved))
+    assert "is an input (--from reads it)" in error_line(invoke("ab", "--from", saved, "--output", saved))
     assert saved.read_text() == "{}"
 
 
