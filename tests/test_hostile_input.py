@@ -398,6 +398,20 @@ def test_a_grid_of_a_million_cells_is_refused_before_it_is_built(tmp_path: Path)
     )
 
 
+def test_a_cell_label_the_store_would_refuse_is_refused_before_the_run(tmp_path: Path) -> None:
+    """An axes product can label a cell past what the store reads back: refused at load, not after running."""
+    axes = ("drop_rate = [0.012345678901234567]\nattn_drop_rate = [0.01234567890123456]\n"
+            "drop_path_rate = [0.0123456789012345]\nmlp_ratio = [4.000000000000001]\n"
+            "qk_scale = [0.12345678901234568]\nnum_med_block = [1]\npos_embed = [true]\nfcu_up = ['bilinear']\n")  # fmt: skip
+    crafted = tmp_path / "long.toml"
+    crafted.write_text(
+        'axes_mode = "product"\n' + COSTS.read_text().replace("[[cells]]", f"[axes]\n{axes}\n[[cells]]", 1)
+    )
+    line = error_line(invoke("ablate", crafted, *FAST, "-o", tmp_path / "out"))
+    assert "characters, past 200" in line and "use fewer axes at once" in line
+    assert not (tmp_path / "out").exists()
+
+
 # --- 6. the FLOP cache is input like any other file -----------------------------------------------------
 
 

@@ -69,7 +69,8 @@ FINETUNE_EXTRA_KEYS = ("run", "seeds", "jobs")
 # FinetuneSettings fields an experiment may not set: the seed comes from ``seeds``; checkpoints are per run.
 FINETUNE_FORBIDDEN = ("seed", "save", "checkpoint", "allow_partial")
 PROFILE_IMG_SIZE = 224  # ProfileSettings.img_size default
-LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.,=+/:-]{0,79}$")
+LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.,=+/:-]{0,79}$")  # a label written in the file
+LABEL_LIMIT = 200  # characters of any cell label: written ones have at most 80, axis products may be longer
 # An experiment's name becomes a folder (results/<name>) and a job name: no separator, no dot, no traversal.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,79}$")
 CELL_SPEC_SCHEMA = "conformer-bench.cell-spec"
@@ -667,6 +668,12 @@ def _build_cells(
     seen_labels: set[str] = set()
     seen_runs: dict[str, str] = {}  # what a cell computes and measures -> its label
     for src in sources:
+        if len(src.label) > LABEL_LIMIT:
+            raise chk.fail(
+                src.where,
+                f"cell label {src.label[:40]!r}... is {len(src.label)} characters, past {LABEL_LIMIT}; "
+                'use fewer axes at once (axes_mode = "each") or [[cells]] with short labels',
+            )
         if src.label in seen_labels:
             raise chk.fail(
                 ("axes",) if src.from_axis else src.where,

@@ -46,6 +46,7 @@ from ..files import (
     read_in_folder,
     write_failure,
 )
+from .experiment import LABEL_LIMIT
 
 if TYPE_CHECKING:
     from .experiment import Cell, Experiment
@@ -58,7 +59,6 @@ EXPERIMENT_FILE = "experiment.json"
 LOCK_FILE = ".cells.lock"
 HOLDER_FILE = ".cells.lock.holder"
 RUNNING_FILE = ".running.json"
-LABEL_LIMIT = 200  # characters of a cell label (written ones have at most 80; axis products may be longer)
 LOCK_TIMEOUT_S = 120.0  # the lock is held for an append or a compaction: seconds at most
 _SHARD_RE = re.compile(r"^cells\.shard-(\d+)-of-(\d+)\.jsonl$")
 # What a run folder holds (the store's files, the tables and figures, the job ledger and logs): none may be a link.
