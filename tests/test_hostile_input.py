@@ -132,17 +132,13 @@ def test_nan_in_a_current_record_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("value", ["nan", "inf", "1e999", "-inf"])
 def test_non_finite_thresholds_are_refused(tmp_path: Path, value: str) -> None:
-    """`fail_rel = nan` used to pass a 3x slowdown; the slowdown itself fails."""
-    doc = baseline_doc()
-    for metric in doc["metrics"].values():
-        if metric["unit"] in ("img/s", "img/ref-GFLOP"):
-            metric["samples"] = [s / 3 for s in metric["samples"]]
-    slow = write_json(tmp_path / "slow.json", doc)
-    assert invoke("report", "--baseline", BASELINE, "--current", slow).exit_code == 1
+    """`fail_abs = nan` (or inf) used to pass a drop of every accuracy to 0 %; the drop itself fails."""
+    zeroed = zeroed_accuracy_run(tmp_path)
+    assert invoke("report", "--baseline", BASELINE, "--current", zeroed).exit_code == 1
     rules = tmp_path / "t.toml"
-    rules.write_text(f'[metric."throughput.*"]\nfail_rel = {value}\n', encoding="utf-8")
-    line = error_line(invoke("report", "--baseline", BASELINE, "--current", slow, "--thresholds", rules))
-    assert "fail_rel must be a finite number >= 0" in line
+    rules.write_text(f'[metric."finetune.top*"]\nfail_abs = {value}\nwarn_abs = 0.5\n', encoding="utf-8")
+    line = error_line(invoke("report", "--baseline", BASELINE, "--current", zeroed, "--thresholds", rules))
+    assert "fail_abs must be a finite number >= 0" in line
 
 
 def test_compare_blocks_a_non_finite_sample_from_any_source() -> None:
