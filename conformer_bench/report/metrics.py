@@ -301,13 +301,13 @@ def throughput_samples(timing: Mapping[str, Any], where: str, source: str) -> tu
     """Images per second of every timed iteration: ``batch_size / seconds``."""
     raw = timing.get("samples_s")
     if raw is None:
-        return (_positive(timing.get("img_per_s"), f"{where}.img_per_s", source),)
-    batch = _positive(timing.get("batch_size"), f"{where}.batch_size", source)
+        return (positive_number(timing.get("img_per_s"), f"{where}.img_per_s", source),)
+    batch = positive_number(timing.get("batch_size"), f"{where}.batch_size", source)
     seconds = _number_list(raw, f"{where}.samples_s", source, "seconds")
     return tuple(batch / s for s in seconds)
 
 
-def _positive(value: Any, where: str, source: str) -> float:
+def positive_number(value: Any, where: str, source: str) -> float:
     number = finite_number(value, where, source)
     if number <= 0:
         raise BenchError(f"{source}: {where} is {number:g}, not a positive number; regenerate the record")
