@@ -257,11 +257,12 @@ def _settings(
 ) -> ABSettings:  # fmt: skip
     from ..ab.run import ABSettings
     from ..errors import BenchError
+    from ..sweep import comma_items
 
     if not (0 < budget_s < float("inf")):
         raise BenchError(f"--budget-s must be a positive number of seconds, got {budget_s}")
     return ABSettings(
-        phases=tuple(p.strip() for p in phases.split(",") if p.strip()),
+        phases=tuple(comma_items(phases, "--phases")),
         schedule=schedule.value,
         clock=clock.value,
         budget_s=budget_s,
@@ -296,8 +297,14 @@ def _request(
             raise BenchError(
                 f"cannot create --logs {str(logs)!r}: {exc.strerror}; choose another folder"
             ) from None
-    labels = tuple(label.strip() for label in (only or "").split(",") if label.strip())
-    return ABRequest(base, head, experiment, repo=repo, only=labels, logs=logs)
+    return ABRequest(base, head, experiment, repo=repo, only=only_labels(only), logs=logs)
+
+
+def only_labels(only: str | None) -> tuple[str, ...]:
+    """The cell labels of ``--only`` (none given: every cell); an empty item is a typo, refused."""
+    from ..sweep import comma_items
+
+    return tuple(comma_items(only or "", "--only"))
 
 
 def _measure(request: ABRequest, settings: ABSettings, output: Path | None, quiet: bool) -> ABRecord:
