@@ -276,6 +276,21 @@ def test_baseline_write_profile_and_ab_outputs_never_overwrite_their_inputs(tmp_
     assert saved.read_text() == "{}"
 
 
+def test_history_outputs_never_overwrite_its_database(tmp_path: Path) -> None:
+    db = tmp_path / "history.db"
+    db.write_bytes(b"SQLite format 3\x00 stands in for a database")
+    before = db.read_bytes()
+    for flag, out in (("--json", db), ("--markdown", tmp_path / "history.db-wal")):
+        res = invoke("history", "changes", "--db", db, flag, out)
+        assert f"{flag} " in error_line(res) and "is an input (--db reads it)" in error_line(res)
+    page = tmp_path / "site" / "index.html"
+    page.parent.mkdir()
+    page.write_bytes(before)
+    res = invoke("history", "publish", page.parent, "--db", page)
+    assert "is an input (--db reads it)" in error_line(res)
+    assert db.read_bytes() == before and page.read_bytes() == before
+
+
 # --- 4. derived paths stay in the folder the user named ---------------------------------------------------
 
 
@@ -458,6 +473,34 @@ def test_a_poisoned_cache_never_reaches_a_cell_record(
     assert record["profile"]["flops"]["paper_macs"] > 0
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("entry", ["poisoned", "fifo", "link"])
+def test_a_bad_component_cache_entry_is_counted_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, entry: str
+) -> None:
+    """The MACs-per-component cache of the time breakdown is read like the FLOP cache."""
+    from conformer import create_model, get_config
+    from conformer_bench import breakdown, flops
+
+    monkeypatch.setenv(flops.CACHE_ENV, str(tmp_path / "cache"))
+    model = create_model(get_config("nano", img_size=32))
+    fresh = breakdown.component_macs(model, 32)  # counted, and cached
+    (path,) = (tmp_path / "cache").glob("components-*.json")
+    path.unlink()
+    poison = json.dumps({**dict.fromkeys(breakdown.ROWS, 0), "stem": 1})  # well formed, the wrong total
+    if entry == "fifo":
+        os.mkfifo(path)  # a blocking read would wait for a writer forever
+    elif entry == "link":
+        (tmp_path / "elsewhere.json").write_text(poison)
+        path.symlink_to(tmp_path / "elsewhere.json")
+    else:
+        path.write_text(poison)
+    assert breakdown.component_macs(model, 32) == fresh
+    assert json.loads(path.read_text()) == fresh and stat.S_ISREG(path.lstat().st_mode)
+    if entry == "link":
+        assert (tmp_path / "elsewhere.json").read_text() == poison
+
+
 # --- 7. inputs that used to end in a traceback ----------------------------------------------------------
 
 
@@ -568,6 +611,33 @@ def test_records_with_fields_of_the_wrong_type_are_one_line(
         assert f"line 5: {key} of cell 'dual' is" in line
 
 
+@pytest.mark.parametrize(
+    ("record", "change", "expected"),
+    [
+        ("speed", {"img_per_s": "lots"}, "paths.plain.img_per_s is 'lots', not a number"),
+        ("speed", {"img_per_s": 10**400}, "paths.plain.img_per_s is 1000"),
+        ("speed", {"img_per_s_iqr": "ab"}, "paths.plain.img_per_s_iqr is not a [low, high] pair"),
+        ("speed", {"speedup_vs_plain": {"ratio": [1]}}, "speedup_vs_plain.ratio is [1], not a number"),
+        ("report", {"current": "x"}, "rows[0].current is 'x', not a number"),
+        ("report", {"n_current": "many"}, "rows[0].n_current is 'many', not a count of samples"),
+    ],
+)
+def test_history_refuses_records_whose_numbers_are_no_numbers(
+    tmp_path: Path, record: str, change: dict[str, Any], expected: str
+) -> None:
+    if record == "speed":
+        doc = json.loads((ROOT / "results/speed/tiny-b8-224-cpu.json").read_text(encoding="utf-8"))
+        doc["paths"]["plain"].update(change)
+    else:
+        env = cell_lines(CI_RESULTS)[0]["environment"]
+        row = {"metric": "micro/params.total", "current": 1.0, "n_current": 1, **change}
+        doc = {"schema": "conformer-bench.report", "current": {"environment": env}, "rows": [row]}
+    db = tmp_path / "h.db"
+    res = invoke("history", "add", write_json(tmp_path / "r.json", doc), "--db", db, "--repo", ROOT)
+    assert expected in error_line(res)
+    assert not db.exists()
+
+
 # --- 8. records that used to pass for what they are not -----------------------------------------------
 
 
@@ -605,6 +675,10 @@ def test_a_folder_or_fifo_is_named_for_what_it_is(tmp_path: Path) -> None:
     assert "is not a regular file (a FIFO, socket or device)" in error_line(res)
     res = invoke("report", "--baseline", BASELINE, "--current", CI_RESULTS, "--thresholds", folder)
     assert "is a directory, not a file" in error_line(res)
+    assert "baseline " in error_line(invoke("baseline", "revision", folder))
+    assert "is a directory, not a file" in error_line(invoke("baseline", "revision", folder))
+    assert "is not a regular file" in error_line(invoke("baseline", "revision", fifo))
+    assert "is a directory, not a file" in error_line(invoke("history", "changes", "--db", folder))
 
 
 @pytest.mark.parametrize(
@@ -614,6 +688,24 @@ def test_a_folder_or_fifo_is_named_for_what_it_is(tmp_path: Path) -> None:
 def test_empty_items_in_comma_lists_are_refused(args: tuple[str, str]) -> None:
     res = invoke("profile", "--mode", "none", *args)
     assert "has an empty item; remove the extra comma" in error_line(res)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("speed", "-v", "micro", "--backend", "eager,,onnxruntime"),
+        ("ab", "main", "WORKTREE", "-e", "experiments/ci.toml", "--only", "micro,"),
+        ("ab", "main", "WORKTREE", "-e", "experiments/ci.toml", "--phases", "infer,,train"),
+        ("history", "backfill", "HEAD~1..HEAD", "-e", "experiments/ci.toml", "--only", ",micro"),
+    ],
+)
+@pytest.mark.timeout(60)
+def test_empty_items_in_backend_phase_and_cell_lists_are_refused(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    db = ("--db", tmp_path / "h.db") if args[0] == "history" else ()
+    assert "has an empty item; remove the extra comma" in error_line(invoke(*args, *db))
+    assert not (tmp_path / "h.db").exists()
 
 
 def test_empty_items_in_speed_lists_and_an_empty_dataset_are_refused() -> None:
