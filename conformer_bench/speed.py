@@ -162,7 +162,7 @@ class SpeedSettings:
 
 def parse_list(text: str, option: str) -> tuple[str, ...]:
     """``"plain,compiled"`` -> ``("plain", "compiled")`` (validated later by :meth:`SpeedSettings.validate`)."""
-    from .sweep import comma_items
+    from .lists import comma_items
 
     return tuple(part.lower() for part in comma_items(text, option))
 

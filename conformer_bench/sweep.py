@@ -19,22 +19,12 @@ from typing import Any
 
 from .errors import BenchError, exception_line
 from .formatting import TIDY_COLUMNS, flat_profile, fmt_giga, fmt_mib, render_rows_md, rows_csv, rows_jsonl
+from .lists import comma_items
 
 APPENDABLE = ("csv", "jsonl")
 
 
 # --- parsing the command line's lists -------------------------------------------------------------------------
-
-
-def comma_items(text: str, option: str) -> list[str]:
-    """``"tiny, small"`` -> ``["tiny", "small"]``; ``[]`` for a blank text. An empty item between commas
-    (``1,,2``, ``micro,``) is an error: it is a typo, not a value."""
-    parts = [part.strip() for part in text.split(",")]
-    if not any(parts):
-        return []
-    if not all(parts):
-        raise BenchError(f"{option} {text!r} has an empty item; remove the extra comma")
-    return parts
 
 
 def split_list(text: str, option: str) -> list[str]:

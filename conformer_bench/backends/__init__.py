@@ -44,7 +44,7 @@ __all__ = [
 
 def parse_backends(text: str) -> tuple[str, ...]:
     """``"eager,onnxruntime"`` -> ``("eager", "onnxruntime")``; an unknown or repeated name is a BenchError."""
-    from ..sweep import comma_items
+    from ..lists import comma_items
 
     names = tuple(part.lower() for part in comma_items(text, "--backend"))
     if not names or len(set(names)) != len(names):

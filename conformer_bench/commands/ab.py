@@ -257,7 +257,7 @@ def _settings(
 ) -> ABSettings:  # fmt: skip
     from ..ab.run import ABSettings
     from ..errors import BenchError
-    from ..sweep import comma_items
+    from ..lists import comma_items
 
     if not (0 < budget_s < float("inf")):
         raise BenchError(f"--budget-s must be a positive number of seconds, got {budget_s}")
@@ -302,7 +302,7 @@ def _request(
 
 def only_labels(only: str | None) -> tuple[str, ...]:
     """The cell labels of ``--only`` (none given: every cell); an empty item is a typo, refused."""
-    from ..sweep import comma_items
+    from ..lists import comma_items
 
     return tuple(comma_items(only or "", "--only"))
 
