@@ -15,8 +15,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from test_slurm import _no_cluster_reason
 from typer.testing import CliRunner
 
+from conformer_bench.ablate.cluster import read_ledger
 from conformer_bench.ablate.experiment import load_experiment
 from conformer_bench.ablate.store import ResultStore
 from conformer_bench.cli import app
@@ -211,3 +213,27 @@ def test_a_real_trial_is_judged_on_its_fine_tune_and_timing_records(tmp_path: Pa
     top1 = sum(f.final.top1["sum"] for f in finetunes) / 2
     assert trial.values == {"top1": top1, "infer_img_per_s": profile.throughput["infer"].timing.img_per_s}
     assert set(profile.throughput) == {"infer"}
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_the_search_on_slurm_runs_each_trial_as_a_job(tmp_path: Path) -> None:
+    """The costs search with a job per trial on the one-node cluster (scripts/slurm.sh up), two at a time."""
+    reason = _no_cluster_reason()
+    if reason:
+        pytest.skip(reason)
+    out = tmp_path / "search"
+    jobs = ["--executor", "slurm", "--parallel", "2", "--time-limit", "10", "--cpus-per-task", "1"]
+    try:
+        result = _search(out, "--trials", "3", *jobs)
+        assert result.exit_code == 0, result.output
+    finally:
+        ledger = read_ledger(out / "trials") if (out / "trials").is_dir() else {}
+        if ledger:
+            subprocess.run(["scancel", *(e.job_id for e in ledger.values())], check=False, timeout=30)
+    record = _record(out)
+    complete = [t for t in record.trials if t.state == "complete"]
+    assert len(complete) == 3 and record.front
+    cells = _cells(out)
+    assert sorted(c["label"] for c in cells) == sorted(t.label for t in complete)
+    assert all(c["job"]["executor"] == "slurm" and c["job"]["id"] == ledger[c["label"]].job_id for c in cells)

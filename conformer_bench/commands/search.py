@@ -22,6 +22,7 @@ from .ablate import (
     TimeLimitOpt,
     _job,
     _job_settings,
+    job_options_given,
 )
 from .common import QuietOpt, handle_errors
 
@@ -126,19 +127,7 @@ def search(
     spec = load_search(experiment, output_dir=output_dir, trials=trials, minutes=minutes)
     if parallel is not None:
         spec = dataclasses.replace(spec, parallel=parallel)
-    job_options = {
-        "partition": partition,
-        "account": account,
-        "qos": qos,
-        "time_limit": time_limit,
-        "cpus_per_task": cpus_per_task,
-        "gpus_per_task": gpus_per_task,
-        "mem": mem,
-        "constraint": constraint,
-        "array_parallelism": array_parallelism,
-        "max_requeues": max_requeues,
-        "sbatch": sbatch or None,
-    }
+    job_options = job_options_given(locals())
     if status:
         if resume:
             raise BenchError("--status only reports; drop --resume")

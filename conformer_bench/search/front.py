@@ -178,14 +178,9 @@ def _shown_metrics(spec: SearchSpec, trials: list[TrialRecord]) -> list[Metric]:
 
 
 def _changes_text(changes: dict[str, Any]) -> str:
-    def text(v: Any) -> str:
-        if isinstance(v, bool):
-            return str(v).lower()
-        if isinstance(v, list):
-            return ",".join(str(x) for x in v) or "none"
-        return str(v)
+    from ..ablate.summary import changes_text
 
-    return " ".join(f"{k}={text(v)}" for k, v in changes.items()) or "(base config)"
+    return changes_text(changes) or "(base config)"
 
 
 def table_rows(spec: SearchSpec, trials: list[TrialRecord], record: SearchRecord) -> list[list[str]]:
