@@ -89,8 +89,7 @@ class SearchRecord(SchemaRecord):
 
 
 def trial_records(spec: SearchSpec, trials: list[Any], book: Any) -> list[TrialRecord]:
-    from .run import CHANGES, IMG_SIZE, MEASURES
-    from .study import INTERRUPTED, REASON, RETRY_OF, ROLE
+    from .study import CHANGES, IMG_SIZE, INTERRUPTED, MEASURES, REASON, RETRY_OF, ROLE
 
     stale = {t.number for t in book.stale}
     out = []

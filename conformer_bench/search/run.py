@@ -24,13 +24,10 @@ from ..ablate.store import Holder, ResultStore
 from ..errors import BenchError
 from .metrics import METRICS, TrialMeasures, cheap_measures
 from .spec import Point, SearchSpec, decode, encode, trial_label
-from .study import HOLDER, INTERRUPTED, POINT, REASON, RETRY_OF, TrialBook
+from .study import CHANGES, HOLDER, IMG_SIZE, INTERRUPTED, MEASURES, POINT, REASON, RETRY_OF, TrialBook
 
 MAX_PRUNED_IN_A_ROW = 200  # proposals pruned one after the other before the space counts as exhausted
 POLL_S = 2.0
-MEASURES = "measures"  # trial user attribute: every metric its records carry
-CHANGES = "changes"  # trial user attribute: the config fields that differ from the base's
-IMG_SIZE = "img_size"
 
 
 class SearchProgress(Protocol):

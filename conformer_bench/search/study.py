@@ -23,6 +23,9 @@ REASON = "reason"  # why a trial was pruned or failed
 POINT = "point"  # the point's identity (Point.key)
 RETRY_OF = "retry_of"  # an enqueued rerun names the interrupted trial
 ROLE = "role"  # "base" for the base cell's trial
+MEASURES = "measures"  # every metric the trial's records (or its closed-form costs) carry
+CHANGES = "changes"  # the config fields that differ from the base's
+IMG_SIZE = "img_size"  # the image side the trial runs at
 DIGEST = "search_digest"  # study user attribute: SearchSpec.digest()
 SUMMARY = "search"  # study user attribute: SearchSpec.summary()
 
