@@ -32,6 +32,8 @@ Layout (every key but ``[base] variant`` is optional)::
     [executor]                         # job settings for --executor slurm / submitit-local (.executor);
     partition = "gpu"                  # they never change a cell's hashes
     time_limit = "1:00:00"
+
+    [search]                           # read by `conformer-bench search` only (conformer_bench.search.spec)
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ TOP_KEYS = (
     "axes",
     "cells",
     "executor",
+    "search",  # read by `conformer-bench search` (conformer_bench.search.spec); ablate runs the cells only
 )
 AXES_MODES = ("each", "product")
 CELL_META_KEYS = ("label", "variant", "profile", "finetune", "repeat")

@@ -190,19 +190,7 @@ def ablate(
         print_dry_run(exp, cells[:limit], run_finetune, resume, total=len(cells), echo=typer.echo)
         return
 
-    job_options = {
-        "partition": partition,
-        "account": account,
-        "qos": qos,
-        "time_limit": time_limit,
-        "cpus_per_task": cpus_per_task,
-        "gpus_per_task": gpus_per_task,
-        "mem": mem,
-        "constraint": constraint,
-        "array_parallelism": array_parallelism,
-        "max_requeues": max_requeues,
-        "sbatch": sbatch or None,
-    }
+    job_options = job_options_given(locals())
     if status:
         if resume or shard or not wait:
             raise BenchError("--status only reports; drop --resume, --shard and --no-wait")
@@ -222,6 +210,13 @@ def ablate(
             err=True,
         )
         raise typer.Exit(1)
+
+
+def job_options_given(given: dict[str, Any]) -> dict[str, Any]:
+    """The job options of a command's ``locals()`` by [executor] key; None (and an empty --sbatch): not given."""
+    from ..ablate.executor import TABLE_KEYS
+
+    return {key: given[key] for key in TABLE_KEYS} | {"sbatch": given["sbatch"] or None}
 
 
 def _load_cells(
