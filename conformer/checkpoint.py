@@ -6,7 +6,8 @@ import io
 import os
 import pickle
 import re
-import zipfile
+import stat
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,15 +73,31 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
-    """Read a ``.pth`` holding a state dict or ``{"model": state_dict, ...}`` with ``weights_only=True``."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} does not exist; pass the path of a release .pth file"
-        )
+def _check_file(path: Path) -> None:
+    """A checkpoint path that is missing, a directory or not a regular file (a FIFO would block) is refused."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        kind = path.stat().st_mode
+    except OSError:
+        kind = None
+    if kind is None or not stat.S_ISREG(kind):
+        what = (
+            "does not exist"
+            if kind is None
+            else "is a directory"
+            if stat.S_ISDIR(kind)
+            else "is not a regular file"
+        )
+        raise CheckpointError(f"checkpoint {str(path)!r} {what}; pass the path of a release .pth file")
+
+
+def _load(path: Path) -> object:
+    """``torch.load`` with ``weights_only=True``; anything that is not a torch save is one CheckpointError."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter(
+                "ignore"
+            )  # e.g. the pickle-protocol notice of a legacy file we refuse anyway
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "Unsupported global" in str(exc):
             # torch's message suggests weights_only=False, which runs arbitrary code: never advised.
@@ -93,19 +110,49 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
             f"checkpoint {str(path)!r} could not be read ({detail.group(1).strip() if detail else _first_line(exc)}); "
             "it must be a torch .pth state dict"
         ) from None
-    except (zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as exc:
+    except Exception as exc:  # any failure to parse untrusted bytes is the same bad input
         raise CheckpointError(
-            f"checkpoint {str(path)!r} could not be read ({_first_line(exc)}); it must be a torch .pth state dict"
-        ) from exc
+            f"checkpoint {str(path)!r} could not be read ({type(exc).__name__}: {_first_line(exc)}); "
+            "it must be a torch .pth state dict"
+        ) from None
+
+
+def _bad_entry(key: object, value: object) -> str | None:
+    """Why one entry of a state dict cannot be loaded (None when it can)."""
+    if not isinstance(key, str):
+        return f"holds a key that is not a name ({type(key).__name__} {str(key)[:40]})"
+    if not isinstance(value, Tensor):
+        return f"holds {type(value).__name__} at {key!r}, not a tensor"
+    if value.is_meta or value.layout != torch.strided or value.is_quantized or value.is_complex():
+        kind = "meta" if value.is_meta else str(value.layout).removeprefix("torch.")
+        return f"holds a {kind} tensor at {key!r}, not dense real weights"
+    return None
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """Read a ``.pth`` holding a state dict or ``{"model": state_dict, ...}`` with ``weights_only=True``.
+
+    Only a dict of dense real tensors keyed by names is a state dict: anything else is a CheckpointError.
+    """
+    path = Path(path)
+    _check_file(path)
+    obj = _load(path)
     if isinstance(obj, Mapping):
         for wrapper in ("model", "state_dict", "model_state"):
             if wrapper in obj and isinstance(obj[wrapper], Mapping):
                 obj = obj[wrapper]
                 break
-    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
+    if not isinstance(obj, Mapping) or not obj:
         raise CheckpointError(
             f"checkpoint {str(path)!r} holds no state dict (expected a dict of tensors or {{'model': state_dict}})"
         )
+    for key, value in obj.items():
+        problem = _bad_entry(key, value)
+        if problem is not None:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} {problem}; it must be a state dict of dense weights "
+                "(torch.save(model.state_dict(), path))"
+            )
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 

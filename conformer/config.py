@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -63,7 +64,10 @@ class ConformerConfig:
 
     def __post_init__(self) -> None:
         # Normalise list-like fcu_stages (from TOML/JSON) to a sorted tuple so configs compare and hash.
-        object.__setattr__(self, "fcu_stages", tuple(sorted({int(s) for s in self.fcu_stages})))
+        stages = self.fcu_stages
+        if isinstance(stages, (str, bytes)) or not all(_is_int(s) for s in stages):
+            raise ValueError(f"fcu_stages must be a list of stage numbers 1, 2, 3; got {stages!r}")
+        object.__setattr__(self, "fcu_stages", tuple(sorted(set(stages))))
         validate(self)
 
     # --- derived widths -------------------------------------------------------------------------------
@@ -139,6 +143,24 @@ CONFIG_FIELDS: tuple[str, ...] = tuple(
 OVERRIDABLE: tuple[str, ...] = tuple(f for f in CONFIG_FIELDS if f not in ("from_paper",))
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_finite_number(value: Any) -> bool:
+    """An int or float (not a bool) that is neither NaN nor infinite, nor an integer past a float's range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+REAL_FIELDS = ("channel_ratio", "mlp_ratio", "drop_rate", "attn_drop_rate", "drop_path_rate")
+FLAG_FIELDS = ("qkv_bias", "pos_embed", "fused_attn")
+
+
 def _choice(name: str, value: Any, options: tuple[str, ...]) -> None:
     if value not in options:
         raise ValueError(f"{name}={value!r} is not valid; choose one of: {', '.join(options)}")
@@ -159,12 +181,22 @@ def _validate_values(cfg: ConformerConfig) -> None:
     _choice("heads", cfg.heads, HEADS)
     for name in ("patch_size", "in_chans", "base_channel", "embed_dim", "depth", "num_heads", "img_size"):
         value = getattr(cfg, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        if not _is_int(value) or value <= 0:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if not isinstance(cfg.num_classes, int) or cfg.num_classes < 0:
+    if not _is_int(cfg.num_classes) or cfg.num_classes < 0:
         raise ValueError(f"num_classes must be an integer >= 0 (0 = no classifier), got {cfg.num_classes!r}")
-    if not isinstance(cfg.num_med_block, int) or isinstance(cfg.num_med_block, bool) or cfg.num_med_block < 0:
+    if not _is_int(cfg.num_med_block) or cfg.num_med_block < 0:
         raise ValueError(f"num_med_block must be an integer >= 0, got {cfg.num_med_block!r}")
+    for name in REAL_FIELDS:
+        if not is_finite_number(getattr(cfg, name)):
+            raise ValueError(f"{name} must be a finite number, got {getattr(cfg, name)!r}")
+    if cfg.qk_scale is not None and (not is_finite_number(cfg.qk_scale) or cfg.qk_scale <= 0):
+        raise ValueError(
+            f"qk_scale must be a finite number > 0 (or unset: head_dim ** -0.5), got {cfg.qk_scale!r}"
+        )
+    for name in FLAG_FIELDS:
+        if not isinstance(getattr(cfg, name), bool):
+            raise ValueError(f"{name} must be true or false, got {getattr(cfg, name)!r}")
     if cfg.depth % 3 != 0 or cfg.depth < 3:
         raise ValueError(f"depth must be a positive multiple of 3 (three stages), got {cfg.depth}")
     if cfg.patch_size % 16 != 0:

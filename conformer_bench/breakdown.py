@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .errors import BenchError
@@ -399,15 +400,33 @@ def component_macs(model: Any, img_size: int) -> dict[str, int]:
         path = (
             folder / f"components-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()}.json"
         )
-        with suppress(OSError, ValueError):
-            cached = json.loads(path.read_text())
-            if isinstance(cached, dict) and set(cached) == set(ROWS):
-                return {k: int(v) for k, v in cached.items()}
+        cached = _read_component_cache(path, model.cfg, img_size)
+        if cached is not None:
+            return cached
     macs = _count_component_macs(model, img_size)
     if path is not None:
         with suppress(BenchError, OSError):
             atomic_write_text(path, json.dumps(macs))
     return macs
+
+
+def _read_component_cache(path: Path, cfg: Any, img_size: int) -> dict[str, int] | None:
+    """The cached MACs per component, or ``None`` when there are none to trust: like the FLOP cache, a link
+    or a non-regular file is never followed nor opened blocking, and an entry is used only when every
+    component holds a whole number >= 0 and they add up to the closed-form total (else it is counted again)."""
+    from .costs import flop_counts
+    from .files import loads_json, read_in_folder
+
+    try:
+        data = read_in_folder(path)
+        cached = loads_json(data.decode("utf-8")) if data is not None else None
+    except (OSError, ValueError, BenchError):
+        return None
+    if not isinstance(cached, dict) or set(cached) != set(ROWS):
+        return None
+    if not all(type(n) is int and n >= 0 for n in cached.values()):
+        return None
+    return cached if sum(cached.values()) == flop_counts(cfg, img_size)["paper_macs"] else None
 
 
 def _count_component_macs(model: Any, img_size: int) -> dict[str, int]:

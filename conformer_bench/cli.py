@@ -78,7 +78,8 @@ app = typer.Typer(
 
 # Each module defines one ``app = typer.Typer()``; registration order is the order in --help.
 COMMAND_MODULES = (
-    "variants", "profile", "speed", "finetune", "ablate", "table", "report", "ab", "baseline", "history",
+    "variants", "profile", "speed", "finetune", "ablate", "search", "table", "report", "ab", "baseline",
+    "history",
 )  # fmt: skip
 
 

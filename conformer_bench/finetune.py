@@ -114,6 +114,13 @@ def validate_settings(s: FinetuneSettings) -> None:
         raise BenchError(f"--precision {s.precision!r} is not valid; use one of {', '.join(PRECISIONS)}")
     if s.workers < 0:
         raise BenchError(f"--workers must be >= 0; got {s.workers}")
+    if not s.dataset.strip():
+        raise BenchError("--dataset is empty; give digits, local-global or the path of an image folder")
+    from .bounds import WORKER_LIMIT, check_count, check_seed
+
+    check_seed(s.seed)
+    if s.workers:
+        check_count(s.workers, "--workers", WORKER_LIMIT)
 
 
 # --- small pieces --------------------------------------------------------------------------------------

@@ -72,6 +72,8 @@ def _positive(name: str, value: int | None, minimum: int = 1) -> None:
 
 def validate_settings(cfg: Any, settings: ProfileSettings) -> None:
     """Every bad setting becomes a one-line :class:`BenchError` naming the fix (before anything is built)."""
+    from .bounds import THREAD_LIMIT, check_count
+
     if settings.mode not in MODES:
         raise BenchError(f"--mode {settings.mode!r} is not valid; use one of {', '.join(MODES)}")
     if settings.precision not in PRECISIONS:
@@ -82,7 +84,7 @@ def validate_settings(cfg: Any, settings: ProfileSettings) -> None:
         raise BenchError(f"path {settings.path!r} is not valid; use one of {', '.join(PATHS)}")
     _positive("--batch-size", settings.batch_size)
     _positive("--img-size", settings.img_size)
-    _positive("--threads", settings.threads)
+    check_count(settings.threads, "--threads", THREAD_LIMIT)
     _positive("--warmup", settings.warmup, minimum=0)
     _positive("--iters", settings.iters)
     if settings.img_size % cfg.patch_size:
@@ -145,22 +147,9 @@ def _input_fits(cfg: Any, settings: ProfileSettings) -> None:
     """Refuse a batch whose input tensor alone is larger than this machine's memory (host or GPU)."""
     if settings.batch_size is None or settings.mode == "none":
         return
-    import psutil
+    from .bounds import check_input_memory
 
-    need = settings.batch_size * cfg.in_chans * settings.img_size**2 * 4  # fp32 input, bytes
-    have = psutil.virtual_memory().total
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            have = max(have, torch.cuda.get_device_properties(0).total_memory)
-    except (ImportError, RuntimeError):  # pragma: no cover
-        pass
-    if need > have:
-        raise BenchError(
-            f"--batch-size {settings.batch_size} at {settings.img_size} px needs {need / 2**30:,.0f} GiB for "
-            f"the input batch alone, more than this machine's {have / 2**30:,.0f} GiB; lower --batch-size"
-        )
+    check_input_memory(cfg.in_chans, settings.batch_size, settings.img_size)
 
 
 def inference_optimizer() -> Callable[..., Any]:

@@ -23,7 +23,14 @@ PROFILE_SCHEMA = "conformer-bench.profile"
 SPEED_SCHEMA = "conformer-bench.speed"
 FINETUNE_SCHEMA = "conformer-bench.finetune"
 AB_SCHEMA = "conformer-bench.ab"
-SCHEMAS: dict[str, int] = {PROFILE_SCHEMA: 1, SPEED_SCHEMA: 3, FINETUNE_SCHEMA: 1, AB_SCHEMA: 1}
+SEARCH_SCHEMA = "conformer-bench.search"  # conformer_bench.search.front.SearchRecord
+SCHEMAS: dict[str, int] = {
+    PROFILE_SCHEMA: 1,
+    SPEED_SCHEMA: 3,
+    FINETUNE_SCHEMA: 1,
+    AB_SCHEMA: 1,
+    SEARCH_SCHEMA: 1,
+}
 
 R = TypeVar("R", bound="Record")
 S = TypeVar("S", bound="SchemaRecord")

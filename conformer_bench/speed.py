@@ -98,6 +98,9 @@ class SpeedSettings:
                 )
         if self.threads is not None and self.threads < 1:
             raise BenchError(f"--threads {self.threads} is not valid; use 1 or more")
+        from .bounds import THREAD_LIMIT, check_count
+
+        check_count(self.threads, "--threads", THREAD_LIMIT)
         cuda = self.device.startswith("cuda")
         for kind in self.ceilings:
             if kind not in CEILINGS:
@@ -117,6 +120,19 @@ class SpeedSettings:
             raise BenchError(
                 f"--breakdown-rounds {self.breakdown_rounds} is too few for a median; use 3 or more"
             )
+        self._check_sizes()
+
+    def _check_sizes(self) -> None:
+        """The seed's range, and matrices that fit this machine's memory (checked before any is made)."""
+        from .bounds import check_memory, check_seed
+
+        check_seed(self.seed)
+        check_memory(
+            3 * self.matmul_size**2 * 4,
+            f"--matmul-size {self.matmul_size}",
+            "its three n×n fp32 matrices",
+            "lower --matmul-size (2048 is the default)",
+        )
 
     def runs(self) -> list[tuple[str, str, str, str]]:
         """``(name, backend, path, precision)`` of every measured run, fp32 first, the eager paths first.
@@ -144,9 +160,11 @@ class SpeedSettings:
         )
 
 
-def parse_list(text: str) -> tuple[str, ...]:
+def parse_list(text: str, option: str) -> tuple[str, ...]:
     """``"plain,compiled"`` -> ``("plain", "compiled")`` (validated later by :meth:`SpeedSettings.validate`)."""
-    return tuple(part.strip().lower() for part in text.split(",") if part.strip())
+    from .lists import comma_items
+
+    return tuple(part.lower() for part in comma_items(text, option))
 
 
 def matmul_step(kind: str, a: Any, b: Any, device: str) -> Callable[[], Any]:

@@ -19,6 +19,7 @@ from typing import Any
 
 from .errors import BenchError, exception_line
 from .formatting import TIDY_COLUMNS, flat_profile, fmt_giga, fmt_mib, render_rows_md, rows_csv, rows_jsonl
+from .lists import comma_items
 
 APPENDABLE = ("csv", "jsonl")
 
@@ -26,9 +27,9 @@ APPENDABLE = ("csv", "jsonl")
 # --- parsing the command line's lists -------------------------------------------------------------------------
 
 
-def split_list(text: str) -> list[str]:
-    """``"tiny, small"`` -> ``["tiny", "small"]`` (order kept, duplicates dropped)."""
-    return list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+def split_list(text: str, option: str) -> list[str]:
+    """:func:`comma_items` with duplicates dropped (order kept)."""
+    return list(dict.fromkeys(comma_items(text, option)))
 
 
 def parse_ints(text: str | None, option: str) -> list[int | None]:
@@ -36,7 +37,7 @@ def parse_ints(text: str | None, option: str) -> list[int | None]:
     if text is None:
         return [None]
     values: list[int | None] = []
-    for part in split_list(text):
+    for part in split_list(text, option):
         try:
             value = int(part)
         except ValueError:
@@ -50,7 +51,7 @@ def parse_ints(text: str | None, option: str) -> list[int | None]:
 
 
 def parse_choices(text: str, option: str, choices: Sequence[str]) -> list[str]:
-    values = [v.lower() for v in split_list(text)]
+    values = [v.lower() for v in split_list(text, option)]
     for value in values:
         if value not in choices:
             raise BenchError(f"{option} {value!r} is not valid; use one of {', '.join(choices)}")
@@ -61,12 +62,10 @@ def parse_choices(text: str, option: str, choices: Sequence[str]) -> list[str]:
 
 def read_model_list(path: str | os.PathLike[str]) -> list[str]:
     """Variant names, one a line; ``#`` starts a comment, blank lines are skipped."""
-    path = Path(path)
-    if not path.is_file():
-        raise BenchError(
-            f"--model-list {str(path)!r} does not exist; give a text file with one variant a line"
-        )
-    names = [line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    from .files import read_input_text
+
+    text = read_input_text(path, "--model-list", "give a text file with one variant a line")
+    names = [line.split("#", 1)[0].strip() for line in text.splitlines()]
     names = [n for n in names if n]
     if not names:
         raise BenchError(
@@ -85,7 +84,7 @@ def parse_mode(text: str, modes: Sequence[str]) -> str:
 
 def variant_names(variant: str, model_list: str | os.PathLike[str] | None, variant_given: bool) -> list[str]:
     """The variants to sweep: ``--model-list`` replaces the default ``--variant`` and adds to a given one."""
-    names = split_list(variant)
+    names = split_list(variant, "--variant")
     if model_list is not None:
         listed = read_model_list(model_list)
         names = list(dict.fromkeys([*names, *listed])) if variant_given else listed
@@ -317,7 +316,9 @@ def render_records(records: Sequence[dict[str, Any]], fmt: str) -> str:
 
 
 def _existing_columns(path: Path, fmt: str) -> list[str] | None:
-    text = path.read_text(encoding="utf-8")
+    from .files import read_input_text
+
+    text = read_input_text(path, "--append", "write to a new file or drop --append")
     if not text.strip():
         return None
     if fmt == "csv":

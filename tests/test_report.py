@@ -536,7 +536,9 @@ def test_bad_inputs_exit_2(tmp_path: Path) -> None:
     )
     broken = tmp_path / "broken"
     broken.mkdir()
-    (broken / "cells.jsonl").write_text('{"label": "a", "status": "ok"}\n{oops\n', encoding="utf-8")
+    (broken / "cells.jsonl").write_text(
+        '{"schema": "conformer-bench.cell", "label": "a", "status": "ok"}\n{oops\n', encoding="utf-8"
+    )
     assert "line 2 is not valid JSON" in _one_line_error(report_cli("--baseline", prof, "--current", broken))
 
 

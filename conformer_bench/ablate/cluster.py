@@ -16,8 +16,8 @@ see it like any failed cell.
 
 from __future__ import annotations
 
-import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BenchError
-from ..files import atomic_write_text, dumps_json
+from ..files import atomic_write_text, dumps_json, loads_json, read_in_folder
 from .executor import ExecutorSettings
 from .experiment import Cell, Experiment
 from .store import ResultStore, reusable_profile
@@ -39,6 +39,7 @@ POLL_S = 2.0
 # Slurm job states (squeue/sacct) by what they mean for a cell that has no record yet.
 QUEUED = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING", "RESV_DEL_HOLD"}
 RUNNING = {"RUNNING", "COMPLETING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "RESIZING"}
+_JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # Slurm's 123 or 123_4, a local job's process id
 UNKNOWN_TO_SCHEDULER = "GONE"  # the scheduler answered but no longer knows the job
 LOCAL_RUNNING, LOCAL_ENDED = "RUNNING", "ENDED"
 
@@ -62,9 +63,12 @@ class JobEntry:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> JobEntry:
+        job_id = str(data["job_id"])
+        if not _JOB_ID_RE.match(job_id):  # it names files in the jobs folder: no separator, no traversal
+            raise ValueError(f"job id {job_id[:40]!r} is not a scheduler's job id")
         return cls(
             label=str(data["label"]),
-            job_id=str(data["job_id"]),
+            job_id=job_id,
             executor=str(data["executor"]),
             submitted=float(data["submitted"]),
             config_hash=str(data["config_hash"]),
@@ -78,12 +82,13 @@ class JobEntry:
 def read_ledger(folder: Path) -> dict[str, JobEntry]:
     """Label -> the cell's latest job ({} when the folder never had jobs)."""
     path = folder / JOBS_FILE
-    if not path.is_file():
-        return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        raw = read_in_folder(path)
+        if raw is None:
+            return {}
+        data = loads_json(raw.decode("utf-8"))
         return {label: JobEntry.from_dict(entry) for label, entry in data["cells"].items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError):
         raise BenchError(
             f"{path} is damaged; delete it (the cells' records stay) and resubmit with --resume"
         ) from None

@@ -2,7 +2,7 @@
 
 Layout (every key but ``[base] variant`` is optional)::
 
-    name = "paper"                     # default: the file's stem
+    name = "paper"                     # default: the file's stem; letters, digits, _ or -
     description = "..."
     output_dir = "results/paper"       # default: results/<name>, relative to the working directory
     axes_mode = "each"                 # each: one axis at a time from the base; product: the full grid
@@ -32,6 +32,8 @@ Layout (every key but ``[base] variant`` is optional)::
     [executor]                         # job settings for --executor slurm / submitit-local (.executor);
     partition = "gpu"                  # they never change a cell's hashes
     time_limit = "1:00:00"
+
+    [search]                           # read by `conformer-bench search` only (conformer_bench.search.spec)
 """
 
 from __future__ import annotations
@@ -41,12 +43,13 @@ import difflib
 import hashlib
 import itertools
 import json
+import math
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..bounds import CELL_LIMIT, SEED_LIMIT
 from ..errors import BenchError
 from .executor import ExecutorSettings, settings_from_table
 
@@ -61,6 +64,7 @@ TOP_KEYS = (
     "axes",
     "cells",
     "executor",
+    "search",  # read by `conformer-bench search` (conformer_bench.search.spec); ablate runs the cells only
 )
 AXES_MODES = ("each", "product")
 CELL_META_KEYS = ("label", "variant", "profile", "finetune", "repeat")
@@ -68,7 +72,10 @@ FINETUNE_EXTRA_KEYS = ("run", "seeds", "jobs")
 # FinetuneSettings fields an experiment may not set: the seed comes from ``seeds``; checkpoints are per run.
 FINETUNE_FORBIDDEN = ("seed", "save", "checkpoint", "allow_partial")
 PROFILE_IMG_SIZE = 224  # ProfileSettings.img_size default
-LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.,=+/:-]{0,79}$")
+LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.,=+/:-]{0,79}$")  # a label written in the file
+LABEL_LIMIT = 200  # characters of any cell label: written ones have at most 80, axis products may be longer
+# An experiment's name becomes a folder (results/<name>) and a job name: no separator, no dot, no traversal.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,79}$")
 CELL_SPEC_SCHEMA = "conformer-bench.cell-spec"
 
 
@@ -456,11 +463,13 @@ def load_experiment(
     *,
     output_dir: str | Path | None = None,
     profile_overrides: dict[str, Any] | None = None,
+    force: bool = False,
 ) -> Experiment:
     """Read and validate an experiment file; every error names the file, the line/key and the fix.
 
     ``profile_overrides`` (e.g. ``{"mode": "none"}`` from the command line) replace the file's profile
-    settings in every cell, after the cells' own overrides.
+    settings in every cell, after the cells' own overrides. Every cell is held to the sanity bounds
+    (:func:`conformer_bench.bounds.check_bounds`) unless ``force``.
     """
     path = Path(path)
     data, chk = _read_file(path)
@@ -476,7 +485,7 @@ def load_experiment(
     sources = [_CellSource(("base",), base.label, base.variant, base.overrides)]
     sources += _axis_sources(chk, data, base, header.axes_mode)
     sources += _listed_sources(chk, data, base)
-    cells = _build_cells(chk, sources, defaults, base_cfg, profile_overrides)
+    cells = _build_cells(chk, sources, defaults, base_cfg, profile_overrides, force)
     _check_constructible(chk, cells)
     return Experiment(
         name=header.name,
@@ -493,32 +502,37 @@ def load_experiment(
 
 
 def _read_file(path: Path) -> tuple[dict[str, Any], _Checker]:
-    """The file's TOML tables, with only known top-level keys, and the checker that locates its keys."""
-    if not path.is_file():
-        raise BenchError(
-            f"experiment file {str(path)!r} does not exist; pass a path such as experiments/ci.toml"
-        )
+    """The file's TOML tables, with only known top-level keys and finite numbers, and the checker that
+    locates its keys."""
+    from ..files import first_non_finite, loads_toml, read_input_text
+
+    text = read_input_text(path, "experiment file", "pass a TOML experiment file such as experiments/ci.toml")
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise BenchError(
-            f"{path}: not a text (UTF-8) file; pass a TOML experiment file such as experiments/ci.toml"
-        ) from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+        data = loads_toml(text)
+    except ValueError as exc:
         raise BenchError(f"{path}: not valid TOML ({exc}); fix the syntax at that line") from None
     chk = _Checker(path, text)
     for key in data:
         if key not in TOP_KEYS:
             raise chk.fail((key,), _unknown([key], TOP_KEYS))
+    where = first_non_finite(data)
+    if where is not None:
+        raise chk.fail(where, "is not a finite number (nan and inf are never valid settings); give a number")
     return data, chk
 
 
 def _read_header(chk: _Checker, data: dict[str, Any], path: Path, output_dir: str | Path | None) -> _Header:
     name = data.get("name", path.stem)
-    if not isinstance(name, str) or not LABEL_RE.match(name):
-        raise chk.fail(("name",), f"{name!r} is not valid; use letters, digits, _ or -")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        given = "name" in data
+        shown = repr(name) if len(repr(name)) <= 60 else repr(name)[:57] + "..."
+        fix = "use 1-80 letters, digits, _ or - (starting with a letter or digit)"
+        raise chk.fail(
+            ("name",),
+            f"{shown} is not valid; {fix}"
+            if given
+            else f'the file name gives {shown}, which is not valid; add name = "..." and {fix}',
+        )
     description = data.get("description", "")
     if not isinstance(description, str):
         raise chk.fail(("description",), "must be a string")
@@ -565,11 +579,12 @@ def _read_run_defaults(chk: _Checker, data: dict[str, Any]) -> _RunDefaults:
     if (
         not isinstance(seeds, list)
         or not seeds
-        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+        or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= SEED_LIMIT for s in seeds)
         or len(set(seeds)) != len(seeds)
     ):
         raise chk.fail(
-            ("finetune", "seeds"), f"{seeds!r} is not valid; give distinct integers >= 0, e.g. [0, 1]"
+            ("finetune", "seeds"),
+            f"{str(seeds)[:60]} is not valid; give distinct integers from 0 to {SEED_LIMIT}, e.g. [0, 1]",
         )
     seed_jobs = ft_table.get("jobs", 1)
     if isinstance(seed_jobs, bool) or not isinstance(seed_jobs, int) or seed_jobs < 1:
@@ -585,6 +600,15 @@ def _axis_sources(chk: _Checker, data: dict[str, Any], base: _Base, axes_mode: s
     for key, values in axes.items():
         if not isinstance(values, list) or not values:
             raise chk.fail(("axes", key), f"must be a non-empty list of values, e.g. {key} = [0, 1]")
+    count = (
+        sum(len(v) for v in axes.values())
+        if axes_mode == "each"
+        else math.prod(len(v) for v in axes.values())
+    )
+    if count > CELL_LIMIT:
+        raise chk.fail(
+            ("axes",), f"makes {count:,} cells, past the sanity bound of {CELL_LIMIT:,}; split the experiment"
+        )
     if axes_mode == "each":
         return [_axis_source(base, {key: value}) for key, values in axes.items() for value in values]
     if not axes:
@@ -610,6 +634,8 @@ def _listed_sources(chk: _Checker, data: dict[str, Any], base: _Base) -> list[_C
     sources = []
     for i, raw in enumerate(cells_raw):
         where: Where = ("cells", i)
+        if not isinstance(raw, dict):
+            raise chk.fail(where, "must be a table: write each cell as [[cells]] with label = ...")
         if "label" not in raw:
             raise chk.fail(where, 'missing label; add label = "short-name" to this [[cells]] entry')
         label = _label_ok(chk, (*where, "label"), raw["label"])
@@ -638,12 +664,19 @@ def _build_cells(
     defaults: _RunDefaults,
     base_cfg: Any,
     profile_overrides: dict[str, Any] | None,
+    force: bool,
 ) -> list[Cell]:
-    """Check each cell's settings and config; drop axis values that repeat an earlier cell."""
+    """Check each cell's settings, config and sanity bounds; drop axis values that repeat an earlier cell."""
     cells: list[Cell] = []
     seen_labels: set[str] = set()
     seen_runs: dict[str, str] = {}  # what a cell computes and measures -> its label
     for src in sources:
+        if len(src.label) > LABEL_LIMIT:
+            raise chk.fail(
+                src.where,
+                f"cell label {src.label[:40]!r}... is {len(src.label)} characters, past {LABEL_LIMIT}; "
+                'use fewer axes at once (axes_mode = "each") or [[cells]] with short labels',
+            )
         if src.label in seen_labels:
             raise chk.fail(
                 ("axes",) if src.from_axis else src.where,
@@ -655,6 +688,7 @@ def _build_cells(
             # The config's img_size only sizes the position embedding: size it for the measured images.
             overrides["img_size"] = profile.get("img_size", PROFILE_IMG_SIZE)
         cfg = _build_config(chk, src.where, src.variant, overrides)
+        _check_bounds(chk, src, cfg, profile.get("img_size", PROFILE_IMG_SIZE), force)
         run_key = _digest({"config": effective_config(cfg), "profile": profile, "finetune": src.finetune})
         if not isinstance(src.repeat, bool):
             raise chk.fail((*src.where, "repeat"), "must be true or false")
@@ -683,6 +717,16 @@ def _build_cells(
             )
         )
     return cells
+
+
+def _check_bounds(chk: _Checker, src: _CellSource, cfg: Any, img_size: Any, force: bool) -> None:
+    """The cell's config within the sanity bounds shared with ``profile`` (O(1) before any counting)."""
+    from ..bounds import check_bounds
+
+    try:
+        check_bounds(cfg, img_size=img_size if isinstance(img_size, int) else None, force=force)
+    except BenchError as exc:
+        raise chk.fail(src.where, f"cell {src.label!r}: {exc}") from None
 
 
 def _cell_profile(

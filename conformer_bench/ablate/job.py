@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import BenchError
 from .experiment import Cell, Experiment
 from .progress import LogProgress
 from .store import Holder, ResultStore, make_record
@@ -88,8 +89,10 @@ def release_claim_of(store: ResultStore, label: str, holder_file: Path) -> None:
     """Drop the claim on ``label`` of the process ``holder_file`` names: a job that has surely ended (its
     requeued self runs now, or a new job is submitted for the cell), maybe on another node, where the store
     cannot see that the process is gone."""
+    from ..files import loads_json, read_in_folder
+
     try:
-        earlier = Holder.from_dict(json.loads(holder_file.read_text()))
-    except (OSError, ValueError, KeyError, TypeError):
+        earlier = Holder.from_dict(loads_json(read_in_folder(holder_file) or b""))
+    except (OSError, ValueError, KeyError, TypeError, BenchError):
         return
     store.release([label], earlier)

@@ -8,18 +8,23 @@ Files in a run folder:
   atomically), so a finished run holds each label once.
 - ``experiment.json``: the experiment that owns the folder (name, hash, base label, cell order and each
   cell's hashes), so ``table`` and ``report`` can render and tell stale cells without the experiment file.
-- ``.cells.lock``: the lock (``filelock``, an ``fcntl.flock`` on Linux: the kernel releases it when its
-  holder dies, so a killed run never leaves the folder locked). ``.cells.lock.holder`` names the holder.
+- ``.cells.lock``: the lock (an ``fcntl.flock``: the kernel releases it when its holder dies, so a killed
+  run never leaves the folder locked). ``.cells.lock.holder`` names the holder.
 - ``.running.json``: cells being run now, with the pid, host and start of the process running each; several
   processes on one folder (``--shard``, torchrun ranks, or two ``ablate`` commands) cooperate through it,
   so each cell runs once and no finished record is lost.
 - ``shard-I-of-N.done``: shard I of N finished; the last shard to finish gathers (compacts) the records.
 - ``cells.shard-I-of-N.jsonl``: written by earlier versions for each shard; still read, folded in on compaction.
+
+A run folder is input as much as output: every record is checked where it is read (:func:`validate_record`),
+and no file of the folder is opened through a symbolic link (a link planted there could otherwise turn an
+append or a lock note against the file it points to): such an entry is refused with one line.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -30,8 +35,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from conformer.config import is_finite_number
+
 from ..errors import BenchError
-from ..files import atomic_write_text, dumps_json, write_failure
+from ..files import (
+    atomic_write_text,
+    dumps_json,
+    loads_json,
+    open_in_folder,
+    read_in_folder,
+    write_failure,
+)
+from .experiment import LABEL_LIMIT
 
 if TYPE_CHECKING:
     from .experiment import Cell, Experiment
@@ -46,6 +61,20 @@ HOLDER_FILE = ".cells.lock.holder"
 RUNNING_FILE = ".running.json"
 LOCK_TIMEOUT_S = 120.0  # the lock is held for an append or a compaction: seconds at most
 _SHARD_RE = re.compile(r"^cells\.shard-(\d+)-of-(\d+)\.jsonl$")
+# What a run folder holds (the store's files, the tables and figures, the job ledger and logs): none may be a link.
+_FOLDER_ENTRIES = frozenset(
+    {CELLS_FILE, EXPERIMENT_FILE, LOCK_FILE, HOLDER_FILE, RUNNING_FILE, "summary.csv", "summary.md",
+     "summary.tex", "figures", "jobs.json", "jobs"}
+)  # fmt: skip
+_FOLDER_ENTRY_RE = re.compile(r"^(cells\.shard-\d+-of-\d+\.jsonl|shard-\d+-of-\d+\.done)$")
+# Types of a cell record's fields (each may also be null or absent); other keys are kept as they are.
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "experiment": (str,), "experiment_hash": (str,), "index": (int,), "variant": (dict,), "config": (dict,),
+    "changes": (dict,), "config_hash": (str,), "profile_hash": (str,), "finetune_hash": (str,),
+    "status": (str,), "reason": (str,), "profile": (dict,), "finetune": (list,), "seeds": (list,),
+    "environment": (dict,), "wall_s": (int, float), "finished": (int, float), "shard": (dict,),
+    "isolation": (str,),
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -62,7 +91,13 @@ class Holder:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Holder:
-        return cls(int(data["pid"]), str(data["host"]), float(data["started"]))
+        """The holder a lock note or a claim names; ``ValueError`` unless pid and start are plausible."""
+        pid, started = data["pid"], data["started"]
+        if isinstance(pid, bool) or not isinstance(pid, int) or not 0 < pid < 2**31:
+            raise ValueError(f"pid {pid!r} is not a process id")
+        if not is_finite_number(started):
+            raise ValueError(f"started {started!r} is not a time")
+        return cls(pid, str(data["host"]), float(started))
 
     def alive(self) -> bool:
         """False only when it surely ended: a pid of this host that no longer runs (or is a zombie)."""
@@ -150,12 +185,18 @@ def load_records(out_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 def validate_record(record: Any, where: str) -> dict[str, Any]:
-    """A cell record, or an error naming ``where`` and the fix."""
-    if not isinstance(record, dict) or record.get("schema", CELL_SCHEMA) != CELL_SCHEMA:
+    """A cell record, or an error naming ``where`` and the fix: the schema, a valid label and the type of
+    every field the store and the readers use (a string ``finished`` or a list ``changes`` never gets in)."""
+    if not isinstance(record, dict) or record.get("schema") != CELL_SCHEMA:
         raise BenchError(f"{where}: not a {CELL_SCHEMA} record; remove the line or the file")
     label = record.get("label")
     if not isinstance(label, str) or not label:
         raise BenchError(f"{where}: cell has no label; remove the line and rerun with --resume")
+    if len(label) > LABEL_LIMIT or not label.isprintable():
+        raise BenchError(
+            f"{where}: label {label[:40]!r}... is not a cell label (at most {LABEL_LIMIT} printable "
+            "characters); remove the line and rerun"
+        )
     version = record.get("schema_version", 1)
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise BenchError(f"{where}: {CELL_SCHEMA} record has no valid schema_version; rerun the ablation")
@@ -164,6 +205,16 @@ def validate_record(record: Any, where: str) -> dict[str, Any]:
             f"{where}: {CELL_SCHEMA} schema_version {version} is newer than this tool reads "
             f"({CELL_SCHEMA_VERSION}); upgrade conformer-bench"
         )
+    for key, types in _FIELD_TYPES.items():
+        value = record.get(key)
+        if value is None:
+            continue
+        number = int in types
+        if not isinstance(value, types) or (number and not is_finite_number(value)):
+            raise BenchError(
+                f"{where}: {key} of cell {label!r} is {type(value).__name__} {str(value)[:40]!r}, not "
+                f"{' or '.join(t.__name__ for t in types)}; remove the line and rerun with --resume"
+            )
     return record
 
 
@@ -189,6 +240,8 @@ def stale_reason(record: Mapping[str, Any], experiment: Mapping[str, Any]) -> st
         return f"cell {label!r} is no longer in experiment {name!r}"
     hashes = (experiment.get("cells") or {}).get(label)
     if isinstance(hashes, Mapping):
+        if hashes.get("profile_hash") and not record.get("profile_hash"):
+            return "it records no profile_hash, so what it measured cannot be told"
         if record.get("profile_hash") and record.get("profile_hash") != hashes.get("profile_hash"):
             return "its config or profile settings changed since it ran"
         if record.get("finetune_hash") and record.get("finetune_hash") != hashes.get("finetune_hash"):
@@ -219,33 +272,75 @@ class ResultStore:
             finally:
                 self._depth -= 1
             return
-        from filelock import FileLock, Timeout
-
         self._mkdir()
-        lock = FileLock(str(self.folder / LOCK_FILE), timeout=self.lock_timeout_s)
+        self.check_links()
+        path = self.folder / LOCK_FILE
         try:
-            lock.acquire()
-        except Timeout:
-            raise BenchError(
-                f"{self.folder} is locked by {self._holder_text()} for over {self.lock_timeout_s:.0f} s; "
-                "wait for that process or stop it"
-            ) from None
+            fd = open_in_folder(path, os.O_RDWR | os.O_CREAT)
         except OSError as exc:
-            raise write_failure(exc, self.folder / LOCK_FILE) from None
-        self._depth = 1
+            raise write_failure(exc, path) from None
         try:
-            with contextlib.suppress(OSError):
-                (self.folder / HOLDER_FILE).write_text(json.dumps(asdict(Holder.me())) + "\n")
-            yield
+            self._acquire(fd)
+            self._depth = 1
+            try:
+                self._note_holder()
+                yield
+            finally:
+                self._depth = 0
+                fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
-            self._depth = 0
-            lock.release()
+            os.close(fd)
+
+    def _acquire(self, fd: int) -> None:
+        """``flock`` the lock file, polling until :attr:`lock_timeout_s`."""
+        deadline = time.monotonic() + self.lock_timeout_s
+        pause = 0.001
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                pass
+            if time.monotonic() >= deadline:
+                raise BenchError(
+                    f"{self.folder} is locked by {self._holder_text()} for over {self.lock_timeout_s:.0f} s; "
+                    "wait for that process or stop it"
+                )
+            time.sleep(pause)
+            pause = min(2 * pause, 0.05)
+
+    def _note_holder(self) -> None:
+        """Name this process in the holder file (best effort: the lock works without it)."""
+        data = (json.dumps(asdict(Holder.me())) + "\n").encode("utf-8")
+        with contextlib.suppress(OSError):
+            fd = open_in_folder(self.folder / HOLDER_FILE, os.O_WRONLY | os.O_CREAT)
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, data)
+            finally:
+                os.close(fd)
 
     def _holder_text(self) -> str:
         try:
-            return Holder.from_dict(json.loads((self.folder / HOLDER_FILE).read_text())).describe()
-        except (OSError, ValueError, KeyError, TypeError):
+            data = read_in_folder(self.folder / HOLDER_FILE)
+            return Holder.from_dict(loads_json(data or b"")).describe()
+        except (OSError, ValueError, KeyError, TypeError, BenchError):
             return "another process"
+
+    def check_links(self) -> None:
+        """Refuse a run folder whose store files, tables, figures or job folders are symbolic links."""
+        try:
+            entries = list(os.scandir(self.folder))
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        except OSError as exc:
+            raise BenchError(f"cannot read {self.folder} ({exc.strerror}); check its permissions") from None
+        for entry in entries:
+            if (entry.name in _FOLDER_ENTRIES or _FOLDER_ENTRY_RE.match(entry.name)) and entry.is_symlink():
+                raise BenchError(
+                    f"{entry.path} is a symbolic link; a run folder's files are never followed (a link could "
+                    "turn a write against the file it points to): remove the link"
+                )
 
     def _mkdir(self) -> None:
         if self.folder.exists() and not self.folder.is_dir():
@@ -260,6 +355,10 @@ class ResultStore:
     def exists(self) -> bool:
         return self.cells_path.is_file() or bool(self.shard_files())
 
+    def record_files(self) -> list[Path]:
+        """Every file the store reads records and the experiment from."""
+        return [self.cells_path, self.experiment_path, *self.shard_files()]
+
     def shard_files(self) -> list[Path]:
         if not self.folder.is_dir():
             return []
@@ -271,6 +370,7 @@ class ResultStore:
         A last line without its newline is a write cut short by a kill and is left out; any other line
         that does not parse is an error naming the file and line.
         """
+        self.check_links()
         records: list[dict[str, Any]] = []
         for path in [self.cells_path, *self.shard_files()]:
             records.extend(record for _, record in self._read_file(path))
@@ -278,11 +378,11 @@ class ResultStore:
 
     def _read_file(self, path: Path) -> list[tuple[int, dict[str, Any]]]:
         try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return []
+            data = read_in_folder(path)
         except OSError as exc:
             raise BenchError(f"cannot read {path} ({exc.strerror}); check its permissions") from None
+        if data is None:
+            return []
         lines = data.split(b"\n")
         torn = lines.pop() if lines else b""  # b"" when the file ends with a newline
         out = []
@@ -298,8 +398,8 @@ class ResultStore:
     @staticmethod
     def _parse(raw: bytes, path: Path, no: int) -> dict[str, Any]:
         try:
-            record = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+            record = loads_json(raw.decode("utf-8"))
+        except ValueError:  # not UTF-8, not JSON, a NaN or an overflowing number, nested too deep
             raise BenchError(
                 f"{path} line {no} is not valid JSON (a damaged file?); delete that line and rerun with --resume"
             ) from None
@@ -311,11 +411,13 @@ class ResultStore:
 
     def experiment(self) -> dict[str, Any]:
         """The folder's experiment.json ({} when absent); a damaged one is an error naming the fix."""
-        if not self.experiment_path.is_file():
-            return {}
+        self.check_links()
         try:
-            meta = json.loads(self.experiment_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            data = read_in_folder(self.experiment_path)
+            if data is None:
+                return {}
+            meta = loads_json(data.decode("utf-8"))
+        except (OSError, ValueError):
             raise BenchError(
                 f"{self.experiment_path} is damaged; delete it and rerun `conformer-bench ablate` with --resume"
             ) from None
@@ -339,7 +441,7 @@ class ResultStore:
         line = dumps_json(validate_record(record, "new record"), indent=None).encode("utf-8")
         with self.locked():
             try:
-                fd = os.open(self.cells_path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)
+                fd = open_in_folder(self.cells_path, os.O_RDWR | os.O_CREAT | os.O_APPEND)
             except OSError as exc:
                 raise write_failure(exc, self.cells_path) from None
             try:
@@ -365,7 +467,7 @@ class ResultStore:
         cut = chunk.rfind(b"\n") + 1 + start if b"\n" in chunk else 0
         tail = os.pread(fd, size - cut, cut)
         try:
-            validate_record(json.loads(tail.decode("utf-8")), "tail")
+            validate_record(loads_json(tail.decode("utf-8")), "tail")
             os.write(fd, b"\n")
             return size + 1
         except (UnicodeDecodeError, ValueError, BenchError):
@@ -430,11 +532,12 @@ class ResultStore:
     # --- cooperation between processes ---------------------------------------------------------------------
 
     def _running(self) -> dict[str, dict[str, Any]]:
+        """Label -> the claim on it; a damaged file or entry counts as no claim (claims lapse anyway)."""
         try:
-            data = json.loads((self.folder / RUNNING_FILE).read_text(encoding="utf-8"))
+            data = loads_json(read_in_folder(self.folder / RUNNING_FILE) or b"{}")
         except (OSError, ValueError):
             return {}
-        return data if isinstance(data, dict) else {}
+        return {k: v for k, v in data.items() if isinstance(v, dict)} if isinstance(data, dict) else {}
 
     def _write_running(self, running: dict[str, dict[str, Any]]) -> None:
         path = self.folder / RUNNING_FILE

@@ -76,7 +76,9 @@ def _peak_bytes(memory: Any, mode: str) -> float:
     return math.nan
 
 
-def _changes_text(changes: dict[str, Any]) -> str:
+def changes_text(changes: dict[str, Any]) -> str:
+    """Config changes as `key=value` words (booleans lower case, lists comma-joined); "" for none."""
+
     def fmt(v: Any) -> str:
         if isinstance(v, bool):
             return str(v).lower()
@@ -110,7 +112,7 @@ def row_of(record: dict[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {
         "label": record["label"],
         "variant": _get(record, "config", "name"),
-        "changes": _changes_text(record.get("changes") or {}),
+        "changes": changes_text(record.get("changes") or {}),
         "status": record.get("status"),
         "reason": record.get("reason"),
         "params": _num(params),

@@ -44,7 +44,9 @@ __all__ = [
 
 def parse_backends(text: str) -> tuple[str, ...]:
     """``"eager,onnxruntime"`` -> ``("eager", "onnxruntime")``; an unknown or repeated name is a BenchError."""
-    names = tuple(part.strip().lower() for part in text.split(",") if part.strip())
+    from ..lists import comma_items
+
+    names = tuple(part.lower() for part in comma_items(text, "--backend"))
     if not names or len(set(names)) != len(names):
         raise BenchError(f"--backend needs distinct names, e.g. {','.join(BACKENDS)}")
     for name in names:

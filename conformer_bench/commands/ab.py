@@ -179,7 +179,8 @@ def ab(
     from ..report import load_thresholds
 
     _check_outputs(
-        {"--markdown": markdown, "--json": json_out, "--output": output}, [from_record, thresholds]
+        {"--markdown": markdown, "--json": json_out, "--output": output},
+        {"--from": from_record, "--thresholds": thresholds},
     )
     rules = load_thresholds(thresholds)  # bad thresholds stop the run before it measures
     if from_record is not None:
@@ -219,23 +220,14 @@ MEASURING_OPTIONS = (
 )
 
 
-def _check_outputs(outputs: dict[str, Path | None], inputs: list[Path | None]) -> None:
+def _check_outputs(outputs: dict[str, Path | None], inputs: dict[str, Path | None]) -> None:
     """Every output writable, none the same file as an input or as another output."""
-    from ..errors import BenchError
-    from ..files import check_writable
+    from ..files import check_outputs_apart, check_writable
 
-    seen: dict[str, str] = {}
-    for flag, path in outputs.items():
-        if path is None:
-            continue
-        check_writable(path)
-        for source in inputs:
-            if source is not None and source.exists() and path.exists() and path.samefile(source):
-                raise BenchError(f"{flag} {str(path)!r} is an input of this command; write elsewhere")
-        key = str(path.resolve())
-        if key in seen:
-            raise BenchError(f"{flag} and {seen[key]} are the same file {str(path)!r}; give each its own")
-        seen[key] = flag
+    check_outputs_apart(dict(outputs), {flag: [path] for flag, path in inputs.items() if path is not None})
+    for path in outputs.values():
+        if path is not None:
+            check_writable(path)
 
 
 def _saved_record(path: Path, base: str | None, head: str | None) -> ABRecord:
@@ -265,11 +257,12 @@ def _settings(
 ) -> ABSettings:  # fmt: skip
     from ..ab.run import ABSettings
     from ..errors import BenchError
+    from ..lists import comma_items
 
     if not (0 < budget_s < float("inf")):
         raise BenchError(f"--budget-s must be a positive number of seconds, got {budget_s}")
     return ABSettings(
-        phases=tuple(p.strip() for p in phases.split(",") if p.strip()),
+        phases=tuple(comma_items(phases, "--phases")),
         schedule=schedule.value,
         clock=clock.value,
         budget_s=budget_s,
@@ -304,8 +297,14 @@ def _request(
             raise BenchError(
                 f"cannot create --logs {str(logs)!r}: {exc.strerror}; choose another folder"
             ) from None
-    labels = tuple(label.strip() for label in (only or "").split(",") if label.strip())
-    return ABRequest(base, head, experiment, repo=repo, only=labels, logs=logs)
+    return ABRequest(base, head, experiment, repo=repo, only=only_labels(only), logs=logs)
+
+
+def only_labels(only: str | None) -> tuple[str, ...]:
+    """The cell labels of ``--only`` (none given: every cell); an empty item is a typo, refused."""
+    from ..lists import comma_items
+
+    return tuple(comma_items(only or "", "--only"))
 
 
 def _measure(request: ABRequest, settings: ABSettings, output: Path | None, quiet: bool) -> ABRecord:

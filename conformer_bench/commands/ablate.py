@@ -132,7 +132,8 @@ def ablate(
         bool,
         typer.Option(
             "--force",
-            help="Run even in a folder holding another experiment's results (they are then reported as stale).",
+            help="Run even in a folder holding another experiment's results (they are then reported as stale), "
+            "and cells past the sanity bounds (1 TMAC per image, 10 G parameters, 2,000 extra bottlenecks).",
         ),
     ] = False,
     executor: Annotated[
@@ -180,7 +181,7 @@ def ablate(
     """
     from ..errors import BenchError
 
-    exp, cells, run_finetune = _load_cells(experiment, output_dir, profile_mode, only, finetune)
+    exp, cells, run_finetune = _load_cells(experiment, output_dir, profile_mode, only, finetune, force)
     if limit is not None and not dry_run:
         raise BenchError("--limit only shortens a --dry-run listing; use --only to run some cells")
     if dry_run:
@@ -189,19 +190,7 @@ def ablate(
         print_dry_run(exp, cells[:limit], run_finetune, resume, total=len(cells), echo=typer.echo)
         return
 
-    job_options = {
-        "partition": partition,
-        "account": account,
-        "qos": qos,
-        "time_limit": time_limit,
-        "cpus_per_task": cpus_per_task,
-        "gpus_per_task": gpus_per_task,
-        "mem": mem,
-        "constraint": constraint,
-        "array_parallelism": array_parallelism,
-        "max_requeues": max_requeues,
-        "sbatch": sbatch or None,
-    }
+    job_options = job_options_given(locals())
     if status:
         if resume or shard or not wait:
             raise BenchError("--status only reports; drop --resume, --shard and --no-wait")
@@ -223,12 +212,20 @@ def ablate(
         raise typer.Exit(1)
 
 
+def job_options_given(given: dict[str, Any]) -> dict[str, Any]:
+    """The job options of a command's ``locals()`` by [executor] key; None (and an empty --sbatch): not given."""
+    from ..ablate.executor import TABLE_KEYS
+
+    return {key: given[key] for key in TABLE_KEYS} | {"sbatch": given["sbatch"] or None}
+
+
 def _load_cells(
     experiment: Path,
     output_dir: Path | None,
     profile_mode: str | None,
     only: list[str] | None,
     finetune: bool,
+    force: bool,
 ) -> tuple[Any, list[Any], bool]:
     """The experiment, its selected cells, and whether they are fine-tuned too."""
     from ..ablate.experiment import load_experiment
@@ -237,7 +234,7 @@ def _load_cells(
     if profile_mode is not None and profile_mode not in ("infer", "train", "both", "none"):
         raise BenchError(f"--profile-mode {profile_mode!r} is not valid; use infer, train, both or none")
     overrides = {"mode": profile_mode} if profile_mode is not None else None
-    exp = load_experiment(experiment, output_dir=output_dir, profile_overrides=overrides)
+    exp = load_experiment(experiment, output_dir=output_dir, profile_overrides=overrides, force=force)
     cells = exp.select(only)
     if finetune and not exp.has_finetune:
         raise BenchError(

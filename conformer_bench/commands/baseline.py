@@ -85,12 +85,10 @@ def revision(
 ) -> None:
     """Print the commit the baseline's results were measured at (what `ab` times a newer revision against)."""
     from ..errors import BenchError
+    from ..files import check_input_file
     from ..report.baseline import baseline_revision, read_baseline
 
-    if not baseline.is_file():
-        raise BenchError(
-            f"{str(baseline)!r} does not exist; pass a baseline such as results/baselines/ci.json"
-        )
+    check_input_file(baseline, "baseline", "pass a baseline such as results/baselines/ci.json")
     found = baseline_revision(read_baseline(baseline))
     if found is None:
         raise BenchError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import inspect
 from collections.abc import Callable
@@ -17,7 +18,8 @@ T = TypeVar("T")
 
 
 def handle_errors(func: F) -> F:
-    """Turn :class:`BenchError` into one line on stderr and exit code 2; Ctrl-C into exit 130."""
+    """Turn :class:`BenchError` into one line on stderr and exit code 2; an operating system's refusal (a
+    path too long, no permission) into one line naming the path, exit 2; Ctrl-C into exit 130."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -26,11 +28,22 @@ def handle_errors(func: F) -> F:
         except BenchError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:
+            typer.echo(f"error: {os_error_line(exc)}", err=True)
+            raise typer.Exit(BenchError.exit_code) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def os_error_line(exc: OSError) -> str:
+    """``cannot use 'PATH': reason; fix`` for an error the operating system raised."""
+    what = exc.strerror or type(exc).__name__
+    where = f"cannot use {str(exc.filename)[:200]!r}: " if exc.filename else ""
+    fix = "choose a shorter name" if exc.errno == errno.ENAMETOOLONG else "check the path and its permissions"
+    return f"{where}{what.lower()}; {fix}"
 
 
 class Branches(StrEnum):
@@ -312,7 +325,8 @@ ForceOpt = Annotated[
     bool,
     typer.Option(
         "--force",
-        help="Run a variant past the sanity bound of 1 TMAC per image (counted before building it).",
+        help="Run a variant past the sanity bounds of 1 TMAC per image, 10 G parameters or 2,000 extra "
+        "bottlenecks (counted before building it).",
     ),
 ]
 

@@ -307,12 +307,15 @@ def finetune(
     Exit status 1 when the loss became non-finite (the record is still written, status "nan").
     """
     from ..distributed import is_main_process
-    from ..files import check_writable
+    from ..files import check_outputs_apart, check_writable
     from ..finetune import FinetuneSettings, run_finetune
 
     stdout_format = parse_format(fmt)
     cfg = variant_config(variant, **toggles)
     main = is_main_process()
+    check_outputs_apart(
+        {"--output": output, "--save": save}, {"--checkpoint": [checkpoint] if checkpoint else []}
+    )
     if output is not None and main:
         check_writable(output)
     settings = FinetuneSettings(
@@ -339,9 +342,9 @@ def finetune(
         val_size=val_size,
         bf16_inference=bf16_inference,
     )
-    from ..flops import refuse_huge
+    from ..bounds import check_bounds
 
-    refuse_huge(cfg, img_size, force)
+    check_bounds(cfg, settings, force=force)
     record = run_finetune(cfg, settings, show_progress=not quiet)
     if not main:
         return

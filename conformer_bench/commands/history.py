@@ -44,6 +44,14 @@ def _store(db: Path | None, *, create: bool = True) -> HistoryStore:
     return HistoryStore(db if db is not None else default_path(), create=create)
 
 
+def _database_files(db: Path | None) -> list[Path]:
+    """The files the history database is kept in: the database and SQLite's journals beside it."""
+    from ..history.store import default_path
+
+    path = db if db is not None else default_path()
+    return [path, *(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", "-journal"))]
+
+
 @history.command("add", epilog=ADD_EXAMPLES)
 @handle_errors
 def add(
@@ -140,14 +148,13 @@ def backfill(
     """
     from ..ablate.launch import sigterm_as_exit
     from ..history.backfill import BackfillRequest, run_backfill
-    from .ab import Clock, Schedule
+    from .ab import Clock, Schedule, only_labels
     from .ab import _settings as ab_settings
 
     settings = ab_settings(
         phases, Schedule("same-core"), Clock("auto"), budget_s, rounds, seed, epochs, False
     )
-    labels = tuple(label.strip() for label in (only or "").split(",") if label.strip())
-    request = BackfillRequest(revisions, experiment, repo, anchor, every, labels, logs=_logs(logs))
+    request = BackfillRequest(revisions, experiment, repo, anchor, every, only_labels(only), logs=_logs(logs))
     say = None if quiet else (lambda line: typer.echo(line, err=True))
     with _store(db) as store, sigterm_as_exit():
         summary = run_backfill(request, settings, store, progress=say)
@@ -225,11 +232,12 @@ def changes(
 
     Exit code 0: no gated series ends in a regression; 1: one does; 2: bad input.
     """
-    from ..files import atomic_write_text, check_writable, write_json
+    from ..files import atomic_write_text, check_outputs_apart, check_writable, write_json
     from ..history.changes import series_steps
     from ..history.render import DEFAULT_GATE, Gate, render_json, render_markdown
     from ..history.series import load_series
 
+    check_outputs_apart({"--markdown": markdown, "--json": json_out}, {"--db": _database_files(db)})
     for path in (markdown, json_out):
         if path is not None:
             check_writable(path)
@@ -311,6 +319,7 @@ def publish(
 
     if folder.exists() and not folder.is_dir():
         raise BenchError(f"{str(folder)!r} is a file; give a folder for the site")
+    _check_site_apart(folder, db)
     if commit_url is not None and "{sha}" not in commit_url:
         raise BenchError(
             "--commit-url needs {sha} where the commit goes, e.g. https://host/org/repo/commit/{sha}"
@@ -330,6 +339,16 @@ def publish(
         f"{site.folder / 'index.html'}: {len(site.pages) - 1} metric page(s), {site.plots} plot(s), "
         f"{site.marked} change point(s) marked"
     )
+
+
+def _check_site_apart(folder: Path, db: Path | None) -> None:
+    """Refuse a site folder where a page the site writes (``*.html``, plotly's script) is the database."""
+    from ..files import check_outputs_apart
+    from ..history.publish import PLOTLY_JS
+
+    for path in _database_files(db):
+        if path.name.endswith(".html") or path.name == PLOTLY_JS:
+            check_outputs_apart({"the site page": folder / path.name}, {"--db": [path]})
 
 
 def _origin_commit_url(repo: Path) -> str | None:

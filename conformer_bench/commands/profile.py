@@ -174,9 +174,10 @@ def profile(
     its status and the others still run. One point prints the full record; a sweep prints one row per point.
     """
     from .. import sweep
+    from ..bounds import check_bounds
     from ..env import resolve_device
     from ..errors import BenchError
-    from ..flops import refuse_huge
+    from ..files import check_outputs_apart
     from ..profiling import MODES, PRECISIONS, ProfileSettings
 
     stdout_format = parse_format(fmt)
@@ -196,10 +197,13 @@ def profile(
     configs = list(
         {c.name: c for c in (variant_config(n, **toggles, fused_attn=fused_attn) for n in names)}.values()
     )
+    check_outputs_apart(
+        {"--output": output, "--plot": plot}, {"--model-list": [model_list] if model_list else []}
+    )
     sweep.check_targets(output, fmt, append, plot, batch_sizes, mode)
     for cfg in configs:
         for size in img_sizes:
-            refuse_huge(cfg, size if size is not None else cfg.img_size, force)
+            check_bounds(cfg, img_size=size, force=force)
     base = ProfileSettings(
         device=resolve_device(device),
         mode=mode,

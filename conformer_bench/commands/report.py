@@ -52,8 +52,9 @@ def report(
     Exit code 0: no blocking regression; 1: blocking regression; 2: bad input or nothing measured.
     """
     from ..errors import BenchError
-    from ..files import atomic_write_text, check_writable, write_json
+    from ..files import atomic_write_text, check_outputs_apart, check_writable, write_json
     from ..report import compare, load_metrics, load_thresholds, render_json, render_markdown
+    from ..report.metrics import input_files
 
     for flag, path in (("--baseline", baseline), ("--current", current)):
         if not path.exists():
@@ -65,6 +66,14 @@ def report(
                 make = f"`conformer-bench ablate experiments/ci.toml --output-dir {path}`"
             raise BenchError(f"{flag} {str(path)!r} does not exist; make it first with {make}")
 
+    check_outputs_apart(
+        {"--markdown": markdown, "--json": json_out},
+        {
+            "--baseline": input_files(baseline),
+            "--current": input_files(current),
+            "--thresholds": [thresholds] if thresholds is not None else [],
+        },
+    )
     for out in (markdown, json_out):
         if out is not None:
             check_writable(out)

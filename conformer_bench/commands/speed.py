@@ -147,8 +147,8 @@ def speed(
         device=resolve_device(device),
         batch_size=batch_size,
         img_size=img_size or cfg.img_size,
-        paths=parse_list(paths),
-        precisions=parse_list(precision),
+        paths=parse_list(paths, "--paths"),
+        precisions=parse_list(precision, "--precision"),
         rounds=rounds,
         warmup=warmup,
         matmul_size=matmul_size,
@@ -164,9 +164,9 @@ def speed(
         breakdown_rounds=breakdown_rounds,
     )
     settings.validate(cfg.patch_size)
-    from ..flops import refuse_huge
+    from ..bounds import check_bounds
 
-    refuse_huge(cfg, settings.img_size, force)
+    check_bounds(cfg, settings, force=force)
     if output is not None:
         check_writable(output)
     record = with_progress("speed", not quiet, partial(measure_speed, cfg, settings))

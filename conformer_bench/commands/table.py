@@ -47,7 +47,7 @@ def table(
 ) -> None:
     """Rewrite summary.csv, summary.md (summary.tex with --format latex) and figures/ from cells.jsonl."""
     from ..ablate.store import ResultStore
-    from ..ablate.summary import ordered, write_summary
+    from ..ablate.summary import build_frame, describe, ordered, write_summary
     from ..errors import BenchError
     from ..files import atomic_write_text
     from ..formatting import FORMATS, parse_format
@@ -64,6 +64,13 @@ def table(
     name = meta.get("name") or results_dir.name
     title = f"{name}: {meta['description']}" if meta.get("description") else name
     rows = ordered(records, order)
+    if not _writable(results_dir):
+        typer.echo(
+            f"note: {results_dir} is not writable: printing the tables without rewriting summaries or figures",
+            err=True,
+        )
+        typer.echo(_summary_text(kind, build_frame(rows, base_label), describe(rows), title), nl=False)
+        return
     with store.locked():  # an ablate starting on this folder clears temporary files under the same lock
         df, notes, paths = write_summary(results_dir, rows, base_label, title)
         text = _summary_text(kind, df, notes, title)
@@ -72,6 +79,18 @@ def table(
     typer.echo(text, nl=False)
     for kind, path in paths.items():
         typer.echo(f"wrote {kind}: {path}", err=True)
+
+
+def _writable(folder: Path) -> bool:
+    """Whether the summaries can be rewritten in ``folder`` (tried for real: root passes os.access)."""
+    from ..errors import BenchError
+    from ..files import check_writable
+
+    try:
+        check_writable(folder / "summary.md")
+    except BenchError:
+        return False
+    return True
 
 
 def _current_records(store: Any, results_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:

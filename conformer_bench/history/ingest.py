@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BenchError
-from ..report.metrics import Metric, MetricSet, config_identity, finetune_metrics, profile_metrics
+from ..report.metrics import (
+    Metric,
+    MetricSet,
+    config_identity,
+    finetune_metrics,
+    finite_number,
+    positive_number,
+    profile_metrics,
+)
 from ..revisions import Revision, commit_position, resolve_revision
 from .store import MACHINE_KEYS, Machine, Result, RevisionInfo, RunEntry, digest
 
@@ -207,6 +215,33 @@ def _ablation_folder(path: Path, revs: Revisions) -> list[RunEntry]:
     return [cell_entry(record, f"{path}", revs) for record in store.latest().values()]
 
 
+def _optional_number(value: Any, where: str, source: str) -> float | None:
+    """An interval end or other number a record may leave null: ``None``, else a finite number."""
+    return None if value is None else finite_number(value, where, source)
+
+
+def _interval(raw: Any, where: str, source: str) -> tuple[float | None, float | None]:
+    """``[low, high]`` of a record (either end may be null); absent is ``(None, None)``."""
+    if raw is None:
+        return None, None
+    if not isinstance(raw, list) or len(raw) != 2:
+        raise BenchError(
+            f"{source}: {where} is not a [low, high] pair; regenerate the record with conformer-bench"
+        )
+    return _optional_number(raw[0], where, source), _optional_number(raw[1], where, source)
+
+
+def _count(value: Any, where: str, source: str) -> int:
+    """A sample count: a whole number >= 1 (absent or null counts as one)."""
+    if value is None:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BenchError(
+            f"{source}: {where} is {value!r}, not a count of samples; regenerate the record with conformer-bench"
+        )
+    return value
+
+
 def _speed(record: dict[str, Any], source: str, revs: Revisions) -> list[RunEntry]:
     """Each path's images per second (median; interquartile range as its interval) and speed-up over plain
     (with its bootstrap interval), per precision."""
@@ -222,17 +257,23 @@ def _speed(record: dict[str, Any], source: str, revs: Revisions) -> list[RunEntr
     for name, entry in paths.items():
         if not isinstance(entry, Mapping) or entry.get("status") != "ok" or entry.get("img_per_s") is None:
             continue
-        iqr = entry.get("img_per_s_iqr") or [None, None]
-        n = len(entry.get("samples_s") or []) or 1
+        where = f"paths.{name}"
+        img_per_s = positive_number(entry["img_per_s"], f"{where}.img_per_s", source)
+        low, high = _interval(entry.get("img_per_s_iqr"), f"{where}.img_per_s_iqr", source)
+        samples = entry.get("samples_s") or []
+        n = len(samples) if isinstance(samples, list) and samples else 1
         results.append(
-            Result(label, f"speed.{name}.img_per_s", float(entry["img_per_s"]), "img/s", "higher", "noisy",
-                   iqr[0], iqr[1], n, settings)
+            Result(label, f"speed.{name}.img_per_s", img_per_s, "img/s", "higher", "noisy", low, high, n,
+                   settings)
         )  # fmt: skip
         speedup = entry.get("speedup_vs_plain")
         if isinstance(speedup, Mapping) and speedup.get("ratio") is not None:
+            sp = f"{where}.speedup_vs_plain"
+            ratio = positive_number(speedup["ratio"], f"{sp}.ratio", source)
+            low, high = (_optional_number(speedup.get(end), f"{sp}.{end}", source) for end in ("low", "high"))
             results.append(
-                Result(label, f"speed.{name}.speedup_vs_plain", float(speedup["ratio"]), "x plain", "higher",
-                       "noisy", speedup.get("low"), speedup.get("high"), n, settings)
+                Result(label, f"speed.{name}.speedup_vs_plain", ratio, "x plain", "higher", "noisy", low, high,
+                       n, settings)
             )  # fmt: skip
     return [_single("speed", record, source, revs, results)]
 
@@ -245,13 +286,15 @@ def _report(record: dict[str, Any], source: str, revs: Revisions) -> list[RunEnt
         raise BenchError(f"{source}: the report has no current side or rows; write it with `report --json`")
     env = _environment(current, source)
     results = []
-    for row in rows:
+    for i, row in enumerate(rows):
         if not isinstance(row, Mapping) or row.get("current") is None:
             continue
         cell, _, name = str(row.get("metric")).rpartition("/")
+        value = finite_number(row["current"], f"rows[{i}].current", source)
+        n = _count(row.get("n_current"), f"rows[{i}].n_current", source)
         results.append(
-            Result(cell, name, float(row["current"]), str(row.get("unit") or ""), str(row.get("direction")),
-                   str(row.get("kind")), n=int(row.get("n_current") or 1))
+            Result(cell, name, value, str(row.get("unit") or ""), str(row.get("direction")),
+                   str(row.get("kind")), n=n)
         )  # fmt: skip
     return [_single("report", record, source, revs, results, env, str(current.get("source") or ""))]
 

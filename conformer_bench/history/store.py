@@ -229,10 +229,13 @@ class HistoryStore:
 
     def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
         self.path = Path(path)
-        if not create and not self.path.is_file():
-            raise BenchError(
-                f"no history database at {str(self.path)!r}; add runs first (`conformer-bench history add` or "
-                "`history backfill`) or pass --db PATH"
+        if not create:
+            from ..files import check_input_file
+
+            check_input_file(
+                self.path,
+                "history database",
+                "add runs first (`conformer-bench history add` or `history backfill`) or pass --db PATH",
             )
         self._conn = self._connect()
         try:

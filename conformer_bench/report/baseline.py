@@ -9,8 +9,15 @@ from typing import Any
 
 from .. import __version__
 from ..errors import BenchError
-from ..files import check_writable, read_json, write_json
-from .metrics import BASELINE_SCHEMA, BASELINE_SCHEMA_VERSION, MetricSet, baseline_metrics, load_metrics
+from ..files import check_outputs_apart, check_writable, read_json, write_json
+from .metrics import (
+    BASELINE_SCHEMA,
+    BASELINE_SCHEMA_VERSION,
+    MetricSet,
+    baseline_metrics,
+    input_files,
+    load_metrics,
+)
 
 
 def _now() -> str:
@@ -88,6 +95,7 @@ def write_baseline(
 ) -> dict[str, Any]:
     """Write a new baseline from ``source`` results; refuses to replace one unless ``force``, and results
     of a dirty tree unless ``allow_dirty``."""
+    check_outputs_apart({"--output": output}, {"--from": input_files(source)})
     output = check_writable(output)
     if output.exists() and not force:
         raise BenchError(f"{str(output)!r} already exists; use `baseline update` (or --force to replace it)")

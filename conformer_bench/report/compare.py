@@ -15,10 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from conformer.config import is_finite_number
+
 from ..env import TIMING_KEYS
 from ..errors import BenchError
 from ..stats import bootstrap_ratio, mann_whitney_p, summarize
-from .metrics import Metric, MetricSet
+from .metrics import MAGNITUDE_LIMIT, Metric, MetricSet
 from .thresholds import MetricSpec, Thresholds
 
 # Status -> rank (lower = more severe). A row blocks when its status is in BLOCKING and ``gate`` holds.
@@ -108,6 +110,12 @@ class Comparison:
 
 
 # --------------------------------------------------------------------------- statistics helpers
+
+
+def _finite(metric: Metric) -> bool:
+    return bool(metric.samples) and all(
+        is_finite_number(v) and abs(v) <= MAGNITUDE_LIMIT for v in metric.samples
+    )
 
 
 def _center(samples: tuple[float, ...], statistic: str) -> float:
@@ -411,6 +419,12 @@ def _metric_row(
     assert ref is not None
     spec = thresholds.spec_for(ref)
     row = Row(name, "OK", False, spec.kind, spec.direction, spec.unit, spec=spec)
+    unusable = [
+        side for side, m in (("baseline", base), ("current", cur)) if m is not None and not _finite(m)
+    ]
+    if unusable:  # whatever built the metric set: a value that is no number never passes the gate
+        row.status, row.note = "MISSING", f"{' and '.join(unusable)}: a sample is not a finite number"
+        return row
     if base is not None:
         row.n_baseline, row.baseline = len(base.samples), _center(base.samples, spec.statistic)
     if cur is not None:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from conformer.config import is_finite_number
 
 from ..env import TIMING_KEYS
 from ..errors import BenchError
@@ -33,6 +35,7 @@ READABLE_HINT = (
 )
 
 KINDS = ("exact", "noisy", "accuracy", "paired")  # paired: two revisions timed side by side (ab)
+MAGNITUDE_LIMIT = 1e100  # no measurement comes near it; past it a variance overflows to infinity
 DIRECTIONS = ("higher", "lower", "equal")
 
 
@@ -95,24 +98,53 @@ class MetricSet:
 # --------------------------------------------------------------------------- helpers
 
 
-def _path(record: Mapping[str, Any], dotted: str) -> Any:
-    """``record["a"]["b"]`` for ``"a.b"``; ``None`` when any step is absent."""
+_ABSENT: Any = object()  # a key the record does not hold (unlike a key that holds null)
+
+
+def _lookup(record: Mapping[str, Any], dotted: str) -> Any:
+    """``record["a"]["b"]`` for ``"a.b"``; :data:`_ABSENT` when any step is absent."""
     node: Any = record
     for key in dotted.split("."):
         if not isinstance(node, Mapping) or key not in node:
-            return None
+            return _ABSENT
         node = node[key]
     return node
 
 
-def _number(value: Any, where: str, source: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+def finite_number(value: Any, where: str, source: str) -> float:
+    """``value`` as a float: a finite number, else a :class:`BenchError` naming ``where`` in ``source``.
+
+    Every number a report or a baseline reads passes here: null, NaN, infinity, a string or a boolean where
+    a measurement belongs never reaches a comparison, nor a magnitude past :data:`MAGNITUDE_LIMIT` (whose
+    square would overflow the statistics to infinity).
+    """
+    if not is_finite_number(value) or abs(value) > MAGNITUDE_LIMIT:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
         raise BenchError(
-            f"{source}: {where} is {value!r}, not a number; regenerate the record with conformer-bench"
+            f"{source}: {where} is {_shown(value)}, not a {'finite ' if number else ''}number"
+            f"{f' within ±{MAGNITUDE_LIMIT:g}' if number else ''}; regenerate the record with conformer-bench"
         )
-    return float(value) if math.isfinite(value) else None
+    return float(value)
+
+
+def _shown(value: Any) -> str:
+    text = "null" if value is None else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _measured(record: Mapping[str, Any], dotted: str, source: str, *, required: bool = False) -> float | None:
+    """The number at ``dotted`` in a record whose status is ok: ``None`` when the key is absent (not
+    measured) and not ``required``; a null or any non-number there is an error, never a silent gap."""
+    value = _lookup(record, dotted)
+    if value is _ABSENT and not required:
+        return None
+    if value is None or value is _ABSENT:
+        state = "null" if value is None else "missing"
+        raise BenchError(
+            f"{source}: {dotted} is {state} in a record whose status is ok, so the measurement is "
+            "incomplete; rerun it (or regenerate the record with conformer-bench)"
+        )
+    return finite_number(value, dotted, source)
 
 
 def _timing_env(environment: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
@@ -179,7 +211,11 @@ def _check_version(record: Mapping[str, Any], source: str) -> None:
 def profile_metrics(
     record: Mapping[str, Any], out: MetricSet, prefix: str = "", context: str | None = None
 ) -> None:
-    """Params, FLOPs/MACs (exact), throughput and peak memory (noisy) of a profile record."""
+    """Params, FLOPs/MACs (exact), throughput and peak memory (noisy) of a profile record.
+
+    A record whose status is ok must hold every number its settings measured: params always, FLOPs unless
+    it was run without them, throughput and memory of each phase of its mode.
+    """
     source = out.source
     _check_schema(record, "conformer-bench.profile", source)
     if record.get("status", "ok") != "ok":
@@ -191,49 +227,91 @@ def profile_metrics(
             f"{source}: environment is not an object; regenerate the record with conformer-bench"
         )
     tenv = _timing_env(env)
+    counted = isinstance(record.get("flops"), Mapping)
     for key, name, unit, direction in _EXACT_PROFILE:
-        value = _number(_path(record, key), key, source)
+        value = _measured(record, key, source, required=counted or key.startswith("params."))
         if value is not None:
             out.add(Metric(prefix + name, (value,), unit, direction, "exact", context=context))
-    for mode in ("infer", "train"):
-        timing = _path(record, f"throughput.{mode}")
-        if isinstance(timing, Mapping):
-            if timing.get("status", "ok") != "ok":
-                out.crashed[f"{prefix}throughput.{mode}."] = _reason(timing)
-            else:
-                samples = throughput_samples(timing, f"throughput.{mode}", source)
-                if samples:
-                    name = f"{prefix}throughput.{mode}.img_per_s"
-                    out.add(Metric(name, samples, "img/s", "higher", "noisy", True, tenv, context))
-                relative = reference_samples(timing, f"throughput.{mode}", source)
-                if relative:
-                    name = f"{prefix}throughput.{mode}.img_per_ref_gflop"
-                    out.add(Metric(name, relative, REF_UNIT, "higher", "noisy", True, tenv, context))
-        memory = _path(record, f"memory.{mode}")
-        if isinstance(memory, Mapping):
-            if memory.get("status", "ok") != "ok":
-                out.crashed[f"{prefix}memory.{mode}."] = _reason(memory)
-                continue
-            for key in _MEMORY_KEYS:
-                value = _number(memory.get(key), f"memory.{mode}.{key}", source)
-                if value is not None:
-                    name = f"{prefix}memory.{mode}.{key}"
-                    out.add(Metric(name, (value,), "bytes", "lower", "noisy", True, tenv, context))
+    for mode in _measured_phases(record, source):
+        _phase_metrics(record, mode, out, prefix, context, tenv)
+
+
+def _measured_phases(record: Mapping[str, Any], source: str) -> tuple[str, ...]:
+    """The phases a profile record's mode timed (those present when it names no known mode)."""
+    from ..profiling import PHASES_OF_MODE
+
+    mode = _lookup(record, "settings.mode")
+    phases = PHASES_OF_MODE.get(mode) if isinstance(mode, str) else None
+    if phases is None:
+        return tuple(m for m in ("infer", "train") if isinstance(_lookup(record, f"throughput.{m}"), Mapping))
+    for phase in phases:
+        if not isinstance(_lookup(record, f"throughput.{phase}"), Mapping):
+            raise BenchError(
+                f"{source}: throughput.{phase} is missing although the record's mode is {mode!r}; rerun "
+                "the measurement"
+            )
+    return phases
+
+
+def _phase_metrics(
+    record: Mapping[str, Any],
+    mode: str,
+    out: MetricSet,
+    prefix: str,
+    context: str | None,
+    tenv: tuple[tuple[str, Any], ...],
+) -> None:
+    """Throughput and memory of one timed phase (or the crash that took them)."""
+    source = out.source
+    timing = record["throughput"][mode]
+    if timing.get("status", "ok") != "ok":
+        out.crashed[f"{prefix}throughput.{mode}."] = _reason(timing)
+    else:
+        samples = throughput_samples(timing, f"throughput.{mode}", source)
+        name = f"{prefix}throughput.{mode}.img_per_s"
+        out.add(Metric(name, samples, "img/s", "higher", "noisy", True, tenv, context))
+        relative = reference_samples(timing, f"throughput.{mode}", source)
+        if relative:
+            name = f"{prefix}throughput.{mode}.img_per_ref_gflop"
+            out.add(Metric(name, relative, REF_UNIT, "higher", "noisy", True, tenv, context))
+    memory = _lookup(record, f"memory.{mode}")
+    if not isinstance(memory, Mapping):
+        return
+    if memory.get("status", "ok") != "ok":
+        out.crashed[f"{prefix}memory.{mode}."] = _reason(memory)
+        return
+    for key in _MEMORY_KEYS:
+        value = _measured(memory, key, f"{source} memory.{mode}")
+        if value is not None:
+            name = f"{prefix}memory.{mode}.{key}"
+            out.add(Metric(name, (value,), "bytes", "lower", "noisy", True, tenv, context))
+
+
+def _number_list(raw: Any, where: str, source: str, what: str) -> tuple[float, ...]:
+    """A non-empty list of finite positive numbers (seconds, ratios)."""
+    if not isinstance(raw, list) or not raw:
+        raise BenchError(f"{source}: {where} is not a list of {what}; regenerate the record")
+    values = tuple(finite_number(v, where, source) for v in raw)
+    if min(values) <= 0:
+        raise BenchError(f"{source}: {where} holds a value <= 0, not {what}; regenerate the record")
+    return values
 
 
 def throughput_samples(timing: Mapping[str, Any], where: str, source: str) -> tuple[float, ...]:
     """Images per second of every timed iteration: ``batch_size / seconds``."""
     raw = timing.get("samples_s")
-    batch = _number(timing.get("batch_size"), f"{where}.batch_size", source)
     if raw is None:
-        single = _number(timing.get("img_per_s"), f"{where}.img_per_s", source)
-        return (single,) if single is not None else ()
-    if not isinstance(raw, list):
-        raise BenchError(f"{source}: {where}.samples_s is not a list of seconds; regenerate the record")
-    if batch is None or batch <= 0:
-        raise BenchError(f"{source}: {where}.batch_size is missing; it is needed to turn seconds into img/s")
-    seconds = [_number(s, f"{where}.samples_s", source) for s in raw]
-    return tuple(batch / s for s in seconds if s is not None and s > 0)
+        return (positive_number(timing.get("img_per_s"), f"{where}.img_per_s", source),)
+    batch = positive_number(timing.get("batch_size"), f"{where}.batch_size", source)
+    seconds = _number_list(raw, f"{where}.samples_s", source, "seconds")
+    return tuple(batch / s for s in seconds)
+
+
+def positive_number(value: Any, where: str, source: str) -> float:
+    number = finite_number(value, where, source)
+    if number <= 0:
+        raise BenchError(f"{source}: {where} is {number:g}, not a positive number; regenerate the record")
+    return number
 
 
 REF_UNIT = "img/ref-GFLOP"
@@ -244,18 +322,17 @@ def reference_samples(timing: Mapping[str, Any], where: str, source: str) -> tup
     raw = timing.get("ref_ratio_samples")
     if raw is None:
         return ()
-    if not isinstance(raw, list):
-        raise BenchError(
-            f"{source}: {where}.ref_ratio_samples is not a list of numbers; regenerate the record"
-        )
-    values = [_number(v, f"{where}.ref_ratio_samples", source) for v in raw]
-    return tuple(v for v in values if v is not None and v > 0)
+    return _number_list(raw, f"{where}.ref_ratio_samples", source, "numbers")
 
 
 def finetune_metrics(
     records: list[Mapping[str, Any]], out: MetricSet, prefix: str = "", context: str | None = None
 ) -> None:
-    """Final accuracies (percent) and validation loss; one sample per seed (record)."""
+    """Final accuracies (percent) and validation loss; one sample per seed (record).
+
+    Every seed of a cell must hold the same metrics: a null is allowed only for the head the model does not
+    have (``top1.trans`` of a CNN-only variant); anywhere else it is an error, never a dropped metric.
+    """
     if not records:
         return
     for rec in records:
@@ -265,10 +342,39 @@ def finetune_metrics(
         out.crashed[f"{prefix}finetune."] = f"{len(failed)} of {len(records)} seed(s) {_reason(failed[0])}"
         return
     for key, name, unit, direction in _ACCURACY:
-        values = [_number(_path(rec, key), key, out.source) for rec in records]
+        values = [_accuracy_value(rec, key, out.source) for rec in records]
         present = [v for v in values if v is not None]
+        if present and len(present) < len(values):
+            raise BenchError(
+                f"{out.source}: {key} is missing in {len(values) - len(present)} of {len(values)} "
+                "seeds; rerun the fine-tuning"
+            )
         if present:
             out.add(Metric(prefix + name, tuple(present), unit, direction, "accuracy", context=context))
+
+
+def _accuracy_value(record: Mapping[str, Any], key: str, source: str) -> float | None:
+    """A final accuracy or loss; ``None`` only for a head the variant does not have, or for top-5 under five
+    classes (the record then holds no top-5 at all)."""
+    head = key.rsplit(".", 1)[-1]
+    if key.startswith("final.top5") and _lookup(record, "final.top5") in (None, _ABSENT):
+        return None
+    if head in ("conv", "trans") and head not in _heads_of(record):
+        value = _lookup(record, key)
+        return None if value in (None, _ABSENT) else finite_number(value, key, source)
+    return _measured(record, key, source, required=True)
+
+
+def _heads_of(record: Mapping[str, Any]) -> tuple[str, ...]:
+    """The classifier heads of the record's variant, from its config (``ConformerConfig.has_conv_head`` and
+    ``has_trans_head``); both when the record holds no config."""
+    config = _lookup(record, "variant.config")
+    if not isinstance(config, Mapping):
+        return ("conv", "trans")
+    branches, heads = config.get("branches", "dual"), config.get("heads", "both")
+    conv = branches in ("dual", "cnn") and heads in ("both", "conv")
+    trans = branches in ("dual", "transformer") and heads in ("both", "trans")
+    return (*(("conv",) if conv else ()), *(("trans",) if trans else ()))
 
 
 def config_identity(cell: Mapping[str, Any]) -> str | None:
@@ -319,7 +425,7 @@ def ablation_metrics(path: Path) -> MetricSet:
     from ..ablate.store import CELLS_FILE, ResultStore
 
     folder = path if path.is_dir() else path.parent
-    if path.is_dir() and not (path / CELLS_FILE).is_file() and not ResultStore(path).exists():
+    if path.is_dir() and not os.path.lexists(path / CELLS_FILE) and not ResultStore(path).exists():
         raise BenchError(f"{str(path)!r} holds no {CELLS_FILE}; pass {READABLE_HINT}")
     if not path.is_dir() and not path.is_file():
         raise BenchError(f"{str(path)!r} does not exist; pass {READABLE_HINT}")
@@ -349,36 +455,44 @@ def baseline_metrics(record: Mapping[str, Any], source: str) -> MetricSet:
         )
     out = MetricSet(source=source, source_kind=str(kind), environment=_env(record))
     for name, entry in metrics.items():
-        try:
-            samples = tuple(float(s) for s in entry["samples"])
-            direction, kind_, unit = entry["direction"], entry["kind"], str(entry["unit"])
-            tenv = dict(entry.get("timing_env") or {})
-            timing = bool(entry.get("timing", False))
-            context = entry.get("context")
-        except (AttributeError, KeyError, TypeError, ValueError) as exc:
-            raise BenchError(
-                f"{source}: metric {name!r} is malformed ({exc}); rewrite it with `baseline write`"
-            ) from None
-        if direction not in DIRECTIONS or kind_ not in KINDS or not samples:
-            raise BenchError(
-                f"{source}: metric {name!r} has no samples or an unknown kind/direction; rewrite it"
-            )
-        out.add(
-            Metric(
-                name,
-                samples,
-                unit,
-                direction,
-                kind_,
-                timing,
-                tuple((k, tenv.get(k)) for k in TIMING_KEYS),
-                context,
-            )
-        )
-    crashed = record.get("crashed") or {}
-    if isinstance(crashed, Mapping):
-        out.crashed = {str(k): str(v) for k, v in crashed.items()}
+        out.add(_baseline_metric(name, entry, source))
+    crashed = record.get("crashed")
+    if crashed is not None and not isinstance(crashed, Mapping):
+        raise BenchError(f"{source}: crashed is not an object; rewrite the baseline with `baseline write`")
+    out.crashed = {str(k): str(v) for k, v in (crashed or {}).items()}
     return out
+
+
+def _baseline_metric(name: str, entry: Any, source: str) -> Metric:
+    """One metric of a baseline file: every field checked, every sample a finite number."""
+    where = f"metric {name!r}"
+    fix = "rewrite it with `baseline write`"
+    if not isinstance(entry, Mapping):
+        raise BenchError(f"{source}: {where} is not an object; {fix}")
+    raw = entry.get("samples")
+    if not isinstance(raw, list) or not raw:
+        raise BenchError(f"{source}: {where} has no samples (a non-empty list of numbers); {fix}")
+    samples = tuple(finite_number(s, f"{where} sample {i}", source) for i, s in enumerate(raw))
+    direction, kind, unit = entry.get("direction"), entry.get("kind"), entry.get("unit")
+    if direction not in DIRECTIONS or kind not in KINDS or not isinstance(unit, str):
+        raise BenchError(f"{source}: {where} has an unknown kind, direction or unit; {fix}")
+    timing, tenv, context = entry.get("timing", False), entry.get("timing_env"), entry.get("context")
+    if not isinstance(timing, bool) or not isinstance(tenv, (Mapping, type(None))):
+        raise BenchError(f"{source}: {where} has a malformed timing or timing_env; {fix}")
+    if not isinstance(context, (str, type(None))):
+        raise BenchError(f"{source}: {where} has a context that is not a string; {fix}")
+    tenv = tenv or {}
+    return Metric(
+        name, samples, unit, direction, kind, timing, tuple((k, tenv.get(k)) for k in TIMING_KEYS), context
+    )
+
+
+def input_files(path: str | Path) -> list[Path]:
+    """The files :func:`load_metrics` reads for ``path``: the file itself, or a results folder's records."""
+    from ..ablate.store import ResultStore
+
+    path = Path(path)
+    return ResultStore(path).record_files() if path.is_dir() else [path]
 
 
 def load_metrics(path: str | Path) -> MetricSet:

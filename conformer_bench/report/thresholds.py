@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import fnmatch
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from conformer.config import is_finite_number
 
 from ..errors import BenchError
 from .metrics import DIRECTIONS, KINDS, Metric
@@ -74,8 +75,8 @@ def _validate(table: Any, where: str) -> dict[str, Any]:
         if key not in _SPEC_KEYS:
             raise BenchError(f"{where}: unknown setting {key!r}; valid: {', '.join(sorted(_SPEC_KEYS))}")
         if key in _FLOAT_KEYS:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise BenchError(f"{where}: {key} must be a number >= 0, got {value!r}")
+            if not is_finite_number(value) or value < 0:
+                raise BenchError(f"{where}: {key} must be a finite number >= 0, got {value!r}")
             value = float(value)
             if key in ("alpha", "confidence") and not 0 < value < 1:
                 raise BenchError(f"{where}: {key} must lie between 0 and 1, got {value!r}")
@@ -145,24 +146,26 @@ class Thresholds:
 
 
 def _parse(text: str, source: str) -> dict[str, Any]:
+    from ..files import loads_toml
+
     try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+        return loads_toml(text)
+    except ValueError as exc:
         raise BenchError(f"{source} is not valid TOML ({exc}); fix the file") from None
 
 
 def load_thresholds(path: str | Path | None = None) -> Thresholds:
     """The shipped defaults, with ``path`` (if given) merged on top, setting by setting."""
+    from ..files import read_input_text
+
     thresholds = Thresholds()
     shipped = resources.files("conformer_bench").joinpath("report/thresholds.toml")
     thresholds.merge(
         _parse(shipped.read_text(encoding="utf-8"), "shipped thresholds.toml"), "shipped defaults"
     )
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise BenchError(
-                f"--thresholds {str(path)!r} does not exist; pass a TOML file like conformer_bench/report/thresholds.toml"
-            )
-        thresholds.merge(_parse(path.read_text(encoding="utf-8"), str(path)), str(path))
+        text = read_input_text(
+            path, "--thresholds", "pass a TOML file like conformer_bench/report/thresholds.toml"
+        )
+        thresholds.merge(_parse(text, str(path)), str(path))
     return thresholds

@@ -1,0 +1,1 @@
+/work/wt-search/results/search_micro/slurm/trials/jobs/5_submission.sh
