@@ -61,15 +61,11 @@ class SearchOutcome:
 
 
 def sanity_bound_breach(point: Point, force: bool) -> str | None:
-    """Why ``point`` is past the sanity bounds every command checks (None: within them, or ``force``).
-
-    The one place a search calls the shared bounds check; it becomes ``bounds.check_bounds(point.config,
-    img_size=point.img_size, force=force)`` where that function exists.
-    """
-    from ..flops import refuse_huge
+    """Why ``point`` is past the sanity bounds every command checks (None: within them, or ``force``)."""
+    from ..bounds import check_bounds
 
     try:
-        refuse_huge(point.config, point.img_size, force)
+        check_bounds(point.config, img_size=point.img_size, force=force)
     except BenchError as exc:
         return str(exc)
     return None
