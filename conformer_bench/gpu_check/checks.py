@@ -21,7 +21,7 @@ TOLERANCE = {
 }
 COMPILED_FP32_TOLERANCE = 1e-3  # Inductor may reorder reductions
 MIN_FINETUNE_TOP1 = 95.0
-GPU_WALL_LIMIT_S = 420.0
+GPU_WALL_LIMIT_S = 300.0
 MIN_COMPILED_BF16_SHARE = 0.40  # of the bf16 tensor-core matmul ceiling, base at batch 128
 ABLATE_CELLS = 4
 

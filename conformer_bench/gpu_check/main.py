@@ -26,7 +26,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--budget-s",
         type=float,
-        help="Wall-clock budget in seconds (default 405 on a GPU); late steps are skipped.",
+        help="Wall-clock budget in seconds (default 285 on a GPU); late steps are skipped.",
     )
     parser.add_argument(
         "--checks-only",
