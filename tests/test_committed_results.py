@@ -31,3 +31,10 @@ def test_table_reproduces_the_committed_summary_byte_for_byte(folder: Path, tmp_
         assert (copy / name).read_bytes() == (folder / name).read_bytes(), (
             f"{folder / name} is not what `conformer-bench table` writes from its records: regenerate it"
         )
+
+
+def test_no_link_is_committed_under_results() -> None:
+    """A committed link points into the machine that wrote it (a job scheduler's bookkeeping, for one) and
+    breaks every copy of the repository that refuses links, such as the revisions ``ab`` extracts."""
+    links = [str(p.relative_to(RESULTS)) for p in RESULTS.rglob("*") if p.is_symlink()]
+    assert links == []

@@ -1,1 +1,0 @@
-/work/wt-search/results/search_micro/slurm/trials/jobs/14_submission.sh
