@@ -64,15 +64,18 @@ def plain(value: Any) -> Any:
 
 
 class Record:
-    """Field order is key order; ``OPTIONAL`` fields are omitted while ``None``."""
+    """Field order is key order; ``OPTIONAL`` fields are omitted while ``None``, and so are ``MEASURED``
+    fields of a record whose status is not ok (what was never measured is not written)."""
 
     OPTIONAL: ClassVar[frozenset[str]] = frozenset()
+    MEASURED: ClassVar[frozenset[str]] = frozenset()
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
+        omit = self.OPTIONAL | (self.MEASURED if getattr(self, "status", Status.OK) != Status.OK else frozenset())
         for f in fields(cast(Any, self)):  # every subclass is a dataclass
             value = getattr(self, f.name)
-            if value is None and f.name in self.OPTIONAL:
+            if value is None and f.name in omit:
                 continue
             out[f.name] = plain(value)
         return out
@@ -86,6 +89,8 @@ def known_fields(cls: type[Any], data: dict[str, Any]) -> dict[str, Any]:
     """The items of ``data`` that are fields of the dataclass ``cls``; optional fields it lacks are ``None``."""
     names = {f.name for f in fields(cls)}
     values = dict.fromkeys(getattr(cls, "OPTIONAL", ()))
+    if data.get("status", Status.OK) != Status.OK:
+        values.update(dict.fromkeys(getattr(cls, "MEASURED", ())))
     values.update((k, v) for k, v in data.items() if k in names)
     status = values.get("status")
     if isinstance(status, str) and status in set(Status):
@@ -118,7 +123,8 @@ class SchemaRecord(Record):
         cls.check_schema(data)
         values = known_fields(cls, data)
         for name, read in cls.NESTED.items():
-            values[name] = read(data[name])
+            if name in data or name not in cls.MEASURED or values.get("status") == Status.OK:
+                values[name] = read(data[name])
         return cls(**values)
 
     @classmethod
@@ -244,21 +250,22 @@ class ProfileRecord(SchemaRecord):
     SCHEMA = PROFILE_SCHEMA
     NESTED: ClassVar[Readers] = {"throughput": _dict_of(ProfiledPhase)}
 
-    status: Status  # ok | oom | nan
+    status: Status  # ok | oom | nan | failed (a sweep point that raised: what was asked and why)
     reason: str | None
     label: str
     variant: dict[str, Any]
     environment: dict[str, Any]
     settings: dict[str, Any]
-    params: dict[str, Any]
+    params: dict[str, Any] | None  # None only in a failed record
     flops: dict[str, Any] | None
     memory: dict[str, Any] | None  # device, method, then one probe's dict per phase
-    throughput: dict[str, ProfiledPhase]
+    throughput: dict[str, ProfiledPhase] | None  # None only in a failed record
     compile_s: dict[str, float] | None
-    wall_s: float
+    wall_s: float | None  # None only in a failed record
     breakdown: dict[str, Any] | None = None  # --breakdown: time by component of inference
 
     OPTIONAL = frozenset({"breakdown"})
+    MEASURED = frozenset({"params", "flops", "memory", "throughput", "compile_s", "wall_s"})
 
 
 # --- speed ---------------------------------------------------------------------------------------------------

@@ -148,21 +148,25 @@ def points(
 
 def failed_record(point: Point, settings: Any, exc: BaseException) -> dict[str, Any]:
     """The record of a point that raised: what was asked, status ``failed`` and the first line of the error."""
-    from .records import PROFILE_SCHEMA, SCHEMAS
+    from .records import ProfileRecord, Status
 
     text = str(exc).strip().splitlines()
     reason = text[0] if isinstance(exc, BenchError) and text else exception_line(exc)
     cfg = point.cfg
-    return {
-        "schema": PROFILE_SCHEMA,
-        "schema_version": SCHEMAS[PROFILE_SCHEMA],
-        "status": "failed",
-        "reason": reason,
-        "label": cfg.name,
-        "variant": {"name": cfg.name, "label": cfg.name, "config": cfg.to_dict()},
-        "environment": {},
-        "settings": asdict(settings),
-    }
+    return ProfileRecord(
+        status=Status.FAILED,
+        reason=reason,
+        label=cfg.name,
+        variant={"name": cfg.name, "label": cfg.name, "config": cfg.to_dict()},
+        environment={},
+        settings=asdict(settings),
+        params=None,
+        flops=None,
+        memory=None,
+        throughput=None,
+        compile_s=None,
+        wall_s=None,
+    ).to_dict()
 
 
 def run_sweep(

@@ -169,3 +169,17 @@ def test_status_is_written_as_its_string() -> None:
     d = entry.to_dict()
     assert type(d["status"]) is str and json.dumps(d["status"]) == '"unsupported"'
     assert SpeedPath.from_dict(d).status is Status.UNSUPPORTED
+
+
+def test_a_failed_sweep_point_reads_back_through_its_record() -> None:
+    """A point that raised writes what was asked and why, and the project's own reader takes it back."""
+    from conformer_bench.profiling import ProfileSettings
+    from conformer_bench.sweep import Point, failed_record
+
+    point = Point(conformer.get_config("micro"), 4, 32, "fp32")
+    record = failed_record(point, ProfileSettings(), RuntimeError("boom"))
+    assert record["status"] == "failed" and record["reason"] == "RuntimeError: boom"
+    assert "throughput" not in record and "params" not in record  # never measured, never written
+    read = ProfileRecord.from_dict(record)
+    assert read.status == "failed" and read.throughput is None and read.wall_s is None
+    _round_trip(ProfileRecord, record)

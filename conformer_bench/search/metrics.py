@@ -97,9 +97,10 @@ def _top1(head: str) -> Callable[[TrialMeasures], float | None]:
 
 def _timing(phase: str, attribute: str) -> Callable[[TrialMeasures], float | None]:
     def read(m: TrialMeasures) -> float | None:
-        if m.profile is None or m.profile.status != Status.OK or phase not in m.profile.throughput:
+        phases = m.profile.throughput if m.profile is not None and m.profile.status == Status.OK else None
+        if not phases or phase not in phases:
             return None
-        value = getattr(m.profile.throughput[phase].timing, attribute)
+        value = getattr(phases[phase].timing, attribute)
         return float(value) if value is not None else None
 
     return read
