@@ -18,6 +18,9 @@ from conformer_bench.errors import BenchError
 from conformer_bench.records import Status
 from conformer_bench.speed import max_rel_diff
 
+# ONNX Runtime and OpenVINO run in this file: `make test` gives it a pytest process of its own (Makefile).
+pytestmark = pytest.mark.native_backends
+
 runner = CliRunner()
 FP32_TOLERANCE = 1e-4  # max |Δlogit| / max |logit|, worst head (measured 3e-7 to 2e-6)
 BF16_TOLERANCE = 5e-2  # the project's bf16 tolerance
