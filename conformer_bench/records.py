@@ -72,7 +72,9 @@ class Record:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        omit = self.OPTIONAL | (self.MEASURED if getattr(self, "status", Status.OK) != Status.OK else frozenset())
+        omit = self.OPTIONAL | (
+            self.MEASURED if getattr(self, "status", Status.OK) != Status.OK else frozenset()
+        )
         for f in fields(cast(Any, self)):  # every subclass is a dataclass
             value = getattr(self, f.name)
             if value is None and f.name in omit:
