@@ -125,7 +125,7 @@ class SchemaRecord(Record):
         cls.check_schema(data)
         values = known_fields(cls, data)
         for name, read in cls.NESTED.items():
-            if name in data or name not in cls.MEASURED or values.get("status") == Status.OK:
+            if name in data or name not in values:  # absent only where the status allows (MEASURED)
                 values[name] = read(data[name])
         return cls(**values)
 
