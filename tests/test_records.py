@@ -135,8 +135,13 @@ def test_records_written_before_still_read() -> None:
 
 
 def test_wrong_schema_is_one_line_naming_the_fix() -> None:
-    with pytest.raises(BenchError, match="read it with the conformer-bench that wrote it"):
+    with pytest.raises(BenchError, match="pass a conformer-bench.profile file"):
         ProfileRecord.from_dict({"schema": "conformer-bench.speed", "schema_version": 2})
+
+
+def test_newer_version_names_the_upgrade() -> None:
+    with pytest.raises(BenchError, match="newer than this conformer-bench reads .* upgrade conformer-bench"):
+        ProfileRecord.from_dict({"schema": "conformer-bench.profile", "schema_version": 99})
 
 
 def test_peak_rss_is_not_scaled_on_macos(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,12 +8,12 @@ good on every objective and better on one. Numbers are rounded here only.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from ..formatting import fmt_giga, fmt_int, fmt_mib, render_rows_md, rows_csv
-from ..records import SEARCH_SCHEMA, Record, SchemaRecord, _list_of
+from ..records import SearchRecord, TrialRecord
 from .metrics import METRICS, Metric
 from .spec import SearchSpec, decode, trial_label
 
@@ -35,54 +35,6 @@ def metric_text(metric: Metric, value: float | None) -> str:
     if metric.name.endswith("_ref_gflop"):
         return f"{value:,.3f}"
     return f"{value:,.1f}"
-
-
-@dataclass(frozen=True)
-class TrialRecord(Record):
-    """One trial of a search: where it stands, its point, what its records said, and its place on the front."""
-
-    OPTIONAL = frozenset({"retry_of"})
-
-    number: int
-    label: str
-    state: str  # complete | failed | pruned | running | interrupted | waiting
-    reason: str | None
-    role: str | None  # "base" for the base cell's trial
-    params: dict[str, Any]  # the point: dimension -> value
-    changes: dict[str, Any]  # config fields that differ from the base's
-    img_size: int | None
-    values: dict[str, float] | None  # objective -> value (complete trials)
-    measures: dict[str, float]  # every metric its records (or its closed-form costs) carry
-    constraints: dict[str, float]  # constraint -> excess (<= 0: kept)
-    started: str | None
-    finished: str | None
-    on_front: bool = False
-    dominates_base: bool = False
-    retry_of: int | None = None
-
-    @property
-    def feasible(self) -> bool:
-        return self.state == "complete" and all(v <= 0 for v in self.constraints.values())
-
-
-@dataclass
-class SearchRecord(SchemaRecord):
-    """A ``conformer-bench.search`` record: the search's settings, every trial, the front and the base."""
-
-    SCHEMA = SEARCH_SCHEMA
-    NESTED: ClassVar[Any] = {"trials": _list_of(TrialRecord)}
-
-    name: str
-    settings: dict[str, Any]  # SearchSpec.summary()
-    environment: dict[str, Any]  # where the base trial's cell ran
-    counts: dict[str, int]
-    base: int | None  # the base trial's number
-    front: list[int]  # trial numbers, by the first objective, best first
-    dominating_base: list[int]
-    trials: list[TrialRecord] = field(default_factory=list)
-
-    def trial(self, number: int) -> TrialRecord:
-        return next(t for t in self.trials if t.number == number)
 
 
 # --- building the record ------------------------------------------------------------------------------------

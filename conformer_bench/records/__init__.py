@@ -1,0 +1,78 @@
+"""Typed records of what the benchmarks measure: the currency every command passes around.
+
+Producers return records, consumers take them; JSON exists only where a file is written or read
+(:mod:`conformer_bench.readers`). Every record kind and status reads back: see :mod:`.base`.
+"""
+
+from __future__ import annotations
+
+from .ab import AB_SCHEMA, ABRecord, InstructionCounts, PairedCell, PairedRound
+from .base import Record, SchemaRecord, Status, plain
+from .common import Environment, Variant
+from .finetune import FINETUNE_SCHEMA, FinetuneEpoch, FinetuneFinal, FinetuneRecord
+from .profile import (
+    PROFILE_SCHEMA,
+    CpuPhaseMemory,
+    CudaPhaseMemory,
+    FlopCounts,
+    FlopCrossCheck,
+    ParamCounts,
+    PhaseTiming,
+    ProfiledPhase,
+    ProfileMemory,
+    ProfileRecord,
+    ReferenceTiming,
+)
+from .search import SEARCH_SCHEMA, SearchRecord, TrialRecord
+from .speed import SPEED_SCHEMA, SpeedPath, SpeedRecord
+
+KINDS: dict[str, type[SchemaRecord]] = {
+    kind.SCHEMA: kind for kind in (ProfileRecord, SpeedRecord, FinetuneRecord, ABRecord, SearchRecord)
+}
+SCHEMAS: dict[str, int] = {schema: kind.VERSION for schema, kind in KINDS.items()}  # what is written now
+
+
+def register(kind: type[SchemaRecord]) -> type[SchemaRecord]:
+    """Add a record kind defined elsewhere to :data:`KINDS` (a class decorator)."""
+    KINDS[kind.SCHEMA] = kind
+    SCHEMAS[kind.SCHEMA] = kind.VERSION
+    return kind
+
+
+__all__ = [
+    "AB_SCHEMA",
+    "FINETUNE_SCHEMA",
+    "KINDS",
+    "PROFILE_SCHEMA",
+    "SCHEMAS",
+    "SEARCH_SCHEMA",
+    "SPEED_SCHEMA",
+    "ABRecord",
+    "CpuPhaseMemory",
+    "CudaPhaseMemory",
+    "Environment",
+    "FinetuneEpoch",
+    "FinetuneFinal",
+    "FinetuneRecord",
+    "FlopCounts",
+    "FlopCrossCheck",
+    "InstructionCounts",
+    "PairedCell",
+    "PairedRound",
+    "ParamCounts",
+    "PhaseTiming",
+    "ProfileMemory",
+    "ProfileRecord",
+    "ProfiledPhase",
+    "Record",
+    "ReferenceTiming",
+    "SchemaRecord",
+    "SearchRecord",
+    "SpeedPath",
+    "SpeedRecord",
+    "Status",
+    "TrialRecord",
+    "Variant",
+    "plain",
+    "register",
+]

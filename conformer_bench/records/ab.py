@@ -1,0 +1,144 @@
+"""The ``conformer-bench.ab`` record: two revisions measured side by side on one machine, cell by cell."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import BenchError
+from .base import Record, SchemaRecord, Status
+
+AB_SCHEMA = "conformer-bench.ab"
+
+
+@dataclass(frozen=True)
+class PairedRound(Record):
+    """One round of an A/B cell: each revision's turn of ``steps_per_turn`` steps, in the order they ran.
+
+    Times are per turn (the sum of its steps): wall clock (``perf_counter``) and the worker's CPU time
+    (``process_time``, all its threads, user and system).
+    """
+
+    order: str  # "base,head", "head,base", or "duet" (both at once)
+    epoch: int  # which build of the cell (each epoch builds it anew, at another memory layout)
+    base_wall_s: float
+    head_wall_s: float
+    base_cpu_s: float
+    head_cpu_s: float
+    base_page_faults: int  # minor page faults during the turn (the workers' allocator is set to need none)
+    head_page_faults: int
+
+
+@dataclass(frozen=True)
+class InstructionCounts(Record):
+    """Instructions per image of each revision's step, counted under callgrind (``count_steps`` steps, one
+    thread); a side that could not be counted is None, with the reason."""
+
+    OPTIONAL = frozenset({"reason"})
+
+    base: float | None
+    head: float | None
+    count_steps: int
+    tool: str  # e.g. "valgrind-3.19.0 callgrind, Ir"
+    reason: str | None = None
+
+
+@dataclass
+class PairedCell(Record):
+    """One cell and phase of an A/B: what ran, how it ended, and every round's raw times."""
+
+    OPTIONAL = frozenset({"instructions"})
+
+    label: str
+    phase: str  # infer | train
+    status: Status  # ok | unsupported (a revision cannot build it) | failed
+    reason: str | None
+    failed_side: str | None  # base | head when one side alone could not run it
+    config_hash: str
+    batch_size: int
+    img_size: int
+    precision: str
+    path: str
+    threads: int
+    steps_per_turn: int
+    rounds: list[PairedRound]
+    instructions: InstructionCounts | None = None
+
+
+@dataclass
+class ABRecord(SchemaRecord):
+    """A ``conformer-bench.ab`` record: two revisions measured side by side on one machine, cell by cell."""
+
+    SCHEMA = AB_SCHEMA
+    VERSION = 1
+
+    status: Status  # ok | failed (stopped before every cell ran)
+    reason: str | None
+    base: dict[str, Any]  # the revision: name, sha, subject, commit_time
+    head: dict[str, Any]
+    experiment: dict[str, Any]  # name, source, digest
+    environment: dict[str, Any]
+    settings: dict[str, Any]
+    workers: dict[str, Any]  # per side: what the worker reported at start (python, torch, its conformer)
+    cells: list[PairedCell]
+    wall_s: float
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ABRecord:
+        """Read an A/B record, checking every number a verdict is computed from (BenchError otherwise)."""
+        if not isinstance(data, dict):
+            raise BenchError("not a JSON object; pass the --output file of a `conformer-bench ab` run")
+        try:
+            record = super().from_dict(data)
+            _check_ab(record)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise BenchError(
+                f"malformed A/B record ({type(exc).__name__}: {exc}); write it again with `ab --output`"
+            ) from None
+        return record
+
+
+def _positive(value: Any, where: str) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ValueError(f"{where} is {value!r}, not a positive finite number")
+
+
+def _check_ab(record: ABRecord) -> None:
+    """What the verdict reads of an A/B record: known statuses and clock, positive finite times and counts."""
+    for name in ("base", "head", "experiment", "environment", "settings", "workers"):
+        if not isinstance(getattr(record, name), dict):
+            raise TypeError(f"{name} must be an object")
+    if not isinstance(record.cells, list):
+        raise TypeError("cells must be a list")
+    if record.settings.get("clock", "auto") not in ("auto", "cpu", "wall"):
+        raise ValueError(f"settings.clock {record.settings.get('clock')!r} is not auto, cpu or wall")
+    if not isinstance(record.settings.get("seed", 0), int):
+        raise TypeError("settings.seed must be an integer")
+    for cell in record.cells:
+        where = f"cell {cell.label!r}"
+        if not isinstance(cell.status, Status) or not isinstance(cell.label, str):
+            raise ValueError(f"{where}: unknown status {cell.status!r}")
+        for name in ("batch_size", "steps_per_turn", "threads"):
+            value = getattr(cell, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or value < (0 if name == "steps_per_turn" else 1)
+            ):
+                raise ValueError(f"{where}: {name} is {value!r}")
+        for i, r in enumerate(cell.rounds):
+            for name in ("base_wall_s", "head_wall_s", "base_cpu_s", "head_cpu_s"):
+                _positive(getattr(r, name), f"{where} round {i} {name}")
+            if isinstance(r.epoch, bool) or not isinstance(r.epoch, int):
+                raise ValueError(f"{where} round {i}: epoch is {r.epoch!r}")
+        counts = cell.instructions
+        for side in ("base", "head"):
+            value = getattr(counts, side) if counts is not None else None
+            if value is not None:
+                _positive(value, f"{where} {side} instructions")

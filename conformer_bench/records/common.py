@@ -1,0 +1,69 @@
+"""Parts every record kind carries: where it ran (:class:`Environment`) and what ran (:class:`Variant`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .base import Record
+
+
+@dataclass(frozen=True)
+class Environment(Record):
+    """The machine, libraries and settings a measurement ran with (``conformer_bench.env.fingerprint``).
+
+    The first fields are in every record; the rest only where they apply (CPU kernel facts since 0.1,
+    GPU facts on CUDA, distributed facts under torchrun). A key this version does not know is kept.
+    """
+
+    device: str
+    device_name: str | None
+    cpu_model: str | None
+    cpu_count: int | None
+    threads: int | None
+    interop_threads: int | None
+    torch: str
+    cuda: str | None
+    python: str
+    platform: str
+    hostname: str
+    precision: str | None
+    batch_size: int | None
+    img_size: int | None
+    tool_version: str
+    commit: str | None
+    created: str
+    cpu_vendor: str | None = None
+    cpu_capability: str | None = None
+    cpu_flags: list[str] | None = None
+    onednn_version: str | None = None
+    mkl_version: str | None = None
+    kernel_overrides: dict[str, Any] | None = None
+    threads_requested: int | None = None
+    channels_last: bool | None = None
+    path: str | None = None
+    gpu_memory_total_bytes: int | None = None
+    cudnn: int | None = None
+    tf32_matmul: bool | None = None
+    tf32_cudnn: bool | None = None
+    cudnn_benchmark: bool | None = None
+    cudnn_deterministic: bool | None = None
+    driver: str | None = None
+    nvml_error: str | None = None
+    fused_kernels: Any = None
+    mkl_linear: Any = None
+    world_size: int | None = None
+    dist_backend: str | None = None
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+
+@dataclass(frozen=True)
+class Variant(Record):
+    """What was measured: the preset's name, the label it was run under and the whole config."""
+
+    name: str
+    label: str
+    config: dict[str, Any]  # ConformerConfig.to_dict(): read it with ConformerConfig.from_dict
