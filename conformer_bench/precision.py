@@ -8,28 +8,13 @@ and oneDNN built with bf16 kernels for this CPU.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
-
 from .env import cpu_flags
+from .records.speed import PrecisionSupport
+
+__all__ = ["BF16_CPU_FLAGS", "PRECISIONS", "PrecisionSupport", "native_bf16_flags", "precision_support"]
 
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 BF16_CPU_FLAGS: tuple[str, ...] = ("avx512_bf16", "amx_bf16")
-
-
-@dataclass(frozen=True)
-class PrecisionSupport:
-    """Whether ``precision`` runs natively on ``device``; ``reason`` says why not, ``kernels`` what runs."""
-
-    precision: str
-    device: str
-    supported: bool
-    reason: str | None
-    kernels: str
-    evidence: dict[str, Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def native_bf16_flags() -> tuple[str, ...]:
