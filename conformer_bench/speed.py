@@ -12,22 +12,46 @@ agreement against the plain fp32 model. The record keeps every raw sample; round
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .backends import BACKENDS, EAGER, Prepared, PrepareOptions
-from .backends.eager import run_name
+from . import breakdown as breakdown_mod
+from .backends import BACKENDS, EAGER, Prepared, PrepareOptions, Runner, get_backend
+from .backends.eager import kernels_of, run_name
+from .bounds import THREAD_LIMIT, check_count, check_memory, check_seed
+from .env import fingerprint
 from .errors import BenchError, exception_line
-from .formatting import FORMATS
-from .precision import PRECISIONS, PrecisionSupport
-from .records import SpeedPath, SpeedRecord, Status
+from .files import dumps_json
+from .flops import count_flops
+from .formatting import render_rows_md
+from .lists import comma_items
+from .precision import PRECISIONS, PrecisionSupport, precision_support
+from .records import Environment, FlopCounts, SpeedPath, SpeedRecord, Status, Variant
+from .records.speed import (
+    Ceiling,
+    EvaluationSet,
+    ExportInfo,
+    HeadAgreement,
+    LatencySummary,
+    RunSettings,
+    SpeedFlops,
+    SpeedUp,
+)
+from .stats import bootstrap_ratio, summarize
 from .steps import HEADS, PATHS, head_logits
+from .tables import FORMATS, Column, Table
 from .threads import threads
 from .timing import synced_timer
+
+if TYPE_CHECKING:
+    import torch
+
+    from conformer import ConformerConfig
+    from conformer.model import ConformerOutput
 
 # Matmul ceilings: fp32 with TF32 off, fp32 inputs with TF32 tensor cores (CUDA), bf16 and fp16 inputs.
 CEILINGS: tuple[str, ...] = ("fp32", "tf32", "bf16", "fp16")
@@ -98,8 +122,6 @@ class SpeedSettings:
                 )
         if self.threads is not None and self.threads < 1:
             raise BenchError(f"--threads {self.threads} is not valid; use 1 or more")
-        from .bounds import THREAD_LIMIT, check_count
-
         check_count(self.threads, "--threads", THREAD_LIMIT)
         cuda = self.device.startswith("cuda")
         for kind in self.ceilings:
@@ -124,8 +146,6 @@ class SpeedSettings:
 
     def _check_sizes(self) -> None:
         """The seed's range, and matrices that fit this machine's memory (checked before any is made)."""
-        from .bounds import check_memory, check_seed
-
         check_seed(self.seed)
         check_memory(
             3 * self.matmul_size**2 * 4,
@@ -162,12 +182,10 @@ class SpeedSettings:
 
 def parse_list(text: str, option: str) -> tuple[str, ...]:
     """``"plain,compiled"`` -> ``("plain", "compiled")`` (validated later by :meth:`SpeedSettings.validate`)."""
-    from .lists import comma_items
-
     return tuple(part.lower() for part in comma_items(text, option))
 
 
-def matmul_step(kind: str, a: Any, b: Any, device: str) -> Callable[[], Any]:
+def matmul_step(kind: str, a: torch.Tensor, b: torch.Tensor, device: str) -> Callable[[], Any]:
     """One n x n matmul of ``kind`` (see :data:`CEILINGS`); fp32 / tf32 set cuBLAS's TF32 switch for the call."""
     import torch
 
@@ -189,40 +207,40 @@ def matmul_step(kind: str, a: Any, b: Any, device: str) -> Callable[[], Any]:
     return mm_with_tf32_switch
 
 
-def ceiling_record(kind: str, n: int, samples: list[float]) -> dict[str, Any]:
+def ceiling_record(kind: str, n: int, samples: list[float]) -> Ceiling:
     """One matmul ceiling of ``kind`` (see :data:`CEILINGS`) from its seconds per call."""
-    from .stats import summarize
-
     flop = 2.0 * n**3
     tf32 = " (TF32 tensor cores)" if kind == "tf32" else " (TF32 off)" if kind == "fp32" else ""
-    return {
-        "precision": kind,
-        "op": f"torch.mm {kind}{tf32} {n}x{n} @ {n}x{n}",
-        "matmul_size": n,
-        "flop_per_call": flop,
-        "samples_s": samples,
-        "latency_s": summarize(samples),
-        "gflop_s": flop / float(np.median(samples)) / 1e9,
-        "gflop_s_best": flop / min(samples) / 1e9,
-    }
+    return Ceiling(
+        precision=kind,
+        op=f"torch.mm {kind}{tf32} {n}x{n} @ {n}x{n}",
+        matmul_size=n,
+        flop_per_call=flop,
+        samples_s=samples,
+        latency_s=LatencySummary.from_dict(summarize(samples)),
+        gflop_s=flop / float(np.median(samples)) / 1e9,
+        gflop_s_best=flop / min(samples) / 1e9,
+    )
 
 
-def max_rel_diff(out: Any, ref: Any) -> float:
+def max_rel_diff(out: ConformerOutput, ref: ConformerOutput) -> float:
     """Largest ``max|a - b| / max|b|`` over the present heads."""
     return _worst_head(out, ref, lambda d, b: float(d.abs().max()) / (float(b.abs().max()) or 1.0))
 
 
-def _max_abs_diff(out: Any, ref: Any) -> float:
+def _max_abs_diff(out: ConformerOutput, ref: ConformerOutput) -> float:
     """Largest ``max|a - b|`` over the present heads (in the logits' own units)."""
     return _worst_head(out, ref, lambda d, b: float(d.abs().max()))
 
 
-def _rms_rel_diff(out: Any, ref: Any) -> float:
+def _rms_rel_diff(out: ConformerOutput, ref: ConformerOutput) -> float:
     """Largest ``||a - b|| / ||b||`` (Frobenius) over the present heads: the typical error, where max is the worst."""
     return _worst_head(out, ref, lambda d, b: float(d.norm()) / (float(b.norm()) or 1.0))
 
 
-def _worst_head(out: Any, ref: Any, error: Callable[[Any, Any], float]) -> float:
+def _worst_head(
+    out: ConformerOutput, ref: ConformerOutput, error: Callable[[torch.Tensor, torch.Tensor], float]
+) -> float:
     """The largest ``error(a - b, b)`` (in float32) over the heads present in both outputs."""
     worst = 0.0
     for a, b in zip(out, ref, strict=True):
@@ -238,35 +256,38 @@ class _Agreement:
     same: dict[str, int]
     images: int = 0
 
-    def add(self, out: Any, ref: dict[str, Any]) -> None:
+    def add(self, out: ConformerOutput, ref: dict[str, torch.Tensor]) -> None:
         for head, logits in head_logits(out).items():
             self.same[head] = self.same.get(head, 0) + int((logits.argmax(1) == ref[head].argmax(1)).sum())
 
-    def fractions(self) -> dict[str, float | None]:
-        return {h: (self.same[h] / self.images if h in self.same and self.images else None) for h in HEADS}
+    def fractions(self) -> HeadAgreement:
+        return HeadAgreement(
+            *(self.same[h] / self.images if h in self.same and self.images else None for h in HEADS)
+        )
 
 
 def measure_speed(
-    cfg: Any, settings: SpeedSettings, *, label: str | None = None, progress: ProgressFn | None = None
-) -> dict[str, Any]:
-    """Build ``cfg``, time every path interleaved, and return a ``conformer-bench.speed`` record.
+    cfg: ConformerConfig,
+    settings: SpeedSettings,
+    *,
+    label: str | None = None,
+    progress: ProgressFn | None = None,
+) -> SpeedRecord:
+    """Build ``cfg``, time every path interleaved, and return its ``conformer-bench.speed`` record.
 
     ``settings.threads`` holds for the run only.
     """
-    from .precision import precision_support
-
     settings.validate(cfg.patch_size)
     support = {q: precision_support(q, settings.device) for q in settings.precisions}
     if not any(s.supported for s in support.values()):
         reasons = "; ".join(str(s.reason) for s in support.values())
         raise BenchError(f"--precision: nothing to time ({reasons}); add fp32, e.g. --precision fp32,bf16")
     with threads(settings.threads):
-        record = _measure(cfg, settings, support, label, progress or (lambda message, fraction: None))
-    return record.to_dict()
+        return _measure(cfg, settings, support, label, progress or (lambda message, fraction: None))
 
 
 def _measure(
-    cfg: Any,
+    cfg: ConformerConfig,
     settings: SpeedSettings,
     support: dict[str, PrecisionSupport],
     label: str | None,
@@ -277,14 +298,12 @@ def _measure(
 
     from conformer import create_model
 
-    from .flops import count_flops
-
     device = settings.device
     timed = synced_timer(device)
     torch.manual_seed(settings.seed)
     plain = create_model(cfg).eval().to(device)
     report("counting FLOPs", 0.0)
-    flops = count_flops(plain, settings.img_size, cross_check=False)
+    flops = _flop_counts(count_flops(plain, settings.img_size, cross_check=False))
     gen = torch.Generator().manual_seed(settings.seed)
     x = torch.randn(settings.batch_size, cfg.in_chans, settings.img_size, settings.img_size, generator=gen)
     x = x.to(device)
@@ -297,7 +316,7 @@ def _measure(
 
     report("preparing the paths and backends", 0.02)
     entries, runners = _build_paths(plain, settings)
-    executed_macs = _executed_macs(plain, settings, int(flops["paper_macs"]))
+    executed_macs = _executed_macs(plain, settings, flops.paper_macs)
     with torch.inference_mode():
         _first_calls(plain, runners, entries, x, eval_set, settings, timed, report)
         _describe_chosen_kernels(runners, entries)
@@ -309,7 +328,7 @@ def _measure(
             _breakdowns(plain, live, entries, x, settings, ceilings, report)
     report("done", 1.0)
 
-    paper_macs = int(flops["paper_macs"])
+    paper_macs = flops.paper_macs
     for name, s in samples.items():
         entry = entries[name]
         executed = executed_macs if entry.backend == EAGER and entry.path != "plain" else paper_macs
@@ -329,10 +348,13 @@ def _measure(
     )
 
 
-def _describe_chosen_kernels(runners: dict[str, Callable[[Any], Any]], entries: dict[str, SpeedPath]) -> None:
-    """Each eager optimized run's kernels as chosen at its first calls (unknown when it was prepared); in place."""
-    from .backends.eager import kernels_of
+def _flop_counts(counted: FlopCounts | Mapping[str, Any]) -> FlopCounts:
+    """``count_flops``'s result as the typed record."""
+    return counted if isinstance(counted, FlopCounts) else FlopCounts.from_dict(counted)
 
+
+def _describe_chosen_kernels(runners: dict[str, Runner], entries: dict[str, SpeedPath]) -> None:
+    """Each eager optimized run's kernels as chosen at its first calls (unknown when it was prepared); in place."""
     for name, run in runners.items():
         entry = entries[name]
         if entry.backend == EAGER and entry.path != "plain" and entry.status == Status.OK:
@@ -346,17 +368,15 @@ def _ceiling_kinds(settings: SpeedSettings, support: dict[str, PrecisionSupport]
 
 
 def _build_paths(
-    plain: Any, settings: SpeedSettings
-) -> tuple[dict[str, SpeedPath], dict[str, Callable[[Any], Any]]]:
+    plain: torch.nn.Module, settings: SpeedSettings
+) -> tuple[dict[str, SpeedPath], dict[str, Runner]]:
     """An entry per run and the runners of those that could be prepared (unsupported and failed ones recorded
     with their reason; plain's failure raised)."""
     import torch
 
-    from .backends import get_backend
-
     options = settings.prepare_options(torch.get_num_threads())
     entries: dict[str, SpeedPath] = {}
-    runners: dict[str, Callable[[Any], Any]] = {}
+    runners: dict[str, Runner] = {}
     for name, backend, path, precision in settings.runs():
         prepared = get_backend(backend).prepare(plain, precision, options, path=path)
         entries[name] = _entry_of(prepared)
@@ -383,105 +403,106 @@ def _entry_of(prepared: Prepared) -> SpeedPath:
 
 
 def _breakdowns(
-    plain: Any,
-    runners: dict[str, Callable[[Any], Any]],
+    plain: torch.nn.Module,
+    runners: dict[str, Runner],
     entries: dict[str, SpeedPath],
-    x: Any,
+    x: torch.Tensor,
     settings: SpeedSettings,
-    ceilings: dict[str, dict[str, Any]],
+    ceilings: dict[str, Ceiling],
     report: ProgressFn,
 ) -> None:
     """Time by component of every eager run that still has the model's modules (not compiled); in place."""
-    from .breakdown import BreakdownSettings, breakdown_unavailable, component_macs, measure_breakdown
-
-    macs = component_macs(plain, settings.img_size)
-    bd = BreakdownSettings(device=settings.device, rounds=settings.breakdown_rounds, warmup=1)
+    macs = breakdown_mod.component_macs(plain, settings.img_size)
+    bd = breakdown_mod.BreakdownSettings(device=settings.device, rounds=settings.breakdown_rounds, warmup=1)
     for name, entry in entries.items():
         if entry.status != Status.OK:
             continue
-        why_not = breakdown_unavailable(entry.backend or EAGER, entry.path)
+        why_not = breakdown_mod.breakdown_unavailable(entry.backend or EAGER, entry.path)
         if why_not is not None:
             entry.breakdown = {"status": "unsupported", "reason": why_not}
             continue
         report(f"time by component: {name}", 0.95)
-        result = measure_breakdown(runners[name], x, bd, macs, ceilings[entry.precision], model=plain)
+        ceiling = ceilings[entry.precision].to_dict()
+        result = breakdown_mod.measure_breakdown(runners[name], x, bd, macs, ceiling, model=plain)
         entry.breakdown = result.to_dict()
 
 
-def _executed_macs(plain: Any, settings: SpeedSettings, paper_macs: int) -> int:
+def _executed_macs(plain: torch.nn.Module, settings: SpeedSettings, paper_macs: int) -> int:
     """Multiply-adds per image the optimized paths run: fewer than plain's when they pool before FCU-down."""
     if not (settings.pool_first and any(p != "plain" for p in settings.paths)):
         return paper_macs
     from conformer.optimize import optimize_for_inference
 
-    from .flops import count_flops
-
     restructured = optimize_for_inference(
         plain, channels_last=False, fold_bn=False, fuse_pointwise=False, pool_first=True
     )
-    return int(count_flops(restructured, settings.img_size, cross_check=False)["paper_macs"])
+    return _flop_counts(count_flops(restructured, settings.img_size, cross_check=False)).paper_macs
 
 
 def _speed_record(
     *,
-    cfg: Any,
+    cfg: ConformerConfig,
     settings: SpeedSettings,
     support: dict[str, PrecisionSupport],
     label: str | None,
-    flops: dict[str, Any],
+    flops: FlopCounts,
     executed_macs: int,
     kinds: list[str],
-    ceilings: dict[str, dict[str, Any]],
+    ceilings: dict[str, Ceiling],
     entries: dict[str, SpeedPath],
-    eval_set: list[Any],
+    eval_set: list[torch.Tensor],
 ) -> SpeedRecord:
     """The ``conformer-bench.speed`` record of the timed paths; the best path is the fastest one timed."""
     import torch
 
     from conformer.optimize import fused_kernels_available, mkl_linear_available
 
-    from .env import fingerprint
-
     device = settings.device
     failed = [name for name, e in entries.items() if e.status == Status.FAILED]
     timed_ok = [name for name, e in entries.items() if e.img_per_s is not None]
     best = max(timed_ok, key=lambda name: entries[name].img_per_s or 0.0) if timed_ok else None
+    environment = fingerprint(
+        device,
+        ",".join(settings.precisions),
+        settings.batch_size,
+        settings.img_size,
+        fused_kernels=fused_kernels_available(device),
+        mkl_linear=mkl_linear_available() and device == "cpu",
+    )
     return SpeedRecord(
         status=Status.FAILED if failed else Status.OK,
         reason=next((f"{name}: {entries[name].reason}" for name in failed), None),
-        environment=fingerprint(
-            device,
-            ",".join(settings.precisions),
-            settings.batch_size,
-            settings.img_size,
-            fused_kernels=fused_kernels_available(device),
-            mkl_linear=mkl_linear_available() and device == "cpu",
+        environment=environment
+        if isinstance(environment, Environment)
+        else Environment.from_dict(environment),
+        variant=Variant(cfg.name, label or cfg.name, cfg.to_dict()),
+        settings=RunSettings(
+            **{
+                **asdict(settings),
+                "paths": list(settings.paths),
+                "precisions": list(settings.precisions),
+                "ceilings": kinds,
+                "backends": list(settings.backends),
+                "threads": torch.get_num_threads(),
+                "order": "interleaved, one forward per path per round, order rotated each round",
+                "timer": "perf_counter" + (" + cuda synchronize" if device.startswith("cuda") else ""),
+            }
         ),
-        variant={"name": cfg.name, "label": label or cfg.name, "config": cfg.to_dict()},
-        settings={
-            **asdict(settings),
-            "paths": list(settings.paths),
-            "precisions": list(settings.precisions),
-            "ceilings": kinds,
-            "threads": torch.get_num_threads(),
-            "order": "interleaved, one forward per path per round, order rotated each round",
-            "timer": "perf_counter" + (" + cuda synchronize" if device.startswith("cuda") else ""),
-        },
-        precision_support={q: s.to_dict() for q, s in support.items()},
-        evaluation_set={
-            "images": sum(batch.shape[0] for batch in eval_set),
-            "what": f"{settings.agreement_images} images drawn from N(0, 1) with seed {settings.seed + 1} "
+        precision_support=dict(support),
+        evaluation_set=EvaluationSet(
+            images=sum(batch.shape[0] for batch in eval_set),
+            what=f"{settings.agreement_images} images drawn from N(0, 1) with seed {settings.seed + 1} "
             f"({settings.img_size}², batches of {settings.batch_size}); the model's seeded weights",
-        },
-        flops={
-            "convention": FLOP_CONVENTION,
-            "img_size": settings.img_size,
-            "paper_macs_per_image": int(flops["paper_macs"]),
-            "fvcore_total_per_image": int(flops["fvcore_total"]),
-            "flop_per_image": 2 * int(flops["paper_macs"]),
-            "uncounted_ops": flops.get("uncounted_ops", {}),
-            "executed_paper_macs_per_image_optimized": executed_macs,
-        },
+        ),
+        flops=SpeedFlops(
+            convention=FLOP_CONVENTION,
+            img_size=settings.img_size,
+            paper_macs_per_image=flops.paper_macs,
+            fvcore_total_per_image=flops.fvcore_total,
+            flop_per_image=2 * flops.paper_macs,
+            uncounted_ops=flops.uncounted_ops or {},
+            executed_paper_macs_per_image_optimized=executed_macs,
+        ),
         ceiling=ceilings["fp32"],
         ceilings=ceilings,
         paths=entries,
@@ -489,7 +510,7 @@ def _speed_record(
     )
 
 
-def _evaluation_set(cfg: Any, settings: SpeedSettings, device: str) -> list[Any]:
+def _evaluation_set(cfg: ConformerConfig, settings: SpeedSettings, device: str) -> list[torch.Tensor]:
     """The fixed images on which top-1 agreement with plain fp32 is counted (seeded, batches of the run's size)."""
     import torch
 
@@ -500,11 +521,11 @@ def _evaluation_set(cfg: Any, settings: SpeedSettings, device: str) -> list[Any]
 
 
 def _first_calls(
-    plain: Any,
-    runners: dict[str, Callable[[Any], Any]],
+    plain: torch.nn.Module,
+    runners: dict[str, Runner],
     entries: dict[str, SpeedPath],
-    x: Any,
-    eval_set: list[Any],
+    x: torch.Tensor,
+    eval_set: list[torch.Tensor],
     settings: SpeedSettings,
     timed: Callable[[Callable[[], Any]], float],
     report: ProgressFn,
@@ -518,7 +539,7 @@ def _first_calls(
         try:
             out: Any = None
 
-            def first(run: Callable[[Any], Any] = run) -> None:
+            def first(run: Runner = run) -> None:
                 nonlocal out
                 out = run(x)
 
@@ -540,9 +561,9 @@ def _first_calls(
 
 
 def _interleaved(
-    runners: dict[str, Callable[[Any], Any]],
+    runners: dict[str, Runner],
     matmuls: dict[str, Callable[[], Any]],
-    x: Any,
+    x: torch.Tensor,
     settings: SpeedSettings,
     timed: Callable[[Callable[[], Any]], float],
     report: ProgressFn,
@@ -569,113 +590,160 @@ def _fill_timing(
     batch: int,
     paper_macs: int,
     executed_macs: int,
-    ceiling: dict[str, Any],
+    ceiling: Ceiling,
 ) -> None:
     """Statistics of one path's samples against its precision's ceiling (and plain fp32 when timed)."""
-    from .stats import bootstrap_ratio, summarize
-
-    latency = summarize(s)
-    median = latency["median"]
-    rate = summarize([batch / t for t in s])
+    latency = LatencySummary.from_dict(summarize(s))
+    median = latency.median
+    rate = LatencySummary.from_dict(summarize([batch / t for t in s]))
+    assert rate.q25 is not None and rate.q75 is not None  # summarize gives the quartiles
     achieved = 2 * paper_macs * batch / median / 1e9
     executed = 2 * executed_macs * batch / median / 1e9
     entry.samples_s = s
     entry.latency_s = latency
     entry.img_per_s = batch / median
-    entry.img_per_s_iqr = [rate["q25"], rate["q75"]]
+    entry.img_per_s_iqr = [rate.q25, rate.q75]
     entry.achieved_gflop_s = achieved
-    entry.ceiling_precision = ceiling["precision"]
-    entry.ceiling_share = achieved / ceiling["gflop_s"]
+    entry.ceiling_precision = ceiling.precision
+    entry.ceiling_share = achieved / ceiling.gflop_s
     entry.executed_paper_macs_per_image = executed_macs
     entry.executed_gflop_s = executed
-    entry.executed_ceiling_share = executed / ceiling["gflop_s"]
+    entry.executed_ceiling_share = executed / ceiling.gflop_s
     if plain_s is not None:
         ratio, low, high = bootstrap_ratio(plain_s, s)
-        entry.speedup_vs_plain = {"ratio": ratio, "low": low, "high": high, "confidence": 0.95}
+        entry.speedup_vs_plain = SpeedUp(ratio, low, high, 0.95)
 
 
-# --- rendering (rounding happens only here) ------------------------------------------------------------------
-
-_COLUMNS = (
-    "path", "precision", "status", "img/s (median)", "img/s IQR", "vs plain fp32 (95% CI)", "achieved GFLOP/s",
-    "of matmul ceiling (own precision)", "executed GFLOP/s (share)", "latency median", "IQR/median",
-    "first call / compile", "logits rel err vs fp32: max (rms)", "top-1 agreement vs fp32",
-    "logits max abs err vs fp32",
-)  # fmt: skip
+# --- rendering: one row per path, columns declared once ----------------------------------------------------
 
 
-def _errors(entry: dict[str, Any]) -> str:
-    worst, rms = entry.get("max_rel_diff_vs_plain"), entry.get("rms_rel_diff_vs_plain")
-    if worst is None:
-        return "—"
-    return f"{worst:.1e} ({rms:.1e})" if rms is not None else f"{worst:.1e}"
+@dataclass(frozen=True)
+class PathRow:
+    """One path of a speed record, as a table row."""
+
+    record: SpeedRecord
+    name: str
+    entry: SpeedPath
+
+    @property
+    def timed(self) -> bool:
+        return self.entry.status == Status.OK and self.entry.img_per_s is not None
 
 
-def _agreement(entry: dict[str, Any]) -> str:
-    agreement = entry.get("top1_agreement_vs_plain") or {}
-    value = agreement.get("sum")
-    return f"{100 * value:.1f} %" if value is not None else "—"
+@dataclass(frozen=True)
+class _SciColumn(Column[PathRow]):
+    """A column of small errors: files hold the value as measured, text shows two significant digits."""
+
+    def text(self, row: PathRow) -> str:
+        value = self.value(row)
+        return "—" if value is None else f"{value:.1e}"
 
 
-def _precision_text(e: dict[str, Any], run_precision: str) -> str:
+def _when_timed(get: Callable[[PathRow], Any]) -> Callable[[PathRow], Any]:
+    return lambda r: get(r) if r.timed else None
+
+
+def _precision_text(r: PathRow) -> str:
     """``fp32``, or ``fp32 (openvino: f32)`` where the backend names the precision otherwise."""
-    name = e.get("precision_name")
-    return run_precision if name in (None, run_precision) else f"{run_precision} ({e['backend']}: {name})"
+    e = r.entry
+    return (
+        e.precision
+        if e.precision_name in (None, e.precision)
+        else f"{e.precision} ({e.backend}: {e.precision_name})"
+    )
 
 
-def _rows(record: dict[str, Any]) -> list[list[str]]:
-    rows = []
-    for path, e in record["paths"].items():
-        run_precision = e.get(
-            "precision", record["settings"].get("precision", "fp32")
-        )  # schema 1: one for all
-        precision = _precision_text(e, run_precision)
-        if e["status"] != "ok" or "img_per_s" not in e:
-            rows.append([path, precision, f"{e['status']}: {e['reason']}"] + ["—"] * (len(_COLUMNS) - 3))
-            continue
-        sp = e.get("speedup_vs_plain")
-        # schema 1 has no ceiling_precision: its shares are of the run's one ceiling
-        ceiling_of = e.get("ceiling_precision", record["ceiling"].get("precision", "fp32"))
-        rows.append([
-            path,
-            precision,
-            "ok" + (" (noisy)" if e["latency_s"]["noisy"] else ""),
-            f"{e['img_per_s']:.2f}",
-            f"{e['img_per_s_iqr'][0]:.2f}–{e['img_per_s_iqr'][1]:.2f}",
-            f"{sp['ratio']:.2f}× [{sp['low']:.2f}, {sp['high']:.2f}]" if sp else "—",
-            f"{e['achieved_gflop_s']:.1f}",
-            f"{100 * e['ceiling_share']:.1f} % ({ceiling_of})",
-            f"{e['executed_gflop_s']:.1f} ({100 * e['executed_ceiling_share']:.1f} %)",
-            f"{1e3 * e['latency_s']['median']:.1f} ms",
-            f"{100 * e['latency_s']['iqr_over_median']:.1f} %",
-            f"{e['first_call_s']:.2f} s" if e.get("first_call_s") is not None else "—",
-            _errors(e),
-            _agreement(e),
-            f"{e['max_abs_diff_vs_plain']:.1e}" if e.get("max_abs_diff_vs_plain") is not None else "—",
-        ])  # fmt: skip
-    return rows
+def _status_text(r: PathRow) -> str:
+    e = r.entry
+    if not r.timed:
+        return f"{e.status}: {e.reason}"
+    return "ok" + (" (noisy)" if e.latency_s is not None and e.latency_s.noisy else "")
 
 
-def _breakdown_sections(record: dict[str, Any], fmt: str) -> list[str]:
+def _iqr_text(e: SpeedPath) -> str | None:
+    return f"{e.img_per_s_iqr[0]:.2f}–{e.img_per_s_iqr[1]:.2f}" if e.img_per_s_iqr else None
+
+
+def _speedup_text(e: SpeedPath) -> str | None:
+    sp = e.speedup_vs_plain
+    return f"{sp.ratio:.2f}× [{sp.low:.2f}, {sp.high:.2f}]" if sp else None
+
+
+def _share_text(r: PathRow) -> str:
+    e = r.entry
+    return f"{100 * (e.ceiling_share or 0.0):.1f} % ({e.ceiling_precision or r.record.ceiling.precision})"
+
+
+def _executed_text(e: SpeedPath) -> str:
+    return f"{e.executed_gflop_s or 0.0:.1f} ({100 * (e.executed_ceiling_share or 0.0):.1f} %)"
+
+
+def _errors_text(e: SpeedPath) -> str | None:
+    worst, rms = e.max_rel_diff_vs_plain, e.rms_rel_diff_vs_plain
+    if worst is None:
+        return None
+    return f"{worst:.1e} ({rms:.1e})" if rms is not None else f"{worst:.1e} (—)"
+
+
+def _agreement_text(e: SpeedPath) -> str | None:
+    share = e.top1_agreement_vs_plain.sum if e.top1_agreement_vs_plain else None
+    return f"{100 * share:.1f} %" if share is not None else None
+
+
+def _latency(e: SpeedPath) -> LatencySummary:
+    assert e.latency_s is not None  # a timed path has its latency
+    return e.latency_s
+
+
+COLUMNS: tuple[Column[PathRow], ...] = (
+    Column("variant", lambda r: r.record.variant.label, help="the label the variant ran under"),
+    Column("batch_size", lambda r: r.record.settings.batch_size),
+    Column("img_size", lambda r: r.record.settings.img_size),
+    Column("threads", lambda r: r.record.settings.threads, help="torch intra-op threads of the run"),
+    Column("path", lambda r: r.name, help="path, -precision when not fp32"),
+    Column("precision", _precision_text),
+    Column("status", _status_text),
+    Column("img/s (median)", _when_timed(lambda r: r.entry.img_per_s), digits=2),
+    Column("img/s IQR", _when_timed(lambda r: _iqr_text(r.entry))),
+    Column("vs plain fp32 (95% CI)", _when_timed(lambda r: _speedup_text(r.entry))),
+    Column("achieved GFLOP/s", _when_timed(lambda r: r.entry.achieved_gflop_s), digits=1),
+    Column("of matmul ceiling (own precision)", _when_timed(_share_text)),
+    Column("executed GFLOP/s (share)", _when_timed(lambda r: _executed_text(r.entry))),
+    Column("latency median", _when_timed(lambda r: f"{1e3 * _latency(r.entry).median:.1f} ms")),
+    Column("IQR/median", _when_timed(lambda r: f"{100 * _latency(r.entry).iqr_over_median:.1f} %")),
+    Column(
+        "first call / compile",
+        _when_timed(lambda r: f"{r.entry.first_call_s:.2f} s" if r.entry.first_call_s is not None else None),
+    ),
+    Column("logits rel err vs fp32: max (rms)", _when_timed(lambda r: _errors_text(r.entry))),
+    Column("top-1 agreement vs fp32", _when_timed(lambda r: _agreement_text(r.entry))),
+    _SciColumn("logits max abs err vs fp32", _when_timed(lambda r: r.entry.max_abs_diff_vs_plain)),
+)
+PATH_COLUMNS = COLUMNS[4:]  # what the text formats show (the run's own settings are in their header)
+
+
+def tidy(record: SpeedRecord) -> tuple[tuple[Column[PathRow], ...], list[PathRow]]:
+    """The CSV columns of a speed record and its rows, one per path (``conformer_bench.api.TIDY``)."""
+    return COLUMNS, [PathRow(record, name, e) for name, e in record.paths.items()]
+
+
+def _breakdown_sections(record: SpeedRecord, fmt: str) -> list[str]:
     """One table of time by component per path that has one (``md`` or ``table``), and a line for the others."""
-    from . import breakdown
-    from .formatting import render_rows_md
-
     sections = []
-    for name, e in record["paths"].items():
-        bd = e.get("breakdown")
+    for name, e in record.paths.items():
+        bd = e.breakdown
         if not bd:
             continue
         if bd["status"] != "ok":
             sections.append(f"time by component of {name}: {bd['status']} ({bd['reason']})")
             continue
         title = f"time by component of {name} (batch {bd['batch_size']}, {bd['device']}, {bd['timer']}):"
-        body = breakdown.rows(bd)
+        body = breakdown_mod.rows(bd)
         if fmt == "md":
-            table = render_rows_md(breakdown.COLUMNS, body)
+            table = render_rows_md(breakdown_mod.COLUMNS, body)
         else:
-            table = _plain_table(breakdown.COLUMNS, body)
-        sections.append(f"{title}\n\n{table}\n{breakdown.note(bd)}")
+            table = _plain_table(breakdown_mod.COLUMNS, body)
+        sections.append(f"{title}\n\n{table}\n{breakdown_mod.note(bd)}")
     return sections
 
 
@@ -686,90 +754,76 @@ def _plain_table(columns: tuple[str, ...], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _header_lines(record: dict[str, Any]) -> list[str]:
-    env, st, fl, ce = record["environment"], record["settings"], record["flops"], record["ceiling"]
-    # schema 1 ran every path under one autocast precision and compared it with plain in that precision
-    reference = (
-        "fp32 model" if record.get("schema_version", 1) >= 2 else f"model in {st.get('precision', 'fp32')}"
-    )
+def _header_lines(record: SpeedRecord) -> list[str]:
+    env, st, fl = record.environment, record.settings, record.flops
     return [
-        f"variant {record['variant']['label']}: batch {st['batch_size']}, {st['img_size']}², "
-        f"{', '.join(st.get('precisions', [st.get('precision', 'fp32')]))}, "
-        f"device {env['device']} ({env.get('device_name') or env.get('cpu_model')}), {st['threads']} threads, "
-        f"torch {env['torch']}",
-        f"{st['rounds']} interleaved rounds after {st['warmup']} warm-up calls per path; img/s = batch / median "
+        f"variant {record.variant.label}: batch {st.batch_size}, {st.img_size}², {', '.join(st.precisions)}, "
+        f"device {env.device} ({env.device_name or env.cpu_model}), {st.threads} threads, torch {env.torch}",
+        f"{st.rounds} interleaved rounds after {st.warmup} warm-up calls per path; img/s = batch / median "
         "seconds per forward; vs plain = ratio of median latencies with a 95 % bootstrap interval",
-        f"FLOPs per image: {fl['flop_per_image'] / 1e9:.4f} GFLOP (2 × paper MACs; fvcore total "
-        f"{fl['fvcore_total_per_image'] / 1e9:.4f} G, one multiply-add = one flop); executed GFLOP/s counts "
+        f"FLOPs per image: {fl.flop_per_image / 1e9:.4f} GFLOP (2 × paper MACs; fvcore total "
+        f"{fl.fvcore_total_per_image / 1e9:.4f} G, one multiply-add = one flop); executed GFLOP/s counts "
         "the FLOPs a path runs (optimized paths pool before the FCU-down projection)",
         *(
-            f"matmul ceiling {q}: {c['gflop_s']:.1f} GFLOP/s median, {c['gflop_s_best']:.1f} best ({c['op']}, "
-            "same rounds)"
-            for q, c in record.get("ceilings", {"fp32": ce}).items()
+            f"matmul ceiling {q}: {c.gflop_s:.1f} GFLOP/s median, {c.gflop_s_best:.1f} best ({c.op}, same rounds)"
+            for q, c in record.ceilings.items()
         ),
-        *(
-            f"{q}: {s['reason']}"
-            for q, s in record.get("precision_support", {}).items()
-            if not s["supported"]
-        ),
-        *(f"kernels of {name}: {e['kernels']}" for name, e in record["paths"].items() if e.get("kernels")),
+        *(f"{q}: {s.reason}" for q, s in record.precision_support.items() if not s.supported),
+        *(f"kernels of {name}: {e.kernels}" for name, e in record.paths.items() if e.kernels),
         *_export_lines(record),
         "first call / compile: seconds of the first forward (for compiled: torch.compile's compilation)",
-        f"accuracy against the plain {reference}: logits rel err = max |Δlogit| / max |logit| (rms: ‖Δlogits‖ / "
+        f"accuracy against the plain {st.reference}: logits rel err = max |Δlogit| / max |logit| (rms: ‖Δlogits‖ / "
         f"‖logits‖), worst head, on the timed batch; top-1 agreement of the summed heads on {_eval_what(record)}",
     ]
 
 
-def _export_lines(record: dict[str, Any]) -> list[str]:
+def _export_lines(record: SpeedRecord) -> list[str]:
     """How each runtime's ONNX graph came to be (one line per distinct export file)."""
-    by_file: dict[str, tuple[dict[str, Any], list[str]]] = {}
-    for name, e in record["paths"].items():
-        if e.get("export"):
-            by_file.setdefault(e["export"]["path"], (e["export"], []))[1].append(name)
+    by_file: dict[str, tuple[ExportInfo, list[str]]] = {}
+    for name, e in record.paths.items():
+        if e.export is not None:
+            by_file.setdefault(e.export.path, (e.export, []))[1].append(name)
     lines = []
     for export, names in by_file.values():
-        how = "cache hit" if export["cache_hit"] else f"exported in {export['export_s']:.1f} s"
+        how = "cache hit" if export.cache_hit else f"exported in {export.export_s:.1f} s"
+        tools = ", ".join(f"{tool} {export.tools.get(tool)}" for tool in ("torch", "onnxscript"))
         lines.append(
             f"ONNX graph of {', '.join(names)}: torch.onnx.export(dynamo=True), dynamic batch, opset "
-            f"{export['opset']}, {how} (torch {export['tools']['torch']}, onnxscript {export['tools']['onnxscript']})"
+            f"{export.opset}, {how} ({tools})"
         )
     return lines
 
 
-def _eval_what(record: dict[str, Any]) -> str:
-    return str(record.get("evaluation_set", {}).get("what", "the evaluation set"))
+def _eval_what(record: SpeedRecord) -> str:
+    return record.evaluation_set.what if record.evaluation_set is not None else "the evaluation set"
 
 
-def render(record: dict[str, Any], fmt: str) -> str:
-    from .files import dumps_json
+def path_table(record: SpeedRecord, columns: tuple[Column[PathRow], ...] = PATH_COLUMNS) -> Table[PathRow]:
+    return Table(columns, tidy(record)[1])
 
+
+def render(record: SpeedRecord, fmt: str) -> str:
+    """``record`` in ``fmt``: json is the record itself; csv, jsonl and latex one row per path (the CSV with
+    the run's variant, batch, image size and threads); md and table add the run's facts and time by
+    component."""
     if fmt == "json":
-        return dumps_json(record)
-    rows = _rows(record)
-    if fmt == "csv":
-        import csv
-        import io
-
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(["variant", "batch_size", "img_size", "threads", *_COLUMNS])
-        st = record["settings"]
-        for row in rows:
-            writer.writerow(
-                [record["variant"]["label"], st["batch_size"], st["img_size"], st["threads"], *row]
-            )
-        return buf.getvalue()
+        return dumps_json(record.to_dict())
+    if fmt in ("csv", "jsonl", "latex"):
+        return path_table(record, COLUMNS).render(fmt)
     if fmt == "md":
-        from .formatting import render_rows_md
-
-        text = (
-            "\n".join(f"- {line}" for line in _header_lines(record)) + "\n\n" + render_rows_md(_COLUMNS, rows)
-        )
-        return "\n\n".join([text, *_breakdown_sections(record, "md")])
+        text = "\n".join(f"- {line}" for line in _header_lines(record))
+        return "\n\n".join([text, path_table(record).to_markdown(), *_breakdown_sections(record, "md")])
     if fmt == "table":
-        widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(_COLUMNS)]
-        lines = [*_header_lines(record), ""]
-        lines.append("  ".join(c.ljust(w) for c, w in zip(_COLUMNS, widths, strict=True)))
-        lines.extend("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows)
-        return "\n\n".join(["\n".join(lines), *_breakdown_sections(record, "table")]) + "\n"
+        table = path_table(record)
+        widths = [
+            max(len(c.header), *(len(t) for t in col))
+            for c, col in zip(table.columns, zip(*table.texts(), strict=True), strict=True)
+        ]
+        text = table.to_rich_text(width=sum(widths) + 3 * len(widths) + 8)
+        return (
+            "\n\n".join(
+                ["\n".join(_header_lines(record)), text.rstrip("\n"), *_breakdown_sections(record, "table")]
+            )
+            + "\n"
+        )
     raise BenchError(f"--format {fmt!r} is not valid; use one of {', '.join(FORMATS)}")

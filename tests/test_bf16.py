@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from conformer import create_model, optimize_for_inference
 from conformer_bench import precision
 from conformer_bench.cli import app
+from conformer_bench.records import SpeedRecord
 from conformer_bench.speed import render
 
 SUPPORT = precision.precision_support("bf16", "cpu")
@@ -114,7 +115,7 @@ def test_speed_reports_bf16_as_unsupported_without_timing_it(monkeypatch: pytest
         assert entry["status"] == "unsupported" and "not supported on this CPU" in entry["reason"]
         assert "samples_s" not in entry and "img_per_s" not in entry
     assert not record["precision_support"]["bf16"]["supported"]
-    table = render(record, "table")
+    table = render(SpeedRecord.from_dict(record), "table")
     assert "unsupported: bf16 not supported on this CPU" in table
 
 

@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conformer_bench.cli import app
+from conformer_bench.records import SpeedRecord
 
 runner = CliRunner()
 ROUNDS = 3
@@ -99,7 +100,7 @@ def test_speed_text_formats_name_what_they_count(tmp_path: Path) -> None:
     assert md_path.read_text().count("|") > 20
     record = run_json("--paths", "plain", "-o", str(json_path))
     assert read_json(json_path) == record
-    lines = render(record, "csv").splitlines()
+    lines = render(SpeedRecord.from_dict(record), "csv").splitlines()
     assert lines[0].startswith("variant,batch_size,img_size,threads,path") and len(lines) == 2
 
 
@@ -150,12 +151,12 @@ def test_extra_ceilings_are_timed_in_the_same_rounds() -> None:
     settings = SpeedSettings(batch_size=2, img_size=32, paths=("plain",), precisions=("fp32",), rounds=ROUNDS,
                              warmup=0, matmul_size=128, agreement_images=0, ceilings=("bf16",))  # fmt: skip
     record = measure_speed(get_config("nano"), settings)
-    assert record["settings"]["ceilings"] == ["fp32", "bf16"]
-    ceilings = record["ceilings"]
-    assert list(ceilings) == ["fp32", "bf16"] and record["ceiling"] == ceilings["fp32"]
-    assert "TF32 off" in ceilings["fp32"]["op"] and ceilings["bf16"]["precision"] == "bf16"
-    assert all(len(c["samples_s"]) == ROUNDS for c in ceilings.values())
-    assert record["paths"]["plain"]["ceiling_precision"] == "fp32"
+    assert record.settings.ceilings == ["fp32", "bf16"]
+    ceilings = record.ceilings
+    assert list(ceilings) == ["fp32", "bf16"] and record.ceiling == ceilings["fp32"]
+    assert "TF32 off" in ceilings["fp32"].op and ceilings["bf16"].precision == "bf16"
+    assert all(len(c.samples_s) == ROUNDS and c.latency_s.n == ROUNDS for c in ceilings.values())
+    assert record.paths["plain"].ceiling_precision == "fp32"
 
 
 def test_a_schema_1_record_renders() -> None:
@@ -163,11 +164,17 @@ def test_a_schema_1_record_renders() -> None:
     from conformer_bench.speed import render
 
     path = Path(__file__).parent / "fixtures" / "speed_schema1_h100.json"
-    record = json.loads(path.read_text())
-    assert record["schema_version"] == 1
+    data = json.loads(path.read_text())
+    assert data["schema_version"] == 1
+    record = SpeedRecord.from_dict(data)
     table = render(record, "table")
-    rows = {line.split()[0]: line.split() for line in table.splitlines() if line.split()[:1] == ["compiled"]}
-    assert rows["compiled"][1] == "bf16" and "(bf16)" in rows["compiled"] and "matmul ceiling tf32" in table
+    rows = [
+        [c.strip() for c in line.split("│")[1:-1]] for line in table.splitlines() if "│ compiled " in line
+    ]
+    assert rows[0][1] == "bf16" and "(bf16)" in rows[0][7] and "matmul ceiling tf32" in table
+    assert "against the plain model in bf16" in table, (
+        "schema 1 compared each path with plain in its precision"
+    )
     assert render(record, "md") and render(record, "csv")
 
 
@@ -186,3 +193,106 @@ def test_a_path_that_cannot_be_built_is_recorded_and_the_run_exits_1(monkeypatch
     assert record["paths"]["compiled"]["status"] == "failed"
     assert "no C++ compiler found" in record["reason"]
     assert "error: compiled: RuntimeError: no C++ compiler found" in result.stderr
+
+
+RESULTS = Path(__file__).parent.parent / "results"
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def _committed_speed_files() -> list[Path]:
+    files = [*sorted(RESULTS.rglob("*.json")), FIXTURES / "speed_schema1_h100.json"]
+    out = []
+    for path in files:
+        data = json.loads(path.read_text())
+        if isinstance(data, dict) and data.get("schema") == "conformer-bench.speed":
+            out.append(path)
+    return out
+
+
+def test_every_committed_speed_file_reads_at_the_current_version() -> None:
+    """Versions 1, 2 and 3 under results/ migrate on read; the typed record writes the migrated JSON back."""
+    files = _committed_speed_files()
+    versions = {json.loads(p.read_text())["schema_version"] for p in files}
+    assert versions == {1, 2, 3}, versions
+    for path in files:
+        data = json.loads(path.read_text())
+        migrated = SpeedRecord.migrate(data)
+        record = SpeedRecord.from_dict(data)
+        assert json.dumps(record.to_dict()) == json.dumps(migrated), path
+        assert migrated["schema_version"] == SpeedRecord.VERSION
+        assert (
+            record.best_path in record.paths and record.ceiling == record.ceilings[record.ceiling.precision]
+        )
+        for name, entry in record.paths.items():
+            assert entry.backend in record.settings.backends and entry.precision in record.settings.precisions
+            assert entry.precision_name is not None or entry.status != "ok", (path, name)
+            if entry.img_per_s is not None:
+                assert entry.latency_s is not None and entry.latency_s.median > 0
+                assert entry.ceiling_precision in record.ceilings
+
+
+def test_a_version_1_record_migrates_to_precision_per_path() -> None:
+    data = json.loads((RESULTS / "speed" / "tiny-b8-224-cpu.json").read_text())
+    assert data["schema_version"] == 1 and "precision" not in data["ceiling"]
+    record = SpeedRecord.from_dict(data)
+    assert record.settings.precisions == ["fp32"] and record.settings.reference == "model in fp32"
+    assert record.ceiling.precision == "fp32" and list(record.ceilings) == ["fp32"]
+    assert record.precision_support == {} and record.evaluation_set is None
+    for name, entry in record.paths.items():
+        assert (entry.path, entry.precision, entry.backend, entry.kernels) == (name, "fp32", "eager", None)
+        assert (
+            entry.ceiling_precision == "fp32" and entry.latency_s is not None and entry.latency_s.q25 is None
+        )
+        assert entry.samples_s == data["paths"][name]["samples_s"], "measured values are kept"
+    assert data["schema_version"] == 1 and "path" not in data["paths"]["plain"], "the input is not changed"
+
+
+def test_a_version_2_record_migrates_to_eager_backends() -> None:
+    data = json.loads((RESULTS / "speed" / "precision" / "tiny-b8-224-cpu.json").read_text())
+    record = SpeedRecord.from_dict(data)
+    assert record.settings.backends == ["eager"] and record.settings.breakdown is False
+    assert record.settings.ceilings == list(data["ceilings"])
+    assert {e.backend for e in record.paths.values()} == {"eager"}
+    assert all(e.precision_name == e.precision and e.breakdown is None for e in record.paths.values())
+    assert record.settings.reference == "fp32 model"
+
+
+def test_to_frame_is_the_speed_commands_csv(tmp_path: Path) -> None:
+    """``conformer_bench.to_frame(conformer_bench.read(json))`` holds the CSV's columns and values."""
+    import io
+
+    import pandas
+
+    import conformer_bench
+
+    out = tmp_path / "speed.json"
+    result = runner.invoke(app, [*BASE, "--paths", "plain,optimized", "-o", str(out), "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    frame = conformer_bench.to_frame(conformer_bench.read(out))
+    expected = pandas.read_csv(io.StringIO(result.stdout))
+    pandas.testing.assert_frame_equal(frame, expected)
+    assert list(frame["path"]) == ["plain", "optimized"] and frame["img/s (median)"].gt(0).all()
+    for path in _committed_speed_files():  # every committed record too, failed and unsupported rows included
+        record = SpeedRecord.from_dict(json.loads(path.read_text()))
+        from conformer_bench.speed import render
+
+        expected = pandas.read_csv(io.StringIO(render(record, "csv")))
+        pandas.testing.assert_frame_equal(conformer_bench.to_frame([record]), expected, check_dtype=False)
+
+
+def test_speed_renders_latex_and_jsonl_from_the_same_columns() -> None:
+    from conformer_bench.speed import COLUMNS, render
+
+    record = SpeedRecord.from_dict(
+        json.loads((RESULTS / "speed" / "amd-epyc-zen4" / "tiny-b8-backends.json").read_text())
+    )
+    latex = render(record, "latex")
+    assert latex.startswith("\\begin{tabular}") and "95\\% CI" in latex and "batch\\_size" in latex
+    assert "onnxruntime-bf16" in latex and latex.count("\\\\") == len(record.paths) + 1
+    rows = [json.loads(line) for line in render(record, "jsonl").splitlines()]
+    assert [list(r) for r in rows] == [[c.name for c in COLUMNS]] * len(record.paths)
+    unsupported = rows[list(record.paths).index("onnxruntime-bf16")]
+    assert unsupported["status"].startswith("unsupported: ") and unsupported["img/s (median)"] is None
+    assert rows[0]["img/s (median)"] == round(record.paths["plain"].img_per_s or 0, 2)
+    md = render(record, "md")
+    assert "| openvino | fp32 (openvino: f32) |" in md and "ONNX graph of onnxruntime, openvino" in md

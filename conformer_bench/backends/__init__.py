@@ -14,6 +14,7 @@ weights). The deployment runtimes come from the optional extra ``deploy``.
 from __future__ import annotations
 
 from ..errors import BenchError
+from ..lists import comma_items
 from .base import (
     BACKENDS,
     DEPLOY_BACKENDS,
@@ -44,8 +45,6 @@ __all__ = [
 
 def parse_backends(text: str) -> tuple[str, ...]:
     """``"eager,onnxruntime"`` -> ``("eager", "onnxruntime")``; an unknown or repeated name is a BenchError."""
-    from ..lists import comma_items
-
     names = tuple(part.lower() for part in comma_items(text, "--backend"))
     if not names or len(set(names)) != len(names):
         raise BenchError(f"--backend needs distinct names, e.g. {','.join(BACKENDS)}")

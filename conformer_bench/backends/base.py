@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..records import Status
+from ..records.speed import ExportInfo
 
 EAGER = "eager"
 DEPLOY_BACKENDS: tuple[str, ...] = ("onnxruntime", "openvino")
@@ -43,7 +44,7 @@ class Prepared:
     kernels: str | None = None
     run: Runner | None = None
     prepare_s: float | None = None  # export, session creation or compilation before the first call
-    export: dict[str, Any] | None = None  # the ONNX export's file, cache hit, export seconds, opset
+    export: ExportInfo | None = None  # the ONNX export's file, cache hit, export seconds, opset
 
     @property
     def ok(self) -> bool:

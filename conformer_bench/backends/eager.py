@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import exception_line
+from ..precision import precision_support
 from ..records import Status
 from ..steps import autocast
 from .base import EAGER, Prepared, PrepareOptions, unsupported
@@ -46,8 +47,6 @@ class EagerBackend:
         self, model: Any, precision: str, options: PrepareOptions, *, path: str = "plain"
     ) -> Prepared:
         """The runner of ``path``; a path that cannot be built is ``failed`` with its reason (plain's raises)."""
-        from ..precision import precision_support
-
         description = PATH_DESCRIPTIONS[run_name(path, precision)]
         support = precision_support(precision, options.device)
         if not support.supported:

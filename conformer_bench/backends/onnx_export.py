@@ -20,11 +20,18 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from ..errors import exception_line
+from ..files import atomic_write_bytes
+from ..flops import CACHE_ENV
+from ..records import Status
+from ..records.speed import ExportInfo
+from .base import Prepared, PrepareOptions, Runner, unsupported
 
 INPUT_NAME = "image"
 EXPORT_BATCH = 2  # the example batch traced; the batch dimension is exported as dynamic
@@ -42,8 +49,16 @@ class OnnxExport:
     opset: int | None
     tools: dict[str, str]
 
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "path": str(self.path), "output_names": list(self.output_names)}
+    def record(self) -> ExportInfo:
+        """What a speed record keeps of the export."""
+        return ExportInfo(
+            str(self.path),
+            list(self.output_names),
+            self.cache_hit,
+            self.export_s,
+            self.opset,
+            dict(self.tools),
+        )
 
 
 def output_names(cfg: Any) -> tuple[str, ...]:
@@ -71,8 +86,6 @@ def export_onnx(model: Any, img_size: int) -> OnnxExport:
 def _export_to(model: Any, img_size: int, names: tuple[str, ...], target: Path) -> None:
     """Export in eval mode to a temporary file beside ``target``, then move it into place."""
     import torch
-
-    from ..files import atomic_write_bytes
 
     was_training = model.training
     model.eval()
@@ -118,7 +131,6 @@ def _quiet_exporter() -> Iterator[None]:
 
 def _cache_folder() -> Path | None:
     """``<CONFORMER_BENCH_CACHE>/onnx``, else ``~/.cache/conformer-bench/onnx``; ``None`` when the cache is off."""
-    from ..flops import CACHE_ENV
 
     setting = os.environ.get(CACHE_ENV)
     if setting is not None:
@@ -209,19 +221,15 @@ def prepare_from_export(
     model: Any,
     precision: str,
     precision_name: str,
-    options: Any,
+    options: PrepareOptions,
     description: str,
-    open_graph: Any,
-) -> Any:
+    open_graph: Callable[[OnnxExport], tuple[Runner, str]],
+) -> Prepared:
     """The :class:`~conformer_bench.backends.Prepared` of a runtime that runs the ONNX export.
 
     ``open_graph(export) -> (run, kernels)`` loads the exported file into the runtime; an export or a load
     that fails makes the model ``unsupported`` by this backend, with the reason.
     """
-    from ..errors import exception_line
-    from ..records import Status
-    from .base import Prepared, unsupported
-
     if options.device != "cpu":
         reason = f"{backend} runs on the CPU here; device {options.device} was asked for"
         return unsupported(backend, backend, precision, precision_name, description, reason)
@@ -236,7 +244,7 @@ def prepare_from_export(
     except Exception as exc:
         reason = f"{backend} cannot load the ONNX export ({exception_line(exc)})"
         prepared = unsupported(backend, backend, precision, precision_name, description, reason)
-        prepared.export = export.to_dict()
+        prepared.export = export.record()
         return prepared
     return Prepared(
         backend,
@@ -249,5 +257,5 @@ def prepare_from_export(
         kernels=kernels,
         run=run,
         prepare_s=time.perf_counter() - started,
-        export=export.to_dict(),
+        export=export.record(),
     )

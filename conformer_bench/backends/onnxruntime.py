@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Prepared, PrepareOptions, unsupported
-from .onnx_export import INPUT_NAME, as_conformer_output, as_numpy, prepare_from_export
+from .base import Prepared, PrepareOptions, Runner, unsupported
+from .onnx_export import INPUT_NAME, OnnxExport, as_conformer_output, as_numpy, prepare_from_export
 
 NAME = "onnxruntime"
 DESCRIPTION = (
@@ -29,7 +29,7 @@ class OnnxRuntimeBackend:
         )
 
 
-def _session(cfg: Any, export: Any, options: PrepareOptions) -> tuple[Any, str]:
+def _session(cfg: Any, export: OnnxExport, options: PrepareOptions) -> tuple[Runner, str]:
     """An inference session of the exported file and the callable that runs it."""
     import onnxruntime as ort
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from .base import Prepared, PrepareOptions, unsupported
-from .onnx_export import as_conformer_output, as_numpy, prepare_from_export
+from ..precision import precision_support
+from .base import Prepared, PrepareOptions, Runner, unsupported
+from .onnx_export import OnnxExport, as_conformer_output, as_numpy, prepare_from_export
 
 NAME = "openvino"
 HINTS = {"fp32": "f32", "bf16": "bf16"}  # the project's precision -> OpenVINO's name for it
@@ -45,8 +46,6 @@ def _bf16_missing(device: str) -> str | None:
     """Why bf16 cannot run natively here (the CPU lacks it, or OpenVINO does not offer it); ``None`` if it can."""
     import openvino as ov
 
-    from ..precision import precision_support
-
     support = precision_support("bf16", "cpu")
     if not support.supported:
         return str(support.reason)
@@ -56,7 +55,7 @@ def _bf16_missing(device: str) -> str | None:
     return None
 
 
-def _compiled(cfg: Any, export: Any, hint: str, options: PrepareOptions) -> tuple[Any, str]:
+def _compiled(cfg: Any, export: OnnxExport, hint: str, options: PrepareOptions) -> tuple[Runner, str]:
     """The exported graph compiled by the CPU plugin, and the callable that runs it."""
     import openvino as ov
 

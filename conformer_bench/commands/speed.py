@@ -7,6 +7,11 @@ from typing import Annotated, Any
 
 import typer
 
+from ..backends import parse_backends, require_installed
+from ..bounds import check_bounds
+from ..env import resolve_device
+from ..files import check_writable
+from ..records import Status
 from .common import (
     BatchSizeOpt,
     BreakdownOpt,
@@ -20,7 +25,6 @@ from .common import (
     ThreadsOpt,
     VariantOpt,
     aliases,
-    exit_unless_ok,
     handle_errors,
     measure_option,
     parse_format,
@@ -130,14 +134,7 @@ def speed(
     ONNX export (cached per config and weights); a precision or variant a backend cannot run is recorded as
     unsupported with the reason.
     """
-    from ..backends import parse_backends, require_installed
-    from ..env import resolve_device
-    from ..files import check_writable
-    from ..formatting import csv_to_jsonl
     from ..speed import SpeedSettings, measure_speed, parse_list, render
-
-    def render_as(kind: str) -> str:
-        return csv_to_jsonl(render(record, "csv")) if kind == "jsonl" else render(record, kind)
 
     stdout_format = parse_format(fmt)
     backends = parse_backends(backend)
@@ -164,12 +161,12 @@ def speed(
         breakdown_rounds=breakdown_rounds,
     )
     settings.validate(cfg.patch_size)
-    from ..bounds import check_bounds
-
     check_bounds(cfg, settings, force=force)
     if output is not None:
         check_writable(output)
     record = with_progress("speed", not quiet, partial(measure_speed, cfg, settings))
-    write_output(output, render_as, fmt)
-    typer.echo(render_as(stdout_format), nl=False)
-    exit_unless_ok(record)
+    write_output(output, partial(render, record), fmt)
+    typer.echo(render(record, stdout_format), nl=False)
+    if record.status != Status.OK:
+        typer.echo(f"error: {record.reason}", err=True)
+        raise typer.Exit(1)

@@ -128,7 +128,7 @@ def measure_ceilings(plan: Plan) -> dict[str, Any]:
     for kind in kinds:
         step = matmul_step(kind, a, b, device)
         timed(step)  # warm-up
-        ceilings[kind] = ceiling_record(kind, n, [timed(step) for _ in range(plan.ceiling_reps)])
+        ceilings[kind] = ceiling_record(kind, n, [timed(step) for _ in range(plan.ceiling_reps)]).to_dict()
     return {
         "schema": "conformer-bench.gpu-check.ceilings",
         "schema_version": 1,
@@ -362,10 +362,9 @@ def run_speed(plan: Plan, out_dir: Path) -> str:
     )
     record = measure_speed(_config(plan.speed_variant), settings)
     atomic_write_text(out_dir / "speed.json", render(record, file_format("speed.json", None)))
-    paths = record["paths"]
     return ", ".join(
-        f"{p} {e['img_per_s']:.1f} img/s" if e["status"] == "ok" else f"{p} {e['status']}"
-        for p, e in paths.items()
+        f"{p} {e.img_per_s:.1f} img/s" if e.img_per_s is not None else f"{p} {e.status}"
+        for p, e in record.paths.items()
     )
 
 
@@ -386,7 +385,7 @@ def run_shares(plan: Plan, out_dir: Path) -> str:
         ceilings=("tf32",) if plan.device.startswith("cuda") else (),
         agreement_images=0,
     )
-    record = measure_speed(_config(plan.shares_variant), settings)
+    record = measure_speed(_config(plan.shares_variant), settings).to_dict()
     tf32 = {"cudnn_allow_tf32": torch.backends.cudnn.allow_tf32}
     tf32["matmul_allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
     shares = ceiling_shares(record)

@@ -112,6 +112,7 @@ def _header(results: Results) -> list[str]:
 
 
 def render_summary(results: Results, checks: list[CheckResult]) -> str:
+    from ..records import SpeedRecord
     from ..speed import render as render_speed
 
     title = "GPU check" + (" (CPU rehearsal)" if results.environment.get("rehearsal") else "")
@@ -124,7 +125,8 @@ def render_summary(results: Results, checks: list[CheckResult]) -> str:
     ]
     parts += ["## Profiles", "", render_rows_md(COLUMNS, profile_rows(results)), ""]
     if results.speed:
-        parts += ["## Speed (interleaved paths)", "", render_speed(results.speed, "md"), ""]
+        speed = SpeedRecord.from_dict(results.speed)
+        parts += ["## Speed (interleaved paths)", "", render_speed(speed, "md"), ""]
     steps = [
         [s["name"], s["status"], f"{s['elapsed_s']:.1f} s", s.get("detail") or ""]
         for s in results.steps.values()
