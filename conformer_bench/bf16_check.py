@@ -7,18 +7,35 @@ sharded over ranks like the main evaluation, and counts are summed over ranks.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .steps import HEADS
+from .precision import precision_support
+from .records import Status
+from .records.speed import Bf16InferenceCheck, PerHead
+
+if TYPE_CHECKING:
+    import torch
+
+    from conformer.model import ConformerOutput
+
+    from .distributed import DistContext
+
+PATH = "optimize_for_inference(dtype=bfloat16) against the fp32 eval model"
 
 
-def _heads(out: Any) -> list[Any]:
+def _heads(out: ConformerOutput) -> list[torch.Tensor | None]:
     return [out.conv_logits, out.trans_logits, out.logits]
 
 
 def bf16_inference_check(
-    model: Any, dataset: Any, ctx: Any, *, device: str, batch_size: int, channels_last: bool
-) -> dict[str, Any]:
+    model: torch.nn.Module,
+    dataset: Any,
+    ctx: DistContext,
+    *,
+    device: str,
+    batch_size: int,
+    channels_last: bool,
+) -> Bf16InferenceCheck:
     """Top-1 (percent) per head of fp32 and bf16 inference, their top-1 agreement and largest logits error."""
     import torch
     from torch.utils.data import DataLoader, Subset
@@ -26,17 +43,10 @@ def bf16_inference_check(
     from conformer.optimize import optimize_for_inference
 
     from . import distributed
-    from .precision import precision_support
 
     support = precision_support("bf16", device)
-    result: dict[str, Any] = {
-        "path": "optimize_for_inference(dtype=bfloat16) against the fp32 eval model",
-        "status": "ok" if support.supported else "unsupported",
-        "reason": support.reason,
-        "kernels": support.kernels,
-    }
     if not support.supported:
-        return result
+        return Bf16InferenceCheck(PATH, Status.UNSUPPORTED, support.reason, support.kernels)
     was_training = model.training
     model.eval()
     bf16 = optimize_for_inference(model, dtype=torch.bfloat16)
@@ -69,14 +79,17 @@ def bf16_inference_check(
     s = sums.tolist()
     count = s[0]
 
-    def pct(offset: int) -> dict[str, float | None]:
-        return {h: 100 * s[offset + j] / count if present[j] and count else None for j, h in enumerate(HEADS)}
+    def pct(offset: int) -> PerHead:
+        return PerHead(*(100 * s[offset + j] / count if present[j] and count else None for j in range(3)))
 
-    result.update(
+    return Bf16InferenceCheck(
+        PATH,
+        Status.OK,
+        support.reason,
+        support.kernels,
         count=int(count),
         top1_fp32=pct(1),
         top1_bf16=pct(4),
         top1_agreement=pct(7),
         max_rel_diff=float(worst),
     )
-    return result

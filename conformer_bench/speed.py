@@ -35,8 +35,8 @@ from .records.speed import (
     Ceiling,
     EvaluationSet,
     ExportInfo,
-    HeadAgreement,
     LatencySummary,
+    PerHead,
     RunSettings,
     SpeedFlops,
     SpeedUp,
@@ -260,8 +260,8 @@ class _Agreement:
         for head, logits in head_logits(out).items():
             self.same[head] = self.same.get(head, 0) + int((logits.argmax(1) == ref[head].argmax(1)).sum())
 
-    def fractions(self) -> HeadAgreement:
-        return HeadAgreement(
+    def fractions(self) -> PerHead:
+        return PerHead(
             *(self.same[h] / self.images if h in self.same and self.images else None for h in HEADS)
         )
 

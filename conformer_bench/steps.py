@@ -4,20 +4,25 @@ the inference paths."""
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from conformer.model import ConformerOutput
 
 HEADS: tuple[str, ...] = ("conv", "trans", "sum")  # logit heads: CNN, transformer, and their sum
 # How inference runs: the model as built, optimize_for_inference's copy, that copy under torch.compile.
 PATHS: tuple[str, ...] = ("plain", "optimized", "compiled")
 
 
-def head_logits(out: Any) -> dict[str, Any]:
+def head_logits(out: ConformerOutput) -> dict[str, torch.Tensor]:
     """``{conv, trans, sum}`` float32 logits of a ConformerOutput (absent heads left out)."""
     heads = {"conv": out.conv_logits, "trans": out.trans_logits, "sum": out.logits}
     return {name: t.float() for name, t in heads.items() if t is not None}
 
 
-def heads_loss(out: Any, target: Any, label_smoothing: float = 0.0) -> Any:
+def heads_loss(out: ConformerOutput, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     """The release's loss: cross-entropy of each present head (in float32), averaged over the heads."""
     import torch.nn.functional as F
 
@@ -29,14 +34,14 @@ def heads_loss(out: Any, target: Any, label_smoothing: float = 0.0) -> Any:
     return sum(losses[1:], losses[0]) / len(losses)
 
 
-def precision_dtype(precision: str) -> Any:
+def precision_dtype(precision: str) -> torch.dtype | None:
     """The autocast dtype of a fine-tune precision: fp32 -> ``None`` (no autocast), bf16, fp16."""
     import torch
 
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def autocast(device: str, dtype: Any) -> contextlib.AbstractContextManager[Any]:
+def autocast(device: str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
     """``torch.autocast`` to ``dtype`` on the device's type; no autocast for ``dtype=None``."""
     import torch
 

@@ -76,7 +76,7 @@ def test_every_toggle_family_exports_and_agrees_with_eager(case: str) -> None:
     model = conformer.create_model("nano", **TOGGLE_CASES[case]).eval()
     error, top1, prepared = _agreement(model, "onnxruntime", "fp32", 32)
     assert error <= FP32_TOLERANCE and top1 == 1.0
-    assert prepared.export["opset"] and prepared.export["output_names"]
+    assert prepared.export is not None and prepared.export.opset and prepared.export.output_names
     error, top1, _ = _agreement(model, "openvino", "fp32", 32)
     assert error <= FP32_TOLERANCE and top1 == 1.0
 

@@ -64,9 +64,8 @@ class SpeedUp(Record):
 
 
 @dataclass(frozen=True)
-class HeadAgreement(Record):
-    """Share of the evaluation images whose top-1 class matches plain fp32's, per logits head (None: no
-    such head, or no images)."""
+class PerHead(Record):
+    """One value per logits head (None: the variant has no such head, or nothing was counted)."""
 
     conv: float | None
     trans: float | None
@@ -83,6 +82,25 @@ class ExportInfo(Record):
     export_s: float  # 0 for a cache hit
     opset: int | None
     tools: dict[str, str]  # package -> version (torch, onnx, onnxscript) and the exporter code's digest
+
+
+@dataclass(frozen=True)
+class Bf16InferenceCheck(Record):
+    """What bf16 inference costs a trained model (``conformer_bench.bf16_check``): top-1 percent per head in
+    fp32 and bf16, their agreement, and the largest relative logits error; only the first four where bf16
+    is not supported."""
+
+    OPTIONAL = frozenset({"count", "top1_fp32", "top1_bf16", "top1_agreement", "max_rel_diff"})
+
+    path: str
+    status: Status  # ok | unsupported
+    reason: str | None
+    kernels: str
+    count: int | None = None
+    top1_fp32: PerHead | None = None
+    top1_bf16: PerHead | None = None
+    top1_agreement: PerHead | None = None
+    max_rel_diff: float | None = None
 
 
 @dataclass(frozen=True)
@@ -198,7 +216,7 @@ class SpeedPath(Record):
     max_rel_diff_vs_plain: float | None = None
     rms_rel_diff_vs_plain: float | None = None
     max_abs_diff_vs_plain: float | None = None
-    top1_agreement_vs_plain: HeadAgreement | None = None
+    top1_agreement_vs_plain: PerHead | None = None  # share of images whose top-1 matches plain fp32's
     samples_s: list[float] | None = None
     latency_s: LatencySummary | None = None
     img_per_s: float | None = None
