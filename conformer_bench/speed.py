@@ -43,7 +43,7 @@ from .records.speed import (
 )
 from .stats import bootstrap_ratio, summarize
 from .steps import HEADS, PATHS, head_logits
-from .tables import FORMATS, Column, Table
+from .tables import EMPTY, FORMATS, Column, Table
 from .threads import threads
 from .timing import synced_timer
 
@@ -459,7 +459,7 @@ def _speed_record(
 
     device = settings.device
     failed = [name for name, e in entries.items() if e.status == Status.FAILED]
-    timed_ok = [name for name, e in entries.items() if e.img_per_s is not None]
+    timed_ok = [name for name, e in entries.items() if e.timed]
     best = max(timed_ok, key=lambda name: entries[name].img_per_s or 0.0) if timed_ok else None
     environment = fingerprint(
         device,
@@ -627,7 +627,7 @@ class PathRow:
 
     @property
     def timed(self) -> bool:
-        return self.entry.status == Status.OK and self.entry.img_per_s is not None
+        return self.entry.timed
 
 
 @dataclass(frozen=True)
@@ -636,7 +636,7 @@ class _SciColumn(Column[PathRow]):
 
     def text(self, row: PathRow) -> str:
         value = self.value(row)
-        return "—" if value is None else f"{value:.1e}"
+        return EMPTY if value is None else f"{value:.1e}"
 
 
 def _when_timed(get: Callable[[PathRow], Any]) -> Callable[[PathRow], Any]:
