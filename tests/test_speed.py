@@ -60,6 +60,11 @@ def test_speed_record_schema_and_numbers(tmp_path: Path) -> None:
     assert record["variant"]["name"] == "nano" and record["variant"]["config"]["embed_dim"] == 32
     settings = record["settings"]
     assert settings["paths"] == ["plain", "optimized"] and settings["rounds"] == ROUNDS
+    committed = json.loads((RESULTS / "speed" / "amd-epyc-zen4" / "tiny-b8-backends.json").read_text())
+    for key in ("settings", "flops", "ceiling", "evaluation_set", "environment"):
+        assert list(record[key]) == list(committed[key]), f"{key} is written in the order it always was"
+    assert list(record["precision_support"]["fp32"]) == list(committed["precision_support"]["fp32"])
+    assert list(record["paths"]["plain"]) == [k for k in committed["paths"]["plain"] if k != "breakdown"]
     assert settings["threads"] == env["threads"]
 
     flops = record["flops"]

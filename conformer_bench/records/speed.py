@@ -156,14 +156,14 @@ class RunSettings(Record):
     fold_bn: bool
     fuse_pointwise: bool
     pool_first: bool
+    agreement_images: int | None  # since version 2
     seed: int
+    ceilings: list[str] | None  # matmul ceilings timed (written since version 2's GPU runs)
+    backends: list[str] | None  # since version 3 (migrated: eager)
+    breakdown: bool | None
+    breakdown_rounds: int | None
     order: str
     timer: str
-    agreement_images: int | None = None  # since version 2
-    ceilings: list[str] | None = None  # matmul ceilings timed (written since version 2's GPU runs)
-    backends: list[str] | None = None  # since version 3 (migrated: eager)
-    breakdown: bool | None = None
-    breakdown_rounds: int | None = None
     precision: str | None = None  # version 1 only: the one autocast precision of every path and its reference
 
     @property
