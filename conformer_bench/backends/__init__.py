@@ -13,6 +13,8 @@ weights). The deployment runtimes come from the optional extra ``deploy``.
 
 from __future__ import annotations
 
+from importlib.util import find_spec
+
 from ..errors import BenchError
 from ..lists import comma_items
 from .base import (
@@ -58,8 +60,6 @@ def parse_backends(text: str) -> tuple[str, ...]:
 
 def require_installed(names: tuple[str, ...]) -> None:
     """A BenchError naming the install command when a deployment backend's package is missing."""
-    from importlib.util import find_spec
-
     modules = {
         "onnxruntime": ("onnxruntime", "onnx", "onnxscript"),
         "openvino": ("openvino", "onnx", "onnxscript"),

@@ -23,6 +23,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -171,8 +172,6 @@ def _weights_digest(model: Any) -> str:
 @lru_cache(maxsize=1)
 def _tools() -> dict[str, str]:
     """Versions of torch, onnx and onnxscript and a digest of the model's and this module's code."""
-    from importlib.metadata import version
-
     import torch
 
     import conformer.layers
