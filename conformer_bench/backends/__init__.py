@@ -13,7 +13,7 @@ weights). The deployment runtimes come from the optional extra ``deploy``.
 
 from __future__ import annotations
 
-from importlib.util import find_spec
+import importlib.util
 
 from ..errors import BenchError
 from ..lists import comma_items
@@ -65,7 +65,7 @@ def require_installed(names: tuple[str, ...]) -> None:
         "openvino": ("openvino", "onnx", "onnxscript"),
     }
     for name in names:
-        missing = [m for m in modules.get(name, ()) if find_spec(m) is None]
+        missing = [m for m in modules.get(name, ()) if importlib.util.find_spec(m) is None]
         if missing:
             raise BenchError(
                 f"--backend {name} needs {', '.join(missing)} (not installed); install them with: {INSTALL_HINT}"
