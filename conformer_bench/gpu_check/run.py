@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..env import fingerprint
 from ..errors import BenchError, exception_line
@@ -37,6 +37,13 @@ from ..toggles import build_config
 from .checks import checks_record, load_results, run_checks
 from .plan import Plan, ProfilePoint
 from .summary import render_summary
+
+if TYPE_CHECKING:
+    import torch
+
+    from conformer import ConformerConfig
+
+    from ..speed import SpeedSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 StepFn = Callable[[], str | tuple[str, int]]  # returns a detail line, or (detail, exit code) for subprocesses
@@ -100,11 +107,11 @@ class Runner:
 # --- in-process measurements ---------------------------------------------------------------------------------
 
 
-def _config(variant: str) -> Any:
+def _config(variant: str) -> ConformerConfig:
     return build_config(variant)
 
 
-def build_on_device(variant: str, device: str) -> Any:
+def build_on_device(variant: str, device: str) -> torch.nn.Module:
     """A seeded model of ``variant`` initialised directly on ``device`` (CPU init of Conformer-B is slow)."""
     import torch
 
@@ -185,7 +192,9 @@ def _autocast(device_type: str, name: str) -> Any:
     return torch.autocast(device_type=device_type, dtype=dtype)
 
 
-def _fused_sdpa_entry(sdpa_model: Any, x: Any, device_type: str, name: str) -> LogitsComparison:
+def _fused_sdpa_entry(
+    sdpa_model: torch.nn.Module, x: torch.Tensor, device_type: str, name: str
+) -> LogitsComparison:
     """The optimized path with SDPA limited to flash + memory-efficient kernels vs any backend."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -247,7 +256,7 @@ class Profiler:
 
     def __init__(self, plan: Plan, out_dir: Path) -> None:
         self.plan, self.folder = plan, out_dir / "profile"
-        self.models: dict[str, Any] = {}
+        self.models: dict[str, torch.nn.Module] = {}
         self.counted: set[str] = set()
 
     def run(
@@ -280,7 +289,7 @@ class Profiler:
             min_iters=plan.min_iters,
             max_iters=plan.max_iters,
         )
-        record = profile_variant(
+        produced = profile_variant(
             _config(point.variant),
             settings,
             label=point.name,
@@ -288,7 +297,7 @@ class Profiler:
             build=lambda: copy.deepcopy(pristine),
         )
         self.counted.add(point.variant)
-        record = typed(ProfileRecord, record)
+        record = typed(ProfileRecord, produced)
         write_json(self.folder / f"{point.name}.json", record.to_dict())
         if plan.device.startswith("cuda"):
             torch.cuda.empty_cache()
@@ -331,7 +340,7 @@ def run_matrix(runner: Runner, profiler: Profiler) -> str:
     return f"{done} of {len(runner.plan.matrix)} points{note}"
 
 
-def _speed_settings(plan: Plan, batch_size: int, **more: Any) -> Any:
+def _speed_settings(plan: Plan, batch_size: int, **more: Any) -> SpeedSettings:
     """The speed settings the check's runs share (device, image size, rounds, ceiling size) with ``more``."""
     from ..speed import SpeedSettings
 
