@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -15,12 +16,13 @@ import pytest
 import torch
 
 from conformer_bench.energy import COUNTER_METHOD, gpu_energy
+from conformer_bench.env import fingerprint
 from conformer_bench.errors import BenchError
 from conformer_bench.gpu_check import checks
 from conformer_bench.gpu_check.checks import Results, load_results, run_checks
 from conformer_bench.gpu_check.main import main
-from conformer_bench.gpu_check.plan import ProfilePoint
-from conformer_bench.gpu_check.run import ceiling_shares
+from conformer_bench.gpu_check.plan import ProfilePoint, rehearsal_plan
+from conformer_bench.gpu_check.run import Runner, ceiling_shares, measure_ceilings
 from conformer_bench.gpu_check.summary import render_summary
 from conformer_bench.readers import records_in_file
 from conformer_bench.records import (
@@ -679,3 +681,37 @@ def test_committed_gpu_folder_is_judged_again() -> None:
     }
     now = {c.name: c.status for c in run_checks(results)}
     assert {name: now[name] for name in then} == then
+
+
+# --- what the check writes ----------------------------------------------------------------------------------
+
+
+def test_runner_and_ceilings_write_typed_records(tmp_path: Path) -> None:
+    plan = dataclasses.replace(rehearsal_plan(), ceiling_size=64, ceiling_reps=2)
+    runner = Runner(plan, tmp_path)
+    runner.step("fine", 0, lambda: "done")
+    runner.step("cli", 0, lambda: ("exit 1: boom", 1))
+    runner.step("raises", 0, lambda: str(1 / 0))
+    runner.step("late", 1e9, lambda: "never")
+    log = StepsLog.from_dict(json.loads((tmp_path / "steps.json").read_text()))
+    assert [(s.name, s.status, s.exit_code) for s in log.steps] == [
+        ("fine", Status.OK, None),
+        ("cli", Status.FAILED, 1),
+        ("raises", Status.FAILED, None),
+        ("late", Status.SKIPPED, None),
+    ]
+    assert log.steps[2].detail.startswith("ZeroDivisionError")
+
+    env = CheckEnvironment.of(fingerprint("cpu", "fp32"), plan.summary(), plan.rehearsal)
+    written = env.to_dict()
+    assert list(written)[-2:] == ["plan", "rehearsal"] and written["device"] == "cpu"
+    assert written["plan"]["matrix"] == [p.name for p in plan.matrix]
+    assert written["plan"]["compiled"] == plan.compiled.name and written["plan"]["oom"] is None
+    assert CheckEnvironment.from_dict(json.loads(json.dumps(written))).to_dict() == written
+
+    record = measure_ceilings(plan)
+    assert set(record.ceilings) == {"fp32", "bf16"} and record.ceilings["fp32"].gflop_s > 0
+    path = tmp_path / "ceilings.json"
+    path.write_text(json.dumps(record.to_dict()))
+    (back,) = records_in_file(path)
+    assert isinstance(back, CeilingsRecord) and back.ceilings["bf16"].matmul_size == 64
