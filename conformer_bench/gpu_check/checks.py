@@ -51,8 +51,6 @@ MIN_FINETUNE_TOP1 = 95.0
 GPU_WALL_LIMIT_S = 300.0
 MIN_COMPILED_BF16_SHARE = 0.40  # of the bf16 tensor-core matmul ceiling, base at batch 128
 ABLATE_CELLS = 4
-
-
 INFER, TRAIN = "infer", "train"  # profile phases
 SUM_HEAD = "sum"  # the summed heads' accuracy
 FIX = "run the GPU check again to rewrite it"
@@ -186,11 +184,16 @@ class Phase:
     @property
     def precision(self) -> str:
         """The precision the profile was asked for (the phase's own may say more: "bf16 (bf16 weights ...)")."""
-        return str(self.record.settings.get("precision") or self.run.precision)
+        return str(_setting(self.record, "precision") or self.run.precision)
 
     @property
     def path(self) -> str:
-        return str(self.record.settings.get("path") or self.run.path)
+        return str(_setting(self.record, "path") or self.run.path)
+
+
+def _setting(record: ProfileRecord, name: str) -> Any:
+    """One of the settings a profile record was asked for (None where it holds none)."""
+    return (record.settings or {}).get(name)
 
 
 def measured_phases(results: Results, names: list[str] | None = None) -> Iterator[Phase]:
@@ -443,7 +446,7 @@ def check_oom(r: Results) -> CheckResult:
         return CheckResult(name, "FAIL", f"status {rec.status} ({rec.reason})")
     requested, achieved = phase.timing.requested_batch_size, phase.timing.batch_size
     env_batch = rec.environment.batch_size
-    asked = rec.settings.get("batch_size")  # the settings record what was asked
+    asked = _setting(rec, "batch_size")  # the settings record what was asked
     ok = achieved < requested and env_batch == achieved and asked == requested
     return _verdict(name, ok, f"requested {requested}, achieved {achieved} (environment batch {env_batch})")
 
@@ -488,7 +491,7 @@ def check_fused_adamw(r: Results) -> CheckResult:
     bad = [
         f"{p.point}: {optimizer}"
         for p in measured_phases(r)
-        if p.name == TRAIN and "fused" not in str(optimizer := p.record.settings.get("optimizer"))
+        if p.name == TRAIN and "fused" not in str(optimizer := _setting(p.record, "optimizer"))
     ]
     impl = _finetune_optimizer(r.finetune)
     if impl != "fused":
