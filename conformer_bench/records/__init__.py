@@ -10,6 +10,7 @@ from .ab import AB_SCHEMA, ABRecord, InstructionCounts, PairedCell, PairedRound
 from .base import Record, SchemaRecord, Status, plain
 from .common import Environment, Variant
 from .finetune import FINETUNE_SCHEMA, FinetuneEpoch, FinetuneFinal, FinetuneRecord
+from .gpu_check import CeilingsRecord, GpuCheckRecord, LogitsRecord, SharesRecord
 from .profile import (
     PROFILE_SCHEMA,
     CpuPhaseMemory,
@@ -27,7 +28,18 @@ from .search import SEARCH_SCHEMA, SearchRecord, TrialRecord
 from .speed import SPEED_SCHEMA, SpeedPath, SpeedRecord
 
 KINDS: dict[str, type[SchemaRecord]] = {
-    kind.SCHEMA: kind for kind in (ProfileRecord, SpeedRecord, FinetuneRecord, ABRecord, SearchRecord)
+    kind.SCHEMA: kind
+    for kind in (
+        ProfileRecord,
+        SpeedRecord,
+        FinetuneRecord,
+        ABRecord,
+        SearchRecord,
+        GpuCheckRecord,
+        CeilingsRecord,
+        LogitsRecord,
+        SharesRecord,
+    )
 }
 SCHEMAS: dict[str, int] = {schema: kind.VERSION for schema, kind in KINDS.items()}  # what is written now
 
@@ -48,6 +60,7 @@ __all__ = [
     "SEARCH_SCHEMA",
     "SPEED_SCHEMA",
     "ABRecord",
+    "CeilingsRecord",
     "CpuPhaseMemory",
     "CudaPhaseMemory",
     "Environment",
@@ -56,7 +69,9 @@ __all__ = [
     "FinetuneRecord",
     "FlopCounts",
     "FlopCrossCheck",
+    "GpuCheckRecord",
     "InstructionCounts",
+    "LogitsRecord",
     "PairedCell",
     "PairedRound",
     "ParamCounts",
@@ -68,6 +83,7 @@ __all__ = [
     "ReferenceTiming",
     "SchemaRecord",
     "SearchRecord",
+    "SharesRecord",
     "SpeedPath",
     "SpeedRecord",
     "Status",
