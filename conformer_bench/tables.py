@@ -217,7 +217,9 @@ class Table(Generic[T]):
         """A tidy DataFrame: one row per row, the CSV's columns and values."""
         import pandas
 
-        return pandas.DataFrame(self.records(), columns=[c.name for c in self.columns])
+        frame = pandas.DataFrame(self.records(), columns=[c.name for c in self.columns])
+        # A column with no value at all is float NaN, as pandas reads the CSV's empty cells.
+        return frame.astype(dict.fromkeys(frame.columns[frame.isna().all()], float))
 
 
 def table_of(columns: Sequence[Column[T]], rows: Iterable[T], **frame: Any) -> Table[T]:
