@@ -7,8 +7,10 @@ sharded over ranks like the main evaluation, and counts are summed over ranks.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
+from .records import Bf16Inference, Status
 from .steps import HEADS
 
 
@@ -18,7 +20,7 @@ def _heads(out: Any) -> list[Any]:
 
 def bf16_inference_check(
     model: Any, dataset: Any, ctx: Any, *, device: str, batch_size: int, channels_last: bool
-) -> dict[str, Any]:
+) -> Bf16Inference:
     """Top-1 (percent) per head of fp32 and bf16 inference, their top-1 agreement and largest logits error."""
     import torch
     from torch.utils.data import DataLoader, Subset
@@ -29,12 +31,12 @@ def bf16_inference_check(
     from .precision import precision_support
 
     support = precision_support("bf16", device)
-    result: dict[str, Any] = {
-        "path": "optimize_for_inference(dtype=bfloat16) against the fp32 eval model",
-        "status": "ok" if support.supported else "unsupported",
-        "reason": support.reason,
-        "kernels": support.kernels,
-    }
+    result = Bf16Inference(
+        path="optimize_for_inference(dtype=bfloat16) against the fp32 eval model",
+        status=Status.OK if support.supported else Status.UNSUPPORTED,
+        reason=support.reason,
+        kernels=support.kernels,
+    )
     if not support.supported:
         return result
     was_training = model.training
@@ -72,11 +74,11 @@ def bf16_inference_check(
     def pct(offset: int) -> dict[str, float | None]:
         return {h: 100 * s[offset + j] / count if present[j] and count else None for j, h in enumerate(HEADS)}
 
-    result.update(
+    return replace(
+        result,
         count=int(count),
         top1_fp32=pct(1),
         top1_bf16=pct(4),
         top1_agreement=pct(7),
         max_rel_diff=float(worst),
     )
-    return result

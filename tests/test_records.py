@@ -112,7 +112,8 @@ def test_finetune_record_round_trips_byte_for_byte() -> None:
 
     settings = FinetuneSettings(steps=4, batch_size=8, train_size=32, val_size=16, device="cpu")
     record = run_finetune(conformer.get_config("nano"), settings, show_progress=False)
-    _round_trip(FinetuneRecord, record)
+    _round_trip(FinetuneRecord, record.to_dict())
+    assert FinetuneRecord.from_dict(record.to_dict()) == record
 
 
 def test_records_written_before_still_read() -> None:

@@ -9,7 +9,18 @@ from __future__ import annotations
 from .ab import AB_SCHEMA, ABRecord, InstructionCounts, PairedCell, PairedRound
 from .base import Record, SchemaRecord, Status, plain
 from .common import Environment, Variant
-from .finetune import FINETUNE_SCHEMA, FinetuneEpoch, FinetuneFinal, FinetuneRecord
+from .finetune import (
+    FINETUNE_SCHEMA,
+    Bf16Inference,
+    CheckpointLoad,
+    FinetuneData,
+    FinetuneEpoch,
+    FinetuneFinal,
+    FinetuneHyper,
+    FinetuneRecord,
+    FinetuneSettings,
+    TrainPoint,
+)
 from .gpu_check import CeilingsRecord, GpuCheckRecord, LogitsRecord, SharesRecord
 from .profile import (
     PROFILE_SCHEMA,
@@ -60,13 +71,18 @@ __all__ = [
     "SEARCH_SCHEMA",
     "SPEED_SCHEMA",
     "ABRecord",
+    "Bf16Inference",
     "CeilingsRecord",
+    "CheckpointLoad",
     "CpuPhaseMemory",
     "CudaPhaseMemory",
     "Environment",
+    "FinetuneData",
     "FinetuneEpoch",
     "FinetuneFinal",
+    "FinetuneHyper",
     "FinetuneRecord",
+    "FinetuneSettings",
     "FlopCounts",
     "FlopCrossCheck",
     "GpuCheckRecord",
@@ -87,6 +103,7 @@ __all__ = [
     "SpeedPath",
     "SpeedRecord",
     "Status",
+    "TrainPoint",
     "TrialRecord",
     "Variant",
     "plain",
