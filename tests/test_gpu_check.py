@@ -532,7 +532,8 @@ def test_energy_from_the_nvml_counter(monkeypatch: pytest.MonkeyPatch) -> None:
     state = _fake_nvml(monkeypatch, counter=True)
     with gpu_energy("cuda") as energy:
         pass
-    assert energy["joules"] == pytest.approx(2.5) and energy["method"] == COUNTER_METHOD
+    assert energy.joules == pytest.approx(2.5) and energy.method == COUNTER_METHOD
+    assert list(energy.to_dict()) == ["method", "joules", "seconds", "mean_power_w"]
     assert state.shutdown == 1
 
 
@@ -542,9 +543,10 @@ def test_energy_falls_back_to_power_samples(monkeypatch: pytest.MonkeyPatch) -> 
     _fake_nvml(monkeypatch, counter=False)
     with gpu_energy("cuda", interval_s=0.005) as energy:
         time.sleep(0.05)
-    assert energy["mean_power_w"] == pytest.approx(300.0)  # constant power: the trapezoid integral is exact
-    assert energy["joules"] == pytest.approx(300.0 * energy["sampled_s"]) and energy["samples"] >= 2
-    assert "NotSupported" not in str(energy.get("error")) and "Not Supported" in energy["counter_error"]
+    assert energy.mean_power_w == pytest.approx(300.0)  # constant power: the trapezoid integral is exact
+    assert energy.sampled_s is not None and energy.samples is not None and energy.counter_error is not None
+    assert energy.joules == pytest.approx(300.0 * energy.sampled_s) and energy.samples >= 2
+    assert energy.error is None and "Not Supported" in energy.counter_error
 
 
 def test_speed_precision_and_ceilings_are_validated() -> None:
