@@ -67,7 +67,8 @@ IMAGE_EXTENSIONS = frozenset(
 )
 VAL_FRACTION = 0.2
 BUILTIN = ("digits", "local-global")
-DEFAULT_IMG_SIZE = {"digits": 32, "local-global": 32, "folder": 64}
+DEFAULT_IMG_SIZE = {"digits": 32, "local-global": 32}  # an image folder: FOLDER_IMG_SIZE
+FOLDER_IMG_SIZE = 64
 LOCAL_GLOBAL_SIZES = (2000, 800)  # default (train, val) images
 LOCAL_GLOBAL_CLASSES = ("checker-row", "checker-column", "dots-row", "dots-column")
 
@@ -126,7 +127,7 @@ class DataBundle:
 
 
 def default_img_size(source: str) -> int:
-    return DEFAULT_IMG_SIZE.get(source, DEFAULT_IMG_SIZE["folder"])
+    return DEFAULT_IMG_SIZE.get(source, FOLDER_IMG_SIZE)
 
 
 def stratified_split(labels: Sequence[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:

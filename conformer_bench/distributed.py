@@ -166,7 +166,7 @@ class EpochShuffle(torch.utils.data.Sampler[int]):
         return iter(torch.randperm(self.n, generator=gen).tolist())
 
 
-def set_sampler_epoch(sampler: Any, epoch: int) -> None:
+def set_sampler_epoch(sampler: torch.utils.data.Sampler[int], epoch: int) -> None:
     if hasattr(sampler, "set_epoch"):
         sampler.set_epoch(epoch)
 

@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from types import ModuleType
 
 from .records.energy import EnergyReading
 
@@ -18,7 +18,7 @@ SAMPLING_METHOD = (
 )
 
 
-def _nvml_handle(pynvml: Any, device: str) -> Any:
+def _nvml_handle(pynvml: ModuleType, device: str) -> object:
     """The NVML handle of ``device``; by UUID, since CUDA and NVML number devices differently."""
     import torch
 
@@ -34,7 +34,7 @@ def _nvml_handle(pynvml: Any, device: str) -> Any:
 class _PowerSampler:
     """Samples board power (W) in a background thread; ``joules()`` integrates the samples."""
 
-    def __init__(self, pynvml: Any, handle: Any, interval_s: float) -> None:
+    def __init__(self, pynvml: ModuleType, handle: object, interval_s: float) -> None:
         self.pynvml, self.handle, self.interval_s = pynvml, handle, interval_s
         self.samples: list[tuple[float, float]] = []  # (perf_counter seconds, watts)
         self.stop = threading.Event()

@@ -50,8 +50,16 @@ from .records.finetune import (
 from .steps import HEADS, autocast, heads_loss, precision_dtype
 
 if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
+    from torch.utils.data import DataLoader, Dataset, Sampler
+
+    from conformer import Conformer
+
     from .data import DataBundle
     from .distributed import DistContext
+
+    Batches = DataLoader[tuple[Tensor, int]]
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -133,11 +141,12 @@ def lr_at(step: int, total: int, warmup_steps: int, base_lr: float) -> float:
     return min_lr + 0.5 * (base_lr - min_lr) * (1 + math.cos(math.pi * progress))
 
 
-def param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
-    """Two AdamW groups: decay on weights of convs/linears; none on biases, norms, tokens."""
+def param_groups(model: Conformer, weight_decay: float) -> list[dict[str, Any]]:
+    """Two AdamW groups (torch's parameter-group dicts): decay on weights of convs/linears; none on biases,
+    norms, tokens."""
     skip = set(model.no_weight_decay())
-    decay: list[Any] = []
-    no_decay: list[Any] = []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -230,8 +239,8 @@ class Evaluation:
 
 
 def evaluate(
-    model: Any,
-    dataset: Any,
+    model: Conformer,
+    dataset: Dataset[tuple[Tensor, int]],
     ctx: DistContext,
     *,
     device: str,
@@ -251,7 +260,7 @@ def evaluate(
 
     from . import distributed
 
-    idx = distributed.shard_indices(len(dataset), ctx)
+    idx = distributed.shard_indices(len(dataset), ctx)  # type: ignore[arg-type]
     loader = DataLoader(Subset(dataset, idx), batch_size=batch_size, shuffle=False)
     k5 = min(5, num_classes)
     # [count, loss_sum, top1 conv/trans/sum, top5 conv/trans/sum, local cue, global cue]
@@ -301,7 +310,7 @@ def evaluate(
 
 # --- the run ---------------------------------------------------------------------------------------------
 def _load_release_checkpoint(
-    model: Any, path: str, num_classes: int, allow_partial: bool = False
+    model: Conformer, path: str, num_classes: int, allow_partial: bool = False
 ) -> CheckpointLoad:
     """Load a release checkpoint, then fresh heads for ``num_classes``.
 
@@ -424,16 +433,14 @@ def _run_config(
             f"--img-size {img_size} is not a multiple of the patch size {cfg.patch_size}; "
             f"use {max(cfg.patch_size, round(img_size / cfg.patch_size) * cfg.patch_size)}"
         )
-    overrides: dict[str, Any] = {"num_classes": num_classes, "img_size": img_size}
-    if s.drop_path is not None:
-        overrides["drop_path_rate"] = s.drop_path
+    drop_path = cfg.drop_path_rate if s.drop_path is None else s.drop_path
     try:
-        return cfg.replace(**overrides)
+        return cfg.replace(num_classes=num_classes, img_size=img_size, drop_path_rate=drop_path)
     except ValueError as exc:
         raise BenchError(str(exc)) from None
 
 
-def _make_optimizer(model: Any, s: FinetuneSettings, device: str) -> Any:
+def _make_optimizer(model: Conformer, s: FinetuneSettings, device: str) -> torch.optim.AdamW:
     """AdamW over :func:`param_groups`: fused kernels on CUDA, multi-tensor (foreach) on CPU."""
     import torch
 
@@ -460,8 +467,8 @@ class _Trainer:
         s: FinetuneSettings,
         ctx: DistContext,
         device: str,
-        model: Any,
-        ddp_model: Any,
+        model: Conformer,
+        ddp_model: nn.Module,
         schedule: _Schedule,
     ) -> None:
         import torch
@@ -486,7 +493,7 @@ class _Trainer:
         sched = self.schedule
         return lr_at(step, sched.total_steps, sched.warmup_steps, self.s.lr)
 
-    def optimizer_step(self, x: Any, y: Any, lr: float) -> tuple[Any, Any]:
+    def optimizer_step(self, x: Tensor, y: Tensor, lr: float) -> tuple[Tensor, Tensor]:
         """One step at ``lr``; returns the detached loss and the count of correct summed-head predictions."""
         import torch
 
@@ -517,7 +524,7 @@ class _Trainer:
         self.bad |= ~torch.isfinite(lossd)
         return lossd, (out.logits.detach().argmax(1) == y).sum()
 
-    def train_epoch(self, epoch: int, loader: Any, progress: _Progress) -> tuple[Any, Any, int]:
+    def train_epoch(self, epoch: int, loader: Batches, progress: _Progress) -> tuple[Tensor, Tensor, int]:
         """Steps of one epoch (until the epoch or the run ends, or the loss turns non-finite).
 
         Returns this rank's summed loss, correct predictions and image count over the epoch's windows.
@@ -568,7 +575,7 @@ class _Trainer:
         return ep_loss, ep_correct, ep_count
 
     def record_epoch(
-        self, epoch: int, sums: tuple[Any, Any, int], epoch_s: float, bundle: DataBundle
+        self, epoch: int, sums: tuple[Tensor, Tensor, int], epoch_s: float, bundle: DataBundle
     ) -> None:
         """Reduce the epoch's training sums over ranks, evaluate, and append the epoch to the history."""
         import torch
@@ -611,7 +618,7 @@ class _Trainer:
             )
         )
 
-    def run(self, loader: Any, sampler: Any, bundle: DataBundle, progress: _Progress) -> None:
+    def run(self, loader: Batches, sampler: Sampler[int], bundle: DataBundle, progress: _Progress) -> None:
         """All epochs: train, then (unless the loss turned non-finite) evaluate and record the epoch."""
         from . import distributed
 
@@ -719,7 +726,9 @@ def _build_model(
     return model, distributed.wrap_model(model, ctx, device), ckpt_info
 
 
-def _save(model: Any, s: FinetuneSettings, ctx: DistContext, status: Status) -> tuple[str | None, str | None]:
+def _save(
+    model: Conformer, s: FinetuneSettings, ctx: DistContext, status: Status
+) -> tuple[str | None, str | None]:
     """Write the weights (rank 0, a run that ended well, ``--save`` given): (path written, failure)."""
     from conformer import save_checkpoint
 

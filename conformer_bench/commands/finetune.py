@@ -118,11 +118,6 @@ def _notes(record: FinetuneRecord) -> list[str]:
     notes = []
     if record.status != Status.OK:
         notes.append(f"{record.status}: {record.reason}")
-    if final.cue_top1 is not None and final.cue_top1.get("local") is not None:
-        notes.append(
-            f"cue top-1 (sum head): texture {shown(final.cue_top1.get('local'))} %, "
-            f"arrangement {shown(final.cue_top1.get('global'))} %"
-        )
     if final.bf16_inference is not None:
         notes.append(_bf16_inference_line(final.bf16_inference))
     if record.status == Status.NAN:
