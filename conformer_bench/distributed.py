@@ -35,9 +35,6 @@ class DistContext:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def describe(self) -> dict[str, Any]:
-        return {"world_size": self.world_size, "backend": self.backend, "rank": self.rank}
-
 
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name)
