@@ -113,7 +113,7 @@ def _title(record: FinetuneRecord) -> str:
 
 
 def _notes(record: FinetuneRecord) -> list[str]:
-    """What the columns do not hold: the budget, the machine, cue and bf16 results, skipped files."""
+    """What the columns do not hold: why it stopped, bf16 inference, the budget, the machine, skipped files."""
     final, hyper, env = record.final, record.hyper, record.environment
     notes = []
     if record.status != Status.OK:
@@ -121,7 +121,7 @@ def _notes(record: FinetuneRecord) -> list[str]:
     if final.bf16_inference is not None:
         notes.append(_bf16_inference_line(final.bf16_inference))
     if record.status == Status.NAN:
-        notes.append(f"stopped at step {final.steps_done}; {hyper.epochs} epoch(s) were planned")
+        notes.append(f"(stopped at step {final.steps_done}; {hyper.epochs} epoch(s) were planned)")
     notes.append(
         f"batch {hyper.batch_size} x {hyper.distributed.world_size} process(es), lr {hyper.lr:g}, "
         f"lr warm-up {hyper.warmup_steps} step(s), seed {hyper.seed}"
