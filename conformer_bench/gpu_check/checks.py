@@ -453,8 +453,8 @@ def check_oom(r: Results) -> CheckResult:
 
 def _energy(timing: PhaseTiming) -> tuple[float | None, str, str | None]:
     """Joules, method and error of a phase's NVML energy reading (the one place that reads it)."""
-    e = timing.energy or {}
-    return e.get("joules"), str(e.get("method") or ""), e.get("error")
+    e = timing.energy
+    return (None, "", None) if e is None else (e.joules, e.method or "", e.error)
 
 
 def check_energy(r: Results) -> CheckResult:
@@ -480,8 +480,7 @@ def check_energy(r: Results) -> CheckResult:
 
 def _finetune_optimizer(record: FinetuneRecord | None) -> str | None:
     """The AdamW implementation a finetune record names (fused, foreach ...)."""
-    optimizer = (record.hyper or {}).get("optimizer") if record else None
-    return optimizer.get("impl") if isinstance(optimizer, dict) else None
+    return record.hyper.optimizer.impl if record is not None and record.hyper is not None else None
 
 
 def check_fused_adamw(r: Results) -> CheckResult:
