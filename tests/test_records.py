@@ -136,12 +136,12 @@ def test_records_written_before_still_read() -> None:
 
 
 def test_wrong_schema_is_one_line_naming_the_fix() -> None:
-    with pytest.raises(BenchError, match="pass a conformer-bench.profile file"):
+    with pytest.raises(BenchError, match=r"pass a conformer-bench\.profile file"):
         ProfileRecord.from_dict({"schema": "conformer-bench.speed", "schema_version": 2})
 
 
 def test_newer_version_names_the_upgrade() -> None:
-    with pytest.raises(BenchError, match="newer than this conformer-bench reads .* upgrade conformer-bench"):
+    with pytest.raises(BenchError, match=r"newer than this conformer-bench reads .* upgrade conformer-bench"):
         ProfileRecord.from_dict({"schema": "conformer-bench.profile", "schema_version": 99})
 
 
