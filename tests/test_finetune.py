@@ -448,3 +448,9 @@ def test_committed_finetune_records_read_back() -> None:
                 assert record.hyper.optimizer.name == "AdamW" and record.data.num_classes >= 2
                 seen += 1
     assert seen > 0
+
+
+def test_tex_output_is_latex() -> None:
+    from conformer_bench.commands.finetune import _output_format
+
+    assert _output_format("runs/ft.TEX", "json") == "latex" and _output_format("ft.md", "md") == "md"
