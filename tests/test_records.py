@@ -189,3 +189,20 @@ def test_a_failed_sweep_point_reads_back_through_its_record() -> None:
     read = ProfileRecord.from_dict(record)
     assert read.status == "failed" and read.throughput is None and read.wall_s is None
     _round_trip(ProfileRecord, record)
+
+
+def test_a_defaulted_field_a_file_lacked_stays_out_when_written_back() -> None:
+    """A key an older file did not have, read as its default, is not added when the record is written."""
+    from conformer_bench.records import SpeedPath
+
+    data = {
+        "path": "plain",
+        "precision": "fp32",
+        "status": "ok",
+        "reason": None,
+        "description": "eager",
+        "kernels": None,
+    }
+    path = SpeedPath.from_dict(data)
+    assert path.backend == "eager"
+    assert path.to_dict() == data
