@@ -24,7 +24,9 @@ if TYPE_CHECKING:
 
 # Schema -> "module:function" giving (columns, rows of one record) for the CSV of that kind.
 TIDY: dict[str, str] = {
-    "conformer-bench.speed": "conformer_bench.speed:tidy",
+    "conformer-bench.finetune": "conformer_bench.commands.finetune:tidy",  # one row per record
+    "conformer-bench.gpu-check": "conformer_bench.gpu_check.summary:check_rows",
+    "conformer-bench.speed": "conformer_bench.speed:tidy",  # one row per path
 }
 
 

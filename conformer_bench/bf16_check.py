@@ -7,11 +7,12 @@ sharded over ranks like the main evaluation, and counts are summed over ranks.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from .precision import precision_support
-from .records import Status
-from .records.speed import Bf16InferenceCheck, PerHead
+from .records import Bf16Inference, Status
+from .steps import HEADS
 
 if TYPE_CHECKING:
     import torch
@@ -19,8 +20,6 @@ if TYPE_CHECKING:
     from conformer.model import ConformerOutput
 
     from .distributed import DistContext
-
-PATH = "optimize_for_inference(dtype=bfloat16) against the fp32 eval model"
 
 
 def _heads(out: ConformerOutput) -> list[torch.Tensor | None]:
@@ -35,7 +34,7 @@ def bf16_inference_check(
     device: str,
     batch_size: int,
     channels_last: bool,
-) -> Bf16InferenceCheck:
+) -> Bf16Inference:
     """Top-1 (percent) per head of fp32 and bf16 inference, their top-1 agreement and largest logits error."""
     import torch
     from torch.utils.data import DataLoader, Subset
@@ -45,8 +44,14 @@ def bf16_inference_check(
     from . import distributed
 
     support = precision_support("bf16", device)
+    result = Bf16Inference(
+        path="optimize_for_inference(dtype=bfloat16) against the fp32 eval model",
+        status=Status.OK if support.supported else Status.UNSUPPORTED,
+        reason=support.reason,
+        kernels=support.kernels,
+    )
     if not support.supported:
-        return Bf16InferenceCheck(PATH, Status.UNSUPPORTED, support.reason, support.kernels)
+        return result
     was_training = model.training
     model.eval()
     bf16 = optimize_for_inference(model, dtype=torch.bfloat16)
@@ -64,7 +69,7 @@ def bf16_inference_check(
             out = bf16(x)
             sums[0] += y.numel()
             for j, (r, o) in enumerate(zip(_heads(ref), _heads(out), strict=True)):
-                if r is None:
+                if r is None or o is None:
                     continue
                 present[j] = True
                 r_top, o_top = r.float().argmax(1), o.float().argmax(1)
@@ -79,14 +84,11 @@ def bf16_inference_check(
     s = sums.tolist()
     count = s[0]
 
-    def pct(offset: int) -> PerHead:
-        return PerHead(*(100 * s[offset + j] / count if present[j] and count else None for j in range(3)))
+    def pct(offset: int) -> dict[str, float | None]:
+        return {h: 100 * s[offset + j] / count if present[j] and count else None for j, h in enumerate(HEADS)}
 
-    return Bf16InferenceCheck(
-        PATH,
-        Status.OK,
-        support.reason,
-        support.kernels,
+    return replace(
+        result,
         count=int(count),
         top1_fp32=pct(1),
         top1_bf16=pct(4),

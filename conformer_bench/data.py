@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
@@ -51,10 +51,12 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from .errors import BenchError
+from .records.finetune import FinetuneData, SkippedFile
 
 T = TypeVar("T")
 
@@ -65,7 +67,8 @@ IMAGE_EXTENSIONS = frozenset(
 )
 VAL_FRACTION = 0.2
 BUILTIN = ("digits", "local-global")
-DEFAULT_IMG_SIZE = {"digits": 32, "local-global": 32, "folder": 64}
+DEFAULT_IMG_SIZE = {"digits": 32, "local-global": 32}  # an image folder: FOLDER_IMG_SIZE
+FOLDER_IMG_SIZE = 64
 LOCAL_GLOBAL_SIZES = (2000, 800)  # default (train, val) images
 LOCAL_GLOBAL_CLASSES = ("checker-row", "checker-column", "dots-row", "dots-column")
 
@@ -90,15 +93,29 @@ class TensorImages(Dataset[tuple[Tensor, int]]):
 
 @dataclass
 class DataBundle:
-    """A train and a validation set plus the description stored in the record's ``data`` section."""
+    """A train and a validation set plus their description, the record's ``data`` section."""
 
     train: Dataset[Any]
     val: Dataset[Any]
-    num_classes: int
-    classes: list[str]
-    img_size: int
-    description: dict[str, Any] = field(default_factory=dict)
+    description: FinetuneData
     val_labels: Tensor | None = None  # for cue accuracies of local-global
+
+    @property
+    def num_classes(self) -> int:
+        return self.description.num_classes
+
+    @property
+    def classes(self) -> list[str]:
+        return self.description.classes
+
+    @property
+    def img_size(self) -> int:
+        return self.description.img_size
+
+    @property
+    def cues(self) -> bool:
+        """Whether the label is made of a local and a global cue (local-global), scored apart."""
+        return self.description.cues is not None
 
     @property
     def train_size(self) -> int:
@@ -110,7 +127,7 @@ class DataBundle:
 
 
 def default_img_size(source: str) -> int:
-    return DEFAULT_IMG_SIZE.get(source, DEFAULT_IMG_SIZE["folder"])
+    return DEFAULT_IMG_SIZE.get(source, FOLDER_IMG_SIZE)
 
 
 def stratified_split(labels: Sequence[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -166,15 +183,18 @@ def load_digits_data(img_size: int, seed: int, train_size: int | None, val_size:
     return DataBundle(
         train=TensorImages(x[t], labels[t]),
         val=TensorImages(x[v], labels[v]),
-        num_classes=10,
-        classes=[str(d) for d in range(10)],
-        img_size=img_size,
-        description={
-            "source": "digits",
-            "origin": "sklearn.datasets.load_digits (bundled, 1797 real 8x8 images)",
-            "preprocessing": "x/16, bilinear resize, 3 channels, (x-0.5)/0.5",
-            "split": f"stratified by class, {VAL_FRACTION:.0%} validation, seed {seed}",
-        },
+        description=FinetuneData(
+            source="digits",
+            num_classes=10,
+            classes=[str(d) for d in range(10)],
+            train_size=len(train_idx),
+            val_size=len(val_idx),
+            img_size=img_size,
+            skipped_files=0,
+            origin="sklearn.datasets.load_digits (bundled, 1797 real 8x8 images)",
+            preprocessing="x/16, bilinear resize, 3 channels, (x-0.5)/0.5",
+            split=f"stratified by class, {VAL_FRACTION:.0%} validation, seed {seed}",
+        ),
     )
 
 
@@ -225,18 +245,21 @@ def load_local_global(img_size: int, seed: int, train_size: int | None, val_size
     return DataBundle(
         train=TensorImages(x_train, y_train),
         val=TensorImages(x_val, y_val),
-        num_classes=4,
-        classes=list(LOCAL_GLOBAL_CLASSES),
-        img_size=img_size,
-        description={
-            "source": "local-global",
-            "origin": "generated on the fly (conformer_bench.data); label = 2*texture + arrangement",
-            "cues": {
+        description=FinetuneData(
+            source="local-global",
+            num_classes=4,
+            classes=list(LOCAL_GLOBAL_CLASSES),
+            train_size=n_train,
+            val_size=n_val,
+            img_size=img_size,
+            skipped_files=0,
+            origin="generated on the fly (conformer_bench.data); label = 2*texture + arrangement",
+            cues={
                 "local": "texture: checkerboard | dot lattice",
                 "global": "patch pair: same row | same column",
             },
-            "split": f"train then val drawn from one generator seeded with {seed}",
-        },
+            split=f"train then val drawn from one generator seeded with {seed}",
+        ),
         val_labels=y_val,
     )
 
@@ -245,7 +268,7 @@ def load_local_global(img_size: int, seed: int, train_size: int | None, val_size
 @dataclass
 class _Scan:
     files: list[tuple[Path, int]]
-    skipped: list[dict[str, str]]  # {"path", "reason"}
+    skipped: list[SkippedFile]
 
 
 def _decode_error(exc: BaseException) -> str:
@@ -254,8 +277,6 @@ def _decode_error(exc: BaseException) -> str:
 
 
 def _scan_split(split_dir: Path, classes: list[str] | None) -> tuple[list[str], _Scan]:
-    from PIL import Image, UnidentifiedImageError
-
     found = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not found:
         raise BenchError(
@@ -271,7 +292,7 @@ def _scan_split(split_dir: Path, classes: list[str] | None) -> tuple[list[str], 
                 "give train and val the same class folders"
             )
     files: list[tuple[Path, int]] = []
-    skipped: list[dict[str, str]] = []
+    skipped: list[SkippedFile] = []
     for label, name in enumerate(classes):
         cdir = split_dir / name
         if not cdir.is_dir():
@@ -281,7 +302,7 @@ def _scan_split(split_dir: Path, classes: list[str] | None) -> tuple[list[str], 
             if not path.is_file():
                 continue
             if path.suffix.lower() not in IMAGE_EXTENSIONS or path.name.startswith("."):
-                skipped.append({"path": str(path), "reason": "not an image file extension"})
+                skipped.append(SkippedFile(str(path), "not an image file extension"))
                 continue
             try:
                 with Image.open(path) as img:
@@ -293,7 +314,7 @@ def _scan_split(split_dir: Path, classes: list[str] | None) -> tuple[list[str], 
                 ValueError,
                 SyntaxError,
             ) as exc:
-                skipped.append({"path": str(path), "reason": _decode_error(exc)})
+                skipped.append(SkippedFile(str(path), _decode_error(exc)))
                 continue
             files.append((path, label))
             count += 1
@@ -321,8 +342,6 @@ class FolderImages(Dataset[tuple[Tensor, int]]):
         self.epoch = epoch
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        from PIL import Image
-
         path, label = self.files[index]
         try:
             with Image.open(path) as raw:
@@ -348,9 +367,7 @@ class FolderImages(Dataset[tuple[Tensor, int]]):
         return (arr - self.mean) / self.std, label
 
 
-def _random_resized_crop(img: Any, size: int, rng: random.Random) -> Any:
-    from PIL import Image
-
+def _random_resized_crop(img: Image.Image, size: int, rng: random.Random) -> Image.Image:
     w, h = img.size
     area = w * h
     for _ in range(10):
@@ -365,9 +382,7 @@ def _random_resized_crop(img: Any, size: int, rng: random.Random) -> Any:
     return _resize_center_crop(img, size)
 
 
-def _resize_center_crop(img: Any, size: int) -> Any:
-    from PIL import Image
-
+def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     w, h = img.size
     short = max(size, round(size / 0.875))
     scale = short / min(w, h)
@@ -416,19 +431,21 @@ def load_image_folder(
     return DataBundle(
         train=FolderImages(train_files, img_size, train=True, seed=seed),
         val=FolderImages(val_files, img_size, train=False, seed=seed),
-        num_classes=len(classes),
-        classes=classes,
-        img_size=img_size,
-        description={
-            "source": "folder",
-            "path": str(root),
-            "split": split,
-            "skipped_files": len(skipped),
-            "skipped_examples": skipped[:10],
-            "normalisation": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
-            "train_transform": "random resized crop (area 0.35-1, aspect 3/4-4/3, bicubic), horizontal flip",
-            "val_transform": "resize short side to S/0.875 (bicubic), centre crop S",
-        },
+        description=FinetuneData(
+            source="folder",
+            num_classes=len(classes),
+            classes=classes,
+            train_size=len(train_files),
+            val_size=len(val_files),
+            img_size=img_size,
+            skipped_files=len(skipped),
+            path=str(root),
+            split=split,
+            skipped_examples=skipped[:10],
+            normalisation={"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+            train_transform="random resized crop (area 0.35-1, aspect 3/4-4/3, bicubic), horizontal flip",
+            val_transform="resize short side to S/0.875 (bicubic), centre crop S",
+        ),
     )
 
 
@@ -451,15 +468,6 @@ def load_dataset(
                 "pass digits, local-global or an ImageFolder path"
             )
         bundle = load_image_folder(root, size, seed, train_size, val_size)
-    desc = bundle.description
-    bundle.description = {
-        "source": desc.pop("source"),
-        "num_classes": bundle.num_classes,
-        "classes": bundle.classes,
-        "train_size": bundle.train_size,
-        "val_size": bundle.val_size,
-        "img_size": size,
-        "skipped_files": desc.pop("skipped_files", 0),  # non-image or undecodable files (ImageFolder only)
-        **desc,
-    }
+    assert bundle.description.train_size == bundle.train_size, "the description counts the training set"
+    assert bundle.description.val_size == bundle.val_size, "the description counts the validation set"
     return bundle

@@ -35,9 +35,6 @@ class DistContext:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def describe(self) -> dict[str, Any]:
-        return {"world_size": self.world_size, "backend": self.backend, "rank": self.rank}
-
 
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name)
@@ -166,7 +163,7 @@ class EpochShuffle(torch.utils.data.Sampler[int]):
         return iter(torch.randperm(self.n, generator=gen).tolist())
 
 
-def set_sampler_epoch(sampler: Any, epoch: int) -> None:
+def set_sampler_epoch(sampler: torch.utils.data.Sampler[int], epoch: int) -> None:
     if hasattr(sampler, "set_epoch"):
         sampler.set_epoch(epoch)
 

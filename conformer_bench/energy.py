@@ -7,7 +7,9 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from types import ModuleType
+
+from .records.energy import EnergyReading
 
 COUNTER_METHOD = "nvmlDeviceGetTotalEnergyConsumption delta over the timed loop (millijoule counter, Volta+)"
 SAMPLING_METHOD = (
@@ -16,7 +18,7 @@ SAMPLING_METHOD = (
 )
 
 
-def _nvml_handle(pynvml: Any, device: str) -> Any:
+def _nvml_handle(pynvml: ModuleType, device: str) -> object:
     """The NVML handle of ``device``; by UUID, since CUDA and NVML number devices differently."""
     import torch
 
@@ -32,7 +34,7 @@ def _nvml_handle(pynvml: Any, device: str) -> Any:
 class _PowerSampler:
     """Samples board power (W) in a background thread; ``joules()`` integrates the samples."""
 
-    def __init__(self, pynvml: Any, handle: Any, interval_s: float) -> None:
+    def __init__(self, pynvml: ModuleType, handle: object, interval_s: float) -> None:
         self.pynvml, self.handle, self.interval_s = pynvml, handle, interval_s
         self.samples: list[tuple[float, float]] = []  # (perf_counter seconds, watts)
         self.stop = threading.Event()
@@ -62,27 +64,26 @@ class _PowerSampler:
 
 
 @contextmanager
-def gpu_energy(device: str, interval_s: float = 0.01) -> Iterator[dict[str, Any]]:
-    """Energy of the enclosed (synchronised) GPU work; the dict is filled on exit.
+def gpu_energy(device: str, interval_s: float = 0.01) -> Iterator[EnergyReading]:
+    """Energy of the enclosed (synchronised) GPU work; the reading is filled in on exit.
 
-    Keys: ``method``, ``joules``, ``seconds`` (host wall time of the block), ``mean_power_w`` and
-    ``error`` (why no reading, e.g. NVML missing or the call not supported on this board).
-    The caller synchronises the device before leaving the block, so the reading covers the work.
+    ``error`` says why there is none (NVML missing, or the call not supported on this board). The caller
+    synchronises the device before leaving the block, so the reading covers the work.
     """
-    result: dict[str, Any] = {"method": None, "joules": None, "seconds": None, "mean_power_w": None}
+    result = EnergyReading()
     try:
         import pynvml
 
         pynvml.nvmlInit()
     except Exception as exc:  # no driver / library: the record says why
-        result["error"] = f"{type(exc).__name__}: {exc}"
+        result.error = f"{type(exc).__name__}: {exc}"
         yield result
         return
     try:
         try:
             handle = _nvml_handle(pynvml, device)
         except Exception as exc:
-            result["error"] = f"{type(exc).__name__}: {exc}"
+            result.error = f"{type(exc).__name__}: {exc}"
             yield result
             return
         start_mj: int | None = None
@@ -96,7 +97,7 @@ def gpu_energy(device: str, interval_s: float = 0.01) -> Iterator[dict[str, Any]
             try:
                 sampler = _PowerSampler(pynvml, handle, interval_s).__enter__()
             except pynvml.NVMLError as exc:
-                result["error"] = f"energy counter: {counter_error}; power: {type(exc).__name__}: {exc}"
+                result.error = f"energy counter: {counter_error}; power: {type(exc).__name__}: {exc}"
         started = time.perf_counter()
         try:
             yield result
@@ -106,20 +107,19 @@ def gpu_energy(device: str, interval_s: float = 0.01) -> Iterator[dict[str, Any]
             raise
         seconds = time.perf_counter() - started
         if start_mj is not None:
-            joules = (int(pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)) - start_mj) / 1000.0
-            result.update(method=COUNTER_METHOD, joules=joules)
+            result.method = COUNTER_METHOD
+            result.joules = (int(pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)) - start_mj) / 1000.0
         elif sampler is not None:
             sampler.__exit__()
-            result.update(
-                method=SAMPLING_METHOD.format(interval_ms=interval_s * 1e3),
-                joules=sampler.joules(),
-                samples=len(sampler.samples),
-                sampled_s=sampler.samples[-1][0] - sampler.samples[0][0],
-                counter_error=counter_error,
-            )
-        result["seconds"] = seconds
-        span = result.get("sampled_s", seconds)  # power samples may start and end a little off the block
-        if result["joules"] is not None and span > 0:
-            result["mean_power_w"] = result["joules"] / span
+            result.method = SAMPLING_METHOD.format(interval_ms=interval_s * 1e3)
+            result.joules = sampler.joules()
+            result.samples = len(sampler.samples)
+            result.sampled_s = sampler.samples[-1][0] - sampler.samples[0][0]
+            result.counter_error = counter_error
+        result.seconds = seconds
+        # Power samples may start and end a little off the block: their own span gives the mean power.
+        span = result.sampled_s if result.sampled_s is not None else seconds
+        if result.joules is not None and span > 0:
+            result.mean_power_w = result.joules / span
     finally:
         pynvml.nvmlShutdown()

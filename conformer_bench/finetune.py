@@ -18,64 +18,63 @@ import math
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 from conformer import ConformerConfig
 
+from .bf16_check import bf16_inference_check
+from .bounds import WORKER_LIMIT, check_count, check_seed
+from .env import fingerprint, resolve_device
 from .errors import BenchError
-from .files import write_failure
-from .records import FinetuneEpoch, FinetuneFinal, FinetuneRecord, Status
+from .files import check_writable, write_failure
+from .memory import process_peak_rss_bytes
+from .records import Environment, Status, Variant
+from .records.finetune import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_EPOCHS,
+    DEFAULT_LR,
+    DEFAULT_WARMUP,
+    CheckpointLoad,
+    DistributedSetup,
+    FinetuneEpoch,
+    FinetuneFinal,
+    FinetuneHyper,
+    FinetuneRecord,
+    FinetuneSettings,
+    Heads,
+    OptimizerSetup,
+    RequestedLength,
+    TrainPoint,
+)
 from .steps import HEADS, autocast, heads_loss, precision_dtype
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
+    from torch.utils.data import DataLoader, Dataset, Sampler
+
+    from conformer import Conformer
+
+    from .data import DataBundle
+    from .distributed import DistContext
+
+    Batches = DataLoader[tuple[Tensor, int]]
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_EPOCHS",
+    "DEFAULT_LR",
+    "DEFAULT_WARMUP",
+    "FinetuneSettings",
+    "lr_at",
+    "run_finetune",
+    "validate_settings",
+]
 
 MIN_LR_RATIO = 0.01  # release: lr 1e-3 -> min lr 1e-5
 LOG_EVERY = 10  # optimizer steps between host synchronisations (progress, loss curve, non-finite check)
 PRECISIONS = ("fp32", "bf16", "fp16")
-
-# Defaults tuned so that ``finetune --variant micro`` on digits passes 95 % top-1 in well under a minute
-# on a 2-core CPU (see tests/test_finetune.py::test_default_micro_digits_reaches_95).
-DEFAULT_EPOCHS = 8
-DEFAULT_BATCH_SIZE = 64
-DEFAULT_LR = 2e-3
-DEFAULT_WARMUP = 0.1
-
-
-@dataclass(frozen=True)
-class FinetuneSettings:
-    """Everything about a fine-tuning run except the architecture.
-
-    ``warmup`` below 1 is a fraction of all optimizer steps; 1 or more is a number of epochs (may be
-    fractional). ``epochs`` and ``steps`` exclude each other; with neither, ``DEFAULT_EPOCHS`` epochs run.
-    ``steps`` counts optimizer steps; the last epoch may then be partial. ``batch_size`` is per process.
-    ``drop_path=None`` keeps the variant's ``drop_path_rate``. ``checkpoint`` is a release ``.pth``: both heads
-    are replaced for the dataset's classes; any other missing or unexpected key is an error unless
-    ``allow_partial``. ``save`` writes the fine-tuned
-    weights in the release's key format. ``train_size``/``val_size`` cap (or, for local-global, set) the
-    number of images.
-    """
-
-    dataset: str = "digits"
-    img_size: int | None = None
-    epochs: int | None = None
-    steps: int | None = None
-    batch_size: int = DEFAULT_BATCH_SIZE
-    lr: float = DEFAULT_LR
-    weight_decay: float = 0.05
-    warmup: float = DEFAULT_WARMUP
-    label_smoothing: float = 0.0
-    drop_path: float | None = None
-    clip_grad: float | None = None
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "fp32"
-    channels_last: bool = False
-    workers: int = 0
-    checkpoint: str | None = None
-    allow_partial: bool = False
-    save: str | None = None
-    train_size: int | None = None
-    val_size: int | None = None
-    bf16_inference: bool = False  # also evaluate the trained model with bf16 inference against fp32
 
 
 def validate_settings(s: FinetuneSettings) -> None:
@@ -91,7 +90,7 @@ def validate_settings(s: FinetuneSettings) -> None:
     for option, value in (
         ("--lr", s.lr),
         ("--weight-decay", s.weight_decay),
-        ("--warmup", s.warmup),
+        ("--lr-warmup", s.warmup),
         ("--label-smoothing", s.label_smoothing),
         ("--drop-path", s.drop_path),
         ("--clip-grad", s.clip_grad),
@@ -103,7 +102,7 @@ def validate_settings(s: FinetuneSettings) -> None:
     if s.weight_decay < 0:
         raise BenchError(f"--weight-decay must be >= 0; got {s.weight_decay}")
     if s.warmup < 0:
-        raise BenchError(f"--warmup must be >= 0 (a fraction below 1, else epochs); got {s.warmup}")
+        raise BenchError(f"--lr-warmup must be >= 0 (a fraction below 1, else epochs); got {s.warmup}")
     if not 0 <= s.label_smoothing < 1:
         raise BenchError(f"--label-smoothing must be in [0, 1); got {s.label_smoothing}")
     if s.drop_path is not None and not 0 <= s.drop_path < 1:
@@ -116,8 +115,6 @@ def validate_settings(s: FinetuneSettings) -> None:
         raise BenchError(f"--workers must be >= 0; got {s.workers}")
     if not s.dataset.strip():
         raise BenchError("--dataset is empty; give digits, local-global or the path of an image folder")
-    from .bounds import WORKER_LIMIT, check_count, check_seed
-
     check_seed(s.seed)
     if s.workers:
         check_count(s.workers, "--workers", WORKER_LIMIT)
@@ -144,11 +141,12 @@ def lr_at(step: int, total: int, warmup_steps: int, base_lr: float) -> float:
     return min_lr + 0.5 * (base_lr - min_lr) * (1 + math.cos(math.pi * progress))
 
 
-def param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
-    """Two AdamW groups: decay on weights of convs/linears; none on biases, norms, tokens."""
+def param_groups(model: Conformer, weight_decay: float) -> list[dict[str, Any]]:
+    """Two AdamW groups (torch's parameter-group dicts): decay on weights of convs/linears; none on biases,
+    norms, tokens."""
     skip = set(model.no_weight_decay())
-    decay: list[Any] = []
-    no_decay: list[Any] = []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -180,8 +178,6 @@ def _peak_memory(device: str) -> tuple[int, str]:
 
     if device.startswith("cuda"):
         return int(torch.cuda.max_memory_allocated(device)), "cuda_max_memory_allocated"
-    from .memory import process_peak_rss_bytes
-
     return process_peak_rss_bytes(), "process_peak_rss"
 
 
@@ -231,10 +227,21 @@ class _Progress:
 
 
 # --- evaluation ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Evaluation:
+    """One pass over the validation set: images seen, mean loss, top-1/top-5 per head, cue accuracies."""
+
+    count: int
+    val_loss: float | None
+    top1: Heads
+    top5: Heads | None  # with 5 classes or more
+    cue_top1: dict[str, float | None] | None  # local-global: the summed head's texture / arrangement
+
+
 def evaluate(
-    model: Any,
-    dataset: Any,
-    ctx: Any,
+    model: Conformer,
+    dataset: Dataset[tuple[Tensor, int]],
+    ctx: DistContext,
     *,
     device: str,
     batch_size: int,
@@ -242,7 +249,7 @@ def evaluate(
     channels_last: bool,
     num_classes: int,
     cues: bool = False,
-) -> dict[str, Any]:
+) -> Evaluation:
     """Top-1/top-5 per head and mean validation loss over the whole validation set, summed over ranks.
 
     The validation loss is plain cross-entropy (no label smoothing), averaged over heads and images.
@@ -253,7 +260,7 @@ def evaluate(
 
     from . import distributed
 
-    idx = distributed.shard_indices(len(dataset), ctx)
+    idx = distributed.shard_indices(len(dataset), ctx)  # type: ignore[arg-type]
     loader = DataLoader(Subset(dataset, idx), batch_size=batch_size, shuffle=False)
     k5 = min(5, num_classes)
     # [count, loss_sum, top1 conv/trans/sum, top5 conv/trans/sum, local cue, global cue]
@@ -287,23 +294,24 @@ def evaluate(
     distributed.all_reduce_sum(sums, ctx)
     s = sums.tolist()
     count = s[0]
-    has = {"conv": present[0], "trans": present[1], "sum": True}
-    result: dict[str, Any] = {
-        "count": int(count),
-        "val_loss": s[1] / count if count else None,
-        "top1": {h: _pct(s[2 + j], count) if has[h] else None for j, h in enumerate(HEADS)},
-    }
-    if num_classes >= 5:
-        result["top5"] = {h: _pct(s[5 + j], count) if has[h] else None for j, h in enumerate(HEADS)}
-    if cues:
-        result["cue_top1"] = {"local": _pct(s[8], count), "global": _pct(s[9], count)}
-    return result
+    has = [*present, True]  # conv, trans, sum
+
+    def per_head(offset: int) -> Heads:
+        return {h: _pct(s[offset + j], count) if has[j] else None for j, h in enumerate(HEADS)}
+
+    return Evaluation(
+        count=int(count),
+        val_loss=s[1] / count if count else None,
+        top1=per_head(2),
+        top5=per_head(5) if num_classes >= 5 else None,
+        cue_top1={"local": _pct(s[8], count), "global": _pct(s[9], count)} if cues else None,
+    )
 
 
 # --- the run ---------------------------------------------------------------------------------------------
 def _load_release_checkpoint(
-    model: Any, path: str, num_classes: int, allow_partial: bool = False
-) -> dict[str, Any]:
+    model: Conformer, path: str, num_classes: int, allow_partial: bool = False
+) -> CheckpointLoad:
     """Load a release checkpoint, then fresh heads for ``num_classes``.
 
     Keys of the heads may differ (they are replaced); any other missing or unexpected key is an error
@@ -345,19 +353,19 @@ def _load_release_checkpoint(
             "no learning rate trains from it: use an intact checkpoint"
         )
     model.reset_classifier(num_classes)
-    return {
-        "path": str(path),
-        "loaded_keys": loaded,
-        "model_keys": len(own),
-        "partial": bool(body_missing or body_unexpected),
-        "body_missing": len(body_missing),
-        "body_unexpected": len(body_unexpected),
-        "missing": report.missing,
-        "unexpected": report.unexpected,
-        "shape_conflicts": [[k, list(a), list(b)] for k, a, b in report.shape_conflicts],
-        "heads_reset": sorted(k for k in model.state_dict() if k.startswith(head_prefixes)),
-        "report": report.describe(),
-    }
+    return CheckpointLoad(
+        path=str(path),
+        loaded_keys=loaded,
+        model_keys=len(own),
+        partial=bool(body_missing or body_unexpected),
+        body_missing=len(body_missing),
+        body_unexpected=len(body_unexpected),
+        missing=report.missing,
+        unexpected=report.unexpected,
+        shape_conflicts=[[k, list(a), list(b)] for k, a, b in report.shape_conflicts],
+        heads_reset=sorted(k for k in model.state_dict() if k.startswith(head_prefixes)),
+        report=report.describe(),
+    )
 
 
 def run_finetune(
@@ -366,15 +374,13 @@ def run_finetune(
     *,
     label: str | None = None,
     show_progress: bool = True,
-) -> dict[str, Any]:
-    """Train ``cfg`` on ``settings.dataset`` and return a ``conformer-bench.finetune`` record.
+) -> FinetuneRecord:
+    """Train ``cfg`` on ``settings.dataset`` and return its ``conformer-bench.finetune`` record.
 
-    A non-finite training loss stops the run and returns a record with ``status: "nan"`` (never raises);
-    bad input raises :class:`BenchError`.
+    A non-finite training loss stops the run and returns a record with status nan (never raises); a
+    ``--save`` that fails returns one with status failed; bad input raises :class:`BenchError`.
     """
     from . import distributed
-    from .env import resolve_device
-    from .files import check_writable
 
     validate_settings(settings)
     t_start = time.perf_counter()
@@ -427,16 +433,14 @@ def _run_config(
             f"--img-size {img_size} is not a multiple of the patch size {cfg.patch_size}; "
             f"use {max(cfg.patch_size, round(img_size / cfg.patch_size) * cfg.patch_size)}"
         )
-    overrides: dict[str, Any] = {"num_classes": num_classes, "img_size": img_size}
-    if s.drop_path is not None:
-        overrides["drop_path_rate"] = s.drop_path
+    drop_path = cfg.drop_path_rate if s.drop_path is None else s.drop_path
     try:
-        return cfg.replace(**overrides)
+        return cfg.replace(num_classes=num_classes, img_size=img_size, drop_path_rate=drop_path)
     except ValueError as exc:
         raise BenchError(str(exc)) from None
 
 
-def _make_optimizer(model: Any, s: FinetuneSettings, device: str) -> Any:
+def _make_optimizer(model: Conformer, s: FinetuneSettings, device: str) -> torch.optim.AdamW:
     """AdamW over :func:`param_groups`: fused kernels on CUDA, multi-tensor (foreach) on CPU."""
     import torch
 
@@ -459,7 +463,13 @@ class _Trainer:
     """
 
     def __init__(
-        self, s: FinetuneSettings, ctx: Any, device: str, model: Any, ddp_model: Any, schedule: _Schedule
+        self,
+        s: FinetuneSettings,
+        ctx: DistContext,
+        device: str,
+        model: Conformer,
+        ddp_model: nn.Module,
+        schedule: _Schedule,
     ) -> None:
         import torch
 
@@ -470,7 +480,7 @@ class _Trainer:
         self.dtype = precision_dtype(s.precision)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.history: list[FinetuneEpoch] = []
-        self.curve: list[dict[str, Any]] = []
+        self.curve: list[TrainPoint] = []
         self.status = Status.OK
         self.reason: str | None = None
         self.step = 0
@@ -483,7 +493,7 @@ class _Trainer:
         sched = self.schedule
         return lr_at(step, sched.total_steps, sched.warmup_steps, self.s.lr)
 
-    def optimizer_step(self, x: Any, y: Any, lr: float) -> tuple[Any, Any]:
+    def optimizer_step(self, x: Tensor, y: Tensor, lr: float) -> tuple[Tensor, Tensor]:
         """One step at ``lr``; returns the detached loss and the count of correct summed-head predictions."""
         import torch
 
@@ -514,7 +524,7 @@ class _Trainer:
         self.bad |= ~torch.isfinite(lossd)
         return lossd, (out.logits.detach().argmax(1) == y).sum()
 
-    def train_epoch(self, epoch: int, loader: Any, progress: _Progress) -> tuple[Any, Any, int]:
+    def train_epoch(self, epoch: int, loader: Batches, progress: _Progress) -> tuple[Tensor, Tensor, int]:
         """Steps of one epoch (until the epoch or the run ends, or the loss turns non-finite).
 
         Returns this rank's summed loss, correct predictions and image count over the epoch's windows.
@@ -557,7 +567,7 @@ class _Trainer:
                     f"(epoch {epoch + 1}); lower --lr or set --clip-grad"
                 )
                 break
-            self.curve.append({"step": self.step, "epoch": epoch + 1, "loss": w_loss / w_count, "lr": lr})
+            self.curve.append(TrainPoint(step=self.step, epoch=epoch + 1, loss=w_loss / w_count, lr=lr))
             description = f"epoch {epoch + 1}/{sched.epochs}"
             progress.update(self.step, w_loss / w_count, 100 * w_correct / w_count, speed, description)
             win_loss, win_correct, win_count = zero.clone(), zero.clone(), 0
@@ -565,7 +575,7 @@ class _Trainer:
         return ep_loss, ep_correct, ep_count
 
     def record_epoch(
-        self, epoch: int, sums: tuple[Any, Any, int], epoch_s: float, bundle: Any, cues: bool
+        self, epoch: int, sums: tuple[Tensor, Tensor, int], epoch_s: float, bundle: DataBundle
     ) -> None:
         """Reduce the epoch's training sums over ranks, evaluate, and append the epoch to the history."""
         import torch
@@ -587,7 +597,7 @@ class _Trainer:
             precision=self.s.precision,
             channels_last=self.s.channels_last,
             num_classes=bundle.num_classes,
-            cues=cues,
+            cues=bundle.cues,
         )
         eval_s = time.perf_counter() - t_eval
         self.history.append(
@@ -596,19 +606,19 @@ class _Trainer:
                 step=self.step,
                 train_loss=e_loss / e_count,
                 train_top1=100 * e_correct / e_count,
-                val_loss=metrics["val_loss"],
-                top1=metrics["top1"],
-                top5=metrics.get("top5"),
-                cue_top1=metrics["cue_top1"] if cues else None,
+                val_loss=metrics.val_loss,
+                top1=metrics.top1,
+                top5=metrics.top5,
+                cue_top1=metrics.cue_top1,
                 lr=self.lr(self.step - 1),
                 img_per_s=e_count / epoch_s,
                 epoch_s=epoch_s,
                 eval_s=eval_s,
-                eval_img_per_s=metrics["count"] / eval_s,
+                eval_img_per_s=metrics.count / eval_s,
             )
         )
 
-    def run(self, loader: Any, sampler: Any, bundle: Any, cues: bool, progress: _Progress) -> None:
+    def run(self, loader: Batches, sampler: Sampler[int], bundle: DataBundle, progress: _Progress) -> None:
         """All epochs: train, then (unless the loss turned non-finite) evaluate and record the epoch."""
         from . import distributed
 
@@ -623,7 +633,7 @@ class _Trainer:
             self.train_s += epoch_s
             if self.status != Status.OK:
                 break
-            self.record_epoch(epoch, sums, epoch_s, bundle, cues)
+            self.record_epoch(epoch, sums, epoch_s, bundle)
             if self.step >= self.schedule.total_steps:
                 break
 
@@ -631,12 +641,12 @@ class _Trainer:
 def _run(
     cfg: ConformerConfig,
     s: FinetuneSettings,
-    ctx: Any,
+    ctx: DistContext,
     device: str,
     label: str | None,
     show_progress: bool,
     t_start: float,
-) -> dict[str, Any]:
+) -> FinetuneRecord:
     """Build the data, the model and the schedule, train, save, and assemble the record."""
     import torch
     from torch.utils.data import DataLoader
@@ -660,22 +670,19 @@ def _run(
         pin_memory=device.startswith("cuda"),
     )
     trainer = _Trainer(s, ctx, device, model, ddp_model, schedule)
-    cues = bundle.description.get("source") == "local-global"
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(device)
     progress = _Progress(show_progress and ctx.is_main, schedule.total_steps, f"epoch 1/{schedule.epochs}")
     try:
-        trainer.run(loader, sampler, bundle, cues, progress)
+        trainer.run(loader, sampler, bundle, progress)
     finally:
         progress.close()
 
     last = trainer.history[-1] if (trainer.history and trainer.status == Status.OK) else None
     peak = _peak_memory(device)
     saved, save_failure = _save(model, s, ctx, trainer.status)
-    final = _final(trainer, bundle, last, cues, t_start, peak)
+    final = _final(trainer, bundle, last, t_start, peak)
     if s.bf16_inference and trainer.status == Status.OK and save_failure is None:
-        from .bf16_check import bf16_inference_check
-
         check = bf16_inference_check(
             model, bundle.val, ctx, device=device, batch_size=s.batch_size, channels_last=s.channels_last
         )
@@ -697,8 +704,8 @@ def _run(
 
 
 def _build_model(
-    run_cfg: ConformerConfig, s: FinetuneSettings, ctx: Any, device: str, num_classes: int
-) -> tuple[Any, Any, dict[str, Any] | None]:
+    run_cfg: ConformerConfig, s: FinetuneSettings, ctx: DistContext, device: str, num_classes: int
+) -> tuple[Any, Any, CheckpointLoad | None]:
     """The model (from ``--checkpoint`` when given) on ``device``, its DDP wrapper, and what the checkpoint held."""
     import torch
 
@@ -719,7 +726,9 @@ def _build_model(
     return model, distributed.wrap_model(model, ctx, device), ckpt_info
 
 
-def _save(model: Any, s: FinetuneSettings, ctx: Any, status: Status) -> tuple[str | None, str | None]:
+def _save(
+    model: Conformer, s: FinetuneSettings, ctx: DistContext, status: Status
+) -> tuple[str | None, str | None]:
     """Write the weights (rank 0, a run that ended well, ``--save`` given): (path written, failure)."""
     from conformer import save_checkpoint
 
@@ -734,9 +743,8 @@ def _save(model: Any, s: FinetuneSettings, ctx: Any, status: Status) -> tuple[st
 
 def _final(
     trainer: _Trainer,
-    bundle: Any,
+    bundle: DataBundle,
     last: FinetuneEpoch | None,
-    cues: bool,
     t_start: float,
     peak: tuple[int, str],
 ) -> FinetuneFinal:
@@ -747,7 +755,7 @@ def _final(
     return FinetuneFinal(
         top1=last.top1 if last else none_heads,
         top5=(last.top5 if last else none_heads) if bundle.num_classes >= 5 else None,
-        cue_top1=(last.cue_top1 if last else {"local": None, "global": None}) if cues else None,
+        cue_top1=(last.cue_top1 if last else {"local": None, "global": None}) if bundle.cues else None,
         val_loss=last.val_loss if last else None,
         val_count=bundle.val_size,
         train_loss=last.train_loss if last else None,
@@ -761,43 +769,45 @@ def _final(
 
 
 def _hyper(
-    s: FinetuneSettings, ctx: Any, device: str, schedule: _Schedule, drop_path: float
-) -> dict[str, Any]:
+    s: FinetuneSettings, ctx: DistContext, device: str, schedule: _Schedule, drop_path: float
+) -> FinetuneHyper:
     """The run's hyper-parameters as they were resolved (schedule, optimizer, precision, distribution)."""
-    hyper = {
-        "epochs": schedule.epochs,
-        "steps": schedule.total_steps,
-        "steps_per_epoch": schedule.steps_per_epoch,
-        "requested": {"epochs": s.epochs, "steps": s.steps},
-        "batch_size": s.batch_size,
-        "global_batch_size": s.batch_size * ctx.world_size,
-        "lr": s.lr,
-        "min_lr": s.lr * MIN_LR_RATIO,
-        "lr_schedule": "per-step linear warm-up, then cosine to min_lr",
-        "weight_decay": s.weight_decay,
-        "warmup": s.warmup,
-        "warmup_steps": schedule.warmup_steps,
-        "label_smoothing": s.label_smoothing,
-        "drop_path": drop_path,
-        "clip_grad": s.clip_grad,
-        "seed": s.seed,
-        "optimizer": {
-            "name": "AdamW",
-            "betas": [0.9, 0.999],
-            "eps": 1e-8,
-            "impl": "fused" if device.startswith("cuda") else "foreach",
-            "no_decay": "biases, norm weights, cls_token, pos_embed",
-        },
-        "loss": "mean over present heads of cross-entropy",
-        "precision": s.precision,
-        "grad_scaler": s.precision == "fp16",
-        "channels_last": s.channels_last,
-        "workers": s.workers,
-        "checkpoint": s.checkpoint,
-        "distributed": ctx.describe() | {"sampler": "DistributedSampler" if ctx.enabled else "EpochShuffle"},
-    }
-    del hyper["distributed"]["rank"]
-    return hyper
+    return FinetuneHyper(
+        epochs=schedule.epochs,
+        steps=schedule.total_steps,
+        steps_per_epoch=schedule.steps_per_epoch,
+        requested=RequestedLength(epochs=s.epochs, steps=s.steps),
+        batch_size=s.batch_size,
+        global_batch_size=s.batch_size * ctx.world_size,
+        lr=s.lr,
+        min_lr=s.lr * MIN_LR_RATIO,
+        lr_schedule="per-step linear warm-up, then cosine to min_lr",
+        weight_decay=s.weight_decay,
+        warmup=s.warmup,
+        warmup_steps=schedule.warmup_steps,
+        label_smoothing=s.label_smoothing,
+        drop_path=drop_path,
+        clip_grad=s.clip_grad,
+        seed=s.seed,
+        optimizer=OptimizerSetup(
+            name="AdamW",
+            betas=[0.9, 0.999],
+            eps=1e-8,
+            impl="fused" if device.startswith("cuda") else "foreach",
+            no_decay="biases, norm weights, cls_token, pos_embed",
+        ),
+        loss="mean over present heads of cross-entropy",
+        precision=s.precision,
+        grad_scaler=s.precision == "fp16",
+        channels_last=s.channels_last,
+        workers=s.workers,
+        checkpoint=s.checkpoint,
+        distributed=DistributedSetup(
+            world_size=ctx.world_size,
+            backend=ctx.backend,
+            sampler="DistributedSampler" if ctx.enabled else "EpochShuffle",
+        ),
+    )
 
 
 def _record(
@@ -805,42 +815,41 @@ def _record(
     cfg: ConformerConfig,
     run_cfg: ConformerConfig,
     s: FinetuneSettings,
-    ctx: Any,
+    ctx: DistContext,
     device: str,
     label: str | None,
-    bundle: Any,
+    bundle: DataBundle,
     trainer: _Trainer,
-    ckpt_info: dict[str, Any] | None,
+    ckpt_info: CheckpointLoad | None,
     saved: str | None,
     save_failure: str | None,
     final: FinetuneFinal,
-) -> dict[str, Any]:
-    """The ``conformer-bench.finetune`` record of a finished (or stopped) run, as its JSON dict."""
-    from .env import fingerprint
-
+) -> FinetuneRecord:
+    """The ``conformer-bench.finetune`` record of a finished (or stopped) run."""
     status, reason = (
         (trainer.status, trainer.reason) if save_failure is None else (Status.FAILED, save_failure)
     )
-    record = FinetuneRecord(
+    return FinetuneRecord(
         status=status,
         reason=reason,
-        environment=fingerprint(
-            device,
-            s.precision,
-            s.batch_size,
-            bundle.img_size,
-            world_size=ctx.world_size,
-            dist_backend=ctx.backend,
-            cudnn_deterministic=device.startswith("cuda"),
+        environment=Environment.from_dict(  # fingerprint() gives the environment's JSON object
+            fingerprint(
+                device,
+                s.precision,
+                s.batch_size,
+                bundle.img_size,
+                world_size=ctx.world_size,
+                dist_backend=ctx.backend,
+                cudnn_deterministic=device.startswith("cuda"),
+            )
         ),
-        variant={"name": cfg.name, "label": label or cfg.name, "config": run_cfg.to_dict()},
+        variant=Variant(name=cfg.name, label=label or cfg.name, config=run_cfg.to_dict()),
         data=bundle.description,
         hyper=_hyper(s, ctx, device, trainer.schedule, run_cfg.drop_path_rate),
-        settings=asdict(s),
+        settings=s,
         checkpoint=ckpt_info,
         saved_checkpoint=saved,
         history=trainer.history,
         train_curve=trainer.curve,
         final=final,
     )
-    return record.to_dict()

@@ -214,12 +214,12 @@ class Table(Generic[T]):
         return console.export_text()
 
     def to_frame(self) -> pandas.DataFrame:
-        """A tidy DataFrame: one row per row, the CSV's columns and values (a missing value is NaN, as
-        ``pandas.read_csv`` reads an empty cell)."""
+        """A tidy DataFrame: one row per row, the CSV's columns and values."""
         import pandas
 
-        rows = [{k: math.nan if v is None else v for k, v in r.items()} for r in self.records()]
-        return pandas.DataFrame(rows, columns=[c.name for c in self.columns])
+        frame = pandas.DataFrame(self.records(), columns=[c.name for c in self.columns])
+        # A column with no value at all is float NaN, as pandas reads the CSV's empty cells.
+        return frame.astype(dict.fromkeys(frame.columns[frame.isna().all()], float))
 
 
 def table_of(columns: Sequence[Column[T]], rows: Iterable[T], **frame: Any) -> Table[T]:

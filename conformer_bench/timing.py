@@ -210,7 +210,7 @@ def measure(
     else:
         samples = timer.run(step, iters, progress)
     summary = summarize(samples)
-    joules = energy.get("joules") if energy else None
+    joules = energy.joules if energy else None
     paired: dict[str, Any] = {}
     if reference is not None and reference_s is not None:
         paired = _paired_fields(samples, reference_s, batch_size, reference)

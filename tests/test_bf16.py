@@ -152,17 +152,19 @@ def test_finetune_record_compares_bf16_inference_with_fp32() -> None:
         steps=2, batch_size=32, train_size=64, val_size=40, device="cpu", bf16_inference=True
     )
     record = run_finetune(get_config("nano"), settings, show_progress=False)
-    check = record["final"]["bf16_inference"]
+    check = record.final.bf16_inference
+    assert check is not None
     if not SUPPORT.supported:
-        assert check["status"] == "unsupported" and "not supported" in check["reason"]
+        assert check.status == "unsupported" and check.reason is not None and "not supported" in check.reason
         return
-    assert check["status"] == "ok" and check["reason"] is None and check["count"] == 40
-    assert check["top1_fp32"] == record["final"]["top1"], "the fp32 side is the model the record evaluated"
-    for key in ("top1_bf16", "top1_agreement"):
-        assert set(check[key]) == {"conv", "trans", "sum"}
-        for value in check[key].values():
-            assert 0 <= value <= 100 and (value * 40 / 100) == pytest.approx(round(value * 40 / 100))
-    assert 0 < check["max_rel_diff"] < 0.1
+    assert check.status == "ok" and check.reason is None and check.count == 40
+    assert check.top1_fp32 == record.final.top1, "the fp32 side is the model the record evaluated"
+    for per_head in (check.top1_bf16, check.top1_agreement):
+        assert per_head is not None and set(per_head) == {"conv", "trans", "sum"}
+        for value in per_head.values():
+            assert value is not None and 0 <= value <= 100
+            assert (value * 40 / 100) == pytest.approx(round(value * 40 / 100))
+    assert check.max_rel_diff is not None and 0 < check.max_rel_diff < 0.1
 
 
 def test_speed_bf16_only_on_a_cpu_without_bf16_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -27,7 +27,7 @@ def test_digits_split_is_stratified_and_seeded() -> None:
     counts = Counter(a.val.labels.tolist())
     assert set(counts) == set(range(10)) and all(33 <= n <= 38 for n in counts.values())
     assert a.val.images.min() >= -1 and a.val.images.max() <= 1
-    assert a.description["skipped_files"] == 0 and a.description["val_size"] == 359
+    assert a.description.skipped_files == 0 and a.description.val_size == 359
 
 
 def test_digits_resize_and_caps() -> None:
@@ -72,7 +72,7 @@ def test_local_global_deterministic_for_seed() -> None:
     c = load_dataset("local-global", 32, seed=6, train_size=50, val_size=20)
     assert torch.equal(a.train.images, b.train.images) and torch.equal(a.val.labels, b.val.labels)
     assert not torch.equal(a.train.images, c.train.images)
-    assert a.num_classes == 4 and a.description["cues"]["local"].startswith("texture")
+    assert a.num_classes == 4 and a.description.cues["local"].startswith("texture")
     with pytest.raises(BenchError, match="multiple of 16"):
         load_dataset("local-global", 40, seed=0)
 
@@ -96,8 +96,8 @@ def test_image_folder_with_val_and_stray_files(tmp_path: Path) -> None:
     d = load_dataset(str(tmp_path), 32, seed=0)
     assert d.classes == ["cat", "dog"] and d.num_classes == 2
     assert d.train_size == 12 and d.val_size == 4
-    assert d.description["skipped_files"] == 2
-    assert d.description["split"] == "train/ and val/ folders"
+    assert d.description.skipped_files == 2
+    assert d.description.split == "train/ and val/ folders"
     x, y = d.val[0]
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y in (0, 1)
     # Validation is deterministic; training augmentation depends on (seed, epoch, index) only.
@@ -118,9 +118,9 @@ def test_truncated_image_is_skipped_with_its_reason(tmp_path: Path) -> None:
     truncated = tmp_path / "train" / "a" / "cut.png"
     truncated.write_bytes(whole[: len(whole) // 2])  # a valid header, half the pixel data
     d = load_dataset(str(tmp_path), 32, seed=0)
-    assert d.description["skipped_files"] == 1
-    (entry,) = d.description["skipped_examples"]
-    assert entry["path"] == str(truncated) and "truncated" in entry["reason"].lower()
+    assert d.description.skipped_files == 1
+    (entry,) = d.description.skipped_examples
+    assert entry.path == str(truncated) and "truncated" in entry.reason.lower()
     assert truncated not in [p for p, _ in d.train.files + d.val.files]
 
 
@@ -141,7 +141,7 @@ def test_image_folder_without_val_splits_train(tmp_path: Path) -> None:
     _write_images(tmp_path / "train" / "b", 10, (240, 240, 240))
     d = load_dataset(str(tmp_path), 32, seed=0)
     assert d.train_size == 16 and d.val_size == 4
-    assert "split by class" in d.description["split"]
+    assert "split by class" in d.description.split
 
 
 def test_image_folder_errors(tmp_path: Path) -> None:

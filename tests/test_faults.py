@@ -419,9 +419,9 @@ def test_decompression_bomb_image_is_skipped_with_its_reason(
     # Pillow refuses images over twice this many pixels: 64 x 64 stands in for a 400 MP image.
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     bundle = load_dataset(str(tmp_path), 32, 0)
-    skipped = bundle.description["skipped_examples"]
-    assert bundle.description["skipped_files"] == 1
-    assert skipped[0]["path"].endswith("huge.png") and "DecompressionBombError" in skipped[0]["reason"]
+    skipped = bundle.description.skipped_examples
+    assert bundle.description.skipped_files == 1 and skipped is not None
+    assert skipped[0].path.endswith("huge.png") and "DecompressionBombError" in skipped[0].reason
     assert bundle.train_size + bundle.val_size == 10
 
 

@@ -16,6 +16,7 @@ import conformer_bench.finetune as ft
 from conformer_bench.cli import app
 from conformer_bench.errors import BenchError
 from conformer_bench.finetune import FinetuneSettings, lr_at, run_finetune
+from conformer_bench.records import FinetuneRecord, Status
 from conformer_bench.toggles import build_config
 
 FIXTURE = Path(__file__).parent / "fixtures" / "official_conformer_micro.pt"
@@ -38,52 +39,65 @@ def _tiny(**kw: Any) -> FinetuneSettings:
 
 
 @pytest.fixture(scope="module")
-def nano_record() -> dict[str, Any]:
+def nano_record() -> FinetuneRecord:
     return run_finetune(conformer.get_config("nano"), _tiny(), show_progress=False)
 
 
-def test_record_schema(nano_record: dict[str, Any]) -> None:
+def _round_trip(record: FinetuneRecord) -> FinetuneRecord:
+    """Write the record as its file holds it, read it back: the same record, the same JSON."""
+    text = json.dumps(record.to_dict())
+    back = FinetuneRecord.from_dict(json.loads(text))
+    assert back == record and json.dumps(back.to_dict()) == text
+    return back
+
+
+def test_record_schema(nano_record: FinetuneRecord) -> None:
     r = nano_record
-    assert r["schema"] == "conformer-bench.finetune" and r["schema_version"] == 1
-    assert r["status"] == "ok" and r["reason"] is None
-    env = r["environment"]
-    assert (
-        env["device"] == "cpu"
-        and env["batch_size"] == 32
-        and env["img_size"] == 32
-        and env["world_size"] == 1
-    )
-    assert r["variant"]["name"] == "nano" and r["variant"]["config"]["num_classes"] == 10
-    assert r["data"]["source"] == "digits" and r["data"]["train_size"] == 160 and r["data"]["val_size"] == 60
-    h = r["hyper"]
+    d = r.to_dict()
+    assert d["schema"] == "conformer-bench.finetune" and d["schema_version"] == 1 and d["status"] == "ok"
+    assert r.status is Status.OK and r.reason is None
+    env = r.environment
+    assert env.device == "cpu" and env.batch_size == 32 and env.img_size == 32 and env.world_size == 1
+    assert r.variant.name == "nano" and r.variant.config["num_classes"] == 10
+    assert r.data.source == "digits" and r.data.train_size == 160 and r.data.val_size == 60
+    h = r.hyper
     # 160 images / batch 32 = 5 steps per epoch, so 6 steps are 2 epochs, the second partial.
-    assert (h["steps"], h["steps_per_epoch"], h["epochs"], h["warmup_steps"]) == (6, 5, 2, 1)
-    assert h["optimizer"]["impl"] == "foreach" and h["distributed"]["world_size"] == 1
-    assert [e["step"] for e in r["history"]] == [5, 6]
-    final = r["final"]
-    assert set(final["top1"]) == {"conv", "trans", "sum"} and set(final["top5"]) == {"conv", "trans", "sum"}
+    assert (h.steps, h.steps_per_epoch, h.epochs, h.warmup_steps) == (6, 5, 2, 1)
+    assert h.optimizer.impl == "foreach" and h.distributed.world_size == 1
+    assert [e.step for e in r.history] == [5, 6]
+    final = r.final
+    assert final.top5 is not None
+    assert set(final.top1) == {"conv", "trans", "sum"} and set(final.top5) == {"conv", "trans", "sum"}
     for head in ("conv", "trans", "sum"):
-        top1, top5 = final["top1"][head], final["top5"][head]
-        assert 0 <= top1 <= top5 <= 100
+        top1, top5 = final.top1[head], final.top5[head]
+        assert top1 is not None and top5 is not None and 0 <= top1 <= top5 <= 100
         assert (top1 * 60 / 100) == pytest.approx(round(top1 * 60 / 100))  # a count of 60 images
-    assert final["val_count"] == 60 and final["steps_done"] == 6
-    assert math.isfinite(final["val_loss"]) and final["img_per_s"] > 0 and final["peak_memory_bytes"] > 0
-    assert r["final"]["top1"] == r["history"][-1]["top1"]
-    assert [c["step"] for c in r["train_curve"]] == [5, 6]
+    assert final.val_count == 60 and final.steps_done == 6
+    assert final.val_loss is not None and math.isfinite(final.val_loss)
+    assert final.img_per_s is not None and final.img_per_s > 0 and final.peak_memory_bytes > 0
+    assert r.final.top1 == r.history[-1].top1
+    assert [c.step for c in r.train_curve] == [5, 6]
+    assert r.settings == _tiny() and r.checkpoint is None
 
 
-def test_same_seed_same_numbers(nano_record: dict[str, Any]) -> None:
+def test_ok_record_writes_and_reads_back(nano_record: FinetuneRecord) -> None:
+    back = _round_trip(nano_record)
+    assert back.status is Status.OK and back.final.bf16_inference is None
+    assert "bf16_inference" not in back.to_dict()["final"] and "cue_top1" not in back.to_dict()["final"]
+
+
+def test_same_seed_same_numbers(nano_record: FinetuneRecord) -> None:
     again = run_finetune(conformer.get_config("nano"), _tiny(), show_progress=False)
-    assert again["final"]["top1"] == nano_record["final"]["top1"]
-    assert again["final"]["val_loss"] == nano_record["final"]["val_loss"]
-    assert [e["train_loss"] for e in again["history"]] == [e["train_loss"] for e in nano_record["history"]]
+    assert again.final.top1 == nano_record.final.top1
+    assert again.final.val_loss == nano_record.final.val_loss
+    assert [e.train_loss for e in again.history] == [e.train_loss for e in nano_record.history]
 
 
 def test_single_branch_reports_its_one_head() -> None:
     r = run_finetune(build_config("nano", cnn_only=True), _tiny(steps=2), show_progress=False)
-    top1 = r["final"]["top1"]
+    top1 = r.final.top1
     assert top1["trans"] is None and top1["conv"] is not None and top1["sum"] == top1["conv"]
-    assert r["final"]["top5"]["trans"] is None
+    assert r.final.top5 is not None and r.final.top5["trans"] is None
 
 
 def test_lr_schedule() -> None:
@@ -107,26 +121,45 @@ def test_non_finite_loss_stops_with_status(monkeypatch: pytest.MonkeyPatch) -> N
 
     monkeypatch.setattr(ft, "heads_loss", poisoned)
     r = run_finetune(conformer.get_config("nano"), _tiny(steps=15, train_size=480), show_progress=False)
-    assert r["status"] == "nan"
-    assert "non-finite training loss" in r["reason"] and "step 10 of 15" in r["reason"]
-    assert r["final"]["top1"]["sum"] is None and r["final"]["steps_done"] == 10
-    assert r["history"] == []
+    assert r.status is Status.NAN and r.reason is not None
+    assert "non-finite training loss" in r.reason and "step 10 of 15" in r.reason
+    assert r.final.top1["sum"] is None and r.final.steps_done == 10
+    assert r.history == []
+    back = _round_trip(r)
+    assert back.status is Status.NAN and back.final.val_loss is None and back.to_dict()["status"] == "nan"
+
+
+def test_failed_save_is_a_failed_record_that_reads_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The measurements stand when --save cannot write: status failed, the reason, and the numbers."""
+
+    def disk_full(model: Any, path: str) -> None:
+        raise OSError(28, "No space left on device", path)
+
+    monkeypatch.setattr(conformer, "save_checkpoint", disk_full)
+    saved = tmp_path / "ft.pth"
+    r = run_finetune(conformer.get_config("nano"), _tiny(steps=2, save=str(saved)), show_progress=False)
+    assert r.status is Status.FAILED and r.reason is not None and r.reason.startswith("--save: ")
+    assert r.saved_checkpoint is None and r.final.top1["sum"] is not None and not saved.exists()
+    back = _round_trip(r)
+    assert back.status is Status.FAILED and back.reason == r.reason
 
 
 def test_checkpoint_heads_reset(tmp_path: Path) -> None:
     release = torch.load(FIXTURE, weights_only=True)["state_dict"]
     model = conformer.create_model("micro", num_classes=4)
     info = ft._load_release_checkpoint(model, str(FIXTURE), 4)
-    assert {k for k, _, _ in info["shape_conflicts"]} == {
+    assert {k for k, _, _ in info.shape_conflicts} == {
         "conv_head.weight",
         "conv_head.bias",
         "trans_head.weight",
         "trans_head.bias",
     }
-    assert info["missing"] == [] and info["unexpected"] == []
+    assert info.missing == [] and info.unexpected == [] and not info.partial
     assert model.conv_head.out_features == 4 and model.trans_head.out_features == 4
     assert torch.equal(model.stem.conv.weight, release["conv1.weight"])  # body weights came from the file
-    assert info["heads_reset"] == [
+    assert info.heads_reset == [
         "conv_head.bias",
         "conv_head.weight",
         "trans_head.bias",
@@ -148,11 +181,13 @@ def test_checkpoint_heads_reset(tmp_path: Path) -> None:
         ),
         show_progress=False,
     )
+    assert r.checkpoint is not None
+    assert r.status is Status.OK and r.checkpoint.loaded_keys > 100 and r.saved_checkpoint == str(saved)
     assert (
-        r["status"] == "ok" and r["checkpoint"]["loaded_keys"] > 100 and r["saved_checkpoint"] == str(saved)
+        r.variant.config["num_classes"] == 4 and r.final.top5 is None and "top5" not in r.to_dict()["final"]
     )
-    assert r["variant"]["config"]["num_classes"] == 4 and "top5" not in r["final"]
-    assert set(r["final"]["cue_top1"]) == {"local", "global"}
+    assert r.final.cue_top1 is not None and set(r.final.cue_top1) == {"local", "global"}
+    assert r.data.cues is not None and _round_trip(r).checkpoint == r.checkpoint
     fresh = conformer.create_model("micro", num_classes=4)
     assert conformer.load_checkpoint(fresh, saved, strict=True).ok
 
@@ -206,13 +241,53 @@ def test_cli_writes_record_and_formats(tmp_path: Path) -> None:
 
     res = runner.invoke(app, [*args, "--format", "csv", "--transformer-only"])
     assert res.exit_code == 0, res.output
-    lines = res.stdout.strip().splitlines()
-    assert lines[0].startswith("variant,dataset,head,top1_pct") and [
-        ln.split(",")[2] for ln in lines[1:]
-    ] == ["trans", "sum"]
+    header, row = res.stdout.strip().splitlines()  # one row per record
+    cells = dict(zip(header.split(","), row.split(","), strict=True))
+    assert header.startswith("variant,dataset,status,top1_sum,top1_conv,top1_trans")
+    assert cells["status"] == "ok" and cells["top1_conv"] == "" and cells["top1_trans"] == cells["top1_sum"]
+    assert cells["steps"] == "2" and cells["cue_local"] == ""
 
     res = runner.invoke(app, [*args, "--format", "table"])
-    assert res.exit_code == 0 and "top-1 %" in res.stdout and "sum" in res.stdout
+    assert res.exit_code == 0 and "top1_sum (%)" in res.stdout and "per epoch" in res.stdout
+
+
+def test_formats_come_from_one_set_of_columns(nano_record: FinetuneRecord) -> None:
+    """CSV, JSON lines, Markdown and LaTeX carry the same columns, rounded the same way."""
+    from conformer_bench.commands.finetune import SUMMARY, render
+
+    names = [c.name for c in SUMMARY]
+    csv_header, csv_row = render(nano_record, "csv").splitlines()
+    assert csv_header.split(",") == names
+    (line,) = render(nano_record, "jsonl").splitlines()
+    row = json.loads(line)
+    assert list(row) == names and row["top1_sum"] == round(nano_record.final.top1["sum"] or 0, 2)
+    assert csv_row.split(",")[names.index("top1_sum")] == str(row["top1_sum"])
+    assert row["peak_memory_mib"] == round(nano_record.final.peak_memory_bytes / 2**20, 1)
+    md = render(nano_record, "md")
+    assert "| variant | dataset | status | top1_sum (%) |" in md and "**per epoch**" in md
+    assert md.count("\n| 1 |") + md.count("\n| 2 |") == 2  # one row per epoch
+    latex = render(nano_record, "latex")
+    assert latex.count("\\begin{tabular}") == 2 and "top1\\_sum (\\%)" in latex
+    assert json.loads(render(nano_record, "json")) == nano_record.to_dict()
+
+
+def test_to_frame_equals_the_command_csv(tmp_path: Path) -> None:
+    """conformer_bench.to_frame of the record file is the command's CSV, read by pandas."""
+    import io
+
+    import pandas
+
+    import conformer_bench
+
+    args = ["finetune", "--variant", "nano", "--steps", "2", "--batch-size", "32", "--train-size", "64"]
+    args += ["--val-size", "20", "--device", "cpu", "--no-progress"]
+    out = tmp_path / "rec.json"
+    res = runner.invoke(app, [*args, "-o", str(out), "-f", "csv"])
+    assert res.exit_code == 0, res.output
+    expected = pandas.read_csv(io.StringIO(res.stdout))
+    frame = conformer_bench.to_frame(conformer_bench.read(out))
+    assert len(frame) == 1
+    pandas.testing.assert_frame_equal(frame, expected, check_dtype=False)
 
 
 def test_cli_bad_input_exit_2(tmp_path: Path) -> None:
@@ -229,8 +304,8 @@ def test_cli_bad_input_exit_2(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("option", "value"),
     [
-        ("--warmup", "nan"),
-        ("--warmup", "inf"),
+        ("--lr-warmup", "nan"),
+        ("--lr-warmup", "inf"),
         ("--clip-grad", "nan"),
         ("--weight-decay", "nan"),
         ("--lr", "nan"),
@@ -315,10 +390,67 @@ def test_image_folder_run_with_workers_and_channels_last(tmp_path: Path) -> None
         precision="bf16",
     )
     r = run_finetune(conformer.get_config("nano"), settings, show_progress=False)
-    assert r["status"] == "ok"
-    assert r["data"]["source"] == "folder" and r["data"]["classes"] == ["blue", "red"]
-    assert (r["data"]["train_size"], r["data"]["val_size"], r["data"]["skipped_files"]) == (16, 6, 1)
-    assert (
-        r["hyper"]["channels_last"] and r["hyper"]["workers"] == 1 and r["environment"]["precision"] == "bf16"
+    assert r.status is Status.OK
+    assert r.data.source == "folder" and r.data.classes == ["blue", "red"]
+    assert (r.data.train_size, r.data.val_size, r.data.skipped_files) == (16, 6, 1)
+    assert r.data.skipped_examples is not None and r.data.skipped_examples[0].path.endswith("Thumbs.db")
+    assert r.hyper.channels_last and r.hyper.workers == 1 and r.environment.precision == "bf16"
+    assert r.final.val_count == 6 and r.final.top5 is None
+    _round_trip(r)
+
+
+def test_lr_warmup_and_its_deprecated_spelling(tmp_path: Path) -> None:
+    """--lr-warmup sets the learning-rate warm-up; --warmup still does, with a one-line warning."""
+    args = ["finetune", "--variant", "nano", "--steps", "2", "--batch-size", "32", "--train-size", "64"]
+    args += ["--val-size", "20", "--device", "cpu", "--no-progress", "-f", "csv"]
+    for option, warned in (("--lr-warmup", False), ("--warmup", True)):
+        out = tmp_path / f"{option.strip('-')}.json"
+        res = runner.invoke(app, [*args, option, "0.5", "-o", str(out)])
+        assert res.exit_code == 0, res.output
+        record = FinetuneRecord.from_dict(json.loads(out.read_text()))
+        assert record.settings.warmup == 0.5 and record.hyper.warmup_steps == 1
+        warnings = [ln for ln in res.stderr.splitlines() if ln.startswith("warning:")]
+        assert warnings == (
+            ["warning: finetune --warmup is deprecated; use --lr-warmup (the learning-rate warm-up)"]
+            if warned
+            else []
+        )
+
+
+def test_lr_warmup_given_twice_is_one_line_exit_2() -> None:
+    res = runner.invoke(
+        app, ["finetune", "--variant", "nano", "--device", "cpu", "--warmup", "1", "--lr-warmup", "1"]
     )
-    assert r["final"]["val_count"] == 6 and "top5" not in r["final"]
+    assert res.exit_code == 2, res.output
+    assert res.output.strip() == "error: --warmup is the old spelling of --lr-warmup; give only --lr-warmup"
+
+
+def test_lr_warmup_hides_its_old_spelling() -> None:
+    res = runner.invoke(app, ["finetune", "--help"], env={"COLUMNS": "200", "NO_COLOR": "1"})
+    assert res.exit_code == 0 and "--lr-warmup" in res.output and "--warmup " not in res.output
+
+
+def test_committed_finetune_records_read_back() -> None:
+    """Every fine-tune record under results/ (record files and ablation cells) reads back to the same JSON."""
+    results = Path(__file__).parent.parent / "results"
+    seen = 0
+    for path in sorted(results.rglob("*.json*")):
+        text = path.read_text()
+        if "conformer-bench.finetune" not in text:
+            continue
+        lines = text.splitlines() if path.suffix == ".jsonl" else [text]
+        for line in filter(str.strip, lines):
+            value = json.loads(line)
+            found = value.get("finetune") or [] if path.suffix == ".jsonl" else [value]
+            for raw in found:
+                record = FinetuneRecord.from_dict(raw)
+                assert json.dumps(record.to_dict()) == json.dumps(raw), path
+                assert record.hyper.optimizer.name == "AdamW" and record.data.num_classes >= 2
+                seen += 1
+    assert seen > 0
+
+
+def test_tex_output_is_latex() -> None:
+    from conformer_bench.commands.finetune import _output_format
+
+    assert _output_format("runs/ft.TEX", "json") == "latex" and _output_format("ft.md", "md") == "md"

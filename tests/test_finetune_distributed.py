@@ -107,6 +107,6 @@ def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:
         channels_last=False,
         num_classes=10,
     )
-    assert single["count"] == 21
-    assert single["top1"] == record["final"]["top1"] and single["top5"] == record["final"]["top5"]
-    assert single["val_loss"] == pytest.approx(record["final"]["val_loss"], rel=1e-5)
+    assert single.count == 21
+    assert single.top1 == record["final"]["top1"] and single.top5 == record["final"]["top5"]
+    assert single.val_loss == pytest.approx(record["final"]["val_loss"], rel=1e-5)

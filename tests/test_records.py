@@ -113,7 +113,8 @@ def test_finetune_record_round_trips_byte_for_byte() -> None:
 
     settings = FinetuneSettings(steps=4, batch_size=8, train_size=32, val_size=16, device="cpu")
     record = run_finetune(conformer.get_config("nano"), settings, show_progress=False)
-    _round_trip(FinetuneRecord, record)
+    _round_trip(FinetuneRecord, record.to_dict())
+    assert FinetuneRecord.from_dict(record.to_dict()) == record
 
 
 def test_records_written_before_still_read() -> None:
@@ -189,3 +190,20 @@ def test_a_failed_sweep_point_reads_back_through_its_record() -> None:
     read = ProfileRecord.from_dict(record)
     assert read.status == "failed" and read.throughput is None and read.wall_s is None
     _round_trip(ProfileRecord, record)
+
+
+def test_a_defaulted_field_a_file_lacked_stays_out_when_written_back() -> None:
+    """A key an older file did not have, read as its default, is not added when the record is written."""
+    from conformer_bench.records import SpeedPath
+
+    data = {
+        "path": "plain",
+        "precision": "fp32",
+        "status": "ok",
+        "reason": None,
+        "description": "eager",
+        "kernels": None,
+    }
+    path = SpeedPath.from_dict(data)
+    assert path.backend == "eager"
+    assert path.to_dict() == data

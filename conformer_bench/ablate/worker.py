@@ -185,7 +185,8 @@ def finetune_seed(cell: Cell, seed: int) -> dict[str, Any]:
     """One seed's fine-tune record (runs in this process or in a seed process)."""
     from ..finetune import run_finetune
 
-    return run_finetune(cell.config, cell.finetune_settings(seed), label=cell.label, show_progress=False)
+    record = run_finetune(cell.config, cell.finetune_settings(seed), label=cell.label, show_progress=False)
+    return record.to_dict()  # the cell stores its seeds' records as JSON
 
 
 def _profile_callback(progress: CellProgress) -> Callable[[str, float], None]:

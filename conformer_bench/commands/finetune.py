@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
-import csv
-import io
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from ..bounds import check_bounds
+from ..errors import BenchError
+from ..files import check_outputs_apart, check_writable, dumps_json
+from ..formatting import parse_format
+from ..records import FinetuneEpoch, FinetuneRecord, FinetuneSettings, Status
+from ..records.finetune import DEFAULT_WARMUP, Bf16Inference
+from ..tables import FORMATS, Column, Table, shown
 from .common import (
+    OUTPUT,
     BatchSizeOpt,
     DeviceOpt,
     ForceOpt,
-    FormatOpt,
     OutputOpt,
     PrecisionOpt,
     QuietOpt,
     VariantOpt,
     aliases,
-    exit_unless_ok,
+    given,
     handle_errors,
-    parse_format,
     toggle_options,
     variant_config,
     write_output,
@@ -29,156 +34,195 @@ from .common import (
 
 TRAIN = "Training"
 DATA = "Data"
+HEADS = ("sum", "conv", "trans")  # the summed head first: the headline number
 
 
-def summary_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per head (conv, trans, sum) with raw, unrounded values."""
-    final = record["final"]
-    hyper = record["hyper"]
-    rows = []
-    for head in ("conv", "trans", "sum"):
-        top1 = final["top1"].get(head)
-        if top1 is None and record["status"] == "ok":
-            continue  # the variant has no such head
-        rows.append(
-            {
-                "variant": record["variant"]["label"],
-                "dataset": record["data"]["source"],
-                "head": head,
-                "top1_pct": top1,
-                "top5_pct": final["top5"].get(head) if "top5" in final else None,
-                "val_loss": final["val_loss"],
-                "epochs": hyper["epochs"],
-                "steps": final["steps_done"],
-                "train_img_per_s": final["img_per_s"],
-                "wall_s": final["wall_s"],
-                "status": record["status"],
-            }
-        )
-    return rows
+# --- the columns, declared once: CSV, JSON lines, Markdown, LaTeX, the terminal and DataFrames ---------------
+def _top1(head: str) -> Callable[[FinetuneRecord], float | None]:
+    return lambda r: r.final.top1.get(head)
 
 
-def _fmt(value: Any, digits: int = 2) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
+def _top5(head: str) -> Callable[[FinetuneRecord], float | None]:
+    return lambda r: r.final.top5.get(head) if r.final.top5 is not None else None
 
 
-def render(record: dict[str, Any], fmt: str) -> str:
-    """The record as json, jsonl, csv, a markdown table or the terminal table as plain text."""
-    from ..files import dumps_json
-    from ..formatting import rows_jsonl
-
-    rows = summary_rows(record)
-    if fmt == "json":
-        return dumps_json(record)
-    if fmt == "jsonl":
-        return rows_jsonl(rows)
-    if fmt == "table":
-        from rich.console import Console
-
-        console = Console(file=io.StringIO(), width=120, color_system=None, force_terminal=False)
-        print_table(record, console)
-        return str(console.file.getvalue())  # type: ignore[attr-defined]
-    if fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["status"], lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows or [{"status": record["status"]}])
-        return buf.getvalue()
-    header = [
-        "variant",
-        "dataset",
-        "head",
-        "top-1 %",
-        "top-5 %",
-        "val loss",
-        "epochs",
-        "steps",
-        "train img/s",
-        "wall s",
-    ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in rows:
-        cells = [
-            r["variant"],
-            r["dataset"],
-            r["head"],
-            _fmt(r["top1_pct"]),
-            _fmt(r["top5_pct"]),
-            _fmt(r["val_loss"], 4),
-            r["epochs"],
-            r["steps"],
-            _fmt(r["train_img_per_s"], 0),
-            _fmt(r["wall_s"], 1),
-        ]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines) + "\n"
+def _cue(cue: str) -> Callable[[FinetuneRecord], float | None]:
+    return lambda r: r.final.cue_top1.get(cue) if r.final.cue_top1 is not None else None
 
 
-def print_table(record: dict[str, Any], console: Any = None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    env = record["environment"]
-    hyper = record["hyper"]
-    data = record["data"]
-    dist = hyper["distributed"]
-    title = (
-        f"{record['variant']['label']} on {data['source']} ({data['num_classes']} classes, "
-        f"{data['train_size']} train / {data['val_size']} val, {data['img_size']}px)"
-    )
-    table = Table()
-    top5 = "top5" in record["final"]  # only with >= 5 classes
-    for col in ("head", "top-1 %", "top-5 %")[: 3 if top5 else 2]:
-        table.add_column(col, justify="right" if col != "head" else "left")
-    for r in summary_rows(record):
-        table.add_row(r["head"], _fmt(r["top1_pct"]), *([_fmt(r["top5_pct"])] if top5 else []))
-    console = console or Console()
-    console.print(title, highlight=False)
-    console.print(table)
-    final = record["final"]
-    extra = ""
-    if "cue_top1" in final and final["cue_top1"]["local"] is not None:
-        extra = (
-            f"cue top-1 (sum head): texture {final['cue_top1']['local']:.2f} %, "
-            f"arrangement {final['cue_top1']['global']:.2f} %\n"
-        )
-    extra += _bf16_inference_line(final.get("bf16_inference"))
-    console.print(
-        f"{extra}val loss {_fmt(final['val_loss'], 4)} "
-        + (
-            f"after {hyper['epochs']} epoch(s), {final['steps_done']} steps\n"
-            if record["status"] != "nan"
-            else f"(stopped at step {final['steps_done']}; {hyper['epochs']} epoch(s) were planned)\n"
-        )
-        + f"batch {hyper['batch_size']} x {dist['world_size']} process(es), lr {hyper['lr']:g}, seed {hyper['seed']}\n"
-        f"train {_fmt(final['img_per_s'], 0)} img/s, wall {final['wall_s']:.1f} s\n"
-        f"{env['device']} ({env.get('device_name') or env['cpu_model']}), {env['precision']}, "
-        f"{env['threads']} thread(s) per process"
-        + (
-            f"\nskipped files (not images or undecodable): {data['skipped_files']}"
-            if data.get("skipped_files")
-            else ""
-        ),
-        highlight=False,
-    )
+def _epoch_top1(head: str) -> Callable[[FinetuneEpoch], float | None]:
+    return lambda e: e.top1.get(head)
 
 
-def _bf16_inference_line(check: dict[str, Any] | None) -> str:
-    if check is None:
-        return ""
-    if check["status"] != "ok":
-        return f"bf16 inference: {check['reason']}\n"
-    heads = [h for h in ("conv", "trans", "sum") if check["top1_fp32"][h] is not None]
-    top1 = ", ".join(f"{h} {check['top1_bf16'][h]:.2f} % (fp32 {check['top1_fp32'][h]:.2f} %)" for h in heads)
-    agree = ", ".join(f"{h} {check['top1_agreement'][h]:.2f} %" for h in heads)
+SUMMARY: list[Column[FinetuneRecord]] = [
+    Column("variant", lambda r: r.variant.label, help="the label the variant ran under"),
+    Column("dataset", lambda r: r.data.source),
+    Column("status", lambda r: str(r.status), help="ok, nan (the loss became non-finite) or failed"),
+    *(
+        Column(f"top1_{h}", _top1(h), "%", 2, f"validation top-1 of the {h} head after the last epoch")
+        for h in HEADS
+    ),
+    *(
+        Column(f"top5_{h}", _top5(h), "%", 2, f"validation top-5 of the {h} head (5 classes or more)")
+        for h in HEADS
+    ),
+    Column("cue_local", _cue("local"), "%", 2, "local-global: predictions with the right texture"),
+    Column("cue_global", _cue("global"), "%", 2, "local-global: predictions with the right arrangement"),
+    Column("val_loss", lambda r: r.final.val_loss, digits=4, help="cross-entropy, mean over heads"),
+    Column("epochs", lambda r: r.hyper.epochs, digits=0),
+    Column("steps", lambda r: r.final.steps_done, digits=0, help="optimizer steps done"),
+    Column(
+        "train_img_per_s", lambda r: r.final.img_per_s, "img/s", 0, "training images per second, all ranks"
+    ),
+    Column("wall_s", lambda r: r.final.wall_s, "s", 1, "the whole run, data and evaluation included"),
+    Column(
+        "peak_memory_mib",
+        lambda r: r.final.peak_memory_bytes,
+        "MiB",
+        1,
+        "peak allocated (CUDA) or peak resident set (CPU)",
+        scale=2**20,
+    ),
+]
+
+EPOCHS: list[Column[FinetuneEpoch]] = [
+    Column("epoch", lambda e: e.epoch, digits=0),
+    Column("step", lambda e: e.step, digits=0),
+    Column("lr", lambda e: e.lr, digits=6, help="learning rate of the epoch's last step"),
+    Column("train_loss", lambda e: e.train_loss, digits=4),
+    Column("train_top1", lambda e: e.train_top1, "%", 2, "summed head, over the epoch's steps"),
+    Column("val_loss", lambda e: e.val_loss, digits=4),
+    *(Column(f"top1_{h}", _epoch_top1(h), "%", 2) for h in HEADS),
+    Column("img_per_s", lambda e: e.img_per_s, "img/s", 0, "training images per second on this rank"),
+    Column("epoch_s", lambda e: e.epoch_s, "s", 1),
+    Column("eval_s", lambda e: e.eval_s, "s", 1),
+]
+
+
+def tidy(record: FinetuneRecord) -> tuple[list[Column[FinetuneRecord]], list[FinetuneRecord]]:
+    """The CSV form of a record: one row per record (``conformer_bench.to_frame``)."""
+    return SUMMARY, [record]
+
+
+def _title(record: FinetuneRecord) -> str:
+    data = record.data
     return (
-        f"bf16 inference ({check['kernels']}), {check['count']} validation images: top-1 {top1}; "
-        f"agreement with fp32 {agree}; logits rel err {check['max_rel_diff']:.1e}\n"
+        f"{record.variant.label} on {data.source} ({data.num_classes} classes, "
+        f"{data.train_size} train / {data.val_size} val, {data.img_size}px)"
     )
+
+
+def _notes(record: FinetuneRecord) -> list[str]:
+    """What the columns do not hold: why it stopped, bf16 inference, the budget, the machine, skipped files."""
+    final, hyper, env = record.final, record.hyper, record.environment
+    notes = []
+    if record.status != Status.OK:
+        notes.append(f"{record.status}: {record.reason}")
+    if final.bf16_inference is not None:
+        notes.append(_bf16_inference_line(final.bf16_inference))
+    if record.status == Status.NAN:
+        notes.append(f"(stopped at step {final.steps_done}; {hyper.epochs} epoch(s) were planned)")
+    notes.append(
+        f"batch {hyper.batch_size} x {hyper.distributed.world_size} process(es), lr {hyper.lr:g}, "
+        f"lr warm-up {hyper.warmup_steps} step(s), seed {hyper.seed}"
+    )
+    notes.append(
+        f"{env.device} ({env.device_name or env.cpu_model}), {env.precision}, {env.threads} thread(s) per process"
+    )
+    if record.data.skipped_files:
+        notes.append(f"skipped files (not images or undecodable): {record.data.skipped_files}")
+    return notes
+
+
+def _bf16_inference_line(check: Bf16Inference) -> str:
+    if check.status != Status.OK:
+        return f"bf16 inference: {check.reason}"
+    fp32, bf16, agreement = check.top1_fp32 or {}, check.top1_bf16 or {}, check.top1_agreement or {}
+    heads = [h for h in HEADS if fp32.get(h) is not None]
+    top1 = ", ".join(f"{h} {shown(bf16.get(h))} % (fp32 {shown(fp32.get(h))} %)" for h in heads)
+    agree = ", ".join(f"{h} {shown(agreement.get(h))} %" for h in heads)
+    return (
+        f"bf16 inference ({check.kernels}), {check.count} validation images: top-1 {top1}; "
+        f"agreement with fp32 {agree}; logits rel err {check.max_rel_diff:.1e}"
+    )
+
+
+def tables(record: FinetuneRecord, *, terminal: bool = False) -> list[Table[Any]]:
+    """The run's summary (one row; on a terminal one line per column) and its epoch-by-epoch table."""
+    title, notes = _title(record), _notes(record)
+    if terminal:  # the summary's columns as rows: a terminal is narrower than the summary is wide
+        card: list[Column[Column[FinetuneRecord]]] = [
+            Column("column", lambda c: c.header),
+            Column("value", lambda c: c.text(record), digits=0),  # right-aligned
+        ]
+        out: list[Table[Any]] = [Table(card, SUMMARY, title=title)]
+    else:
+        out = [Table(SUMMARY, [record], title=title, notes=notes)]
+    if record.history:
+        out.append(Table(EPOCHS, record.history, title="per epoch"))
+    return out
+
+
+def render(record: FinetuneRecord, fmt: str) -> str:
+    """The record as JSON (the record file), its summary row as CSV or JSON lines, or its summary and epoch
+    tables as Markdown, LaTeX or the terminal's text."""
+    if fmt == "json":
+        return dumps_json(record.to_dict())
+    if fmt == "table":
+        summary, *more = tables(record, terminal=True)
+        notes = "".join(f"{line}\n" for line in _notes(record))
+        return "\n".join([summary.render(fmt) + notes, *(t.render(fmt) for t in more)])
+    summary, *more = tables(record)
+    if fmt in ("csv", "jsonl"):
+        return summary.render(fmt)
+    return "\n".join(t.render(fmt) for t in (summary, *more))
+
+
+def print_table(record: FinetuneRecord) -> None:
+    """The summary, what it does not hold, and the epochs, on the terminal."""
+    from rich.console import Console
+
+    console = Console()
+    summary, *more = tables(record, terminal=True)
+    console.print(summary.to_rich())
+    for line in _notes(record):
+        console.print(line, highlight=False, markup=False)
+    for table in more:
+        console.print(table.to_rich())
+
+
+def _exit_unless_ok(record: FinetuneRecord) -> None:
+    if record.status != Status.OK:
+        typer.echo(f"error: {record.reason}", err=True)
+        raise typer.Exit(1)
+
+
+def _warn_partial_checkpoint(record: FinetuneRecord) -> None:
+    ckpt = record.checkpoint
+    if ckpt is not None and ckpt.partial:
+        typer.echo(
+            f"warning: partial checkpoint {ckpt.path}: {ckpt.body_missing} key(s) of the variant "
+            f"missing and {ckpt.body_unexpected} unexpected outside the heads (of {ckpt.model_keys}); "
+            "those weights start from scratch (--allow-partial)",
+            err=True,
+        )
+
+
+def _lr_warmup(lr_warmup: float, warmup: float | None) -> float:
+    """``--lr-warmup``, or its former spelling ``--warmup`` (still read, with a warning on stderr)."""
+    if warmup is None:
+        return lr_warmup
+    if given("lr_warmup"):
+        raise BenchError("--warmup is the old spelling of --lr-warmup; give only --lr-warmup")
+    typer.echo(
+        "warning: finetune --warmup is deprecated; use --lr-warmup (the learning-rate warm-up)", err=True
+    )
+    return warmup
+
+
+def _output_format(output: str, kind: str) -> str:
+    """The file format of ``--output``: LaTeX for ``.tex``, else what the extension or --format say."""
+    return "latex" if Path(output).suffix.lower() == ".tex" else kind
 
 
 app = typer.Typer()
@@ -246,14 +290,15 @@ def finetune(
     weight_decay: Annotated[
         float, typer.Option("--weight-decay", help="AdamW weight decay.", rich_help_panel=TRAIN)
     ] = 0.05,
-    warmup: Annotated[
+    lr_warmup: Annotated[
         float,
         typer.Option(
-            "--warmup",
-            help="Warm-up: below 1 a fraction of all steps, else epochs.",
+            "--lr-warmup",
+            help="Learning-rate warm-up: below 1 a fraction of all steps, else epochs.",
             rich_help_panel=TRAIN,
         ),
-    ] = 0.1,
+    ] = DEFAULT_WARMUP,
+    warmup: Annotated[float | None, typer.Option("--warmup", hidden=True)] = None,
     label_smoothing: Annotated[float, typer.Option("--label-smoothing", rich_help_panel=TRAIN)] = 0.0,
     drop_path: Annotated[
         float | None,
@@ -294,7 +339,15 @@ def finetune(
         Path | None, typer.Option("--save", help="Write the fine-tuned weights (release keys).")
     ] = None,
     output: OutputOpt = None,
-    fmt: FormatOpt = None,
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help="table (default), json, jsonl, csv, md or latex on stdout (any case).",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = None,
     quiet: QuietOpt = False,
     force: ForceOpt = False,
     *,
@@ -307,10 +360,10 @@ def finetune(
     Exit status 1 when the loss became non-finite (the record is still written, status "nan").
     """
     from ..distributed import is_main_process
-    from ..files import check_outputs_apart, check_writable
-    from ..finetune import FinetuneSettings, run_finetune
+    from ..finetune import run_finetune
 
-    stdout_format = parse_format(fmt)
+    stdout_format = parse_format(fmt, choices=FORMATS)
+    lr_warmup = _lr_warmup(lr_warmup, warmup)
     cfg = variant_config(variant, **toggles)
     main = is_main_process()
     check_outputs_apart(
@@ -326,7 +379,7 @@ def finetune(
         batch_size=batch_size,
         lr=lr,
         weight_decay=weight_decay,
-        warmup=warmup,
+        warmup=lr_warmup,
         label_smoothing=label_smoothing,
         drop_path=drop_path,
         clip_grad=clip_grad,
@@ -342,27 +395,15 @@ def finetune(
         val_size=val_size,
         bf16_inference=bf16_inference,
     )
-    from ..bounds import check_bounds
-
     check_bounds(cfg, settings, force=force)
     record = run_finetune(cfg, settings, show_progress=not quiet)
     if not main:
         return
-    write_output(output, lambda kind: render(record, kind), fmt)
+    if output is not None:
+        write_output(output, lambda kind: render(record, _output_format(output, kind)), fmt)
     if stdout_format == "table":
         print_table(record)
     else:
         typer.echo(render(record, stdout_format), nl=False)
     _warn_partial_checkpoint(record)
-    exit_unless_ok(record)
-
-
-def _warn_partial_checkpoint(record: dict[str, Any]) -> None:
-    ckpt = record.get("checkpoint") or {}
-    if ckpt.get("partial"):
-        typer.echo(
-            f"warning: partial checkpoint {ckpt['path']}: {ckpt['body_missing']} key(s) of the variant "
-            f"missing and {ckpt['body_unexpected']} unexpected outside the heads (of {ckpt['model_keys']}); "
-            "those weights start from scratch (--allow-partial)",
-            err=True,
-        )
+    _exit_unless_ok(record)

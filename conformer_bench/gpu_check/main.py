@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
+from ..env import cpu_model
 from ..errors import BenchError
+from .plan import gpu_plan, rehearsal_plan
+from .run import ROOT, Runner, gpu_name_slug, prepare_output, run_check, write_summary
 
 NO_CUDA = (
     "error: no CUDA GPU is visible to torch {version} ({build}); the GPU check needs one. "
@@ -51,11 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .run import ROOT, Runner, gpu_name_slug, prepare_output, run_check, write_summary
-
     if args.checks_only is not None:
-        from .plan import rehearsal_plan
-
         if not (args.checks_only / "environment.json").is_file():
             raise BenchError(
                 f"{args.checks_only} holds no GPU-check records; pass a folder written by the check"
@@ -71,12 +71,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.budget_s is not None and args.budget_s < 60:
         raise BenchError(f"--budget-s {args.budget_s:g} is too short for any step; use 60 or more")
     _check_imports()
-    from .plan import gpu_plan, rehearsal_plan
-
     budget = {"budget_s": args.budget_s} if args.budget_s is not None else {}
     if args.rehearse_on_cpu:
-        from ..env import cpu_model
-
         plan = rehearsal_plan(**budget)
         default_dir = ROOT / "runs" / "gpu-rehearsal" / gpu_name_slug(cpu_model())
     else:
@@ -101,8 +97,6 @@ REQUIRED_MODULES = (
 
 
 def _check_imports() -> None:
-    import importlib
-
     for name in REQUIRED_MODULES:
         try:
             importlib.import_module(name)

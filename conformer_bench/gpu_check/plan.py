@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+import dataclasses
+from dataclasses import dataclass, field
+
+from ..records.gpu_check import PlanSummary
 
 
 @dataclass(frozen=True)
@@ -53,12 +55,19 @@ class Plan:
     subprocess_cap_s: float = 120.0  # per CLI subprocess (finetune, ablate, torchrun)
     precisions: tuple[str, ...] = field(default=())
 
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["matrix"] = [p.name for p in self.matrix]
-        data["compiled"] = self.compiled.name
-        data["oom"] = self.oom.name if self.oom else None
-        return data
+    def summary(self) -> PlanSummary:
+        """The plan as ``environment.json`` records it (profile points by name)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return PlanSummary(
+            **{
+                **fields,
+                "matrix": [p.name for p in self.matrix],
+                "compiled": self.compiled.name,
+                "oom": self.oom.name if self.oom else None,
+                "budget_per_phase_s": dict(self.budget_per_phase_s),
+                "precisions": list(self.precisions),
+            }
+        )
 
 
 def _matrix(

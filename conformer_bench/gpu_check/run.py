@@ -10,19 +10,51 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from ..env import fingerprint
 from ..errors import BenchError, exception_line
 from ..files import atomic_write_text, write_json
+from ..precision import precision_support
+from ..records import ProfileRecord, Record, SpeedRecord, Status
+from ..records.gpu_check import (
+    CeilingsRecord,
+    CheckEnvironment,
+    CheckStep,
+    LogitsComparison,
+    LogitsRecord,
+    MatmulCeiling,
+    SharesRecord,
+    StepsLog,
+)
+from ..toggles import build_config
+from .checks import checks_record, load_results, run_checks
 from .plan import Plan, ProfilePoint
+from .summary import render_summary
+
+if TYPE_CHECKING:
+    import torch
+
+    from conformer import ConformerConfig
+
+    from ..speed import SpeedSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 StepFn = Callable[[], str | tuple[str, int]]  # returns a detail line, or (detail, exit code) for subprocesses
+R = TypeVar("R", bound=Record)
+
+
+def typed(kind: type[R], value: R | Record | Mapping[str, Any]) -> R:
+    """A producer's result as ``kind`` (producers that still return a record's JSON are read through it)."""
+    if isinstance(value, kind):
+        return value
+    return kind.from_dict(value.to_dict() if isinstance(value, Record) else value)
 
 
 class Runner:
@@ -31,7 +63,7 @@ class Runner:
     def __init__(self, plan: Plan, out_dir: Path) -> None:
         self.plan, self.out = plan, out_dir
         self.started = time.perf_counter()
-        self.steps: list[dict[str, Any]] = []
+        self.steps: list[CheckStep] = []
         self.lines: list[str] = []
 
     def elapsed(self) -> float:
@@ -49,7 +81,7 @@ class Runner:
         if self.remaining() < estimate_s:
             self._record(
                 name,
-                "skipped",
+                Status.SKIPPED,
                 0.0,
                 None,
                 f"budget: {self.remaining():.0f} s left, needs ~{estimate_s:.0f} s",
@@ -61,29 +93,25 @@ class Runner:
         try:
             out = fn()
             detail, exit_code = out if isinstance(out, tuple) else (out, None)
-            status = "ok" if exit_code in (None, 0) else "failed"
+            status = Status.OK if exit_code in (None, 0) else Status.FAILED
         except Exception as exc:  # a failed step is recorded and the check goes on
-            status, detail = "failed", exception_line(exc)
+            status, detail = Status.FAILED, exception_line(exc)
         self._record(name, status, time.perf_counter() - started, exit_code, detail)
 
-    def _record(self, name: str, status: str, seconds: float, exit_code: int | None, detail: str) -> None:
-        self.steps.append(
-            {"name": name, "status": status, "elapsed_s": seconds, "exit_code": exit_code, "detail": detail}
-        )
+    def _record(self, name: str, status: Status, seconds: float, exit_code: int | None, detail: str) -> None:
+        self.steps.append(CheckStep(name, status, seconds, exit_code, detail))
         self.say(f"{name}: {status} ({seconds:.1f} s) {detail}")
-        write_json(self.out / "steps.json", {"steps": self.steps, "elapsed_s": self.elapsed()})
+        write_json(self.out / "steps.json", StepsLog(self.steps, self.elapsed()).to_dict())
 
 
 # --- in-process measurements ---------------------------------------------------------------------------------
 
 
-def _config(variant: str) -> Any:
-    from ..toggles import build_config
-
+def _config(variant: str) -> ConformerConfig:
     return build_config(variant)
 
 
-def build_on_device(variant: str, device: str) -> Any:
+def build_on_device(variant: str, device: str) -> torch.nn.Module:
     """A seeded model of ``variant`` initialised directly on ``device`` (CPU init of Conformer-B is slow)."""
     import torch
 
@@ -111,7 +139,7 @@ def tf32_off() -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
-def measure_ceilings(plan: Plan) -> dict[str, Any]:
+def measure_ceilings(plan: Plan) -> CeilingsRecord:
     """n x n matmuls in every precision the plan profiles (and TF32 on CUDA): the denominators of the table."""
     import torch
 
@@ -128,13 +156,9 @@ def measure_ceilings(plan: Plan) -> dict[str, Any]:
     for kind in kinds:
         step = matmul_step(kind, a, b, device)
         timed(step)  # warm-up
-        ceilings[kind] = ceiling_record(kind, n, [timed(step) for _ in range(plan.ceiling_reps)]).to_dict()
-    return {
-        "schema": "conformer-bench.gpu-check.ceilings",
-        "schema_version": 1,
-        "device": device,
-        "ceilings": ceilings,
-    }
+        samples = [timed(step) for _ in range(plan.ceiling_reps)]
+        ceilings[kind] = typed(MatmulCeiling, ceiling_record(kind, n, samples))
+    return CeilingsRecord(device=device, ceilings=ceilings)
 
 
 class _CountSdpa:
@@ -168,15 +192,15 @@ def _autocast(device_type: str, name: str) -> Any:
     return torch.autocast(device_type=device_type, dtype=dtype)
 
 
-def _fused_sdpa_entry(sdpa_model: Any, x: Any, device_type: str, name: str) -> dict[str, Any]:
+def _fused_sdpa_entry(
+    sdpa_model: torch.nn.Module, x: torch.Tensor, device_type: str, name: str
+) -> LogitsComparison:
     """The optimized path with SDPA limited to flash + memory-efficient kernels vs any backend."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from ..speed import max_rel_diff
 
-    entry: dict[str, Any] = {
-        "what": f"optimized path, {name}, SDPA limited to flash + memory-efficient vs any backend"
-    }
+    what = f"optimized path, {name}, SDPA limited to flash + memory-efficient vs any backend"
     try:
         with _autocast(device_type, name):
             unrestricted = sdpa_model(x)
@@ -186,15 +210,13 @@ def _fused_sdpa_entry(sdpa_model: Any, x: Any, device_type: str, name: str) -> d
                 counter.mode,
             ):
                 restricted = sdpa_model(x)
-        entry.update(max_rel_diff=max_rel_diff(restricted, unrestricted), sdpa_calls=counter.calls)
-        if counter.calls == 0:
-            entry["error"] = "the optimized path made no scaled_dot_product_attention call"
     except RuntimeError as exc:
-        entry.update(max_rel_diff=None, error=f"RuntimeError: {str(exc).strip().splitlines()[0]}")
-    return entry
+        return LogitsComparison(what, None, error=f"RuntimeError: {str(exc).strip().splitlines()[0]}")
+    error = "the optimized path made no scaled_dot_product_attention call" if counter.calls == 0 else None
+    return LogitsComparison(what, max_rel_diff(restricted, unrestricted), counter.calls, error)
 
 
-def compare_logits(plan: Plan) -> dict[str, Any]:
+def compare_logits(plan: Plan) -> LogitsRecord:
     """Logits of one batch: bf16 / fp16 vs fp32, optimized vs plain, SDPA restricted to fused kernels."""
     import torch
 
@@ -208,34 +230,25 @@ def compare_logits(plan: Plan) -> dict[str, Any]:
     size = plan.img_size
     x = torch.randn(plan.logits_batch, 3, size, size, generator=gen).to(device)
     device_type = "cuda" if cuda else "cpu"
-    comparisons: dict[str, dict[str, Any]] = {}
+    comparisons: dict[str, LogitsComparison] = {}
     with torch.inference_mode():
         with tf32_off():
             reference = model(x)
             optimized = optimize_for_inference(model)
-            comparisons["optimized_vs_plain_fp32"] = {
-                "what": "optimize_for_inference vs plain eval model, fp32, TF32 off",
-                "max_rel_diff": max_rel_diff(optimized(x), reference),
-            }
+            comparisons["optimized_vs_plain_fp32"] = LogitsComparison(
+                "optimize_for_inference vs plain eval model, fp32, TF32 off",
+                max_rel_diff(optimized(x), reference),
+            )
         for name in ("bf16", "fp16") if cuda else ("bf16",):
             with _autocast(device_type, name):
                 out = model(x)
-            comparisons[f"{name}_vs_fp32"] = {
-                "what": f"plain model under {name} autocast vs fp32 with TF32 off",
-                "max_rel_diff": max_rel_diff(out, reference),
-            }
+            comparisons[f"{name}_vs_fp32"] = LogitsComparison(
+                f"plain model under {name} autocast vs fp32 with TF32 off", max_rel_diff(out, reference)
+            )
         sdpa_model = optimize_for_inference(model, fuse_pointwise=False)
         for name in ("bf16", "fp32"):
             comparisons[f"sdpa_fused_{name}"] = _fused_sdpa_entry(sdpa_model, x, device_type, name)
-    return {
-        "schema": "conformer-bench.gpu-check.logits",
-        "schema_version": 1,
-        "device": device,
-        "variant": plan.logits_variant,
-        "batch_size": plan.logits_batch,
-        "img_size": size,
-        "comparisons": comparisons,
-    }
+    return LogitsRecord(device, plan.logits_variant, plan.logits_batch, size, comparisons)
 
 
 class Profiler:
@@ -243,15 +256,14 @@ class Profiler:
 
     def __init__(self, plan: Plan, out_dir: Path) -> None:
         self.plan, self.folder = plan, out_dir / "profile"
-        self.models: dict[str, Any] = {}
+        self.models: dict[str, torch.nn.Module] = {}
         self.counted: set[str] = set()
 
     def run(
         self, point: ProfilePoint, *, iters: int | None = None, warmup: int | None = None
-    ) -> dict[str, Any]:
+    ) -> ProfileRecord:
         import torch
 
-        from ..formatting import render
         from ..profiling import DeviceDefaults, ProfileSettings, profile_variant
 
         plan = self.plan
@@ -277,7 +289,7 @@ class Profiler:
             min_iters=plan.min_iters,
             max_iters=plan.max_iters,
         )
-        record = profile_variant(
+        produced = profile_variant(
             _config(point.variant),
             settings,
             label=point.name,
@@ -285,22 +297,24 @@ class Profiler:
             build=lambda: copy.deepcopy(pristine),
         )
         self.counted.add(point.variant)
-        atomic_write_text(self.folder / f"{point.name}.json", render(record, "json"))
+        record = typed(ProfileRecord, produced)
+        write_json(self.folder / f"{point.name}.json", record.to_dict())
         if plan.device.startswith("cuda"):
             torch.cuda.empty_cache()
         return record
 
 
-def describe_profile(record: dict[str, Any]) -> str:
-    parts = [record["status"]]
-    for phase, t in (record.get("throughput") or {}).items():
-        mem = (record.get("memory") or {}).get(phase) or {}
-        peak = mem.get("peak_allocated_bytes") or mem.get("peak_rss_increase_bytes")
-        batch = f"b{t['batch_size']}" + (
-            f" of {t['requested_batch_size']}" if t["batch_size"] != t["requested_batch_size"] else ""
+def describe_profile(record: ProfileRecord) -> str:
+    parts = [str(record.status)]
+    for phase, run in (record.throughput or {}).items():
+        t = run.timing
+        memory = record.memory.phase(phase) if record.memory else None
+        peak = getattr(memory, "peak_allocated_bytes", None) or getattr(memory, "peak_rss_increase_bytes", 0)
+        batch = f"b{t.batch_size}" + (
+            f" of {t.requested_batch_size}" if t.batch_size != t.requested_batch_size else ""
         )
         parts.append(
-            f"{phase} {t['img_per_s']:.1f} img/s ({batch}, {t['iters']} iters, peak {(peak or 0) / 2**20:.0f} MiB)"
+            f"{phase} {t.img_per_s:.1f} img/s ({batch}, {t.iters} iters, peak {(peak or 0) / 2**20:.0f} MiB)"
         )
     return ", ".join(parts)
 
@@ -326,7 +340,7 @@ def run_matrix(runner: Runner, profiler: Profiler) -> str:
     return f"{done} of {len(runner.plan.matrix)} points{note}"
 
 
-def _speed_settings(plan: Plan, batch_size: int, **more: Any) -> Any:
+def _speed_settings(plan: Plan, batch_size: int, **more: Any) -> SpeedSettings:
     """The speed settings the check's runs share (device, image size, rounds, ceiling size) with ``more``."""
     from ..speed import SpeedSettings
 
@@ -343,14 +357,11 @@ def _speed_settings(plan: Plan, batch_size: int, **more: Any) -> Any:
 
 def _bf16_runs(plan: Plan) -> bool:
     """bf16 is timed on CUDA and on a CPU with native bf16 (a rehearsal without it times fp32 instead)."""
-    from ..precision import precision_support
-
     return plan.device.startswith("cuda") or precision_support("bf16", plan.device).supported
 
 
 def run_speed(plan: Plan, out_dir: Path) -> str:
-    from ..formatting import file_format
-    from ..speed import measure_speed, render
+    from ..speed import measure_speed
 
     cuda = plan.device.startswith("cuda")
     # plain / optimized / compiled in bf16; their logits are compared with the plain fp32 model
@@ -360,10 +371,10 @@ def run_speed(plan: Plan, out_dir: Path) -> str:
         precisions=("bf16",) if _bf16_runs(plan) else ("fp32",),
         ceilings=("tf32", "fp16") if cuda else (),
     )
-    record = measure_speed(_config(plan.speed_variant), settings)
-    atomic_write_text(out_dir / "speed.json", render(record, file_format("speed.json", None)))
+    record = typed(SpeedRecord, measure_speed(_config(plan.speed_variant), settings))
+    write_json(out_dir / "speed.json", record.to_dict())
     return ", ".join(
-        f"{p} {e.img_per_s:.1f} img/s" if e.img_per_s is not None else f"{p} {e.status}"
+        f"{p} {e.img_per_s:.1f} img/s" if e.status == Status.OK and e.img_per_s else f"{p} {e.status}"
         for p, e in record.paths.items()
     )
 
@@ -385,21 +396,15 @@ def run_shares(plan: Plan, out_dir: Path) -> str:
         ceilings=("tf32",) if plan.device.startswith("cuda") else (),
         agreement_images=0,
     )
-    record = measure_speed(_config(plan.shares_variant), settings).to_dict()
-    tf32 = {"cudnn_allow_tf32": torch.backends.cudnn.allow_tf32}
-    tf32["matmul_allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
+    record = typed(SpeedRecord, measure_speed(_config(plan.shares_variant), settings))
+    tf32 = {
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+    }
     shares = ceiling_shares(record)
     write_json(
         out_dir / "shares.json",
-        {
-            "schema": "conformer-bench.gpu-check.shares",
-            "schema_version": 1,
-            "variant": plan.shares_variant,
-            "batch_size": plan.shares_batch,
-            "tf32_settings": tf32,
-            "shares": shares,
-            "speed": record,
-        },
+        SharesRecord(plan.shares_variant, plan.shares_batch, tf32, shares, record).to_dict(),
     )
     return ", ".join(
         f"{name} " + " / ".join(f"{100 * v:.0f} % of {k}" for k, v in share.items())
@@ -407,18 +412,18 @@ def run_shares(plan: Plan, out_dir: Path) -> str:
     )
 
 
-def ceiling_shares(record: dict[str, Any]) -> dict[str, dict[str, float]]:
+def ceiling_shares(record: SpeedRecord) -> dict[str, dict[str, float]]:
     """Each timed run's achieved FLOP/s as a share of its own precision's matmul ceiling and, for fp32, of
     the TF32 ceiling where one was timed."""
-    ceilings = record["ceilings"]
+    ceilings = {q: typed(MatmulCeiling, c) for q, c in record.ceilings.items()}
     shares: dict[str, dict[str, float]] = {}
-    for name, entry in record["paths"].items():
-        if entry.get("achieved_gflop_s") is None:
+    for name, entry in record.paths.items():
+        achieved = entry.achieved_gflop_s
+        if achieved is None:
             continue
-        precision = entry["precision"]
-        share = {precision: entry["achieved_gflop_s"] / ceilings[precision]["gflop_s"]}
-        if precision == "fp32" and "tf32" in ceilings:
-            share["tf32"] = entry["achieved_gflop_s"] / ceilings["tf32"]["gflop_s"]
+        share = {entry.precision: achieved / ceilings[entry.precision].gflop_s}
+        if entry.precision == "fp32" and "tf32" in ceilings:
+            share["tf32"] = achieved / ceilings["tf32"].gflop_s
         shares[name] = share
     return shares
 
@@ -496,22 +501,20 @@ coupling = "down"
 
 
 def write_summary(runner: Runner, out_dir: Path, *, keep_console: bool = False) -> int:
-    from .checks import checks_record, load_results, run_checks
-    from .summary import render_summary
-
     results = load_results(out_dir)
     checks = run_checks(results)
-    write_json(out_dir / "checks.json", checks_record(checks))
+    record = checks_record(checks)
+    write_json(out_dir / "checks.json", record.to_dict())
     atomic_write_text(out_dir / "summary.md", render_summary(results, checks))
     print("", flush=True)
     for check in checks:
         runner.say(check.line())
-    failed = sum(c.status == "FAIL" for c in checks)
-    counts = {s: sum(c.status == s for c in checks) for s in ("PASS", "FAIL", "SKIP")}
-    runner.say(f"{counts['PASS']} PASS, {counts['FAIL']} FAIL, {counts['SKIP']} SKIP; records in {out_dir}")
+    runner.say(
+        ", ".join(f"{n} {verdict}" for verdict, n in record.counts.items()) + f"; records in {out_dir}"
+    )
     if not keep_console:  # the run's own console log; a re-check only prints
         atomic_write_text(out_dir / "console.txt", "\n".join(runner.lines) + "\n")
-    return 1 if failed else 0
+    return 1 if record.failed else 0
 
 
 class CheckSteps:
@@ -523,15 +526,15 @@ class CheckSteps:
 
     def ceilings(self) -> str:
         record = measure_ceilings(self.plan)
-        write_json(self.out_dir / "ceilings.json", record)
-        return ", ".join(f"{k} {c['gflop_s'] / 1e3:.3g} TFLOP/s" for k, c in record["ceilings"].items())
+        write_json(self.out_dir / "ceilings.json", record.to_dict())
+        return ", ".join(f"{k} {c.gflop_s / 1e3:.3g} TFLOP/s" for k, c in record.ceilings.items())
 
     def logits(self) -> str:
         record = compare_logits(self.plan)
-        write_json(self.out_dir / "logits.json", record)
+        write_json(self.out_dir / "logits.json", record.to_dict())
         return ", ".join(
-            f"{k} {c.get('max_rel_diff') or 0:.1e}" + (" ERROR" if c.get("error") else "")
-            for k, c in record["comparisons"].items()
+            f"{k} {c.max_rel_diff or 0:.1e}" + (" ERROR" if c.error else "")
+            for k, c in record.comparisons.items()
         )
 
     def finetune_args(self, record: str, *extra: str) -> list[str]:
@@ -595,14 +598,12 @@ def run_check(plan: Plan, out_dir: Path) -> int:
     """Every step in order of importance; returns the exit code (0: all PASS/SKIP, 1: a FAIL)."""
     import torch
 
-    from ..env import fingerprint
-
     runner = Runner(plan, out_dir)
     device, cuda = plan.device, plan.device.startswith("cuda")
-    env = fingerprint(device, "fp32")
-    write_json(out_dir / "environment.json", {**env, "plan": plan.to_dict(), "rehearsal": plan.rehearsal})
+    env = CheckEnvironment.of(fingerprint(device, "fp32"), plan.summary(), plan.rehearsal)
+    write_json(out_dir / "environment.json", env.to_dict())
     runner.say(
-        f"GPU check on {env.get('device_name') or env['cpu_model']} ({device}), torch {env['torch']}, "
+        f"GPU check on {env.device_name or env.cpu_model} ({device}), torch {env.torch}, "
         f"budget {plan.budget_s:.0f} s"
         + (" — CPU rehearsal: smallest sizes, CUDA-only checks skipped" if plan.rehearsal else "")
     )
@@ -627,8 +628,6 @@ def run_check(plan: Plan, out_dir: Path) -> int:
 
 
 def gpu_name_slug(name: str) -> str:
-    import re
-
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "gpu"
 
 

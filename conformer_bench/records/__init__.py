@@ -9,7 +9,19 @@ from __future__ import annotations
 from .ab import AB_SCHEMA, ABRecord, InstructionCounts, PairedCell, PairedRound
 from .base import Record, SchemaRecord, Status, plain
 from .common import Environment, Variant
-from .finetune import FINETUNE_SCHEMA, FinetuneEpoch, FinetuneFinal, FinetuneRecord
+from .finetune import (
+    FINETUNE_SCHEMA,
+    Bf16Inference,
+    CheckpointLoad,
+    FinetuneData,
+    FinetuneEpoch,
+    FinetuneFinal,
+    FinetuneHyper,
+    FinetuneRecord,
+    FinetuneSettings,
+    TrainPoint,
+)
+from .gpu_check import CeilingsRecord, GpuCheckRecord, LogitsRecord, SharesRecord
 from .profile import (
     PROFILE_SCHEMA,
     CpuPhaseMemory,
@@ -27,7 +39,18 @@ from .search import SEARCH_SCHEMA, SearchRecord, TrialRecord
 from .speed import SPEED_SCHEMA, SpeedPath, SpeedRecord
 
 KINDS: dict[str, type[SchemaRecord]] = {
-    kind.SCHEMA: kind for kind in (ProfileRecord, SpeedRecord, FinetuneRecord, ABRecord, SearchRecord)
+    kind.SCHEMA: kind
+    for kind in (
+        ProfileRecord,
+        SpeedRecord,
+        FinetuneRecord,
+        ABRecord,
+        SearchRecord,
+        GpuCheckRecord,
+        CeilingsRecord,
+        LogitsRecord,
+        SharesRecord,
+    )
 }
 SCHEMAS: dict[str, int] = {schema: kind.VERSION for schema, kind in KINDS.items()}  # what is written now
 
@@ -48,15 +71,23 @@ __all__ = [
     "SEARCH_SCHEMA",
     "SPEED_SCHEMA",
     "ABRecord",
+    "Bf16Inference",
+    "CeilingsRecord",
+    "CheckpointLoad",
     "CpuPhaseMemory",
     "CudaPhaseMemory",
     "Environment",
+    "FinetuneData",
     "FinetuneEpoch",
     "FinetuneFinal",
+    "FinetuneHyper",
     "FinetuneRecord",
+    "FinetuneSettings",
     "FlopCounts",
     "FlopCrossCheck",
+    "GpuCheckRecord",
     "InstructionCounts",
+    "LogitsRecord",
     "PairedCell",
     "PairedRound",
     "ParamCounts",
@@ -68,9 +99,11 @@ __all__ = [
     "ReferenceTiming",
     "SchemaRecord",
     "SearchRecord",
+    "SharesRecord",
     "SpeedPath",
     "SpeedRecord",
     "Status",
+    "TrainPoint",
     "TrialRecord",
     "Variant",
     "plain",

@@ -111,10 +111,13 @@ class Record:
     def to_dict(self) -> dict[str, Any]:
         omit = self.omitted()
         out: dict[str, Any] = {}
+        absent = getattr(self, "_absent", frozenset())
         for f in fields(cast(Any, self)):  # every subclass is a dataclass
             value = getattr(self, f.name)
             if value is None and f.name in omit:
                 continue
+            if f.name in absent and f.default is not MISSING and value == f.default:
+                continue  # read from a file that lacked it, and still the default: written as read
             out[f.name] = plain(value)
         out.update(getattr(self, "_extra", {}))
         order = getattr(self, "_order", None)

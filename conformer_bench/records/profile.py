@@ -7,6 +7,7 @@ from typing import Any
 
 from .base import Record, SchemaRecord, Status
 from .common import Environment, Variant
+from .energy import EnergyReading
 
 PROFILE_SCHEMA = "conformer-bench.profile"
 
@@ -43,7 +44,7 @@ class PhaseTiming(Record):
     noisy: bool
     samples_s: list[float]
     timer: str
-    energy: dict[str, Any] | None  # cuda: NVML energy of the timed loop; None on CPU
+    energy: EnergyReading | None  # cuda: NVML energy of the timed loop; None on CPU
     img_per_j: float | None
     img_per_ref_gflop: float | None = None  # these three only when timed beside a reference workload
     ref_ratio_samples: list[float] | None = None

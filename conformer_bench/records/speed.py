@@ -85,25 +85,6 @@ class ExportInfo(Record):
 
 
 @dataclass(frozen=True)
-class Bf16InferenceCheck(Record):
-    """What bf16 inference costs a trained model (``conformer_bench.bf16_check``): top-1 percent per head in
-    fp32 and bf16, their agreement, and the largest relative logits error; only the first four where bf16
-    is not supported."""
-
-    OPTIONAL = frozenset({"count", "top1_fp32", "top1_bf16", "top1_agreement", "max_rel_diff"})
-
-    path: str
-    status: Status  # ok | unsupported
-    reason: str | None
-    kernels: str
-    count: int | None = None
-    top1_fp32: PerHead | None = None
-    top1_bf16: PerHead | None = None
-    top1_agreement: PerHead | None = None
-    max_rel_diff: float | None = None
-
-
-@dataclass(frozen=True)
 class PrecisionSupport(Record):
     """Whether ``precision`` runs natively on ``device``; ``reason`` says why not, ``kernels`` what runs."""
 
