@@ -301,3 +301,11 @@ def test_speed_renders_latex_and_jsonl_from_the_same_columns() -> None:
     assert rows[0]["img/s (median)"] == round(record.paths["plain"].img_per_s or 0, 2)
     md = render(record, "md")
     assert "| openvino | fp32 (openvino: f32) |" in md and "ONNX graph of onnxruntime, openvino" in md
+
+
+def test_speed_writes_latex_on_stdout_and_to_a_tex_file(tmp_path: Path) -> None:
+    tex = tmp_path / "speed.tex"
+    result = runner.invoke(app, [*BASE, "--paths", "plain", "-f", "LaTeX", "-o", str(tex)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("\\begin{tabular}") and "plain & fp32 & ok" in result.stdout
+    assert tex.read_text().startswith("\\begin{tabular}") and "95\\% CI" in tex.read_text()

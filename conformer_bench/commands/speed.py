@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -11,13 +12,15 @@ from ..backends import parse_backends, require_installed
 from ..bounds import check_bounds
 from ..env import resolve_device
 from ..files import check_writable
+from ..formatting import parse_format
 from ..records import Status
+from ..tables import FORMATS
 from .common import (
+    OUTPUT,
     BatchSizeOpt,
     BreakdownOpt,
     DeviceOpt,
     ForceOpt,
-    FormatOpt,
     ImgSizeOpt,
     OutputOpt,
     PrecisionOpt,
@@ -27,7 +30,6 @@ from .common import (
     aliases,
     handle_errors,
     measure_option,
-    parse_format,
     toggle_options,
     variant_config,
     with_progress,
@@ -35,6 +37,7 @@ from .common import (
 )
 
 app = typer.Typer()
+
 
 EXAMPLES = """Examples:
 
@@ -120,7 +123,15 @@ def speed(
     ] = 32,
     seed: Annotated[int, measure_option("--seed", help_text="Seed of weights and input.")] = 0,
     output: OutputOpt = None,
-    fmt: FormatOpt = None,
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help="table (default), json, jsonl, csv, md or latex on stdout (any case).",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = None,
     quiet: QuietOpt = False,
     force: ForceOpt = False,
     *,
@@ -136,7 +147,7 @@ def speed(
     """
     from ..speed import SpeedSettings, measure_speed, parse_list, render
 
-    stdout_format = parse_format(fmt)
+    stdout_format = parse_format(fmt, choices=FORMATS)
     backends = parse_backends(backend)
     require_installed(backends)
     cfg = variant_config(variant, **toggles)
@@ -165,7 +176,9 @@ def speed(
     if output is not None:
         check_writable(output)
     record = with_progress("speed", not quiet, partial(measure_speed, cfg, settings))
-    write_output(output, partial(render, record), fmt)
+    if output is not None:
+        tex = Path(output).suffix.lower() == ".tex"
+        write_output(output, lambda kind: render(record, "latex" if tex else kind), None if tex else fmt)
     typer.echo(render(record, stdout_format), nl=False)
     if record.status != Status.OK:
         typer.echo(f"error: {record.reason}", err=True)
