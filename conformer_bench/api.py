@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 # Schema -> "module:function" giving (columns, rows of one record) for the CSV of that kind.
 TIDY: dict[str, str] = {
     "conformer-bench.gpu-check": "conformer_bench.gpu_check.summary:check_rows",
+    "conformer-bench.profile": "conformer_bench.formatting:tidy",
 }
 
 
