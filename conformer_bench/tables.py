@@ -214,10 +214,13 @@ class Table(Generic[T]):
         return console.export_text()
 
     def to_frame(self) -> pandas.DataFrame:
-        """A tidy DataFrame: one row per row, the CSV's columns and values."""
+        """A tidy DataFrame: one row per row, the CSV's columns, values and dtypes (it is read from the CSV
+        text, so it equals ``pandas.read_csv`` of the command's CSV: empty cells NaN, numbers numeric)."""
         import pandas
 
-        return pandas.DataFrame(self.records(), columns=[c.name for c in self.columns])
+        if not self.columns:
+            return pandas.DataFrame()
+        return pandas.read_csv(io.StringIO(self.to_csv()))
 
 
 def table_of(columns: Sequence[Column[T]], rows: Iterable[T], **frame: Any) -> Table[T]:
