@@ -454,3 +454,72 @@ def test_training_one_image_on_a_1x1_map_is_refused_with_the_fix() -> None:
     assert result.exit_code == 2
     assert "leaves BatchNorm one value per channel" in result.stderr and "--batch-size 2" in result.stderr
     assert "Traceback" not in result.output
+
+
+# --- a sweep's records file: table FILE, to_frame, LaTeX -------------------------------------------------------
+
+
+@pytest.fixture
+def sweep_with_a_failure(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[Path, Path]:
+    """A two-variant costs-only sweep whose micro point raises, written as records (.jsonl) and tidy rows (.csv)."""
+    real = profiling.profile_variant
+
+    def flaky(cfg: Any, settings: ProfileSettings, **kwargs: Any) -> ProfileRecord:
+        if cfg.name == "micro":
+            raise RuntimeError("injected\nsecond line")
+        return real(cfg, settings, **kwargs)
+
+    monkeypatch.setattr(profiling, "profile_variant", flaky)
+    jsonl, csv_path = tmp_path / "sweep.jsonl", tmp_path / "sweep.csv"
+    args = ["--variant", "nano,micro", "--mode", "none", "--img-size", "32", "--no-cross-check", "-q"]
+    result = invoke(*args, "-o", str(jsonl), "-f", "csv")  # records to the file, tidy rows to stdout
+    assert result.exit_code == 1 and "1 of 2 point(s) did not finish ok" in result.output
+    csv_path.write_text(result.stdout)
+    return jsonl, csv_path
+
+
+def test_table_of_a_sweep_file_shows_the_failed_point(sweep_with_a_failure: tuple[Path, Path]) -> None:
+    jsonl, _ = sweep_with_a_failure
+    lines = jsonl.read_text().splitlines()
+    assert len(lines) == 2 and all(json.loads(line)["schema"] == "conformer-bench.profile" for line in lines)
+    result = runner.invoke(app, ["table", str(jsonl)])
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.stdout.splitlines() if line.startswith(("| nano", "| micro"))]
+    assert len(rows) == 2
+    assert "| ok |" in rows[0] and "| failed: RuntimeError: injected |" in rows[1]
+    tidy = runner.invoke(app, ["table", str(jsonl), "-f", "csv"])
+    assert tidy.exit_code == 0
+    read = list(csv.DictReader(io.StringIO(tidy.stdout)))
+    assert [r["status"] for r in read] == ["ok", "failed"] and read[1]["reason"] == "RuntimeError: injected"
+    latex = runner.invoke(app, ["table", str(jsonl), "-f", "latex"])
+    assert (
+        latex.exit_code == 0
+        and "\\begin{tabular}" in latex.stdout
+        and "failed: RuntimeError: injected" in latex.stdout
+    )
+    one = runner.invoke(app, ["table", str(jsonl.with_suffix(".csv")), "-f", "md"])
+    assert one.exit_code != 0 and "Traceback" not in one.output
+
+
+def test_to_frame_of_a_sweep_equals_its_csv(sweep_with_a_failure: tuple[Path, Path]) -> None:
+    import pandas as pd
+
+    import conformer_bench as cb
+    from conformer_bench.formatting import TIDY_COLUMNS
+
+    jsonl, csv_path = sweep_with_a_failure
+    frame = cb.to_frame(cb.read(jsonl))
+    expected = pd.read_csv(csv_path)
+    assert list(frame.columns) == list(TIDY_COLUMNS) and list(frame["status"]) == ["ok", "failed"]
+    pd.testing.assert_frame_equal(frame, expected)
+
+
+def test_profile_writes_latex(tmp_path: Path) -> None:
+    result = invoke("--variant", "nano", "--mode", "none", "--no-cross-check", "-f", "LaTeX")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("% conformer-bench profile: nano") and "paper MACs" in result.stdout
+    assert (
+        invoke("--variant", "nano", "--mode", "none", "--no-flops", "-o", str(tmp_path / "r.tex")).exit_code
+        == 0
+    )
+    assert "\\end{tabular}" in (tmp_path / "r.tex").read_text()
