@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .breakdown import profile_rows as breakdown_rows
 from .errors import BenchError
 from .files import atomic_write_text, dumps_json
 from .params import COMPONENTS
@@ -515,8 +516,6 @@ def _throughput_rows(phase: str, run: ProfiledPhase) -> list[ProfileRow]:
 
 def profile_rows(record: ProfileRecord) -> list[ProfileRow]:
     """Every printed figure with its unit and what it counts."""
-    from .breakdown import profile_rows as breakdown_rows
-
     rows = _run_rows(record) + _params_rows(record.params) + _flops_rows(record.flops)
     for phase in PHASES:
         mem = _phase_memory(record, phase)

@@ -12,10 +12,14 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from . import memory, timing
+from .backends import BACKENDS, EAGER, PrepareOptions, get_backend, require_installed
+from .bounds import THREAD_LIMIT, check_count, check_input_memory
+from .breakdown import BreakdownSettings, breakdown_unavailable, component_macs, measure_breakdown
 from .env import fingerprint, resolve_device
 from .errors import BenchError
 from .flops import costs_of
 from .memory import PhaseMemory, Probe
+from .precision import precision_support
 from .records import (
     Environment,
     PhaseTiming,
@@ -90,8 +94,6 @@ def _positive(name: str, value: int | None, minimum: int = 1) -> None:
 
 def validate_settings(cfg: ConformerConfig, settings: ProfileSettings) -> None:
     """Every bad setting becomes a one-line :class:`BenchError` naming the fix (before anything is built)."""
-    from .bounds import THREAD_LIMIT, check_count
-
     if settings.mode not in MODES:
         raise BenchError(f"--mode {settings.mode!r} is not valid; use one of {', '.join(MODES)}")
     if settings.precision not in PRECISIONS:
@@ -124,9 +126,6 @@ def validate_settings(cfg: ConformerConfig, settings: ProfileSettings) -> None:
 
 def _backend_fits(settings: ProfileSettings) -> None:
     """A deployment backend runs its own graph in fp32 or bf16; a breakdown needs the model's modules."""
-    from .backends import BACKENDS, EAGER, require_installed
-    from .breakdown import breakdown_unavailable
-
     if settings.backend not in BACKENDS:
         raise BenchError(f"--backend {settings.backend!r} is not valid; use one of {', '.join(BACKENDS)}")
     if settings.backend != EAGER:
@@ -165,8 +164,6 @@ def _input_fits(cfg: ConformerConfig, settings: ProfileSettings) -> None:
     """Refuse a batch whose input tensor alone is larger than this machine's memory (host or GPU)."""
     if settings.batch_size is None or settings.mode == "none":
         return
-    from .bounds import check_input_memory
-
     check_input_memory(cfg.in_chans, settings.batch_size, settings.img_size)
 
 
@@ -206,8 +203,6 @@ def autocast_dtype(precision: str, device: str) -> Any:
 
 def _require_native_bf16(precision: str, device: str) -> None:
     """A CPU without bf16 instructions would emulate bf16 in fp32, slower than fp32: refuse to time that."""
-    from .precision import precision_support
-
     support = precision_support("bf16", device)
     if not support.supported:
         raise BenchError(f"--precision {precision}: {support.reason}; use --precision fp32")
@@ -646,8 +641,6 @@ def _breakdown(run: PhaseRun, runner: Any, batch: int, cl: bool, dtype: Any) -> 
     """Time by component of the inference runner, beside a matmul ceiling in the phase's precision."""
     import torch
 
-    from .breakdown import BreakdownSettings, component_macs, measure_breakdown
-
     x, _ = _inputs(run.cfg, batch, run.settings.img_size, run.device, cl)
     ceiling = _matmul_ceiling(
         "bf16"
@@ -726,8 +719,6 @@ def _build_runner(
 def _backend_runner(model: Any, settings: ProfileSettings) -> tuple[Any, bool, str]:
     """A deployment backend's callable for the eval model; :class:`_BackendCannotRun` when it has none."""
     import torch
-
-    from .backends import PrepareOptions, get_backend
 
     model.eval()
     options = PrepareOptions(

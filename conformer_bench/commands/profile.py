@@ -10,8 +10,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ..errors import BenchError
-from ..formatting import PROFILE_FORMATS, parse_format, write_output
-from ..records import ProfileRecord, Status
 from .common import (
     OUTPUT,
     BatchSizesOpt,
@@ -33,7 +31,11 @@ from .common import (
 )
 
 if TYPE_CHECKING:
+    from ..records import ProfileRecord
     from ..sweep import Point
+
+# Profiles render through conformer_bench.formatting, imported when the command runs (it keeps
+# `conformer-bench --help` from loading the record and FLOP modules).
 
 app = typer.Typer()
 
@@ -192,6 +194,7 @@ def profile(
     from ..bounds import check_bounds
     from ..env import resolve_device
     from ..files import check_outputs_apart
+    from ..formatting import PROFILE_FORMATS, parse_format
     from ..profiling import MODES, PRECISIONS, ProfileSettings
 
     stdout_format = parse_format(fmt, choices=PROFILE_FORMATS)
@@ -247,6 +250,8 @@ def _write_records(
 ) -> None:
     """Print the records, write ``--output`` and ``--plot``; exit 1 when a point did not finish ok."""
     from .. import sweep
+    from ..formatting import PROFILE_FORMATS, write_output
+    from ..records import Status
 
     typer.echo(sweep.render_records(records, stdout_format), nl=False)
     if output is not None:
