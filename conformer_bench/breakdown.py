@@ -33,13 +33,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .costs import PAPER_OPERATORS
 from .errors import BenchError
 from .files import atomic_write_text, loads_json, read_in_folder
 from .flops import SDPA_OP, _cache_folder, _tool_fingerprint, costs_of, sdpa_flop_jit
 from .records import Record
+
+if TYPE_CHECKING:
+    import torch
+
+    from conformer import Conformer, ConformerConfig
 
 COMPONENTS: tuple[str, ...] = ("stem", "cnn", "transformer", "fcu_down", "fcu_up", "heads")
 REST = "rest"
@@ -96,7 +101,7 @@ def component_of(name: str) -> str | None:
     return None
 
 
-def conformer_root(model: Any) -> Any:
+def conformer_root(model: torch.nn.Module) -> torch.nn.Module:
     """The module laid out as a Conformer (``stem`` and ``stages``) inside ``model`` (itself, or the model a
     low-precision copy wraps)."""
     for module in model.modules():
@@ -105,7 +110,7 @@ def conformer_root(model: Any) -> Any:
     raise BenchError("time by component needs a Conformer's modules (stem, stages); this runner has none")
 
 
-def component_modules(model: Any) -> dict[str, tuple[str, Any]]:
+def component_modules(model: torch.nn.Module) -> dict[str, tuple[str, torch.nn.Module]]:
     """Qualified name -> (component, module) of every component root of ``model``'s Conformer."""
     root = conformer_root(model)
     return {
@@ -389,7 +394,7 @@ def _summarise(
 # --- FLOPs per component ---------------------------------------------------------------------------------
 
 
-def component_macs(model: Any, img_size: int) -> dict[str, int]:
+def component_macs(model: Conformer, img_size: int) -> dict[str, int]:
     """Paper-convention MACs per image of each component of the plain ``model`` (``rest``: what is left),
     counted by fvcore per module at batch 1; cached on disk beside the FLOP records."""
     folder = _cache_folder()
@@ -410,7 +415,7 @@ def component_macs(model: Any, img_size: int) -> dict[str, int]:
     return macs
 
 
-def _read_component_cache(path: Path, cfg: Any, img_size: int) -> dict[str, int] | None:
+def _read_component_cache(path: Path, cfg: ConformerConfig, img_size: int) -> dict[str, int] | None:
     """The cached MACs per component, or ``None`` when there are none to trust: like the FLOP cache, a link
     or a non-regular file is never followed nor opened blocking, and an entry is used only when every
     component holds a whole number >= 0 and they add up to the closed-form total (else it is counted again)."""
@@ -426,7 +431,7 @@ def _read_component_cache(path: Path, cfg: Any, img_size: int) -> dict[str, int]
     return cached if sum(cached.values()) == costs_of(cfg, img_size).paper_macs else None
 
 
-def _count_component_macs(model: Any, img_size: int) -> dict[str, int]:
+def _count_component_macs(model: Conformer, img_size: int) -> dict[str, int]:
     import torch
     from fvcore.nn import FlopCountAnalysis
 

@@ -35,7 +35,7 @@ from .records import FlopCounts, FlopCrossCheck
 if TYPE_CHECKING:
     import torch
 
-    from conformer import ConformerConfig
+    from conformer import Conformer, ConformerConfig
 
 CONVENTION = (
     "fvcore_total: fvcore, one fused multiply-add = one flop (also counts norms, adaptive pooling, "
@@ -74,7 +74,7 @@ def _recording_zero_handle(op: str, seen: Counter[str]) -> Callable[[list[Any], 
 
 
 @contextmanager
-def _eval_mode(model: Any) -> Iterator[Any]:
+def _eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     was_training = model.training
     model.eval()
     try:
@@ -83,7 +83,9 @@ def _eval_mode(model: Any) -> Iterator[Any]:
         model.train(was_training)
 
 
-def _ops_by_component(model: Any, by_module_and_op: dict[str, Counter[str]]) -> dict[str, Counter[str]]:
+def _ops_by_component(
+    model: torch.nn.Module, by_module_and_op: dict[str, Counter[str]]
+) -> dict[str, Counter[str]]:
     """Per-component operator counters that add up to the model's total.
 
     Ops inside a component's module go to that component. Ops run directly by a container's own forward are
@@ -116,7 +118,7 @@ def _ops_by_component(model: Any, by_module_and_op: dict[str, Counter[str]]) -> 
     return result
 
 
-def _fvcore_counts(model: torch.nn.Module, img_size: int, cross_check: bool) -> FlopCounts:
+def _fvcore_counts(model: Conformer, img_size: int, cross_check: bool) -> FlopCounts:
     """fvcore's count of a built model on one ``img_size``² image, on its device (left in its train/eval mode)."""
     import torch
     from fvcore.nn import FlopCountAnalysis
@@ -169,7 +171,7 @@ def _with_difference(cross: FlopCrossCheck, paper_macs: int) -> FlopCrossCheck:
     return replace(cross, relative_difference=difference)
 
 
-def structural_twin(cfg: Any, img_size: int) -> tuple[Any, int]:
+def structural_twin(cfg: ConformerConfig, img_size: int) -> tuple[ConformerConfig, int]:
     """A config with the same layers and forward graph as ``cfg`` at ``img_size``, but one-element-wide.
 
     Widths and the image size change no operator's presence, only its cost; the position embedding is
@@ -193,7 +195,7 @@ _PRIM_COUNTED = ("prim::PythonOp", "prim::CallFunction")  # the prim:: nodes fvc
 
 
 @lru_cache(maxsize=512)
-def _uncounted_ops(twin: Any, img_size: int) -> tuple[dict[str, int], dict[str, int]]:
+def _uncounted_ops(twin: ConformerConfig, img_size: int) -> tuple[dict[str, int], dict[str, int]]:
     """fvcore's (unsupported, ignored) operator counts of a traced structural twin, on one thread.
 
     The twin is traced once, without fvcore's per-module scopes (only the whole model's counts are needed),
@@ -263,7 +265,7 @@ def _tool_fingerprint() -> dict[str, str]:
     return {"torch": torch.__version__, "fvcore": version("fvcore"), "code": digest.hexdigest()}
 
 
-def _cache_path(cfg: Any, img_size: int, cross_check: bool) -> Path | None:
+def _cache_path(cfg: ConformerConfig, img_size: int, cross_check: bool) -> Path | None:
     folder = _cache_folder()
     if folder is None:
         return None
@@ -290,7 +292,7 @@ def _config_counts(cfg: ConformerConfig, img_size: int, cross_check: bool) -> Fl
     return result
 
 
-def _read_cache(path: Path, cfg: Any, img_size: int, cross_check: bool) -> dict[str, Any] | None:
+def _read_cache(path: Path, cfg: ConformerConfig, img_size: int, cross_check: bool) -> dict[str, Any] | None:
     """The cached record of ``cfg``, or ``None`` when there is none that can be trusted: the cache is input
     like any other file. A link, a FIFO or any other non-regular file is never opened blocking nor followed;
     a record that fails :func:`_cached_record_ok` is counted again (and rewritten)."""
@@ -309,7 +311,7 @@ def _counts_of_ops(value: Any) -> TypeGuard[dict[str, int]]:
     )
 
 
-def _cached_record_ok(entry: Any, cfg: Any, img_size: int, cross_check: bool) -> bool:
+def _cached_record_ok(entry: Any, cfg: ConformerConfig, img_size: int, cross_check: bool) -> bool:
     """A cached FLOP record that is what :func:`_count_from_config` would return: the closed-form counts
     (recomputed here, microseconds) equal, the traced operator tallies well formed, the cross-check present
     exactly when asked for and self-consistent."""
@@ -381,7 +383,7 @@ def _count_from_config(cfg: ConformerConfig, img_size: int, cross_check: bool) -
     )
 
 
-def _without_norms(model: Any) -> Any:
+def _without_norms(model: torch.nn.Module) -> torch.nn.Module:
     """``model`` with its BatchNorm and LayerNorm modules replaced by identities, in place.
 
     FlopCounterMode counts no norm (only conv, matmul and attention products), and on meta tensors the norms
@@ -430,7 +432,7 @@ def _fills_meta_in_place(func: Any, args: tuple[Any, ...]) -> bool:
     )
 
 
-def build_on_meta(cfg: Any) -> Any:
+def build_on_meta(cfg: ConformerConfig) -> torch.nn.Module:
     """Build the model with every tensor on the meta device (shapes only; no memory, no initialisation cost).
 
     The constructor reads a few scalars back from ``torch.linspace`` (stochastic-depth rates), so that one
@@ -471,7 +473,7 @@ def build_on_meta(cfg: Any) -> Any:
 
 
 def costs_of(
-    subject: ConformerConfig | str | torch.nn.Module,
+    subject: ConformerConfig | str | Conformer,
     img_size: int | None = None,
     *,
     exact: bool = False,
@@ -486,10 +488,15 @@ def costs_of(
     one-element-wide twin (cached on disk, see :data:`CACHE_ENV`); ``cross_check`` adds FlopCounterMode's
     count of the same forward.
     """
-    from conformer import get_config
+    from conformer import ConformerConfig, get_config
 
-    model = None if isinstance(subject, str) or not hasattr(subject, "named_parameters") else subject
-    cfg = get_config(subject) if isinstance(subject, str) else model.cfg if model is not None else subject
+    model = None
+    if isinstance(subject, str):
+        cfg = get_config(subject)
+    elif isinstance(subject, ConformerConfig):
+        cfg = subject
+    else:
+        model, cfg = subject, subject.cfg
     size = img_size or cfg.img_size
     params = _count_model(model) if model is not None else closed_params(cfg)
     if not exact:
@@ -506,7 +513,7 @@ def costs_of(
 
 
 def count_flops(
-    model_or_cfg: ConformerConfig | str | torch.nn.Module, img_size: int = 224, *, cross_check: bool = True
+    model_or_cfg: ConformerConfig | str | Conformer, img_size: int = 224, *, cross_check: bool = True
 ) -> dict[str, Any]:
     """``costs_of(model_or_cfg, img_size, exact=True, cross_check=cross_check).flops`` as a dict."""
     return _exact_flops(model_or_cfg, img_size, cross_check).to_dict()
@@ -519,9 +526,7 @@ def count_flops_from_config(
     return _exact_flops(cfg, img_size, cross_check).to_dict()
 
 
-def _exact_flops(
-    subject: ConformerConfig | str | torch.nn.Module, img_size: int, cross_check: bool
-) -> FlopCounts:
+def _exact_flops(subject: ConformerConfig | str | Conformer, img_size: int, cross_check: bool) -> FlopCounts:
     flops = costs_of(subject, img_size, exact=True, cross_check=cross_check).flops
     assert flops is not None
     return flops

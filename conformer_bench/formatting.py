@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import csv
 import io
+import operator
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +157,7 @@ def csv_to_jsonl(text: str) -> str:
 
 def render_rows_md(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     """A plain Markdown table of text cells."""
-    columns = [Column(h, lambda row, i=i: row[i]) for i, h in enumerate(header)]
+    columns = [Column(h, operator.itemgetter(i)) for i, h in enumerate(header)]
     return Table(columns, [[str(c) for c in row] for row in rows]).to_markdown()
 
 
@@ -248,16 +250,21 @@ def _phase_columns(p: str) -> list[Column[ProfileRecord]]:
         Column(f"{p}_requested_batch_size", _timing(p, lambda t: t.requested_batch_size)),
         Column(f"{p}_iters", _timing(p, lambda t: t.iters)),
     ]
-    columns += [
-        Column(f"{p}_latency_{k}_s", _timing(p, lambda t, k=k: (t.latency_s or {}).get(k)), "s")
-        for k in LATENCIES
-    ]
+    columns += [Column(f"{p}_latency_{k}_s", _timing(p, partial(_latency, k)), "s") for k in LATENCIES]
     columns += [
         Column(f"{p}_iqr_over_median", _timing(p, lambda t: t.iqr_over_median)),
         Column(f"{p}_noisy", _timing(p, lambda t: t.noisy)),
     ]
     columns += [Column(f"{p}_{k}", _memory(p, k), "B") for k in MEMORY_FIELDS]
     return columns
+
+
+def _latency(key: str, t: PhaseTiming) -> float | None:
+    return (t.latency_s or {}).get(key)
+
+
+def _component_params(comp: str, p: ParamCounts) -> int | None:
+    return p.by_component.get(comp)
 
 
 def _first(*values: Any) -> Any:
@@ -283,7 +290,7 @@ PROFILE_COLUMNS: tuple[Column[ProfileRecord], ...] = (
     Column("img_size", _setting("img_size")),
     Column("params_total", _params(lambda p: p.total)),
     Column("params_trainable", _params(lambda p: p.trainable)),
-    *(Column(f"params_{c}", _params(lambda p, c=c: p.by_component.get(c))) for c in COMPONENTS),
+    *(Column(f"params_{c}", _params(partial(_component_params, c))) for c in COMPONENTS),
     Column("paper_macs", _flops(lambda f: f.paper_macs), help="conv + linear + matmul multiply-adds"),
     Column("fvcore_flops", _flops(lambda f: f.fvcore_total), help="fvcore: 1 fused multiply-add = 1 flop"),
     *(

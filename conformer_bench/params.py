@@ -9,6 +9,8 @@ from .records import ParamCounts
 if TYPE_CHECKING:
     import torch
 
+    from conformer import Conformer
+
 COMPONENTS: tuple[str, ...] = ("stem", "cnn", "transformer", "fcu", "heads")
 
 # Top-level attributes of ``conformer.Conformer`` -> component.
@@ -87,7 +89,7 @@ def _count_model(model: torch.nn.Module) -> ParamCounts:
     return ParamCounts(total=total, trainable=trainable, by_component=by_component)
 
 
-def count_params(model: torch.nn.Module) -> dict[str, Any]:
+def count_params(model: Conformer) -> dict[str, Any]:
     """``costs_of(model).params`` as a dict (``{"total", "trainable", "by_component"}``)."""
     from .flops import costs_of
 

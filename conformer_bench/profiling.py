@@ -33,7 +33,9 @@ from .steps import PATHS, autocast, heads_loss
 from .threads import threads
 
 if TYPE_CHECKING:
-    from conformer import ConformerConfig
+    import torch
+
+    from conformer import Conformer, ConformerConfig
 
 MODES = ("infer", "train", "both", "none")
 PRECISIONS = ("fp32", "bf16", "fp16", "amp")
@@ -243,7 +245,13 @@ def _inputs(
 
 
 def _infer_phase(
-    model: Any, cfg: ConformerConfig, batch: int, img_size: int, device: str, cl: bool, dtype: Any
+    model: Any,
+    cfg: ConformerConfig,
+    batch: int,
+    img_size: int,
+    device: str,
+    cl: bool,
+    dtype: torch.dtype | None,
 ) -> _Phase:
     import torch
 
@@ -263,7 +271,7 @@ def _train_phase(
     img_size: int,
     device: str,
     cl: bool,
-    dtype: Any,
+    dtype: torch.dtype | None,
     precision: str,
 ) -> _Phase:
     import torch
@@ -338,11 +346,11 @@ class PhaseRun:
     """
 
     phase: str  # infer | train
-    model: Any
+    model: Conformer
     cfg: ConformerConfig
     settings: ProfileSettings
     device: str
-    dtype: Any  # autocast dtype, None for fp32
+    dtype: torch.dtype | None  # autocast dtype, None for fp32
     warmup: int
     defaults: DeviceDefaults
     path: str  # plain | optimized | compiled
@@ -422,7 +430,7 @@ def _profile(
     cfg: ConformerConfig,
     settings: ProfileSettings,
     device: str,
-    dtype: Any,
+    dtype: torch.dtype | None,
     defaults: DeviceDefaults,
     label: str | None,
     bar: _ProfileProgress,
@@ -501,7 +509,7 @@ def _measure_phases(
     cfg: ConformerConfig,
     settings: ProfileSettings,
     device: str,
-    dtype: Any,
+    dtype: torch.dtype | None,
     batch: int,
     warmup: int,
     defaults: DeviceDefaults,
@@ -551,7 +559,10 @@ def _measure_phases(
             trained=phase == "train",
             last_loss=result.last_loss,
         )
-        measured.memory = replace(measured.memory, **{phase: result.memory})
+        if phase == "infer":
+            measured.memory = replace(measured.memory, infer=result.memory)
+        else:
+            measured.memory = replace(measured.memory, train=result.memory)
         if not result.finite:
             measured.status, measured.reason = Status.NAN, f"{phase}: the loss became non-finite"
             break
@@ -637,7 +648,7 @@ def _run_phase(run: PhaseRun, batch: int) -> PhaseResult:
     return PhaseResult(timed, mem.measured, finite, precision, last_loss, first_call_s, breakdown)
 
 
-def _breakdown(run: PhaseRun, runner: Any, batch: int, cl: bool, dtype: Any) -> dict[str, Any]:
+def _breakdown(run: PhaseRun, runner: Any, batch: int, cl: bool, dtype: torch.dtype | None) -> dict[str, Any]:
     """Time by component of the inference runner, beside a matmul ceiling in the phase's precision."""
     import torch
 
@@ -680,7 +691,7 @@ def _matmul_ceiling(precision: str, device: str, n: int = 2048, calls: int = 5) 
 
 
 def _build_runner(
-    phase: str, model: Any, settings: ProfileSettings, dtype: Any, path: str
+    phase: str, model: Any, settings: ProfileSettings, dtype: torch.dtype | None, path: str
 ) -> tuple[Any, bool, str | None]:
     """The module (or a runtime's callable) a phase times, whether its inputs are channels-last, and the
     precision a deployment backend runs (``None`` for the eager paths).
@@ -716,7 +727,7 @@ def _build_runner(
     return runner, cl, None
 
 
-def _backend_runner(model: Any, settings: ProfileSettings) -> tuple[Any, bool, str]:
+def _backend_runner(model: torch.nn.Module, settings: ProfileSettings) -> tuple[Any, bool, str]:
     """A deployment backend's callable for the eval model; :class:`_BackendCannotRun` when it has none."""
     import torch
 
@@ -738,7 +749,7 @@ def _casts_itself(runner: Any) -> bool:
     return hasattr(runner, "modules") and any(type(m).__name__ == "_LowPrecision" for m in runner.modules())
 
 
-def _phase_precision(runner: Any, precision: str, dtype: Any) -> str:
+def _phase_precision(runner: Any, precision: str, dtype: torch.dtype | None) -> str:
     """The precision a phase ran in: the requested one, unless fused oneDNN ops kept it in fp32."""
     if dtype is None:
         return precision
