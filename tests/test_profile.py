@@ -523,3 +523,16 @@ def test_profile_writes_latex(tmp_path: Path) -> None:
         == 0
     )
     assert "\\end{tabular}" in (tmp_path / "r.tex").read_text()
+
+
+def test_table_of_one_profile_json(tmp_path: Path) -> None:
+    out = tmp_path / "nano.json"
+    assert invoke("--variant", "nano", "--mode", "none", "--no-flops", "-o", str(out)).exit_code == 0
+    result = runner.invoke(app, ["table", str(out)])
+    assert result.exit_code == 0, result.output
+    (row,) = [line for line in result.stdout.splitlines() if line.startswith("| nano")]
+    assert "| ok |" in row
+    other = tmp_path / "other.json"
+    other.write_text('{"schema": "conformer-bench.speed", "schema_version": 99}')
+    bad = runner.invoke(app, ["table", str(other)])
+    assert bad.exit_code != 0 and "Traceback" not in bad.output
