@@ -364,7 +364,7 @@ SWEEP_COLUMNS: tuple[Column[ProfileRecord], ...] = (
     Column("infer img/s", _timing("infer", lambda t: t.img_per_s), digits=2),
     Column("train img/s", _timing("train", lambda t: t.img_per_s), digits=2),
     Column("params", _params(lambda p: p.total), "M", digits=3, scale=1e6),
-    Column("paper MACs", _flops(lambda f: f.paper_macs), "G", digits=3, scale=1e9),
+    Column("paper MACs", _flops(lambda f: f.paper_macs), "M", digits=1, scale=1e6),
     Column("peak memory", _peak_memory, "MiB", digits=1, scale=2**20),
 )
 SWEEP_NOTE = "numbers per point in the tidy rows: -f csv (columns in docs/records.md)"
