@@ -60,6 +60,25 @@ def timing(
     }
 
 
+def phase(timed: dict[str, Any]) -> dict[str, Any]:
+    """A timed phase as a profile record holds it: its timing, the precision and the path it ran."""
+    return {**timed, "precision": "fp32", "path": "plain"} if isinstance(timed, dict) else timed
+
+
+def cpu_memory(increase: int) -> dict[str, Any]:
+    """A CPU phase's memory as the profiler writes it (``CpuPhaseMemory``)."""
+    return {
+        "peak_rss_increase_bytes": increase,
+        "rss_before_bytes": 2**30,
+        "rss_after_bytes": 2**30,
+        "peak_rss_bytes": 2**30 + increase,
+        "peak_from_ru_maxrss": False,
+        "rss_samples": 10,
+        "sample_interval_s": 0.001,
+        "malloc_trim": True,
+    }
+
+
 def profile_record(
     *,
     params: int = 557_580,
@@ -88,12 +107,12 @@ def profile_record(
             "flops": {"convention": "fvcore", "fvcore_total": flops, "paper_macs": macs, "batch_size": 1},
             "memory": {
                 "device": "cpu",
-                "infer": {"peak_rss_increase_bytes": rss, "rss_before_bytes": 2**30},
-                "train": {"peak_rss_increase_bytes": 3 * rss, "rss_before_bytes": 2**30},
+                "infer": cpu_memory(rss),
+                "train": cpu_memory(3 * rss),
             },
             "throughput": {
-                "infer": infer if infer is not None else timing(0.010, seed=seed),
-                "train": train if train is not None else timing(0.040, seed=seed + 100),
+                "infer": phase(infer if infer is not None else timing(0.010, seed=seed)),
+                "train": phase(train if train is not None else timing(0.040, seed=seed + 100)),
             },
         }
     )

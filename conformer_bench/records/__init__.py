@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .ab import AB_SCHEMA, ABRecord, InstructionCounts, PairedCell, PairedRound
 from .base import Record, SchemaRecord, Status, plain
+from .baseline import BASELINE_SCHEMA, BaselineEvent, BaselineMetric, BaselineRecord
 from .common import Environment, Variant
 from .finetune import FINETUNE_SCHEMA, FinetuneEpoch, FinetuneFinal, FinetuneRecord
 from .profile import (
@@ -27,7 +28,8 @@ from .search import SEARCH_SCHEMA, SearchRecord, TrialRecord
 from .speed import SPEED_SCHEMA, SpeedPath, SpeedRecord
 
 KINDS: dict[str, type[SchemaRecord]] = {
-    kind.SCHEMA: kind for kind in (ProfileRecord, SpeedRecord, FinetuneRecord, ABRecord, SearchRecord)
+    kind.SCHEMA: kind
+    for kind in (ProfileRecord, SpeedRecord, FinetuneRecord, ABRecord, SearchRecord, BaselineRecord)
 }
 SCHEMAS: dict[str, int] = {schema: kind.VERSION for schema, kind in KINDS.items()}  # what is written now
 
@@ -41,6 +43,7 @@ def register(kind: type[SchemaRecord]) -> type[SchemaRecord]:
 
 __all__ = [
     "AB_SCHEMA",
+    "BASELINE_SCHEMA",
     "FINETUNE_SCHEMA",
     "KINDS",
     "PROFILE_SCHEMA",
@@ -48,6 +51,9 @@ __all__ = [
     "SEARCH_SCHEMA",
     "SPEED_SCHEMA",
     "ABRecord",
+    "BaselineEvent",
+    "BaselineMetric",
+    "BaselineRecord",
     "CpuPhaseMemory",
     "CudaPhaseMemory",
     "Environment",
