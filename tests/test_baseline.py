@@ -21,8 +21,8 @@ from test_report import (
 import conformer_bench
 from conformer_bench.cli import app
 from conformer_bench.records import BaselineRecord
-from conformer_bench.report.baseline import baseline_record, read_baseline
 from conformer_bench.report import compare, load_metrics, load_thresholds
+from conformer_bench.report.baseline import baseline_record, read_baseline
 
 
 def baseline_cli(*args: str | Path) -> object:
