@@ -23,7 +23,9 @@ if TYPE_CHECKING:
     import pandas
 
 # Schema -> "module:function" giving (columns, rows of one record) for the CSV of that kind.
-TIDY: dict[str, str] = {}
+TIDY: dict[str, str] = {
+    "conformer-bench.report": "conformer_bench.report.render:tidy",
+}
 
 
 def read(path: str | os.PathLike[str]) -> list[SchemaRecord]:

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+import conformer_bench
 from conformer_bench.cli import app
+from conformer_bench.records import ReportRecord, ReportRow
 from conformer_bench.report import compare, load_metrics, load_thresholds, render_json, render_markdown
 from conformer_bench.report.compare import Comparison, Row
 
@@ -803,3 +805,49 @@ def test_a_gate_on_the_referenced_speed_ignores_the_host(tmp_path: Path) -> None
     assert row(
         run_compare(base, milder, _referenced_thresholds(tmp_path)), "throughput.infer.img_per_ref_gflop"
     ).status == ("WARN")
+
+
+# --------------------------------------------------------------------------- the verdict as a typed record
+
+COMMITTED_REPORTS = sorted(
+    p
+    for p in (Path(__file__).resolve().parent.parent / "results").rglob("*.json")
+    if b'"schema": "conformer-bench.report"' in p.read_bytes()[:200]
+)
+
+
+def test_there_are_committed_reports() -> None:
+    assert COMMITTED_REPORTS, "results/ holds no report --json verdict to read back"
+
+
+@pytest.mark.parametrize("path", COMMITTED_REPORTS, ids=lambda p: str(p.parent.name))
+def test_committed_reports_read_back_typed(path: Path) -> None:
+    (record,) = conformer_bench.read(path)
+    assert isinstance(record, ReportRecord) and record.rows
+    assert record.to_dict() == json.loads(path.read_text(encoding="utf-8"))
+    assert sum(record.counts.values()) == len(record.rows)
+    assert all(isinstance(r, ReportRow) for r in record.rows)
+
+
+def test_the_json_verdict_reads_back_as_a_report_record_and_a_frame(tmp_path: Path) -> None:
+    base = write(tmp_path / "b.json", profile_record(infer=timing(0.010, seed=1)))
+    cur = write(tmp_path / "c.json", profile_record(params=1, infer=timing(0.0125, seed=2)))
+    js = tmp_path / "r.json"
+    report_cli("--baseline", base, "--current", cur, "--json", js)
+    (record,) = conformer_bench.read(js)
+    assert isinstance(record, ReportRecord) and record.verdict == "FAIL"
+    assert record.current.source == str(cur) and record.baseline.environment["threads"] == 2
+    changed = next(r for r in record.rows if r.metric == "params.total")
+    assert changed.status == "CHANGED" and changed.blocking and changed.current == 1
+    frame = conformer_bench.to_frame([record])
+    assert list(frame["metric"]) == [r.metric for r in record.rows]
+    assert frame.loc[frame["metric"] == "params.total", "current"].item() == 1
+
+
+def test_a_pipe_in_a_cell_label_is_escaped_in_the_markdown(tmp_path: Path) -> None:
+    seeds = [finetune_record(70.0)]
+    base = write_cells(tmp_path / "base", [cell("a|b", None, seeds)])
+    cur = write_cells(tmp_path / "cur", [cell("a|b", None, seeds)])
+    text = render_markdown(run_compare(base, cur))
+    assert "`a\\|b/finetune.top1.sum`" in text
+    assert all(line.count(" | ") == 8 for line in text.splitlines() if line.startswith("| "))

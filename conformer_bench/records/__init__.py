@@ -24,12 +24,21 @@ from .profile import (
     ProfileRecord,
     ReferenceTiming,
 )
+from .report import REPORT_SCHEMA, ReportRecord, ReportRow, ReportSide
 from .search import SEARCH_SCHEMA, SearchRecord, TrialRecord
 from .speed import SPEED_SCHEMA, SpeedPath, SpeedRecord
 
 KINDS: dict[str, type[SchemaRecord]] = {
     kind.SCHEMA: kind
-    for kind in (ProfileRecord, SpeedRecord, FinetuneRecord, ABRecord, SearchRecord, BaselineRecord)
+    for kind in (
+        ProfileRecord,
+        SpeedRecord,
+        FinetuneRecord,
+        ABRecord,
+        SearchRecord,
+        BaselineRecord,
+        ReportRecord,
+    )
 }
 SCHEMAS: dict[str, int] = {schema: kind.VERSION for schema, kind in KINDS.items()}  # what is written now
 
@@ -47,6 +56,7 @@ __all__ = [
     "FINETUNE_SCHEMA",
     "KINDS",
     "PROFILE_SCHEMA",
+    "REPORT_SCHEMA",
     "SCHEMAS",
     "SEARCH_SCHEMA",
     "SPEED_SCHEMA",
@@ -72,6 +82,9 @@ __all__ = [
     "ProfiledPhase",
     "Record",
     "ReferenceTiming",
+    "ReportRecord",
+    "ReportRow",
+    "ReportSide",
     "SchemaRecord",
     "SearchRecord",
     "SpeedPath",
