@@ -16,6 +16,7 @@ from conformer_bench.cli import app
 from conformer_bench.records import ReportRecord, ReportRow
 from conformer_bench.report import compare, load_metrics, load_thresholds, render_json, render_markdown
 from conformer_bench.report.compare import Comparison, Row
+from conformer_bench.report.metrics import Metric
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 runner = CliRunner()
@@ -226,16 +227,43 @@ def test_runner_level_shift_within_15_percent_does_not_fail(tmp_path: Path, shif
     assert row(comp, "throughput.infer.img_per_s").status in ("OK", "WARN", "NOISY")
 
 
-def test_clear_20_percent_throughput_drop_fails(tmp_path: Path) -> None:
+GATE_RAW = "[metric.'throughput.*.img_per_s']\ngate = true\n"  # for a dedicated, quiet machine
+
+
+def gate_raw(folder: Path) -> Path:
+    """A thresholds file that lets raw img/s block (the shipped defaults do not)."""
+    return write_text(folder / "gate_raw.toml", GATE_RAW)
+
+
+def test_clear_20_percent_throughput_drop_fails_where_raw_timings_gate(tmp_path: Path) -> None:
     base = write(tmp_path / "b.json", profile_record(infer=timing(0.010, seed=1)))
     cur = write(tmp_path / "c.json", profile_record(infer=timing(0.010 / 0.80, seed=2)))
-    comp = run_compare(base, cur)
+    comp = run_compare(base, cur, gate_raw(tmp_path))
     r = row(comp, "throughput.infer.img_per_s")
     assert r.status == "FAIL" and r.blocking
     assert r.delta_rel == pytest.approx(-0.20, abs=0.02)
     assert r.p_value is not None and r.p_value < 1e-6
     assert r.ci is not None and r.ci[1] < 0.85
-    assert report_cli("--baseline", base, "--current", cur).exit_code == 1
+    assert report_cli("--baseline", base, "--current", cur, "--thresholds", gate_raw(tmp_path)).exit_code == 1
+
+
+def test_shipped_defaults_do_not_gate_raw_img_per_s(tmp_path: Path) -> None:
+    """A baseline's raw timings come from another time or host: by default a clear drop warns, never blocks."""
+    for phase in ("infer", "train"):
+        spec = load_thresholds().spec_for(
+            Metric(f"cell/throughput.{phase}.img_per_s", (1.0,), "img/s", "higher", "noisy", timing=True)
+        )
+        assert spec.gate is False and spec.fail_rel == 0.15 and spec.warn_rel == 0.10
+    base = write(tmp_path / "b.json", profile_record(infer=timing(0.010, seed=1)))
+    cur = write(tmp_path / "c.json", profile_record(infer=timing(0.010 / 0.50, seed=2)))
+    r = row(run_compare(base, cur), "throughput.infer.img_per_s")
+    assert r.status == "WARN" and not r.blocking and "does not gate" in r.note
+    result = report_cli("--baseline", base, "--current", cur)
+    assert result.exit_code == 0 and "no gate" in result.stdout
+    # what the shipped defaults still gate: counts, memory on CUDA, speed per reference GFLOP, paired speed
+    gated = ("params.total", "memory.infer.peak_allocated_bytes", "throughput.infer.img_per_ref_gflop")
+    for name in (*gated, "cell/paired.infer.img_per_s"):
+        assert load_thresholds().spec_for(Metric(name, (1.0,), "", "higher", "noisy")).gate, name
 
 
 def test_throughput_samples_are_batch_over_seconds(tmp_path: Path) -> None:
@@ -607,7 +635,7 @@ def test_thresholds_file_overrides_defaults(tmp_path: Path) -> None:
     comp = run_compare(base, cur, rules)
     r = row(comp, "throughput.infer.img_per_s")
     assert r.status == "OK" and r.spec is not None and r.spec.fail_rel == 0.4 and r.spec.unstable_cv == 0.30
-    assert r.spec.matched == ("throughput.*", "throughput.infer.*")
+    assert r.spec.matched == ("throughput.*", "throughput.*.img_per_s", "throughput.infer.*")
 
 
 def test_warn_only_exits_0_and_still_writes(tmp_path: Path) -> None:
@@ -627,7 +655,10 @@ def test_json_verdict_beside_markdown(tmp_path: Path) -> None:
     base = write(tmp_path / "b.json", profile_record(infer=timing(0.010, seed=1)))
     cur = write(tmp_path / "c.json", profile_record(infer=timing(0.0125, seed=2)))
     md, js = tmp_path / "r.md", tmp_path / "r.json"
-    result = report_cli("--baseline", base, "--current", cur, "--markdown", md, "--json", js)
+    rules = gate_raw(tmp_path)
+    result = report_cli(
+        "--baseline", base, "--current", cur, "--markdown", md, "--json", js, "--thresholds", rules
+    )
     assert result.exit_code == 1
     verdict = json.loads(js.read_text(encoding="utf-8"))
     assert verdict["schema"] == "conformer-bench.report" and verdict["schema_version"] == 1
@@ -716,8 +747,6 @@ def test_markdown_is_stable(tmp_path: Path) -> None:
 
 
 def test_the_repository_ci_thresholds_gate_paired_speed_and_leave_the_rest_shipped() -> None:
-    from conformer_bench.report.metrics import Metric
-    from conformer_bench.report.thresholds import load_thresholds
 
     root = Path(__file__).resolve().parent.parent
     thresholds = load_thresholds(root / "experiments" / "ci_thresholds.toml")
