@@ -27,6 +27,7 @@ from conformer_bench.ab import inject
 from conformer_bench.cli import app
 from conformer_bench.history.changes import exact_steps, find_steps, series_steps
 from conformer_bench.history.ingest import Revisions, entries_from_path
+from conformer_bench.history.render import Gate, render_markdown
 from conformer_bench.history.series import load_series
 from conformer_bench.history.store import (
     MIGRATIONS,
@@ -456,3 +457,15 @@ def test_an_ab_record_is_filed_under_its_head_against_its_base(tmp_path: Path) -
     assert ratio.metric == "paired.infer.img_per_s" and ratio.value == pytest.approx(
         1 / 0.8, rel=0.05
     )  # times 0.8: throughput 1.25
+
+
+def test_the_changes_table_escapes_a_pipe_in_a_cell_label(tmp_path: Path) -> None:
+    with HistoryStore(tmp_path / "h.db") as store:
+        for i in range(8):
+            store.add(_entry(i, (1.0 if i < 5 else 0.8) * (1 + 0.004 * ((-1) ** i)), cell="a|b"))
+        found = [series_steps(s) for s in load_series(store)]
+    text = render_markdown(found, Gate(), len(found))
+    (row,) = [line for line in text.splitlines() if "paired.infer.img_per_s" in line]
+    assert (
+        "`a\\|b/paired.infer.img_per_s`" in row and row.count(" | ") == 7 and "regression **blocks**" in row
+    )
