@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..tables import Column, Table
-from .changes import ChangePoint, SeriesSteps
 from .series import Series
 from .store import RevisionInfo
+
+if TYPE_CHECKING:
+    from .changes import ChangePoint, SeriesSteps  # numpy
 
 CHANGES_SCHEMA = "conformer-bench.history-changes"
 CHANGES_SCHEMA_VERSION = 1
