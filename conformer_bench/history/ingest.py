@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..ab.compare import cell_clock, turn_times
+from ..ab.stats import paired_estimate
 from ..ablate.store import CELL_SCHEMA, CELLS_FILE, ResultStore
 from ..errors import BenchError
 from ..files import read_json
@@ -326,9 +328,6 @@ def cell_part(key: str) -> str:
 def paired_results(cell: PairedCell, clock: str, seed: int) -> list[Result]:
     """A paired cell's numbers: the timed revision's throughput over its anchor's (the rounds' paired
     estimate, with its interval), and each side's images per second in those rounds (median turn)."""
-    from ..ab.compare import cell_clock, turn_times  # numpy and scipy
-    from ..ab.stats import paired_estimate
-
     if cell.status != Status.OK or not cell.rounds:
         return []
     anchor_s, timed_s, epochs = turn_times(cell, clock)

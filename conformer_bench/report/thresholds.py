@@ -12,6 +12,7 @@ from typing import Any
 from conformer.config import is_finite_number
 
 from ..errors import BenchError
+from ..files import loads_toml, read_input_text
 from .metrics import DIRECTIONS, KINDS, Metric
 
 THRESHOLDS_SCHEMA = "conformer-bench.thresholds"
@@ -146,8 +147,6 @@ class Thresholds:
 
 
 def _parse(text: str, source: str) -> dict[str, Any]:
-    from ..files import loads_toml
-
     try:
         return loads_toml(text)
     except ValueError as exc:
@@ -156,8 +155,6 @@ def _parse(text: str, source: str) -> dict[str, Any]:
 
 def load_thresholds(path: str | Path | None = None) -> Thresholds:
     """The shipped defaults, with ``path`` (if given) merged on top, setting by setting."""
-    from ..files import read_input_text
-
     thresholds = Thresholds()
     shipped = resources.files("conformer_bench").joinpath("report/thresholds.toml")
     thresholds.merge(
