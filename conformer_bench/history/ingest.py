@@ -33,8 +33,10 @@ from ..records import (
     Record,
     ReportRecord,
     SchemaRecord,
+    SpeedPath,
     SpeedRecord,
     Status,
+    plain,
 )
 from ..report.metrics import (
     Metric,
@@ -255,7 +257,14 @@ def _count(value: Any, where: str, source: str) -> int:
     return value
 
 
-_SPEEDUP = ("ratio", "low", "high")  # the keys of a path's speedup_vs_plain
+def _speedup(path: SpeedPath) -> tuple[Any, Any, Any]:
+    """(ratio, low, high) of a path's speed-up over plain: a typed speed-up, or the JSON object of one."""
+    speedup = path.speedup_vs_plain
+    if speedup is None:
+        return None, None, None
+    if isinstance(speedup, Mapping):
+        return speedup.get("ratio"), speedup.get("low"), speedup.get("high")
+    return speedup.ratio, speedup.low, speedup.high
 
 
 def _speed(record: SpeedRecord, source: str, revs: Revisions) -> list[RunEntry]:
@@ -266,7 +275,7 @@ def _speed(record: SpeedRecord, source: str, revs: Revisions) -> list[RunEntry]:
             f"{source}: the speed record has no paths; regenerate it with `conformer-bench speed`"
         )
     env = _environment(record, source)
-    settings = digest({"config": _context(record), "settings": record.settings}, 12)
+    settings = digest({"config": _context(record), "settings": plain(record.settings)}, 12)
     label = _label(record)
     results = []
     for name, path in record.paths.items():
@@ -280,8 +289,7 @@ def _speed(record: SpeedRecord, source: str, revs: Revisions) -> list[RunEntry]:
             Result(label, f"speed.{name}.img_per_s", img_per_s, "img/s", "higher",
                    "noisy", low, high, n, settings)
         )  # fmt: skip
-        speedup = path.speedup_vs_plain if isinstance(path.speedup_vs_plain, Mapping) else {}
-        raw_ratio, raw_low, raw_high = (speedup.get(end) for end in _SPEEDUP)
+        raw_ratio, raw_low, raw_high = _speedup(path)
         if raw_ratio is not None:
             sp = f"{where}.speedup_vs_plain"
             ratio = positive_number(raw_ratio, f"{sp}.ratio", source)
