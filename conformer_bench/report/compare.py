@@ -19,9 +19,10 @@ from conformer.config import is_finite_number
 
 from ..env import TIMING_KEYS
 from ..errors import BenchError
+from ..records.baseline import MAGNITUDE_LIMIT
 from ..records.report import ReportRow
 from ..stats import bootstrap_ratio, mann_whitney_p, summarize
-from .metrics import MAGNITUDE_LIMIT, Metric, MetricSet
+from .metrics import Metric, MetricSet
 from .thresholds import MetricSpec, Thresholds
 
 # Status -> rank (lower = more severe). A row blocks when its status is in BLOCKING and ``gate`` holds.

@@ -33,24 +33,14 @@ from ..records import (
     Status,
 )
 from ..records import KINDS as RECORD_KINDS
-from ..records.baseline import (
-    BASELINE_SCHEMA,
-    DIRECTIONS,
-    MAGNITUDE_LIMIT,
-    METRIC_KINDS,
-    BaselineMetric,
-    BaselineRecord,
-)
+from ..records.baseline import BASELINE_SCHEMA, BaselineMetric, BaselineRecord
 from ..records.baseline import finite_number as _finite
-
-__all__ = ["BASELINE_SCHEMA", "DIRECTIONS", "KINDS", "MAGNITUDE_LIMIT", "Metric", "MetricSet", "load_metrics"]
 
 REPORTED = (PROFILE_SCHEMA, FINETUNE_SCHEMA, CELL_SCHEMA, BASELINE_SCHEMA)  # what `report` reads
 READABLE_HINT = (
     "a profile or finetune record (JSON), an ablation results folder (cells.jsonl) or a baseline file"
 )
 REGENERATE = "regenerate the record with conformer-bench"
-KINDS = METRIC_KINDS
 REF_UNIT = "img/ref-GFLOP"
 
 

@@ -13,7 +13,8 @@ from conformer.config import is_finite_number
 
 from ..errors import BenchError
 from ..files import loads_toml, read_input_text
-from .metrics import DIRECTIONS, KINDS, Metric
+from ..records.baseline import DIRECTIONS, METRIC_KINDS
+from .metrics import Metric
 
 THRESHOLDS_SCHEMA = "conformer-bench.thresholds"
 SIGNIFICANCE = ("mann-whitney+bootstrap", "mann-whitney", "bootstrap", "welch", "none")
@@ -59,7 +60,7 @@ _FLOAT_KEYS = {
     "alpha", "confidence", "unstable_iqr_over_median", "unstable_cv",
 }  # fmt: skip
 _CHOICES: dict[str, tuple[str, ...]] = {
-    "kind": KINDS,
+    "kind": METRIC_KINDS,
     "direction": DIRECTIONS,
     "statistic": STATISTICS,
     "significance": SIGNIFICANCE,
