@@ -148,7 +148,7 @@ def _measured(value: Any, where: str, source: str, *, absent: bool = False) -> f
     return finite_number(value, where, source)
 
 
-def _reason(status: Any, reason: str | None) -> str:
+def _reason(status: Status | str | None, reason: str | None) -> str:
     status = status.value if isinstance(status, Status) else str(status or "failed")
     return f"{status}: {reason}" if reason else status
 
