@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,17 @@ from typer.testing import CliRunner
 
 import conformer_bench
 from conformer_bench.cli import app
-from conformer_bench.records import ReportRecord, ReportRow
+from conformer_bench.records import (
+    FinetuneRecord,
+    ProfileRecord,
+    ReportRecord,
+    ReportRow,
+    SchemaRecord,
+    Status,
+)
 from conformer_bench.report import compare, load_metrics, load_thresholds, render_json, render_markdown
 from conformer_bench.report.compare import Comparison, Row
-from conformer_bench.report.metrics import Metric
+from conformer_bench.report.metrics import Metric, MetricSet, cell_metrics, cell_view, config_digest
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 runner = CliRunner()
@@ -880,3 +888,37 @@ def test_a_pipe_in_a_cell_label_is_escaped_in_the_markdown(tmp_path: Path) -> No
     text = render_markdown(run_compare(base, cur))
     assert "`a\\|b/finetune.top1.sum`" in text
     assert all(line.count(" | ") == 8 for line in text.splitlines() if line.startswith("| "))
+
+
+# --------------------------------------------------------------------------- ablation cells, typed or not
+
+
+@dataclass
+class _TypedCell(SchemaRecord):
+    """A cell record typed by its JSON keys, as the ablate store's cell kind reads them."""
+
+    SCHEMA = "conformer-bench.cell"
+    label: str
+    config: dict[str, Any]
+    config_hash: str
+    status: Status
+    reason: str | None
+    profile: ProfileRecord | None
+    finetune: list[FinetuneRecord]
+
+
+def test_a_typed_cell_gives_the_metrics_its_json_gives(tmp_path: Path) -> None:
+    """The one adapter reads a cell as the store gives it today (JSON) or as a typed record alike."""
+    seeds = [finetune_record(v) for v in (70.0, 72.0)]
+    raw = cell("cnn-only", profile_record(params=400_000), seeds, branches="cnn")
+    typed = _TypedCell.from_dict(raw)
+    assert isinstance(typed.profile, ProfileRecord) and isinstance(typed.finetune[0], FinetuneRecord)
+    from_json, from_record = (MetricSet("x", "ablation") for _ in range(2))
+    cell_metrics(cell_view(raw, "x"), from_json)
+    cell_metrics(cell_view(typed, "x"), from_record)
+    assert from_json.metrics == from_record.metrics and "cnn-only/finetune.top1.sum" in from_json.metrics
+    assert from_json.metrics["cnn-only/params.total"].context == config_digest(raw["config"])
+    crashed = _TypedCell.from_dict({**raw, "status": "oom", "reason": "out of memory"})
+    out = MetricSet("x", "ablation")
+    cell_metrics(cell_view(crashed, "x"), out)
+    assert out.crashed == {"cnn-only/": "oom: out of memory"} and not out.metrics
