@@ -406,26 +406,30 @@ def cell_view(cell: Any, where: str) -> CellView:
     if isinstance(cell, Record):
         if getattr(cell, "SCHEMA", None) != CELL_SCHEMA:
             raise BenchError(f"{where}: not a {CELL_SCHEMA} record; pass {READABLE_HINT}")
-        get: Any = lambda name: getattr(cell, name, None)  # noqa: E731
     else:
-        get = validate_record(cell, where).get
-    profile, finetune = get("profile"), get("finetune") or []
+        cell = validate_record(cell, where)
+    profile, finetune = _field(cell, "profile"), _field(cell, "finetune") or []
     if not isinstance(finetune, list):
         raise BenchError(f"{where}: finetune is not a list of records; regenerate the results")
-    status = get("status") or Status.OK
-    environment = get("environment")
+    status = _field(cell, "status") or Status.OK
+    environment = _field(cell, "environment")
     if isinstance(environment, Record):
         environment = environment.to_dict()
     return CellView(
-        label=get("label"),
+        label=_field(cell, "label"),
         status=Status(status) if status in set(Status) else str(status),
-        reason=get("reason"),
-        context=config_digest(get("config"), get("config_hash")),
-        experiment=str(get("experiment") or ""),
+        reason=_field(cell, "reason"),
+        context=config_digest(_field(cell, "config"), _field(cell, "config_hash")),
+        experiment=str(_field(cell, "experiment") or ""),
         profile=_read_as(profile, ProfileRecord, f"{where} profile") if profile is not None else None,
         finetune=[_read_as(r, FinetuneRecord, f"{where} finetune seed {i}") for i, r in enumerate(finetune)],
         own_environment=dict(environment) if isinstance(environment, Mapping) else {},
     )
+
+
+def _field(cell: Any, name: str) -> Any:
+    """A field of a cell: an attribute of a typed cell record, a key of a cell's JSON object."""
+    return getattr(cell, name, None) if isinstance(cell, Record) else cell.get(name)
 
 
 def cell_metrics(cell: CellView, out: MetricSet) -> None:
