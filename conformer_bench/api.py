@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 TIDY: dict[str, str] = {
     "conformer-bench.finetune": "conformer_bench.commands.finetune:tidy",  # one row per record
     "conformer-bench.gpu-check": "conformer_bench.gpu_check.summary:check_rows",
+    "conformer-bench.profile": "conformer_bench.formatting:tidy",
+    "conformer-bench.report": "conformer_bench.report.render:tidy",
     "conformer-bench.speed": "conformer_bench.speed:tidy",  # one row per path
 }
 

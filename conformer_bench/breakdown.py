@@ -33,10 +33,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .costs import PAPER_OPERATORS
 from .errors import BenchError
+from .files import atomic_write_text, loads_json, read_in_folder
+from .flops import SDPA_OP, _cache_folder, _tool_fingerprint, costs_of, sdpa_flop_jit
 from .records import Record
+
+if TYPE_CHECKING:
+    import torch
+
+    from conformer import Conformer, ConformerConfig
 
 COMPONENTS: tuple[str, ...] = ("stem", "cnn", "transformer", "fcu_down", "fcu_up", "heads")
 REST = "rest"
@@ -93,7 +101,7 @@ def component_of(name: str) -> str | None:
     return None
 
 
-def conformer_root(model: Any) -> Any:
+def conformer_root(model: torch.nn.Module) -> torch.nn.Module:
     """The module laid out as a Conformer (``stem`` and ``stages``) inside ``model`` (itself, or the model a
     low-precision copy wraps)."""
     for module in model.modules():
@@ -102,7 +110,7 @@ def conformer_root(model: Any) -> Any:
     raise BenchError("time by component needs a Conformer's modules (stem, stages); this runner has none")
 
 
-def component_modules(model: Any) -> dict[str, tuple[str, Any]]:
+def component_modules(model: torch.nn.Module) -> dict[str, tuple[str, torch.nn.Module]]:
     """Qualified name -> (component, module) of every component root of ``model``'s Conformer."""
     root = conformer_root(model)
     return {
@@ -386,12 +394,9 @@ def _summarise(
 # --- FLOPs per component ---------------------------------------------------------------------------------
 
 
-def component_macs(model: Any, img_size: int) -> dict[str, int]:
+def component_macs(model: Conformer, img_size: int) -> dict[str, int]:
     """Paper-convention MACs per image of each component of the plain ``model`` (``rest``: what is left),
     counted by fvcore per module at batch 1; cached on disk beside the FLOP records."""
-    from .files import atomic_write_text
-    from .flops import _cache_folder, _tool_fingerprint
-
     folder = _cache_folder()
     path = None
     if folder is not None:
@@ -410,13 +415,10 @@ def component_macs(model: Any, img_size: int) -> dict[str, int]:
     return macs
 
 
-def _read_component_cache(path: Path, cfg: Any, img_size: int) -> dict[str, int] | None:
+def _read_component_cache(path: Path, cfg: ConformerConfig, img_size: int) -> dict[str, int] | None:
     """The cached MACs per component, or ``None`` when there are none to trust: like the FLOP cache, a link
     or a non-regular file is never followed nor opened blocking, and an entry is used only when every
     component holds a whole number >= 0 and they add up to the closed-form total (else it is counted again)."""
-    from .costs import flop_counts
-    from .files import loads_json, read_in_folder
-
     try:
         data = read_in_folder(path)
         cached = loads_json(data.decode("utf-8")) if data is not None else None
@@ -426,15 +428,12 @@ def _read_component_cache(path: Path, cfg: Any, img_size: int) -> dict[str, int]
         return None
     if not all(type(n) is int and n >= 0 for n in cached.values()):
         return None
-    return cached if sum(cached.values()) == flop_counts(cfg, img_size)["paper_macs"] else None
+    return cached if sum(cached.values()) == costs_of(cfg, img_size).paper_macs else None
 
 
-def _count_component_macs(model: Any, img_size: int) -> dict[str, int]:
+def _count_component_macs(model: Conformer, img_size: int) -> dict[str, int]:
     import torch
     from fvcore.nn import FlopCountAnalysis
-
-    from .costs import PAPER_OPERATORS
-    from .flops import SDPA_OP, sdpa_flop_jit
 
     param = next(model.parameters())
     x = torch.zeros(1, model.cfg.in_chans, img_size, img_size, device=param.device, dtype=param.dtype)
@@ -464,76 +463,89 @@ def _count_component_macs(model: Any, img_size: int) -> dict[str, int]:
 COLUMNS = ("component", "ms (median)", "share of forward", "share of MACs", "GFLOP/s", "of ceiling")
 
 
-def rows(breakdown: dict[str, Any]) -> list[list[str]]:
-    """Table rows of a breakdown's dict: one per component, then the sum, the forward and the overhead."""
-    comps = breakdown["components"]
+def _typed(breakdown: Breakdown | dict[str, Any]) -> Breakdown:
+    """A breakdown as a record (a record's ``breakdown`` field holds its JSON)."""
+    return breakdown if isinstance(breakdown, Breakdown) else Breakdown.from_dict(breakdown)
+
+
+def rows(breakdown: Breakdown | dict[str, Any]) -> list[list[str]]:
+    """Table rows of a breakdown: one per component, then the sum, the forward and the overhead."""
+    b = _typed(breakdown)
     out = []
     for comp in ROWS:
-        c = comps[comp]
+        c = b.components[comp]
         out.append([
             LABELS[comp],
-            f"{1e3 * c['seconds']:.2f}",
-            f"{100 * c['share_of_forward']:.1f} %",
-            f"{100 * c['share_of_macs']:.1f} %",
-            f"{c['gflop_s']:.1f}" if c.get("gflop_s") is not None else "—",
-            f"{100 * c['ceiling_share']:.1f} %" if c.get("ceiling_share") is not None else "—",
+            f"{1e3 * c.seconds:.2f}",
+            f"{100 * c.share_of_forward:.1f} %",
+            f"{100 * c.share_of_macs:.1f} %",
+            f"{c.gflop_s:.1f}" if c.gflop_s is not None else "—",
+            f"{100 * c.ceiling_share:.1f} %" if c.ceiling_share is not None else "—",
         ])  # fmt: skip
-    check = "ok" if breakdown["within_tolerance"] else "past"
+    check = "ok" if b.within_tolerance else "past"
     out.append([
         "sum",
-        f"{1e3 * breakdown['sum_s']:.2f}",
-        f"{100 * breakdown['sum_s'] / breakdown['forward_s']:.1f} %",
+        f"{1e3 * b.sum_s:.2f}",
+        f"{100 * b.sum_s / b.forward_s:.1f} %",
         "100.0 %", "—", "—",
     ])  # fmt: skip
     out.append([
-        f"unattributed ({check} ±{100 * breakdown['tolerance']:.0f} %)",
-        f"{1e3 * breakdown['unattributed_s']:+.2f}",
-        f"{100 * breakdown['unattributed_share']:+.1f} %",
+        f"unattributed ({check} ±{100 * b.tolerance:.0f} %)",
+        f"{1e3 * b.unattributed_s:+.2f}",
+        f"{100 * b.unattributed_share:+.1f} %",
         "—", "—", "—",
     ])  # fmt: skip
-    out.append(["uninstrumented forward", f"{1e3 * breakdown['forward_s']:.2f}", "100.0 %", "—", "—", "—"])
+    out.append(["uninstrumented forward", f"{1e3 * b.forward_s:.2f}", "100.0 %", "—", "—", "—"])
     return out
 
 
-def note(breakdown: dict[str, Any]) -> str:
+def _overhead(b: Breakdown) -> tuple[float, float, float]:
+    """The overhead's ratio and 95 % interval (instrumented / uninstrumented - 1)."""
+    ratio, low, high = (b.overhead.get(k, float("nan")) for k in ("ratio", "low", "high"))
+    return ratio, low, high
+
+
+def note(breakdown: Breakdown | dict[str, Any]) -> str:
     """One line: the instrumentation's overhead and the hook calibration."""
-    o = breakdown["overhead"]
+    b = _typed(breakdown)
+    ratio, low, high = _overhead(b)
     return (
-        f"instrumented forward {1e3 * breakdown['instrumented_s']:.2f} ms vs {1e3 * breakdown['forward_s']:.2f} ms "
-        f"uninstrumented: overhead {100 * o['ratio']:+.1f} % [{100 * o['low']:+.1f}, {100 * o['high']:+.1f}] "
-        f"(95 % CI, {breakdown['rounds']} interleaved rounds); {breakdown['hook_calls']} hooked calls x "
-        f"{1e6 * breakdown['hook_cost_s']:.1f} µs calibrated = {1e3 * breakdown['hook_calls'] * breakdown['hook_cost_s']:.2f} ms, "
+        f"instrumented forward {1e3 * b.instrumented_s:.2f} ms vs {1e3 * b.forward_s:.2f} ms "
+        f"uninstrumented: overhead {100 * ratio:+.1f} % [{100 * low:+.1f}, {100 * high:+.1f}] "
+        f"(95 % CI, {b.rounds} interleaved rounds); {b.hook_calls} hooked calls x "
+        f"{1e6 * b.hook_cost_s:.1f} µs calibrated = {1e3 * b.hook_calls * b.hook_cost_s:.2f} ms, "
         "taken out of 'the rest'; without a breakdown no hook is registered"
     )
 
 
-def profile_rows(breakdown: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
+def profile_rows(breakdown: Breakdown | dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
     """The ``time by component`` rows of a profile table: (section, metric, value, what it counts)."""
     if not breakdown:
         return []
+    b = _typed(breakdown)
     section = "time by component"
     out = []
-    ceiling = breakdown.get("ceiling") or {}
+    precision = (b.ceiling or {}).get("precision")
     for comp in ROWS:
-        c = breakdown["components"][comp]
+        c = b.components[comp]
         rate = (
-            f"; {c['gflop_s']:.1f} GFLOP/s = {100 * c['ceiling_share']:.1f} % of the {ceiling.get('precision')} matmul"
-            if c.get("gflop_s") is not None and c.get("ceiling_share") is not None
+            f"; {c.gflop_s:.1f} GFLOP/s = {100 * c.ceiling_share:.1f} % of the {precision} matmul"
+            if c.gflop_s is not None and c.ceiling_share is not None
             else ""
         )
         out.append((
             section,
             LABELS[comp],
-            f"{1e3 * c['seconds']:.2f} ms",
-            f"{100 * c['share_of_forward']:.1f} % of the forward, {100 * c['share_of_macs']:.1f} % of MACs{rate}",
+            f"{1e3 * c.seconds:.2f} ms",
+            f"{100 * c.share_of_forward:.1f} % of the forward, {100 * c.share_of_macs:.1f} % of MACs{rate}",
         ))  # fmt: skip
-    check = "within" if breakdown["within_tolerance"] else "past"
+    check = "within" if b.within_tolerance else "past"
     out.append((
         section,
         "sum / forward",
-        f"{1e3 * breakdown['sum_s']:.2f} / {1e3 * breakdown['forward_s']:.2f} ms",
-        f"unattributed {1e3 * breakdown['unattributed_s']:+.2f} ms ({100 * breakdown['unattributed_share']:+.1f} %, "
-        f"{check} ±{100 * breakdown['tolerance']:.0f} %); batch {breakdown['batch_size']}, {breakdown['timer']}",
+        f"{1e3 * b.sum_s:.2f} / {1e3 * b.forward_s:.2f} ms",
+        f"unattributed {1e3 * b.unattributed_s:+.2f} ms ({100 * b.unattributed_share:+.1f} %, "
+        f"{check} ±{100 * b.tolerance:.0f} %); batch {b.batch_size}, {b.timer}",
     ))  # fmt: skip
-    out.append((section, "overhead", f"{100 * breakdown['overhead']['ratio']:+.1f} %", note(breakdown)))
+    out.append((section, "overhead", f"{100 * _overhead(b)[0]:+.1f} %", note(b)))
     return out

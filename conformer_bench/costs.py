@@ -13,6 +13,8 @@ fvcore's rules, per operator (``n`` = elements, one fused multiply-add = one flo
 * ``batch_norm`` (eval, affine): 2n of its input; ``layer_norm`` (affine): 5n of its input.
 * ``adaptive_avg_pool2d``: n of its input; ``upsample_nearest2d``: n of its output, ``upsample_bilinear2d``: 4n.
 * Pooling, activations, additions, concatenations, bicubic resampling: 0.
+
+Callers go through :func:`conformer_bench.flops.costs_of`, which picks this walk or a real count.
 """
 
 from __future__ import annotations
@@ -20,9 +22,13 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .params import COMPONENTS
+from .records import FlopCounts, ParamCounts
+
+if TYPE_CHECKING:
+    from conformer import ConformerConfig
 
 # fvcore operator names whose counts make up the paper's MACs: conv + linear + matmul products.
 PAPER_OPERATORS: frozenset[str] = frozenset(
@@ -113,7 +119,7 @@ class _Tally:
         self.conv(comp, med, planes, 1, size)
         self.batch_norm(comp, planes, size)
 
-    def transformer_block(self, comp: str, cfg: Any, tokens: int) -> None:
+    def transformer_block(self, comp: str, cfg: ConformerConfig, tokens: int) -> None:
         dim = cfg.embed_dim
         self.layer_norm(comp, tokens, dim)
         self.linear(comp, tokens, dim, 3 * dim, bias=cfg.qkv_bias)
@@ -127,7 +133,7 @@ class _Tally:
         self.linear(comp, tokens, hidden, dim)
 
 
-def _walk(cfg: Any, img_size: int) -> _Tally:
+def _walk(cfg: ConformerConfig, img_size: int) -> _Tally:
     """Every layer of ``Conformer(cfg)`` on one ``img_size``² image, in forward order."""
     t = _Tally()
     dim = cfg.embed_dim
@@ -200,40 +206,95 @@ def _walk(cfg: Any, img_size: int) -> _Tally:
     return t
 
 
+@dataclass(frozen=True)
+class Costs:
+    """Parameters and FLOPs of one variant at one image size (batch 1, eval), as
+    :func:`conformer_bench.flops.costs_of` gives them: the closed-form counts always, the full FLOP record
+    (uncounted operators, cross-check) when counted exactly."""
+
+    img_size: int
+    params: ParamCounts
+    fvcore_total: int  # fvcore's convention: one fused multiply-add = one flop
+    paper_macs: int  # multiply-adds of conv + linear + matmul: the paper's FLOPs column
+    by_operator: dict[str, int]
+    by_component: dict[str, dict[str, int]]  # component -> {"fvcore": n, "paper_macs": n}
+    flops: FlopCounts | None = None  # exact=True only
+
+    @classmethod
+    def of_record(cls, params: ParamCounts, flops: FlopCounts) -> Costs:
+        return cls(
+            flops.img_size,
+            params,
+            flops.fvcore_total,
+            flops.paper_macs,
+            flops.by_operator,
+            flops.by_component,
+            flops,
+        )
+
+
 @lru_cache(maxsize=4096)
-def _costs(cfg: Any, img_size: int) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+def _costs(cfg: ConformerConfig, img_size: int) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
     tally = _walk(cfg, img_size)
     ops = {comp: {op: n for op, n in sorted(c.items()) if n} for comp, c in tally.ops.items()}
     return tally.params, ops
 
 
-def param_counts(cfg: Any) -> dict[str, Any]:
-    """``count_params``' dict for ``cfg`` (every parameter is trainable on a fresh model)."""
+def closed_params(cfg: ConformerConfig) -> ParamCounts:
+    """The parameters of a fresh ``create_model(cfg)`` (every one trainable), in closed form."""
     by_component, _ = _costs(cfg, cfg.img_size)
     total = sum(by_component.values())
-    return {"total": total, "trainable": total, "by_component": dict(by_component)}
+    return ParamCounts(total=total, trainable=total, by_component=dict(by_component))
 
 
-def flop_counts(cfg: Any, img_size: int) -> dict[str, Any]:
-    """fvcore's ``fvcore_total``, ``paper_macs``, ``by_operator`` and ``by_component`` for ``cfg`` at ``img_size``²."""
+def closed_form(cfg: ConformerConfig, img_size: int, params: ParamCounts | None = None) -> Costs:
+    """fvcore's totals by operator and component for ``cfg`` at ``img_size``², without a model (``params``:
+    counted elsewhere, e.g. on the built model)."""
     _, ops = _costs(cfg, img_size)
     by_operator: Counter[str] = Counter()
     for comp_ops in ops.values():
         by_operator.update(comp_ops)
-    return {
-        "fvcore_total": sum(by_operator.values()),
-        "paper_macs": sum(n for op, n in by_operator.items() if op in PAPER_OPERATORS),
-        "by_operator": dict(sorted(by_operator.items())),
-        "by_component": {
+    return Costs(
+        img_size=img_size,
+        params=params if params is not None else closed_params(cfg),
+        fvcore_total=sum(by_operator.values()),
+        paper_macs=sum(n for op, n in by_operator.items() if op in PAPER_OPERATORS),
+        by_operator=dict(sorted(by_operator.items())),
+        by_component={
             comp: {
                 "fvcore": sum(comp_ops.values()),
                 "paper_macs": sum(n for op, n in comp_ops.items() if op in PAPER_OPERATORS),
             }
             for comp, comp_ops in ops.items()
         },
+    )
+
+
+# --- the names callers used before ``costs_of`` (dicts, as they returned) ---------------------------------
+
+
+def param_counts(cfg: ConformerConfig) -> dict[str, Any]:
+    """``costs_of(cfg).params`` as a dict."""
+    from .flops import costs_of
+
+    return costs_of(cfg).params.to_dict()
+
+
+def flop_counts(cfg: ConformerConfig, img_size: int) -> dict[str, Any]:
+    """``fvcore_total``, ``paper_macs``, ``by_operator`` and ``by_component`` of ``costs_of(cfg, img_size)``."""
+    from .flops import costs_of
+
+    costs = costs_of(cfg, img_size)
+    return {
+        "fvcore_total": costs.fvcore_total,
+        "paper_macs": costs.paper_macs,
+        "by_operator": costs.by_operator,
+        "by_component": costs.by_component,
     }
 
 
-def paper_macs(cfg: Any, img_size: int | None = None) -> int:
-    """Multiply-adds of conv + linear + matmul per image (batch 1): the paper's FLOPs column."""
-    return int(flop_counts(cfg, img_size or cfg.img_size)["paper_macs"])
+def paper_macs(cfg: ConformerConfig, img_size: int | None = None) -> int:
+    """Multiply-adds of conv + linear + matmul per image (batch 1): ``costs_of(cfg, img_size).paper_macs``."""
+    from .flops import costs_of
+
+    return costs_of(cfg, img_size).paper_macs

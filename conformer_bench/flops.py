@@ -21,13 +21,21 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import TYPE_CHECKING, Any, TypeGuard
 
-from .costs import PAPER_OPERATORS
+from .costs import PAPER_OPERATORS, Costs, closed_form, closed_params
 from .errors import BenchError
-from .params import COMPONENTS, component_of, component_roots
+from .files import atomic_write_text, loads_json, read_in_folder
+from .params import COMPONENTS, _count_model, component_of, component_roots
+from .records import FlopCounts, FlopCrossCheck
+
+if TYPE_CHECKING:
+    import torch
+
+    from conformer import Conformer, ConformerConfig
 
 CONVENTION = (
     "fvcore_total: fvcore, one fused multiply-add = one flop (also counts norms, adaptive pooling, "
@@ -65,18 +73,8 @@ def _recording_zero_handle(op: str, seen: Counter[str]) -> Callable[[list[Any], 
     return handle
 
 
-def _model_for(model_or_cfg: Any) -> Any:
-    from conformer import ConformerConfig, create_model
-
-    if isinstance(model_or_cfg, ConformerConfig):
-        return create_model(model_or_cfg)
-    if isinstance(model_or_cfg, str):
-        return create_model(model_or_cfg)
-    return model_or_cfg
-
-
 @contextmanager
-def _eval_mode(model: Any) -> Iterator[Any]:
+def _eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     was_training = model.training
     model.eval()
     try:
@@ -85,7 +83,9 @@ def _eval_mode(model: Any) -> Iterator[Any]:
         model.train(was_training)
 
 
-def _ops_by_component(model: Any, by_module_and_op: dict[str, Counter[str]]) -> dict[str, Counter[str]]:
+def _ops_by_component(
+    model: torch.nn.Module, by_module_and_op: dict[str, Counter[str]]
+) -> dict[str, Counter[str]]:
     """Per-component operator counters that add up to the model's total.
 
     Ops inside a component's module go to that component. Ops run directly by a container's own forward are
@@ -118,16 +118,11 @@ def _ops_by_component(model: Any, by_module_and_op: dict[str, Counter[str]]) -> 
     return result
 
 
-def count_flops(model_or_cfg: Any, img_size: int = 224, *, cross_check: bool = True) -> dict[str, Any]:
-    """The record's ``flops`` dict for one image of ``img_size``² (batch 1, eval mode).
-
-    ``model_or_cfg``: a built model (counted on its device, left in its original train/eval mode), a
-    :class:`conformer.ConformerConfig` or a preset name.
-    """
+def _fvcore_counts(model: Conformer, img_size: int, cross_check: bool) -> FlopCounts:
+    """fvcore's count of a built model on one ``img_size``² image, on its device (left in its train/eval mode)."""
     import torch
     from fvcore.nn import FlopCountAnalysis
 
-    model = _model_for(model_or_cfg)
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     x = torch.zeros(1, model.cfg.in_chans, img_size, img_size, device=device)
@@ -154,28 +149,29 @@ def count_flops(model_or_cfg: Any, img_size: int = 224, *, cross_check: bool = T
         for comp, ops in comp_ops.items()
     }
     ignored_ops = {op: int(n) for op, n in sorted(ignored_seen.items())}
-    uncounted = dict(sorted({**unsupported, **ignored_ops}.items()))
-    result: dict[str, Any] = {
-        "convention": CONVENTION,
-        "img_size": img_size,
-        "batch_size": 1,
-        "fvcore_total": total,
-        "paper_macs": int(paper_macs),
-        "by_operator": dict(sorted(by_operator.items())),
-        "by_component": by_component,
-        "uncounted_ops": uncounted,
+    return FlopCounts(
+        convention=CONVENTION,
+        img_size=img_size,
+        batch_size=1,
+        fvcore_total=total,
+        paper_macs=int(paper_macs),
+        by_operator=dict(sorted(by_operator.items())),
+        by_component=by_component,
+        uncounted_ops=dict(sorted({**unsupported, **ignored_ops}.items())),
         # fvcore warns about the first kind; it treats the second as zero-cost without a word.
-        "unsupported_ops": unsupported,
-        "ignored_ops": ignored_ops,
-        "handles_added": [SDPA_OP],
-    }
-    if cross is not None:
-        cross["relative_difference"] = (cross["macs"] - paper_macs) / paper_macs if paper_macs else None
-        result["cross_check"] = cross
-    return result
+        unsupported_ops=unsupported,
+        ignored_ops=ignored_ops,
+        handles_added=[SDPA_OP],
+        cross_check=None if cross is None else _with_difference(cross, paper_macs),
+    )
 
 
-def structural_twin(cfg: Any, img_size: int) -> tuple[Any, int]:
+def _with_difference(cross: FlopCrossCheck, paper_macs: int) -> FlopCrossCheck:
+    difference = (cross.macs - paper_macs) / paper_macs if paper_macs else None
+    return replace(cross, relative_difference=difference)
+
+
+def structural_twin(cfg: ConformerConfig, img_size: int) -> tuple[ConformerConfig, int]:
     """A config with the same layers and forward graph as ``cfg`` at ``img_size``, but one-element-wide.
 
     Widths and the image size change no operator's presence, only its cost; the position embedding is
@@ -199,7 +195,7 @@ _PRIM_COUNTED = ("prim::PythonOp", "prim::CallFunction")  # the prim:: nodes fvc
 
 
 @lru_cache(maxsize=512)
-def _uncounted_ops(twin: Any, img_size: int) -> tuple[dict[str, int], dict[str, int]]:
+def _uncounted_ops(twin: ConformerConfig, img_size: int) -> tuple[dict[str, int], dict[str, int]]:
     """fvcore's (unsupported, ignored) operator counts of a traced structural twin, on one thread.
 
     The twin is traced once, without fvcore's per-module scopes (only the whole model's counts are needed),
@@ -269,7 +265,7 @@ def _tool_fingerprint() -> dict[str, str]:
     return {"torch": torch.__version__, "fvcore": version("fvcore"), "code": digest.hexdigest()}
 
 
-def _cache_path(cfg: Any, img_size: int, cross_check: bool) -> Path | None:
+def _cache_path(cfg: ConformerConfig, img_size: int, cross_check: bool) -> Path | None:
     folder = _cache_folder()
     if folder is None:
         return None
@@ -279,8 +275,8 @@ def _cache_path(cfg: Any, img_size: int, cross_check: bool) -> Path | None:
     return folder / f"{name}.json"
 
 
-def count_flops_from_config(cfg: Any, img_size: int = 224, *, cross_check: bool = True) -> dict[str, Any]:
-    """:func:`count_flops`' record for ``create_model(cfg)``, without building it or running an image.
+def _config_counts(cfg: ConformerConfig, img_size: int, cross_check: bool) -> FlopCounts:
+    """fvcore's count of ``create_model(cfg)`` without building it or running an image.
 
     Cached on disk (see :data:`CACHE_ENV`; written atomically, so concurrent runs are safe); a miss is
     counted by :func:`_count_from_config`.
@@ -288,22 +284,18 @@ def count_flops_from_config(cfg: Any, img_size: int = 224, *, cross_check: bool 
     path = _cache_path(cfg, img_size, cross_check)
     cached = _read_cache(path, cfg, img_size, cross_check) if path is not None else None
     if cached is not None:
-        return cached
+        return FlopCounts.from_dict(cached)
     result = _count_from_config(cfg, img_size, cross_check)
     if path is not None:
-        from .files import atomic_write_text
-
         with suppress(BenchError, OSError):  # a cache that cannot be written only costs time
-            atomic_write_text(path, json.dumps(result))
+            atomic_write_text(path, json.dumps(result.to_dict()))
     return result
 
 
-def _read_cache(path: Path, cfg: Any, img_size: int, cross_check: bool) -> dict[str, Any] | None:
+def _read_cache(path: Path, cfg: ConformerConfig, img_size: int, cross_check: bool) -> dict[str, Any] | None:
     """The cached record of ``cfg``, or ``None`` when there is none that can be trusted: the cache is input
     like any other file. A link, a FIFO or any other non-regular file is never opened blocking nor followed;
     a record that fails :func:`_cached_record_ok` is counted again (and rewritten)."""
-    from .files import loads_json, read_in_folder
-
     try:
         data = read_in_folder(path)
         entry = loads_json(data.decode("utf-8")) if data is not None else None
@@ -319,17 +311,24 @@ def _counts_of_ops(value: Any) -> TypeGuard[dict[str, int]]:
     )
 
 
-def _cached_record_ok(entry: Any, cfg: Any, img_size: int, cross_check: bool) -> bool:
+def _cached_record_ok(entry: Any, cfg: ConformerConfig, img_size: int, cross_check: bool) -> bool:
     """A cached FLOP record that is what :func:`_count_from_config` would return: the closed-form counts
     (recomputed here, microseconds) equal, the traced operator tallies well formed, the cross-check present
     exactly when asked for and self-consistent."""
-    from .costs import flop_counts
-
     if not isinstance(entry, dict):
         return False
-    counts = flop_counts(cfg, img_size)
-    fixed = {"convention": CONVENTION, "img_size": img_size, "batch_size": 1, "handles_added": [SDPA_OP]}
-    if any(entry.get(k) != v for k, v in {**fixed, **counts}.items()):
+    counts = closed_form(cfg, img_size)
+    expected = {
+        "convention": CONVENTION,
+        "img_size": img_size,
+        "batch_size": 1,
+        "handles_added": [SDPA_OP],
+        "fvcore_total": counts.fvcore_total,
+        "paper_macs": counts.paper_macs,
+        "by_operator": counts.by_operator,
+        "by_component": counts.by_component,
+    }
+    if any(entry.get(k) != v for k, v in expected.items()):
         return False
     uncounted, unsupported, ignored = (
         entry.get(k) for k in ("uncounted_ops", "unsupported_ops", "ignored_ops")
@@ -351,42 +350,40 @@ def _cached_record_ok(entry: Any, cfg: Any, img_size: int, cross_check: bool) ->
         or not _counts_of_ops(cross.get("by_operator"))
     ):
         return False
-    paper = counts["paper_macs"]
+    paper = counts.paper_macs
     return cross.get("relative_difference") == ((macs - paper) / paper if paper else None)
 
 
-def _count_from_config(cfg: Any, img_size: int, cross_check: bool) -> dict[str, Any]:
+def _count_from_config(cfg: ConformerConfig, img_size: int, cross_check: bool) -> FlopCounts:
     """fvcore's counts in closed form (:mod:`.costs`); the uncounted operators from a trace of a
     one-element-wide twin (same graph); the cross-check from FlopCounterMode on meta tensors."""
-    from .costs import flop_counts
-
-    counts = flop_counts(cfg, img_size)
+    counts = closed_form(cfg, img_size)
     unsupported, ignored = _uncounted_ops(*structural_twin(cfg, img_size))
-    result: dict[str, Any] = {
-        "convention": CONVENTION,
-        "img_size": img_size,
-        "batch_size": 1,
-        "fvcore_total": counts["fvcore_total"],
-        "paper_macs": counts["paper_macs"],
-        "by_operator": counts["by_operator"],
-        "by_component": counts["by_component"],
-        "uncounted_ops": dict(sorted({**unsupported, **ignored}.items())),
-        "unsupported_ops": dict(unsupported),
-        "ignored_ops": dict(ignored),
-        "handles_added": [SDPA_OP],
-    }
+    cross = None
     if cross_check:
         import torch
 
         x = torch.zeros(1, cfg.in_chans, img_size, img_size, device="meta")
-        cross = _cross_check(_without_norms(build_on_meta(cfg).eval()), x)
-        macs = counts["paper_macs"]
-        cross["relative_difference"] = (cross["macs"] - macs) / macs if macs else None
-        result["cross_check"] = cross
-    return result
+        cross = _with_difference(
+            _cross_check(_without_norms(build_on_meta(cfg).eval()), x), counts.paper_macs
+        )
+    return FlopCounts(
+        convention=CONVENTION,
+        img_size=img_size,
+        batch_size=1,
+        fvcore_total=counts.fvcore_total,
+        paper_macs=counts.paper_macs,
+        by_operator=counts.by_operator,
+        by_component=counts.by_component,
+        uncounted_ops=dict(sorted({**unsupported, **ignored}.items())),
+        unsupported_ops=dict(unsupported),
+        ignored_ops=dict(ignored),
+        handles_added=[SDPA_OP],
+        cross_check=cross,
+    )
 
 
-def _without_norms(model: Any) -> Any:
+def _without_norms(model: torch.nn.Module) -> torch.nn.Module:
     """``model`` with its BatchNorm and LayerNorm modules replaced by identities, in place.
 
     FlopCounterMode counts no norm (only conv, matmul and attention products), and on meta tensors the norms
@@ -401,7 +398,7 @@ def _without_norms(model: Any) -> Any:
     return model
 
 
-def _cross_check(model: Any, x: Any) -> dict[str, Any]:
+def _cross_check(model: torch.nn.Module, x: torch.Tensor) -> FlopCrossCheck:
     """Count with torch's FlopCounterMode on the math SDPA backend (its CPU flash kernel is not counted)."""
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -412,7 +409,9 @@ def _cross_check(model: Any, x: Any) -> dict[str, Any]:
         model(x)
     flops = int(counter.get_total_flops())
     by_op = {str(op): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
-    return {"tool": CROSS_CHECK_TOOL, "flops": flops, "macs": flops // 2, "by_operator": by_op}
+    return FlopCrossCheck(
+        tool=CROSS_CHECK_TOOL, flops=flops, macs=flops // 2, by_operator=by_op, relative_difference=None
+    )
 
 
 # --- fast counts for listings: no weights, no arithmetic ----------------------------------------------------
@@ -433,7 +432,7 @@ def _fills_meta_in_place(func: Any, args: tuple[Any, ...]) -> bool:
     )
 
 
-def build_on_meta(cfg: Any) -> Any:
+def build_on_meta(cfg: ConformerConfig) -> torch.nn.Module:
     """Build the model with every tensor on the meta device (shapes only; no memory, no initialisation cost).
 
     The constructor reads a few scalars back from ``torch.linspace`` (stochastic-depth rates), so that one
@@ -470,13 +469,70 @@ def build_on_meta(cfg: Any) -> Any:
     return model.to("meta")  # anything a constructor created without a factory
 
 
-def quick_counts(cfg: Any, img_size: int | None = None) -> dict[str, Any]:
-    """Params and paper-convention MACs (batch 1, eval) of ``cfg``, in closed form (microseconds, no torch).
+# --- the one entry point ---------------------------------------------------------------------------------
 
-    Equal to ``count_params`` of the built model and to FlopCounterMode's flops / 2 on it; ``count_flops``
-    (or :func:`count_flops_from_config`) gives the full fvcore record.
+
+def costs_of(
+    subject: ConformerConfig | str | Conformer,
+    img_size: int | None = None,
+    *,
+    exact: bool = False,
+    cross_check: bool = False,
+) -> Costs:
+    """Parameters and FLOPs (batch 1, eval) of a config, a preset name or a built model at ``img_size``²
+    (default: the config's).
+
+    ``exact=False``: the closed form of :mod:`.costs` (microseconds, no torch; a built model's parameters are
+    counted on it). ``exact=True`` adds the full :class:`FlopCounts`, with the operators fvcore leaves
+    uncounted: fvcore on a built model (on its device), or for a config the closed form plus a trace of a
+    one-element-wide twin (cached on disk, see :data:`CACHE_ENV`); ``cross_check`` adds FlopCounterMode's
+    count of the same forward.
     """
-    from .costs import flop_counts, param_counts
+    from conformer import ConformerConfig, get_config
 
+    model = None
+    if isinstance(subject, str):
+        cfg = get_config(subject)
+    elif isinstance(subject, ConformerConfig):
+        cfg = subject
+    else:
+        model, cfg = subject, subject.cfg
     size = img_size or cfg.img_size
-    return {"params": param_counts(cfg), "macs": int(flop_counts(cfg, size)["paper_macs"]), "img_size": size}
+    params = _count_model(model) if model is not None else closed_params(cfg)
+    if not exact:
+        return closed_form(cfg, size, params)
+    flops = (
+        _fvcore_counts(model, size, cross_check)
+        if model is not None
+        else _config_counts(cfg, size, cross_check)
+    )
+    return Costs.of_record(params, flops)
+
+
+# --- the names callers used before ``costs_of`` (dicts, as they returned) ---------------------------------
+
+
+def count_flops(
+    model_or_cfg: ConformerConfig | str | Conformer, img_size: int = 224, *, cross_check: bool = True
+) -> dict[str, Any]:
+    """``costs_of(model_or_cfg, img_size, exact=True, cross_check=cross_check).flops`` as a dict."""
+    return _exact_flops(model_or_cfg, img_size, cross_check).to_dict()
+
+
+def count_flops_from_config(
+    cfg: ConformerConfig, img_size: int = 224, *, cross_check: bool = True
+) -> dict[str, Any]:
+    """:func:`count_flops` of a config (counted without building it)."""
+    return _exact_flops(cfg, img_size, cross_check).to_dict()
+
+
+def _exact_flops(subject: ConformerConfig | str | Conformer, img_size: int, cross_check: bool) -> FlopCounts:
+    flops = costs_of(subject, img_size, exact=True, cross_check=cross_check).flops
+    assert flops is not None
+    return flops
+
+
+def quick_counts(cfg: ConformerConfig, img_size: int | None = None) -> dict[str, Any]:
+    """Params and paper-convention MACs of ``costs_of(cfg, img_size)``: ``{"params", "macs", "img_size"}``."""
+    costs = costs_of(cfg, img_size)
+    return {"params": costs.params.to_dict(), "macs": costs.paper_macs, "img_size": costs.img_size}

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import resource
 import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from .records import CpuPhaseMemory, CudaPhaseMemory
+
+PhaseMemory = CpuPhaseMemory | CudaPhaseMemory
 
 CPU_METHOD = (
     "peak RSS minus RSS at the start of the phase; peak = max of psutil samples every {interval_ms:g} ms "
@@ -33,8 +37,6 @@ def release_freed_memory() -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        import ctypes
-
         libc = ctypes.CDLL("libc.so.6")
         return bool(libc.malloc_trim(0))
     except (OSError, AttributeError):
@@ -47,15 +49,27 @@ def process_peak_rss_bytes() -> int:
     return int(peak) if sys.platform == "darwin" else int(peak) * 1024
 
 
+@dataclass
+class Probe:
+    """What a memory probe measured: ``record`` is set when the enclosed code ends (None until then)."""
+
+    record: PhaseMemory | None = None
+
+    @property
+    def measured(self) -> PhaseMemory:
+        if self.record is None:
+            raise RuntimeError("the memory probe is read before its phase ended")
+        return self.record
+
+
 @contextmanager
-def cpu_peak_rss(interval_s: float = 0.005) -> Iterator[dict[str, Any]]:
-    """Measure the peak resident-set increase of the enclosed code; the dict is filled on exit
-    (a :class:`~conformer_bench.records.CpuPhaseMemory` as a dict)."""
+def cpu_peak_rss(interval_s: float = 0.005) -> Iterator[Probe]:
+    """Measure the peak resident-set increase of the enclosed code (a :class:`CpuPhaseMemory`, set on exit)."""
     import psutil
 
     proc = psutil.Process()
     trimmed = release_freed_memory()
-    result: dict[str, Any] = {}
+    result = Probe()
     before = int(proc.memory_info().rss)
     hwm_before = process_peak_rss_bytes()
     peak = before
@@ -82,7 +96,7 @@ def cpu_peak_rss(interval_s: float = 0.005) -> Iterator[dict[str, Any]]:
         exact = hwm_after > hwm_before
         if exact:
             peak = max(peak, hwm_after)
-        record = CpuPhaseMemory(
+        result.record = CpuPhaseMemory(
             peak_rss_increase_bytes=peak - before,
             rss_before_bytes=before,
             rss_after_bytes=after,
@@ -92,7 +106,6 @@ def cpu_peak_rss(interval_s: float = 0.005) -> Iterator[dict[str, Any]]:
             sample_interval_s=interval_s,
             malloc_trim=trimmed,
         )
-        result.update(record.to_dict())
 
 
 def nvml_memory(device_index: int, uuid: str | None = None) -> dict[str, Any]:
@@ -133,14 +146,14 @@ def _device_uuid(index: int) -> str | None:
 
 
 @contextmanager
-def cuda_peak_memory(device: str) -> Iterator[dict[str, Any]]:
-    """Allocator peaks of the enclosed code (stats reset at entry) and NVML's reading at exit; the dict is
-    filled on exit (a :class:`~conformer_bench.records.CudaPhaseMemory` as a dict)."""
+def cuda_peak_memory(device: str) -> Iterator[Probe]:
+    """Allocator peaks of the enclosed code (stats reset at entry) and NVML's reading at exit (a
+    :class:`CudaPhaseMemory`, set on exit)."""
     import torch
 
     dev = torch.device(device)
     index = dev.index if dev.index is not None else torch.cuda.current_device()
-    result: dict[str, Any] = {}
+    result = Probe()
     gc.collect()
     torch.cuda.synchronize(index)
     torch.cuda.empty_cache()
@@ -150,17 +163,16 @@ def cuda_peak_memory(device: str) -> Iterator[dict[str, Any]]:
         yield result
     finally:
         torch.cuda.synchronize(index)
-        record = CudaPhaseMemory(
+        result.record = CudaPhaseMemory(
             peak_allocated_bytes=int(torch.cuda.max_memory_allocated(index)),
             peak_reserved_bytes=int(torch.cuda.max_memory_reserved(index)),
             allocated_before_bytes=before,
             **nvml_memory(index, _device_uuid(index)),
         )
-        result.update(record.to_dict())
 
 
 @contextmanager
-def phase_memory(device: str) -> Iterator[dict[str, Any]]:
+def phase_memory(device: str) -> Iterator[Probe]:
     """The right probe for ``device``."""
     probe = cuda_peak_memory(device) if device.startswith("cuda") else cpu_peak_rss()
     with probe as result:

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from .records import ParamCounts
+
+if TYPE_CHECKING:
+    import torch
+
+    from conformer import Conformer
 
 COMPONENTS: tuple[str, ...] = ("stem", "cnn", "transformer", "fcu", "heads")
 
@@ -66,11 +73,8 @@ def component_roots(names: list[str]) -> dict[str, str]:
     return roots
 
 
-def count_params(model: Any) -> dict[str, Any]:
-    """``{"total", "trainable", "by_component": {stem, cnn, transformer, fcu, heads}}``, all ints.
-
-    Shared parameters are counted once (as ``model.parameters()`` does).
-    """
+def _count_model(model: torch.nn.Module) -> ParamCounts:
+    """The parameters of a built model by component; shared ones counted once (as ``model.parameters()``)."""
     by_component = dict.fromkeys(COMPONENTS, 0)
     total = trainable = 0
     for name, param in model.named_parameters():
@@ -82,4 +86,11 @@ def count_params(model: Any) -> dict[str, Any]:
         total += n
         if param.requires_grad:
             trainable += n
-    return {"total": total, "trainable": trainable, "by_component": by_component}
+    return ParamCounts(total=total, trainable=trainable, by_component=by_component)
+
+
+def count_params(model: Conformer) -> dict[str, Any]:
+    """``costs_of(model).params`` as a dict (``{"total", "trainable", "by_component"}``)."""
+    from .flops import costs_of
+
+    return costs_of(model).params.to_dict()

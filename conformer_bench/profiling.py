@@ -2,16 +2,40 @@
 
 from __future__ import annotations
 
+import gc
+import statistics
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from . import memory, timing
+from .backends import BACKENDS, EAGER, PrepareOptions, get_backend, require_installed
+from .bounds import THREAD_LIMIT, check_count, check_input_memory
+from .breakdown import BreakdownSettings, breakdown_unavailable, component_macs, measure_breakdown
+from .env import fingerprint, resolve_device
 from .errors import BenchError
-from .records import PhaseTiming, ProfiledPhase, ProfileRecord, Status
+from .flops import costs_of
+from .memory import PhaseMemory, Probe
+from .precision import precision_support
+from .records import (
+    Environment,
+    PhaseTiming,
+    ProfiledPhase,
+    ProfileMemory,
+    ProfileRecord,
+    Status,
+    Variant,
+)
 from .steps import PATHS, autocast, heads_loss
 from .threads import threads
+
+if TYPE_CHECKING:
+    import torch
+
+    from conformer import Conformer, ConformerConfig
 
 MODES = ("infer", "train", "both", "none")
 PRECISIONS = ("fp32", "bf16", "fp16", "amp")
@@ -70,10 +94,8 @@ def _positive(name: str, value: int | None, minimum: int = 1) -> None:
         raise BenchError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
-def validate_settings(cfg: Any, settings: ProfileSettings) -> None:
+def validate_settings(cfg: ConformerConfig, settings: ProfileSettings) -> None:
     """Every bad setting becomes a one-line :class:`BenchError` naming the fix (before anything is built)."""
-    from .bounds import THREAD_LIMIT, check_count
-
     if settings.mode not in MODES:
         raise BenchError(f"--mode {settings.mode!r} is not valid; use one of {', '.join(MODES)}")
     if settings.precision not in PRECISIONS:
@@ -106,9 +128,6 @@ def validate_settings(cfg: Any, settings: ProfileSettings) -> None:
 
 def _backend_fits(settings: ProfileSettings) -> None:
     """A deployment backend runs its own graph in fp32 or bf16; a breakdown needs the model's modules."""
-    from .backends import BACKENDS, EAGER, require_installed
-    from .breakdown import breakdown_unavailable
-
     if settings.backend not in BACKENDS:
         raise BenchError(f"--backend {settings.backend!r} is not valid; use one of {', '.join(BACKENDS)}")
     if settings.backend != EAGER:
@@ -125,7 +144,7 @@ def _backend_fits(settings: ProfileSettings) -> None:
             raise BenchError(f"--breakdown is not available here: {why_not}; drop --breakdown")
 
 
-def _train_batch_has_statistics(cfg: Any, settings: ProfileSettings) -> None:
+def _train_batch_has_statistics(cfg: ConformerConfig, settings: ProfileSettings) -> None:
     """Training normalises over batch x map: one image on a 1x1 map gives BatchNorm a single value per
     channel, which it cannot train on. The CNN's last block runs at 1/32 of the input (its fusion block
     downsamples), an FCU up-projection on the token grid (1/patch)."""
@@ -143,12 +162,10 @@ def _train_batch_has_statistics(cfg: Any, settings: ProfileSettings) -> None:
         )
 
 
-def _input_fits(cfg: Any, settings: ProfileSettings) -> None:
+def _input_fits(cfg: ConformerConfig, settings: ProfileSettings) -> None:
     """Refuse a batch whose input tensor alone is larger than this machine's memory (host or GPU)."""
     if settings.batch_size is None or settings.mode == "none":
         return
-    from .bounds import check_input_memory
-
     check_input_memory(cfg.in_chans, settings.batch_size, settings.img_size)
 
 
@@ -188,8 +205,6 @@ def autocast_dtype(precision: str, device: str) -> Any:
 
 def _require_native_bf16(precision: str, device: str) -> None:
     """A CPU without bf16 instructions would emulate bf16 in fp32, slower than fp32: refuse to time that."""
-    from .precision import precision_support
-
     support = precision_support("bf16", device)
     if not support.supported:
         raise BenchError(f"--precision {precision}: {support.reason}; use --precision fp32")
@@ -216,7 +231,9 @@ class _Phase:
         self.last = last  # returns the last loss (train) for a finiteness check after timing
 
 
-def _inputs(cfg: Any, batch: int, img_size: int, device: str, channels_last: bool) -> tuple[Any, Any]:
+def _inputs(
+    cfg: ConformerConfig, batch: int, img_size: int, device: str, channels_last: bool
+) -> tuple[Any, Any]:
     import torch
 
     x = torch.randn(batch, cfg.in_chans, img_size, img_size, device=device)
@@ -228,7 +245,13 @@ def _inputs(cfg: Any, batch: int, img_size: int, device: str, channels_last: boo
 
 
 def _infer_phase(
-    model: Any, cfg: Any, batch: int, img_size: int, device: str, cl: bool, dtype: Any
+    model: Any,
+    cfg: ConformerConfig,
+    batch: int,
+    img_size: int,
+    device: str,
+    cl: bool,
+    dtype: torch.dtype | None,
 ) -> _Phase:
     import torch
 
@@ -242,7 +265,14 @@ def _infer_phase(
 
 
 def _train_phase(
-    model: Any, cfg: Any, batch: int, img_size: int, device: str, cl: bool, dtype: Any, precision: str
+    model: Any,
+    cfg: ConformerConfig,
+    batch: int,
+    img_size: int,
+    device: str,
+    cl: bool,
+    dtype: torch.dtype | None,
+    precision: str,
 ) -> _Phase:
     import torch
 
@@ -270,8 +300,6 @@ def _train_phase(
 
 
 def _free_device_memory(device: str) -> None:
-    import gc
-
     import torch
 
     gc.collect()
@@ -318,17 +346,17 @@ class PhaseRun:
     """
 
     phase: str  # infer | train
-    model: Any
-    cfg: Any
+    model: Conformer
+    cfg: ConformerConfig
     settings: ProfileSettings
     device: str
-    dtype: Any  # autocast dtype, None for fp32
+    dtype: torch.dtype | None  # autocast dtype, None for fp32
     warmup: int
     defaults: DeviceDefaults
     path: str  # plain | optimized | compiled
     on_iter: Callable[[int, int], None]
     measure: Callable[..., PhaseTiming]
-    phase_memory: Callable[[str], Any]
+    phase_memory: Callable[[str], AbstractContextManager[Probe]]
 
 
 @dataclass(frozen=True)
@@ -336,7 +364,7 @@ class PhaseResult:
     """One phase measured at one batch size."""
 
     timing: PhaseTiming
-    memory: dict[str, Any]
+    memory: PhaseMemory
     finite: bool  # the last training loss is finite (always True for inference)
     precision: str
     last_loss: float | None
@@ -348,7 +376,7 @@ class PhaseResult:
 class _Phases:
     """What the phases of a profile measured, and how the profile ended."""
 
-    memory: dict[str, Any]
+    memory: ProfileMemory
     status: Status = Status.OK
     reason: str | None = None
     throughput: dict[str, ProfiledPhase] = field(default_factory=dict)
@@ -368,23 +396,21 @@ class _BackendCannotRun(Exception):
 
 
 def profile_variant(
-    cfg: Any,
+    cfg: ConformerConfig,
     settings: ProfileSettings,
     *,
     label: str | None = None,
     progress: ProgressCallback | None = None,
     defaults: DeviceDefaults | None = None,
     build: Callable[[], Any] | None = None,
-) -> dict[str, Any]:
-    """Measure ``cfg`` under ``settings`` and return a ``conformer-bench.profile`` record (never rounded).
+) -> ProfileRecord:
+    """Measure ``cfg`` under ``settings``: its ``conformer-bench.profile`` record (never rounded).
 
     ``defaults`` replaces the device's :data:`DEFAULTS` (batch, warm-up, time budget per phase); ``build``
     returns a fresh model of ``cfg`` instead of ``create_model(cfg)`` (e.g. a copy of one already built on
     the device, for many profiles of one variant in a process). ``settings.threads`` holds for the profile
     only.
     """
-    from .env import resolve_device
-
     validate_settings(cfg, settings)
     device = resolve_device(settings.device)
     if settings.timing_reference and device != "cpu":
@@ -397,14 +423,14 @@ def profile_variant(
         )
     if progress is not None:
         progress("done", 1.0)
-    return record.to_dict()
+    return record
 
 
 def _profile(
-    cfg: Any,
+    cfg: ConformerConfig,
     settings: ProfileSettings,
     device: str,
-    dtype: Any,
+    dtype: torch.dtype | None,
     defaults: DeviceDefaults,
     label: str | None,
     bar: _ProfileProgress,
@@ -414,11 +440,6 @@ def _profile(
     import torch
 
     from conformer import create_model
-
-    from .costs import param_counts
-    from .env import fingerprint
-    from .flops import count_flops, count_flops_from_config
-    from .params import count_params
 
     started = time.perf_counter()
     phases = PHASES_OF_MODE[settings.mode]
@@ -433,16 +454,14 @@ def _profile(
         if not phases and build is None
         else (build() if build is not None else create_model(cfg)).to(device)
     )
-    params = count_params(model) if model is not None else param_counts(cfg)
+    params = costs_of(model if model is not None else cfg).params
     bar.finish("build")
 
     flops = None
     if settings.count_flops:
         bar.report("counting FLOPs (fvcore" + (" + FlopCounterMode)" if settings.cross_check else ")"))
-        if model is None:
-            flops = count_flops_from_config(cfg, settings.img_size, cross_check=settings.cross_check)
-        else:
-            flops = count_flops(model, settings.img_size, cross_check=settings.cross_check)
+        subject = model if model is not None else cfg
+        flops = costs_of(subject, settings.img_size, exact=True, cross_check=settings.cross_check).flops
         bar.finish("flops")
 
     measured = _measure_phases(model, cfg, settings, device, dtype, batch, warmup, defaults, bar)
@@ -462,15 +481,17 @@ def _profile(
         status=measured.status,
         reason=measured.reason,
         label=label or cfg.name,
-        variant={"name": cfg.name, "label": label or cfg.name, "config": cfg.to_dict()},
-        environment=fingerprint(
-            device,
-            settings.precision,
-            min(achieved) if achieved else None,
-            settings.img_size,
-            threads_requested=settings.threads,
-            channels_last=settings.channels_last,
-            path=settings.path,
+        variant=Variant(name=cfg.name, label=label or cfg.name, config=cfg.to_dict()),
+        environment=Environment.from_dict(
+            fingerprint(
+                device,
+                settings.precision,
+                min(achieved) if achieved else None,
+                settings.img_size,
+                threads_requested=settings.threads,
+                channels_last=settings.channels_last,
+                path=settings.path,
+            )
         ),
         settings=resolved,
         params=params,
@@ -485,20 +506,18 @@ def _profile(
 
 def _measure_phases(
     model: Any,
-    cfg: Any,
+    cfg: ConformerConfig,
     settings: ProfileSettings,
     device: str,
-    dtype: Any,
+    dtype: torch.dtype | None,
     batch: int,
     warmup: int,
     defaults: DeviceDefaults,
     bar: _ProfileProgress,
 ) -> _Phases:
     """Each phase in turn, at the largest batch up to ``batch`` that fits; stops at an OOM or a NaN."""
-    from . import memory, timing
-
     phases = PHASES_OF_MODE[settings.mode]
-    measured = _Phases(memory={"device": device, "method": memory.method(device)})
+    measured = _Phases(memory=ProfileMemory(device=device, method=memory.method(device)))
     for phase in phases:
         path = settings.path if phase == "infer" or settings.path == "compiled" else "plain"
         if phase == "infer" and settings.backend != "eager":
@@ -540,7 +559,10 @@ def _measure_phases(
             trained=phase == "train",
             last_loss=result.last_loss,
         )
-        measured.memory[phase] = result.memory
+        if phase == "infer":
+            measured.memory = replace(measured.memory, infer=result.memory)
+        else:
+            measured.memory = replace(measured.memory, train=result.memory)
         if not result.finite:
             measured.status, measured.reason = Status.NAN, f"{phase}: the loss became non-finite"
             break
@@ -582,11 +604,9 @@ def _run_phase(run: PhaseRun, batch: int) -> PhaseResult:
     """
     import torch
 
-    from .timing import gemm_reference, time_once
-
     settings, device, dtype = run.settings, run.device, run.dtype
     runner, cl, backend_precision = _build_runner(run.phase, run.model, settings, dtype, run.path)
-    reference = gemm_reference() if settings.timing_reference else None
+    reference = timing.gemm_reference() if settings.timing_reference else None
     # a bf16 optimized copy or a runtime casts its input itself; autocast would also cast fp32 heads to bf16
     infer_dtype = None if backend_precision is not None or _casts_itself(runner) else dtype
 
@@ -599,12 +619,12 @@ def _run_phase(run: PhaseRun, batch: int) -> PhaseResult:
     if run.path == "compiled":
         # One untimed call compiles; the warm-up and the auto-ranged iteration count then see compiled steps.
         first = make()
-        first_call_s = time_once(_compile_errors_as_bench_errors(first.step), device)
+        first_call_s = timing.time_once(_compile_errors_as_bench_errors(first.step), device)
         del first
         run.model.zero_grad(set_to_none=True)  # the phase starts from the state a plain phase starts from
     with run.phase_memory(device) as mem:
         built = make()
-        timing = run.measure(
+        timed = run.measure(
             built.step,
             device=device,
             batch_size=batch,
@@ -625,14 +645,12 @@ def _run_phase(run: PhaseRun, batch: int) -> PhaseResult:
     breakdown = None
     if settings.breakdown and run.phase == "infer":
         breakdown = _breakdown(run, runner, batch, cl, infer_dtype)
-    return PhaseResult(timing, mem, finite, precision, last_loss, first_call_s, breakdown)
+    return PhaseResult(timed, mem.measured, finite, precision, last_loss, first_call_s, breakdown)
 
 
-def _breakdown(run: PhaseRun, runner: Any, batch: int, cl: bool, dtype: Any) -> dict[str, Any]:
+def _breakdown(run: PhaseRun, runner: Any, batch: int, cl: bool, dtype: torch.dtype | None) -> dict[str, Any]:
     """Time by component of the inference runner, beside a matmul ceiling in the phase's precision."""
     import torch
-
-    from .breakdown import BreakdownSettings, component_macs, measure_breakdown
 
     x, _ = _inputs(run.cfg, batch, run.settings.img_size, run.device, cl)
     ceiling = _matmul_ceiling(
@@ -656,17 +674,13 @@ def _breakdown(run: PhaseRun, runner: Any, batch: int, cl: bool, dtype: Any) -> 
 
 def _matmul_ceiling(precision: str, device: str, n: int = 2048, calls: int = 5) -> dict[str, Any]:
     """The rate of an n x n matmul in ``precision`` (median of ``calls``), the breakdown's ceiling."""
-    import statistics
-
     import torch
-
-    from .timing import synced_timer
 
     gen = torch.Generator().manual_seed(0)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     a = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
     b = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
-    timed = synced_timer(device)
+    timed = timing.synced_timer(device)
     timed(lambda: torch.mm(a, b))
     seconds = statistics.median(timed(lambda: torch.mm(a, b)) for _ in range(calls))
     return {
@@ -677,7 +691,7 @@ def _matmul_ceiling(precision: str, device: str, n: int = 2048, calls: int = 5) 
 
 
 def _build_runner(
-    phase: str, model: Any, settings: ProfileSettings, dtype: Any, path: str
+    phase: str, model: Any, settings: ProfileSettings, dtype: torch.dtype | None, path: str
 ) -> tuple[Any, bool, str | None]:
     """The module (or a runtime's callable) a phase times, whether its inputs are channels-last, and the
     precision a deployment backend runs (``None`` for the eager paths).
@@ -713,11 +727,9 @@ def _build_runner(
     return runner, cl, None
 
 
-def _backend_runner(model: Any, settings: ProfileSettings) -> tuple[Any, bool, str]:
+def _backend_runner(model: torch.nn.Module, settings: ProfileSettings) -> tuple[Any, bool, str]:
     """A deployment backend's callable for the eval model; :class:`_BackendCannotRun` when it has none."""
     import torch
-
-    from .backends import PrepareOptions, get_backend
 
     model.eval()
     options = PrepareOptions(
@@ -737,7 +749,7 @@ def _casts_itself(runner: Any) -> bool:
     return hasattr(runner, "modules") and any(type(m).__name__ == "_LowPrecision" for m in runner.modules())
 
 
-def _phase_precision(runner: Any, precision: str, dtype: Any) -> str:
+def _phase_precision(runner: Any, precision: str, dtype: torch.dtype | None) -> str:
     """The precision a phase ran in: the requested one, unless fused oneDNN ops kept it in fp32."""
     if dtype is None:
         return precision

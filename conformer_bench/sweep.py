@@ -1,8 +1,8 @@
-"""Profile sweeps: every (variant, batch size, image size, precision) point, one tidy row each.
+"""Profile sweeps: every (variant, batch size, image size, precision) point, one record each.
 
 A point that fails (bad setting for that variant, out of memory, a crash) is recorded with its status and
-the sweep goes on. Rows are :func:`conformer_bench.formatting.flat_profile` rows; their columns are listed
-in docs/records.md.
+the sweep goes on. A sweep's ``.jsonl`` holds its records, one a line; its CSV the tidy rows of
+:data:`conformer_bench.formatting.PROFILE_COLUMNS` (listed in docs/records.md).
 """
 
 from __future__ import annotations
@@ -12,14 +12,33 @@ import io
 import itertools
 import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .errors import BenchError, exception_line
-from .formatting import TIDY_COLUMNS, flat_profile, fmt_giga, fmt_mib, render_rows_md, rows_csv, rows_jsonl
+from .files import atomic_write_bytes, check_writable, dumps_json, read_input_text
+from .formatting import (
+    PROFILE_FORMATS,
+    TIDY_COLUMNS,
+    column_value,
+    file_format,
+    record_line,
+    render_csv,
+    status_text,
+    sweep_table,
+)
+from .formatting import render as render_record
 from .lists import comma_items
+from .records import PROFILE_SCHEMA, Environment, FlopCounts, ProfileRecord, Status, Variant
+
+if TYPE_CHECKING:
+    from conformer import ConformerConfig
+
+    from .profiling import ProfileSettings
+
+__all__ = ["status_text"]  # re-exported: the terminal's word for a point
 
 APPENDABLE = ("csv", "jsonl")
 
@@ -62,8 +81,6 @@ def parse_choices(text: str, option: str, choices: Sequence[str]) -> list[str]:
 
 def read_model_list(path: str | os.PathLike[str]) -> list[str]:
     """Variant names, one a line; ``#`` starts a comment, blank lines are skipped."""
-    from .files import read_input_text
-
     text = read_input_text(path, "--model-list", "give a text file with one variant a line")
     names = [line.split("#", 1)[0].strip() for line in text.splitlines()]
     names = [n for n in names if n]
@@ -102,10 +119,7 @@ def check_targets(
     mode: str,
 ) -> None:
     """Refuse an unwritable ``--output`` or ``--plot``, and ``--append`` or ``--plot`` where they cannot work."""
-    from .files import check_writable
-    from .formatting import file_format
-
-    out_format = file_format(output, fmt) if output is not None else None
+    out_format = file_format(output, fmt, PROFILE_FORMATS) if output is not None else None
     if output is not None:
         check_writable(output)
         if append:
@@ -127,14 +141,14 @@ def check_targets(
 
 @dataclass(frozen=True)
 class Point:
-    cfg: Any
+    cfg: ConformerConfig
     batch_size: int | None
     img_size: int
     precision: str
 
 
 def points(
-    configs: Sequence[Any],
+    configs: Sequence[ConformerConfig],
     batch_sizes: Sequence[int | None],
     img_sizes: Sequence[int | None],
     precisions: Sequence[str],
@@ -146,10 +160,8 @@ def points(
     ]
 
 
-def failed_record(point: Point, settings: Any, exc: BaseException) -> dict[str, Any]:
+def failed_record(point: Point, settings: ProfileSettings, exc: BaseException) -> ProfileRecord:
     """The record of a point that raised: what was asked, status ``failed`` and the first line of the error."""
-    from .records import ProfileRecord, Status
-
     text = str(exc).strip().splitlines()
     reason = text[0] if isinstance(exc, BenchError) and text else exception_line(exc)
     cfg = point.cfg
@@ -157,8 +169,8 @@ def failed_record(point: Point, settings: Any, exc: BaseException) -> dict[str, 
         status=Status.FAILED,
         reason=reason,
         label=cfg.name,
-        variant={"name": cfg.name, "label": cfg.name, "config": cfg.to_dict()},
-        environment={},
+        variant=Variant(name=cfg.name, label=cfg.name, config=cfg.to_dict()),
+        environment=Environment.from_dict({}),  # nothing ran: no machine facts
         settings=asdict(settings),
         params=None,
         flops=None,
@@ -166,16 +178,19 @@ def failed_record(point: Point, settings: Any, exc: BaseException) -> dict[str, 
         throughput=None,
         compile_s=None,
         wall_s=None,
-    ).to_dict()
+    )
+
+
+Profile = Callable[..., ProfileRecord]
 
 
 def run_sweep(
     sweep: Sequence[Point],
-    base: Any,
+    base: ProfileSettings,
     progress: Callable[[str, float], None] | None = None,
-    profile: Callable[..., dict[str, Any]] | None = None,
-) -> list[dict[str, Any]]:
-    """Profile every point with ``base`` settings (a ProfileSettings) changed to the point's values.
+    profile: Profile | None = None,
+) -> list[ProfileRecord]:
+    """Profile every point with ``base`` settings changed to the point's values.
 
     With one point its errors are raised as usual; with several a failing point is recorded and the rest
     still run (Ctrl-C still stops the sweep).
@@ -185,7 +200,7 @@ def run_sweep(
 
         profile = profiling.profile_variant
     records = []
-    counted: dict[tuple[str, int], dict[str, Any]] = {}  # FLOPs depend on the model and image size only
+    counted: dict[tuple[str, int], FlopCounts] = {}  # FLOPs depend on the model and image size only
     for i, point in enumerate(sweep):
         key = (json.dumps(point.cfg.to_dict(), sort_keys=True, default=str), point.img_size)
         settings = replace(
@@ -204,11 +219,12 @@ def run_sweep(
         except Exception as exc:  # one failing point never stops the others
             record = failed_record(point, replace(settings, count_flops=base.count_flops), exc)
         else:
-            if record.get("flops"):
-                counted[key] = record["flops"]
-            elif base.count_flops and key in counted:
-                record["flops"] = counted[key]  # counted once at an earlier point of this sweep
-                record["settings"]["count_flops"] = True
+            if record.flops is not None:
+                counted[key] = record.flops
+            elif base.count_flops and key in counted:  # counted once at an earlier point of this sweep
+                record = replace(
+                    record, flops=counted[key], settings={**record.settings, "count_flops": True}
+                )
         records.append(record)
     return records
 
@@ -225,116 +241,39 @@ def _point_progress(
     return step
 
 
-def status_text(record: dict[str, Any]) -> str:
-    """ok, ``oom at batch N`` or ``failed: first line of the error`` (for the terminal)."""
-    status = record.get("status")
-    settings = record.get("settings") or {}
-    if status == "ok":
-        halved = [
-            t["batch_size"]
-            for t in (record.get("throughput") or {}).values()
-            if t.get("batch_size") != t.get("requested_batch_size")
-        ]
-        return f"ok (batch halved to {min(halved)})" if halved else "ok"
-    if status == "oom":
-        return f"oom at batch {settings.get('batch_size')}"
-    return f"{status}: {record.get('reason')}"
-
-
 # --- writing ---------------------------------------------------------------------------------------------------
 
 
-def tidy_rows(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [flat_profile(r) for r in records]
-
-
-def _display_rows(records: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    header = ["variant", "config", "batch", "img", "precision", "status", "infer img/s", "train img/s"]
-    header += ["params", "paper MACs", "peak memory"]
-    rows = []
-    for record, row in zip(records, tidy_rows(records), strict=True):
-        memory = [
-            row.get(f"{p}_{k}")
-            for p in ("infer", "train")
-            for k in ("peak_rss_increase_bytes", "peak_allocated_bytes")
-        ]
-        peak = max((m for m in memory if m is not None), default=None)
-        rows.append(
-            [
-                str(row["variant"]),
-                str(row["config_hash"]),
-                str(row["batch_size"] or "auto"),
-                str(row["img_size"]),
-                str(row["precision"]),
-                status_text(record),
-                "—" if row["infer_img_per_s"] is None else f"{row['infer_img_per_s']:,.2f}",
-                "—" if row["train_img_per_s"] is None else f"{row['train_img_per_s']:,.2f}",
-                fmt_giga(row["params_total"], 3),
-                fmt_giga(row["paper_macs"], 3),
-                fmt_mib(peak),
-            ]
-        )
-    return header, rows
-
-
-def render_table(records: Sequence[dict[str, Any]], width: int = 160) -> str:
-    from rich.console import Console
-    from rich.table import Table
-
-    header, rows = _display_rows(records)
-    table = Table(title=f"conformer-bench profile: {len(records)} points", title_justify="left")
-    for i, column in enumerate(header):
-        table.add_column(
-            column, overflow="fold", justify="right" if i >= 6 or column in ("batch", "img") else "left"
-        )
-    for row in rows:
-        table.add_row(*row)
-    console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False)
-    console.print(table)
-    console.print("numbers per point in the tidy rows: -f csv or -f jsonl (columns in docs/records.md)")
-    return str(console.file.getvalue())  # type: ignore[attr-defined]
-
-
-def render(records: Sequence[dict[str, Any]], fmt: str) -> str:
-    """A sweep in a --format: json = the records, csv/jsonl = tidy rows, table/md = what to read."""
+def render(records: Sequence[ProfileRecord], fmt: str) -> str:
+    """A sweep in a --format: json = the records, jsonl = one record a line, csv = tidy rows, table / md /
+    latex = what to read."""
     if fmt == "json":
-        from .files import dumps_json
-
-        return dumps_json(list(records))
-    if fmt == "csv":
-        return rows_csv(tidy_rows(records), TIDY_COLUMNS)
+        return dumps_json([r.to_dict() for r in records])
     if fmt == "jsonl":
-        return rows_jsonl(tidy_rows(records))
-    if fmt == "md":
-        return render_rows_md(*_display_rows(records))
-    return render_table(records)
+        return "".join(record_line(r) for r in records)
+    if fmt == "csv":
+        return render_csv(records)
+    return sweep_table(records).render(fmt)
 
 
-def render_records(records: Sequence[dict[str, Any]], fmt: str) -> str:
+def render_table(records: Sequence[ProfileRecord], width: int = 160) -> str:
+    return sweep_table(records).to_rich_text(width)
+
+
+def render_records(records: Sequence[ProfileRecord], fmt: str) -> str:
     """One record as its full form unless ``fmt`` is a row format; several as one row per point."""
     if len(records) == 1 and fmt not in APPENDABLE:
-        from .formatting import render as render_record
-
         return render_record(records[0], fmt)
     return render(records, fmt)
 
 
-def _existing_columns(path: Path, fmt: str) -> list[str] | None:
-    from .files import read_input_text
-
+def _first_line(path: Path) -> str | None:
     text = read_input_text(path, "--append", "write to a new file or drop --append")
-    if not text.strip():
-        return None
-    if fmt == "csv":
-        return next(csv.reader(io.StringIO(text)))
-    try:
-        return list(json.loads(text.splitlines()[0]))
-    except (json.JSONDecodeError, TypeError):
-        raise BenchError(f"{path} is not JSON lines; write to a new file or drop --append") from None
+    return text.splitlines()[0] if text.strip() else None
 
 
 def check_appendable(path: str | os.PathLike[str], fmt: str) -> None:
-    """Refuse, before measuring, to append to a file of another format or with other columns."""
+    """Refuse, before measuring, to append to a file of another format, other columns or other records."""
     if fmt not in APPENDABLE:
         raise BenchError(
             f"--append adds rows to a .csv or .jsonl results file, not {fmt}; use -o results.csv"
@@ -342,29 +281,33 @@ def check_appendable(path: str | os.PathLike[str], fmt: str) -> None:
     path = Path(path)
     if not path.is_file():
         return
-    columns = _existing_columns(path, fmt)
-    if columns is not None and columns != list(TIDY_COLUMNS):
+    first = _first_line(path)
+    if first is None:
+        return
+    if fmt == "jsonl":
+        try:
+            schema = json.loads(first).get("schema")
+        except (json.JSONDecodeError, AttributeError):
+            schema = None
+        if schema != PROFILE_SCHEMA:
+            raise BenchError(f"{path} does not hold profile records; write to a new file or drop --append")
+        return
+    columns = next(csv.reader(io.StringIO(first)))
+    if columns != list(TIDY_COLUMNS):
         missing = [c for c in TIDY_COLUMNS if c not in columns]
         extra = [c for c in columns if c not in TIDY_COLUMNS]
-        what = (
-            ", ".join(
-                part
-                for part in (
-                    f"lacks {', '.join(missing[:3])}" + ("..." if len(missing) > 3 else "")
-                    if missing
-                    else "",
-                    f"has {', '.join(extra[:3])}" + ("..." if len(extra) > 3 else "") if extra else "",
-                )
-                if part
-            )
-            or "orders them differently"
-        )
+        parts = [
+            f"{what} {', '.join(names[:3])}" + ("..." if len(names) > 3 else "")
+            for what, names in (("lacks", missing), ("has", extra))
+            if names
+        ]
         raise BenchError(
-            f"{path} has other columns than profile rows ({what}); write to a new file or drop --append"
+            f"{path} has other columns than profile rows ({', '.join(parts) or 'orders them differently'}); "
+            "write to a new file or drop --append"
         )
 
 
-def appended(path: str | os.PathLike[str], records: Sequence[dict[str, Any]], fmt: str) -> str:
+def appended(path: str | os.PathLike[str], records: Sequence[ProfileRecord], fmt: str) -> str:
     """The existing file's text followed by the new rows (a header only for a new or empty file)."""
     path = Path(path)
     old = path.read_text(encoding="utf-8") if path.is_file() else ""
@@ -373,41 +316,43 @@ def appended(path: str | os.PathLike[str], records: Sequence[dict[str, Any]], fm
     if not old.endswith("\n"):
         old += "\n"
     if fmt == "csv":
-        return old + rows_csv(tidy_rows(records), TIDY_COLUMNS, header=False)
-    return old + rows_jsonl(tidy_rows(records))
+        return old + render_csv(records).split("\n", 1)[1]
+    return old + render(records, fmt)
 
 
 # --- figure ------------------------------------------------------------------------------------------------------
 
+PLOT_KEYS = ("variant", "precision", "img_size", "path")
 
-def plot(records: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> None:
+
+def plot(records: Sequence[ProfileRecord], path: str | os.PathLike[str]) -> None:
     """Throughput against batch size, one line per variant (and precision, image size, path when several)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .files import atomic_write_bytes
-
-    rows = [r for r in tidy_rows(records) if r["status"] == "ok"]
-    phases = [p for p in ("infer", "train") if any(r[f"{p}_img_per_s"] is not None for r in rows)]
+    ok = [r for r in records if r.status == Status.OK]
+    phases = [p for p in ("infer", "train") if any(p in (r.throughput or {}) for r in ok)]
     if not phases:
         raise BenchError(
             "no point of the sweep measured throughput; nothing to plot (use --mode infer or train)"
         )
-    keys = ("variant", "precision", "img_size", "path")
-    varying = [k for k in keys if len({r[k] for r in rows}) > 1 or k == "variant"]
+    names = PLOT_KEYS
+    keys = {id(r): tuple(column_value(k, r) for k in names) for r in ok}
+    varying = [i for i, k in enumerate(names) if len({keys[id(r)][i] for r in ok}) > 1 or k == "variant"]
     fig, axes = plt.subplots(1, len(phases), figsize=(6 * len(phases), 4.5), squeeze=False)
     for ax, phase in zip(axes[0], phases, strict=True):
-        lines: dict[tuple[Any, ...], list[tuple[int, float]]] = {}
-        for r in rows:
-            if r[f"{phase}_img_per_s"] is not None:
-                key = tuple(r[k] for k in varying)
-                lines.setdefault(key, []).append((r[f"{phase}_batch_size"], r[f"{phase}_img_per_s"]))
+        lines: dict[tuple[object, ...], list[tuple[int, float]]] = {}
+        for r in ok:
+            run = (r.throughput or {}).get(phase)
+            if run is not None:
+                key = tuple(keys[id(r)][i] for i in varying)
+                lines.setdefault(key, []).append((run.timing.batch_size, run.timing.img_per_s))
         for key, xy in lines.items():
             xy.sort()
             label = ", ".join(
-                f"{v}px" if k == "img_size" else str(v) for k, v in zip(varying, key, strict=True)
+                f"{v}px" if names[i] == "img_size" else str(v) for i, v in zip(varying, key, strict=True)
             )
             ax.plot([x for x, _ in xy], [y for _, y in xy], marker="o", label=label)
         ax.set_xscale("log", base=2)
@@ -419,12 +364,11 @@ def plot(records: Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Non
         ax.set_title(phase)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small")
-    first = rows[0]
-    precisions = ", ".join(dict.fromkeys(str(r["precision"]) for r in rows))
-    threads = ", ".join(dict.fromkeys(str(r["threads"]) for r in rows))
+    precisions = ", ".join(dict.fromkeys(str(column_value("precision", r)) for r in ok))
+    threads = ", ".join(dict.fromkeys(str(column_value("threads", r)) for r in ok))
+    device, name = column_value("device", ok[0]), column_value("device_name", ok[0])
     fig.suptitle(
-        f"Throughput vs batch size\n{first['device_name'] or first['device']} ({first['device']}), "
-        f"precision {precisions}, {threads} thread(s)",
+        f"Throughput vs batch size\n{name or device} ({device}), precision {precisions}, {threads} thread(s)",
         fontsize="medium",
     )
     fig.tight_layout()

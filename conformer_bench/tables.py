@@ -214,7 +214,8 @@ class Table(Generic[T]):
         return console.export_text()
 
     def to_frame(self) -> pandas.DataFrame:
-        """A tidy DataFrame: one row per row, the CSV's columns and values."""
+        """A tidy DataFrame: one row per row, built from the same values the CSV holds (a missing value is
+        NaN where pandas reads an empty CSV cell as NaN)."""
         import pandas
 
         frame = pandas.DataFrame(self.records(), columns=[c.name for c in self.columns])

@@ -18,8 +18,11 @@ from test_report import (
     write_cells,
 )
 
+import conformer_bench
 from conformer_bench.cli import app
+from conformer_bench.records import BaselineRecord
 from conformer_bench.report import compare, load_metrics, load_thresholds
+from conformer_bench.report.baseline import baseline_record, read_baseline
 
 
 def baseline_cli(*args: str | Path) -> object:
@@ -123,7 +126,7 @@ def test_ablation_baseline_keeps_cell_configs(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("mutate", "expected"),
     [
-        (lambda d: d.update(schema_version=7), "newer than this tool reads"),
+        (lambda d: d.update(schema_version=7), "upgrade conformer-bench"),
         (lambda d: d.update(metrics={"x": {"samples": []}}), "malformed"),
         (lambda d: d.update(source_kind=None), "missing source_kind"),
     ],
@@ -176,3 +179,37 @@ def test_report_on_a_missing_run_folder_names_the_command_that_makes_it(tmp_path
     assert "conformer-bench ablate experiments/ci.toml --output-dir" in result.stderr
     missing_baseline = report_cli("--baseline", tmp_path / "nope.json", "--current", base)
     assert missing_baseline.exit_code == 2 and "conformer-bench baseline write" in missing_baseline.stderr
+
+
+RESULTS = Path(__file__).resolve().parent.parent / "results"
+COMMITTED_BASELINES = sorted((RESULTS / "baselines").rglob("*.json"))
+
+
+@pytest.mark.parametrize("path", COMMITTED_BASELINES, ids=lambda p: p.name)
+def test_committed_baselines_read_back_typed_and_write_the_same_json(path: Path) -> None:
+    (record,) = conformer_bench.read(path)
+    assert isinstance(record, BaselineRecord) and record.metrics and record.source_kind == "ablation"
+    assert record.to_dict() == json.loads(path.read_text(encoding="utf-8"))
+    assert record.history[0].action == "write" and record.history[0].source == "results/ci"
+
+
+def test_the_committed_baseline_is_what_the_committed_results_give() -> None:
+    """`baseline write --from results/ci` today gives the committed baseline's metrics and environment."""
+    committed = read_baseline(RESULTS / "baselines" / "ci.json")
+    fresh = baseline_record(load_metrics(RESULTS / "ci"))
+    assert fresh.metrics == committed.metrics and fresh.environment == committed.environment
+    assert fresh.revision == committed.revision and fresh.crashed == committed.crashed
+
+
+def test_a_baseline_metric_of_the_wrong_shape_names_the_metric_and_the_fix(tmp_path: Path) -> None:
+    out = tmp_path / "baseline.json"
+    baseline_cli("write", "--from", write(tmp_path / "b.json", profile_record()), "--output", out)
+    doc = json.loads(out.read_text(encoding="utf-8"))
+    doc["metrics"]["params.total"]["direction"] = "sideways"
+    out.write_text(json.dumps(doc), encoding="utf-8")
+    result = report_cli("--baseline", out, "--current", tmp_path / "b.json")
+    assert result.exit_code == 2
+    assert (
+        "metric 'params.total' has an unknown kind, direction or unit; rewrite it with `baseline write`"
+        in (result.stderr)
+    )

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from conformer_bench import profiling
+from conformer_bench import profiling, read, to_frame
 from conformer_bench.cli import app
 from conformer_bench.formatting import TIDY_COLUMNS
-from conformer_bench.records import PROFILE_SCHEMA
+from conformer_bench.records import PROFILE_SCHEMA, ProfileRecord
 
 runner = CliRunner()
 COMMANDS = ("variants", "profile", "speed", "finetune", "ablate", "table", "report", "baseline")
@@ -30,37 +30,52 @@ KEEPS = {
 }
 
 
-def fake_record(cfg: Any, settings: profiling.ProfileSettings, **_: Any) -> dict[str, Any]:
+def fake_record(cfg: Any, settings: profiling.ProfileSettings, **_: Any) -> ProfileRecord:
     """A profile record without measuring: throughput grows with the batch."""
     batch = settings.batch_size or 2
-    return {
-        "schema": PROFILE_SCHEMA,
-        "status": "ok",
-        "reason": None,
-        "label": cfg.name,
-        "variant": {"name": cfg.name, "label": cfg.name, "config": cfg.to_dict()},
-        "environment": {"device": "cpu", "threads": 1, "cpu_model": "test CPU"},
-        "settings": asdict(settings),
-        "params": {"total": 1000, "trainable": 1000, "by_component": {"cnn": 600, "transformer": 400}},
-        "flops": None,
-        "memory": {"infer": {"peak_rss_increase_bytes": 4096, "rss_before_bytes": 1}},
-        "throughput": {
-            "infer": {
-                "img_per_s": 10.0 * batch,
-                "batch_size": batch,
-                "requested_batch_size": batch,
-                "iters": 2,
-                "latency_s": {"median": 0.1},
-            }
-        },
-    }
+    return ProfileRecord.from_dict(
+        {
+            "schema": PROFILE_SCHEMA,
+            "schema_version": 1,
+            "status": "ok",
+            "reason": None,
+            "label": cfg.name,
+            "variant": {"name": cfg.name, "label": cfg.name, "config": cfg.to_dict()},
+            "environment": {"device": "cpu", "threads": 1, "cpu_model": "test CPU"},
+            "settings": asdict(settings),
+            "params": {"total": 1000, "trainable": 1000, "by_component": {"cnn": 600, "transformer": 400}},
+            "flops": None,
+            "memory": {"device": "cpu", "method": "fake", "infer": _FAKE_MEMORY},
+            "throughput": {
+                "infer": {
+                    "img_per_s": 10.0 * batch,
+                    "batch_size": batch,
+                    "requested_batch_size": batch,
+                    "iters": 2,
+                    "latency_s": {"median": 0.1},
+                }
+            },
+        }
+    )
+
+
+_FAKE_MEMORY = {
+    "peak_rss_increase_bytes": 4096,
+    "rss_before_bytes": 1,
+    "rss_after_bytes": 1,
+    "peak_rss_bytes": 4097,
+    "peak_from_ru_maxrss": False,
+    "rss_samples": 1,
+    "sample_interval_s": 0.005,
+    "malloc_trim": False,
+}
 
 
 @pytest.fixture
 def fake_profile(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, profiling.ProfileSettings]]:
     calls: list[tuple[str, profiling.ProfileSettings]] = []
 
-    def fake(cfg: Any, settings: profiling.ProfileSettings, **kwargs: Any) -> dict[str, Any]:
+    def fake(cfg: Any, settings: profiling.ProfileSettings, **kwargs: Any) -> ProfileRecord:
         calls.append((cfg.name, settings))
         return fake_record(cfg, settings)
 
@@ -138,7 +153,7 @@ def test_misspelled_option_suggests_the_right_one() -> None:
 def test_sweep_product_goes_on_past_a_failing_point(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     seen: list[tuple[str, int | None, int, str]] = []
 
-    def flaky(cfg: Any, settings: profiling.ProfileSettings, **kwargs: Any) -> dict[str, Any]:
+    def flaky(cfg: Any, settings: profiling.ProfileSettings, **kwargs: Any) -> ProfileRecord:
         seen.append((cfg.name, settings.batch_size, settings.img_size, settings.precision))
         if cfg.name == "tiny" and settings.batch_size == 2:
             raise RuntimeError("boom\nsecond line")
@@ -214,9 +229,10 @@ def test_jsonl_rows_match_csv_columns(tmp_path: Path, fake_profile: list) -> Non
     out = tmp_path / "r.jsonl"
     result = runner.invoke(app, ["profile", "-v", "micro", "-b", "1,2", "--mode", "infer", "-o", str(out)])
     assert result.exit_code == 0, result.output
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(rows) == 2 and all(list(r) == list(TIDY_COLUMNS) for r in rows)
-    assert [r["infer_img_per_s"] for r in rows] == [10.0, 20.0]
+    records = [json.loads(line) for line in out.read_text().splitlines()]  # one record a line
+    assert len(records) == 2 and all(r["schema"] == PROFILE_SCHEMA for r in records)
+    rows = to_frame(read(out))
+    assert list(rows.columns) == list(TIDY_COLUMNS) and list(rows["infer_img_per_s"]) == [10.0, 20.0]
     again = runner.invoke(
         app,
         ["profile", "-v", "micro", "-b", "4", "--mode", "infer", "-o", str(out), "--append", "-f", "jsonl"],

@@ -17,7 +17,7 @@ from conformer_bench.ablate.runner import run_grid
 from conformer_bench.ablate.store import load_records
 from conformer_bench.cli import app
 from conformer_bench.costs import flop_counts, param_counts
-from conformer_bench.flops import CACHE_ENV, count_flops, count_flops_from_config, quick_counts
+from conformer_bench.flops import CACHE_ENV, costs_of, count_flops, count_flops_from_config, quick_counts
 from conformer_bench.params import count_params
 from conformer_bench.profiling import ProfileSettings, profile_variant
 
@@ -52,14 +52,22 @@ def test_closed_form_equals_the_built_model(case: tuple, monkeypatch: pytest.Mon
     cfg = conformer.get_config(name, **overrides)
     torch.manual_seed(0)
     model = conformer.create_model(cfg)
-    assert param_counts(cfg) == count_params(model)
-    real = count_flops(model, size)
-    fast = flop_counts(cfg, size)
-    assert fast == {key: real[key] for key in fast}
+    built = costs_of(model, size, exact=True, cross_check=True)
+    fast = costs_of(cfg, size)
+    assert fast.params == built.params and fast.flops is None and built.flops is not None
+    for key in ("img_size", "fvcore_total", "paper_macs", "by_operator", "by_component"):
+        assert getattr(fast, key) == getattr(built, key) == getattr(built.flops, key), key
     # The whole record too: uncounted operators (traced twin) and the cross-check (meta tensors).
-    assert count_flops_from_config(cfg, size) == real
+    assert costs_of(cfg, size, exact=True, cross_check=True) == built
+    # The names callers used before costs_of give the same numbers as dicts.
+    real = built.flops.to_dict()
+    assert param_counts(cfg) == count_params(model) == built.params.to_dict()
+    assert flop_counts(cfg, size) == {
+        k: real[k] for k in ("fvcore_total", "paper_macs", "by_operator", "by_component")
+    }
+    assert count_flops_from_config(cfg, size) == count_flops(model, size) == real
     assert quick_counts(cfg, size) == {
-        "params": count_params(model),
+        "params": built.params.to_dict(),
         "macs": real["paper_macs"],
         "img_size": size,
     }
@@ -71,9 +79,9 @@ def test_closed_form_equals_the_release_presets_on_meta(name: str) -> None:
 
     cfg = conformer.get_config(name)
     model = build_on_meta(cfg).eval()
-    assert param_counts(cfg) == count_params(model)
+    assert costs_of(cfg).params == costs_of(model).params
     cross = _cross_check(model, torch.zeros(1, 3, 224, 224, device="meta"))
-    assert flop_counts(cfg, 224)["paper_macs"] == cross["macs"]
+    assert costs_of(cfg, 224).paper_macs == cross.macs
 
 
 def test_flop_records_are_cached_on_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -92,8 +100,8 @@ def test_costs_only_profile_builds_nothing_and_records_the_same() -> None:
     settings = ProfileSettings(mode="none", img_size=64, device="cpu")
     fast = profile_variant(cfg, settings)
     built = profile_variant(cfg, settings, build=lambda: conformer.create_model(cfg))
-    assert fast["params"] == built["params"] and fast["flops"] == built["flops"]
-    assert fast["settings"] == built["settings"] and fast["status"] == "ok"
+    assert fast.params == built.params and fast.flops == built.flops
+    assert fast.settings == built.settings and fast.status == "ok"
 
 
 def test_costs_only_cells_run_inline(tmp_path: Path) -> None:

@@ -19,12 +19,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_ab import NANO_AB  # the A/B tests' nano experiment: dual and cnn-only
+from test_ab import NANO_AB, _cell, _record  # the A/B tests' nano experiment, paired cells and records
+from test_report import finetune_record, profile_record, report_cli, write
 from typer.testing import CliRunner
 
 from conformer_bench.ab import inject
 from conformer_bench.cli import app
 from conformer_bench.history.changes import exact_steps, find_steps, series_steps
+from conformer_bench.history.ingest import Revisions, entries_from_path
+from conformer_bench.history.render import Gate, render_markdown
 from conformer_bench.history.series import load_series
 from conformer_bench.history.store import (
     MIGRATIONS,
@@ -34,6 +37,7 @@ from conformer_bench.history.store import (
     Result,
     RevisionInfo,
     RunEntry,
+    digest,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -400,3 +404,68 @@ def test_backfill_bad_input_is_one_line(slowed_repo: tuple[Path, list[str]], tmp
     _one_line_error(runner.invoke(app, [*base[:2], "HEAD~1..HEAD", *base[2:], "--only", "nosuch"]))
     with HistoryStore(db) as store:
         assert store.counts()["runs"] == 0
+
+
+def test_report_and_finetune_records_are_read_typed_and_keyed_by_their_json(tmp_path: Path) -> None:
+    """A run's key is the digest of its record's JSON, as before records were typed: adding again is a no-op."""
+    base = write(tmp_path / "b.json", profile_record())
+    cur = write(tmp_path / "c.json", profile_record(params=1))
+    verdict = tmp_path / "verdict.json"
+    report_cli("--baseline", base, "--current", cur, "--json", verdict)
+    fine = write(tmp_path / "f.json", finetune_record(71.0))
+    revs = Revisions(ROOT, "HEAD")
+    (report_run,) = entries_from_path(verdict, revs)
+    (fine_run,) = entries_from_path(fine, revs)
+    (tiny_run,) = entries_from_path(ROOT / "results/presets/tiny.json", revs)
+    for run, path in (
+        (report_run, verdict),
+        (fine_run, fine),
+        (tiny_run, ROOT / "results/presets/tiny.json"),
+    ):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        assert run.parts[""] == data and run.key == digest({"kind": run.kind, "record": data}, 32)
+    current = {(r.cell, r.metric): r for r in report_run.results[""]}
+    assert current[("", "params.total")].value == 1 and report_run.experiment == str(cur)
+    assert {r.metric for r in fine_run.results[""]} >= {"finetune.top1.sum", "finetune.val_loss"}
+    assert next(r for r in fine_run.results[""] if r.metric == "finetune.top1.sum").value == 71.0
+    db = str(tmp_path / "h.db")
+    args = ["history", "add", str(verdict), str(fine), "--db", db, "--revision", "HEAD"]
+    assert runner.invoke(app, args).exit_code == 0
+    assert "0 run(s) added, 1 already in" in runner.invoke(app, args).output
+
+
+def test_a_baseline_is_no_run_of_the_history(tmp_path: Path) -> None:
+    line = _one_line_error(
+        runner.invoke(app, ["history", "add", "results/baselines/ci.json", "--db", str(tmp_path / "h.db")])
+    )
+    assert "'conformer-bench.baseline' is not a run the history keeps" in line
+
+
+def test_an_ab_record_is_filed_under_its_head_against_its_base(tmp_path: Path) -> None:
+    record = _record([_cell("micro", 0.8, 1, n=40), _cell("no-fcu", 1.0, 2, n=40)])
+    sha = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    record.head = {**record.head, "sha": sha}
+    record.base = {**record.base, "sha": sha}
+    path = tmp_path / "ab.json"
+    path.write_text(json.dumps(record.to_dict()))
+    (run,) = entries_from_path(path, Revisions(ROOT))
+    assert run.kind == "ab" and run.revision.sha == sha and run.anchor is not None and run.experiment == "t"
+    assert run.key == digest({"kind": "ab", "record": record.to_dict()}, 32)
+    ratio = run.results["cell:micro/infer"][0]
+    assert ratio.metric == "paired.infer.img_per_s" and ratio.value == pytest.approx(
+        1 / 0.8, rel=0.05
+    )  # times 0.8: throughput 1.25
+
+
+def test_the_changes_table_escapes_a_pipe_in_a_cell_label(tmp_path: Path) -> None:
+    with HistoryStore(tmp_path / "h.db") as store:
+        for i in range(8):
+            store.add(_entry(i, (1.0 if i < 5 else 0.8) * (1 + 0.004 * ((-1) ** i)), cell="a|b"))
+        found = [series_steps(s) for s in load_series(store)]
+    text = render_markdown(found, Gate(), len(found))
+    (row,) = [line for line in text.splitlines() if "paired.infer.img_per_s" in line]
+    assert (
+        "`a\\|b/paired.infer.img_per_s`" in row and row.count(" | ") == 7 and "regression **blocks**" in row
+    )

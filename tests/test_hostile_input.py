@@ -631,7 +631,8 @@ def test_history_refuses_records_whose_numbers_are_no_numbers(
     else:
         env = cell_lines(CI_RESULTS)[0]["environment"]
         row = {"metric": "micro/params.total", "current": 1.0, "n_current": 1, **change}
-        doc = {"schema": "conformer-bench.report", "current": {"environment": env}, "rows": [row]}
+        doc = {"schema": "conformer-bench.report", "schema_version": 1, "current": {"environment": env}}
+        doc["rows"] = [row]
     db = tmp_path / "h.db"
     res = invoke("history", "add", write_json(tmp_path / "r.json", doc), "--db", db, "--repo", ROOT)
     assert expected in error_line(res)

@@ -15,7 +15,7 @@ import conformer
 from conformer_bench import memory as memory_mod
 from conformer_bench.memory import cpu_peak_rss, cuda_peak_memory, nvml_memory
 from conformer_bench.profiling import ProfileSettings, profile_variant
-from conformer_bench.records import PhaseTiming
+from conformer_bench.records import CpuPhaseMemory, CudaPhaseMemory, PhaseTiming
 from conformer_bench.timing import measure, plan_iters
 
 # --- timing -------------------------------------------------------------------------------------------------
@@ -178,12 +178,15 @@ def test_cuda_peak_memory_resets_then_reads(monkeypatch: pytest.MonkeyPatch) -> 
     fake.install(monkeypatch)
     nvml_calls: list[str] = []
     monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml(nvml_calls))
-    with cuda_peak_memory("cuda:0") as mem:
+    with cuda_peak_memory("cuda:0") as probe:
         fake.calls.append("work")
+        assert probe.record is None  # set when the phase ends
     calls = fake.calls
     assert calls.index("reset_peak_memory_stats") < calls.index("work") < calls.index("max_memory_allocated")
-    assert mem["peak_allocated_bytes"] == 123_456_789 and mem["peak_reserved_bytes"] == 234_567_890
-    assert mem["allocated_before_bytes"] == 1_000 and mem["nvml_used_bytes"] == 345_678_901
+    mem = probe.measured
+    assert isinstance(mem, CudaPhaseMemory)
+    assert mem.peak_allocated_bytes == 123_456_789 and mem.peak_reserved_bytes == 234_567_890
+    assert mem.allocated_before_bytes == 1_000 and mem.nvml_used_bytes == 345_678_901
     assert nvml_calls == ["nvmlInit", "byUUID:GPU-1234-abcd", "nvmlDeviceGetMemoryInfo", "nvmlShutdown"]
 
 
@@ -208,8 +211,9 @@ def test_cuda_memory_values_reach_the_record(monkeypatch: pytest.MonkeyPatch) ->
         device="cpu", batch_size=2, img_size=32, mode="infer", warmup=1, iters=2, count_flops=False
     )
     record = profile_variant(conformer.get_config("nano"), settings)
-    mem = record["memory"]["infer"]
-    assert mem["peak_allocated_bytes"] == 123_456_789 and mem["nvml_used_bytes"] == 345_678_901
+    mem = record.memory.infer
+    assert isinstance(mem, CudaPhaseMemory)
+    assert mem.peak_allocated_bytes == 123_456_789 and mem.nvml_used_bytes == 345_678_901
     from conformer_bench.formatting import render_table
 
     table = render_table(record)
@@ -221,13 +225,15 @@ def test_cuda_memory_values_reach_the_record(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_cpu_peak_rss_sees_a_transient_allocation() -> None:
     size = 96 << 20
-    with cpu_peak_rss() as mem:
+    with cpu_peak_rss() as probe:
         block = np.ones(size, dtype=np.uint8)  # touched pages: resident
         time.sleep(0.05)  # longer than the sampling interval
         del block
-    assert mem["peak_rss_increase_bytes"] >= 0.8 * size
-    assert mem["peak_rss_bytes"] >= mem["rss_before_bytes"] + mem["peak_rss_increase_bytes"] - 1
-    assert mem["rss_samples"] > 0
+    mem = probe.measured
+    assert isinstance(mem, CpuPhaseMemory)
+    assert mem.peak_rss_increase_bytes >= 0.8 * size
+    assert mem.peak_rss_bytes >= mem.rss_before_bytes + mem.peak_rss_increase_bytes - 1
+    assert mem.rss_samples > 0
 
 
 # --------------------------------------------------------------------------- timing beside a reference GEMM
@@ -308,10 +314,10 @@ def test_profile_with_timing_reference_records_the_pairs() -> None:
         threads=1, timing_reference=True,
     )  # fmt: skip
     record = profile_variant(cfg, settings)
-    infer = record["throughput"]["infer"]
-    assert len(infer["ref_ratio_samples"]) == 3 and infer["img_per_ref_gflop"] > 0
-    assert infer["reference"]["flops"] == 2 * 256**3 * 8
-    assert record["settings"]["timing_reference"] is True
+    infer = record.throughput["infer"].timing
+    assert len(infer.ref_ratio_samples) == 3 and infer.img_per_ref_gflop > 0
+    assert infer.reference.flops == 2 * 256**3 * 8
+    assert record.settings["timing_reference"] is True
 
 
 def test_timing_reference_on_cuda_is_refused_before_building() -> None:

@@ -17,9 +17,10 @@ from typer.testing import CliRunner
 import conformer
 from conformer_bench import precision, profiling
 from conformer_bench.cli import app
-from conformer_bench.flops import count_flops
+from conformer_bench.flops import costs_of
 from conformer_bench.params import COMPONENTS
 from conformer_bench.profiling import ProfileSettings, profile_variant
+from conformer_bench.records import CpuPhaseMemory, ProfileRecord, Status
 
 runner = CliRunner()
 FAST = ["--variant", "nano", "--batch-size", "2", "--warmup", "1", "--iters", "2"]
@@ -51,7 +52,8 @@ def test_profile_json_schema(nano_record: dict) -> None:
     assert r["params"]["total"] == sum(p.numel() for p in model.parameters())
     assert set(r["params"]["by_component"]) == set(COMPONENTS)
     flops = r["flops"]
-    assert flops == {**count_flops(model, 32), "cross_check": flops["cross_check"]}
+    counted = costs_of(model, 32, exact=True, cross_check=True).flops
+    assert flops == {**counted.to_dict(), "cross_check": flops["cross_check"]}
     assert isinstance(flops["fvcore_total"], int) and isinstance(flops["paper_macs"], int)
     for phase in ("infer", "train"):
         t = r["throughput"][phase]
@@ -120,7 +122,8 @@ def test_mode_none_times_nothing() -> None:
     record = profile_variant(
         conformer.get_config("nano"), ProfileSettings(img_size=32, mode="none", cross_check=False)
     )
-    assert record["throughput"] == {} and record["memory"] is None and record["flops"]["paper_macs"] > 0
+    assert isinstance(record, ProfileRecord)
+    assert record.throughput == {} and record.memory is None and record.flops.paper_macs > 0
 
 
 def test_toggles_change_the_profiled_model() -> None:
@@ -156,9 +159,9 @@ def test_oom_halves_the_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(profiling, "_run_phase", run_phase)
     settings = ProfileSettings(batch_size=8, img_size=32, mode="infer", warmup=1, iters=2, count_flops=False)
     record = profile_variant(conformer.get_config("nano"), settings)
-    assert tried == [8, 4, 2] and record["status"] == "ok"
-    t = record["throughput"]["infer"]
-    assert (t["requested_batch_size"], t["batch_size"]) == (8, 2) and record["environment"]["batch_size"] == 2
+    assert tried == [8, 4, 2] and record.status == Status.OK
+    t = record.throughput["infer"].timing
+    assert (t.requested_batch_size, t.batch_size) == (8, 2) and record.environment.batch_size == 2
 
 
 def test_oom_at_batch_one_and_other_errors(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -168,7 +171,7 @@ def test_oom_at_batch_one_and_other_errors(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(profiling, "_run_phase", always_oom)
     settings = ProfileSettings(batch_size=2, img_size=32, mode="infer", warmup=1, iters=2, count_flops=False)
     record = profile_variant(conformer.get_config("nano"), settings)
-    assert record["status"] == "oom" and "batch size 1" in record["reason"] and record["throughput"] == {}
+    assert record.status == Status.OOM and "batch size 1" in record.reason and record.throughput == {}
 
     def other_error(*args: Any) -> Any:
         raise RuntimeError("not an OOM")
@@ -183,7 +186,7 @@ def test_nan_loss_sets_status(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(profiling, "heads_loss", lambda out, y: real(out, y) * float("nan"))
     settings = ProfileSettings(batch_size=2, img_size=32, mode="train", warmup=1, iters=2, count_flops=False)
     record = profile_variant(conformer.get_config("nano"), settings)
-    assert record["status"] == "nan" and "train" in record["reason"]
+    assert record.status == Status.NAN and "train" in record.reason
 
 
 BF16 = precision.precision_support("bf16", "cpu")
@@ -203,8 +206,8 @@ def test_bf16_autocast_is_recorded() -> None:
         channels_last=True,
     )
     record = profile_variant(conformer.get_config("nano"), settings)
-    assert record["settings"]["autocast_dtype"] == "bfloat16" and record["environment"]["precision"] == "amp"
-    assert record["settings"]["channels_last"] is True and record["status"] == "ok"
+    assert record.settings["autocast_dtype"] == "bfloat16" and record.environment.precision == "amp"
+    assert record.settings["channels_last"] is True and record.status == Status.OK
 
 
 def test_heads_loss_averages_present_heads() -> None:
@@ -291,7 +294,7 @@ def test_variants_lists_presets_and_toggles() -> None:
     )
     micro = conformer.create_model("micro")
     assert presets["micro"]["params"] == sum(p.numel() for p in micro.parameters())
-    assert presets["micro"]["macs"] == count_flops(micro, 64, cross_check=False)["paper_macs"]
+    assert presets["micro"]["macs"] == costs_of(micro, 64, exact=True).paper_macs
     toggles = {t["option"]: t for t in data["toggles"]}
     assert toggles["(release)"]["params"] == presets["micro"]["params"]
     assert toggles["--cnn-only"]["config"]["branches"] == "cnn"
@@ -331,17 +334,17 @@ def test_optimized_bf16_runs_the_bf16_copy_and_records_precision(monkeypatch: py
     _spy_optimizer(monkeypatch, calls)
     settings = ProfileSettings(**INFER_FAST, precision="bf16", warmup=1, iters=2, path="optimized")
     record = profile_variant(conformer.get_config("nano"), settings)
-    assert record["status"] == "ok"
+    assert record.status == Status.OK
     assert calls and calls[0]["dtype"] is torch.bfloat16 and calls[0]["fuse_pointwise"] is True
-    ran = record["settings"]["precision_by_phase"]["infer"]
+    ran = record.settings["precision_by_phase"]["infer"]
     assert ran.startswith("bf16 (optimize_for_inference dtype=bfloat16: fused oneDNN bf16 ops, fp32 heads")
-    assert record["throughput"]["infer"]["precision"] == ran
+    assert record.throughput["infer"].precision == ran
 
     calls.clear()
     fp32 = profile_variant(
         conformer.get_config("nano"), ProfileSettings(**INFER_FAST, warmup=1, iters=2, path="optimized")
     )
-    assert calls[0]["fuse_pointwise"] is True and fp32["settings"]["precision_by_phase"] == {"infer": "fp32"}
+    assert calls[0]["fuse_pointwise"] is True and fp32.settings["precision_by_phase"] == {"infer": "fp32"}
 
 
 def test_bf16_profile_refused_on_a_cpu_without_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -390,7 +393,7 @@ def test_compiled_path_compiles_in_an_untimed_first_call(monkeypatch: pytest.Mon
     _spy_optimizer(monkeypatch, [], wrap)
     # Auto-ranged: planned from the post-compile warm-up, not from the 0.3 s compile (10 s budget / 0.3 s = 34).
     settings = ProfileSettings(**INFER_FAST, warmup=1, path="compiled")
-    record = profile_variant(conformer.get_config("nano"), settings)
+    record = profile_variant(conformer.get_config("nano"), settings).to_dict()
     t = record["throughput"]["infer"]
     assert record["compile_s"]["infer"] >= 0.3 and "compile_s" not in t
     assert len(t["warmup_s"]) == 1 and t["warmup_s"][0] < 0.3
@@ -399,7 +402,7 @@ def test_compiled_path_compiles_in_an_untimed_first_call(monkeypatch: pytest.Mon
     # --warmup 0 --iters N: the compile call still happens, untimed, before the N timed ones.
     runners.clear()
     settings = ProfileSettings(**INFER_FAST, warmup=0, iters=2, path="compiled")
-    record = profile_variant(conformer.get_config("nano"), settings)
+    record = profile_variant(conformer.get_config("nano"), settings).to_dict()
     t = record["throughput"]["infer"]
     assert record["compile_s"]["infer"] >= 0.3 and t["warmup_s"] == [] and t["iters"] == 2
     assert runners[0].calls == 3 and max(t["samples_s"]) < 0.3
@@ -414,10 +417,10 @@ def test_runner_is_built_and_compiled_outside_the_memory_probe(monkeypatch: pyte
     seen: list[tuple[str, bool]] = []
 
     @contextlib.contextmanager
-    def probe(device: str) -> Iterator[dict[str, Any]]:
+    def probe(device: str) -> Iterator[memory.Probe]:
         inside[0] = True
         try:
-            yield {"peak_rss_increase_bytes": 0}
+            yield memory.Probe(CpuPhaseMemory(0, 0, 0, 0, False, 0, 0.0, False))
         finally:
             inside[0] = False
 
@@ -433,7 +436,7 @@ def test_runner_is_built_and_compiled_outside_the_memory_probe(monkeypatch: pyte
     monkeypatch.setattr(memory, "phase_memory", probe)
     _spy_optimizer(monkeypatch, [], wrap)
     settings = ProfileSettings(**INFER_FAST, warmup=1, iters=2, path="compiled")
-    assert profile_variant(conformer.get_config("nano"), settings)["status"] == "ok"
+    assert profile_variant(conformer.get_config("nano"), settings).status == Status.OK
     # built and compiled (first call) outside; warm-up + 2 timed calls inside
     assert seen == [("build", False), ("call", False), ("call", True), ("call", True), ("call", True)]
 
@@ -451,3 +454,85 @@ def test_training_one_image_on_a_1x1_map_is_refused_with_the_fix() -> None:
     assert result.exit_code == 2
     assert "leaves BatchNorm one value per channel" in result.stderr and "--batch-size 2" in result.stderr
     assert "Traceback" not in result.output
+
+
+# --- a sweep's records file: table FILE, to_frame, LaTeX -------------------------------------------------------
+
+
+@pytest.fixture
+def sweep_with_a_failure(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[Path, Path]:
+    """A two-variant costs-only sweep whose micro point raises, written as records (.jsonl) and tidy rows (.csv)."""
+    real = profiling.profile_variant
+
+    def flaky(cfg: Any, settings: ProfileSettings, **kwargs: Any) -> ProfileRecord:
+        if cfg.name == "micro":
+            raise RuntimeError("injected\nsecond line")
+        return real(cfg, settings, **kwargs)
+
+    monkeypatch.setattr(profiling, "profile_variant", flaky)
+    jsonl, csv_path = tmp_path / "sweep.jsonl", tmp_path / "sweep.csv"
+    args = ["--variant", "nano,micro", "--mode", "none", "--img-size", "32", "--no-cross-check", "-q"]
+    result = invoke(*args, "-o", str(jsonl), "-f", "csv")  # records to the file, tidy rows to stdout
+    assert result.exit_code == 1 and "1 of 2 point(s) did not finish ok" in result.output
+    csv_path.write_text(result.stdout)
+    return jsonl, csv_path
+
+
+def test_table_of_a_sweep_file_shows_the_failed_point(sweep_with_a_failure: tuple[Path, Path]) -> None:
+    jsonl, _ = sweep_with_a_failure
+    lines = jsonl.read_text().splitlines()
+    assert len(lines) == 2 and all(json.loads(line)["schema"] == "conformer-bench.profile" for line in lines)
+    result = runner.invoke(app, ["table", str(jsonl)])
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.stdout.splitlines() if line.startswith(("| nano", "| micro"))]
+    assert len(rows) == 2
+    assert "| ok |" in rows[0] and "| failed: RuntimeError: injected |" in rows[1]
+    tidy = runner.invoke(app, ["table", str(jsonl), "-f", "csv"])
+    assert tidy.exit_code == 0
+    read = list(csv.DictReader(io.StringIO(tidy.stdout)))
+    assert [r["status"] for r in read] == ["ok", "failed"] and read[1]["reason"] == "RuntimeError: injected"
+    latex = runner.invoke(app, ["table", str(jsonl), "-f", "latex"])
+    assert (
+        latex.exit_code == 0
+        and "\\begin{tabular}" in latex.stdout
+        and "failed: RuntimeError: injected" in latex.stdout
+    )
+    one = runner.invoke(app, ["table", str(jsonl.with_suffix(".csv")), "-f", "md"])
+    assert one.exit_code != 0 and "Traceback" not in one.output
+
+
+def test_to_frame_of_a_sweep_equals_its_csv(sweep_with_a_failure: tuple[Path, Path]) -> None:
+    import pandas as pd
+
+    import conformer_bench as cb
+    from conformer_bench.formatting import TIDY_COLUMNS
+
+    jsonl, csv_path = sweep_with_a_failure
+    frame = cb.to_frame(cb.read(jsonl))
+    expected = pd.read_csv(csv_path)
+    assert list(frame.columns) == list(TIDY_COLUMNS) and list(frame["status"]) == ["ok", "failed"]
+    pd.testing.assert_frame_equal(frame, expected)
+
+
+def test_profile_writes_latex(tmp_path: Path) -> None:
+    result = invoke("--variant", "nano", "--mode", "none", "--no-cross-check", "-f", "LaTeX")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("% conformer-bench profile: nano") and "paper MACs" in result.stdout
+    assert (
+        invoke("--variant", "nano", "--mode", "none", "--no-flops", "-o", str(tmp_path / "r.tex")).exit_code
+        == 0
+    )
+    assert "\\end{tabular}" in (tmp_path / "r.tex").read_text()
+
+
+def test_table_of_one_profile_json(tmp_path: Path) -> None:
+    out = tmp_path / "nano.json"
+    assert invoke("--variant", "nano", "--mode", "none", "--no-flops", "-o", str(out)).exit_code == 0
+    result = runner.invoke(app, ["table", str(out)])
+    assert result.exit_code == 0, result.output
+    (row,) = [line for line in result.stdout.splitlines() if line.startswith("| nano")]
+    assert "| ok |" in row
+    other = tmp_path / "other.json"
+    other.write_text('{"schema": "conformer-bench.speed", "schema_version": 99}')
+    bad = runner.invoke(app, ["table", str(other)])
+    assert bad.exit_code != 0 and "Traceback" not in bad.output

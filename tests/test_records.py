@@ -22,6 +22,7 @@ from conformer_bench.records import (
     ReferenceTiming,
     SpeedPath,
     SpeedRecord,
+    Status,
 )
 
 RESULTS = Path(__file__).parent.parent / "results"
@@ -87,7 +88,7 @@ def test_profile_record_round_trips_byte_for_byte() -> None:
         device="cpu", batch_size=2, img_size=32, mode="both", warmup=1, iters=2, count_flops=False,
         timing_reference=True,
     )  # fmt: skip
-    record = profile_variant(conformer.get_config("nano"), settings)
+    record = profile_variant(conformer.get_config("nano"), settings).to_dict()  # as the file holds it
     assert (
         record["schema"] == "conformer-bench.profile"
         and record["schema_version"] == SCHEMAS[record["schema"]]
@@ -166,11 +167,10 @@ def test_threads_hold_for_a_profile_only() -> None:
     before = torch.get_num_threads()
     settings = ProfileSettings(device="cpu", mode="none", count_flops=False, threads=before + 1)
     record = profile_variant(conformer.get_config("nano"), settings)
-    assert record["settings"]["threads"] == before + 1 and torch.get_num_threads() == before
+    assert record.settings["threads"] == before + 1 and torch.get_num_threads() == before
 
 
 def test_status_is_written_as_its_string() -> None:
-    from conformer_bench.records import Status
 
     entry = SpeedPath("plain", "fp32", Status.UNSUPPORTED, "no bf16", "desc", None)
     d = entry.to_dict()
@@ -184,8 +184,10 @@ def test_a_failed_sweep_point_reads_back_through_its_record() -> None:
     from conformer_bench.sweep import Point, failed_record
 
     point = Point(conformer.get_config("micro"), 4, 32, "fp32")
-    record = failed_record(point, ProfileSettings(), RuntimeError("boom"))
-    assert record["status"] == "failed" and record["reason"] == "RuntimeError: boom"
+    typed = failed_record(point, ProfileSettings(), RuntimeError("boom"))
+    assert typed.status is Status.FAILED and typed.reason == "RuntimeError: boom"
+    record = typed.to_dict()  # as a sweep writes it
+    assert record["status"] == "failed" and record["environment"] == {}
     assert "throughput" not in record and "params" not in record  # never measured, never written
     read = ProfileRecord.from_dict(record)
     assert read.status == "failed" and read.throughput is None and read.wall_s is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,19 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+import conformer_bench
 from conformer_bench.cli import app
+from conformer_bench.records import (
+    FinetuneRecord,
+    ProfileRecord,
+    ReportRecord,
+    ReportRow,
+    SchemaRecord,
+    Status,
+)
 from conformer_bench.report import compare, load_metrics, load_thresholds, render_json, render_markdown
 from conformer_bench.report.compare import Comparison, Row
+from conformer_bench.report.metrics import Metric, MetricSet, cell_metrics, cell_view, config_digest
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 runner = CliRunner()
@@ -60,6 +71,25 @@ def timing(
     }
 
 
+def phase(timed: dict[str, Any]) -> dict[str, Any]:
+    """A timed phase as a profile record holds it: its timing, the precision and the path it ran."""
+    return {**timed, "precision": "fp32", "path": "plain"} if isinstance(timed, dict) else timed
+
+
+def cpu_memory(increase: int) -> dict[str, Any]:
+    """A CPU phase's memory as the profiler writes it (``CpuPhaseMemory``)."""
+    return {
+        "peak_rss_increase_bytes": increase,
+        "rss_before_bytes": 2**30,
+        "rss_after_bytes": 2**30,
+        "peak_rss_bytes": 2**30 + increase,
+        "peak_from_ru_maxrss": False,
+        "rss_samples": 10,
+        "sample_interval_s": 0.001,
+        "malloc_trim": True,
+    }
+
+
 def profile_record(
     *,
     params: int = 557_580,
@@ -88,12 +118,12 @@ def profile_record(
             "flops": {"convention": "fvcore", "fvcore_total": flops, "paper_macs": macs, "batch_size": 1},
             "memory": {
                 "device": "cpu",
-                "infer": {"peak_rss_increase_bytes": rss, "rss_before_bytes": 2**30},
-                "train": {"peak_rss_increase_bytes": 3 * rss, "rss_before_bytes": 2**30},
+                "infer": cpu_memory(rss),
+                "train": cpu_memory(3 * rss),
             },
             "throughput": {
-                "infer": infer if infer is not None else timing(0.010, seed=seed),
-                "train": train if train is not None else timing(0.040, seed=seed + 100),
+                "infer": phase(infer if infer is not None else timing(0.010, seed=seed)),
+                "train": phase(train if train is not None else timing(0.040, seed=seed + 100)),
             },
         }
     )
@@ -205,16 +235,43 @@ def test_runner_level_shift_within_15_percent_does_not_fail(tmp_path: Path, shif
     assert row(comp, "throughput.infer.img_per_s").status in ("OK", "WARN", "NOISY")
 
 
-def test_clear_20_percent_throughput_drop_fails(tmp_path: Path) -> None:
+GATE_RAW = "[metric.'throughput.*.img_per_s']\ngate = true\n"  # for a dedicated, quiet machine
+
+
+def gate_raw(folder: Path) -> Path:
+    """A thresholds file that lets raw img/s block (the shipped defaults do not)."""
+    return write_text(folder / "gate_raw.toml", GATE_RAW)
+
+
+def test_clear_20_percent_throughput_drop_fails_where_raw_timings_gate(tmp_path: Path) -> None:
     base = write(tmp_path / "b.json", profile_record(infer=timing(0.010, seed=1)))
     cur = write(tmp_path / "c.json", profile_record(infer=timing(0.010 / 0.80, seed=2)))
-    comp = run_compare(base, cur)
+    comp = run_compare(base, cur, gate_raw(tmp_path))
     r = row(comp, "throughput.infer.img_per_s")
     assert r.status == "FAIL" and r.blocking
     assert r.delta_rel == pytest.approx(-0.20, abs=0.02)
     assert r.p_value is not None and r.p_value < 1e-6
     assert r.ci is not None and r.ci[1] < 0.85
-    assert report_cli("--baseline", base, "--current", cur).exit_code == 1
+    assert report_cli("--baseline", base, "--current", cur, "--thresholds", gate_raw(tmp_path)).exit_code == 1
+
+
+def test_shipped_defaults_do_not_gate_raw_img_per_s(tmp_path: Path) -> None:
+    """A baseline's raw timings come from another time or host: by default a clear drop warns, never blocks."""
+    for phase in ("infer", "train"):
+        spec = load_thresholds().spec_for(
+            Metric(f"cell/throughput.{phase}.img_per_s", (1.0,), "img/s", "higher", "noisy", timing=True)
+        )
+        assert spec.gate is False and spec.fail_rel == 0.15 and spec.warn_rel == 0.10
+    base = write(tmp_path / "b.json", profile_record(infer=timing(0.010, seed=1)))
+    cur = write(tmp_path / "c.json", profile_record(infer=timing(0.010 / 0.50, seed=2)))
+    r = row(run_compare(base, cur), "throughput.infer.img_per_s")
+    assert r.status == "WARN" and not r.blocking and "does not gate" in r.note
+    result = report_cli("--baseline", base, "--current", cur)
+    assert result.exit_code == 0 and "no gate" in result.stdout
+    # what the shipped defaults still gate: counts, memory on CUDA, speed per reference GFLOP, paired speed
+    gated = ("params.total", "memory.infer.peak_allocated_bytes", "throughput.infer.img_per_ref_gflop")
+    for name in (*gated, "cell/paired.infer.img_per_s"):
+        assert load_thresholds().spec_for(Metric(name, (1.0,), "", "higher", "noisy")).gate, name
 
 
 def test_throughput_samples_are_batch_over_seconds(tmp_path: Path) -> None:
@@ -586,7 +643,7 @@ def test_thresholds_file_overrides_defaults(tmp_path: Path) -> None:
     comp = run_compare(base, cur, rules)
     r = row(comp, "throughput.infer.img_per_s")
     assert r.status == "OK" and r.spec is not None and r.spec.fail_rel == 0.4 and r.spec.unstable_cv == 0.30
-    assert r.spec.matched == ("throughput.*", "throughput.infer.*")
+    assert r.spec.matched == ("throughput.*", "throughput.*.img_per_s", "throughput.infer.*")
 
 
 def test_warn_only_exits_0_and_still_writes(tmp_path: Path) -> None:
@@ -606,7 +663,10 @@ def test_json_verdict_beside_markdown(tmp_path: Path) -> None:
     base = write(tmp_path / "b.json", profile_record(infer=timing(0.010, seed=1)))
     cur = write(tmp_path / "c.json", profile_record(infer=timing(0.0125, seed=2)))
     md, js = tmp_path / "r.md", tmp_path / "r.json"
-    result = report_cli("--baseline", base, "--current", cur, "--markdown", md, "--json", js)
+    rules = gate_raw(tmp_path)
+    result = report_cli(
+        "--baseline", base, "--current", cur, "--markdown", md, "--json", js, "--thresholds", rules
+    )
     assert result.exit_code == 1
     verdict = json.loads(js.read_text(encoding="utf-8"))
     assert verdict["schema"] == "conformer-bench.report" and verdict["schema_version"] == 1
@@ -695,8 +755,6 @@ def test_markdown_is_stable(tmp_path: Path) -> None:
 
 
 def test_the_repository_ci_thresholds_gate_paired_speed_and_leave_the_rest_shipped() -> None:
-    from conformer_bench.report.metrics import Metric
-    from conformer_bench.report.thresholds import load_thresholds
 
     root = Path(__file__).resolve().parent.parent
     thresholds = load_thresholds(root / "experiments" / "ci_thresholds.toml")
@@ -784,3 +842,83 @@ def test_a_gate_on_the_referenced_speed_ignores_the_host(tmp_path: Path) -> None
     assert row(
         run_compare(base, milder, _referenced_thresholds(tmp_path)), "throughput.infer.img_per_ref_gflop"
     ).status == ("WARN")
+
+
+# --------------------------------------------------------------------------- the verdict as a typed record
+
+COMMITTED_REPORTS = sorted(
+    p
+    for p in (Path(__file__).resolve().parent.parent / "results").rglob("*.json")
+    if b'"schema": "conformer-bench.report"' in p.read_bytes()[:200]
+)
+
+
+def test_there_are_committed_reports() -> None:
+    assert COMMITTED_REPORTS, "results/ holds no report --json verdict to read back"
+
+
+@pytest.mark.parametrize("path", COMMITTED_REPORTS, ids=lambda p: str(p.parent.name))
+def test_committed_reports_read_back_typed(path: Path) -> None:
+    (record,) = conformer_bench.read(path)
+    assert isinstance(record, ReportRecord) and record.rows
+    assert record.to_dict() == json.loads(path.read_text(encoding="utf-8"))
+    assert sum(record.counts.values()) == len(record.rows)
+    assert all(isinstance(r, ReportRow) for r in record.rows)
+
+
+def test_the_json_verdict_reads_back_as_a_report_record_and_a_frame(tmp_path: Path) -> None:
+    base = write(tmp_path / "b.json", profile_record(infer=timing(0.010, seed=1)))
+    cur = write(tmp_path / "c.json", profile_record(params=1, infer=timing(0.0125, seed=2)))
+    js = tmp_path / "r.json"
+    report_cli("--baseline", base, "--current", cur, "--json", js)
+    (record,) = conformer_bench.read(js)
+    assert isinstance(record, ReportRecord) and record.verdict == "FAIL"
+    assert record.current.source == str(cur) and record.baseline.environment["threads"] == 2
+    changed = next(r for r in record.rows if r.metric == "params.total")
+    assert changed.status == "CHANGED" and changed.blocking and changed.current == 1
+    frame = conformer_bench.to_frame([record])
+    assert list(frame["metric"]) == [r.metric for r in record.rows]
+    assert frame.loc[frame["metric"] == "params.total", "current"].item() == 1
+
+
+def test_a_pipe_in_a_cell_label_is_escaped_in_the_markdown(tmp_path: Path) -> None:
+    seeds = [finetune_record(70.0)]
+    base = write_cells(tmp_path / "base", [cell("a|b", None, seeds)])
+    cur = write_cells(tmp_path / "cur", [cell("a|b", None, seeds)])
+    text = render_markdown(run_compare(base, cur))
+    assert "`a\\|b/finetune.top1.sum`" in text
+    assert all(line.count(" | ") == 8 for line in text.splitlines() if line.startswith("| "))
+
+
+# --------------------------------------------------------------------------- ablation cells, typed or not
+
+
+@dataclass
+class _TypedCell(SchemaRecord):
+    """A cell record typed by its JSON keys, as the ablate store's cell kind reads them."""
+
+    SCHEMA = "conformer-bench.cell"
+    label: str
+    config: dict[str, Any]
+    config_hash: str
+    status: Status
+    reason: str | None
+    profile: ProfileRecord | None
+    finetune: list[FinetuneRecord]
+
+
+def test_a_typed_cell_gives_the_metrics_its_json_gives(tmp_path: Path) -> None:
+    """The one adapter reads a cell as the store gives it today (JSON) or as a typed record alike."""
+    seeds = [finetune_record(v) for v in (70.0, 72.0)]
+    raw = cell("cnn-only", profile_record(params=400_000), seeds, branches="cnn")
+    typed = _TypedCell.from_dict(raw)
+    assert isinstance(typed.profile, ProfileRecord) and isinstance(typed.finetune[0], FinetuneRecord)
+    from_json, from_record = (MetricSet("x", "ablation") for _ in range(2))
+    cell_metrics(cell_view(raw, "x"), from_json)
+    cell_metrics(cell_view(typed, "x"), from_record)
+    assert from_json.metrics == from_record.metrics and "cnn-only/finetune.top1.sum" in from_json.metrics
+    assert from_json.metrics["cnn-only/params.total"].context == config_digest(raw["config"])
+    crashed = _TypedCell.from_dict({**raw, "status": "oom", "reason": "out of memory"})
+    out = MetricSet("x", "ablation")
+    cell_metrics(cell_view(crashed, "x"), out)
+    assert out.crashed == {"cnn-only/": "oom: out of memory"} and not out.metrics

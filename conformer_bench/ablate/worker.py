@@ -98,7 +98,7 @@ def _profile(
 
         profile = profile_variant(
             cell.config, settings, label=cell.label, progress=_profile_callback(progress)
-        )
+        ).to_dict()
         status, reason = _status_of(profile)
         return profile, status, (f"profile: {reason}" if status != "ok" else reason)
     except (KeyboardInterrupt, SystemExit):

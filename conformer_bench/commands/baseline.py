@@ -7,6 +7,9 @@ from typing import Annotated
 
 import typer
 
+from ..errors import BenchError
+from ..files import check_input_file
+from ..records.baseline import BaselineRecord
 from .common import handle_errors
 
 app = typer.Typer(
@@ -47,8 +50,8 @@ def write(
     """Write a new baseline (environment, per-metric raw samples, unit, direction) from results."""
     from ..report.baseline import write_baseline
 
-    document = write_baseline(source, output, force=force, allow_dirty=allow_dirty)
-    _summary(document, f"wrote {output}")
+    record = write_baseline(source, output, force=force, allow_dirty=allow_dirty)
+    _summary(record, f"wrote {output}")
 
 
 @app.command("update", epilog=UPDATE_EXAMPLES)
@@ -65,8 +68,8 @@ def update(
     """Replace a baseline's metrics with newer results, recording the update in its history."""
     from ..report.baseline import update_baseline
 
-    document, changed = update_baseline(source, baseline, only, allow_dirty=allow_dirty)
-    _summary(document, f"updated {baseline}: {len(changed)} metric(s) changed")
+    record, changed = update_baseline(source, baseline, only, allow_dirty=allow_dirty)
+    _summary(record, f"updated {baseline}: {len(changed)} metric(s) changed")
 
 
 REVISION_EXAMPLES = """Examples:
@@ -84,8 +87,6 @@ def revision(
     ],
 ) -> None:
     """Print the commit the baseline's results were measured at (what `ab` times a newer revision against)."""
-    from ..errors import BenchError
-    from ..files import check_input_file
     from ..report.baseline import baseline_revision, read_baseline
 
     check_input_file(baseline, "baseline", "pass a baseline such as results/baselines/ci.json")
@@ -98,10 +99,9 @@ def revision(
     typer.echo(found)
 
 
-def _summary(document: dict, action: str) -> None:
-    crashed = document.get("crashed") or {}
-    typer.echo(f"{action} ({len(document['metrics'])} metrics, {document['source_kind']})")
-    for prefix, reason in crashed.items():
+def _summary(record: BaselineRecord, action: str) -> None:
+    typer.echo(f"{action} ({len(record.metrics)} metrics, {record.source_kind})")
+    for prefix, reason in (record.crashed or {}).items():
         typer.echo(
             f"warning: {prefix or 'record'} crashed in these results ({reason}); it is kept as crashed",
             err=True,

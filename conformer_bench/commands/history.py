@@ -3,16 +3,35 @@ in each series and publish them as a static site."""
 
 from __future__ import annotations
 
+import fnmatch
+import re
+import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
-from .ab import EpochsOpt, LogsOpt, OnlyOpt, PhasesOpt, QuietOpt, RepoOpt, RoundsOpt, SeedOpt
+from ..errors import BenchError
+from ..files import atomic_write_text, check_outputs_apart, check_writable, write_json
+from ..history.render import DEFAULT_GATE, Gate, render_json, render_markdown
+from ..history.series import load_series
+from ..history.store import HistoryStore, default_path
+from ..revisions import repository_root
+from .ab import (
+    Clock,
+    EpochsOpt,
+    LogsOpt,
+    OnlyOpt,
+    PhasesOpt,
+    QuietOpt,
+    RepoOpt,
+    RoundsOpt,
+    Schedule,
+    SeedOpt,
+    only_labels,
+)
+from .ab import _settings as ab_settings
 from .common import MEASURE, handle_errors
-
-if TYPE_CHECKING:
-    from ..history.store import HistoryStore
 
 app = typer.Typer()
 history = typer.Typer(
@@ -39,14 +58,12 @@ conformer-bench history add runs/ci runs/ci/report.json runs/ab/record.json --db
 
 
 def _store(db: Path | None, *, create: bool = True) -> HistoryStore:
-    from ..history.store import HistoryStore, default_path
 
     return HistoryStore(db if db is not None else default_path(), create=create)
 
 
 def _database_files(db: Path | None) -> list[Path]:
     """The files the history database is kept in: the database and SQLite's journals beside it."""
-    from ..history.store import default_path
 
     path = db if db is not None else default_path()
     return [path, *(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", "-journal"))]
@@ -74,7 +91,6 @@ def add(
 ) -> None:
     """Add runs to the history, each under its revision and machine. A run already there is left as it is."""
     from ..history.ingest import Revisions, entries_from_path
-    from ..revisions import repository_root
 
     revs = Revisions(repository_root(repo), revision)
     entries = [(path, entries_from_path(path, revs)) for path in paths]  # read everything before writing
@@ -148,8 +164,6 @@ def backfill(
     """
     from ..ablate.launch import sigterm_as_exit
     from ..history.backfill import BackfillRequest, run_backfill
-    from .ab import Clock, Schedule, only_labels
-    from .ab import _settings as ab_settings
 
     settings = ab_settings(
         phases, Schedule("same-core"), Clock("auto"), budget_s, rounds, seed, epochs, False
@@ -168,7 +182,6 @@ def backfill(
 
 
 def _logs(logs: Path | None) -> Path | None:
-    from ..errors import BenchError
 
     if logs is None:
         return None
@@ -232,10 +245,7 @@ def changes(
 
     Exit code 0: no gated series ends in a regression; 1: one does; 2: bad input.
     """
-    from ..files import atomic_write_text, check_outputs_apart, check_writable, write_json
     from ..history.changes import series_steps
-    from ..history.render import DEFAULT_GATE, Gate, render_json, render_markdown
-    from ..history.series import load_series
 
     check_outputs_apart({"--markdown": markdown, "--json": json_out}, {"--db": _database_files(db)})
     for path in (markdown, json_out):
@@ -257,7 +267,6 @@ def changes(
 
 
 def _selected(series: Any, metric: list[str] | None, cell: list[str] | None, machine: str | None) -> bool:
-    import fnmatch
 
     key = series.key
     if metric and not any(fnmatch.fnmatchcase(key.metric, p) for p in metric):
@@ -268,7 +277,6 @@ def _selected(series: Any, metric: list[str] | None, cell: list[str] | None, mac
 
 
 def _check_selection(everything: list[Any], chosen: list[Any]) -> None:
-    from ..errors import BenchError
 
     if not everything:
         raise BenchError("the history holds no results yet; add runs (`history add`) or backfill a range")
@@ -311,11 +319,8 @@ def publish(
 ) -> None:
     """Write the history as a static site: a front page of the latest regressions, and per metric a trend
     plot for each machine with the change points marked. It opens from file:// with no server."""
-    from ..errors import BenchError
     from ..history.changes import series_steps
     from ..history.publish import publish as write_site
-    from ..history.render import Gate
-    from ..history.series import load_series
 
     if folder.exists() and not folder.is_dir():
         raise BenchError(f"{str(folder)!r} is a file; give a folder for the site")
@@ -343,7 +348,6 @@ def publish(
 
 def _check_site_apart(folder: Path, db: Path | None) -> None:
     """Refuse a site folder where a page the site writes (``*.html``, plotly's script) is the database."""
-    from ..files import check_outputs_apart
     from ..history.publish import PLOTLY_JS
 
     for path in _database_files(db):
@@ -353,8 +357,6 @@ def _check_site_apart(folder: Path, db: Path | None) -> None:
 
 def _origin_commit_url(repo: Path) -> str | None:
     """``https://HOST/ORG/REPO/commit/{sha}`` from the origin remote of a GitHub or GitLab repository."""
-    import re
-    import subprocess
 
     try:
         done = subprocess.run(

@@ -5,17 +5,17 @@ from __future__ import annotations
 import sys
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from ..errors import BenchError
 from .common import (
     OUTPUT,
     BatchSizesOpt,
     BreakdownOpt,
     DeviceOpt,
     ForceOpt,
-    FormatOpt,
     ImgSizesOpt,
     OutputOpt,
     PrecisionOpt,
@@ -25,14 +25,30 @@ from .common import (
     given,
     handle_errors,
     measure_option,
-    parse_format,
     toggle_options,
     variant_config,
     with_progress,
-    write_output,
 )
 
+if TYPE_CHECKING:
+    from ..records import ProfileRecord
+    from ..sweep import Point
+
+# Profiles render through conformer_bench.formatting, imported when the command runs (it keeps
+# `conformer-bench --help` from loading the record and FLOP modules).
+
 app = typer.Typer()
+
+ProfileFormatOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--format",
+        "-f",
+        help="table (default), json, jsonl (one record a line), csv (tidy rows), md or latex on stdout "
+        "(any case).",
+        rich_help_panel=OUTPUT,
+    ),
+]
 
 SWEEP = "Sweep"
 EXAMPLES = """Examples:
@@ -145,7 +161,7 @@ def profile(
         ),
     ] = True,
     output: OutputOpt = None,
-    fmt: FormatOpt = None,
+    fmt: ProfileFormatOpt = None,
     append: Annotated[
         bool,
         typer.Option(
@@ -174,14 +190,14 @@ def profile(
     its status and the others still run. One point prints the full record; a sweep prints one row per point.
     """
     from .. import sweep
+    from ..backends import parse_backends, require_installed
     from ..bounds import check_bounds
     from ..env import resolve_device
-    from ..errors import BenchError
     from ..files import check_outputs_apart
+    from ..formatting import PROFILE_FORMATS, parse_format
     from ..profiling import MODES, PRECISIONS, ProfileSettings
 
-    stdout_format = parse_format(fmt)
-    from ..backends import parse_backends, require_installed
+    stdout_format = parse_format(fmt, choices=PROFILE_FORMATS)
 
     backends = parse_backends(backend)
     if len(backends) > 1:
@@ -218,14 +234,14 @@ def profile(
         backend=backends[0],
         breakdown=breakdown,
     )
-    sweep_points = sweep.points(configs, batch_sizes, img_sizes, precisions)
+    sweep_points: list[Point] = sweep.points(configs, batch_sizes, img_sizes, precisions)
     show = not quiet and sys.stderr.isatty()
     records = with_progress("profile", show, partial(sweep.run_sweep, sweep_points, base))
     _write_records(records, stdout_format, output, fmt, append, plot)
 
 
 def _write_records(
-    records: list[dict[str, Any]],
+    records: list[ProfileRecord],
     stdout_format: str,
     output: str | None,
     fmt: str | None,
@@ -234,18 +250,20 @@ def _write_records(
 ) -> None:
     """Print the records, write ``--output`` and ``--plot``; exit 1 when a point did not finish ok."""
     from .. import sweep
+    from ..formatting import PROFILE_FORMATS, write_output
+    from ..records import Status
 
     typer.echo(sweep.render_records(records, stdout_format), nl=False)
     if output is not None:
         out = output
         if append:
-            write_output(out, lambda kind: sweep.appended(out, records, kind), fmt)
+            write_output(out, lambda kind: sweep.appended(out, records, kind), fmt, PROFILE_FORMATS)
         else:
-            write_output(out, lambda kind: sweep.render_records(records, kind), fmt)
+            write_output(out, lambda kind: sweep.render_records(records, kind), fmt, PROFILE_FORMATS)
     if plot is not None:
         sweep.plot(records, plot)
         typer.echo(f"wrote {plot}", err=True)
-    bad = [sweep.status_text(r) for r in records if r["status"] != "ok"]
+    bad = [sweep.status_text(r) for r in records if r.status != Status.OK]
     if bad and len(records) > 1:
         typer.echo(f"{len(bad)} of {len(records)} point(s) did not finish ok", err=True)
     if bad:

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from ..errors import BenchError
+from ..files import atomic_write_text, check_outputs_apart, check_writable, write_json
 from .common import handle_errors
 
 app = typer.Typer()
@@ -51,8 +53,6 @@ def report(
 
     Exit code 0: no blocking regression; 1: blocking regression; 2: bad input or nothing measured.
     """
-    from ..errors import BenchError
-    from ..files import atomic_write_text, check_outputs_apart, check_writable, write_json
     from ..report import compare, load_metrics, load_thresholds, render_json, render_markdown
     from ..report.metrics import input_files
 

@@ -46,6 +46,8 @@ def table(
     ] = None,
 ) -> None:
     """Rewrite summary.csv, summary.md (summary.tex with --format latex) and figures/ from cells.jsonl."""
+    if results_dir.is_file():
+        return _file_table(results_dir, fmt)
     from ..ablate.store import ResultStore
     from ..ablate.summary import build_frame, describe, ordered, write_summary
     from ..errors import BenchError
@@ -166,3 +168,26 @@ def _rich_text(tables: list[Any]) -> str:
     for tbl in tables:
         console.print(tbl)
     return str(console.file.getvalue())  # type: ignore[attr-defined]
+
+
+# --- a file of profile records -------------------------------------------------------------------------------
+
+
+def _file_table(path: Path, fmt: str | None) -> None:
+    """A profile sweep's ``.jsonl`` (or one profile's ``.json``) as the sweep's table: one row per point,
+    failed points included."""
+    from .. import sweep
+    from ..errors import BenchError
+    from ..formatting import PROFILE_FORMATS, parse_format
+    from ..readers import records_in_file
+    from ..records import ProfileRecord
+
+    kind = parse_format(fmt, default="md", choices=PROFILE_FORMATS)
+    records = records_in_file(path)
+    profiles = [r for r in records if isinstance(r, ProfileRecord)]
+    if not profiles or len(profiles) != len(records):
+        raise BenchError(
+            f"{path} does not hold profile records; pass the file of `conformer-bench profile -o FILE.jsonl` "
+            "or the results folder of an ablation"
+        )
+    typer.echo(sweep.render(profiles, kind), nl=False)

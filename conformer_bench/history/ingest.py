@@ -16,13 +16,34 @@ import statistics
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ..ab.compare import cell_clock, turn_times
+from ..ab.stats import paired_estimate
+from ..ablate.store import CELL_SCHEMA, CELLS_FILE, ResultStore
 from ..errors import BenchError
+from ..files import read_json
+from ..readers import typed_record
+from ..records import (
+    KINDS,
+    ABRecord,
+    FinetuneRecord,
+    PairedCell,
+    ProfileRecord,
+    Record,
+    ReportRecord,
+    SchemaRecord,
+    SpeedPath,
+    SpeedRecord,
+    Status,
+    plain,
+)
 from ..report.metrics import (
     Metric,
     MetricSet,
-    config_identity,
+    cell_metrics,
+    cell_view,
+    config_digest,
     finetune_metrics,
     finite_number,
     positive_number,
@@ -30,9 +51,6 @@ from ..report.metrics import (
 )
 from ..revisions import Revision, commit_position, resolve_revision
 from .store import MACHINE_KEYS, Machine, Result, RevisionInfo, RunEntry, digest
-
-if TYPE_CHECKING:
-    from ..records import ABRecord, PairedCell
 
 READABLE = (
     "a profile, speed, finetune, ablation-cell or A/B record (JSON), an ablation results folder, or a "
@@ -60,11 +78,10 @@ class Revisions:
             self._seen[name] = revision_info(resolve_revision(self.repo, name))
         return self._seen[name]
 
-    def of(self, environment: Mapping[str, Any], source: str) -> RevisionInfo:
-        """The commit a record was measured at (its ``environment.commit``), or ``--revision``."""
+    def of(self, commit: str | None, source: str) -> RevisionInfo:
+        """The commit a record was measured at (its environment's ``commit``), or ``--revision``."""
         if self.given is not None:
             return self.resolve(self.given)
-        commit = environment.get("commit")
         if not isinstance(commit, str) or not commit:
             raise BenchError(
                 f"{source}: the record names no commit (measured outside a git checkout); pass --revision REV"
@@ -124,88 +141,86 @@ def metric_set_results(metrics: MetricSet, cell: str | None = None) -> list[Resu
 # --- one reader per record kind -------------------------------------------------------------------------------
 
 
-def _label(record: Mapping[str, Any]) -> str:
-    variant = record.get("variant")
-    if isinstance(variant, Mapping):
-        return str(variant.get("label") or variant.get("name") or "")
-    return ""
+def _json(record: Any) -> dict[str, Any]:
+    """A record as its file holds it (what the store keeps and what a run's key is computed from)."""
+    return record.to_dict() if isinstance(record, Record) else dict(record)
 
 
-def _environment(record: Mapping[str, Any], source: str) -> dict[str, Any]:
-    env = record.get("environment")
-    if not isinstance(env, Mapping):
+def _label(record: ProfileRecord | FinetuneRecord | SpeedRecord) -> str:
+    variant = record.variant
+    return str(variant.label or variant.name or "") if variant is not None else ""
+
+
+def _context(record: ProfileRecord | FinetuneRecord | SpeedRecord) -> str | None:
+    return config_digest(record.variant.config if record.variant is not None else None)
+
+
+def _environment(record: ProfileRecord | FinetuneRecord | SpeedRecord, source: str) -> dict[str, Any]:
+    if record.environment is None:
         raise BenchError(
             f"{source}: the record has no environment object; regenerate it with conformer-bench"
         )
-    return dict(env)
+    return record.environment.to_dict()
 
 
 def _single(
-    kind: str, record: dict[str, Any], source: str, revs: Revisions, results: list[Result],
-    environment: Mapping[str, Any] | None = None, experiment: str | None = None,
+    kind: str, record: SchemaRecord, source: str, revs: Revisions, results: list[Result],
+    environment: Mapping[str, Any], experiment: str,
 ) -> RunEntry:  # fmt: skip
-    env = _environment(record, source) if environment is None else environment
+    data = record.to_dict()
     return RunEntry(
         kind=kind,
-        key=digest({"kind": kind, "record": record}, 32),
-        revision=revs.of(env, source),
-        machine=Machine.of(env),
-        experiment=_label(record) if experiment is None else experiment,
+        key=digest({"kind": kind, "record": data}, 32),
+        revision=revs.of(environment.get("commit"), source),
+        machine=Machine.of(environment),
+        experiment=experiment,
         source=source,
-        parts={"": record},
+        parts={"": data},
         results={"": results},
     )
 
 
-def _profile(record: dict[str, Any], source: str, revs: Revisions) -> list[RunEntry]:
+def _profile(record: ProfileRecord, source: str, revs: Revisions) -> list[RunEntry]:
     out = MetricSet(source=source, source_kind="profile")
-    profile_metrics(record, out, context=config_identity(record.get("variant") or {}))
-    return [_single("profile", record, source, revs, metric_set_results(out, _label(record)))]
+    env = _environment(record, source)
+    profile_metrics(record, out, context=_context(record))
+    results = metric_set_results(out, _label(record))
+    return [_single("profile", record, source, revs, results, env, _label(record))]
 
 
-def _finetune(record: dict[str, Any], source: str, revs: Revisions) -> list[RunEntry]:
+def _finetune(record: FinetuneRecord, source: str, revs: Revisions) -> list[RunEntry]:
     out = MetricSet(source=source, source_kind="finetune")
-    finetune_metrics([record], out, context=config_identity(record.get("variant") or {}))
-    return [_single("finetune", record, source, revs, metric_set_results(out, _label(record)))]
+    env = _environment(record, source)
+    finetune_metrics([record], out, context=_context(record))
+    results = metric_set_results(out, _label(record))
+    return [_single("finetune", record, source, revs, results, env, _label(record))]
 
 
-def cell_entry(record: dict[str, Any], source: str, revs: Revisions) -> RunEntry:
-    """One ablation cell record: its profile and fine-tune metrics under the cell's label."""
-    label = str(record.get("label") or "")
-    if not label:
-        raise BenchError(
-            f"{source}: the cell record has no label; regenerate it with `conformer-bench ablate`"
-        )
+def cell_entry(record: Any, source: str, revs: Revisions) -> RunEntry:
+    """One ablation cell record (as the results store gives it): its profile and fine-tune metrics under the
+    cell's label."""
+    cell = cell_view(record, source)
     out = MetricSet(source=source, source_kind="ablation")
-    context = config_identity(record)
-    if record.get("status", "ok") == "ok":
-        profile = record.get("profile")
-        if isinstance(profile, dict):
-            profile_metrics(profile, out, f"{label}/", context)
-        finetune = record.get("finetune") or []
-        if not isinstance(finetune, list):
-            raise BenchError(f"{source}: cell {label!r}: finetune is not a list of records; regenerate it")
-        finetune_metrics(finetune, out, f"{label}/", context)
-    env = record.get("environment") or (record.get("profile") or {}).get("environment")
-    if not isinstance(env, Mapping):
+    cell_metrics(cell, out)
+    env = cell.own_environment or cell.environment
+    if not env:
         raise BenchError(
-            f"{source}: cell {label!r} has no environment; regenerate it with `conformer-bench ablate`"
+            f"{source}: cell {cell.label!r} has no environment; regenerate it with `conformer-bench ablate`"
         )
+    data = _json(record)
     return RunEntry(
         kind="ablate",
-        key=digest({"kind": "ablate", "record": record}, 32),
-        revision=revs.of(env, f"{source} cell {label!r}"),
+        key=digest({"kind": "ablate", "record": data}, 32),
+        revision=revs.of(env.get("commit"), f"{source} cell {cell.label!r}"),
         machine=Machine.of(env),
-        experiment=str(record.get("experiment") or ""),
+        experiment=cell.experiment,
         source=source,
-        parts={"": record},
+        parts={"": data},
         results={"": metric_set_results(out)},
     )
 
 
 def _ablation_folder(path: Path, revs: Revisions) -> list[RunEntry]:
-    from ..ablate.store import CELLS_FILE, ResultStore
-
     folder = path if path.is_dir() else path.parent
     store = ResultStore(folder)
     if not path.is_dir():
@@ -242,61 +257,71 @@ def _count(value: Any, where: str, source: str) -> int:
     return value
 
 
-def _speed(record: dict[str, Any], source: str, revs: Revisions) -> list[RunEntry]:
+def _speedup(path: SpeedPath) -> tuple[Any, Any, Any]:
+    """(ratio, low, high) of a path's speed-up over plain: a typed speed-up, or the JSON object of one."""
+    speedup = path.speedup_vs_plain
+    if speedup is None:
+        return None, None, None
+    if isinstance(speedup, Mapping):
+        return speedup.get("ratio"), speedup.get("low"), speedup.get("high")
+    return speedup.ratio, speedup.low, speedup.high
+
+
+def _speed(record: SpeedRecord, source: str, revs: Revisions) -> list[RunEntry]:
     """Each path's images per second (median; interquartile range as its interval) and speed-up over plain
     (with its bootstrap interval), per precision."""
-    paths = record.get("paths")
-    if not isinstance(paths, Mapping):
+    if not isinstance(record.paths, dict):
         raise BenchError(
             f"{source}: the speed record has no paths; regenerate it with `conformer-bench speed`"
         )
-    context = config_identity(record.get("variant") or {})
-    settings = digest({"config": context, "settings": record.get("settings")}, 12)
+    env = _environment(record, source)
+    settings = digest({"config": _context(record), "settings": plain(record.settings)}, 12)
     label = _label(record)
     results = []
-    for name, entry in paths.items():
-        if not isinstance(entry, Mapping) or entry.get("status") != "ok" or entry.get("img_per_s") is None:
+    for name, path in record.paths.items():
+        if path.status != Status.OK or path.img_per_s is None:
             continue
         where = f"paths.{name}"
-        img_per_s = positive_number(entry["img_per_s"], f"{where}.img_per_s", source)
-        low, high = _interval(entry.get("img_per_s_iqr"), f"{where}.img_per_s_iqr", source)
-        samples = entry.get("samples_s") or []
-        n = len(samples) if isinstance(samples, list) and samples else 1
+        img_per_s = positive_number(path.img_per_s, f"{where}.img_per_s", source)
+        low, high = _interval(path.img_per_s_iqr, f"{where}.img_per_s_iqr", source)
+        n = len(path.samples_s) if isinstance(path.samples_s, list) and path.samples_s else 1
         results.append(
-            Result(label, f"speed.{name}.img_per_s", img_per_s, "img/s", "higher", "noisy", low, high, n,
-                   settings)
+            Result(label, f"speed.{name}.img_per_s", img_per_s, "img/s", "higher",
+                   "noisy", low, high, n, settings)
         )  # fmt: skip
-        speedup = entry.get("speedup_vs_plain")
-        if isinstance(speedup, Mapping) and speedup.get("ratio") is not None:
+        raw_ratio, raw_low, raw_high = _speedup(path)
+        if raw_ratio is not None:
             sp = f"{where}.speedup_vs_plain"
-            ratio = positive_number(speedup["ratio"], f"{sp}.ratio", source)
-            low, high = (_optional_number(speedup.get(end), f"{sp}.{end}", source) for end in ("low", "high"))
+            ratio = positive_number(raw_ratio, f"{sp}.ratio", source)
+            low = _optional_number(raw_low, f"{sp}.low", source)
+            high = _optional_number(raw_high, f"{sp}.high", source)
             results.append(
                 Result(label, f"speed.{name}.speedup_vs_plain", ratio, "x plain", "higher", "noisy", low, high,
                        n, settings)
             )  # fmt: skip
-    return [_single("speed", record, source, revs, results)]
+    return [_single("speed", record, source, revs, results, env, label)]
 
 
-def _report(record: dict[str, Any], source: str, revs: Revisions) -> list[RunEntry]:
+def _report(record: ReportRecord, source: str, revs: Revisions) -> list[RunEntry]:
     """The current side of a regression report: each row's current value, as the report measured it."""
-    current = record.get("current")
-    rows = record.get("rows")
-    if not isinstance(current, Mapping) or not isinstance(rows, list):
+    current = record.current
+    if current is None or not isinstance(record.rows, list):
         raise BenchError(f"{source}: the report has no current side or rows; write it with `report --json`")
-    env = _environment(current, source)
+    if not isinstance(current.environment, Mapping):
+        raise BenchError(
+            f"{source}: the record has no environment object; regenerate it with conformer-bench"
+        )
     results = []
-    for i, row in enumerate(rows):
-        if not isinstance(row, Mapping) or row.get("current") is None:
+    for i, row in enumerate(record.rows):
+        if row.current is None:
             continue
-        cell, _, name = str(row.get("metric")).rpartition("/")
-        value = finite_number(row["current"], f"rows[{i}].current", source)
-        n = _count(row.get("n_current"), f"rows[{i}].n_current", source)
+        cell, _, name = str(row.metric).rpartition("/")
+        value = finite_number(row.current, f"rows[{i}].current", source)
+        n = _count(row.n_current, f"rows[{i}].n_current", source)
         results.append(
-            Result(cell, name, value, str(row.get("unit") or ""), str(row.get("direction")),
-                   str(row.get("kind")), n=n)
+            Result(cell, name, value, str(row.unit or ""), str(row.direction), str(row.kind), n=n)
         )  # fmt: skip
-    return [_single("report", record, source, revs, results, env, str(current.get("source") or ""))]
+    return [_single("report", record, source, revs, results, current.environment, str(current.source or ""))]
 
 
 # --- paired runs: an A/B record, a backfill's revision against its anchor -------------------------------------
@@ -311,10 +336,6 @@ def cell_part(key: str) -> str:
 def paired_results(cell: PairedCell, clock: str, seed: int) -> list[Result]:
     """A paired cell's numbers: the timed revision's throughput over its anchor's (the rounds' paired
     estimate, with its interval), and each side's images per second in those rounds (median turn)."""
-    from ..ab.compare import cell_clock, turn_times
-    from ..ab.stats import paired_estimate
-    from ..records import Status
-
     if cell.status != Status.OK or not cell.rounds:
         return []
     anchor_s, timed_s, epochs = turn_times(cell, clock)
@@ -366,33 +387,33 @@ def paired_entry(
     return entry
 
 
-def _ab(data: dict[str, Any], source: str, revs: Revisions) -> list[RunEntry]:
-    from ..records import ABRecord
-
-    record = ABRecord.from_dict(data)
-    key = digest({"kind": "ab", "record": data}, 32)
+def _ab(record: ABRecord, source: str, revs: Revisions) -> list[RunEntry]:
+    key = digest({"kind": "ab", "record": record.to_dict()}, 32)
     return [paired_entry("ab", key, record, record.cells, revs, source)]
 
 
-READERS: dict[str, Callable[[dict[str, Any], str, Revisions], list[RunEntry]]] = {
-    "conformer-bench.profile": _profile,
-    "conformer-bench.finetune": _finetune,
-    "conformer-bench.speed": _speed,
-    "conformer-bench.report": _report,
-    "conformer-bench.ab": _ab,
-    "conformer-bench.cell": lambda record, source, revs: [cell_entry(record, source, revs)],
+READERS: dict[type[SchemaRecord], Callable[[Any, str, Revisions], list[RunEntry]]] = {
+    ProfileRecord: _profile,
+    FinetuneRecord: _finetune,
+    SpeedRecord: _speed,
+    ReportRecord: _report,
+    ABRecord: _ab,
 }
 
 
 def entries_from_path(path: Path, revs: Revisions) -> list[RunEntry]:
     """The runs a file or folder holds."""
-    from ..files import read_json
-
     if path.is_dir() or path.suffix == ".jsonl":
         return _ablation_folder(path, revs)
-    record = read_json(path)
-    schema = record.get("schema") if isinstance(record, dict) else None
-    reader = READERS.get(str(schema))
+    value = read_json(path)
+    source = str(path)
+    schema = value.get("schema") if isinstance(value, Mapping) else None
+    if schema == CELL_SCHEMA and schema not in KINDS:  # cells stay JSON until their kind is registered
+        return [cell_entry(value, source, revs)]
+    kind = KINDS.get(schema) if isinstance(schema, str) else None
+    if kind is not None and kind.SCHEMA == CELL_SCHEMA:
+        return [cell_entry(typed_record(value, source), source, revs)]
+    reader = READERS.get(kind) if kind is not None else None
     if reader is None:
         raise BenchError(f"{path}: schema {schema!r} is not a run the history keeps; pass {READABLE}")
-    return reader(record, str(path), revs)
+    return reader(typed_record(value, source), source, revs)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .changes import ChangePoint, SeriesSteps
+from ..tables import Column, Table
 from .series import Series
+from .store import RevisionInfo
+
+if TYPE_CHECKING:
+    from .changes import ChangePoint, SeriesSteps  # numpy
 
 CHANGES_SCHEMA = "conformer-bench.history-changes"
 CHANGES_SCHEMA_VERSION = 1
@@ -45,6 +49,39 @@ def _verdict(cp: ChangePoint) -> str:
     return "regression" if cp.regression else "improvement"
 
 
+@dataclass(frozen=True)
+class StepRow:
+    """One change point of one series, and whether it blocks (the newest step of a gated regression)."""
+
+    steps: SeriesSteps
+    point: ChangePoint
+    blocks: bool
+
+
+STEP_COLUMNS: tuple[Column[StepRow], ...] = (
+    Column("machine", lambda r: r.steps.series.machine.fingerprint),
+    Column("experiment", lambda r: r.steps.series.key.experiment),
+    Column("series", lambda r: f"`{r.steps.series.key.name}`"),
+    Column("step (before..at)", lambda r: f"{r.point.before.short}..{r.point.revision.short}"),
+    Column("change [95 % CI]", lambda r: size_text(r.point)),
+    Column("p", lambda r: p_text(r.point.step.p_value)),
+    Column("points", lambda r: f"{r.point.step.before}+{r.point.step.after}"),
+    Column("kind", lambda r: _verdict(r.point) + (" **blocks**" if r.blocks else "")),
+)
+
+
+def step_table(found: list[SeriesSteps], gate: Gate) -> Table[StepRow]:
+    """Every change point of ``found`` as a table (in the series' order, each series' steps in time order)."""
+    blocking = gate.blocking(found)
+    rows = [
+        StepRow(s, cp, s in blocking and cp is s.newest)
+        for s in found
+        if s.change_points
+        for cp in s.change_points
+    ]
+    return Table(STEP_COLUMNS, rows)
+
+
 def render_markdown(found: list[SeriesSteps], gate: Gate, total: int) -> str:
     """A table of every change point, newest steps of gated metrics first when they block."""
     blocking = gate.blocking(found)
@@ -56,26 +93,14 @@ def render_markdown(found: list[SeriesSteps], gate: Gate, total: int) -> str:
         "",
     ]
     if with_steps:
-        lines += [
-            "| machine | experiment | series | step (before..at) | change [95 % CI] | p | points | kind |",
-            "|---|---|---|---|---|---|---:|---|",
-        ]
-        for s in with_steps:
-            for cp in s.change_points:
-                mark = " **blocks**" if s in blocking and cp is s.newest else ""
-                lines.append(
-                    f"| {s.series.machine.fingerprint} | {s.series.key.experiment} | `{s.series.key.name}` "
-                    f"| {cp.before.short}..{cp.revision.short} | {size_text(cp)} | {p_text(cp.step.p_value)} "
-                    f"| {cp.step.before}+{cp.step.after} | {_verdict(cp)}{mark} |"
-                )
-        lines.append("")
+        lines += [*step_table(found, gate).to_markdown().splitlines(), ""]
     machines = {s.series.machine.fingerprint: s.series.machine.label for s in found}
     lines += [f"Machine {fp}: {label}" for fp, label in sorted(machines.items())]
     lines.append(f"Gated metrics: {', '.join(gate.patterns) or 'none'}")
     return "\n".join(lines) + "\n"
 
 
-def _revision(rev: Any) -> dict[str, Any]:
+def _revision(rev: RevisionInfo) -> dict[str, Any]:
     return {"sha": rev.sha, "subject": rev.subject, "commit_time": rev.commit_time}
 
 

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BenchError
+from ..files import check_input_file
 
 HISTORY_ENV = "CONFORMER_BENCH_HISTORY"
 DEFAULT_PATH = Path("results") / "history.db"
@@ -230,8 +231,6 @@ class HistoryStore:
     def __init__(self, path: str | os.PathLike[str], *, create: bool = True) -> None:
         self.path = Path(path)
         if not create:
-            from ..files import check_input_file
-
             check_input_file(
                 self.path,
                 "history database",

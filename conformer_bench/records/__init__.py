@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .ab import AB_SCHEMA, ABRecord, InstructionCounts, PairedCell, PairedRound
 from .base import Record, SchemaRecord, Status, plain
+from .baseline import BASELINE_SCHEMA, BaselineEvent, BaselineMetric, BaselineRecord
 from .common import Environment, Variant
 from .finetune import (
     FINETUNE_SCHEMA,
@@ -35,6 +36,7 @@ from .profile import (
     ProfileRecord,
     ReferenceTiming,
 )
+from .report import REPORT_SCHEMA, ReportRecord, ReportRow, ReportSide
 from .search import SEARCH_SCHEMA, SearchRecord, TrialRecord
 from .speed import SPEED_SCHEMA, SpeedPath, SpeedRecord
 
@@ -50,6 +52,8 @@ KINDS: dict[str, type[SchemaRecord]] = {
         CeilingsRecord,
         LogitsRecord,
         SharesRecord,
+        BaselineRecord,
+        ReportRecord,
     )
 }
 SCHEMAS: dict[str, int] = {schema: kind.VERSION for schema, kind in KINDS.items()}  # what is written now
@@ -64,13 +68,18 @@ def register(kind: type[SchemaRecord]) -> type[SchemaRecord]:
 
 __all__ = [
     "AB_SCHEMA",
+    "BASELINE_SCHEMA",
     "FINETUNE_SCHEMA",
     "KINDS",
     "PROFILE_SCHEMA",
+    "REPORT_SCHEMA",
     "SCHEMAS",
     "SEARCH_SCHEMA",
     "SPEED_SCHEMA",
     "ABRecord",
+    "BaselineEvent",
+    "BaselineMetric",
+    "BaselineRecord",
     "Bf16Inference",
     "CeilingsRecord",
     "CheckpointLoad",
@@ -97,6 +106,9 @@ __all__ = [
     "ProfiledPhase",
     "Record",
     "ReferenceTiming",
+    "ReportRecord",
+    "ReportRow",
+    "ReportSide",
     "SchemaRecord",
     "SearchRecord",
     "SharesRecord",

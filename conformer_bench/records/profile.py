@@ -163,8 +163,8 @@ class ProfiledPhase(Record):
         timing = {k: v for k, v in data.items() if k not in ("precision", "last_loss", "path")}
         return cls(
             PhaseTiming.from_dict(timing),
-            data["precision"],
-            data["path"],
+            data.get("precision"),
+            data.get("path"),
             trained="last_loss" in data,
             last_loss=data.get("last_loss"),
         )

@@ -19,8 +19,10 @@ from conformer.config import is_finite_number
 
 from ..env import TIMING_KEYS
 from ..errors import BenchError
+from ..records.baseline import MAGNITUDE_LIMIT
+from ..records.report import ReportRow
 from ..stats import bootstrap_ratio, mann_whitney_p, summarize
-from .metrics import MAGNITUDE_LIMIT, Metric, MetricSet
+from .metrics import Metric, MetricSet
 from .thresholds import MetricSpec, Thresholds
 
 # Status -> rank (lower = more severe). A row blocks when its status is in BLOCKING and ``gate`` holds.
@@ -70,11 +72,17 @@ class Row:
     def sort_key(self) -> tuple[int, int, str]:
         return (0 if self.blocking else 1, STATUS_ORDER.index(self.status), self.metric)
 
+    def to_record(self) -> ReportRow:
+        """The row as a report's JSON holds it."""
+        return ReportRow(
+            self.metric, self.status, self.blocking, self.kind, self.direction, self.unit, self.baseline,
+            self.current, self.delta, self.delta_rel, self.n_baseline, self.n_current, self.p_value,
+            list(self.ci) if self.ci else None, self.sd_baseline, self.sd_current, self.p_adjusted,
+            self.p_better, self.tolerance, self.note, self.spec.to_dict() if self.spec else None,
+        )  # fmt: skip
+
     def to_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.__dict__.items() if k != "spec"}
-        out["ci"] = list(self.ci) if self.ci else None
-        out["threshold"] = self.spec.to_dict() if self.spec else None
-        return out
+        return self.to_record().to_dict()
 
 
 @dataclass

@@ -1,8 +1,10 @@
-"""Turn records (profile, finetune, ablation cells, baseline files) into named metrics with raw samples.
+"""Turn typed records (profile, finetune, ablation cells, baselines) into named metrics with raw samples.
 
-This is the one place that knows which record keys hold which measurement; everything downstream works on
+This is the one place that knows which record field holds which measurement; everything downstream works on
 :class:`Metric` objects. Metric names are dotted paths (``params.total``, ``throughput.infer.img_per_s``,
 ``finetune.top1.sum``); metrics of an ablation cell carry the cell label as a prefix (``<label>/params.total``).
+Records are read by :mod:`conformer_bench.readers`; what a report needs of an ok record (every number it
+measured present and finite) is checked here, each failure a one-line error naming the field and the fix.
 """
 
 from __future__ import annotations
@@ -15,28 +17,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from conformer.config import is_finite_number
-
+from ..ablate.store import CELL_SCHEMA, CELLS_FILE, ResultStore, validate_record
 from ..env import TIMING_KEYS
 from ..errors import BenchError
+from ..files import read_json
+from ..readers import typed_record
+from ..records import (
+    FINETUNE_SCHEMA,
+    PROFILE_SCHEMA,
+    FinetuneRecord,
+    ProfiledPhase,
+    ProfileRecord,
+    Record,
+    SchemaRecord,
+    Status,
+)
+from ..records import KINDS as RECORD_KINDS
+from ..records.baseline import BASELINE_SCHEMA, BaselineMetric, BaselineRecord
+from ..records.baseline import finite_number as _finite
 
-SCHEMA_PREFIX = "conformer-bench."
-BASELINE_SCHEMA = "conformer-bench.baseline"
-BASELINE_SCHEMA_VERSION = 1
-# The newest schema_version of each record this module can read.
-READABLE_VERSIONS: dict[str, int] = {
-    "conformer-bench.profile": 1,
-    "conformer-bench.finetune": 1,
-    "conformer-bench.cell": 1,
-    BASELINE_SCHEMA: BASELINE_SCHEMA_VERSION,
-}
+REPORTED = (PROFILE_SCHEMA, FINETUNE_SCHEMA, CELL_SCHEMA, BASELINE_SCHEMA)  # what `report` reads
 READABLE_HINT = (
     "a profile or finetune record (JSON), an ablation results folder (cells.jsonl) or a baseline file"
 )
-
-KINDS = ("exact", "noisy", "accuracy", "paired")  # paired: two revisions timed side by side (ab)
-MAGNITUDE_LIMIT = 1e100  # no measurement comes near it; past it a variance overflows to infinity
-DIRECTIONS = ("higher", "lower", "equal")
+REGENERATE = "regenerate the record with conformer-bench"
+REF_UNIT = "img/ref-GFLOP"
 
 
 @dataclass(frozen=True)
@@ -62,21 +67,34 @@ class Metric:
         """The name without an ablation cell label (what thresholds match against)."""
         return self.name.rsplit("/", 1)[-1]
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "unit": self.unit,
-            "direction": self.direction,
-            "kind": self.kind,
-            "timing": self.timing,
-            "samples": list(self.samples),
-            "timing_env": dict(self.timing_env) if self.timing else None,
-            "context": self.context,
-        }
+    def to_record(self) -> BaselineMetric:
+        """The metric as a baseline keeps it."""
+        return BaselineMetric(
+            unit=self.unit,
+            direction=self.direction,
+            kind=self.kind,
+            timing=self.timing,
+            samples=list(self.samples),
+            timing_env=dict(self.timing_env) if self.timing else None,
+            context=self.context,
+        )
+
+    @classmethod
+    def from_record(cls, name: str, metric: BaselineMetric) -> Metric:
+        """A (checked) baseline metric read back."""
+        tenv = metric.timing_env or {}
+        return cls(
+            name, tuple(float(s) for s in metric.samples), metric.unit, metric.direction, metric.kind,
+            metric.timing, tuple((k, tenv.get(k)) for k in TIMING_KEYS), metric.context,
+        )  # fmt: skip
 
 
 @dataclass
 class MetricSet:
-    """All metrics read from one input, plus what crashed and where it was measured."""
+    """All metrics read from one input, plus what crashed and where it was measured.
+
+    ``environment`` is the measuring record's environment as JSON (it is written into baselines and verdicts).
+    """
 
     source: str
     source_kind: str  # profile | finetune | ablation (a baseline keeps the kind it was written from)
@@ -95,20 +113,7 @@ class MetricSet:
         return None
 
 
-# --------------------------------------------------------------------------- helpers
-
-
-_ABSENT: Any = object()  # a key the record does not hold (unlike a key that holds null)
-
-
-def _lookup(record: Mapping[str, Any], dotted: str) -> Any:
-    """``record["a"]["b"]`` for ``"a.b"``; :data:`_ABSENT` when any step is absent."""
-    node: Any = record
-    for key in dotted.split("."):
-        if not isinstance(node, Mapping) or key not in node:
-            return _ABSENT
-        node = node[key]
-    return node
+# --------------------------------------------------------------------------- checked numbers
 
 
 def finite_number(value: Any, where: str, source: str) -> float:
@@ -118,98 +123,69 @@ def finite_number(value: Any, where: str, source: str) -> float:
     a measurement belongs never reaches a comparison, nor a magnitude past :data:`MAGNITUDE_LIMIT` (whose
     square would overflow the statistics to infinity).
     """
-    if not is_finite_number(value) or abs(value) > MAGNITUDE_LIMIT:
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return _finite(value, f"{source}: {where}", REGENERATE)
+
+
+def positive_number(value: Any, where: str, source: str) -> float:
+    number = finite_number(value, where, source)
+    if number <= 0:
+        raise BenchError(f"{source}: {where} is {number:g}, not a positive number; regenerate the record")
+    return number
+
+
+def _absent(record: Record, name: str) -> bool:
+    """Whether the file ``record`` was read from left the field ``name`` out (unlike writing null)."""
+    return name in getattr(record, "_absent", frozenset())
+
+
+def _measured(value: Any, where: str, source: str, *, absent: bool = False) -> float:
+    """A number a record whose status is ok must hold: null or missing is an error, never a silent gap."""
+    if value is None:
         raise BenchError(
-            f"{source}: {where} is {_shown(value)}, not a {'finite ' if number else ''}number"
-            f"{f' within ±{MAGNITUDE_LIMIT:g}' if number else ''}; regenerate the record with conformer-bench"
+            f"{source}: {where} is {'missing' if absent else 'null'} in a record whose status is ok, so "
+            "the measurement is incomplete; rerun it (or regenerate the record with conformer-bench)"
         )
-    return float(value)
+    return finite_number(value, where, source)
 
 
-def _shown(value: Any) -> str:
-    text = "null" if value is None else repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _measured(record: Mapping[str, Any], dotted: str, source: str, *, required: bool = False) -> float | None:
-    """The number at ``dotted`` in a record whose status is ok: ``None`` when the key is absent (not
-    measured) and not ``required``; a null or any non-number there is an error, never a silent gap."""
-    value = _lookup(record, dotted)
-    if value is _ABSENT and not required:
-        return None
-    if value is None or value is _ABSENT:
-        state = "null" if value is None else "missing"
-        raise BenchError(
-            f"{source}: {dotted} is {state} in a record whose status is ok, so the measurement is "
-            "incomplete; rerun it (or regenerate the record with conformer-bench)"
-        )
-    return finite_number(value, dotted, source)
+def _reason(status: Status | str | None, reason: str | None) -> str:
+    status = status.value if isinstance(status, Status) else str(status or "failed")
+    return f"{status}: {reason}" if reason else status
 
 
 def _timing_env(environment: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
     return tuple((key, environment.get(key)) for key in TIMING_KEYS)
 
 
-def _env(record: Mapping[str, Any]) -> dict[str, Any]:
-    env = record.get("environment")
-    return dict(env) if isinstance(env, Mapping) else {}
+def _environment_of(record: ProfileRecord | FinetuneRecord | None) -> dict[str, Any]:
+    """A record's environment as JSON ({} when it has none)."""
+    env = record.environment if record is not None else None
+    return env.to_dict() if isinstance(env, Record) else {}
 
 
-def _reason(record: Mapping[str, Any]) -> str:
-    status = record.get("status", "failed")
-    reason = record.get("reason")
-    return f"{status}: {reason}" if reason else str(status)
+def _read_as(value: Any, kind: type[SchemaRecord], where: str) -> Any:
+    """``value`` (a parsed JSON object, or a record already typed) as a record of ``kind``."""
+    if isinstance(value, kind):
+        return value
+    schema = value.get("schema") if isinstance(value, Mapping) else None
+    if schema != kind.SCHEMA:
+        raise BenchError(f"{where}: schema is {schema!r}, expected {kind.SCHEMA!r}; pass {READABLE_HINT}")
+    return typed_record(value, where)
 
 
-# --------------------------------------------------------------------------- record readers
+# --------------------------------------------------------------------------- profile
 
-# (record key, metric name, unit, direction, kind)
-_EXACT_PROFILE = (
-    ("params.total", "params.total", "params", "equal"),
-    ("params.trainable", "params.trainable", "params", "equal"),
-    ("flops.fvcore_total", "flops.fvcore_total", "FLOPs/img (fvcore, 1 FMA = 1 flop)", "equal"),
-    ("flops.paper_macs", "flops.paper_macs", "MACs/img (conv+linear+matmul)", "equal"),
+# (metric name, unit) of the exact counts; params are always measured, FLOPs unless the run skipped them
+_PARAMS = (("total", "params.total"), ("trainable", "params.trainable"))
+_FLOPS = (
+    ("fvcore_total", "flops.fvcore_total", "FLOPs/img (fvcore, 1 FMA = 1 flop)"),
+    ("paper_macs", "flops.paper_macs", "MACs/img (conv+linear+matmul)"),
 )
-_MEMORY_KEYS = ("peak_allocated_bytes", "peak_rss_increase_bytes")
-_ACCURACY = (
-    ("final.top1.sum", "finetune.top1.sum", "%", "higher"),
-    ("final.top1.conv", "finetune.top1.conv", "%", "higher"),
-    ("final.top1.trans", "finetune.top1.trans", "%", "higher"),
-    ("final.top5.sum", "finetune.top5.sum", "%", "higher"),
-    ("final.top5.conv", "finetune.top5.conv", "%", "higher"),
-    ("final.top5.trans", "finetune.top5.trans", "%", "higher"),
-    ("final.val_loss", "finetune.val_loss", "cross-entropy", "lower"),
-)
-
-
-def _check_schema(record: Any, expected: str, source: str) -> None:
-    if not isinstance(record, Mapping):
-        raise BenchError(
-            f"{source}: expected a JSON object holding a {expected} record; pass {READABLE_HINT}"
-        )
-    schema = record.get("schema")
-    if schema != expected:
-        raise BenchError(f"{source}: schema is {schema!r}, expected {expected!r}; pass {READABLE_HINT}")
-    _check_version(record, source)
-
-
-def _check_version(record: Mapping[str, Any], source: str) -> None:
-    schema = str(record.get("schema"))
-    version = record.get("schema_version")
-    newest = READABLE_VERSIONS[schema]
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise BenchError(
-            f"{source}: {schema} record has no valid schema_version; regenerate it with conformer-bench"
-        )
-    if version > newest:
-        raise BenchError(
-            f"{source}: {schema} schema_version {version} is newer than this tool reads ({newest}); upgrade conformer-bench"
-        )
+_MEMORY_FIELDS = ("peak_allocated_bytes", "peak_rss_increase_bytes")
 
 
 def profile_metrics(
-    record: Mapping[str, Any], out: MetricSet, prefix: str = "", context: str | None = None
+    record: ProfileRecord, out: MetricSet, prefix: str = "", context: str | None = None
 ) -> None:
     """Params, FLOPs/MACs (exact), throughput and peak memory (noisy) of a profile record.
 
@@ -217,73 +193,70 @@ def profile_metrics(
     it was run without them, throughput and memory of each phase of its mode.
     """
     source = out.source
-    _check_schema(record, "conformer-bench.profile", source)
-    if record.get("status", "ok") != "ok":
-        out.crashed[prefix] = _reason(record)
+    if record.status != Status.OK:
+        out.crashed[prefix] = _reason(record.status, record.reason)
         return
-    env = record.get("environment") or {}
-    if not isinstance(env, Mapping):
-        raise BenchError(
-            f"{source}: environment is not an object; regenerate the record with conformer-bench"
-        )
-    tenv = _timing_env(env)
-    counted = isinstance(record.get("flops"), Mapping)
-    for key, name, unit, direction in _EXACT_PROFILE:
-        value = _measured(record, key, source, required=counted or key.startswith("params."))
-        if value is not None:
-            out.add(Metric(prefix + name, (value,), unit, direction, "exact", context=context))
-    for mode in _measured_phases(record, source):
-        _phase_metrics(record, mode, out, prefix, context, tenv)
+    tenv = _timing_env(_environment_of(record))
+    params = record.params
+    for attr, name in _PARAMS:
+        value = getattr(params, attr) if params is not None else None
+        absent = _absent(record, "params") if params is None else _absent(params, attr)
+        number = _measured(value, name, source, absent=absent)
+        out.add(Metric(prefix + name, (number,), "params", "equal", "exact", context=context))
+    if record.flops is not None:
+        for attr, name, unit in _FLOPS:
+            number = _measured(getattr(record.flops, attr), name, source, absent=_absent(record.flops, attr))
+            out.add(Metric(prefix + name, (number,), unit, "equal", "exact", context=context))
+    for mode, phase in _measured_phases(record, source):
+        _phase_metrics(record, mode, phase, out, prefix, context, tenv)
 
 
-def _measured_phases(record: Mapping[str, Any], source: str) -> tuple[str, ...]:
+def _measured_phases(record: ProfileRecord, source: str) -> list[tuple[str, ProfiledPhase]]:
     """The phases a profile record's mode timed (those present when it names no known mode)."""
-    from ..profiling import PHASES_OF_MODE
+    from ..profiling import PHASES_OF_MODE  # the profiler's own table (it imports torch)
 
-    mode = _lookup(record, "settings.mode")
+    throughput = record.throughput or {}
+    mode = (record.settings or {}).get("mode")
     phases = PHASES_OF_MODE.get(mode) if isinstance(mode, str) else None
     if phases is None:
-        return tuple(m for m in ("infer", "train") if isinstance(_lookup(record, f"throughput.{m}"), Mapping))
+        return [
+            (m, throughput[m]) for m in ("infer", "train") if isinstance(throughput.get(m), ProfiledPhase)
+        ]
     for phase in phases:
-        if not isinstance(_lookup(record, f"throughput.{phase}"), Mapping):
+        if not isinstance(throughput.get(phase), ProfiledPhase):
             raise BenchError(
                 f"{source}: throughput.{phase} is missing although the record's mode is {mode!r}; rerun "
                 "the measurement"
             )
-    return phases
+    return [(m, throughput[m]) for m in phases]
 
 
 def _phase_metrics(
-    record: Mapping[str, Any],
+    record: ProfileRecord,
     mode: str,
+    phase: ProfiledPhase,
     out: MetricSet,
     prefix: str,
     context: str | None,
     tenv: tuple[tuple[str, Any], ...],
 ) -> None:
-    """Throughput and memory of one timed phase (or the crash that took them)."""
+    """Throughput and memory of one timed phase."""
     source = out.source
-    timing = record["throughput"][mode]
-    if timing.get("status", "ok") != "ok":
-        out.crashed[f"{prefix}throughput.{mode}."] = _reason(timing)
-    else:
-        samples = throughput_samples(timing, f"throughput.{mode}", source)
-        name = f"{prefix}throughput.{mode}.img_per_s"
-        out.add(Metric(name, samples, "img/s", "higher", "noisy", True, tenv, context))
-        relative = reference_samples(timing, f"throughput.{mode}", source)
-        if relative:
-            name = f"{prefix}throughput.{mode}.img_per_ref_gflop"
-            out.add(Metric(name, relative, REF_UNIT, "higher", "noisy", True, tenv, context))
-    memory = _lookup(record, f"memory.{mode}")
-    if not isinstance(memory, Mapping):
+    where = f"throughput.{mode}"
+    samples = throughput_samples(phase, where, source)
+    name = f"{prefix}throughput.{mode}.img_per_s"
+    out.add(Metric(name, samples, "img/s", "higher", "noisy", True, tenv, context))
+    relative = reference_samples(phase, where, source)
+    if relative:
+        name = f"{prefix}throughput.{mode}.img_per_ref_gflop"
+        out.add(Metric(name, relative, REF_UNIT, "higher", "noisy", True, tenv, context))
+    memory = record.memory.phase(mode) if record.memory is not None else None
+    if memory is None:
         return
-    if memory.get("status", "ok") != "ok":
-        out.crashed[f"{prefix}memory.{mode}."] = _reason(memory)
-        return
-    for key in _MEMORY_KEYS:
-        value = _measured(memory, key, f"{source} memory.{mode}")
-        if value is not None:
-            name = f"{prefix}memory.{mode}.{key}"
+    for attr in _MEMORY_FIELDS:
+        if hasattr(memory, attr):
+            value = _measured(getattr(memory, attr), attr, f"{source} memory.{mode}")
+            name = f"{prefix}memory.{mode}.{attr}"
             out.add(Metric(name, (value,), "bytes", "lower", "noisy", True, tenv, context))
 
 
@@ -297,36 +270,40 @@ def _number_list(raw: Any, where: str, source: str, what: str) -> tuple[float, .
     return values
 
 
-def throughput_samples(timing: Mapping[str, Any], where: str, source: str) -> tuple[float, ...]:
+def throughput_samples(phase: ProfiledPhase, where: str, source: str) -> tuple[float, ...]:
     """Images per second of every timed iteration: ``batch_size / seconds``."""
-    raw = timing.get("samples_s")
-    if raw is None:
-        return (positive_number(timing.get("img_per_s"), f"{where}.img_per_s", source),)
-    batch = positive_number(timing.get("batch_size"), f"{where}.batch_size", source)
-    seconds = _number_list(raw, f"{where}.samples_s", source, "seconds")
+    timing = phase.timing
+    if timing.samples_s is None:
+        return (positive_number(timing.img_per_s, f"{where}.img_per_s", source),)
+    batch = positive_number(timing.batch_size, f"{where}.batch_size", source)
+    seconds = _number_list(timing.samples_s, f"{where}.samples_s", source, "seconds")
     return tuple(batch / s for s in seconds)
 
 
-def positive_number(value: Any, where: str, source: str) -> float:
-    number = finite_number(value, where, source)
-    if number <= 0:
-        raise BenchError(f"{source}: {where} is {number:g}, not a positive number; regenerate the record")
-    return number
-
-
-REF_UNIT = "img/ref-GFLOP"
-
-
-def reference_samples(timing: Mapping[str, Any], where: str, source: str) -> tuple[float, ...]:
+def reference_samples(phase: ProfiledPhase, where: str, source: str) -> tuple[float, ...]:
     """Images per reference GFLOP of every (step, reference GEMM) pair; empty without a reference."""
-    raw = timing.get("ref_ratio_samples")
+    raw = phase.timing.ref_ratio_samples
     if raw is None:
         return ()
     return _number_list(raw, f"{where}.ref_ratio_samples", source, "numbers")
 
 
+# --------------------------------------------------------------------------- finetune
+
+# (group of FinetuneFinal, head or None for the field itself, metric name, unit, direction)
+_ACCURACY = (
+    ("top1", "sum", "finetune.top1.sum", "%", "higher"),
+    ("top1", "conv", "finetune.top1.conv", "%", "higher"),
+    ("top1", "trans", "finetune.top1.trans", "%", "higher"),
+    ("top5", "sum", "finetune.top5.sum", "%", "higher"),
+    ("top5", "conv", "finetune.top5.conv", "%", "higher"),
+    ("top5", "trans", "finetune.top5.trans", "%", "higher"),
+    ("val_loss", None, "finetune.val_loss", "cross-entropy", "lower"),
+)
+
+
 def finetune_metrics(
-    records: list[Mapping[str, Any]], out: MetricSet, prefix: str = "", context: str | None = None
+    records: list[FinetuneRecord], out: MetricSet, prefix: str = "", context: str | None = None
 ) -> None:
     """Final accuracies (percent) and validation loss; one sample per seed (record).
 
@@ -335,15 +312,15 @@ def finetune_metrics(
     """
     if not records:
         return
-    for rec in records:
-        _check_schema(rec, "conformer-bench.finetune", out.source)
-    failed = [rec for rec in records if rec.get("status", "ok") != "ok"]
+    failed = [rec for rec in records if rec.status != Status.OK]
     if failed:
-        out.crashed[f"{prefix}finetune."] = f"{len(failed)} of {len(records)} seed(s) {_reason(failed[0])}"
+        why = _reason(failed[0].status, failed[0].reason)
+        out.crashed[f"{prefix}finetune."] = f"{len(failed)} of {len(records)} seed(s) {why}"
         return
-    for key, name, unit, direction in _ACCURACY:
-        values = [_accuracy_value(rec, key, out.source) for rec in records]
+    for group, head, name, unit, direction in _ACCURACY:
+        values = [_accuracy_value(rec, group, head, out.source) for rec in records]
         present = [v for v in values if v is not None]
+        key = f"final.{group}" + (f".{head}" if head else "")
         if present and len(present) < len(values):
             raise BenchError(
                 f"{out.source}: {key} is missing in {len(values) - len(present)} of {len(values)} "
@@ -353,22 +330,30 @@ def finetune_metrics(
             out.add(Metric(prefix + name, tuple(present), unit, direction, "accuracy", context=context))
 
 
-def _accuracy_value(record: Mapping[str, Any], key: str, source: str) -> float | None:
+def _accuracy_value(record: FinetuneRecord, group: str, head: str | None, source: str) -> float | None:
     """A final accuracy or loss; ``None`` only for a head the variant does not have, or for top-5 under five
     classes (the record then holds no top-5 at all)."""
-    head = key.rsplit(".", 1)[-1]
-    if key.startswith("final.top5") and _lookup(record, "final.top5") in (None, _ABSENT):
+    final = record.final
+    if final is None:
+        raise BenchError(f"{source}: final is missing in a record whose status is ok; rerun the fine-tuning")
+    key = f"final.{group}" + (f".{head}" if head else "")
+    if head is None:
+        return _measured(getattr(final, group), key, source, absent=_absent(final, group))
+    by_head = getattr(final, group)
+    if by_head is None and group == "top5":
         return None
-    if head in ("conv", "trans") and head not in _heads_of(record):
-        value = _lookup(record, key)
-        return None if value in (None, _ABSENT) else finite_number(value, key, source)
-    return _measured(record, key, source, required=True)
+    if not isinstance(by_head, Mapping):
+        raise BenchError(f"{source}: final.{group} is not an object of heads; {REGENERATE}")
+    value = by_head.get(head)
+    if head != "sum" and head not in _heads_of(record):
+        return None if value is None else finite_number(value, key, source)
+    return _measured(value, key, source, absent=head not in by_head)
 
 
-def _heads_of(record: Mapping[str, Any]) -> tuple[str, ...]:
+def _heads_of(record: FinetuneRecord) -> tuple[str, ...]:
     """The classifier heads of the record's variant, from its config (``ConformerConfig.has_conv_head`` and
     ``has_trans_head``); both when the record holds no config."""
-    config = _lookup(record, "variant.config")
+    config = record.variant.config if record.variant is not None else None
     if not isinstance(config, Mapping):
         return ("conv", "trans")
     branches, heads = config.get("branches", "dual"), config.get("heads", "both")
@@ -377,42 +362,97 @@ def _heads_of(record: Mapping[str, Any]) -> tuple[str, ...]:
     return (*(("conv",) if conv else ()), *(("trans",) if trans else ()))
 
 
-def config_identity(cell: Mapping[str, Any]) -> str | None:
-    """A short hash of the cell's model config (what was measured), else its recorded config_hash."""
-    config = cell.get("config")
+# --------------------------------------------------------------------------- ablation cells
+
+
+def config_digest(config: Mapping[str, Any] | None, recorded: str | None = None) -> str | None:
+    """A short hash of a model config (what was measured), else the ``recorded`` config hash."""
     if isinstance(config, Mapping):
         text = json.dumps(config, sort_keys=True, default=str)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
-    digest = cell.get("config_hash")
-    return str(digest) if digest is not None else None
+    return str(recorded) if recorded is not None else None
 
 
-def _cell_metrics(cell: Any, out: MetricSet, where: str) -> None:
-    if not isinstance(cell, Mapping) or cell.get("schema", "conformer-bench.cell") != "conformer-bench.cell":
-        raise BenchError(f"{where}: not a conformer-bench.cell record; pass {READABLE_HINT}")
-    if "schema" in cell:
-        _check_version(cell, where)
-    label = cell.get("label")
-    if not isinstance(label, str) or not label:
-        raise BenchError(f"{where}: cell has no label; regenerate the results with `conformer-bench ablate`")
-    prefix = f"{label}/"
-    if any(name.startswith(prefix) for name in out.metrics) or prefix in out.crashed:
-        raise BenchError(f"{where}: label {label!r} appears twice; give each ablation cell a unique label")
-    context = config_identity(cell)
-    if cell.get("status", "ok") != "ok":
-        out.crashed[prefix] = _reason(cell)
-        return
-    profile = cell.get("profile")
-    if isinstance(profile, Mapping):
-        profile_metrics(profile, out, prefix, context)
-        out.environment = out.environment or _env(profile)
-    out.environment = out.environment or _env(cell)
-    finetune = cell.get("finetune") or []
+def config_identity(holder: Mapping[str, Any]) -> str | None:
+    """:func:`config_digest` of a JSON object holding ``config`` (and perhaps ``config_hash``)."""
+    return config_digest(holder.get("config"), holder.get("config_hash"))
+
+
+@dataclass
+class CellView:
+    """What a report and the history read of one ablation cell, its profile and fine-tune records typed."""
+
+    label: str
+    status: Status | str
+    reason: str | None
+    context: str | None  # what was measured: a hash of the cell's config
+    experiment: str
+    profile: ProfileRecord | None
+    finetune: list[FinetuneRecord]
+    own_environment: dict[str, Any]  # the cell record's own (older cells have none)
+
+    @property
+    def environment(self) -> dict[str, Any]:
+        """Where it was measured: its profile's environment, else the cell's, else its first seed's."""
+        seed = self.finetune[0] if self.finetune else None
+        return _environment_of(self.profile) or self.own_environment or _environment_of(seed)
+
+
+def cell_view(cell: Any, where: str) -> CellView:
+    """The one adapter from an ablation cell record to what the report and the history read of it.
+
+    ``cell`` is a JSON object from the results store, or a typed cell record (whose fields are its JSON keys).
+    """
+    if isinstance(cell, Record):
+        if getattr(cell, "SCHEMA", None) != CELL_SCHEMA:
+            raise BenchError(f"{where}: not a {CELL_SCHEMA} record; pass {READABLE_HINT}")
+    else:
+        cell = validate_record(cell, where)
+    profile, finetune = _field(cell, "profile"), _field(cell, "finetune") or []
     if not isinstance(finetune, list):
         raise BenchError(f"{where}: finetune is not a list of records; regenerate the results")
-    finetune_metrics(finetune, out, prefix, context)
-    if finetune and isinstance(finetune[0], Mapping):
-        out.environment = out.environment or _env(finetune[0])
+    status = _field(cell, "status") or Status.OK
+    environment = _field(cell, "environment")
+    if isinstance(environment, Record):
+        environment = environment.to_dict()
+    return CellView(
+        label=_field(cell, "label"),
+        status=Status(status) if status in set(Status) else str(status),
+        reason=_field(cell, "reason"),
+        context=config_digest(_field(cell, "config"), _field(cell, "config_hash")),
+        experiment=str(_field(cell, "experiment") or ""),
+        profile=_read_as(profile, ProfileRecord, f"{where} profile") if profile is not None else None,
+        finetune=[_read_as(r, FinetuneRecord, f"{where} finetune seed {i}") for i, r in enumerate(finetune)],
+        own_environment=dict(environment) if isinstance(environment, Mapping) else {},
+    )
+
+
+def _field(cell: Any, name: str) -> Any:
+    """A field of a cell: an attribute of a typed cell record, a key of a cell's JSON object."""
+    return getattr(cell, name, None) if isinstance(cell, Record) else cell.get(name)
+
+
+def cell_metrics(cell: CellView, out: MetricSet) -> None:
+    """A cell's profile and fine-tune metrics under its label (or the crash that took them)."""
+    prefix = f"{cell.label}/"
+    if cell.status != Status.OK:
+        out.crashed[prefix] = _reason(cell.status, cell.reason)
+        return
+    if cell.profile is not None:
+        profile_metrics(cell.profile, out, prefix, cell.context)
+    finetune_metrics(cell.finetune, out, prefix, cell.context)
+
+
+def _add_cell(cell: Any, out: MetricSet, where: str) -> None:
+    view = cell_view(cell, where)
+    prefix = f"{view.label}/"
+    if any(name.startswith(prefix) for name in out.metrics) or prefix in out.crashed:
+        raise BenchError(
+            f"{where}: label {view.label!r} appears twice; give each ablation cell a unique label"
+        )
+    cell_metrics(view, out)
+    if view.status == Status.OK:
+        out.environment = out.environment or view.environment
 
 
 def ablation_metrics(path: Path) -> MetricSet:
@@ -422,8 +462,6 @@ def ablation_metrics(path: Path) -> MetricSet:
     to the folder's current experiment (another experiment, or settings changed since it ran) counts as
     crashed with the reason "stale: ...", so it is reported and never gated as ok.
     """
-    from ..ablate.store import CELLS_FILE, ResultStore
-
     folder = path if path.is_dir() else path.parent
     if path.is_dir() and not os.path.lexists(path / CELLS_FILE) and not ResultStore(path).exists():
         raise BenchError(f"{str(path)!r} holds no {CELLS_FILE}; pass {READABLE_HINT}")
@@ -440,86 +478,62 @@ def ablation_metrics(path: Path) -> MetricSet:
         if label in stale:
             out.crashed[f"{label}/"] = f"stale: {stale[label]}; rerun the ablation or remove the cell"
             continue
-        _cell_metrics(cell, out, f"{path} cell {label!r}")
+        _add_cell(cell, out, f"{path} cell {label!r}")
     return out
 
 
-def baseline_metrics(record: Mapping[str, Any], source: str) -> MetricSet:
-    """Read back a file written by ``conformer-bench baseline write``."""
-    _check_schema(record, BASELINE_SCHEMA, source)
-    kind = record.get("source_kind")
-    metrics = record.get("metrics")
-    if kind not in ("profile", "finetune", "ablation") or not isinstance(metrics, Mapping):
-        raise BenchError(
-            f"{source}: baseline is missing source_kind or metrics; rewrite it with `baseline write`"
-        )
-    out = MetricSet(source=source, source_kind=str(kind), environment=_env(record))
-    for name, entry in metrics.items():
-        out.add(_baseline_metric(name, entry, source))
-    crashed = record.get("crashed")
-    if crashed is not None and not isinstance(crashed, Mapping):
-        raise BenchError(f"{source}: crashed is not an object; rewrite the baseline with `baseline write`")
-    out.crashed = {str(k): str(v) for k, v in (crashed or {}).items()}
+# --------------------------------------------------------------------------- baselines and any input
+
+
+def baseline_metrics(record: BaselineRecord, source: str) -> MetricSet:
+    """The metrics of a (checked) baseline record."""
+    out = MetricSet(source=source, source_kind=record.source_kind, environment=dict(record.environment or {}))
+    for name, metric in record.metrics.items():
+        out.add(Metric.from_record(name, metric))
+    out.crashed = {str(k): str(v) for k, v in (record.crashed or {}).items()}
     return out
-
-
-def _baseline_metric(name: str, entry: Any, source: str) -> Metric:
-    """One metric of a baseline file: every field checked, every sample a finite number."""
-    where = f"metric {name!r}"
-    fix = "rewrite it with `baseline write`"
-    if not isinstance(entry, Mapping):
-        raise BenchError(f"{source}: {where} is not an object; {fix}")
-    raw = entry.get("samples")
-    if not isinstance(raw, list) or not raw:
-        raise BenchError(f"{source}: {where} has no samples (a non-empty list of numbers); {fix}")
-    samples = tuple(finite_number(s, f"{where} sample {i}", source) for i, s in enumerate(raw))
-    direction, kind, unit = entry.get("direction"), entry.get("kind"), entry.get("unit")
-    if direction not in DIRECTIONS or kind not in KINDS or not isinstance(unit, str):
-        raise BenchError(f"{source}: {where} has an unknown kind, direction or unit; {fix}")
-    timing, tenv, context = entry.get("timing", False), entry.get("timing_env"), entry.get("context")
-    if not isinstance(timing, bool) or not isinstance(tenv, (Mapping, type(None))):
-        raise BenchError(f"{source}: {where} has a malformed timing or timing_env; {fix}")
-    if not isinstance(context, (str, type(None))):
-        raise BenchError(f"{source}: {where} has a context that is not a string; {fix}")
-    tenv = tenv or {}
-    return Metric(
-        name, samples, unit, direction, kind, timing, tuple((k, tenv.get(k)) for k in TIMING_KEYS), context
-    )
 
 
 def input_files(path: str | Path) -> list[Path]:
     """The files :func:`load_metrics` reads for ``path``: the file itself, or a results folder's records."""
-    from ..ablate.store import ResultStore
-
     path = Path(path)
     return ResultStore(path).record_files() if path.is_dir() else [path]
 
 
+def read_input(path: str | Path, expected: str | None = None) -> Any:
+    """The record in a JSON file ``report`` or ``baseline`` reads: typed, of a schema they read (``expected``
+    when given); a cell record stays JSON until its kind is registered."""
+    path = Path(path)
+    value = read_json(path)
+    source = str(path)
+    if not isinstance(value, Mapping):
+        raise BenchError(f"{source}: expected a JSON object; pass {READABLE_HINT}")
+    schema = value.get("schema")
+    if expected is not None and schema != expected:
+        raise BenchError(f"{source}: schema is {schema!r}, expected {expected!r}; pass {READABLE_HINT}")
+    if schema not in REPORTED:
+        raise BenchError(f"{source}: schema {schema!r} is not one report reads; pass {READABLE_HINT}")
+    if schema == CELL_SCHEMA and schema not in RECORD_KINDS:
+        return value
+    return typed_record(value, source)
+
+
 def load_metrics(path: str | Path) -> MetricSet:
     """Read any input ``report`` and ``baseline`` accept; :class:`BenchError` for anything else."""
-    from ..files import read_json
-
     path = Path(path)
     if path.is_dir() or path.suffix == ".jsonl":
         return ablation_metrics(path)
-    record = read_json(path)
+    record = read_input(path)
     source = str(path)
-    if not isinstance(record, Mapping):
-        raise BenchError(f"{source}: expected a JSON object; pass {READABLE_HINT}")
-    schema = record.get("schema")
-    if schema == BASELINE_SCHEMA:
+    if isinstance(record, BaselineRecord):
         return baseline_metrics(record, source)
-    env = _env(record)
-    if schema == "conformer-bench.profile":
-        out = MetricSet(source=source, source_kind="profile", environment=dict(env))
+    if isinstance(record, ProfileRecord):
+        out = MetricSet(source=source, source_kind="profile", environment=_environment_of(record))
         profile_metrics(record, out)
-    elif schema == "conformer-bench.finetune":
-        out = MetricSet(source=source, source_kind="finetune", environment=dict(env))
+    elif isinstance(record, FinetuneRecord):
+        out = MetricSet(source=source, source_kind="finetune", environment=_environment_of(record))
         finetune_metrics([record], out)
-    elif schema == "conformer-bench.cell":
-        _check_version(record, source)
-        out = MetricSet(source=source, source_kind="ablation")
-        _cell_metrics(record, out, source)
     else:
-        raise BenchError(f"{source}: schema {schema!r} is not one report reads; pass {READABLE_HINT}")
+        out = MetricSet(source=source, source_kind="ablation")
+        _add_cell(record, out, source)
     return out

@@ -6,14 +6,16 @@ snapshot-tested and diffed between runs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..records.report import ReportRecord, ReportRow, ReportSide
+from ..tables import Column, Table
 from .compare import STATUS_ORDER, Comparison, Row
+from .metrics import MetricSet
 
-REPORT_SCHEMA = "conformer-bench.report"
-REPORT_SCHEMA_VERSION = 1
-COLUMNS = ("status", "metric", "direction", "baseline", "current", "Δ", "significance", "n", "threshold")
+REPORT_SCHEMA_VERSION = ReportRecord.VERSION
 ENV_FOOTER_KEYS = (
     "device", "device_name", "cpu_model", "cpu_vendor", "cpu_capability", "cpu_flags", "onednn_version",
     "mkl_version", "kernel_overrides", "threads", "torch", "cuda", "precision", "batch_size", "img_size",
@@ -94,27 +96,50 @@ def format_threshold(row: Row) -> str:
     return " · ".join(parts) if parts else "none"
 
 
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+# The Markdown table of rows: each cell formatted for its metric's unit (so no column-wide digits).
+COLUMNS: tuple[Column[Row], ...] = (
+    Column("status", lambda r: f"**{r.status}**" if r.blocking else r.status),
+    Column("metric", lambda r: f"`{r.metric}`"),
+    Column("direction", lambda r: _DIRECTION.get(r.direction, r.direction)),
+    Column("baseline", lambda r: format_value(r.baseline, r.unit)),
+    Column("current", lambda r: format_value(r.current, r.unit)),
+    Column("Δ", format_delta),
+    Column("significance", format_significance),
+    Column("n", lambda r: f"{r.n_baseline} → {r.n_current}"),
+    Column("threshold", format_threshold),
+)
 
 
-def metric_table(rows: list[Row]) -> list[str]:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for row in rows:
-        status = f"**{row.status}**" if row.blocking else row.status
-        cells = (
-            status,
-            f"`{row.metric}`",
-            _DIRECTION.get(row.direction, row.direction),
-            format_value(row.baseline, row.unit),
-            format_value(row.current, row.unit),
-            format_delta(row),
-            format_significance(row),
-            f"{row.n_baseline} → {row.n_current}",
-            format_threshold(row),
-        )
-        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
-    return lines
+def metric_table(rows: Sequence[Row]) -> list[str]:
+    """The Markdown lines of a table of rows (``|`` in a cell escaped)."""
+    return Table(COLUMNS, rows).to_markdown().splitlines()
+
+
+# The rows of a report's JSON as a tidy table (`conformer_bench.to_frame` of report records): raw numbers.
+ROW_COLUMNS: tuple[Column[ReportRow], ...] = (
+    Column("metric", lambda r: r.metric),
+    Column("status", lambda r: r.status),
+    Column("blocking", lambda r: r.blocking),
+    Column("kind", lambda r: r.kind),
+    Column("direction", lambda r: r.direction),
+    Column("unit", lambda r: r.unit),
+    Column("baseline", lambda r: r.baseline),
+    Column("current", lambda r: r.current),
+    Column("delta", lambda r: r.delta),
+    Column("delta_rel", lambda r: r.delta_rel),
+    Column("n_baseline", lambda r: r.n_baseline),
+    Column("n_current", lambda r: r.n_current),
+    Column("p_value", lambda r: r.p_value),
+    Column("p_adjusted", lambda r: r.p_adjusted),
+    Column("ci_low", lambda r: r.ci[0] if r.ci else None),
+    Column("ci_high", lambda r: r.ci[1] if r.ci else None),
+    Column("note", lambda r: r.note),
+)
+
+
+def tidy(record: ReportRecord) -> tuple[Sequence[Column[ReportRow]], list[ReportRow]]:
+    """A report's rows for :func:`conformer_bench.to_frame` (see ``conformer_bench.api.TIDY``)."""
+    return ROW_COLUMNS, list(record.rows)
 
 
 def headline(comparison: Comparison) -> str:
@@ -185,28 +210,27 @@ def render_markdown(comparison: Comparison) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_json(comparison: Comparison, warn_only: bool = False) -> dict[str, Any]:
+def _side(metrics: MetricSet) -> ReportSide:
+    return ReportSide(metrics.source, metrics.source_kind, metrics.environment)
+
+
+def report_record(comparison: Comparison, warn_only: bool = False) -> ReportRecord:
     """The machine-readable verdict written beside the Markdown."""
-    return {
-        "schema": REPORT_SCHEMA,
-        "schema_version": REPORT_SCHEMA_VERSION,
-        "verdict": comparison.verdict,
-        "exit_code": comparison.exit_code(warn_only),
-        "warn_only": warn_only,
-        "counts": {k.lower().replace(" ", "_"): v for k, v in comparison.counts().items()},
-        "blocking": [r.metric for r in comparison.blocking],
-        "stale": [r.metric for r in comparison.stale],
-        "environment_mismatch": {k: list(v) for k, v in comparison.env_mismatch.items()},
-        "baseline": {
-            "source": comparison.baseline.source,
-            "source_kind": comparison.baseline.source_kind,
-            "environment": comparison.baseline.environment,
-        },
-        "current": {
-            "source": comparison.current.source,
-            "source_kind": comparison.current.source_kind,
-            "environment": comparison.current.environment,
-        },
-        "thresholds": comparison.threshold_sources,
-        "rows": [r.to_dict() for r in comparison.rows],
-    }
+    return ReportRecord(
+        verdict=comparison.verdict,
+        exit_code=comparison.exit_code(warn_only),
+        warn_only=warn_only,
+        counts={k.lower().replace(" ", "_"): v for k, v in comparison.counts().items()},
+        blocking=[r.metric for r in comparison.blocking],
+        stale=[r.metric for r in comparison.stale],
+        environment_mismatch={k: list(v) for k, v in comparison.env_mismatch.items()},
+        baseline=_side(comparison.baseline),
+        current=_side(comparison.current),
+        thresholds=comparison.threshold_sources,
+        rows=[r.to_record() for r in comparison.rows],
+    )
+
+
+def render_json(comparison: Comparison, warn_only: bool = False) -> dict[str, Any]:
+    """:func:`report_record` as JSON."""
+    return report_record(comparison, warn_only).to_dict()

@@ -12,7 +12,9 @@ from typing import Any
 from conformer.config import is_finite_number
 
 from ..errors import BenchError
-from .metrics import DIRECTIONS, KINDS, Metric
+from ..files import loads_toml, read_input_text
+from ..records.baseline import DIRECTIONS, METRIC_KINDS
+from .metrics import Metric
 
 THRESHOLDS_SCHEMA = "conformer-bench.thresholds"
 SIGNIFICANCE = ("mann-whitney+bootstrap", "mann-whitney", "bootstrap", "welch", "none")
@@ -58,7 +60,7 @@ _FLOAT_KEYS = {
     "alpha", "confidence", "unstable_iqr_over_median", "unstable_cv",
 }  # fmt: skip
 _CHOICES: dict[str, tuple[str, ...]] = {
-    "kind": KINDS,
+    "kind": METRIC_KINDS,
     "direction": DIRECTIONS,
     "statistic": STATISTICS,
     "significance": SIGNIFICANCE,
@@ -146,8 +148,6 @@ class Thresholds:
 
 
 def _parse(text: str, source: str) -> dict[str, Any]:
-    from ..files import loads_toml
-
     try:
         return loads_toml(text)
     except ValueError as exc:
@@ -156,8 +156,6 @@ def _parse(text: str, source: str) -> dict[str, Any]:
 
 def load_thresholds(path: str | Path | None = None) -> Thresholds:
     """The shipped defaults, with ``path`` (if given) merged on top, setting by setting."""
-    from ..files import read_input_text
-
     thresholds = Thresholds()
     shipped = resources.files("conformer_bench").joinpath("report/thresholds.toml")
     thresholds.merge(
