@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
-import types
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +15,11 @@ from typer.testing import CliRunner
 from conformer_bench.ablate.experiment import load_experiment
 from conformer_bench.ablate.plots import pareto_front
 from conformer_bench.ablate.runner import parse_shard, run_grid, shard_of
-from conformer_bench.ablate.store import load_records
+from conformer_bench.ablate.store import CellOutcome, load_records
 from conformer_bench.cli import app
 from conformer_bench.errors import BenchError
 from conformer_bench.formatting import TOGGLE_FIELDS
+from conformer_bench.records import FinetuneRecord, ProfileRecord, Status
 
 ROOT = Path(__file__).resolve().parent.parent
 EXP = Path(__file__).parent / "fixtures" / "experiments"
@@ -176,17 +177,18 @@ def test_profile_mode_override_applies_to_every_cell(tmp_path: Path) -> None:
 # --- isolation, resume and gathering through the runner (fast: costs only) ------------------------------
 
 
+FAKE_PROFILE = {
+    "schema": "conformer-bench.profile",
+    "schema_version": 1,
+    "status": "ok",
+    "params": {"total": 1},
+}
+
+
 def _fake_ok(calls: list[str]) -> Any:
-    def cell_fn(cell: Any, finetune: bool, reuse: Any, progress: Any) -> dict[str, Any]:
+    def cell_fn(cell: Any, finetune: bool, reuse: Any, progress: Any) -> CellOutcome:
         calls.append(cell.label)
-        return {
-            "profile": {"status": "ok", "params": {"total": 1}},
-            "finetune": [],
-            "status": "ok",
-            "reason": None,
-            "environment": {},
-            "wall_s": 0.0,
-        }
+        return CellOutcome(ProfileRecord.from_dict(FAKE_PROFILE), [], Status.OK, None, None, 0.0)
 
     return cell_fn
 
@@ -212,7 +214,7 @@ def test_resume_skips_unchanged_and_reruns_changed(tmp_path: Path) -> None:
     run_grid(exp2, list(exp2.cells), out, finetune=False, resume=True, cell_fn=_fake_ok(calls), isolate=False)
     assert calls == ["no-fcu"]
     after = load_records(out)
-    assert after["no-fcu"]["config"]["coupling"] == "down"
+    assert after["no-fcu"].config["coupling"] == "down"
     assert after["dual"] == first["dual"]
     lines = (out / "cells.jsonl").read_text().splitlines()
     assert [json.loads(x)["label"] for x in lines] == ["dual", "cnn-only", "transformer-only", "no-fcu"]
@@ -232,14 +234,14 @@ def test_resume_reruns_failed_oom_and_nan_cells(tmp_path: Path) -> None:
     exp = load_experiment(src, output_dir=out)
     bad = {"cnn-only": "failed", "transformer-only": "oom", "no-fcu": "nan"}
 
-    def flaky(cell: Any, finetune: bool, reuse: Any, progress: Any) -> dict[str, Any]:
-        outcome: dict[str, Any] = _fake_ok([])(cell, finetune, reuse, progress)
+    def flaky(cell: Any, finetune: bool, reuse: Any, progress: Any) -> CellOutcome:
+        outcome: CellOutcome = _fake_ok([])(cell, finetune, reuse, progress)
         if cell.label in bad:
-            outcome.update(status=bad[cell.label], reason="simulated")
+            outcome = dataclasses.replace(outcome, status=Status(bad[cell.label]), reason="simulated")
         return outcome
 
     run_grid(exp, list(exp.cells), out, finetune=False, resume=False, cell_fn=flaky, isolate=False)
-    assert {k: r["status"] for k, r in load_records(out).items()} == {"dual": "ok", **bad}
+    assert {k: r.status for k, r in load_records(out).items()} == {"dual": "ok", **bad}
 
     dry = invoke("ablate", str(src), "--dry-run", "--resume", "--output-dir", str(out))
     assert dry.exit_code == 0, dry.output
@@ -251,7 +253,7 @@ def test_resume_reruns_failed_oom_and_nan_cells(tmp_path: Path) -> None:
         exp, list(exp.cells), out, finetune=False, resume=True, cell_fn=_fake_ok(calls), isolate=False
     )
     assert calls == ["cnn-only", "transformer-only", "no-fcu"] and result.skipped == ["dual"]
-    assert all(r["status"] == "ok" for r in load_records(out).values())
+    assert all(r.status == "ok" for r in load_records(out).values())
 
 
 def test_adding_finetune_on_resume_reuses_the_recorded_profile(tmp_path: Path) -> None:
@@ -264,14 +266,14 @@ def test_adding_finetune_on_resume_reuses_the_recorded_profile(tmp_path: Path) -
     )
     seen: list[tuple[bool, Any]] = []
 
-    def cell_fn(cell: Any, finetune: bool, reuse: Any, progress: Any) -> dict[str, Any]:
-        seen.append((finetune, reuse))
+    def cell_fn(cell: Any, finetune: bool, reuse: Any, progress: Any) -> CellOutcome:
+        seen.append((finetune, reuse.to_dict() if reuse is not None else None))
         return _fake_ok([])(cell, finetune, reuse, progress)
 
     run_grid(exp, exp.select(["dual"]), out, finetune=True, resume=True, cell_fn=cell_fn, isolate=False)
-    assert seen == [(True, {"status": "ok", "params": {"total": 1}})]
+    assert seen == [(True, FAKE_PROFILE)]
     record = load_records(out)["dual"]
-    assert record["config_hash"] == exp.cell("dual").config_hash(True) != exp.cell("dual").config_hash(False)
+    assert record.config_hash == exp.cell("dual").config_hash(True) != exp.cell("dual").config_hash(False)
 
 
 def test_crash_oom_and_nan_are_recorded_and_the_rest_go_on(
@@ -291,21 +293,12 @@ def test_crash_oom_and_nan_are_recorded_and_the_rest_go_on(
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real_profile(cfg, settings, **kwargs)
 
-    def nan_finetune(cfg: Any, settings: Any, **kwargs: Any) -> Any:
-        """A stand-in record: what the cell stores is its ``to_dict()``."""
+    def nan_finetune(cfg: Any, settings: Any, **kwargs: Any) -> FinetuneRecord:
         if cfg.coupling == "none" and settings.seed == 1:
-            record = {
-                "schema": "conformer-bench.finetune",
-                "status": "nan",
-                "reason": "non-finite loss at step 2",
-            }
+            record = {"status": "nan", "reason": "non-finite loss at step 2"}
         else:
-            record = {
-                "schema": "conformer-bench.finetune",
-                "status": "ok",
-                "final": {"top1": {"conv": 50.0, "trans": 40.0, "sum": 55.0}},
-            }
-        return types.SimpleNamespace(to_dict=lambda: record)
+            record = {"status": "ok", "final": {"top1": {"conv": 50.0, "trans": 40.0, "sum": 55.0}}}
+        return FinetuneRecord.from_dict({"schema": "conformer-bench.finetune", "schema_version": 1, **record})
 
     monkeypatch.setattr(profiling_mod, "profile_variant", flaky_profile)
     monkeypatch.setattr(finetune_mod, "run_finetune", nan_finetune)
@@ -319,18 +312,17 @@ def test_crash_oom_and_nan_are_recorded_and_the_rest_go_on(
     result = invoke("ablate", str(src), "--output-dir", str(out), "--no-isolate")
     assert result.exit_code == 1, result.output
     records = load_records(out)
-    assert records["dual"]["status"] == "ok" and records["dual"]["profile"]["params"]["total"] > 0
-    assert len(records["dual"]["finetune"]) == 2
+    assert records["dual"].status == "ok" and records["dual"].profile.params.total > 0
+    assert len(records["dual"].finetune) == 2
     cnn = records["cnn-only"]
     assert (
-        cnn["status"] == "failed"
-        and cnn["reason"] == "profile: RuntimeError: simulated crash with a second line"
+        cnn.status == "failed" and cnn.reason == "profile: RuntimeError: simulated crash with a second line"
     )
-    assert records["transformer-only"]["status"] == "oom"
+    assert records["transformer-only"].status == "oom"
     nan = records["no-fcu"]
-    assert nan["status"] == "nan" and nan["reason"] == "finetune seed 1: non-finite loss at step 2"
-    assert nan["profile"]["status"] == "ok" and len(nan["finetune"]) == 2
-    assert {r["isolation"] for r in records.values()} == {"inline"}
+    assert nan.status == "nan" and nan.reason == "finetune seed 1: non-finite loss at step 2"
+    assert nan.profile.status == "ok" and len(nan.finetune) == 2
+    assert {r.isolation for r in records.values()} == {"inline"}
     summary = (out / "summary.md").read_text()
     assert "simulated crash" in summary and "| `no-fcu` |" in summary
 
@@ -347,12 +339,16 @@ def test_real_grid_end_to_end_then_table(tmp_path: Path) -> None:
     records = [json.loads(line) for line in lines]
     assert [r["label"] for r in records] == ["dual", "num_med_block=1", "cnn-only", "no-fcu"]
     for r in records:
-        assert r["schema"] == "conformer-bench.cell" and r["schema_version"] == 1
+        assert r["schema"] == "conformer-bench.cell" and r["schema_version"] == 2
         assert r["status"] == "ok", r["reason"]
         assert r["isolation"] == "process"  # the default: each cell in a fresh process
+        assert "config" not in r and r["variant"]["config"]["name"] == "nano"  # the config once, in variant
+        assert "config" not in r["profile"]["variant"] and all(
+            "config" not in f["variant"] for f in r["finetune"]
+        )
         assert set(r) >= {
             "label",
-            "config",
+            "variant",
             "config_hash",
             "status",
             "reason",
@@ -420,9 +416,6 @@ def test_seed_jobs_compute_what_one_seed_at_a_time_computes(tmp_path: Path) -> N
     for exp, out in ((one, tmp_path / "one"), (two, tmp_path / "two")):
         run_grid(exp, [exp.cells[0]], out, finetune=True, resume=False, isolate=False)
     records = [load_records(tmp_path / name)["dual"] for name in ("one", "two")]
-    assert [r["status"] for r in records] == ["ok", "ok"]
-    finals = [
-        [(s["hyper"]["seed"], s["final"]["top1"], s["final"]["val_loss"]) for s in r["finetune"]]
-        for r in records
-    ]
+    assert [r.status for r in records] == ["ok", "ok"]
+    finals = [[(s.hyper["seed"], s.final.top1, s.final.val_loss) for s in r.finetune] for r in records]
     assert finals[0] == finals[1] and [seed for seed, _, _ in finals[0]] == [0, 1, 2]

@@ -16,8 +16,9 @@ from conformer_bench.ablate.experiment import Cell, load_experiment
 from conformer_bench.ablate.launch import child_env, exit_reason
 from conformer_bench.ablate.runner import run_grid
 from conformer_bench.ablate.store import load_records
-from conformer_bench.ablate.summary import build_frame, describe
+from conformer_bench.ablate.summary import build_frame, build_rows, describe
 from conformer_bench.cli import app
+from conformer_bench.records import ProfileRecord
 
 EXP = Path(__file__).parent / "fixtures" / "experiments"
 
@@ -69,18 +70,16 @@ def test_killed_and_crashed_cells_fail_alone(tmp_path: Path, monkeypatch: pytest
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 1, result.output
     records = load_records(out)
-    assert records["dual"]["status"] == "ok" and records["dual"]["profile"]["params"]["total"] > 0
+    assert records["dual"].status == "ok" and records["dual"].profile.params.total > 0
     killed, crashed, exited = records["cnn-only"], records["transformer-only"], records["no-fcu"]
-    assert killed["status"] == "failed"
-    assert killed["reason"] == "the cell's process was killed by SIGKILL (out of memory?)"
-    assert crashed["status"] == "failed" and crashed["reason"].startswith(
-        "the cell's process crashed with SIGSEGV"
-    )
-    assert exited["status"] == "failed"
-    assert exited["reason"] == "the cell's process exited with code 3: RuntimeError: native library gave up"
+    assert killed.status == "failed"
+    assert killed.reason == "the cell's process was killed by SIGKILL (out of memory?)"
+    assert crashed.status == "failed" and crashed.reason.startswith("the cell's process crashed with SIGSEGV")
+    assert exited.status == "failed"
+    assert exited.reason == "the cell's process exited with code 3: RuntimeError: native library gave up"
     for record in records.values():
-        assert record["isolation"] == "process"
-        assert record["environment"]["device"] == "cpu" and record["wall_s"] > 0
+        assert record.isolation == "process"
+        assert record.environment.device == "cpu" and record.wall_s > 0
     assert "SIGKILL" in (out / "summary.md").read_text()
 
 
@@ -110,12 +109,12 @@ def test_twin_cells_in_fresh_processes_measure_alike(tmp_path: Path) -> None:
     result = run_grid(exp, list(exp.cells), out, finetune=False, resume=False, progress=progress)
     assert result.statuses == {"first": "ok", "second": "ok"}
     records = load_records(out)
-    mem = {label: records[label]["profile"]["memory"]["infer"] for label in ("first", "second")}
-    first, second = (mem[k]["peak_rss_increase_bytes"] for k in ("first", "second"))
+    mem = {label: records[label].profile.memory.infer for label in ("first", "second")}
+    first, second = (mem[k].peak_rss_increase_bytes for k in ("first", "second"))
     # Same config in a fresh process each: same starting point, a peak of the same size (not ~0 for the second).
     assert first > 1 << 20 and second > 1 << 20
     assert 0.5 < second / first < 2.0, (first, second)
-    assert abs(mem["first"]["rss_before_bytes"] - mem["second"]["rss_before_bytes"]) < 64 << 20
+    assert abs(mem["first"].rss_before_bytes - mem["second"].rss_before_bytes) < 64 << 20
     # Progress from inside the child reached the parent: the profile's phases with fractions of 1.
     for label in ("first", "second"):
         updates = progress.updates[label]
@@ -123,6 +122,10 @@ def test_twin_cells_in_fresh_processes_measure_alike(tmp_path: Path) -> None:
         assert any(text.startswith("profile: ") and total == 1.0 for text, _, total in updates[1:])
     notes = " ".join(describe(list(records.values())))
     assert "each cell ran in a fresh Python process" in notes and "caveat" not in notes
+    rows = build_rows(list(records.values()), "first")
+    assert rows[1].label == "second" and rows[1].deltas["peak_mem_infer_mib"] == pytest.approx(
+        (second / first - 1) * 100
+    )
     frame = build_frame(list(records.values()), "first")
     assert frame.set_index("label").loc["second", "d_peak_mem_infer_mib"] == pytest.approx(
         (second / first - 1) * 100
@@ -132,9 +135,10 @@ def test_twin_cells_in_fresh_processes_measure_alike(tmp_path: Path) -> None:
 def test_spec_round_trip_and_child_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     exp = load_experiment(EXP / "nano_grid.toml")
     for cell in exp.cells:
-        spec = json.loads(json.dumps(cell.to_spec(True, {"status": "ok"}, 7)))
+        profile = {"schema": "conformer-bench.profile", "schema_version": 1, "status": "ok"}
+        spec = json.loads(json.dumps(cell.to_spec(True, ProfileRecord.from_dict(profile), 7)))
         assert Cell.from_spec(spec) == cell
-        assert spec["reuse_profile"] == {"status": "ok"} and spec["progress_fd"] == 7
+        assert spec["reuse_profile"] == profile and spec["progress_fd"] == 7
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "TORCHELASTIC_RUN_ID"):
         monkeypatch.setenv(key, "1")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")

@@ -16,6 +16,8 @@ from conformer_bench.ablate.executor import ExecutorSettings
 from conformer_bench.ablate.experiment import load_experiment
 from conformer_bench.ablate.store import ResultStore
 from conformer_bench.cli import app
+from conformer_bench.records import ExperimentRecord
+from conformer_bench.records.cell import CellJob
 
 GRID = Path(__file__).parent / "fixtures" / "experiments" / "nano_grid.toml"
 runner = CliRunner()
@@ -164,17 +166,15 @@ def test_submitit_local_grid_kill_status_and_resume(tmp_path: Path) -> None:
     assert f"job {victim.job_id} ended without a record; log: " in lines["no-fcu"]
     assert any(log in lines["no-fcu"] for log in logs)
     records = ResultStore(out).latest()
-    assert records["no-fcu"]["status"] == "failed" and records["no-fcu"]["job"]["id"] == victim.job_id
+    assert records["no-fcu"].status == "failed" and records["no-fcu"].job.id == victim.job_id
+    assert records["no-fcu"].environment is None  # the job never reported where it ran
     dual = records["dual"]
-    assert dual["status"] == "ok" and dual["isolation"] == "process"
-    assert dual["job"] == {
-        "executor": "submitit-local",
-        "id": ledger["dual"].job_id,
-        "stdout": ledger["dual"].stdout,
-        "stderr": ledger["dual"].stderr,
-    }
-    assert "dual: ok" in Path(dual["job"]["stdout"]).read_text()
-    assert dual["profile"]["params"]["total"] > 0
+    assert dual.status == "ok" and dual.isolation == "process"
+    assert dual.job == CellJob(
+        "submitit-local", ledger["dual"].job_id, ledger["dual"].stdout, ledger["dual"].stderr
+    )
+    assert "dual: ok" in Path(dual.job.stdout).read_text()
+    assert dual.profile.params.total > 0
 
     table = runner.invoke(app, ["table", str(out)])
     assert table.exit_code == 0, table.output
@@ -191,26 +191,36 @@ def test_submitit_local_grid_kill_status_and_resume(tmp_path: Path) -> None:
     assert after["dual"] == ledger["dual"]
     assert after["no-fcu"].attempt == 2 and after["no-fcu"].job_id != victim.job_id
     records = ResultStore(out).latest()
-    assert records["dual"]["finished"] == dual["finished"]  # kept, not rerun
-    assert records["no-fcu"]["status"] == "ok" and records["no-fcu"]["job"]["id"] == after["no-fcu"].job_id
+    assert records["dual"].finished == dual.finished  # kept, not rerun
+    assert records["no-fcu"].status == "ok" and records["no-fcu"].job.id == after["no-fcu"].job_id
     assert len((out / "cells.jsonl").read_text().splitlines()) == 2  # compacted: one record per cell
-    summary = json.loads((out / "experiment.json").read_text())
-    assert summary["name"] == "nano_grid"
+    summary = ExperimentRecord.from_dict(json.loads((out / "experiment.json").read_text()))
+    assert summary.name == "nano_grid" and {"dual", "no-fcu"} <= set(summary.labels)
 
 
 def test_failed_summary_line_names_the_jobs_log(tmp_path: Path) -> None:
-    from conformer_bench.ablate.summary import build_frame, to_markdown
+    from conformer_bench.ablate.summary import build_rows, to_markdown
+    from conformer_bench.records import CellRecord
 
     out_log, err_log = tmp_path / "7_0_log.out", tmp_path / "7_0_log.err"
     out_log.write_text("progress\n")
     err_log.write_text("")
     job = {"executor": "slurm", "id": "7", "stdout": str(out_log), "stderr": str(err_log)}
+    head = {"schema": CellRecord.SCHEMA, "schema_version": CellRecord.VERSION}
     records = [
-        {"label": "base", "status": "ok", "reason": None},
-        {"label": "broken", "status": "failed", "reason": "profile: RuntimeError: boom", "job": job},
+        CellRecord.from_dict({**head, "label": "base", "status": "ok", "reason": None}),
+        CellRecord.from_dict(
+            {
+                **head,
+                "label": "broken",
+                "status": "failed",
+                "reason": "profile: RuntimeError: boom",
+                "job": job,
+            }
+        ),
     ]
-    text = to_markdown(build_frame(records, "base"), [], "t")
+    text = to_markdown(build_rows(records, "base"), [], "t")
     assert f"- `broken`: failed: profile: RuntimeError: boom (log: {out_log})" in text.splitlines()
     err_log.write_text("Traceback ...\n")  # a job that wrote to stderr: that is the log to read
-    text = to_markdown(build_frame(records, "base"), [], "t")
+    text = to_markdown(build_rows(records, "base"), [], "t")
     assert f"- `broken`: failed: profile: RuntimeError: boom (log: {err_log})" in text.splitlines()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from conformer_bench.ablate.plots import (
     BASE_MARKER,
@@ -14,7 +13,8 @@ from conformer_bench.ablate.plots import (
     throughput_spec,
     write_figures,
 )
-from conformer_bench.ablate.summary import build_frame
+from conformer_bench.ablate.summary import CellRow, build_rows
+from conformer_bench.records import CellRecord, FinetuneRecord, ProfileRecord
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 LABELS = [
@@ -27,47 +27,56 @@ LABELS = [
 ]
 
 
-def _record(k: int, label: str) -> dict[str, Any]:
+def _record(k: int, label: str) -> CellRecord:
     env = {"device": "cpu", "device_name": "Test CPU 9000", "threads": 4, "precision": "fp32"}
     # Cells 1-5 differ in one small setting: points that sit almost on top of each other.
     macs = 4.5e9 + (k % 6) * 1e6
-    return {
-        "label": label,
-        "status": "ok",
-        "config": {"name": "small"},
-        "changes": {},
-        "environment": env,
-        "profile": {
+    phase = {"batch_size": 8, "precision": "fp32", "path": "plain"}
+    return CellRecord.from_dict(
+        {
+            "schema": CellRecord.SCHEMA,
+            "schema_version": CellRecord.VERSION,
+            "label": label,
+            "status": "ok",
+            "variant": {"name": "small", "label": label, "config": {"name": "small"}},
+            "changes": {},
             "environment": env,
-            "settings": {"precision": "fp32"},
-            "params": {"total": 24e6 + k * 1e4},
-            "flops": {
-                "img_size": 224,
-                "paper_macs": macs,
-                "by_component": {
-                    c: {"paper_macs": macs / 5} for c in ("stem", "cnn", "transformer", "fcu", "heads")
+            "profile": {
+                "schema": ProfileRecord.SCHEMA,
+                "schema_version": ProfileRecord.VERSION,
+                "environment": env,
+                "settings": {"precision": "fp32"},
+                "params": {"total": 24e6 + k * 1e4},
+                "flops": {
+                    "img_size": 224,
+                    "paper_macs": macs,
+                    "by_component": {
+                        c: {"paper_macs": macs / 5} for c in ("stem", "cnn", "transformer", "fcu", "heads")
+                    },
                 },
+                "throughput": {
+                    "infer": {"img_per_s": 100.0 + k, **phase},
+                    "train": {"img_per_s": 30.0 + k, **phase},
+                },
+                "memory": {},
             },
-            "throughput": {
-                "infer": {"img_per_s": 100.0 + k, "batch_size": 8},
-                "train": {"img_per_s": 30.0 + k, "batch_size": 8},
-            },
-            "memory": {},
-        },
-        "finetune": [
-            {
-                "final": {"top1": {"sum": 80.0 + k * 0.01 + seed}},
-                "hyper": {"steps": 60, "seed": seed},
-                "data": {"source": "digits"},
-            }
-            for seed in (0, 1)
-        ],
-    }
+            "finetune": [
+                {
+                    "schema": FinetuneRecord.SCHEMA,
+                    "schema_version": FinetuneRecord.VERSION,
+                    "final": {"top1": {"sum": 80.0 + k * 0.01 + seed}},
+                    "hyper": {"steps": 60, "seed": seed},
+                    "data": {"source": "digits"},
+                }
+                for seed in (0, 1)
+            ],
+        }
+    )
 
 
-def _frame() -> tuple[Any, list[dict[str, Any]]]:
+def _frame() -> tuple[list[CellRow], list[CellRecord]]:
     records = [_record(k, label) for k, label in enumerate(LABELS)]
-    return build_frame(records, "base"), records
+    return build_rows(records, "base"), records
 
 
 def test_scatter_specs_number_every_cell_and_mark_the_base() -> None:

@@ -22,19 +22,23 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from conformer.config import is_finite_number
+
+from .. import readers
 from ..errors import BenchError
-from ..files import atomic_write_text, dumps_json, loads_json, read_in_folder
+from ..files import atomic_write_text, dumps_json
+from ..records import CellRecord, Status
+from ..records.cell import CellJob, JobEntry, JobsRecord
 from .executor import ExecutorSettings
 from .experiment import Cell, Experiment
 from .store import ResultStore, reusable_profile
 
 JOBS_FILE = "jobs.json"
 JOBS_FOLDER = "jobs"
-JOBS_SCHEMA = "conformer-bench.jobs"
 POLL_S = 2.0
 # Slurm job states (squeue/sacct) by what they mean for a cell that has no record yet.
 QUEUED = {"PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING", "RESV_DEL_HOLD"}
@@ -47,63 +51,41 @@ LOCAL_RUNNING, LOCAL_ENDED = "RUNNING", "ENDED"
 # --- the ledger ------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class JobEntry:
-    """The job that last ran (or runs) one cell."""
-
-    label: str
-    job_id: str
-    executor: str  # "slurm" or "submitit-local"
-    submitted: float  # seconds since the epoch
-    config_hash: str
-    finetune: bool
-    stdout: str
-    stderr: str
-    attempt: int  # 1 for the cell's first job in this folder
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> JobEntry:
-        job_id = str(data["job_id"])
-        if not _JOB_ID_RE.match(job_id):  # it names files in the jobs folder: no separator, no traversal
-            raise ValueError(f"job id {job_id[:40]!r} is not a scheduler's job id")
-        return cls(
-            label=str(data["label"]),
-            job_id=job_id,
-            executor=str(data["executor"]),
-            submitted=float(data["submitted"]),
-            config_hash=str(data["config_hash"]),
-            finetune=bool(data["finetune"]),
-            stdout=str(data["stdout"]),
-            stderr=str(data["stderr"]),
-            attempt=int(data["attempt"]),
-        )
+def _checked(entry: JobEntry) -> JobEntry:
+    """A ledger entry whose fields have their types; ``ValueError`` otherwise."""
+    if not _JOB_ID_RE.match(
+        str(entry.job_id)
+    ):  # it names files in the jobs folder: no separator, no traversal
+        raise ValueError(f"job id {str(entry.job_id)[:40]!r} is not a scheduler's job id")
+    texts = (entry.label, entry.job_id, entry.executor, entry.config_hash, entry.stdout, entry.stderr)
+    if not all(isinstance(t, str) for t in texts) or not isinstance(entry.finetune, bool):
+        raise ValueError(f"job of {entry.label!r} has a field of the wrong type")
+    if isinstance(entry.attempt, bool) or not isinstance(entry.attempt, int):
+        raise ValueError(f"attempt {entry.attempt!r} is not a count")
+    if isinstance(entry.submitted, bool) or not is_finite_number(entry.submitted):
+        raise ValueError(f"submitted {entry.submitted!r} is not a time")
+    return entry
 
 
 def read_ledger(folder: Path) -> dict[str, JobEntry]:
     """Label -> the cell's latest job ({} when the folder never had jobs)."""
     path = folder / JOBS_FILE
+    fix = "delete it (the cells' records stay) and resubmit with --resume"
+    data = readers.read_json(path, fix)
+    if data is None:
+        return {}
     try:
-        raw = read_in_folder(path)
-        if raw is None:
-            return {}
-        data = loads_json(raw.decode("utf-8"))
-        return {label: JobEntry.from_dict(entry) for label, entry in data["cells"].items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError):
-        raise BenchError(
-            f"{path} is damaged; delete it (the cells' records stay) and resubmit with --resume"
-        ) from None
+        ledger = JobsRecord.from_dict(data)
+        return {label: _checked(entry) for label, entry in ledger.cells.items()}
+    except (BenchError, ValueError, KeyError, TypeError, AttributeError, OverflowError):
+        raise BenchError(f"{path} is damaged; {fix}") from None
 
 
 def _add_to_ledger(store: ResultStore, entries: Iterable[JobEntry]) -> None:
     with store.locked():
         ledger = read_ledger(store.folder)
         ledger.update({e.label: e for e in entries})
-        doc = {
-            "schema": JOBS_SCHEMA,
-            "schema_version": 1,
-            "cells": {label: asdict(entry) for label, entry in ledger.items()},
-        }
-        atomic_write_text(store.folder / JOBS_FILE, dumps_json(doc))
+        atomic_write_text(store.folder / JOBS_FILE, dumps_json(JobsRecord(cells=ledger).to_dict()))
 
 
 # --- job states ------------------------------------------------------------------------------------------
@@ -220,13 +202,12 @@ def log_file(stdout: str | None, stderr: str | None) -> str | None:
     return stdout if stdout and Path(stdout).is_file() else None
 
 
-def _from_record(label: str, record: Mapping[str, Any], entry: JobEntry | None) -> CellState:
-    status = str(record.get("status", "ok"))
-    job = record.get("job") or {}
-    log = log_file(job.get("stdout"), job.get("stderr")) if job else None
-    if status == "ok":
+def _from_record(label: str, record: CellRecord, entry: JobEntry | None) -> CellState:
+    job = record.job
+    log = log_file(job.stdout, job.stderr) if job is not None else None
+    if record.ok:
         return CellState(label, "done", entry, "ok", log)
-    return CellState(label, "failed", entry, f"{status}: {record.get('reason')}", log)
+    return CellState(label, "failed", entry, f"{record.status}: {record.reason}", log)
 
 
 def grid_states(
@@ -248,15 +229,15 @@ def grid_states(
         entry = ledger.get(cell.label)
         record = records.get(cell.label)
         if entry is None:
-            if record is not None and record.get("config_hash") == cell.config_hash(finetune):
+            if record is not None and record.config_hash == cell.config_hash(finetune):
                 out.append(_from_record(cell.label, record, None))
             else:
                 out.append(CellState(cell.label, "missing", None, "not submitted", None))
             continue
         if (
             record is not None
-            and record.get("config_hash") == entry.config_hash
-            and (record.get("finished") or 0) >= entry.submitted
+            and record.config_hash == entry.config_hash
+            and (record.finished or 0) >= entry.submitted
         ):
             out.append(_from_record(cell.label, record, entry))
             continue
@@ -287,7 +268,7 @@ def settle(exp: Experiment, states: list[CellState], out_dir: Path) -> list[Cell
 
     Under the store's lock, and only when the cell still has no record newer than its job's submission.
     """
-    from .store import make_record
+    from .store import CellOutcome, make_record
 
     ended = [s for s in states if s.ended_without_record and s.job is not None]
     if not ended:
@@ -299,24 +280,13 @@ def settle(exp: Experiment, states: list[CellState], out_dir: Path) -> list[Cell
         for st in ended:
             assert st.job is not None
             record = records.get(st.label)
-            if record is not None and (record.get("finished") or 0) >= st.job.submitted:
+            if record is not None and (record.finished or 0) >= st.job.submitted:
                 continue  # it arrived meanwhile; the next look reads it
             reason = st.detail + (f"; log: {st.log}" if st.log else "; it wrote no log")
-            result: dict[str, Any] = {
-                "profile": None,
-                "finetune": [],
-                "status": "failed",
-                "reason": reason,
-                "environment": {},  # the job never reported where it ran
-                "wall_s": None,
-            }
-            new = make_record(exp.cell(st.label), exp, st.job.finetune, result, (0, 1), "process")
-            new["job"] = {
-                "executor": st.job.executor,
-                "id": st.job.job_id,
-                "stdout": st.job.stdout,
-                "stderr": st.job.stderr,
-            }
+            # No environment: the job never reported where it ran.
+            result = CellOutcome(None, [], Status.FAILED, reason, None, None)
+            job = CellJob(st.job.executor, st.job.job_id, st.job.stdout, st.job.stderr)
+            new = make_record(exp.cell(st.label), exp, st.job.finetune, result, (0, 1), "process", job=job)
             store.append(new)
             settled[st.label] = CellState(st.label, "failed", st.job, f"failed: {reason}", st.log)
     return [settled.get(s.label, s) for s in states]
@@ -382,7 +352,7 @@ def submit(
     """
     out_dir = out_dir.resolve()
     store = ResultStore(out_dir)
-    store.bind_experiment(exp.summary_dict(), force)
+    store.bind_experiment(exp.summary(), force)
     store.clean_temp()
     current = {s.label: s for s in grid_states(cells, out_dir, finetune)}
     active = _active_jobs(cells, current, out_dir, resume)
@@ -393,12 +363,7 @@ def submit(
         old = records.get(cell.label)
         if current[cell.label].state in ("queued", "running"):
             continue
-        if (
-            resume
-            and old
-            and old.get("config_hash") == cell.config_hash(finetune)
-            and old.get("status") == "ok"
-        ):
+        if resume and old is not None and old.config_hash == cell.config_hash(finetune) and old.ok:
             kept.append(cell.label)
             continue
         to_run.append(cell)
@@ -437,7 +402,7 @@ def _submit_jobs(
     settings: ExecutorSettings,
     finetune: bool,
     resume: bool,
-    records: dict[str, dict[str, Any]],
+    records: dict[str, CellRecord],
 ) -> list[JobEntry]:
     """Submit ``to_run`` as one batch and add the jobs to the ledger."""
     from .job import CellJob, holder_path, release_claim_of

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from ..records import CellRecord
 from .experiment import Cell, Experiment
 
 COLUMNS = (
@@ -30,15 +31,15 @@ NOTE = (
 )
 
 
-def _state(old: dict[str, Any] | None, cell: Cell, finetune: bool, resume: bool) -> str:
+def _state(old: CellRecord | None, cell: Cell, finetune: bool, resume: bool) -> str:
     """What a run would do with the cell, given the record already in the output folder."""
     if old is None:
         return "new"
-    if old.get("config_hash") == cell.config_hash(finetune):
-        if old.get("status") == "ok":
+    if old.config_hash == cell.config_hash(finetune):
+        if old.ok:
             return "ok, unchanged" + (" (skipped with --resume)" if resume else "")
-        return f"{old.get('status')}, unchanged" + (" (reruns with --resume)" if resume else "")
-    return f"{old.get('status')}, settings changed (reruns)"
+        return f"{old.status}, unchanged" + (" (reruns with --resume)" if resume else "")
+    return f"{old.status}, settings changed (reruns)"
 
 
 def _text_columns(

@@ -51,6 +51,8 @@ from typing import Any
 
 from ..bounds import CELL_LIMIT, SEED_LIMIT
 from ..errors import BenchError
+from ..records import Environment, ProfileRecord
+from ..records.cell import CellHashes, ExperimentRecord
 from .executor import ExecutorSettings, settings_from_table
 
 TOP_KEYS = (
@@ -123,24 +125,24 @@ class Cell:
             {"profile": self.profile_hash(), "finetune": self.finetune_hash() if finetune else None}
         )
 
-    def environment(self, profile: dict[str, Any] | None = None) -> dict[str, Any]:
+    def environment(self, profile: ProfileRecord | None = None) -> Environment:
         """The environment of the cell's record: its profile's, else a fingerprint of this machine."""
         from ..env import fingerprint, resolve_device
 
-        recorded: dict[str, Any] | None = (profile or {}).get("environment")
-        if recorded:
-            return recorded
+        if profile is not None and profile.environment is not None:
+            return profile.environment
         settings = self.profile_settings()
         try:
             device = resolve_device(settings.device)
         except BenchError:
             device = "cpu"
-        return fingerprint(device, settings.precision, settings.batch_size, settings.img_size)
+        env = fingerprint(device, settings.precision, settings.batch_size, settings.img_size)
+        return env if isinstance(env, Environment) else Environment.from_dict(env)
 
     def to_spec(
         self,
         finetune: bool,
-        reuse_profile: dict[str, Any] | None,
+        reuse_profile: ProfileRecord | None,
         progress_fd: int | None,
         cuda_device: int | None = None,
     ) -> dict[str, Any]:
@@ -159,7 +161,7 @@ class Cell:
                 "seed_jobs": self.seed_jobs,
             },
             "finetune": finetune,
-            "reuse_profile": reuse_profile,
+            "reuse_profile": reuse_profile.to_dict() if reuse_profile is not None else None,
             "progress_fd": progress_fd,
             "cuda_device": cuda_device,
         }
@@ -225,23 +227,18 @@ class Experiment:
         """Hash of the whole grid: its name and every cell's label, config and settings."""
         return _digest({"name": self.name, "cells": [[c.label, c.config_hash(True)] for c in self.cells]})
 
-    def summary_dict(self) -> dict[str, Any]:
+    def summary(self) -> ExperimentRecord:
         """What ``table`` and ``report`` need to re-render, and to tell stale cells, without the file."""
-        return {
-            "schema": "conformer-bench.experiment",
-            "schema_version": 1,
-            "name": self.name,
-            "experiment_hash": self.digest(),
-            "description": self.description,
-            "source": str(self.path),
-            "base_label": self.base_label,
-            "labels": self.labels(),
-            "axes_mode": self.axes_mode,
-            "cells": {
-                c.label: {"profile_hash": c.profile_hash(), "finetune_hash": c.finetune_hash()}
-                for c in self.cells
-            },
-        }
+        return ExperimentRecord(
+            name=self.name,
+            experiment_hash=self.digest(),
+            description=self.description,
+            source=str(self.path),
+            base_label=self.base_label,
+            labels=self.labels(),
+            axes_mode=self.axes_mode,
+            cells={c.label: CellHashes(c.profile_hash(), c.finetune_hash()) for c in self.cells},
+        )
 
 
 def _digest(obj: Any) -> str:

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BenchError
+from ..records import ProfileRecord
+from ..records.cell import CellJob as CellJobInfo
 from .experiment import Cell, Experiment
 from .progress import LogProgress
 from .store import Holder, ResultStore, make_record
@@ -36,19 +38,14 @@ class CellJob:
     experiment: Experiment
     cell: Cell
     finetune: bool
-    reuse_profile: dict[str, Any] | None  # the cell's earlier profile when only fine-tuning changed
+    reuse_profile: ProfileRecord | None  # the cell's earlier profile when only fine-tuning changed
 
     def __call__(self) -> dict[str, Any]:
         """Run the cell and append its record; return what happened (submitit pickles it beside the logs)."""
         import submitit
 
         env = submitit.JobEnvironment()
-        job = {
-            "executor": self.executor,
-            "id": env.job_id,
-            "stdout": str(env.paths.stdout),
-            "stderr": str(env.paths.stderr),
-        }
+        job = CellJobInfo(self.executor, str(env.job_id), str(env.paths.stdout), str(env.paths.stderr))
         store = ResultStore(self.out_dir)
         label = self.cell.label
         me = Holder.me()
@@ -62,16 +59,17 @@ class CellJob:
         with contextlib.suppress(OSError):
             holder_file.write_text(json.dumps(asdict(me)) + "\n")
         try:
-            print(f"{label}: running in {self.out_dir} ({job['executor']} job {job['id']})", flush=True)
+            print(f"{label}: running in {self.out_dir} ({job.executor} job {job.id})", flush=True)
             outcome = run_cell(self.cell, self.finetune, self.reuse_profile, LogProgress(label))
-            record = make_record(self.cell, self.experiment, self.finetune, outcome, (0, 1), "process")
-            record["job"] = job
+            record = make_record(
+                self.cell, self.experiment, self.finetune, outcome, (0, 1), "process", job=job
+            )
             store.append(record)
         finally:
             store.release([label], me)
-        print(f"{label}: {record['status']}" + (f": {record['reason']}" if record["reason"] else ""))
+        print(f"{label}: {record.status}" + (f": {record.reason}" if record.reason else ""))
         sys.stdout.flush()
-        return {"label": label, "ran": True, "status": record["status"]}
+        return {"label": label, "ran": True, "status": str(record.status)}
 
     def checkpoint(self) -> Any:
         """submitit's requeue hook: the job runs the same cell again from its start."""

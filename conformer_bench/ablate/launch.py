@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from ..files import read_json, write_json
+from ..records import ProfileRecord, Status
 from .experiment import Cell
 from .progress import CellProgress, relay_lines
-from .store import Holder, reason_line
+from .store import CellOutcome, Holder, reason_line
 
 TEMP_PREFIX = "conformer-bench-cell-"
 WORKER_MODULE = "conformer_bench.ablate.worker"
@@ -120,26 +121,19 @@ def exit_reason(returncode: int, last_line: str = "") -> str:
 
 
 def _failed_result(
-    cell: Cell, reuse_profile: dict[str, Any] | None, reason: str, wall_s: float
-) -> dict[str, Any]:
-    return {
-        "profile": reuse_profile,
-        "finetune": [],
-        "status": "failed",
-        "reason": reason,
-        "environment": cell.environment(reuse_profile),
-        "wall_s": wall_s,
-    }
+    cell: Cell, reuse_profile: ProfileRecord | None, reason: str, wall_s: float
+) -> CellOutcome:
+    return CellOutcome(reuse_profile, [], Status.FAILED, reason, cell.environment(reuse_profile), wall_s)
 
 
 def run_cell_in_process(
     cell: Cell,
     finetune: bool,
-    reuse_profile: dict[str, Any] | None,
+    reuse_profile: ProfileRecord | None,
     progress: CellProgress,
     *,
     cuda_device: int | None = None,
-) -> dict[str, Any]:
+) -> CellOutcome:
     """Run the cell in a fresh worker process; a process that dies without a result is a failed cell.
 
     Progress lines from the child move ``progress``; its stdout and stderr are captured, and their last
@@ -177,9 +171,8 @@ def run_cell_in_process(
         code = proc.returncode
         if code == 0 and result_path.exists():
             try:
-                result: dict[str, Any] = read_json(result_path)
-                return result
-            except (OSError, ValueError) as exc:
+                return CellOutcome.from_dict(read_json(result_path))
+            except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
                 reason = f"the cell's process wrote an unreadable result: {reason_line(exc)}"
         else:
             reason = exit_reason(code, _last_line(log_path))

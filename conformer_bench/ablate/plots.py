@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,8 @@ from ..files import atomic_write_bytes
 from ..params import COMPONENTS
 
 if TYPE_CHECKING:
-    import pandas as pd
+    from ..records import CellRecord, Environment
+    from .summary import CellRow
 
 COMPONENT_LABELS = {
     "stem": "stem",
@@ -70,51 +72,44 @@ class ScatterSpec:
 # --- what the records say about where and how they were measured ------------------------------------------
 
 
-def _values(records: list[dict[str, Any]], *path: str) -> str:
-    found = set()
-    for r in records:
-        d: Any = r
-        for key in path:
-            d = d.get(key) if isinstance(d, dict) else None
-        if d is not None:
-            found.add(str(d))
-    return "/".join(sorted(found)) or "n/a"
+def _joined(values: Iterable[Any]) -> str:
+    return "/".join(sorted({str(v) for v in values if v is not None})) or "n/a"
 
 
-def _environments(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _img_sizes(records: list[CellRecord]) -> str:
+    return _joined(r.profile.flops.img_size for r in records if r.profile is not None and r.profile.flops)
+
+
+def _environments(records: list[CellRecord]) -> list[Environment]:
     """The environment of each record that has one (its profile's, else the record's own)."""
     out = []
     for r in records:
-        env = (r.get("profile") or {}).get("environment") or r.get("environment")
-        if isinstance(env, dict):
+        env = (r.profile.environment if r.profile is not None else None) or r.environment
+        if env is not None:
             out.append(env)
     return out
 
 
-def machine_line(records: list[dict[str, Any]]) -> str:
+def machine_line(records: list[CellRecord]) -> str:
     """'<CPU or GPU model> (<device>), <precision>, <n> threads' from the records' environments."""
     envs = _environments(records)
-
-    def joined(values: list[Any]) -> str:
-        return "/".join(sorted({str(v) for v in values if v is not None})) or "n/a"
-
-    model = joined([e.get("device_name") or e.get("cpu_model") for e in envs])
-    device = joined([e.get("device") for e in envs])
-    precisions = [((r.get("profile") or {}).get("settings") or {}).get("precision") for r in records]
-    precision = joined(precisions if any(precisions) else [e.get("precision") for e in envs])
-    threads = joined([e.get("threads") for e in envs])
+    model = _joined(e.device_name or e.cpu_model for e in envs)
+    device = _joined(e.device for e in envs)
+    precisions = [(r.profile.settings or {}).get("precision") if r.profile else None for r in records]
+    precision = _joined(precisions if any(precisions) else [e.precision for e in envs])
+    threads = _joined(e.threads for e in envs)
     return f"{model} ({device}), {precision}, {threads} thread" + ("" if threads == "1" else "s")
 
 
-def _finetune_line(records: list[dict[str, Any]]) -> str:
+def _finetune_line(records: list[CellRecord]) -> str:
     """'fine-tuned on digits, 60 steps, 2 seed(s)' from the fine-tuning records."""
-    runs = [f for r in records for f in (r.get("finetune") or []) if isinstance(f, dict)]
+    runs = [f for r in records for f in (r.finetune or []) if f is not None]
     if not runs:
         return ""
-    sources = "/".join(sorted({str((f.get("data") or {}).get("source")) for f in runs}))
-    steps = {(f.get("hyper") or {}).get("steps") for f in runs}
-    epochs = {(f.get("hyper") or {}).get("epochs") for f in runs}
-    seeds = {(f.get("hyper") or {}).get("seed") for f in runs}
+    sources = "/".join(sorted({str((f.data or {}).get("source")) for f in runs}))
+    steps = {(f.hyper or {}).get("steps") for f in runs}
+    epochs = {(f.hyper or {}).get("epochs") for f in runs}
+    seeds = {(f.hyper or {}).get("seed") for f in runs}
     budget = (
         f"{'/'.join(str(s) for s in sorted(steps, key=str))} steps"
         if any(steps)
@@ -138,32 +133,37 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 # --- the plot specs ------------------------------------------------------------------------------------
 
 
-def _ok_rows(df: pd.DataFrame) -> pd.DataFrame:
-    return df[df["status"] == "ok"] if "status" in df else df
+def _ok_rows(rows: list[CellRow]) -> list[CellRow]:
+    return [r for r in rows if r.ok]
 
 
-def _base_label(df: pd.DataFrame) -> str | None:
-    if "is_base" not in df:
-        return None
-    base = df[df["is_base"].fillna(False).astype(bool)]
-    return str(base.iloc[0]["label"]) if not base.empty else None
+def _base_label(rows: list[CellRow]) -> str | None:
+    return next((r.label for r in rows if r.is_base), None)
+
+
+def _there(value: float) -> bool:
+    return not math.isnan(value)
 
 
 def _points(
-    rows: pd.DataFrame,
-    x: str,
-    y: str,
+    rows: list[CellRow],
+    x: Callable[[CellRow], float],
+    y: Callable[[CellRow], float],
     numbers: dict[str, int],
     base: str | None,
     scale: float = 1.0,
-    yerr: str | None = None,
+    yerr: Callable[[CellRow], float] | None = None,
 ) -> tuple[Point, ...]:
     """The cells of ``rows`` as points (``x`` times ``scale``, ``y``, error bar ``yerr``)."""
     out = []
-    for _, row in rows.iterrows():
-        err = float(row[yerr]) if yerr and yerr in row and not math.isnan(row[yerr]) else 0.0
-        label = str(row["label"])
-        out.append(Point(numbers[label], label, float(row[x]) * scale, float(row[y]), label == base, err))
+    for row in rows:
+        err = yerr(row) if yerr is not None else math.nan
+        label = row.label
+        out.append(
+            Point(
+                numbers[label], label, x(row) * scale, y(row), label == base, 0.0 if math.isnan(err) else err
+            )
+        )
     return tuple(out)
 
 
@@ -172,27 +172,29 @@ def _key(series: tuple[Series, ...], base: str | None) -> tuple[tuple[int, str],
     return tuple((n, shown[n] + (" (base)" if shown[n] == base else "")) for n in sorted(shown))
 
 
-def accuracy_spec(df: pd.DataFrame, records: list[dict[str, Any]], title: str) -> ScatterSpec | None:
+def _gmacs(row: CellRow) -> float:
+    return row.paper_macs / 1e9
+
+
+def accuracy_spec(rows: list[CellRow], records: list[CellRecord], title: str) -> ScatterSpec | None:
     """Top-1 (mean ± std over seeds) against paper MACs, with the Pareto front; None without accuracy."""
-    ok = _ok_rows(df)
-    if "top1_sum" not in ok:
+    acc = [r for r in _ok_rows(rows) if _there(r.top1["sum"].mean) and _there(r.paper_macs)]
+    if not acc:
         return None
-    acc = ok[ok["top1_sum"].notna() & ok["gmacs_paper"].notna()]
-    if acc.empty:
-        return None
-    numbers = cell_numbers(df)
-    base = _base_label(df)
-    unit, scale = ("GMACs", 1.0) if acc["gmacs_paper"].max() >= 0.1 else ("MMACs", 1e3)
-    points = _points(acc, "gmacs_paper", "top1_sum", numbers, base, scale, "top1_sum_std")
+    numbers = cell_numbers(rows)
+    base = _base_label(rows)
+    unit, scale = ("GMACs", 1.0) if max(_gmacs(r) for r in acc) >= 0.1 else ("MMACs", 1e3)
+    points = _points(
+        acc, _gmacs, lambda r: r.top1["sum"].mean, numbers, base, scale, lambda r: r.top1["sum"].std
+    )
     front = pareto_front([(p.x, p.y) for p in points])
     series = (Series("cell (mean ± std)", "o", "tab:blue", points),)
-    img = _values(records, "profile", "flops", "img_size")
     subtitle = "; ".join(s for s in (_finetune_line(records), machine_line(records)) if s)
     return ScatterSpec(
         file="accuracy_vs_gmacs",
         title=f"{title}: top-1 vs MACs",
         subtitle=subtitle,
-        xlabel=f"{unit} per image (conv + linear + matmul, {img} px, batch 1)",
+        xlabel=f"{unit} per image (conv + linear + matmul, {_img_sizes(records)} px, batch 1)",
         ylabel="top-1 (%), argmax of summed head logits",
         series=series,
         key=_key(series, base),
@@ -201,27 +203,25 @@ def accuracy_spec(df: pd.DataFrame, records: list[dict[str, Any]], title: str) -
     )
 
 
-def throughput_spec(df: pd.DataFrame, records: list[dict[str, Any]], title: str) -> ScatterSpec | None:
+def throughput_spec(rows: list[CellRow], records: list[CellRecord], title: str) -> ScatterSpec | None:
     """Images/s (inference and training) against parameters; None when nothing was timed."""
-    ok = _ok_rows(df)
-    thr = ok[ok["params_m"].notna()]
-    numbers = cell_numbers(df)
-    base = _base_label(df)
+    thr = [r for r in _ok_rows(rows) if _there(r.params)]
+    numbers = cell_numbers(rows)
+    base = _base_label(rows)
     series = []
     for mode, marker, color in (("infer", "o", "tab:green"), ("train", "s", "tab:orange")):
-        sub = thr[thr[f"{mode}_img_s"].notna()]
-        if sub.empty:
+        sub = [r for r in thr if _there(r.phases[mode].img_s)]
+        if not sub:
             continue
-        batch = "/".join(sorted({str(b) for b in sub[f"{mode}_batch"]}))
-        points = _points(sub, "params_m", f"{mode}_img_s", numbers, base)
+        batch = "/".join(sorted({str(r.phases[mode].batch) for r in sub}))
+        points = _points(sub, lambda r: r.params / 1e6, lambda r, m=mode: r.phases[m].img_s, numbers, base)
         series.append(Series(f"{mode} (batch {batch})", marker, color, points))
     if not series:
         return None
-    img = _values(records, "profile", "flops", "img_size")
     return ScatterSpec(
         file="throughput_vs_params",
         title=f"{title}: throughput vs parameters",
-        subtitle=f"{machine_line(records)}, {img} px",
+        subtitle=f"{machine_line(records)}, {_img_sizes(records)} px",
         xlabel="parameters (millions)",
         ylabel="images/s (median over timed iterations)",
         series=tuple(series),
@@ -230,9 +230,9 @@ def throughput_spec(df: pd.DataFrame, records: list[dict[str, Any]], title: str)
     )
 
 
-def cell_numbers(df: pd.DataFrame) -> dict[str, int]:
+def cell_numbers(rows: list[CellRow]) -> dict[str, int]:
     """Each cell's number in the figures' keys: 1, 2, ... in experiment order, the same in every figure."""
-    return {str(label): n for n, label in enumerate(df["label"], start=1)}
+    return {row.label: n for n, row in enumerate(rows, start=1)}
 
 
 # --- drawing ---------------------------------------------------------------------------------------------
@@ -279,73 +279,67 @@ def draw_scatter(spec: ScatterSpec) -> Any:
     return fig
 
 
-def _components_figure(df: pd.DataFrame, records: list[dict[str, Any]], title: str) -> Any | None:
+def _components_figure(rows: list[CellRow], records: list[CellRecord], title: str) -> Any | None:
     """MACs by component, stacked per cell; the base cell's name in bold."""
     import matplotlib.pyplot as plt
 
-    ok = _ok_rows(df)
-    comp = ok[ok["paper_macs"].notna()]
-    if comp.empty:
+    comp = [r for r in _ok_rows(rows) if _there(r.paper_macs)]
+    if not comp:
         return None
     fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(comp) + 2), 5))
     bottom = [0.0] * len(comp)
-    labels = comp["label"].astype(str).tolist()
-    unit, scale = ("GMACs", 1e9) if comp["paper_macs"].max() >= 1e8 else ("MMACs", 1e6)
+    labels = [r.label for r in comp]
+    unit, scale = ("GMACs", 1e9) if max(r.paper_macs for r in comp) >= 1e8 else ("MMACs", 1e6)
     for name in COMPONENTS:
-        vals = [0.0 if math.isnan(v) else v / scale for v in comp[f"macs_{name}"].tolist()]
+        vals = [0.0 if math.isnan(r.macs[name]) else r.macs[name] / scale for r in comp]
         if not any(vals):
             continue
         ax.bar(labels, vals, bottom=bottom, label=COMPONENT_LABELS[name])
         bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
-    img = _values(records, "profile", "flops", "img_size")
-    ax.set_ylabel(f"{unit} per image (conv + linear + matmul, {img} px)")
+    ax.set_ylabel(f"{unit} per image (conv + linear + matmul, {_img_sizes(records)} px)")
     ax.set_title(
         f"{title}: MACs by component (paper convention, counted by tracing, batch 1)\n{machine_line(records)}",
         fontsize=9,
     )
-    _finish_per_cell_axes(ax, df)
+    _finish_per_cell_axes(ax, rows)
     return fig
 
 
-def _time_components_figure(df: pd.DataFrame, records: list[dict[str, Any]], title: str) -> Any | None:
+def _time_components_figure(rows: list[CellRow], records: list[CellRecord], title: str) -> Any | None:
     """Measured inference time by component, stacked per cell (ms per batch), beside the MACs figure."""
     import matplotlib.pyplot as plt
 
     from ..breakdown import LABELS, ROWS
 
-    ok = _ok_rows(df)
-    if "time_forward_ms" not in ok:
-        return None
-    timed = ok[ok["time_forward_ms"].notna()]
-    if timed.empty:
+    timed = [r for r in _ok_rows(rows) if r.has_breakdown and _there(r.time_forward_ms)]
+    if not timed:
         return None
     fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(timed) + 2), 5))
-    labels = timed["label"].astype(str).tolist()
+    labels = [r.label for r in timed]
     bottom = [0.0] * len(timed)
     for name in ROWS:
-        vals = [0.0 if math.isnan(v) else max(v, 0.0) for v in timed[f"time_{name}_ms"].tolist()]
+        vals = [0.0 if math.isnan(v) else max(v, 0.0) for v in (r.time_ms[name] for r in timed)]
         if not any(vals):
             continue
         ax.bar(labels, vals, bottom=bottom, label=LABELS[name])
         bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
-    ax.scatter(labels, timed["time_forward_ms"].tolist(), marker="_", s=400, color="black", zorder=3,
+    ax.scatter(labels, [r.time_forward_ms for r in timed], marker="_", s=400, color="black", zorder=3,
                label="uninstrumented forward")  # fmt: skip
-    batch = _values(records, "profile", "breakdown", "batch_size")
-    img = _values(records, "profile", "flops", "img_size")
-    ax.set_ylabel(f"ms per forward (batch {batch}, {img} px), median over interleaved rounds")
+    batch = _joined((r.profile.breakdown or {}).get("batch_size") for r in records if r.profile is not None)
+    ax.set_ylabel(f"ms per forward (batch {batch}, {_img_sizes(records)} px), median over interleaved rounds")
     ax.set_title(
         f"{title}: inference time by component (module hooks; 'the rest' = outside the components)\n"
         f"{machine_line(records)}",
         fontsize=9,
     )
-    _finish_per_cell_axes(ax, df)
+    _finish_per_cell_axes(ax, rows)
     return fig
 
 
-def _finish_per_cell_axes(ax: Any, df: pd.DataFrame) -> None:
+def _finish_per_cell_axes(ax: Any, rows: list[CellRow]) -> None:
     """Slanted cell labels (the base cell's in bold), a legend and a horizontal grid."""
     ax.tick_params(axis="x", labelrotation=60, labelsize=7)
-    base = _base_label(df)
+    base = _base_label(rows)
     for tick in ax.get_xticklabels():
         if tick.get_text() == base:
             tick.set_fontweight("bold")
@@ -360,7 +354,7 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def write_figures(
-    df: pd.DataFrame, records: list[dict[str, Any]], fig_dir: Path, title: str
+    rows: list[CellRow], records: list[CellRecord], fig_dir: Path, title: str
 ) -> dict[str, Path]:
     """Accuracy vs GMACs (with the Pareto front), throughput vs params, MACs by component per cell, and
     measured time by component per cell where the profiles have a breakdown."""
@@ -370,18 +364,18 @@ def write_figures(
     import matplotlib.pyplot as plt
 
     out: dict[str, Path] = {}
-    if df.empty:
+    if not rows:
         return out
-    for spec in (accuracy_spec(df, records, title), throughput_spec(df, records, title)):
+    for spec in (accuracy_spec(rows, records, title), throughput_spec(rows, records, title)):
         if spec is not None:
             fig = draw_scatter(spec)
             out[spec.file] = _save(fig, fig_dir / f"{spec.file}.png")
             plt.close(fig)
-    fig = _components_figure(df, records, title)
+    fig = _components_figure(rows, records, title)
     if fig is not None:
         out["flops_by_component"] = _save(fig, fig_dir / "flops_by_component.png")
         plt.close(fig)
-    fig = _time_components_figure(df, records, title)
+    fig = _time_components_figure(rows, records, title)
     if fig is not None:
         out["time_by_component"] = _save(fig, fig_dir / "time_by_component.png")
         plt.close(fig)

@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..errors import BenchError
 from ..threads import threads
@@ -23,12 +23,13 @@ from . import worker
 from .experiment import Cell, Experiment
 from .launch import remove_orphan_cell_folders, run_cell_in_process
 from .progress import CellProgress, GridProgress, QuietGrid
-from .store import Holder, ResultStore, make_record, reusable_profile
+from .store import CellOutcome, Holder, ResultStore, make_record, reusable_profile
 
 if TYPE_CHECKING:
     from ..distributed import DistContext
+    from ..records import CellRecord, ProfileRecord
 
-CellFn = Callable[[Cell, bool, "dict[str, Any] | None", CellProgress], dict[str, Any]]
+CellFn = Callable[[Cell, bool, "ProfileRecord | None", CellProgress], CellOutcome]
 
 
 # --- sharding ------------------------------------------------------------------------------------------
@@ -117,7 +118,7 @@ class RunResult:
     skipped: list[str] = field(default_factory=list)
     statuses: dict[str, str] = field(default_factory=dict)
     gathered: bool = False  # this process compacted cells.jsonl (and should write the tables)
-    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    records: dict[str, CellRecord] = field(default_factory=dict)
     # Cells another process runs now (label -> who) or finished while this one ran (label -> status).
     elsewhere_running: dict[str, str] = field(default_factory=dict)
     elsewhere_done: dict[str, str] = field(default_factory=dict)
@@ -150,7 +151,7 @@ def run_grid(
     progress = progress or QuietGrid()
     store = ResultStore(out_dir)
     me = Holder.me()
-    store.bind_experiment(experiment.summary_dict(), force)  # same content from every shard
+    store.bind_experiment(experiment.summary(), force)  # same content from every shard
     store.clean_temp()
     remove_orphan_cell_folders()
     existing = store.latest()
@@ -163,7 +164,7 @@ def run_grid(
         digest = cell.config_hash(finetune)
         old = existing.get(cell.label)
         # Only a finished cell is kept; failed, oom and nan cells run again.
-        if resume and old is not None and old.get("config_hash") == digest and old.get("status") == "ok":
+        if resume and old is not None and old.config_hash == digest and old.ok:
             result.skipped.append(cell.label)
             result.statuses[cell.label] = "ok"
             progress.end_cell(cell, "ok", skipped=True)
@@ -171,8 +172,8 @@ def run_grid(
         claim = store.claim(cell.label, digest, me)
         if not claim.granted:
             if claim.record is not None:
-                result.elsewhere_done[cell.label] = str(claim.record.get("status"))
-                result.statuses[cell.label] = str(claim.record.get("status"))
+                result.elsewhere_done[cell.label] = claim.record.status
+                result.statuses[cell.label] = claim.record.status
             else:
                 assert claim.holder is not None
                 result.elsewhere_running[cell.label] = claim.holder.describe()
@@ -196,8 +197,8 @@ def run_grid(
         finally:
             store.release([cell.label], me)
         result.ran.append(cell.label)
-        result.statuses[cell.label] = record["status"]
-        progress.end_cell(cell, record["status"], skipped=False)
+        result.statuses[cell.label] = record.status
+        progress.end_cell(cell, record.status, skipped=False)
     _finish_shard(store, experiment.labels(), [c.label for c in share], dist, result)
     return result
 

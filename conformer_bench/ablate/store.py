@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from conformer.config import is_finite_number
 
+from .. import readers
 from ..errors import BenchError
 from ..files import (
     atomic_write_text,
@@ -46,14 +47,17 @@ from ..files import (
     read_in_folder,
     write_failure,
 )
+from ..records import ProfileRecord, Record, Status, Variant
+from ..records.cell import CELL_SCHEMA, CellJob, CellRecord, CellShard, ExperimentRecord
+from ..records.common import Environment
+from ..records.finetune import FinetuneRecord
 from .experiment import LABEL_LIMIT
 
 if TYPE_CHECKING:
     from .experiment import Cell, Experiment
 
-CELL_SCHEMA = "conformer-bench.cell"
-CELL_SCHEMA_VERSION = 1
-EXPERIMENT_SCHEMA = "conformer-bench.experiment"
+CELL_SCHEMA_VERSION = CellRecord.VERSION
+LINE_FIX = "delete that line and rerun with --resume"
 CELLS_FILE = "cells.jsonl"
 EXPERIMENT_FILE = "experiment.json"
 LOCK_FILE = ".cells.lock"
@@ -73,7 +77,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "changes": (dict,), "config_hash": (str,), "profile_hash": (str,), "finetune_hash": (str,),
     "status": (str,), "reason": (str,), "profile": (dict,), "finetune": (list,), "seeds": (list,),
     "environment": (dict,), "wall_s": (int, float), "finished": (int, float), "shard": (dict,),
-    "isolation": (str,),
+    "isolation": (str,), "job": (dict,),
 }  # fmt: skip
 
 
@@ -122,12 +126,24 @@ class Holder:
 
 
 @dataclass(frozen=True)
+class CellOutcome(Record):
+    """What running one cell gave (:func:`.worker.run_cell`; a worker process writes it as its result file)."""
+
+    profile: ProfileRecord | None
+    finetune: list[FinetuneRecord]
+    status: Status
+    reason: str | None
+    environment: Environment | None
+    wall_s: float | None
+
+
+@dataclass(frozen=True)
 class Claim:
     """The outcome of asking to run a cell: run it, or why not (another process runs or ran it)."""
 
     granted: bool
     holder: Holder | None = None
-    record: dict[str, Any] | None = None  # the record another process finished since this run began
+    record: CellRecord | None = None  # the record another process finished since this run began
 
 
 def reason_line(exc: BaseException) -> str:
@@ -140,53 +156,52 @@ def make_record(
     cell: Cell,
     experiment: Experiment,
     finetune: bool,
-    result: dict[str, Any],
+    outcome: CellOutcome,
     shard: tuple[int, int],
     isolation: str = "inline",
-) -> dict[str, Any]:
+    job: CellJob | None = None,
+) -> CellRecord:
     """The ``conformer-bench.cell`` record of a finished cell (``isolation``: ``process`` or ``inline``)."""
-    return {
-        "schema": CELL_SCHEMA,
-        "schema_version": CELL_SCHEMA_VERSION,
-        "experiment": experiment.name,
-        "experiment_hash": experiment.digest(),
-        "label": cell.label,
-        "index": cell.index,
-        "variant": {"name": cell.config.name, "label": cell.label, "config": cell.config.to_dict()},
-        "config": cell.config.to_dict(),
-        "changes": cell.changes,
-        "config_hash": cell.config_hash(finetune),
-        "profile_hash": cell.profile_hash(),
-        "finetune_hash": cell.finetune_hash() if finetune else None,
-        "status": result["status"],
-        "reason": result["reason"],
-        "profile": result["profile"],
-        "finetune": result["finetune"],
-        "seeds": list(cell.seeds) if finetune else [],
-        "environment": result["environment"],
-        "wall_s": result["wall_s"],
-        "finished": time.time(),
-        "shard": {"rank": shard[0], "world_size": shard[1]},
-        "isolation": isolation,
-    }
+    return CellRecord(
+        experiment=experiment.name,
+        experiment_hash=experiment.digest(),
+        label=cell.label,
+        index=cell.index,
+        variant=Variant(cell.config.name, cell.label, cell.config.to_dict()),
+        changes=cell.changes,
+        config_hash=cell.config_hash(finetune),
+        profile_hash=cell.profile_hash(),
+        finetune_hash=cell.finetune_hash() if finetune else None,
+        status=outcome.status,
+        reason=outcome.reason,
+        profile=outcome.profile,
+        finetune=list(outcome.finetune),
+        seeds=list(cell.seeds) if finetune else [],
+        environment=outcome.environment,
+        wall_s=outcome.wall_s,
+        finished=time.time(),
+        shard=CellShard(shard[0], shard[1]),
+        isolation=isolation,
+        job=job,
+    )
 
 
-def reusable_profile(old: Mapping[str, Any] | None, cell: Cell, resume: bool) -> dict[str, Any] | None:
+def reusable_profile(old: CellRecord | None, cell: Cell, resume: bool) -> ProfileRecord | None:
     """The cell's earlier profile record when only its fine-tuning settings changed since (``--resume``)."""
-    if not resume or old is None or old.get("profile_hash") != cell.profile_hash():
+    if not resume or old is None or old.profile_hash != cell.profile_hash():
         return None
-    profile = old.get("profile")
-    return dict(profile) if isinstance(profile, dict) and profile.get("status", "ok") == "ok" else None
+    profile = old.profile
+    return profile if profile is not None and profile.status == Status.OK else None
 
 
-def load_records(out_dir: Path) -> dict[str, dict[str, Any]]:
+def load_records(out_dir: Path) -> dict[str, CellRecord]:
     """Every cell record in ``out_dir``, the newest per label (read through the folder's store)."""
     return ResultStore(out_dir).latest()
 
 
 def validate_record(record: Any, where: str) -> dict[str, Any]:
-    """A cell record, or an error naming ``where`` and the fix: the schema, a valid label and the type of
-    every field the store and the readers use (a string ``finished`` or a list ``changes`` never gets in)."""
+    """A cell record's JSON, or an error naming ``where`` and the fix: the schema, a valid label and the type
+    of every field the store and the readers use (a string ``finished`` or a list ``changes`` never gets in)."""
     if not isinstance(record, dict) or record.get("schema") != CELL_SCHEMA:
         raise BenchError(f"{where}: not a {CELL_SCHEMA} record; remove the line or the file")
     label = record.get("label")
@@ -218,33 +233,44 @@ def validate_record(record: Any, where: str) -> dict[str, Any]:
     return record
 
 
-def newest_per_label(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def parse_record(value: Any, where: str) -> CellRecord:
+    """The cell record a parsed JSON line holds (checked by :func:`validate_record`, older versions migrated)."""
+    data = validate_record(value, where)
+    if "schema_version" not in data:  # the first records had none
+        data = {**data, "schema_version": 1}
+    try:
+        return CellRecord.from_dict(data)
+    except BenchError as exc:
+        raise BenchError(f"{where}: {exc}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise BenchError(
+            f"{where}: malformed {CELL_SCHEMA} record ({type(exc).__name__}: {exc}); remove the line and "
+            "rerun with --resume"
+        ) from None
+
+
+def newest_per_label(records: Iterable[CellRecord]) -> dict[str, CellRecord]:
     """The newest record of each label (by ``finished``; a later line wins a tie)."""
-    out: dict[str, dict[str, Any]] = {}
-    for record in records:
-        old = out.get(record["label"])
-        if old is None or (record.get("finished") or 0) >= (old.get("finished") or 0):
-            out[record["label"]] = record
-    return out
+    return readers.newest_per_label(records, lambda r: r.label, lambda r: r.finished)
 
 
-def stale_reason(record: Mapping[str, Any], experiment: Mapping[str, Any]) -> str | None:
+def stale_reason(record: CellRecord, experiment: ExperimentRecord) -> str | None:
     """Why ``record`` does not belong to the folder's current ``experiment`` (its experiment.json), if so."""
-    name = experiment.get("name")
-    recorded = record.get("experiment")
-    label = record.get("label")
+    name = experiment.name
+    recorded = record.experiment
+    label = record.label
     if name and recorded and recorded != name:
         return f"recorded for experiment {recorded!r}, not {name!r}"
-    labels = experiment.get("labels")
+    labels = experiment.labels
     if isinstance(labels, list) and labels and label not in labels:
         return f"cell {label!r} is no longer in experiment {name!r}"
-    hashes = (experiment.get("cells") or {}).get(label)
-    if isinstance(hashes, Mapping):
-        if hashes.get("profile_hash") and not record.get("profile_hash"):
+    hashes = (experiment.cells or {}).get(label)
+    if hashes is not None:
+        if hashes.profile_hash and not record.profile_hash:
             return "it records no profile_hash, so what it measured cannot be told"
-        if record.get("profile_hash") and record.get("profile_hash") != hashes.get("profile_hash"):
+        if record.profile_hash and record.profile_hash != hashes.profile_hash:
             return "its config or profile settings changed since it ran"
-        if record.get("finetune_hash") and record.get("finetune_hash") != hashes.get("finetune_hash"):
+        if record.finetune_hash and record.finetune_hash != hashes.finetune_hash:
             return "its fine-tune settings changed since it ran"
     return None
 
@@ -364,71 +390,44 @@ class ResultStore:
             return []
         return sorted(p for p in self.folder.glob("cells.shard-*.jsonl") if _SHARD_RE.match(p.name))
 
-    def read_all(self) -> list[dict[str, Any]]:
+    def read_all(self) -> list[CellRecord]:
         """Every record, in file order (``cells.jsonl``, then unmerged shard files of earlier versions).
 
         A last line without its newline is a write cut short by a kill and is left out; any other line
         that does not parse is an error naming the file and line.
         """
         self.check_links()
-        records: list[dict[str, Any]] = []
+        records: list[CellRecord] = []
         for path in [self.cells_path, *self.shard_files()]:
-            records.extend(record for _, record in self._read_file(path))
+            records.extend(readers.read_jsonl(path, parse_record, LINE_FIX))
         return records
 
-    def _read_file(self, path: Path) -> list[tuple[int, dict[str, Any]]]:
-        try:
-            data = read_in_folder(path)
-        except OSError as exc:
-            raise BenchError(f"cannot read {path} ({exc.strerror}); check its permissions") from None
-        if data is None:
-            return []
-        lines = data.split(b"\n")
-        torn = lines.pop() if lines else b""  # b"" when the file ends with a newline
-        out = []
-        for no, raw in enumerate(lines, start=1):
-            if not raw.strip():
-                continue
-            out.append((no, self._parse(raw, path, no)))
-        if torn.strip():
-            with contextlib.suppress(BenchError):  # a whole record that only lacks its newline is kept
-                out.append((len(lines) + 1, self._parse(torn, path, len(lines) + 1)))
-        return out
-
-    @staticmethod
-    def _parse(raw: bytes, path: Path, no: int) -> dict[str, Any]:
-        try:
-            record = loads_json(raw.decode("utf-8"))
-        except ValueError:  # not UTF-8, not JSON, a NaN or an overflowing number, nested too deep
-            raise BenchError(
-                f"{path} line {no} is not valid JSON (a damaged file?); delete that line and rerun with --resume"
-            ) from None
-        return validate_record(record, f"{path} line {no}")
-
-    def latest(self) -> dict[str, dict[str, Any]]:
+    def latest(self) -> dict[str, CellRecord]:
         """The newest record of each label."""
         return newest_per_label(self.read_all())
 
-    def experiment(self) -> dict[str, Any]:
-        """The folder's experiment.json ({} when absent); a damaged one is an error naming the fix."""
+    def latest_dicts(self) -> dict[str, dict[str, Any]]:
+        """The newest record of each label as version 1 laid it out, for readers that take plain JSON."""
+        return {label: record.version_1() for label, record in self.latest().items()}
+
+    def experiment(self) -> ExperimentRecord | None:
+        """The folder's experiment.json (None when absent); a damaged one is an error naming the fix."""
         self.check_links()
-        try:
-            data = read_in_folder(self.experiment_path)
-            if data is None:
-                return {}
-            meta = loads_json(data.decode("utf-8"))
-        except (OSError, ValueError):
-            raise BenchError(
-                f"{self.experiment_path} is damaged; delete it and rerun `conformer-bench ablate` with --resume"
-            ) from None
+        fix = "delete it and rerun `conformer-bench ablate` with --resume"
+        meta = readers.read_json(self.experiment_path, fix)
+        if meta is None:
+            return None
         if not isinstance(meta, dict):
             raise BenchError(f"{self.experiment_path} is not an experiment summary; delete it and rerun")
-        return meta
+        try:
+            return ExperimentRecord.from_dict(meta)
+        except (BenchError, KeyError, TypeError, ValueError, AttributeError):
+            raise BenchError(f"{self.experiment_path} is damaged; {fix}") from None
 
-    def stale(self, records: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, str]:
+    def stale(self, records: Mapping[str, CellRecord] | None = None) -> dict[str, str]:
         """Label -> why its record does not belong to the folder's current experiment."""
         meta = self.experiment()
-        if not meta:
+        if meta is None:
             return {}
         records = self.latest() if records is None else records
         reasons = {label: stale_reason(record, meta) for label, record in records.items()}
@@ -436,9 +435,9 @@ class ResultStore:
 
     # --- writing ------------------------------------------------------------------------------------------
 
-    def append(self, record: dict[str, Any]) -> None:
+    def append(self, record: CellRecord) -> None:
         """Add one record at the end of ``cells.jsonl``, under the lock; a failed write leaves the file as it was."""
-        line = dumps_json(validate_record(record, "new record"), indent=None).encode("utf-8")
+        line = dumps_json(validate_record(record.to_dict(), "new record"), indent=None).encode("utf-8")
         with self.locked():
             try:
                 fd = open_in_folder(self.cells_path, os.O_RDWR | os.O_CREAT | os.O_APPEND)
@@ -467,19 +466,20 @@ class ResultStore:
         cut = chunk.rfind(b"\n") + 1 + start if b"\n" in chunk else 0
         tail = os.pread(fd, size - cut, cut)
         try:
-            validate_record(loads_json(tail.decode("utf-8")), "tail")
+            parse_record(loads_json(tail.decode("utf-8")), "tail")
             os.write(fd, b"\n")
             return size + 1
         except (UnicodeDecodeError, ValueError, BenchError):
             os.ftruncate(fd, cut)  # a write cut short by a kill: no finished record
             return cut
 
-    def compact(self, order: list[str]) -> dict[str, dict[str, Any]]:
-        """Under the lock: rewrite ``cells.jsonl`` with the newest record per label (``order`` first)."""
+    def compact(self, order: list[str]) -> dict[str, CellRecord]:
+        """Under the lock: rewrite ``cells.jsonl`` with the newest record per label (``order`` first), each in
+        the current schema."""
         with self.locked():
             records = self.latest()
             labels = [lbl for lbl in order if lbl in records] + [lbl for lbl in records if lbl not in order]
-            text = "".join(dumps_json(records[lbl], indent=None) for lbl in labels)
+            text = "".join(dumps_json(records[lbl].to_dict(), indent=None) for lbl in labels)
             if records or self.cells_path.exists():
                 atomic_write_text(self.cells_path, text)
             for path in self.shard_files():
@@ -503,7 +503,7 @@ class ResultStore:
     def all_shards_done(self, world: int) -> bool:
         return all(self._done_file(rank, world).exists() for rank in range(world))
 
-    def gather(self, order: list[str], world: int) -> dict[str, dict[str, Any]]:
+    def gather(self, order: list[str], world: int) -> dict[str, CellRecord]:
         """Compact the folder's records and remove the shards' completion markers."""
         with self.locked():
             records = self.compact(order)
@@ -511,23 +511,24 @@ class ResultStore:
                 self.clear_shard_done(rank, world)
             return records
 
-    def bind_experiment(self, summary: dict[str, Any], force: bool) -> None:
-        """Make the folder ``summary``'s (the experiment's summary dict), refusing another experiment's folder.
+    def bind_experiment(self, summary: ExperimentRecord, force: bool) -> None:
+        """Make the folder ``summary``'s (the experiment's summary), refusing another experiment's folder.
 
         A folder that holds records of an experiment with another name is refused unless ``force``; its
         cells then stay on disk and are reported as stale.
         """
         with self.locked():
-            name = summary["name"]
-            owner = self.experiment().get("name")
-            others = {r.get("experiment") for r in self.read_all()} - {None, name}
+            name = summary.name
+            meta = self.experiment()
+            owner = meta.name if meta is not None else None
+            others = {r.experiment for r in self.read_all()} - {None, name}
             if not force and (owner not in (None, name) or others):
                 theirs = owner if owner not in (None, name) else sorted(str(o) for o in others)[0]
                 raise BenchError(
                     f"{self.folder} holds results of experiment {theirs!r}, not {name!r}; pass another "
                     "--output-dir, or --force to run here (its cells are then reported as stale)"
                 )
-            atomic_write_text(self.experiment_path, dumps_json(summary))
+            atomic_write_text(self.experiment_path, dumps_json(summary.to_dict()))
 
     # --- cooperation between processes ---------------------------------------------------------------------
 
@@ -560,11 +561,7 @@ class ResultStore:
                 if other is not None and other.pid != me.pid and other.alive():
                     return Claim(False, holder=other)
             done = self.latest().get(label)
-            if (
-                done is not None
-                and done.get("config_hash") == config_hash
-                and (done.get("finished") or 0) >= me.started
-            ):
+            if done is not None and done.config_hash == config_hash and (done.finished or 0) >= me.started:
                 return Claim(False, record=done)
             running[label] = asdict(me)
             self._write_running(running)

@@ -1,4 +1,6 @@
-"""Tables from cell records: raw numbers in a DataFrame, deltas against the base cell, then formatters.
+"""Tables from cell records: one :class:`CellRow` of raw numbers per cell, deltas against the base cell, and
+the summary's columns declared once (:data:`COLUMNS`), from which CSV, Markdown, LaTeX and the terminal
+tables are rendered by :mod:`conformer_bench.tables`.
 
 Deltas: relative (%) for costs and speeds (params, MACs, FLOPs, images/s, memory); absolute percentage
 points for shares of MACs and for top-1 accuracy.
@@ -7,28 +9,278 @@ points for shares of MACs and for top-1 accuracy.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..breakdown import ROWS as TIME_PARTS
 from ..params import COMPONENTS
+from ..records import CellRecord, CpuPhaseMemory, CudaPhaseMemory, ProfiledPhase, Status
+from ..tables import EMPTY, Column, Table
 
 if TYPE_CHECKING:
     import pandas as pd
-    from rich.table import Table
+    from rich.table import Table as RichTable
 
 MIB = 1024 * 1024
 HEADS = ("conv", "trans", "sum")
+PHASES = ("infer", "train")
+SHARED = ("cnn", "transformer", "fcu")  # components whose share of the MACs is a column
+
+
+def _num(x: Any) -> float:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else math.nan
+
+
+@dataclass(frozen=True)
+class PhaseRow:
+    """Throughput of one timed phase (NaN and no batch when it was not timed)."""
+
+    img_s: float = math.nan
+    iqr_over_median: float = math.nan
+    noisy: bool = False
+    batch: int | None = None
+
+
+@dataclass(frozen=True)
+class Top1:
+    """One head's top-1 over the seeds that finished: mean, sample std (two seeds or more) and count."""
+
+    mean: float = math.nan
+    std: float = math.nan
+    n: int = 0
+
+
+@dataclass
+class CellRow:
+    """One cell's raw (unrounded) numbers, read from its record; ``deltas`` (metric key -> delta against the
+    base cell) and ``is_base`` are filled in by :func:`build_rows`."""
+
+    record: CellRecord
+    params: float
+    paper_macs: float
+    fvcore_flops: float
+    macs: dict[str, float]  # component -> paper MACs
+    time_ms: dict[str, float]  # part -> ms of the forward (empty without a breakdown)
+    time_share_pct: dict[str, float]
+    time_forward_ms: float
+    phases: dict[str, PhaseRow]  # infer, train
+    peak_mem_mib: dict[str, float]  # infer, train
+    top1: dict[str, Top1]  # conv, trans, sum
+    log: str | None  # the log of the scheduler job that ran the cell
+    deltas: dict[str, float] = field(default_factory=dict)
+    is_base: bool = False
+
+    @property
+    def label(self) -> str:
+        return self.record.label
+
+    @property
+    def status(self) -> str:
+        return str(self.record.status)
+
+    @property
+    def ok(self) -> bool:
+        return self.record.status == Status.OK
+
+    @property
+    def has_breakdown(self) -> bool:
+        return bool(self.time_ms)
+
+    @property
+    def memory_device(self) -> str | None:
+        profile = self.record.profile
+        return profile.memory.device if profile is not None and profile.memory is not None else None
+
+    def share_pct(self, component: str) -> float:
+        paper = self.paper_macs
+        return 100.0 * self.macs[component] / paper if paper and not math.isnan(paper) else math.nan
+
+
+def changes_text(changes: Mapping[str, Any]) -> str:
+    """Config changes as `key=value` words (booleans lower case, lists comma-joined); "" for none."""
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, bool):
+            return str(v).lower()
+        if isinstance(v, list):
+            return ",".join(str(x) for x in v) or "none"
+        return str(v)
+
+    return " ".join(f"{k}={fmt(v)}" for k, v in changes.items())
+
+
+def _job_log(record: CellRecord) -> str | None:
+    """The log of the job that ran a cell (a scheduler job): its stderr when not empty, else its stdout."""
+    job = record.job
+    if job is None:
+        return None
+    try:
+        if isinstance(job.stderr, str) and Path(job.stderr).stat().st_size:
+            return job.stderr
+    except OSError:
+        pass
+    return job.stdout if isinstance(job.stdout, str) else None
+
+
+def _peak_mib(memory: CpuPhaseMemory | CudaPhaseMemory | None) -> float:
+    """Peak memory of one phase: CUDA peak allocated bytes, or the CPU peak RSS increase."""
+    if isinstance(memory, CudaPhaseMemory):
+        return _num(memory.peak_allocated_bytes) / MIB
+    if isinstance(memory, CpuPhaseMemory):
+        return _num(memory.peak_rss_increase_bytes) / MIB
+    return math.nan
+
+
+def _top1(values: list[float]) -> Top1:
+    if not values:
+        return Top1()
+    mean = sum(values) / len(values)
+    std = (
+        math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) >= 2 else math.nan
+    )
+    return Top1(mean, std, len(values))
+
+
+def row_of(record: CellRecord) -> CellRow:
+    """Raw (unrounded) metrics of one cell record."""
+    prof = record.profile
+    params = prof.params.total if prof is not None and prof.params is not None else None
+    flops = prof.flops if prof is not None else None
+    by_comp = (flops.by_component if flops is not None else None) or {}
+    phases = {}
+    peaks = {}
+    for mode in PHASES:
+        timing = (prof.throughput or {}).get(mode) if prof is not None else None
+        t = timing.timing if timing is not None else None
+        phases[mode] = (
+            PhaseRow(_num(t.img_per_s), _num(t.iqr_over_median), bool(t.noisy), t.batch_size)
+            if t is not None
+            else PhaseRow()
+        )
+        memory = prof.memory if prof is not None else None
+        peaks[mode] = _peak_mib(memory.phase(mode) if memory is not None else None)
+    runs = [r for r in record.finetune or [] if r is not None and r.status in (Status.OK, None)]
+    top1 = {}
+    for head in HEADS:
+        values = [_num((r.final.top1 or {}).get(head)) if r.final is not None else math.nan for r in runs]
+        top1[head] = _top1([v for v in values if not math.isnan(v)])
+    time_ms, time_share, forward_ms = _time_by_component(prof.breakdown if prof is not None else None)
+    return CellRow(
+        record=record,
+        params=_num(params),
+        paper_macs=_num(flops.paper_macs if flops is not None else None),
+        fvcore_flops=_num(flops.fvcore_total if flops is not None else None),
+        macs={c: _num((by_comp.get(c) or {}).get("paper_macs")) for c in COMPONENTS},
+        time_ms=time_ms,
+        time_share_pct=time_share,
+        time_forward_ms=forward_ms,
+        phases=phases,
+        peak_mem_mib=peaks,
+        top1=top1,
+        log=_job_log(record),
+    )
+
+
+def _time_by_component(
+    breakdown: dict[str, Any] | None,
+) -> tuple[dict[str, float], dict[str, float], float]:
+    """Milliseconds and share of the forward per part of a profile's breakdown (nothing without one, so the
+    summaries of grids run without ``breakdown`` keep their columns)."""
+    if not breakdown or breakdown.get("status") != "ok":
+        return {}, {}, math.nan
+    parts = breakdown.get("components") or {}
+    ms = {p: 1e3 * _num((parts.get(p) or {}).get("seconds")) for p in TIME_PARTS}
+    share = {p: 100.0 * _num((parts.get(p) or {}).get("share_of_forward")) for p in TIME_PARTS}
+    return ms, share, 1e3 * _num(breakdown.get("forward_s"))
+
+
+# --- the columns, declared once -------------------------------------------------------------------------
+
+Get = Callable[[CellRow], Any]
+
+
+def _phase(mode: str, get: Callable[[PhaseRow], Any]) -> Get:
+    return lambda r: get(r.phases[mode])
+
+
+def _base_columns() -> list[Column[CellRow]]:
+    cols: list[Column[CellRow]] = [
+        Column("label", lambda r: r.label, help="the cell"),
+        Column("variant", lambda r: r.record.variant.name if r.record.variant else None, help="base preset"),
+        Column("changes", lambda r: changes_text(r.record.changes or {}), help="config fields changed"),
+        Column("status", lambda r: r.status),
+        Column("reason", lambda r: r.record.reason),
+        Column("params", lambda r: r.params, help="parameters"),
+        Column("params_m", lambda r: r.params / 1e6, unit="M"),
+        Column("paper_macs", lambda r: r.paper_macs, help="conv + linear + matmul MACs, batch 1"),
+        Column("gmacs_paper", lambda r: r.paper_macs / 1e9, unit="G"),
+        Column("fvcore_flops", lambda r: r.fvcore_flops, help="fvcore's count, batch 1"),
+        Column("gflops_fvcore", lambda r: r.fvcore_flops / 1e9, unit="G"),
+    ]
+    cols += [Column(f"macs_{c}", lambda r, c=c: r.macs[c]) for c in COMPONENTS]
+    cols += [Column(f"share_{c}_pct", lambda r, c=c: r.share_pct(c), unit="%") for c in SHARED]
+    return cols
+
+
+def _time_columns() -> list[Column[CellRow]]:
+    """Time by component: only in grids whose profiles ran with ``breakdown = true``."""
+    cols: list[Column[CellRow]] = [
+        Column(f"time_{p}_ms", lambda r, p=p: r.time_ms.get(p, math.nan), unit="ms") for p in TIME_PARTS
+    ]
+    cols += [
+        Column(f"time_share_{p}_pct", lambda r, p=p: r.time_share_pct.get(p, math.nan), unit="%")
+        for p in TIME_PARTS
+    ]
+    cols.append(Column("time_forward_ms", lambda r: r.time_forward_ms, unit="ms"))
+    return cols
+
+
+def _rest_columns() -> list[Column[CellRow]]:
+    cols: list[Column[CellRow]] = []
+    for mode in PHASES:
+        cols += [
+            Column(f"{mode}_img_s", _phase(mode, lambda p: p.img_s), unit="img/s"),
+            Column(f"{mode}_iqr_over_median", _phase(mode, lambda p: p.iqr_over_median)),
+            Column(f"{mode}_noisy", _phase(mode, lambda p: p.noisy)),
+            Column(f"{mode}_batch", _phase(mode, lambda p: p.batch)),
+        ]
+    cols += [
+        Column("memory_device", lambda r: r.memory_device),
+        Column("isolation", lambda r: r.record.ran_in),  # records from before isolation ran inline
+    ]
+    cols += [Column(f"peak_mem_{m}_mib", lambda r, m=m: r.peak_mem_mib[m], unit="MiB") for m in PHASES]
+    cols.append(Column("seeds_n", _seeds_n, help="fine-tuning runs that finished ok"))
+    for head in HEADS:
+        cols += [
+            Column(f"top1_{head}", lambda r, h=head: r.top1[h].mean, unit="%"),
+            Column(f"top1_{head}_std", lambda r, h=head: r.top1[h].std, unit="pp"),
+        ]
+    return cols
+
+
+def _seeds_n(row: CellRow) -> int:
+    return sum(1 for r in row.record.finetune or [] if r is not None and r.status in (Status.OK, None))
+
+
+BASE_COLUMNS = tuple(_base_columns())
+TIME_COLUMNS = tuple(_time_columns())
+REST_COLUMNS = tuple(_rest_columns())
+COLUMNS: tuple[Column[CellRow], ...] = (*BASE_COLUMNS, *TIME_COLUMNS, *REST_COLUMNS)
+_BY_NAME = {c.name: c for c in COLUMNS}
 
 
 @dataclass(frozen=True)
 class Metric:
-    key: str  # column in the frame
+    key: str  # the column it shows
     title: str  # short header
     delta: str  # "rel" (%) or "pp" (percentage points)
     digits: int
     higher_is_better: bool | None = None
+
+    def value(self, row: CellRow) -> float:
+        return float(_BY_NAME[self.key].get(row))
 
 
 METRICS: tuple[Metric, ...] = (
@@ -50,153 +302,67 @@ METRICS: tuple[Metric, ...] = (
     Metric("top1_trans", "Top-1 trans (%)", "pp", 2, True),
     Metric("top1_sum", "Top-1 sum (%)", "pp", 2, True),
 )
-ACCURACY = ("top1_conv", "top1_trans", "top1_sum")
+ACCURACY = {"top1_conv": "conv", "top1_trans": "trans", "top1_sum": "sum"}
+NOISY = {"infer_img_s": "infer", "train_img_s": "train"}
+TIME_KEYS = frozenset(c.name for c in TIME_COLUMNS)
 
 
-def _get(d: Any, *keys: str) -> Any:
-    for key in keys:
-        if not isinstance(d, dict):
-            return None
-        d = d.get(key)
-    return d
+def _present(metric: Metric, rows: Sequence[CellRow]) -> bool:
+    """Whether the metric's column is in the summary (time by component only with a breakdown)."""
+    return metric.key not in TIME_KEYS or any(r.has_breakdown for r in rows)
 
 
-def _num(x: Any) -> float:
-    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else math.nan
-
-
-def _peak_bytes(memory: Any, mode: str) -> float:
-    """Peak memory of one mode: CUDA peak allocated bytes, or the CPU peak RSS increase."""
-    m = _get(memory, mode)
-    if not isinstance(m, dict):
-        return math.nan
-    for key in ("peak_allocated_bytes", "peak_rss_increase_bytes"):
-        if key in m:
-            return _num(m[key])
-    return math.nan
-
-
-def changes_text(changes: dict[str, Any]) -> str:
-    """Config changes as `key=value` words (booleans lower case, lists comma-joined); "" for none."""
-
-    def fmt(v: Any) -> str:
-        if isinstance(v, bool):
-            return str(v).lower()
-        if isinstance(v, list):
-            return ",".join(str(x) for x in v) or "none"
-        return str(v)
-
-    return " ".join(f"{k}={fmt(v)}" for k, v in changes.items())
-
-
-def _job_log(job: Any) -> str | None:
-    """The log of the job that ran a cell (a scheduler job): its stderr when not empty, else its stdout."""
-    if not isinstance(job, dict):
-        return None
-    err, out = job.get("stderr"), job.get("stdout")
-    try:
-        if isinstance(err, str) and Path(err).stat().st_size:
-            return err
-    except OSError:
-        pass
-    return out if isinstance(out, str) else None
-
-
-def row_of(record: dict[str, Any]) -> dict[str, Any]:
-    """Raw (unrounded) metrics of one cell record."""
-    prof = record.get("profile") or {}
-    params = _get(prof, "params", "total")
-    flops = prof.get("flops") or {}
-    paper = _num(flops.get("paper_macs"))
-    by_comp = flops.get("by_component") or {}
-    row: dict[str, Any] = {
-        "label": record["label"],
-        "variant": _get(record, "config", "name"),
-        "changes": changes_text(record.get("changes") or {}),
-        "status": record.get("status"),
-        "reason": record.get("reason"),
-        "params": _num(params),
-        "params_m": _num(params) / 1e6,
-        "paper_macs": paper,
-        "gmacs_paper": paper / 1e9,
-        "fvcore_flops": _num(flops.get("fvcore_total")),
-        "gflops_fvcore": _num(flops.get("fvcore_total")) / 1e9,
-        "memory_device": _get(prof, "memory", "device"),
-        "isolation": record.get("isolation", "inline"),  # records from before isolation ran inline
-        "log": _job_log(record.get("job")),
-    }
-    for comp in COMPONENTS:
-        macs = _num(_get(by_comp, comp, "paper_macs"))
-        row[f"macs_{comp}"] = macs
-        if comp in ("cnn", "transformer", "fcu"):
-            row[f"share_{comp}_pct"] = 100.0 * macs / paper if paper and not math.isnan(paper) else math.nan
-    row.update(_time_by_component(prof.get("breakdown")))
-    for mode in ("infer", "train"):
-        timing = _get(prof, "throughput", mode) or {}
-        row[f"{mode}_img_s"] = _num(timing.get("img_per_s"))
-        row[f"{mode}_iqr_over_median"] = _num(timing.get("iqr_over_median"))
-        row[f"{mode}_noisy"] = bool(timing.get("noisy", False))
-        row[f"{mode}_batch"] = timing.get("batch_size")
-        row[f"peak_mem_{mode}_mib"] = _peak_bytes(prof.get("memory"), mode) / MIB
-    runs = [r for r in record.get("finetune") or [] if isinstance(r, dict)]
-    ok_runs = [r for r in runs if r.get("status", "ok") == "ok"]
-    row["seeds_n"] = len(ok_runs)
-    for head in HEADS:
-        values = [_num(_get(r, "final", "top1", head)) for r in ok_runs]
-        values = [v for v in values if not math.isnan(v)]
-        row[f"top1_{head}"] = sum(values) / len(values) if values else math.nan
-        if len(values) >= 2:
-            mean = row[f"top1_{head}"]
-            row[f"top1_{head}_std"] = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-        else:
-            row[f"top1_{head}_std"] = math.nan
-        row[f"top1_{head}_n"] = len(values)
-    return row
-
-
-def _time_by_component(breakdown: dict[str, Any] | None) -> dict[str, float]:
-    """Milliseconds and share of the forward per component of a profile's breakdown (no columns without one,
-    so the summaries of grids run without ``breakdown`` keep their columns)."""
-    from ..breakdown import ROWS
-
-    if not breakdown or breakdown.get("status") != "ok":
-        return {}
-    comps = breakdown.get("components") or {}
-    row: dict[str, float] = {}
-    for comp in ROWS:
-        row[f"time_{comp}_ms"] = 1e3 * _num(_get(comps, comp, "seconds"))
-        row[f"time_share_{comp}_pct"] = 100.0 * _num(_get(comps, comp, "share_of_forward"))
-    row["time_forward_ms"] = 1e3 * _num(breakdown.get("forward_s"))
-    return row
-
-
-def build_frame(records: Iterable[dict[str, Any]], base_label: str | None) -> pd.DataFrame:
-    """One row per cell, raw metrics plus ``d_<metric>`` deltas against the base cell (NaN where undefined)."""
-    import pandas as pd
-
+def build_rows(records: Iterable[CellRecord], base_label: str | None) -> list[CellRow]:
+    """One row per cell, raw metrics plus deltas against the base cell (NaN where undefined)."""
     rows = [row_of(r) for r in records]
-    df = pd.DataFrame(rows)
-    if df.empty:
-        return df
-    base = df[df["label"] == base_label]
+    base = next((r for r in rows if r.label == base_label), None)
+    shared_cpu = any(r.memory_device == "cpu" and r.record.ran_in != "process" for r in rows)
     for metric in METRICS:
-        col = f"d_{metric.key}"
-        if metric.key not in df:
-            continue  # e.g. time by component in a grid run without it
-        if base.empty:
-            df[col] = math.nan
+        if not _present(metric, rows):
             continue
-        ref = float(base.iloc[0][metric.key])
-        cpu = df["memory_device"] == "cpu"
-        if metric.key.startswith("peak_mem_") and (cpu & (df["isolation"] != "process")).any():
-            df[col] = math.nan  # CPU resident-set increases of cells sharing one process do not compare
-            continue
-        if metric.delta == "rel":
-            df[col] = (df[metric.key] / ref - 1.0) * 100.0 if ref and not math.isnan(ref) else math.nan
-        else:
-            df[col] = df[metric.key] - ref
-    df["is_base"] = df["label"] == base_label
-    return df
+        ref = metric.value(base) if base is not None else math.nan
+        for row in rows:
+            value = metric.value(row)
+            if base is None or (metric.key.startswith("peak_mem_") and shared_cpu):
+                delta = math.nan  # CPU resident-set increases of cells sharing one process do not compare
+            elif metric.delta == "rel":
+                delta = (value / ref - 1.0) * 100.0 if ref and not math.isnan(ref) else math.nan
+            else:
+                delta = value - ref
+            row.deltas[metric.key] = delta
+    for row in rows:
+        row.is_base = row.label == base_label
+    return rows
+
+
+def csv_columns(rows: Sequence[CellRow]) -> list[Column[CellRow]]:
+    """The summary.csv columns: raw numbers (never rounded), every delta column and ``is_base``."""
+    timed = any(r.has_breakdown for r in rows)
+    cols = [*BASE_COLUMNS, *(TIME_COLUMNS if timed else ()), *REST_COLUMNS]
+    cols += [
+        Column(
+            f"d_{m.key}", lambda r, k=m.key: r.deltas.get(k, math.nan), unit="%" if m.delta == "rel" else "pp"
+        )
+        for m in METRICS
+        if _present(m, rows)
+    ]
+    cols.append(Column("is_base", lambda r: r.is_base))
+    return cols
+
+
+def summary_table(rows: Sequence[CellRow]) -> Table[CellRow]:
+    return Table(csv_columns(rows), rows)
+
+
+def tidy(record: CellRecord) -> tuple[Sequence[Column[CellRow]], list[CellRow]]:
+    """The per-record columns of summary.csv (every column but the deltas against a base cell, which need
+    the whole grid) and the one row of ``record``: :data:`conformer_bench.api.TIDY`'s form of a cell."""
+    return COLUMNS, [row_of(record)]
+
+
+def build_frame(records: Iterable[CellRecord], base_label: str | None) -> pd.DataFrame:
+    """summary.csv as a DataFrame: one row per cell, raw metrics plus ``d_<metric>`` deltas and ``is_base``."""
+    return summary_table(build_rows(records, base_label)).to_frame()
 
 
 # --- describing what was measured --------------------------------------------------------------------
@@ -209,19 +375,24 @@ def _one(values: Iterable[Any]) -> str:
     return vals[0] if len(vals) == 1 else "varies: " + ", ".join(vals)
 
 
-def describe(records: list[dict[str, Any]]) -> list[str]:
+def _batch(throughput: Mapping[str, ProfiledPhase] | None, mode: str) -> int | None:
+    phase = (throughput or {}).get(mode)
+    return phase.timing.batch_size if phase is not None and phase.timing is not None else None
+
+
+def describe(records: list[CellRecord]) -> list[str]:
     """Lines saying where and how the numbers were measured (device, precision, threads, batch, convention)."""
-    profiled = [r for r in records if r.get("profile")]
-    profs = [r["profile"] for r in profiled]
-    envs = [p.get("environment") or r.get("environment") or {} for r, p in zip(profiled, profs, strict=True)]
-    settings = [p.get("settings") or {} for p in profs]
+    profiled = [r for r in records if r.profile is not None]
+    profs = [r.profile for r in profiled if r.profile is not None]
+    envs = [p.environment or r.environment for r, p in zip(profiled, profs, strict=True)]
+    settings = [p.settings or {} for p in profs]
     lines = []
     if profs:
-        batches = {_get(p, "throughput", m, "batch_size") for p in profs for m in ("infer", "train")}
+        batches = {_batch(p.throughput, m) for p in profs for m in PHASES}
         lines.append(
-            f"Measured on {_one(e.get('device_name') or e.get('device') for e in envs)} "
-            f"({_one(e.get('device') for e in envs)}), {_one(s.get('precision') for s in settings)}, "
-            f"threads={_one(e.get('threads') for e in envs)}, torch {_one(e.get('torch') for e in envs)}, "
+            f"Measured on {_one((e.device_name or e.device) if e else None for e in envs)} "
+            f"({_one(e.device if e else None for e in envs)}), {_one(s.get('precision') for s in settings)}, "
+            f"threads={_one(e.threads if e else None for e in envs)}, torch {_one(e.torch if e else None for e in envs)}, "
             f"images {_one(s.get('img_size') for s in settings)} px, timing batch {_one(batches)}, "
             f"path {_one(s.get('path') for s in settings)}."
         )
@@ -231,8 +402,8 @@ def describe(records: list[dict[str, Any]]) -> list[str]:
             "img/s: median over timed iterations (~ marks IQR/median > 10 %). Peak memory: CUDA peak allocated, "
             "or on CPU the peak resident-set increase."
         )
-        on_cpu = [r for r, e in zip(profiled, envs, strict=True) if e.get("device") == "cpu"]
-        inline = [r for r in on_cpu if r.get("isolation", "inline") != "process"]
+        on_cpu = [r for r, e in zip(profiled, envs, strict=True) if e is not None and e.device == "cpu"]
+        inline = [r for r in on_cpu if r.ran_in != "process"]
         if on_cpu and not inline:
             lines.append(
                 "CPU memory: each cell ran in a fresh Python process, so its resident-set increase is its own "
@@ -244,10 +415,10 @@ def describe(records: list[dict[str, Any]]) -> list[str]:
                 "(--no-isolate), so a later cell reuses memory freed by earlier ones and its resident-set increase "
                 "can understate its own peak; no Δ is given for it."
             )
-    ft = [f for r in records for f in (r.get("finetune") or []) if isinstance(f, dict)]
+    ft = [f for r in records for f in (r.finetune or []) if f is not None]
     if ft:
-        hyper = [f.get("hyper") or {} for f in ft]
-        data = [f.get("data") or {} for f in ft]
+        hyper = [f.hyper or {} for f in ft]
+        data = [f.data or {} for f in ft]
         seeds = sorted({int(h["seed"]) for h in hyper if h.get("seed") is not None})
         budget = (
             f"{_one(h.get('steps') for h in hyper)} steps"
@@ -267,160 +438,94 @@ def describe(records: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-# --- formatting ----------------------------------------------------------------------------------------
+# --- text: a value with its spread and its delta ------------------------------------------------------------
 
 
-def _fmt(value: Any, digits: int, significant: bool = True) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
+def _fmt(value: float, digits: int, significant: bool = True) -> str:
+    if value is None or math.isnan(value):
+        return EMPTY
     if significant and 0 < abs(value) < 1:
         return f"{value:.{max(digits, 3)}g}"  # keep three significant digits for small costs
     return f"{value:,.{digits}f}"
 
 
-def _fmt_delta(value: Any, kind: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+def _fmt_delta(value: float | None, kind: str) -> str:
+    if value is None or math.isnan(value):
         return ""
     unit = "%" if kind == "rel" else " pp"
     return f"{value:+.1f}{unit}"
 
 
-def metric_text(row: Any, metric: Metric, *, with_delta: bool = True, sep: str = " ") -> str:
-    value = row[metric.key]
-    text = _fmt(value, metric.digits, significant=metric.delta == "rel")
-    if metric.key in ACCURACY:
-        std = row.get(f"{metric.key}_std")
-        if isinstance(std, float) and not math.isnan(std):
-            text += f" ± {std:.{metric.digits}f}"
-    if metric.key in ("infer_img_s", "train_img_s") and row.get(metric.key.replace("img_s", "noisy")):
+def metric_text(row: CellRow, metric: Metric, *, with_delta: bool = True, sep: str = " ") -> str:
+    text = _fmt(metric.value(row), metric.digits, significant=metric.delta == "rel")
+    head = ACCURACY.get(metric.key)
+    if head is not None and not math.isnan(row.top1[head].std):
+        text += f" ± {row.top1[head].std:.{metric.digits}f}"
+    mode = NOISY.get(metric.key)
+    if mode is not None and row.phases[mode].noisy:
         text += " ~"
-    if with_delta and not row.get("is_base", False):
-        delta = _fmt_delta(row.get(f"d_{metric.key}"), metric.delta)
+    if with_delta and not row.is_base:
+        delta = _fmt_delta(row.deltas.get(metric.key), metric.delta)
         if delta:
             text += f"{sep}({delta})"
     return text
 
 
-def visible_metrics(df: pd.DataFrame) -> list[Metric]:
+def visible_metrics(rows: Sequence[CellRow]) -> list[Metric]:
     """Metrics with at least one value (accuracy columns disappear when nothing was fine-tuned)."""
-    return [m for m in METRICS if m.key in df and df[m.key].notna().any()]
+    return [m for m in METRICS if _present(m, rows) and any(not math.isnan(m.value(r)) for r in rows)]
 
 
-def _status_text(row: Any) -> str:
-    status = str(row["status"])
-    return status + (" (base)" if row.get("is_base") else "")
+def _status_text(row: CellRow) -> str:
+    return row.status + (" (base)" if row.is_base else "")
 
 
-def to_markdown(df: pd.DataFrame, notes: list[str], title: str) -> str:
-    metrics = visible_metrics(df)
-    head = ["Cell", "Changes", "Status", *(m.title for m in metrics)]
-    lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for _, row in df.iterrows():
-        cells = [f"`{row['label']}`", row["changes"] or "—", _status_text(row)]
-        cells += [metric_text(row, m) for m in metrics]
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    lines.append("")
-    failed = df[df["status"] != "ok"]
-    for _, row in failed.iterrows():
-        log = row.get("log")
-        where = f" (log: {log})" if isinstance(log, str) and log not in str(row["reason"]) else ""
-        lines.append(f"- `{row['label']}`: {row['status']}: {row['reason']}{where}")
-    if not failed.empty:
+def text_columns(
+    rows: Sequence[CellRow],
+    metrics: Sequence[Metric],
+    *,
+    changes: bool = True,
+    code: bool = True,
+    sep: str = " ",
+) -> list[Column[CellRow]]:
+    """The columns a person reads: cell, (changes,) status, then each metric with its spread and delta."""
+    cols: list[Column[CellRow]] = [
+        Column("Cell", (lambda r: f"`{r.label}`") if code else (lambda r: r.label))
+    ]
+    if changes:
+        cols.append(Column("Changes", lambda r: changes_text(r.record.changes or {}) or EMPTY))
+    cols.append(Column("Status", _status_text))
+    cols += [Column(m.title, lambda r, m=m: metric_text(r, m, sep=sep), digits=m.digits) for m in metrics]
+    return cols
+
+
+def to_markdown(rows: Sequence[CellRow], notes: list[str], title: str) -> str:
+    table = Table(text_columns(rows, visible_metrics(rows)), rows)
+    lines = [f"# {title}", "", table.to_markdown().rstrip("\n"), ""]
+    failed = [r for r in rows if not r.ok]
+    for row in failed:
+        log = row.log
+        where = f" (log: {log})" if isinstance(log, str) and log not in str(row.record.reason) else ""
+        lines.append(f"- `{row.label}`: {row.status}: {row.record.reason}{where}")
+    if failed:
         lines.append("")
     lines += notes
     return "\n".join(lines) + "\n"
 
 
-def _latex_escape(text: str) -> str:
-    for a, b in (
-        ("\\", r"\textbackslash{}"),
-        ("&", r"\&"),
-        ("%", r"\%"),
-        ("_", r"\_"),
-        ("#", r"\#"),
-        ("$", r"\$"),
-        ("{", r"\{"),
-        ("}", r"\}"),
-        ("~", r"\textasciitilde{}"),
-        ("±", r"$\pm$"),
-        ("Δ", r"$\Delta$"),
-    ):
-        text = text.replace(a, b) if a != "\\" else text.replace(a, "\0")
-    return text.replace("\0", r"\textbackslash{}")
+def to_latex(rows: Sequence[CellRow], notes: list[str], title: str) -> str:
+    from ..tables import latex_escape
 
-
-def to_latex(df: pd.DataFrame, notes: list[str], title: str) -> str:
-    metrics = visible_metrics(df)
-    head = ["Cell", "Status", *(m.title for m in metrics)]
-    lines = [
-        r"\begin{table}[t]",
-        r"\centering\small",
-        r"\begin{tabular}{l" + "l" + "r" * len(metrics) + "}",
-        r"\toprule",
-        " & ".join(_latex_escape(h) for h in head) + r" \\",
-        r"\midrule",
-    ]
-    for _, row in df.iterrows():
-        cells = [str(row["label"]), _status_text(row), *(metric_text(row, m) for m in metrics)]
-        lines.append(" & ".join(_latex_escape(c) for c in cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    lines.append(r"\caption{" + _latex_escape(title + ". " + " ".join(notes)) + "}")
+    table = Table(text_columns(rows, visible_metrics(rows), changes=False, code=False), rows)
+    lines = [r"\begin{table}[t]", r"\centering\small", table.to_latex().rstrip("\n")]
+    lines.append(r"\caption{" + latex_escape(title + ". " + " ".join(notes)) + "}")
     lines.append(r"\end{table}")
     return "\n".join(lines) + "\n"
 
 
-CSV_COLUMNS = (
-    "label",
-    "variant",
-    "changes",
-    "status",
-    "reason",
-    "params",
-    "params_m",
-    "paper_macs",
-    "gmacs_paper",
-    "fvcore_flops",
-    "gflops_fvcore",
-    "macs_stem",
-    "macs_cnn",
-    "macs_transformer",
-    "macs_fcu",
-    "macs_heads",
-    "share_cnn_pct",
-    "share_transformer_pct",
-    "share_fcu_pct",
-    # time by component, in grids whose profiles ran with breakdown = true
-    *(f"time_{c}_ms" for c in ("stem", "cnn", "transformer", "fcu_down", "fcu_up", "heads", "rest")),
-    *(f"time_share_{c}_pct" for c in ("stem", "cnn", "transformer", "fcu_down", "fcu_up", "heads", "rest")),
-    "time_forward_ms",
-    "infer_img_s",
-    "infer_iqr_over_median",
-    "infer_noisy",
-    "infer_batch",
-    "train_img_s",
-    "train_iqr_over_median",
-    "train_noisy",
-    "train_batch",
-    "memory_device",
-    "isolation",
-    "peak_mem_infer_mib",
-    "peak_mem_train_mib",
-    "seeds_n",
-    "top1_conv",
-    "top1_conv_std",
-    "top1_trans",
-    "top1_trans_std",
-    "top1_sum",
-    "top1_sum_std",
-)
-
-
-def to_csv(df: pd.DataFrame) -> str:
+def to_csv(rows: Sequence[CellRow]) -> str:
     """Raw numbers (never rounded) and every delta column."""
-    cols = [c for c in CSV_COLUMNS if c in df] + [f"d_{m.key}" for m in METRICS if f"d_{m.key}" in df]
-    if "is_base" in df:
-        cols.append("is_base")
-    return str(df[cols].to_csv(index=False))
+    return summary_table(rows).to_csv()
 
 
 COST_KEYS = (
@@ -433,54 +538,44 @@ COST_KEYS = (
 )
 
 
-def rich_tables(df: pd.DataFrame, notes: list[str], title: str) -> list[Table]:
+def rich_tables(rows: Sequence[CellRow], notes: list[str], title: str) -> list[RichTable]:
     """Two terminal tables (costs; speed, memory and accuracy) so each fits a normal terminal."""
-    from rich.table import Table
-
-    metrics = visible_metrics(df)
+    metrics = visible_metrics(rows)
     groups = [
-        (f"{title}: cost", [m for m in metrics if m.key in COST_KEYS], None),
-        (
-            f"{title}: speed, memory, accuracy",
-            [m for m in metrics if m.key not in COST_KEYS],
-            "\n".join(notes),
-        ),
+        (f"{title}: cost", [m for m in metrics if m.key in COST_KEYS], []),
+        (f"{title}: speed, memory, accuracy", [m for m in metrics if m.key not in COST_KEYS], notes),
     ]
     tables = []
     for name, group, caption in groups:
         if not group:
             continue
-        table = Table(title=name, caption=caption, caption_justify="left")
-        table.add_column("Cell", no_wrap=True)
-        table.add_column("Status")
-        for m in group:
-            table.add_column(m.title, justify="right")
-        for _, row in df.iterrows():
-            style = None if row["status"] == "ok" else "red"
-            cells = [str(row["label"]), _status_text(row)]
-            cells += [metric_text(row, m, sep="\n") for m in group]
-            table.add_row(*cells, style=style)
+        cols = text_columns(rows, group, changes=False, code=False, sep="\n")
+        table = Table(cols, rows, title=name, notes=list(caption)).to_rich()
+        table.caption_justify = "left"
+        table.columns[0].no_wrap = True
+        for shown_row, row in zip(table.rows, rows, strict=True):
+            shown_row.style = None if row.ok else "red"
         tables.append(table)
     return tables
 
 
-def ordered(records: dict[str, dict[str, Any]], order: list[str]) -> list[dict[str, Any]]:
+def ordered(records: Mapping[str, CellRecord], order: list[str]) -> list[CellRecord]:
     """Records in experiment order; records of labels not in ``order`` are left out."""
     return [records[lbl] for lbl in order if lbl in records]
 
 
 def write_summary(
-    out_dir: Path, records: list[dict[str, Any]], base_label: str | None, title: str
-) -> tuple[pd.DataFrame, list[str], dict[str, Path]]:
-    """Write summary.csv, summary.md and the figures; return the frame, the notes and the written paths."""
+    out_dir: Path, records: list[CellRecord], base_label: str | None, title: str
+) -> tuple[list[CellRow], list[str], dict[str, Path]]:
+    """Write summary.csv, summary.md and the figures; return the rows, the notes and the written paths."""
     from ..files import atomic_write_text
     from .plots import write_figures
 
-    df = build_frame(records, base_label)
+    rows = build_rows(records, base_label)
     notes = describe(records)
     paths = {
-        "csv": atomic_write_text(out_dir / "summary.csv", to_csv(df)),
-        "md": atomic_write_text(out_dir / "summary.md", to_markdown(df, notes, title)),
+        "csv": atomic_write_text(out_dir / "summary.csv", to_csv(rows)),
+        "md": atomic_write_text(out_dir / "summary.md", to_markdown(rows, notes, title)),
     }
-    paths.update(write_figures(df, records, out_dir / "figures", title))
-    return df, notes, paths
+    paths.update(write_figures(rows, records, out_dir / "figures", title))
+    return rows, notes, paths

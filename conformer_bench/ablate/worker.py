@@ -16,10 +16,11 @@ from typing import Any
 
 from ..errors import BenchError
 from ..files import read_json, write_json
+from ..records import FinetuneRecord, ProfileRecord, Status
 from ..threads import set_threads, threads
 from .experiment import CELL_SPEC_SCHEMA, Cell
 from .progress import CellProgress, PipeProgress
-from .store import reason_line
+from .store import CellOutcome, reason_line
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -33,6 +34,10 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
 
 
+def _failure(exc: BaseException) -> Status:
+    return Status.OOM if _is_oom(exc) else Status.FAILED
+
+
 def _free_memory() -> None:
     gc.collect()
     try:
@@ -44,15 +49,25 @@ def _free_memory() -> None:
         pass
 
 
-def _status_of(record: dict[str, Any] | None) -> tuple[str, str | None]:
+def _status_of(record: ProfileRecord | FinetuneRecord | None) -> tuple[Status, str | None]:
     if record is None:
-        return "failed", "no record"
-    return str(record.get("status", "ok")), record.get("reason")
+        return Status.FAILED, "no record"
+    return Status(record.status or Status.OK), record.reason
+
+
+def _profile_record(value: ProfileRecord | dict[str, Any] | None) -> ProfileRecord | None:
+    """What ``profile_variant`` returned, as a record."""
+    return ProfileRecord.from_dict(value) if isinstance(value, dict) else value
+
+
+def _finetune_record(value: FinetuneRecord | dict[str, Any]) -> FinetuneRecord:
+    """What ``run_finetune`` returned, as a record."""
+    return FinetuneRecord.from_dict(value) if isinstance(value, dict) else value
 
 
 def run_cell(
-    cell: Cell, finetune: bool, reuse_profile: dict[str, Any] | None, progress: CellProgress
-) -> dict[str, Any]:
+    cell: Cell, finetune: bool, reuse_profile: ProfileRecord | None, progress: CellProgress
+) -> CellOutcome:
     """Profile (and fine-tune, once per seed) one cell; never raises for a failure inside the cell.
 
     A crash, an out-of-memory error or a non-finite loss becomes the cell's ``status`` and ``reason``;
@@ -62,49 +77,42 @@ def run_cell(
     from ..env import resolve_device
 
     started = time.time()
-    status, reason = "ok", None
-    profile: dict[str, Any] | None = reuse_profile
-    finetunes: list[dict[str, Any]] = []
+    status, reason = Status.OK, None
+    profile: ProfileRecord | None = reuse_profile
+    finetunes: list[FinetuneRecord] = []
     settings = cell.profile_settings()
     with threads(None):
         try:
             device = resolve_device(settings.device)
         except BenchError as exc:
-            device, status, reason = "cpu", "failed", str(exc)
-        if status == "ok" and profile is None:
+            device, status, reason = "cpu", Status.FAILED, str(exc)
+        if status == Status.OK and profile is None:
             profile, status, reason = _profile(cell, settings, progress)
-        if finetune and status == "ok":
+        if finetune and status == Status.OK:
             finetunes, ft_status, ft_reason = _finetune_seeds(cell, settings.threads, device, progress)
-            if ft_status != "ok":
+            if ft_status != Status.OK:
                 status, reason = ft_status, ft_reason
         environment = cell.environment(profile)  # with the cell's threads
-    return {
-        "profile": profile,
-        "finetune": finetunes,
-        "status": status,
-        "reason": reason,
-        "environment": environment,
-        "wall_s": time.time() - started,
-    }
+    return CellOutcome(profile, finetunes, status, reason, environment, time.time() - started)
 
 
 def _profile(
     cell: Cell, settings: Any, progress: CellProgress
-) -> tuple[dict[str, Any] | None, str, str | None]:
+) -> tuple[ProfileRecord | None, Status, str | None]:
     """The cell's profile record (None when it raised), its status and reason."""
     progress.update("profile", 0.0, 1.0)
     try:
         from ..profiling import profile_variant
 
-        profile = profile_variant(
-            cell.config, settings, label=cell.label, progress=_profile_callback(progress)
-        ).to_dict()
+        profile = _profile_record(
+            profile_variant(cell.config, settings, label=cell.label, progress=_profile_callback(progress))
+        )
         status, reason = _status_of(profile)
-        return profile, status, (f"profile: {reason}" if status != "ok" else reason)
+        return profile, status, (f"profile: {reason}" if status != Status.OK else reason)
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:
-        return None, ("oom" if _is_oom(exc) else "failed"), f"profile: {reason_line(exc)}"
+        return None, _failure(exc), f"profile: {reason_line(exc)}"
     finally:
         if settings.mode != "none":  # a costs-only profile builds no model: nothing to free
             _free_memory()
@@ -112,23 +120,23 @@ def _profile(
 
 def _finetune_seeds(
     cell: Cell, threads_per_seed: int | None, device: str, progress: CellProgress
-) -> tuple[list[dict[str, Any]], str, str | None]:
+) -> tuple[list[FinetuneRecord], Status, str | None]:
     """Fine-tune ``cell`` once per seed: records in seed order, and the first failure's status and reason.
 
     With ``cell.seed_jobs > 1`` on the CPU, seeds run at once, each in a spawned process with the cell's
     threads; every seed computes exactly what it would alone.
     """
     jobs = min(cell.seed_jobs, len(cell.seeds)) if device == "cpu" else 1
-    records: dict[int, dict[str, Any]] = {}
-    failures: dict[int, tuple[str, str]] = {}
+    records: dict[int, FinetuneRecord] = {}
+    failures: dict[int, tuple[Status, str]] = {}
 
-    def settle(seed: int, outcome: dict[str, Any] | BaseException) -> None:
+    def settle(seed: int, outcome: FinetuneRecord | dict[str, Any] | BaseException) -> None:
         if isinstance(outcome, BaseException):
-            failures[seed] = ("oom" if _is_oom(outcome) else "failed", reason_line(outcome))
+            failures[seed] = (_failure(outcome), reason_line(outcome))
         else:
-            records[seed] = outcome
-            st, why = _status_of(outcome)
-            if st != "ok":
+            record = records[seed] = _finetune_record(outcome)
+            st, why = _status_of(record)
+            if st != Status.OK:
                 failures[seed] = (st, str(why))
         progress.update(f"fine-tune: {len(records) + len(failures)} of {len(cell.seeds)} seeds done")
 
@@ -142,10 +150,10 @@ def _finetune_seeds(
         if seed in failures:
             st, why = failures[seed]
             return ordered, st, f"finetune seed {seed}: {why}"
-    return ordered, "ok", None
+    return ordered, Status.OK, None
 
 
-Settle = Callable[[int, "dict[str, Any] | BaseException"], None]
+Settle = Callable[[int, "FinetuneRecord | dict[str, Any] | BaseException"], None]
 
 
 def _seeds_here(cell: Cell, threads_per_seed: int | None, settle: Settle) -> None:
@@ -181,7 +189,7 @@ def _seeds_in_processes(cell: Cell, threads_per_seed: int | None, jobs: int, set
             raise
 
 
-def finetune_seed(cell: Cell, seed: int) -> dict[str, Any]:
+def finetune_seed(cell: Cell, seed: int) -> FinetuneRecord | dict[str, Any]:
     """One seed's fine-tune record (runs in this process or in a seed process)."""
     from ..finetune import run_finetune
 
@@ -214,8 +222,9 @@ def main(argv: list[str]) -> int:
         if torch.cuda.is_available():
             torch.cuda.set_device(int(spec["cuda_device"]))
     progress = PipeProgress(spec.get("progress_fd"))
-    result = run_cell(cell, bool(spec["finetune"]), spec.get("reuse_profile"), progress)
-    write_json(argv[1], result)
+    reuse = spec.get("reuse_profile")
+    result = run_cell(cell, bool(spec["finetune"]), _profile_record(reuse), progress)
+    write_json(argv[1], result.to_dict())
     return 0
 
 

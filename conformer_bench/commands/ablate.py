@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from .common import QuietOpt, handle_errors
+
+if TYPE_CHECKING:
+    from ..ablate.experiment import Experiment
+    from ..ablate.store import ResultStore
+    from ..records import CellRecord
 
 JOBS = "Jobs (--executor slurm / submitit-local; defaults from the file's executor table)"
 
@@ -366,11 +371,7 @@ def _run(
             return result.statuses
         records = _write_tables(exp, store, console)
         if dist.backend is not None:  # torchrun
-            return {
-                str(r["label"]): str(r.get("status"))
-                for r in records
-                if r["label"] in {c.label for c in cells}
-            }
+            return {r.label: str(r.status) for r in records if r.label in {c.label for c in cells}}
         return result.statuses
     finally:
         leave_ranks(dist)
@@ -418,7 +419,7 @@ def _make_output_dir(exp: Any) -> Path:
     return out_dir
 
 
-def _write_tables(exp: Any, store: Any, console: Any) -> list[dict[str, Any]]:
+def _write_tables(exp: Experiment, store: ResultStore, console: Any) -> list[CellRecord]:
     """Write and print the tables of the folder's newest current records; return those records."""
     from ..ablate.summary import ordered, rich_tables, write_summary
 
@@ -426,8 +427,8 @@ def _write_tables(exp: Any, store: Any, console: Any) -> list[dict[str, Any]]:
         current = store.latest()
         stale = store.stale(current)
         records = ordered({k: v for k, v in current.items() if k not in stale}, exp.labels())
-        df, notes, paths = write_summary(store.folder, records, exp.base_label, _title(exp))
-    for tbl in rich_tables(df, notes, _title(exp)):
+        rows, notes, paths = write_summary(store.folder, records, exp.base_label, _title(exp))
+    for tbl in rich_tables(rows, notes, _title(exp)):
         console.print(tbl)
     for kind, path in paths.items():
         console.print(f"wrote {kind}: {path}")

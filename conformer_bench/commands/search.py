@@ -214,7 +214,7 @@ def _environment(spec: Any, study: Any) -> dict[str, Any]:
     from ..ablate.store import ResultStore
     from ..search.spec import trial_label
 
-    records = ResultStore(spec.trials_dir).latest() if spec.trials_dir.is_dir() else {}
+    records = ResultStore(spec.trials_dir).latest_dicts() if spec.trials_dir.is_dir() else {}
     base = records.get(trial_label(0)) or next(iter(records.values()), None)
     env = (base or {}).get("environment")
     return dict(env) if isinstance(env, dict) else {}

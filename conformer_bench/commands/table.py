@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from .common import handle_errors
+
+if TYPE_CHECKING:
+    from rich.table import Table as RichTable
+
+    from ..ablate.store import ResultStore
+    from ..ablate.summary import CellRow
+    from ..records import CellRecord, ExperimentRecord
 
 app = typer.Typer()
 
@@ -49,7 +55,7 @@ def table(
     if results_dir.is_file():
         return _file_table(results_dir, fmt)
     from ..ablate.store import ResultStore
-    from ..ablate.summary import build_frame, describe, ordered, write_summary
+    from ..ablate.summary import build_rows, describe, ordered, write_summary
     from ..errors import BenchError
     from ..files import atomic_write_text
     from ..formatting import FORMATS, parse_format
@@ -63,19 +69,20 @@ def table(
     store = ResultStore(results_dir)
     records, meta = _current_records(store, results_dir)
     order, base_label = _order_and_base(records, meta, base)
-    name = meta.get("name") or results_dir.name
-    title = f"{name}: {meta['description']}" if meta.get("description") else name
+    name = (meta.name if meta is not None else None) or results_dir.name
+    description = meta.description if meta is not None else None
+    title = f"{name}: {description}" if description else name
     rows = ordered(records, order)
     if not _writable(results_dir):
         typer.echo(
             f"note: {results_dir} is not writable: printing the tables without rewriting summaries or figures",
             err=True,
         )
-        typer.echo(_summary_text(kind, build_frame(rows, base_label), describe(rows), title), nl=False)
+        typer.echo(_summary_text(kind, build_rows(rows, base_label), describe(rows), title), nl=False)
         return
     with store.locked():  # an ablate starting on this folder clears temporary files under the same lock
-        df, notes, paths = write_summary(results_dir, rows, base_label, title)
-        text = _summary_text(kind, df, notes, title)
+        cells, notes, paths = write_summary(results_dir, rows, base_label, title)
+        text = _summary_text(kind, cells, notes, title)
         if kind == "latex":
             paths["latex"] = atomic_write_text(results_dir / "summary.tex", text)
     typer.echo(text, nl=False)
@@ -95,7 +102,9 @@ def _writable(folder: Path) -> bool:
     return True
 
 
-def _current_records(store: Any, results_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def _current_records(
+    store: ResultStore, results_dir: Path
+) -> tuple[dict[str, CellRecord], ExperimentRecord | None]:
     """The newest record of each cell, stale ones left out (with a note), and the experiment's metadata."""
     from ..ablate.store import CELLS_FILE
     from ..errors import BenchError
@@ -121,18 +130,21 @@ def _current_records(store: Any, results_dir: Path) -> tuple[dict[str, Any], dic
     return records, meta
 
 
-def _order_and_base(records: dict[str, Any], meta: dict[str, Any], base: str | None) -> tuple[list[str], str]:
+def _order_and_base(
+    records: dict[str, CellRecord], meta: ExperimentRecord | None, base: str | None
+) -> tuple[list[str], str]:
     """The cells in the experiment's order, and the one deltas are taken against."""
     from ..errors import BenchError
 
-    order = [lbl for lbl in meta.get("labels", []) if lbl in records] or list(records)
+    labels = (meta.labels if meta is not None else None) or []
+    order = [lbl for lbl in labels if lbl in records] or list(records)
     extra = [lbl for lbl in records if lbl not in order]
-    if extra and meta:
+    if extra and meta is not None:
         typer.echo(
             f"note: left out {len(extra)} record(s) of cells no longer in the experiment: {', '.join(extra)}",
             err=True,
         )
-    base_label = base or meta.get("base_label") or order[0]
+    base_label = base or (meta.base_label if meta is not None else None) or order[0]
     if base is None and base_label not in records:
         typer.echo(
             f"note: the base cell {base_label!r} has no current record; deltas are against {order[0]!r}",
@@ -144,24 +156,19 @@ def _order_and_base(records: dict[str, Any], meta: dict[str, Any], base: str | N
     return order, base_label
 
 
-def _summary_text(kind: str, df: Any, notes: Any, title: str) -> str:
-    from ..ablate.summary import rich_tables, to_csv, to_latex, to_markdown
-    from ..files import dumps_json
-    from ..formatting import csv_to_jsonl
+def _summary_text(kind: str, rows: list[CellRow], notes: list[str], title: str) -> str:
+    from ..ablate.summary import rich_tables, summary_table, to_latex, to_markdown
 
-    if kind == "csv":
-        return to_csv(df)
-    if kind in ("jsonl", "json"):
-        text = csv_to_jsonl(to_csv(df))
-        return dumps_json([json.loads(line) for line in text.splitlines()]) if kind == "json" else text
+    if kind in ("csv", "json", "jsonl"):
+        return summary_table(rows).render(kind)
     if kind == "table":
-        return _rich_text(rich_tables(df, notes, title))
+        return _rich_text(rich_tables(rows, notes, title))
     if kind == "latex":
-        return to_latex(df, notes, title)
-    return to_markdown(df, notes, title)
+        return to_latex(rows, notes, title)
+    return to_markdown(rows, notes, title)
 
 
-def _rich_text(tables: list[Any]) -> str:
+def _rich_text(tables: list[RichTable]) -> str:
     from rich.console import Console
 
     console = Console(file=io.StringIO(), width=160, color_system=None, force_terminal=False)

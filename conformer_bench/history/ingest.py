@@ -227,7 +227,7 @@ def _ablation_folder(path: Path, revs: Revisions) -> list[RunEntry]:
         store.cells_path = path
     elif not (path / CELLS_FILE).is_file():
         raise BenchError(f"{str(path)!r} holds no {CELLS_FILE}; pass {READABLE}")
-    return [cell_entry(record, f"{path}", revs) for record in store.latest().values()]
+    return [cell_entry(record, f"{path}", revs) for record in store.latest_dicts().values()]
 
 
 def _optional_number(value: Any, where: str, source: str) -> float | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from .ab import AB_SCHEMA, ABRecord, InstructionCounts, PairedCell, PairedRound
 from .base import Record, SchemaRecord, Status, plain
 from .baseline import BASELINE_SCHEMA, BaselineEvent, BaselineMetric, BaselineRecord
+from .cell import CellRecord, ExperimentRecord, JobsRecord
 from .common import Environment, Variant
 from .finetune import (
     FINETUNE_SCHEMA,
@@ -54,6 +55,9 @@ KINDS: dict[str, type[SchemaRecord]] = {
         SharesRecord,
         BaselineRecord,
         ReportRecord,
+        CellRecord,
+        ExperimentRecord,
+        JobsRecord,
     )
 }
 SCHEMAS: dict[str, int] = {schema: kind.VERSION for schema, kind in KINDS.items()}  # what is written now
@@ -82,10 +86,12 @@ __all__ = [
     "BaselineRecord",
     "Bf16Inference",
     "CeilingsRecord",
+    "CellRecord",
     "CheckpointLoad",
     "CpuPhaseMemory",
     "CudaPhaseMemory",
     "Environment",
+    "ExperimentRecord",
     "FinetuneData",
     "FinetuneEpoch",
     "FinetuneFinal",
@@ -96,6 +102,7 @@ __all__ = [
     "FlopCrossCheck",
     "GpuCheckRecord",
     "InstructionCounts",
+    "JobsRecord",
     "LogitsRecord",
     "PairedCell",
     "PairedRound",

@@ -471,8 +471,9 @@ def ablation_metrics(path: Path) -> MetricSet:
     if not path.is_dir():
         store.cells_path = path
     # No lock for reading: records are appended whole and compaction renames a complete file into place.
-    records = store.latest()
-    stale = store.stale(records) if path.is_dir() or path.name == CELLS_FILE else {}
+    cells = store.latest()
+    stale = store.stale(cells) if path.is_dir() or path.name == CELLS_FILE else {}
+    records = {label: cell.version_1() for label, cell in cells.items()}
     out = MetricSet(source=str(path), source_kind="ablation")
     for label, cell in records.items():
         if label in stale:

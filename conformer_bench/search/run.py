@@ -126,7 +126,8 @@ class Search:
                     progress=self.progress.grid(),
                     isolate=self.isolate,
                 )
-            self.finish(proposal.trial, proposal.point, result.records.get(proposal.cell.label))
+            record = result.records.get(proposal.cell.label)
+            self.finish(proposal.trial, proposal.point, record.version_1() if record is not None else None)
             self.outcome.ran_here.append(proposal.trial.number)
 
     def _run_jobs(self) -> str:
@@ -158,7 +159,7 @@ class Search:
                 exp, grid_states(cells, self.spec.trials_dir, self.spec.plan.finetune), self.spec.trials_dir
             )
             finished = [s for s in states if s.finished]
-            records = self.store.latest() if finished else {}
+            records = self.store.latest_dicts() if finished else {}
             for state in finished:
                 trial, point = self.in_flight.pop(state.label)
                 self.finish(trial, point, records.get(state.label))
@@ -290,7 +291,7 @@ class Search:
             stale = self.book().stale
             if not stale:
                 return
-            records = self.store.latest()
+            records = self.store.latest_dicts()
             ledger = read_ledger(self.spec.trials_dir) if self.spec.trials_dir.is_dir() else {}
             active = self._active_jobs([t for t in stale if trial_label(t.number) in ledger])
             for frozen in stale:
