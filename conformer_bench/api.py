@@ -29,6 +29,7 @@ TIDY: dict[str, str] = {
     "conformer-bench.profile": "conformer_bench.formatting:tidy",
     "conformer-bench.report": "conformer_bench.report.render:tidy",
     "conformer-bench.speed": "conformer_bench.speed:tidy",  # one row per path
+    "conformer-bench.cell": "conformer_bench.ablate.summary:tidy",
 }
 
 

@@ -209,7 +209,7 @@ def _base_columns() -> list[Column[CellRow]]:
     cols: list[Column[CellRow]] = [
         Column("label", lambda r: r.label, help="the cell"),
         Column("variant", lambda r: r.record.variant.name if r.record.variant else None, help="base preset"),
-        Column("changes", lambda r: changes_text(r.record.changes or {}), help="config fields changed"),
+        Column("changes", lambda r: changes_text(r.record.changes or {}) or None, help="config fields changed"),
         Column("status", lambda r: r.status),
         Column("reason", lambda r: r.record.reason),
         Column("params", lambda r: r.params, help="parameters"),
