@@ -109,9 +109,10 @@ def test_costs_only_cells_run_inline(tmp_path: Path) -> None:
     run_grid(exp, list(exp.cells), tmp_path, finetune=False, resume=False)  # isolate: by default
     records = load_records(tmp_path)
     assert set(records) == {"dual", "cnn-only", "transformer-only", "no-fcu"}
-    assert all(r["status"] == "ok" and r["isolation"] == "inline" for r in records.values())
+    assert all(r.status == "ok" and r.isolation == "inline" for r in records.values())
     for cell in exp.cells:
-        assert records[cell.label]["profile"]["params"] == param_counts(cell.config)
+        profile = records[cell.label].profile
+        assert profile is not None and profile.params.to_dict() == param_counts(cell.config)
 
 
 def test_dry_run_prints_the_count_first_and_streams(tmp_path: Path) -> None:

@@ -89,14 +89,15 @@ STORE_WRITER = textwrap.dedent(
     """
     import sys, time
     from conformer_bench.ablate.store import Holder, ResultStore
+    from conformer_bench.records import CellRecord
     store, me = ResultStore(sys.argv[1]), Holder.me()
     for label in sys.argv[2].split(","):
         claim = store.claim(label, "h", me)
         if not claim.granted:
             continue
         time.sleep(0.01)  # the cell "runs" while holding its claim, not the lock
-        store.append({"schema": "conformer-bench.cell", "schema_version": 1, "label": label,
-                      "config_hash": "h", "status": "ok", "finished": time.time(), "pid": me.pid})
+        store.append(CellRecord.from_dict({"schema": "conformer-bench.cell", "schema_version": 2,
+            "label": label, "config_hash": "h", "status": "ok", "finished": time.time(), "pid": me.pid}))
         store.release([label], me)
     store.compact(sys.argv[2].split(","))
     """
