@@ -40,7 +40,7 @@ def _record(out: Path) -> SearchRecord:
 
 
 def _cells(out: Path) -> list[dict]:
-    return ResultStore(out / "trials").read_all()
+    return [cell.version_1() for cell in ResultStore(out / "trials").read_all()]
 
 
 def _edited(tmp_path: Path, old: str, new: str, source: Path = COSTS) -> Path:
