@@ -43,7 +43,7 @@ def _state(old: CellRecord | None, cell: Cell, finetune: bool, resume: bool) -> 
 
 
 def _text_columns(
-    exp: Experiment, cell: Cell, finetune: bool, resume: bool, existing: dict[str, dict[str, Any]]
+    exp: Experiment, cell: Cell, finetune: bool, resume: bool, existing: dict[str, CellRecord]
 ) -> dict[str, str]:
     """Every column but the counts (cheap: no config is counted here)."""
     img = int(cell.profile.get("img_size", 224))

@@ -18,7 +18,7 @@ from ..params import COMPONENTS
 
 if TYPE_CHECKING:
     from ..records import CellRecord, Environment
-    from .summary import CellRow
+    from .rows import CellRow
 
 COMPONENT_LABELS = {
     "stem": "stem",
@@ -214,7 +214,7 @@ def throughput_spec(rows: list[CellRow], records: list[CellRecord], title: str) 
         if not sub:
             continue
         batch = "/".join(sorted({str(r.phases[mode].batch) for r in sub}))
-        points = _points(sub, lambda r: r.params / 1e6, lambda r, m=mode: r.phases[m].img_s, numbers, base)
+        points = _points(sub, lambda r: r.params / 1e6, _img_s(mode), numbers, base)
         series.append(Series(f"{mode} (batch {batch})", marker, color, points))
     if not series:
         return None
@@ -228,6 +228,10 @@ def throughput_spec(rows: list[CellRow], records: list[CellRecord], title: str) 
         key=_key(tuple(series), base),
         base_label=base if any(p.is_base for s in series for p in s.points) else None,
     )
+
+
+def _img_s(mode: str) -> Callable[[CellRow], float]:
+    return lambda r: r.phases[mode].img_s
 
 
 def cell_numbers(rows: list[CellRow]) -> dict[str, int]:

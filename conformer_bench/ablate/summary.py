@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +18,7 @@ from ..breakdown import ROWS as TIME_PARTS
 from ..params import COMPONENTS
 from ..records import CellRecord, CpuPhaseMemory, CudaPhaseMemory, ProfiledPhase, Status
 from ..tables import EMPTY, Column, Table
+from .rows import CellRow, PhaseRow, Top1
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -31,71 +32,6 @@ SHARED = ("cnn", "transformer", "fcu")  # components whose share of the MACs is 
 
 def _num(x: Any) -> float:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else math.nan
-
-
-@dataclass(frozen=True)
-class PhaseRow:
-    """Throughput of one timed phase (NaN and no batch when it was not timed)."""
-
-    img_s: float = math.nan
-    iqr_over_median: float = math.nan
-    noisy: bool = False
-    batch: int | None = None
-
-
-@dataclass(frozen=True)
-class Top1:
-    """One head's top-1 over the seeds that finished: mean, sample std (two seeds or more) and count."""
-
-    mean: float = math.nan
-    std: float = math.nan
-    n: int = 0
-
-
-@dataclass
-class CellRow:
-    """One cell's raw (unrounded) numbers, read from its record; ``deltas`` (metric key -> delta against the
-    base cell) and ``is_base`` are filled in by :func:`build_rows`."""
-
-    record: CellRecord
-    params: float
-    paper_macs: float
-    fvcore_flops: float
-    macs: dict[str, float]  # component -> paper MACs
-    time_ms: dict[str, float]  # part -> ms of the forward (empty without a breakdown)
-    time_share_pct: dict[str, float]
-    time_forward_ms: float
-    phases: dict[str, PhaseRow]  # infer, train
-    peak_mem_mib: dict[str, float]  # infer, train
-    top1: dict[str, Top1]  # conv, trans, sum
-    log: str | None  # the log of the scheduler job that ran the cell
-    deltas: dict[str, float] = field(default_factory=dict)
-    is_base: bool = False
-
-    @property
-    def label(self) -> str:
-        return self.record.label
-
-    @property
-    def status(self) -> str:
-        return str(self.record.status)
-
-    @property
-    def ok(self) -> bool:
-        return self.record.status == Status.OK
-
-    @property
-    def has_breakdown(self) -> bool:
-        return bool(self.time_ms)
-
-    @property
-    def memory_device(self) -> str | None:
-        profile = self.record.profile
-        return profile.memory.device if profile is not None and profile.memory is not None else None
-
-    def share_pct(self, component: str) -> float:
-        paper = self.paper_macs
-        return 100.0 * self.macs[component] / paper if paper and not math.isnan(paper) else math.nan
 
 
 def changes_text(changes: Mapping[str, Any]) -> str:
@@ -205,11 +141,30 @@ def _phase(mode: str, get: Callable[[PhaseRow], Any]) -> Get:
     return lambda r: get(r.phases[mode])
 
 
+def _in(values: Callable[[CellRow], Mapping[str, float]], key: str) -> Get:
+    """The value of ``key`` in a row's mapping (a component's MACs, a part's time, a metric's delta)."""
+    return lambda r: values(r).get(key, math.nan)
+
+
+def _share(component: str) -> Get:
+    return lambda r: r.share_pct(component)
+
+
+def _top1_of(head: str, get: Callable[[Top1], float]) -> Get:
+    return lambda r: get(r.top1[head])
+
+
+def _text_of(metric: Metric, sep: str) -> Get:
+    return lambda r: metric_text(r, metric, sep=sep)
+
+
 def _base_columns() -> list[Column[CellRow]]:
     cols: list[Column[CellRow]] = [
         Column("label", lambda r: r.label, help="the cell"),
         Column("variant", lambda r: r.record.variant.name if r.record.variant else None, help="base preset"),
-        Column("changes", lambda r: changes_text(r.record.changes or {}) or None, help="config fields changed"),
+        Column(
+            "changes", lambda r: changes_text(r.record.changes or {}) or None, help="config fields changed"
+        ),
         Column("status", lambda r: r.status),
         Column("reason", lambda r: r.record.reason),
         Column("params", lambda r: r.params, help="parameters"),
@@ -219,20 +174,17 @@ def _base_columns() -> list[Column[CellRow]]:
         Column("fvcore_flops", lambda r: r.fvcore_flops, help="fvcore's count, batch 1"),
         Column("gflops_fvcore", lambda r: r.fvcore_flops / 1e9, unit="G"),
     ]
-    cols += [Column(f"macs_{c}", lambda r, c=c: r.macs[c]) for c in COMPONENTS]
-    cols += [Column(f"share_{c}_pct", lambda r, c=c: r.share_pct(c), unit="%") for c in SHARED]
+    cols += [Column(f"macs_{c}", _in(lambda r: r.macs, c)) for c in COMPONENTS]
+    cols += [Column(f"share_{c}_pct", _share(c), unit="%") for c in SHARED]
     return cols
 
 
 def _time_columns() -> list[Column[CellRow]]:
     """Time by component: only in grids whose profiles ran with ``breakdown = true``."""
     cols: list[Column[CellRow]] = [
-        Column(f"time_{p}_ms", lambda r, p=p: r.time_ms.get(p, math.nan), unit="ms") for p in TIME_PARTS
+        Column(f"time_{p}_ms", _in(lambda r: r.time_ms, p), unit="ms") for p in TIME_PARTS
     ]
-    cols += [
-        Column(f"time_share_{p}_pct", lambda r, p=p: r.time_share_pct.get(p, math.nan), unit="%")
-        for p in TIME_PARTS
-    ]
+    cols += [Column(f"time_share_{p}_pct", _in(lambda r: r.time_share_pct, p), unit="%") for p in TIME_PARTS]
     cols.append(Column("time_forward_ms", lambda r: r.time_forward_ms, unit="ms"))
     return cols
 
@@ -250,12 +202,12 @@ def _rest_columns() -> list[Column[CellRow]]:
         Column("memory_device", lambda r: r.memory_device),
         Column("isolation", lambda r: r.record.ran_in),  # records from before isolation ran inline
     ]
-    cols += [Column(f"peak_mem_{m}_mib", lambda r, m=m: r.peak_mem_mib[m], unit="MiB") for m in PHASES]
+    cols += [Column(f"peak_mem_{m}_mib", _in(lambda r: r.peak_mem_mib, m), unit="MiB") for m in PHASES]
     cols.append(Column("seeds_n", _seeds_n, help="fine-tuning runs that finished ok"))
     for head in HEADS:
         cols += [
-            Column(f"top1_{head}", lambda r, h=head: r.top1[h].mean, unit="%"),
-            Column(f"top1_{head}_std", lambda r, h=head: r.top1[h].std, unit="pp"),
+            Column(f"top1_{head}", _top1_of(head, lambda t: t.mean), unit="%"),
+            Column(f"top1_{head}_std", _top1_of(head, lambda t: t.std), unit="pp"),
         ]
     return cols
 
@@ -340,9 +292,7 @@ def csv_columns(rows: Sequence[CellRow]) -> list[Column[CellRow]]:
     timed = any(r.has_breakdown for r in rows)
     cols = [*BASE_COLUMNS, *(TIME_COLUMNS if timed else ()), *REST_COLUMNS]
     cols += [
-        Column(
-            f"d_{m.key}", lambda r, k=m.key: r.deltas.get(k, math.nan), unit="%" if m.delta == "rel" else "pp"
-        )
+        Column(f"d_{m.key}", _in(lambda r: r.deltas, m.key), unit="%" if m.delta == "rel" else "pp")
         for m in METRICS
         if _present(m, rows)
     ]
@@ -495,7 +445,7 @@ def text_columns(
     if changes:
         cols.append(Column("Changes", lambda r: changes_text(r.record.changes or {}) or EMPTY))
     cols.append(Column("Status", _status_text))
-    cols += [Column(m.title, lambda r, m=m: metric_text(r, m, sep=sep), digits=m.digits) for m in metrics]
+    cols += [Column(m.title, _text_of(m, sep), digits=m.digits) for m in metrics]
     return cols
 
 

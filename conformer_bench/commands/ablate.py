@@ -11,8 +11,13 @@ import typer
 from .common import QuietOpt, handle_errors
 
 if TYPE_CHECKING:
-    from ..ablate.experiment import Experiment
+    from rich.console import Console
+
+    from ..ablate.cluster import CellState
+    from ..ablate.experiment import Cell, Experiment
+    from ..ablate.runner import RunResult
     from ..ablate.store import ResultStore
+    from ..distributed import DistContext
     from ..records import CellRecord
 
 JOBS = "Jobs (--executor slurm / submitit-local; defaults from the file's executor table)"
@@ -249,8 +254,8 @@ def _load_cells(
 
 
 def _checked_run_jobs(
-    exp: Any,
-    cells: list[Any],
+    exp: Experiment,
+    cells: list[Cell],
     finetune: bool,
     resume: bool,
     force: bool,
@@ -296,7 +301,7 @@ def _local_grid(shard: str | None, job_options: dict[str, Any], wait: bool) -> A
 class _LinesOnly:
     """Grid progress for --quiet: no bars, one line per finished cell."""
 
-    def __init__(self, console: Any, prefix: str) -> None:
+    def __init__(self, console: Console, prefix: str) -> None:
         self.console, self.prefix = console, prefix
 
     def __enter__(self) -> _LinesOnly:
@@ -305,23 +310,23 @@ class _LinesOnly:
     def __exit__(self, *exc: object) -> None:
         pass
 
-    def start_cell(self, cell: Any, position: int, total: int) -> Any:
+    def start_cell(self, cell: Cell, position: int, total: int) -> Any:
         return self
 
     def update(self, text: str, done: float | None = None, total: float | None = None) -> None:
         pass
 
-    def end_cell(self, cell: Any, status: str, skipped: bool) -> None:
+    def end_cell(self, cell: Cell, status: str, skipped: bool) -> None:
         note = "skipped (unchanged, --resume)" if skipped else status
         self.console.print(f"{self.prefix}{cell.label}: {note}", highlight=False)
 
 
 def _run(
-    exp: Any,
-    cells: list[Any],
+    exp: Experiment,
+    cells: list[Cell],
     finetune: bool,
     resume: bool,
-    dist: Any,
+    dist: DistContext,
     isolate: bool | None,
     force: bool,
     quiet: bool = False,
@@ -377,7 +382,7 @@ def _run(
         leave_ranks(dist)
 
 
-def _grid_progress(quiet: bool, cells: int, dist: Any) -> Any:
+def _grid_progress(quiet: bool, cells: int, dist: DistContext) -> Any:
     """Rich bars over the grid, or with ``quiet`` one line per finished cell on stderr."""
     from rich.console import Console
 
@@ -389,7 +394,7 @@ def _grid_progress(quiet: bool, cells: int, dist: Any) -> Any:
     return RichGridProgress(cells, rank=dist.rank, world=dist.world_size)
 
 
-def _print_others(result: Any, console: Any) -> None:
+def _print_others(result: RunResult, console: Console) -> None:
     """The cells this run left alone: unchanged ones (--resume) and those another process ran."""
     if result.skipped:
         console.print(
@@ -404,7 +409,7 @@ def _print_others(result: Any, console: Any) -> None:
         )
 
 
-def _make_output_dir(exp: Any) -> Path:
+def _make_output_dir(exp: Experiment) -> Path:
     from ..errors import BenchError
     from ..files import check_writable, write_failure
 
@@ -419,7 +424,7 @@ def _make_output_dir(exp: Any) -> Path:
     return out_dir
 
 
-def _write_tables(exp: Experiment, store: ResultStore, console: Any) -> list[CellRecord]:
+def _write_tables(exp: Experiment, store: ResultStore, console: Console) -> list[CellRecord]:
     """Write and print the tables of the folder's newest current records; return those records."""
     from ..ablate.summary import ordered, rich_tables, write_summary
 
@@ -436,7 +441,7 @@ def _write_tables(exp: Experiment, store: ResultStore, console: Any) -> list[Cel
     return records
 
 
-def _job_settings(exp: Any, kind: str, options: dict[str, Any], console: Any) -> Any:
+def _job_settings(exp: Experiment, kind: str, options: dict[str, Any], console: Console) -> Any:
     """The file's [executor] settings with the command line's options over them, checked."""
     from ..ablate.executor import SLURM_ONLY, parse_sbatch_options, with_options
     from ..errors import BenchError
@@ -454,7 +459,7 @@ def _job_settings(exp: Any, kind: str, options: dict[str, Any], console: Any) ->
     return settings
 
 
-def _state_line(st: Any) -> str:
+def _state_line(st: CellState) -> str:
     job = f"job {st.job.job_id}" if st.job else "no job"
     line = f"{st.label:<24} {st.state:<8} {job:<14} {st.detail}"
     if st.state in ("failed", "running", "unknown") and st.log and st.log not in st.detail:
@@ -462,13 +467,13 @@ def _state_line(st: Any) -> str:
     return line
 
 
-def _counts(states: list[Any]) -> str:
+def _counts(states: list[CellState]) -> str:
     order = ("done", "failed", "running", "queued", "missing", "unknown")
     counts = {k: sum(1 for s in states if s.state == k) for k in order}
     return f"{len(states)} cells: " + ", ".join(f"{n} {k}" for k, n in counts.items() if n)
 
 
-def _show_status(exp: Any, cells: list[Any], finetune: bool) -> None:
+def _show_status(exp: Experiment, cells: list[Cell], finetune: bool) -> None:
     """Print each cell's state from its job and its record (settling jobs that ended without a record)."""
     from ..ablate.cluster import JOBS_FILE, grid_states, settle
     from ..errors import BenchError
@@ -484,8 +489,8 @@ def _show_status(exp: Any, cells: list[Any], finetune: bool) -> None:
 
 
 def _run_jobs(
-    exp: Any,
-    cells: list[Any],
+    exp: Experiment,
+    cells: list[Cell],
     finetune: bool,
     resume: bool,
     force: bool,
@@ -539,12 +544,12 @@ def _run_jobs(
         raise typer.Exit(1)
 
 
-def _output_flag(exp: Any) -> str:
+def _output_flag(exp: Experiment) -> str:
     return f" --output-dir {exp.output_dir}"
 
 
 def _follow_jobs(
-    exp: Any, cells: list[Any], out_dir: Path, finetune: bool, console: Any, followed: set[str]
+    exp: Experiment, cells: list[Cell], out_dir: Path, finetune: bool, console: Console, followed: set[str]
 ) -> list[Any]:
     """A progress bar over the grid while the jobs run; one line per ``followed`` cell as it finishes."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -560,7 +565,7 @@ def _follow_jobs(
     )
     task = progress.add_task("cells", total=len(cells))
 
-    def on_change(states: list[Any], newly: list[Any]) -> None:
+    def on_change(states: list[CellState], newly: list[CellState]) -> None:
         for st in (s for s in newly if s.label in followed):
             colour = "green" if st.state == "done" else "red"
             text = "ok" if st.state == "done" else st.detail
@@ -585,5 +590,5 @@ def _follow_jobs(
         raise
 
 
-def _title(exp: Any) -> str:
+def _title(exp: Experiment) -> str:
     return f"{exp.name}: {exp.description}" if exp.description else exp.name

@@ -65,9 +65,11 @@ def _with_config(record: Any, config: Any) -> Any:
 def _cell_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
     """Version 1 held the config at the top and in ``variant``: keep the one in ``variant``."""
     out = dict(data)
-    config = out.pop("config", None)
     variant = out.get("variant")
-    if isinstance(variant, Mapping) and "config" not in variant and config is not None:
+    if not isinstance(variant, Mapping):  # a partial record: its config stays where it is
+        return out
+    config = out.pop("config", None)
+    if "config" not in variant and config is not None:
         out["variant"] = {**variant, "config": config}
     return out
 
@@ -105,7 +107,9 @@ class CellRecord(SchemaRecord):
 
     @property
     def config(self) -> dict[str, Any]:
-        return self.variant.config
+        if self.variant is not None:
+            return self.variant.config
+        return dict(getattr(self, "_extra", {}).get("config") or {})  # a partial record without a variant
 
     @property
     def ran_in(self) -> str:
