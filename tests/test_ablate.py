@@ -417,5 +417,5 @@ def test_seed_jobs_compute_what_one_seed_at_a_time_computes(tmp_path: Path) -> N
         run_grid(exp, [exp.cells[0]], out, finetune=True, resume=False, isolate=False)
     records = [load_records(tmp_path / name)["dual"] for name in ("one", "two")]
     assert [r.status for r in records] == ["ok", "ok"]
-    finals = [[(s.hyper["seed"], s.final.top1, s.final.val_loss) for s in r.finetune] for r in records]
+    finals = [[(s.hyper.seed, s.final.top1, s.final.val_loss) for s in r.finetune] for r in records]
     assert finals[0] == finals[1] and [seed for seed, _, _ in finals[0]] == [0, 1, 2]

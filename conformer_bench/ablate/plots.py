@@ -106,10 +106,11 @@ def _finetune_line(records: list[CellRecord]) -> str:
     runs = [f for r in records for f in (r.finetune or []) if f is not None]
     if not runs:
         return ""
-    sources = "/".join(sorted({str((f.data or {}).get("source")) for f in runs}))
-    steps = {(f.hyper or {}).get("steps") for f in runs}
-    epochs = {(f.hyper or {}).get("epochs") for f in runs}
-    seeds = {(f.hyper or {}).get("seed") for f in runs}
+    sources = "/".join(sorted({str(f.data.source if f.data is not None else None) for f in runs}))
+    hypers = [f.hyper for f in runs]
+    steps = {h.steps if h is not None else None for h in hypers}
+    epochs = {h.epochs if h is not None else None for h in hypers}
+    seeds = {h.seed if h is not None else None for h in hypers}
     budget = (
         f"{'/'.join(str(s) for s in sorted(steps, key=str))} steps"
         if any(steps)

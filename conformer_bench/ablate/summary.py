@@ -367,18 +367,18 @@ def describe(records: list[CellRecord]) -> list[str]:
             )
     ft = [f for r in records for f in (r.finetune or []) if f is not None]
     if ft:
-        hyper = [f.hyper or {} for f in ft]
-        data = [f.data or {} for f in ft]
-        seeds = sorted({int(h["seed"]) for h in hyper if h.get("seed") is not None})
+        hyper = [f.hyper for f in ft if f.hyper is not None]
+        data = [f.data for f in ft if f.data is not None]
+        seeds = sorted({int(h.seed) for h in hyper if h.seed is not None})
         budget = (
-            f"{_one(h.get('steps') for h in hyper)} steps"
-            if any(h.get("steps") for h in hyper)
-            else f"{_one(h.get('epochs') for h in hyper)} epochs"
+            f"{_one(h.steps for h in hyper)} steps"
+            if any(h.steps for h in hyper)
+            else f"{_one(h.epochs for h in hyper)} epochs"
         )
         lines.append(
-            f"Top-1: fine-tuned from scratch on {_one(d.get('source') for d in data)} "
-            f"({_one(d.get('train_size') for d in data)} train / {_one(d.get('val_size') for d in data)} val images, "
-            f"{_one(d.get('img_size') for d in data)} px), {budget}, batch {_one(h.get('batch_size') for h in hyper)}; "
+            f"Top-1: fine-tuned from scratch on {_one(d.source for d in data)} "
+            f"({_one(d.train_size for d in data)} train / {_one(d.val_size for d in data)} val images, "
+            f"{_one(d.img_size for d in data)} px), {budget}, batch {_one(h.batch_size for h in hyper)}; "
             f"mean ± sample std over seeds {seeds}; conv, trans = each head, sum = argmax of the summed logits."
         )
     lines.append(

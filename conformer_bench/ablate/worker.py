@@ -189,12 +189,11 @@ def _seeds_in_processes(cell: Cell, threads_per_seed: int | None, jobs: int, set
             raise
 
 
-def finetune_seed(cell: Cell, seed: int) -> FinetuneRecord | dict[str, Any]:
+def finetune_seed(cell: Cell, seed: int) -> FinetuneRecord:
     """One seed's fine-tune record (runs in this process or in a seed process)."""
     from ..finetune import run_finetune
 
-    record = run_finetune(cell.config, cell.finetune_settings(seed), label=cell.label, show_progress=False)
-    return record.to_dict()  # the cell stores its seeds' records as JSON
+    return run_finetune(cell.config, cell.finetune_settings(seed), label=cell.label, show_progress=False)
 
 
 def _profile_callback(progress: CellProgress) -> Callable[[str, float], None]:

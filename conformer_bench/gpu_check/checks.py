@@ -7,7 +7,7 @@ a fixture. Checks that need CUDA say SKIP on a CPU rehearsal.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,6 +16,7 @@ from ..ablate.store import ResultStore
 from ..errors import BenchError
 from ..readers import read_json, records_in_file
 from ..records import (
+    CellRecord,
     CpuPhaseMemory,
     CudaPhaseMemory,
     FinetuneRecord,
@@ -68,12 +69,10 @@ class AblateCell:
     device: str | None  # where its profile ran
 
 
-def ablate_cell(record: Mapping[str, Any]) -> AblateCell:
+def ablate_cell(record: CellRecord) -> AblateCell:
     """The fields the check reads of one of the ablate store's cell records (the one place that reads them)."""
-    profile = record.get("profile") or {}
-    return AblateCell(
-        str(record["label"]), str(record.get("status")), (profile.get("environment") or {}).get("device")
-    )
+    env = record.profile.environment if record.profile is not None else None
+    return AblateCell(record.label, str(record.status), env.device if env is not None else None)
 
 
 @dataclass

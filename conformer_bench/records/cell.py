@@ -10,6 +10,7 @@ the line, and reading puts the nested ones back, so the cell's :class:`ProfileRe
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -71,6 +72,14 @@ def _cell_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
     config = out.pop("config", None)
     if "config" not in variant and config is not None:
         out["variant"] = {**variant, "config": config}
+    config = out["variant"].get("config")
+    if isinstance(out.get("profile"), dict):  # the nested records' copies: left out of the line since v2
+        out["profile"] = copy.deepcopy(out["profile"])
+        _without_config(out["profile"], config)
+    if isinstance(out.get("finetune"), list):
+        out["finetune"] = copy.deepcopy(out["finetune"])
+        for run in out["finetune"]:
+            _without_config(run, config)
     return out
 
 
