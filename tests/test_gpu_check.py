@@ -129,7 +129,11 @@ def _cell(label: str, status: str = "ok", finished: float = 1.0, device: str = "
         "schema_version": 1,
         "label": label,
         "status": status,
-        "profile": {"environment": {"device": device}},
+        "profile": {
+            "schema": "conformer-bench.profile",
+            "schema_version": 1,
+            "environment": {"device": device},
+        },
         "finished": finished,
     }
 
