@@ -174,3 +174,24 @@ def test_renderings_escape_what_their_format_needs() -> None:
         'odd,tiny,fcu_up=a|b note=50%_x&y,failed,"Error: ""quoted"", with, commas"'
     )
     assert pd.read_csv(__import__("io").StringIO(text)).loc[1, "reason"] == 'Error: "quoted", with, commas'
+
+
+def test_the_table_command_renders_every_format_from_the_columns(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from conformer_bench.cli import app
+
+    folder = tmp_path / "ci"
+    folder.mkdir()
+    for name in ("cells.jsonl", "experiment.json"):
+        shutil.copy(RESULTS / "ci" / name, folder / name)
+    runner = CliRunner()
+    csv = runner.invoke(app, ["table", str(folder), "-f", "csv"])
+    assert csv.exit_code == 0 and csv.stdout == (RESULTS / "ci" / "summary.csv").read_text()
+    rows = json.loads(runner.invoke(app, ["table", str(folder), "-f", "json"]).stdout)
+    assert rows[0]["label"] == "micro" and rows[0]["changes"] is None and rows[0]["is_base"] is True
+    assert rows[1]["changes"] == "num_med_block=0" and rows[1]["d_params_m"] < 0
+    lines = runner.invoke(app, ["table", str(folder), "-f", "jsonl"]).stdout.splitlines()
+    assert [json.loads(line) for line in lines] == rows
+    md = runner.invoke(app, ["table", str(folder)]).stdout
+    assert md == (RESULTS / "ci" / "summary.md").read_text()

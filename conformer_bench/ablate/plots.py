@@ -179,15 +179,13 @@ def _gmacs(row: CellRow) -> float:
 
 def accuracy_spec(rows: list[CellRow], records: list[CellRecord], title: str) -> ScatterSpec | None:
     """Top-1 (mean ± std over seeds) against paper MACs, with the Pareto front; None without accuracy."""
-    acc = [r for r in _ok_rows(rows) if _there(r.top1["sum"].mean) and _there(r.paper_macs)]
+    acc = [r for r in _ok_rows(rows) if _there(r.summed.mean) and _there(r.paper_macs)]
     if not acc:
         return None
     numbers = cell_numbers(rows)
     base = _base_label(rows)
     unit, scale = ("GMACs", 1.0) if max(_gmacs(r) for r in acc) >= 0.1 else ("MMACs", 1e3)
-    points = _points(
-        acc, _gmacs, lambda r: r.top1["sum"].mean, numbers, base, scale, lambda r: r.top1["sum"].std
-    )
+    points = _points(acc, _gmacs, lambda r: r.summed.mean, numbers, base, scale, lambda r: r.summed.std)
     front = pareto_front([(p.x, p.y) for p in points])
     series = (Series("cell (mean ± std)", "o", "tab:blue", points),)
     subtitle = "; ".join(s for s in (_finetune_line(records), machine_line(records)) if s)

@@ -60,6 +60,11 @@ class CellRow:
         return self.record.status == Status.OK
 
     @property
+    def summed(self) -> Top1:
+        """Top-1 of the summed heads' logits (the accuracy figure plots)."""
+        return self.top1.get("sum", Top1())
+
+    @property
     def has_breakdown(self) -> bool:
         return bool(self.time_ms)
 
