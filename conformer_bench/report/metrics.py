@@ -473,9 +473,8 @@ def ablation_metrics(path: Path) -> MetricSet:
     # No lock for reading: records are appended whole and compaction renames a complete file into place.
     cells = store.latest()
     stale = store.stale(cells) if path.is_dir() or path.name == CELLS_FILE else {}
-    records = {label: cell.version_1() for label, cell in cells.items()}
     out = MetricSet(source=str(path), source_kind="ablation")
-    for label, cell in records.items():
+    for label, cell in cells.items():
         if label in stale:
             out.crashed[f"{label}/"] = f"stale: {stale[label]}; rerun the ablation or remove the cell"
             continue
