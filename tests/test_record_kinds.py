@@ -81,17 +81,32 @@ def _first_of(kind: type[SchemaRecord]) -> SchemaRecord | None:
     for _, data in COMMITTED:
         if data["schema"] == kind.SCHEMA and data.get("status", "ok") == "ok":
             return kind.from_dict(data)
+    if kind.SCHEMA == "conformer-bench.ab":  # no A/B record is committed: one cell of two rounds
+        from conformer_bench.records import ABRecord, PairedCell, PairedRound
+
+        rounds = [PairedRound(order, 0, 1.0, 1.1, 0.9, 1.0, 0, 0) for order in ("base,head", "head,base")]
+        cell = PairedCell("micro", "infer", Status.OK, None, None, "h", 2, 32, "fp32", "plain", 1, 3, rounds)
+        sides = {"name": "HEAD", "sha": "0" * 40}
+        return ABRecord(Status.OK, None, sides, sides, {"name": "e"}, {}, {"clock": "cpu"}, {}, [cell], 2.0)
     return None
 
 
+STATUS_KINDS = sorted(s for s, k in KINDS.items() if "status" in {f.name for f in dataclasses.fields(k)})  # type: ignore[arg-type]
+
+
+def test_status_kinds_are_the_measuring_ones() -> None:
+    assert {"conformer-bench.profile", "conformer-bench.speed", "conformer-bench.finetune"} <= set(
+        STATUS_KINDS
+    )
+    assert {"conformer-bench.ab", "conformer-bench.cell"} <= set(STATUS_KINDS)
+
+
 @pytest.mark.parametrize("status", list(Status))
-@pytest.mark.parametrize("schema", sorted(KINDS))
+@pytest.mark.parametrize("schema", STATUS_KINDS)
 def test_every_status_of_every_kind_reads_back(schema: str, status: Status) -> None:
     """A record in any status writes and reads back; what a non-ok record never measured is left out."""
     kind = KINDS[schema]
     names = {f.name for f in dataclasses.fields(kind)}  # type: ignore[arg-type]
-    if "status" not in names:
-        pytest.skip(f"{schema} records carry no status")
     sample = _first_of(kind)
     if sample is None:
         pytest.skip(f"no committed {schema} record to start from")
@@ -131,3 +146,41 @@ def test_torn_last_line_is_left_out_and_a_bad_middle_line_is_named(tmp_path: Pat
     path.write_text(line + "\n{not json\n" + line + "\n")
     with pytest.raises(BenchError, match=r"records\.jsonl line 2 is not valid JSON"):
         readers.records_in_file(path)
+
+
+def _through_a_file(record: SchemaRecord, tmp_path: Path) -> SchemaRecord:
+    path = tmp_path / "record.json"
+    path.write_text(json.dumps(record.to_dict()))
+    (back,) = readers.records_in_file(path)
+    assert type(back) is type(record) and back.to_dict() == record.to_dict()
+    return back
+
+
+def test_an_out_of_memory_profile_reads_back(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import torch
+
+    import conformer
+    from conformer_bench import profiling
+
+    def always_oom(*args: Any) -> Any:
+        raise torch.OutOfMemoryError("fake")
+
+    monkeypatch.setattr(profiling, "_run_phase", always_oom)
+    settings = profiling.ProfileSettings(
+        batch_size=2, img_size=32, mode="infer", warmup=1, iters=2, count_flops=False
+    )
+    record = profiling.profile_variant(conformer.get_config("nano"), settings)
+    assert record.status is Status.OOM
+    assert _through_a_file(record, tmp_path).status is Status.OOM
+
+
+def test_an_unsupported_speed_path_reads_back(tmp_path: Path) -> None:
+    from conformer_bench.records import SpeedRecord
+
+    sample = _first_of(SpeedRecord)
+    assert isinstance(sample, SpeedRecord)
+    name, path = next(iter(sample.paths.items()))
+    unsupported = dataclasses.replace(path, status=Status.UNSUPPORTED, reason="no bf16 kernels here")
+    record = dataclasses.replace(sample, paths={**sample.paths, name: unsupported})
+    back = _through_a_file(record, tmp_path)
+    assert isinstance(back, SpeedRecord) and back.paths[name].status is Status.UNSUPPORTED
