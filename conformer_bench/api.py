@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 # Schema -> "module:function" giving (columns, rows of one record) for the CSV of that kind.
 TIDY: dict[str, str] = {
-    "conformer-bench.finetune": "conformer_bench.commands.finetune:tidy",  # one row per record
+    "conformer-bench.finetune": "conformer_bench.finetune_table:tidy",  # one row per record
     "conformer-bench.gpu-check": "conformer_bench.gpu_check.summary:check_rows",
     "conformer-bench.profile": "conformer_bench.formatting:tidy",
     "conformer-bench.report": "conformer_bench.report.render:tidy",

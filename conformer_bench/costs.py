@@ -275,16 +275,12 @@ def closed_form(cfg: ConformerConfig, img_size: int, params: ParamCounts | None 
 
 def param_counts(cfg: ConformerConfig) -> dict[str, Any]:
     """``costs_of(cfg).params`` as a dict."""
-    from .flops import costs_of
-
-    return costs_of(cfg).params.to_dict()
+    return closed_params(cfg).to_dict()
 
 
 def flop_counts(cfg: ConformerConfig, img_size: int) -> dict[str, Any]:
     """``fvcore_total``, ``paper_macs``, ``by_operator`` and ``by_component`` of ``costs_of(cfg, img_size)``."""
-    from .flops import costs_of
-
-    costs = costs_of(cfg, img_size)
+    costs = closed_form(cfg, img_size)
     return {
         "fvcore_total": costs.fvcore_total,
         "paper_macs": costs.paper_macs,
@@ -295,6 +291,4 @@ def flop_counts(cfg: ConformerConfig, img_size: int) -> dict[str, Any]:
 
 def paper_macs(cfg: ConformerConfig, img_size: int | None = None) -> int:
     """Multiply-adds of conv + linear + matmul per image (batch 1): ``costs_of(cfg, img_size).paper_macs``."""
-    from .flops import costs_of
-
-    return costs_of(cfg, img_size).paper_macs
+    return closed_form(cfg, img_size or cfg.img_size).paper_macs

@@ -18,8 +18,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from . import tables
 from .breakdown import profile_rows as breakdown_rows
-from .errors import BenchError
 from .files import atomic_write_text, dumps_json
 from .params import COMPONENTS
 from .records import (
@@ -89,12 +89,7 @@ def parse_format(
     value: str | None, option: str = "--format", default: str = "table", choices: Sequence[str] = FORMATS
 ) -> str:
     """``--format`` read once, case-insensitively (``-f JSON`` is ``json``)."""
-    if value is None:
-        return default
-    fmt = value.strip().lower()
-    if fmt not in choices:
-        raise BenchError(f"{option} {value!r} is not valid; use one of {', '.join(choices)}")
-    return fmt
+    return tables.parse_format(value, choices, option, default)
 
 
 def file_format(path: str | os.PathLike[str], explicit: str | None, choices: Sequence[str] = FORMATS) -> str:

@@ -91,6 +91,4 @@ def _count_model(model: torch.nn.Module) -> ParamCounts:
 
 def count_params(model: Conformer) -> dict[str, Any]:
     """``costs_of(model).params`` as a dict (``{"total", "trainable", "by_component"}``)."""
-    from .flops import costs_of
-
-    return costs_of(model).params.to_dict()
+    return _count_model(model).to_dict()

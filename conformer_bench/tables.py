@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from .errors import BenchError
 from .files import dumps_json
 
 if TYPE_CHECKING:
@@ -27,6 +28,18 @@ T = TypeVar("T")
 
 FORMATS = ("table", "json", "jsonl", "csv", "md", "latex")
 EMPTY = "—"  # what a missing value shows as in text formats (CSV and JSON hold an empty cell / null)
+
+
+def parse_format(
+    value: str | None, choices: Sequence[str], option: str = "--format", default: str = "table"
+) -> str:
+    """``--format`` read once, case-insensitively (``-f JSON`` is ``json``), checked against ``choices``."""
+    if value is None:
+        return default
+    fmt = value.strip().lower()
+    if fmt not in choices:
+        raise BenchError(f"{option} {value!r} is not valid; use one of {', '.join(choices)}")
+    return fmt
 
 
 # --- numbers: the only rounding --------------------------------------------------------------------------

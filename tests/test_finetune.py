@@ -253,7 +253,7 @@ def test_cli_writes_record_and_formats(tmp_path: Path) -> None:
 
 def test_formats_come_from_one_set_of_columns(nano_record: FinetuneRecord) -> None:
     """CSV, JSON lines, Markdown and LaTeX carry the same columns, rounded the same way."""
-    from conformer_bench.commands.finetune import SUMMARY, render
+    from conformer_bench.finetune_table import SUMMARY, render
 
     names = [c.name for c in SUMMARY]
     csv_header, csv_row = render(nano_record, "csv").splitlines()

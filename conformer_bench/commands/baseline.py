@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ..errors import BenchError
 from ..files import check_input_file
-from ..records.baseline import BaselineRecord
 from .common import handle_errors
+
+if TYPE_CHECKING:
+    from ..records.baseline import BaselineRecord
 
 app = typer.Typer(
     name="baseline",

@@ -7,16 +7,12 @@ import fnmatch
 import re
 import subprocess
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ..errors import BenchError
 from ..files import atomic_write_text, check_outputs_apart, check_writable, write_json
-from ..history.render import DEFAULT_GATE, Gate, render_json, render_markdown
-from ..history.series import load_series
-from ..history.store import HistoryStore, default_path
-from ..revisions import repository_root
 from .ab import (
     Clock,
     EpochsOpt,
@@ -32,6 +28,11 @@ from .ab import (
 )
 from .ab import _settings as ab_settings
 from .common import MEASURE, handle_errors
+
+if TYPE_CHECKING:
+    from ..history.store import HistoryStore
+
+# The history modules are imported where they run: the CLI imports every command module at start-up.
 
 app = typer.Typer()
 history = typer.Typer(
@@ -58,12 +59,15 @@ conformer-bench history add runs/ci runs/ci/report.json runs/ab/record.json --db
 
 
 def _store(db: Path | None, *, create: bool = True) -> HistoryStore:
+    from ..history.store import HistoryStore, default_path
 
     return HistoryStore(db if db is not None else default_path(), create=create)
 
 
 def _database_files(db: Path | None) -> list[Path]:
     """The files the history database is kept in: the database and SQLite's journals beside it."""
+
+    from ..history.store import default_path
 
     path = db if db is not None else default_path()
     return [path, *(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", "-journal"))]
@@ -91,6 +95,7 @@ def add(
 ) -> None:
     """Add runs to the history, each under its revision and machine. A run already there is left as it is."""
     from ..history.ingest import Revisions, entries_from_path
+    from ..revisions import repository_root
 
     revs = Revisions(repository_root(repo), revision)
     entries = [(path, entries_from_path(path, revs)) for path in paths]  # read everything before writing
@@ -246,6 +251,8 @@ def changes(
     Exit code 0: no gated series ends in a regression; 1: one does; 2: bad input.
     """
     from ..history.changes import series_steps
+    from ..history.render import DEFAULT_GATE, Gate, render_json, render_markdown
+    from ..history.series import load_series
 
     check_outputs_apart({"--markdown": markdown, "--json": json_out}, {"--db": _database_files(db)})
     for path in (markdown, json_out):
@@ -321,6 +328,8 @@ def publish(
     plot for each machine with the change points marked. It opens from file:// with no server."""
     from ..history.changes import series_steps
     from ..history.publish import publish as write_site
+    from ..history.render import Gate
+    from ..history.series import load_series
 
     if folder.exists() and not folder.is_dir():
         raise BenchError(f"{str(folder)!r} is a file; give a folder for the site")

@@ -8,13 +8,9 @@ from typing import Annotated, Any
 
 import typer
 
-from ..backends import parse_backends, require_installed
 from ..bounds import check_bounds
 from ..env import resolve_device
 from ..files import check_writable
-from ..formatting import parse_format
-from ..records import Status
-from ..tables import FORMATS
 from .common import (
     OUTPUT,
     BatchSizeOpt,
@@ -145,9 +141,12 @@ def speed(
     ONNX export (cached per config and weights); a precision or variant a backend cannot run is recorded as
     unsupported with the reason.
     """
+    from ..backends import parse_backends, require_installed
+    from ..records import Status
     from ..speed import SpeedSettings, measure_speed, parse_list, render
+    from ..tables import FORMATS, parse_format
 
-    stdout_format = parse_format(fmt, choices=FORMATS)
+    stdout_format = parse_format(fmt, FORMATS)
     backends = parse_backends(backend)
     require_installed(backends)
     cfg = variant_config(variant, **toggles)
