@@ -24,7 +24,7 @@ CHECK_PYTHON := import sys; v = sys.version_info; sys.exit(0 if v[:2] >= (3, 11)
 	"error: conformer-bench needs Python >= 3.11, but %s is %d.%d.%d; install a newer one and run make with \
 	PYTHON=python3.11 (or newer)" % (sys.executable, v[0], v[1], v[2]))
 
-.PHONY: install profile test test-fast lint format clean gpu-check
+.PHONY: install profile test test-fast lint typecheck format clean gpu-check
 
 install:
 	@rm -f $(VENV)/.installed-*
@@ -60,6 +60,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check conformer conformer_bench tests
 	$(BIN)/ruff format --check conformer conformer_bench tests
 	$(BIN)/mypy conformer conformer_bench
+	@$(MAKE) --no-print-directory typecheck
+
+# The modules every record kind and consumer builds on are checked under --strict.
+STRICT_TYPED := conformer_bench/records conformer_bench/readers.py conformer_bench/tables.py conformer_bench/api.py
+
+typecheck: $(STAMP)
+	$(BIN)/mypy --strict $(STRICT_TYPED)
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix conformer conformer_bench tests

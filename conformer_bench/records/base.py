@@ -12,7 +12,6 @@ status is not ok (what was never measured is not written).
 
 from __future__ import annotations
 
-import functools
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -70,12 +69,12 @@ def _reader_for(hint: Any) -> Reader | None:
         return hint.from_dict
     if origin is list:
         (item,) = typing.get_args(hint) or (Any,)
-        inner = _reader_for(item)
-        return None if inner is None else (lambda v: [inner(x) for x in v])
+        each = _reader_for(item)
+        return None if each is None else (lambda v: [each(x) for x in v])
     if origin is dict:
         _, value = typing.get_args(hint) or (Any, Any)
-        inner = _reader_for(value)
-        return None if inner is None else (lambda v: {k: inner(x) for k, x in v.items()})
+        per_key = _reader_for(value)
+        return None if per_key is None else (lambda v: {k: per_key(x) for k, x in v.items()})
     if hint is Status:
         return Status
     return None
@@ -94,11 +93,16 @@ def _first_that_reads(kinds: list[type[Record]], value: Any) -> Record:
     raise ValueError(f"no record kind of {[k.__name__ for k in kinds]} has the keys {sorted(value)[:8]}")
 
 
-@functools.cache
+_FIELD_READERS: dict[type, dict[str, Reader | None]] = {}
+
+
 def field_readers(cls: type[Record]) -> dict[str, Reader | None]:
     """Field name -> its reader, from the dataclass's resolved type hints (computed once per class)."""
-    hints = typing.get_type_hints(cls)
-    return {f.name: _reader_for(hints[f.name]) for f in fields(cast(Any, cls))}
+    found = _FIELD_READERS.get(cls)
+    if found is None:
+        hints = typing.get_type_hints(cls)
+        found = _FIELD_READERS[cls] = {f.name: _reader_for(hints[f.name]) for f in fields(cast(Any, cls))}
+    return found
 
 
 class Record:
