@@ -100,17 +100,37 @@ def _root(
     """Measure what a Conformer variant costs (params, FLOPs, memory, speed) and what it buys (accuracy)."""
 
 
+# Import names whose distribution on the package index is spelled otherwise.
+DISTRIBUTIONS = {"sklearn": "scikit-learn", "PIL": "Pillow", "pynvml": "nvidia-ml-py", "yaml": "PyYAML"}
+
+
+def broken_command_line(command: str, exc: ModuleNotFoundError) -> str:
+    """One line for a command module that cannot be imported: which, what is missing, and the fix."""
+    missing = (exc.name or "").partition(".")[0]
+    if not missing or missing in ("conformer", "conformer_bench"):
+        what, fix = f"{exc.name or exc} is missing", "reinstall the project with `pip install -e .`"
+    else:
+        package = DISTRIBUTIONS.get(missing, missing)
+        what = f"the package {package!r} is not installed"
+        fix = f"install the project's dependencies with `pip install -e .` (or `pip install {package}`)"
+    return f"error: the {command!r} command cannot load ({what}); {fix}"
+
+
+# A command that cannot load is a broken install: every invocation then fails with one line saying so.
+BROKEN: list[str] = []
 for _name in COMMAND_MODULES:
     try:
         _module = importlib.import_module(f"conformer_bench.commands.{_name}")
     except ModuleNotFoundError as _exc:
-        if _exc.name != f"conformer_bench.commands.{_name}":
-            raise
+        BROKEN.append(broken_command_line(_name, _exc))
         continue
     app.add_typer(_module.app)
 
 
 def main() -> None:
+    if BROKEN:
+        print(BROKEN[0], file=sys.stderr)
+        sys.exit(1)
     app()
 
 

@@ -238,3 +238,50 @@ def test_jsonl_rows_match_csv_columns(tmp_path: Path, fake_profile: list) -> Non
         ["profile", "-v", "micro", "-b", "4", "--mode", "infer", "-o", str(out), "--append", "-f", "jsonl"],
     )
     assert again.exit_code == 0 and len(out.read_text().splitlines()) == 3
+
+
+def test_toggle_choices_are_the_config_literals() -> None:
+    import re
+    from typing import get_args
+
+    from conformer import config
+
+    literals = {"branches": config.Branches, "coupling": config.Coupling, "fcu-down": config.FcuDown}
+    literals |= {"fcu-up": config.FcuUp, "heads": config.Heads}
+    for command in ("profile", "speed", "finetune"):
+        for flag, literal in literals.items():
+            result = runner.invoke(app, [command, f"--{flag}", "no-such-choice"])
+            assert result.exit_code == 2, result.output
+            offered = re.findall(r"'([^']+)'", result.output.partition("is not one of")[2])
+            assert tuple(offered) == get_args(literal), (command, flag, result.output)
+
+
+BROKEN_SEARCH = """
+import importlib.abc, sys
+
+class Broken(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "conformer_bench.commands.search":
+            raise ModuleNotFoundError("No module named 'optuna'", name="optuna")
+        return None
+
+sys.meta_path.insert(0, Broken())
+sys.argv = ["conformer-bench", *sys.argv[1:]]
+from conformer_bench.cli import main
+main()
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["variants", "--variant", "nano"], ["search", "--help"]])
+def test_a_command_that_cannot_import_fails_every_invocation_in_one_line(args: list[str]) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", BROKEN_SEARCH, *args], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.splitlines() == [
+        "error: the 'search' command cannot load (the package 'optuna' is not installed); install the "
+        "project's dependencies with `pip install -e .` (or `pip install optuna`)"
+    ]

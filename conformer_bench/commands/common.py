@@ -11,6 +11,8 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from conformer.config import BRANCHES, COUPLINGS, FCU_DOWNS, FCU_UPS, HEADS
+
 from ..errors import BenchError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -46,35 +48,12 @@ def os_error_line(exc: OSError) -> str:
     return f"{where}{what.lower()}; {fix}"
 
 
-class Branches(StrEnum):
-    dual = "dual"
-    cnn = "cnn"
-    transformer = "transformer"
-
-
-class Coupling(StrEnum):
-    both = "both"
-    down = "down"
-    up = "up"
-    none = "none"
-
-
-class FcuDown(StrEnum):
-    avgpool = "avgpool"
-    maxpool = "maxpool"
-    conv = "conv"
-
-
-class FcuUp(StrEnum):
-    nearest = "nearest"
-    bilinear = "bilinear"
-    deconv = "deconv"
-
-
-class Heads(StrEnum):
-    both = "both"
-    conv = "conv"
-    trans = "trans"
+# The toggles' choices, read from the config's Literals: a value added there is a choice here.
+Branches = StrEnum("Branches", {name: name for name in BRANCHES})  # type: ignore[misc]
+Coupling = StrEnum("Coupling", {name: name for name in COUPLINGS})  # type: ignore[misc]
+FcuDown = StrEnum("FcuDown", {name: name for name in FCU_DOWNS})  # type: ignore[misc]
+FcuUp = StrEnum("FcuUp", {name: name for name in FCU_UPS})  # type: ignore[misc]
+Heads = StrEnum("Heads", {name: name for name in HEADS})  # type: ignore[misc]
 
 
 TOGGLES = "Variant"
