@@ -30,6 +30,7 @@ TIDY: dict[str, str] = {
     "conformer-bench.report": "conformer_bench.report.render:tidy",
     "conformer-bench.speed": "conformer_bench.speed:tidy",  # one row per path
     "conformer-bench.cell": "conformer_bench.ablate.summary:tidy",
+    "conformer-bench.search": "conformer_bench.search.front:tidy_trials",
 }
 
 

@@ -8,26 +8,33 @@ trial of a real nano search (fine-tune and timing) to check that the objectives 
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import io
 import json
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from test_slurm import _no_cluster_reason
 from typer.testing import CliRunner
 
+import conformer_bench
 from conformer_bench.ablate.cluster import read_ledger
 from conformer_bench.ablate.experiment import load_experiment
 from conformer_bench.ablate.store import ResultStore
 from conformer_bench.cli import app
 from conformer_bench.records import FinetuneRecord, ProfileRecord
-from conformer_bench.search.front import SearchRecord
+from conformer_bench.search.front import SearchRecord, front_markdown, trials_csv
 from conformer_bench.search.spec import load_search
 
 FIXTURES = Path(__file__).parent / "fixtures" / "experiments"
 COSTS = FIXTURES / "search_costs.toml"
+ROOT = Path(__file__).resolve().parent.parent
+COMMITTED = sorted((ROOT / "results" / "search_micro").glob("*/search.json"))
 runner = CliRunner()
 
 
@@ -87,6 +94,8 @@ def test_costs_search_prunes_before_running_and_writes_the_front(tmp_path: Path)
     # Its files: the table, every trial as CSV, the figure, and an experiment file ablate reads.
     assert "Pareto front" in (out / "front.md").read_text()
     assert len((out / "trials.csv").read_text().splitlines()) == len(record.trials) + 1
+    frame = conformer_bench.to_frame(conformer_bench.read(out / "search.json"))
+    pd.testing.assert_frame_equal(frame, pd.read_csv(out / "trials.csv"))
     assert (out / "figures" / "front.png").stat().st_size > 0
     confirm = load_experiment(out / "front.toml")
     assert confirm.labels()[0] == "base"
@@ -237,3 +246,23 @@ def test_the_search_on_slurm_runs_each_trial_as_a_job(tmp_path: Path) -> None:
     cells = _cells(out)
     assert sorted(c["label"] for c in cells) == sorted(t.label for t in complete)
     assert all(c["job"]["executor"] == "slurm" and c["job"]["id"] == ledger[c["label"]].job_id for c in cells)
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.parent.name)
+def test_committed_searches_read_back_into_their_tables(path: Path) -> None:
+    """A search's record gives its trials.csv and front.md byte for byte, and its DataFrame is the CSV's."""
+    folder = path.parent
+    record = _record(folder)
+    assert trials_csv(record) == (folder / "trials.csv").read_text()
+    spec = load_search(ROOT / "experiments" / "search_micro.toml", output_dir=folder)
+    assert front_markdown(spec, record) == (folder / "front.md").read_text()
+    frame = conformer_bench.to_frame(conformer_bench.read(path))
+    pd.testing.assert_frame_equal(frame, pd.read_csv(folder / "trials.csv"))
+    assert list(frame["trial"]) == [t.number for t in record.trials]
+
+
+def test_trials_csv_has_a_column_for_a_constraint_only_later_trials_carry() -> None:
+    record = _record(COMMITTED[0].parent)
+    record.trials[0] = dataclasses.replace(record.trials[0], constraints={})
+    rows = list(csv.DictReader(io.StringIO(trials_csv(record))))
+    assert rows[0]["excess params <= 1e+06"] == "" and rows[1]["excess params <= 1e+06"] != ""

@@ -212,12 +212,12 @@ def _write(spec: Any, study: Any, book: Any, console: Any) -> Any:
 def _environment(spec: Any, study: Any) -> dict[str, Any]:
     """Where the base trial's cell ran (its record's environment); {} before it ran."""
     from ..ablate.store import ResultStore
+    from ..search.cells import cell_outcome
     from ..search.spec import trial_label
 
-    records = ResultStore(spec.trials_dir).latest_dicts() if spec.trials_dir.is_dir() else {}
+    records = ResultStore(spec.trials_dir).latest() if spec.trials_dir.is_dir() else {}
     base = records.get(trial_label(0)) or next(iter(records.values()), None)
-    env = (base or {}).get("environment")
-    return dict(env) if isinstance(env, dict) else {}
+    return cell_outcome(base).environment if base is not None else {}
 
 
 def _show_status(spec: Any) -> None:

@@ -8,12 +8,12 @@ good on every objective and better on one. Numbers are rounded here only.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..formatting import fmt_giga, fmt_int, fmt_mib, render_rows_md, rows_csv
+from ..ablate.summary import changes_text
 from ..records import SearchRecord, TrialRecord
+from ..tables import Column, Table, fmt_giga, fmt_int, fmt_mib
 from .metrics import METRICS, Metric
 from .spec import SearchSpec, decode, trial_label
 
@@ -129,31 +129,32 @@ def _shown_metrics(spec: SearchSpec, trials: list[TrialRecord]) -> list[Metric]:
 
 
 def _changes_text(changes: dict[str, Any]) -> str:
-    from ..ablate.summary import changes_text
-
     return changes_text(changes) or "(base config)"
 
 
-def table_rows(spec: SearchSpec, trials: list[TrialRecord], record: SearchRecord) -> list[list[str]]:
-    """Rounded rows: trial, changes, each shown metric, and how it stands against the base."""
-    rows = []
-    for t in trials:
-        note = "base" if t.number == record.base else ("dominates base" if t.dominates_base else "")
-        rows.append(
-            [str(t.number), _changes_text(t.changes)]
-            + [metric_text(m, t.measures.get(m.name)) for m in _shown_metrics(spec, record.trials)]
-            + [note]
-        )
-    return rows
+def _metric_column(metric: Metric, title: str) -> Column[TrialRecord]:
+    return Column(title, lambda t: metric_text(metric, t.measures.get(metric.name)))
 
 
-def table_header(spec: SearchSpec, record: SearchRecord) -> list[str]:
+def front_table(spec: SearchSpec, record: SearchRecord, trials: list[TrialRecord]) -> Table[TrialRecord]:
+    """Rounded text: trial, changes, each shown metric (objectives marked max or min), and how it stands
+    against the base."""
     objectives = {o.metric.name: o for o in spec.objectives}
-    titles = []
+    metrics = []
     for m in _shown_metrics(spec, record.trials):
         o = objectives.get(m.name)
-        titles.append(m.title + (f" ({'max' if o.maximize else 'min'})" if o else ""))
-    return ["trial", "changes", *titles, "vs base"]
+        metrics.append(_metric_column(m, m.title + (f" ({'max' if o.maximize else 'min'})" if o else "")))
+
+    def standing(t: TrialRecord) -> str:
+        return "base" if t.number == record.base else ("dominates base" if t.dominates_base else "")
+
+    columns = [
+        Column[TrialRecord]("trial", lambda t: str(t.number)),
+        Column[TrialRecord]("changes", lambda t: _changes_text(t.changes)),
+        *metrics,
+        Column[TrialRecord]("vs base", standing),
+    ]
+    return Table(columns, trials)
 
 
 def front_rows(spec: SearchSpec, record: SearchRecord) -> list[TrialRecord]:
@@ -165,35 +166,42 @@ def front_rows(spec: SearchSpec, record: SearchRecord) -> list[TrialRecord]:
 
 
 def front_markdown(spec: SearchSpec, record: SearchRecord) -> str:
-    header = table_header(spec, record)
-    lines = [
-        f"### {record.name}: Pareto front ({len(record.front)} of {record.counts.get('complete', 0)} complete trials)",
-        "",
-    ]
-    lines.append(render_rows_md(header, table_rows(spec, front_rows(spec, record), record)))
+    complete = record.counts.get("complete", 0)
+    lines = [f"### {record.name}: Pareto front ({len(record.front)} of {complete} complete trials)", ""]
+    lines.append(front_table(spec, record, front_rows(spec, record)).to_markdown())
     lines += [f"- {line}" for line in describe(spec, record)]
     return "\n".join(lines) + "\n"
 
 
-def trials_csv(spec: SearchSpec, record: SearchRecord) -> str:
+def _measure_column(name: str) -> Column[TrialRecord]:
+    return Column(name, lambda t: t.measures.get(name))
+
+
+def _excess_column(text: str) -> Column[TrialRecord]:
+    return Column(f"excess {text}", lambda t: t.constraints.get(text))
+
+
+def tidy_trials(record: SearchRecord) -> tuple[list[Column[TrialRecord]], list[TrialRecord]]:
+    """The columns of trials.csv and its rows (every trial, raw values): the search's table form."""
+    constraints = list(dict.fromkeys(text for t in record.trials for text in t.constraints))
+    columns = [
+        Column[TrialRecord]("trial", lambda t: t.number),
+        Column[TrialRecord]("state", lambda t: t.state),
+        Column[TrialRecord]("on_front", lambda t: t.on_front),
+        Column[TrialRecord]("dominates_base", lambda t: t.dominates_base),
+        Column[TrialRecord]("base", lambda t: t.number == record.base),
+        Column[TrialRecord]("changes", lambda t: _changes_text(t.changes)),
+        Column[TrialRecord]("img_size", lambda t: t.img_size),
+        *(_measure_column(name) for name in METRICS),
+        *(_excess_column(text) for text in constraints),
+        Column[TrialRecord]("reason", lambda t: t.reason),
+    ]
+    return columns, list(record.trials)
+
+
+def trials_csv(record: SearchRecord) -> str:
     """Every trial, raw values (one row each)."""
-    rows = []
-    for t in record.trials:
-        row: dict[str, Any] = {
-            "trial": t.number,
-            "state": t.state,
-            "on_front": t.on_front,
-            "dominates_base": t.dominates_base,
-            "base": t.number == record.base,
-            "changes": _changes_text(t.changes),
-            "img_size": t.img_size,
-        }
-        row.update({name: t.measures.get(name) for name in METRICS})
-        row.update({f"excess {text}": v for text, v in t.constraints.items()})
-        row["reason"] = t.reason
-        rows.append(row)
-    columns = list(rows[0]) if rows else []
-    return rows_csv(rows, columns)
+    return Table(*tidy_trials(record)).to_csv()
 
 
 def describe(spec: SearchSpec, record: SearchRecord) -> list[str]:
@@ -230,12 +238,13 @@ def describe(spec: SearchSpec, record: SearchRecord) -> list[str]:
 
 
 def rich_front_table(spec: SearchSpec, record: SearchRecord) -> Any:
-    from rich.table import Table
+    from rich.table import Table as RichTable
 
-    table = Table(title=f"{record.name}: Pareto front", title_justify="left")
-    for i, title in enumerate(table_header(spec, record)):
-        table.add_column(title, justify="left" if i == 1 else "right", overflow="fold")
-    for row in table_rows(spec, front_rows(spec, record), record):
+    front = front_table(spec, record, front_rows(spec, record))
+    table = RichTable(title=f"{record.name}: Pareto front", title_justify="left")
+    for i, column in enumerate(front.columns):
+        table.add_column(column.header, justify="left" if i == 1 else "right", overflow="fold")
+    for row in front.texts():
         table.add_row(*row)
     return table
 
@@ -386,7 +395,7 @@ def write_outputs(spec: SearchSpec, record: SearchRecord) -> dict[str, Path]:
     out = spec.output_dir
     paths = {
         "record": atomic_write_text(out / "search.json", dumps_json(record.to_dict())),
-        "trials": atomic_write_text(out / "trials.csv", trials_csv(spec, record)),
+        "trials": atomic_write_text(out / "trials.csv", trials_csv(record)),
         "front table": atomic_write_text(out / "front.md", front_markdown(spec, record)),
         "front experiment": atomic_write_text(out / "front.toml", front_experiment(spec, record, out)),
     }

@@ -8,12 +8,13 @@ record would carry is refused when the file is read.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..records import FinetuneRecord, ProfileRecord, Status
+from ..records import CpuPhaseMemory, CudaPhaseMemory, FinetuneRecord, ProfileRecord, Status
 
 COSTS, PROFILE, FINETUNE = "costs", "profile", "finetune"
 PHASE_MODES = {"infer": ("infer", "both"), "train": ("train", "both")}
@@ -30,16 +31,11 @@ class TrialMeasures:
     profile: ProfileRecord | None = None
     finetunes: tuple[FinetuneRecord, ...] = ()
 
-    def with_records(self, profile: Any, finetunes: Sequence[Any]) -> TrialMeasures:
-        """These costs with a cell's profile and fine-tune records (dicts at the edge, read into records)."""
-        return TrialMeasures(
-            self.params,
-            self.paper_macs,
-            self.fvcore_flops,
-            self.img_size,
-            ProfileRecord.from_dict(profile) if isinstance(profile, dict) else None,
-            tuple(FinetuneRecord.from_dict(f) for f in finetunes if isinstance(f, dict)),
-        )
+    def with_records(
+        self, profile: ProfileRecord | None, finetunes: Sequence[FinetuneRecord]
+    ) -> TrialMeasures:
+        """These costs with a cell's profile and fine-tune records."""
+        return dataclasses.replace(self, profile=profile, finetunes=tuple(finetunes))
 
 
 @dataclass(frozen=True)
@@ -108,14 +104,14 @@ def _timing(phase: str, attribute: str) -> Callable[[TrialMeasures], float | Non
 
 def _peak_memory(phase: str) -> Callable[[TrialMeasures], float | None]:
     def read(m: TrialMeasures) -> float | None:
-        memory = (m.profile.memory or {}) if m.profile is not None else {}
-        probe = memory.get(phase)
-        if not isinstance(probe, dict):
-            return None
-        for key in ("peak_allocated_bytes", "peak_rss_increase_bytes"):
-            if probe.get(key) is not None:
-                return float(probe[key])
-        return None
+        memory = m.profile.memory if m.profile is not None else None
+        probe = memory.phase(phase) if memory is not None else None
+        peak = None
+        if isinstance(probe, CudaPhaseMemory):
+            peak = probe.peak_allocated_bytes
+        elif isinstance(probe, CpuPhaseMemory):
+            peak = probe.peak_rss_increase_bytes
+        return float(peak) if peak is not None else None
 
     return read
 

@@ -22,6 +22,7 @@ from ..ablate.experiment import Cell
 from ..ablate.progress import GridProgress
 from ..ablate.store import Holder, ResultStore
 from ..errors import BenchError
+from .cells import CellOutcome, cell_outcome
 from .metrics import METRICS, TrialMeasures, cheap_measures
 from .spec import Point, SearchSpec, decode, encode, trial_label
 from .study import CHANGES, HOLDER, IMG_SIZE, INTERRUPTED, MEASURES, POINT, REASON, RETRY_OF, TrialBook
@@ -127,7 +128,7 @@ class Search:
                     isolate=self.isolate,
                 )
             record = result.records.get(proposal.cell.label)
-            self.finish(proposal.trial, proposal.point, record.version_1() if record is not None else None)
+            self.finish(proposal.trial, proposal.point, cell_outcome(record) if record is not None else None)
             self.outcome.ran_here.append(proposal.trial.number)
 
     def _run_jobs(self) -> str:
@@ -159,10 +160,11 @@ class Search:
                 exp, grid_states(cells, self.spec.trials_dir, self.spec.plan.finetune), self.spec.trials_dir
             )
             finished = [s for s in states if s.finished]
-            records = self.store.latest_dicts() if finished else {}
+            records = self.store.latest() if finished else {}
             for state in finished:
                 trial, point = self.in_flight.pop(state.label)
-                self.finish(trial, point, records.get(state.label))
+                record = records.get(state.label)
+                self.finish(trial, point, cell_outcome(record) if record is not None else None)
                 self.outcome.ran_here.append(trial.number)
             if not finished:
                 time.sleep(POLL_S)
@@ -239,14 +241,14 @@ class Search:
 
     # --- telling --------------------------------------------------------------------------------------
 
-    def finish(self, trial: Any, point: Point, record: dict[str, Any] | None) -> None:
+    def finish(self, trial: Any, point: Point, outcome: CellOutcome | None) -> None:
         """Tell the study what the trial's cell record says: its objectives and constraints, or its failure."""
-        if record is None or record.get("status") != "ok":
-            why = "no record" if record is None else f"{record.get('status')}: {record.get('reason')}"
+        if outcome is None or not outcome.ok:
+            why = "no record" if outcome is None else f"{outcome.status}: {outcome.reason}"
             self._fail(trial, why)
             return
         measures = cheap_measures(point.config, point.img_size).with_records(
-            record.get("profile"), record.get("finetune") or []
+            outcome.profile, outcome.finetunes
         )
         trial.set_user_attr(MEASURES, _measured(measures))
         found = [o.metric.value(measures) for o in self.spec.objectives]
@@ -291,7 +293,7 @@ class Search:
             stale = self.book().stale
             if not stale:
                 return
-            records = self.store.latest_dicts()
+            records = self.store.latest()
             ledger = read_ledger(self.spec.trials_dir) if self.spec.trials_dir.is_dir() else {}
             active = self._active_jobs([t for t in stale if trial_label(t.number) in ledger])
             for frozen in stale:
@@ -305,13 +307,14 @@ class Search:
         trial.set_user_attr(HOLDER, asdict(self.me))
         point = self.spec.point({k: decode(k, v) for k, v in frozen.params.items()})
         record = records.get(label)
+        outcome = cell_outcome(record) if record is not None else None
         started = frozen.datetime_start.timestamp() if frozen.datetime_start else 0.0
-        if record is not None and (record.get("finished") or 0) >= started:
+        if outcome is not None and outcome.finished >= started:
             self.cells[label] = self.spec.cell(frozen.number, point)
             self.progress.note(
                 f"trial {frozen.number}: its cell finished before the search stopped; told from its record"
             )
-            self.finish(trial, point, record)
+            self.finish(trial, point, outcome)
             self.outcome.recovered.append(frozen.number)
         elif label in active:
             if self.executor == "local":
