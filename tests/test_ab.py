@@ -18,7 +18,7 @@ from conformer_bench.ab.compare import compare_ab
 from conformer_bench.ab.render import render_json, render_markdown
 from conformer_bench.ab.run import _dumped_instructions, cores_for
 from conformer_bench.ab.stats import geometric_mean_estimate, paired_estimate
-from conformer_bench.ab.workers import Launch, Worker, hello
+from conformer_bench.ab.workers import Launch, Reply, Worker, hello
 from conformer_bench.cli import app
 from conformer_bench.errors import BenchError
 from conformer_bench.records import ABRecord, InstructionCounts, PairedCell, PairedRound, Status
@@ -362,26 +362,26 @@ def test_worker_protocol_on_this_tree(tmp_path: Path) -> None:
     worker = Worker(Launch("head", ROOT, (), tmp_path / "head.log"))
     try:
         started = hello(worker)
-        assert started["conformer"] == str(ROOT / "conformer" / "__init__.py")
+        assert started.ok and started.pid == worker.proc.pid
+        assert started.sent["conformer"] == str(ROOT / "conformer" / "__init__.py")
         cell = {
             "label": "nano", "config": get_config("nano", img_size=32).to_dict(), "phase": "infer",
             "batch_size": 2, "img_size": 32, "precision": "fp32", "path": "plain", "threads": 1, "warmup": 1,
             "pad_bytes": 12345,
         }  # fmt: skip
-        assert worker.request({"op": "build", "cell": cell}, 120) == {"ok": True, "threads": 1}
+        assert worker.request({"op": "build", "cell": cell}, 120).sent == {"ok": True, "threads": 1}
         turn = worker.request({"op": "turn", "steps": 2}, 120)
-        assert turn["ok"] and len(turn["wall_s"]) == len(turn["cpu_s"]) == 2
-        assert all(t > 0 for t in turn["wall_s"])
+        assert turn.ok and len(turn.wall_s) == len(turn.cpu_s) == 2
+        assert all(t > 0 for t in turn.wall_s) and turn.page_faults >= 0
         odd = worker.request({"op": "build", "cell": {**cell, "config": {**cell["config"], "fancy": 1}}}, 120)
-        assert odd == {
-            "ok": False,
-            "status": "unsupported",
-            "reason": "this revision's ConformerConfig has no field fancy",
-        }
+        assert odd == Reply(False, "unsupported", "this revision's ConformerConfig has no field fancy")
         compiled = worker.request({"op": "build", "cell": {**cell, "path": "compiled"}}, 120)
-        assert compiled["status"] == "unsupported"
+        assert compiled.status == "unsupported"
         train = worker.request({"op": "build", "cell": {**cell, "phase": "train"}}, 120)
-        assert train["ok"] and worker.request({"op": "turn", "steps": 1}, 120)["ok"]
+        assert train.ok and worker.request({"op": "turn", "steps": 1}, 120).ok
+        missing = {k: v for k, v in cell.items() if k != "threads"}
+        refused = worker.request({"op": "build", "cell": missing}, 120)
+        assert refused.status == "failed" and "threads" in str(refused.reason)
     finally:
         worker.close()
     assert worker.proc.returncode == 0
@@ -466,3 +466,13 @@ def test_a_worktree_change_is_measured(throwaway: tuple[Path, str, str], tmp_pat
     rows = json.loads((tmp_path / "v.json").read_text())["rows"]
     ratios = [r["delta_rel"] for r in rows if r["metric"].startswith(("dual/", "cnn-only/"))]
     assert len(ratios) == 2 and all(-0.45 < r < -0.2 for r in ratios), ratios  # 1/1.5 - 1 = -33 %
+
+
+def test_a_worker_reply_is_read_once_into_its_fields() -> None:
+    reply = Reply.read({"ok": True, "wall_s": [1, 2], "cpu_s": [0.5, 1], "page_faults": 3, "torch": "2.x"})
+    assert (reply.ok, reply.wall_s, reply.cpu_s, reply.page_faults) == (True, (1.0, 2.0), (0.5, 1.0), 3)
+    assert reply.sent["torch"] == "2.x" and reply.reason is None
+    refused = Reply.read({"ok": False, "status": "unsupported", "reason": "no such path"})
+    assert (refused.ok, refused.status, refused.reason) == (False, "unsupported", "no such path")
+    with pytest.raises(ValueError):
+        Reply.read({"ok": True, "wall_s": ["fast"]})

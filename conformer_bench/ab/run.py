@@ -32,7 +32,7 @@ from typing import Any
 
 from ..errors import BenchError
 from ..records import InstructionCounts, PairedCell, PairedRound, Status
-from .workers import ALLOCATOR_ENV, Launch, Worker, WorkerGone, hello
+from .workers import ALLOCATOR_ENV, Launch, Reply, Worker, WorkerGone, hello
 
 PHASES = ("infer", "train")
 PRECISIONS = ("fp32", "bf16")  # what the worker measures (autocast or a bf16 optimized copy)
@@ -142,7 +142,7 @@ class _Pair:
             for side, core in zip(SIDES, self.cores, strict=True):
                 log = self.logs / f"{side}.log" if self.logs else None
                 self.workers[side] = Worker(Launch(side, self.trees[side], core, log))
-            self.hello = {side: hello(w) for side, w in self.workers.items()}
+            self.hello = {side: hello(w).sent for side, w in self.workers.items()}
         except BaseException:
             self.close()
             raise
@@ -153,7 +153,7 @@ class _Pair:
         self.workers = {}
         self.start()
 
-    def each(self, messages: dict[str, dict[str, Any]], timeout_s: float) -> dict[str, dict[str, Any]]:
+    def each(self, messages: dict[str, dict[str, Any]], timeout_s: float) -> dict[str, Reply]:
         """Send each worker its message, then wait for both answers (they run at once)."""
         for side, w in self.workers.items():
             w.send(messages[side])
@@ -166,8 +166,8 @@ class _Pair:
         order = self.cores if epoch % 2 == 0 else self.cores[::-1]
         for side, cores in zip(SIDES, order, strict=True):
             answer = self.workers[side].request({"op": "pin", "cores": list(cores)}, 60.0)
-            if not answer.get("ok"):
-                raise _CellFailed(side, f"could not move to cores {list(cores)}: {answer.get('reason')}")
+            if not answer.ok:
+                raise _CellFailed(side, f"could not move to cores {list(cores)}: {answer.reason}")
 
     def close(self) -> None:
         for w in self.workers.values():
@@ -180,24 +180,23 @@ class _CellFailed(Exception):
         self.side = side
 
 
-def _refusal(answers: dict[str, dict[str, Any]]) -> tuple[Status, str, str | None] | None:
+def _refusal(answers: dict[str, Reply]) -> tuple[Status, str, str | None] | None:
     """The status, reason and side of a build that did not succeed. Only the base may lack something the
     experiment asks for (unsupported, shown); anything the head cannot build is a failure (it blocks)."""
-    bad = {side: a for side, a in answers.items() if not a.get("ok")}
+    bad = {side: a for side, a in answers.items() if not a.ok}
     if not bad:
         return None
-    reason = "; ".join(f"{side}: {a.get('reason')}" for side, a in bad.items())
-    if "head" in bad:
-        return Status.FAILED, reason, "head"
-    status = Status.UNSUPPORTED if bad["base"].get("status") == "unsupported" else Status.FAILED
-    return status, reason, "base"
+    reason = "; ".join(f"{side}: {a.reason}" for side, a in bad.items())
+    side = "head" if "head" in bad else "base"
+    unsupported = side == "base" and bad[side].status == Status.UNSUPPORTED
+    return Status.UNSUPPORTED if unsupported else Status.FAILED, reason, side
 
 
-def _turn_times(answer: dict[str, Any], side: str) -> tuple[float, float, int]:
+def _turn_times(answer: Reply, side: str) -> tuple[float, float, int]:
     """A turn's wall and CPU seconds (sums over its steps) and the page faults it took."""
-    if not answer.get("ok"):
-        raise _CellFailed(side, str(answer.get("reason")))
-    return float(sum(answer["wall_s"])), float(sum(answer["cpu_s"])), int(answer.get("page_faults", 0))
+    if not answer.ok:
+        raise _CellFailed(side, str(answer.reason))
+    return float(sum(answer.wall_s)), float(sum(answer.cpu_s)), answer.page_faults
 
 
 def _rounds_for(settings: ABSettings, step_s: float, steps: int, budget_s: float) -> int:
@@ -387,7 +386,7 @@ def _callgrind_workers(
         for side, core in zip(SIDES, cores, strict=True):
             log = logs / f"{side}-callgrind.log" if logs else None
             workers[side] = Worker(Launch(side, trees[side], core, log, _callgrind_prefix(out_dir, side)))
-        pids = {side: int(hello(w, timeout_s=1800)["pid"]) for side, w in workers.items()}
+        pids = {side: int(hello(w, timeout_s=1800).pid or 0) for side, w in workers.items()}
         yield workers, pids
     finally:
         for w in workers.values():
@@ -438,17 +437,16 @@ def _count_cell(
         w.send(message)
     built = {side: w.receive(BUILD_TIMEOUT_S * 4) for side, w in workers.items()}
     for side, w in workers.items():
-        if built[side].get("ok"):
+        if built[side].ok:
             w.send({"op": "count", "steps": settings.count_steps})
     answers = {
-        side: w.receive(BUILD_TIMEOUT_S * 4) if built[side].get("ok") else built[side]
-        for side, w in workers.items()
+        side: w.receive(BUILD_TIMEOUT_S * 4) if built[side].ok else built[side] for side, w in workers.items()
     }
     result: dict[str, float | None] = dict.fromkeys(SIDES)
     reasons = []
     for side, answer in answers.items():
-        if not answer.get("ok"):
-            reasons.append(f"{side}: {answer.get('reason')}")
+        if not answer.ok:
+            reasons.append(f"{side}: {answer.reason}")
             continue
         dumps[side] += 1
         total = _dumped_instructions(out_dir, side, pids[side], dumps[side])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,6 +85,29 @@ def _explicit_fields(config: Any) -> dict[str, Any]:
     return {k: v for k, v in config.to_dict().items() if k not in defaults or v != defaults[k]}
 
 
+@dataclass(frozen=True)
+class _Timing:
+    """What a cell's [profile] table says it is timed under (None: the default)."""
+
+    device: str
+    precision: str
+    path: str
+    batch_size: int | None
+    img_size: int
+    threads: int | None
+
+    @classmethod
+    def of(cls, profile: Mapping[str, Any]) -> _Timing:
+        return cls(
+            device=str(profile.get("device", "auto")),
+            precision=str(profile.get("precision", "fp32")),
+            path=str(profile.get("path", "plain")),
+            batch_size=int(profile.get("batch_size") or 0) or None,
+            img_size=int(profile.get("img_size", 224)),
+            threads=int(profile.get("threads") or 0) or None,
+        )
+
+
 def _cells(experiment: Any, phases: tuple[str, ...], only: tuple[str, ...]) -> list[ABCell]:
     """Each selected cell once per phase, with the settings it is timed under."""
     from ..profiling import DEFAULTS
@@ -95,8 +118,8 @@ def _cells(experiment: Any, phases: tuple[str, ...], only: tuple[str, ...]) -> l
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     cells: list[ABCell] = []
     for cell in experiment.select(list(only)):
-        profile = cell.profile
-        _check_timeable(cell.label, profile)
+        timing = _Timing.of(cell.profile)
+        _check_timeable(cell.label, timing)
         for phase in dict.fromkeys(phases):
             cells.append(
                 ABCell(
@@ -104,32 +127,30 @@ def _cells(experiment: Any, phases: tuple[str, ...], only: tuple[str, ...]) -> l
                     phase=phase,
                     config=_explicit_fields(cell.config),
                     config_hash=cell.profile_hash(),
-                    batch_size=int(profile.get("batch_size") or DEFAULTS["cpu"].batch_size),
-                    img_size=int(profile.get("img_size", 224)),
-                    precision=str(profile.get("precision", "fp32")),
-                    path=str(profile.get("path", "plain")),
-                    threads=int(profile.get("threads") or usable),
+                    batch_size=timing.batch_size or DEFAULTS["cpu"].batch_size,
+                    img_size=timing.img_size,
+                    precision=timing.precision,
+                    path=timing.path,
+                    threads=timing.threads or usable,
                 )
             )
     return cells
 
 
-def _check_timeable(label: str, profile: dict[str, Any]) -> None:
+def _check_timeable(label: str, timing: _Timing) -> None:
     """What the A/B workers can time: CPU cells, fp32 or bf16, the plain or optimized path."""
-    device = str(profile.get("device", "auto"))
-    if device.startswith("cuda"):
+    if timing.device.startswith("cuda"):
         raise BenchError(
-            f'cell {label!r} is set to device {device}; ab times CPU cells: set device = "cpu" in the '
+            f'cell {label!r} is set to device {timing.device}; ab times CPU cells: set device = "cpu" in the '
             "experiment's [profile]"
         )
-    precision, path = str(profile.get("precision", "fp32")), str(profile.get("path", "plain"))
-    if precision not in PRECISIONS:
+    if timing.precision not in PRECISIONS:
         raise BenchError(
-            f"cell {label!r}: ab times precision fp32 or bf16, not {precision!r}; change [profile]"
+            f"cell {label!r}: ab times precision fp32 or bf16, not {timing.precision!r}; change [profile]"
         )
-    if path not in PATHS:
+    if timing.path not in PATHS:
         raise BenchError(
-            f"cell {label!r}: ab times the plain or optimized path, not {path!r}; change [profile]"
+            f"cell {label!r}: ab times the plain or optimized path, not {timing.path!r}; change [profile]"
         )
 
 

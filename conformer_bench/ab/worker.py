@@ -29,12 +29,39 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 
 class Unsupported(Exception):
     """The revision's code cannot build what the cell asks for."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """The cell of a build message (see above), read once; ``config`` holds the fields set away from the
+    defaults."""
+
+    config: dict[str, Any]
+    phase: str
+    batch_size: int
+    img_size: int
+    precision: str
+    path: str
+    threads: int
+    label: str = ""
+    warmup: int = 1
+    seed: int = 0
+    pad_bytes: int = 0
+
+    @classmethod
+    def read(cls, raw: dict[str, Any]) -> Cell:
+        """A TypeError names a missing key; integers are taken as integers."""
+        given: dict[str, Any] = {
+            f.name: int(raw[f.name]) if f.type == "int" else raw[f.name] for f in fields(cls) if f.name in raw
+        }
+        return cls(**given)
 
 
 def _line(exc: BaseException) -> str:
@@ -48,6 +75,7 @@ class Harness:
         self.source = source
         self.step: Any = None
         self.pad: Any = None
+        self.cfg: Any = None  # the built cell's ConformerConfig
         self.torch: Any = None
         self.instrumented = False
 
@@ -82,17 +110,16 @@ class Harness:
     def build(self, message: dict[str, Any]) -> dict[str, Any]:
         self.step = self.pad = None
         gc.collect()
-        cell = message["cell"]
+        cell = Cell.read(message["cell"])
         torch = self.torch
         # Bytes held before the model is built: each build then lands at other heap addresses, so that
         # rebuilding samples another memory layout instead of keeping one layout's luck (or bad luck).
-        pad = int(cell.get("pad_bytes", 0))
-        self.pad = torch.empty(pad, dtype=torch.uint8) if pad > 0 else None
-        torch.set_num_threads(int(cell["threads"]))
-        torch.manual_seed(int(cell.get("seed", 0)))
+        self.pad = torch.empty(cell.pad_bytes, dtype=torch.uint8) if cell.pad_bytes > 0 else None
+        torch.set_num_threads(cell.threads)
+        torch.manual_seed(cell.seed)
         model = self._model(cell)
         self.step = self._step(model, cell)
-        for _ in range(int(cell.get("warmup", 1))):
+        for _ in range(cell.warmup):
             self.step()
         strays = _modules_outside(self.source)
         if strays:
@@ -147,35 +174,35 @@ class Harness:
 
     # --- the measured step ----------------------------------------------------------------------------
 
-    def _model(self, cell: dict[str, Any]) -> Any:
+    def _model(self, cell: Cell) -> Any:
         import conformer
 
-        fields = dict(cell["config"])
-        if "fcu_stages" in fields:
-            fields["fcu_stages"] = tuple(fields["fcu_stages"])
+        given: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in cell.config.items()
+        }  # fcu_stages
         known = set(getattr(conformer.ConformerConfig, "__dataclass_fields__", {}))
-        extra = sorted(k for k in fields if k not in known)
+        extra = sorted(k for k in given if k not in known)
         if extra:
             raise Unsupported(f"this revision's ConformerConfig has no field {', '.join(extra)}")
         try:
-            cfg = conformer.ConformerConfig(**fields)
+            self.cfg = conformer.ConformerConfig(**given)
         except (TypeError, ValueError) as exc:
             raise Unsupported(f"this revision rejects the config: {_line(exc)}") from None
-        return conformer.create_model(cfg)
+        return conformer.create_model(self.cfg)
 
-    def _step(self, model: Any, cell: dict[str, Any]) -> Any:
+    def _step(self, model: Any, cell: Cell) -> Any:
         torch = self.torch
-        batch, size = int(cell["batch_size"]), int(cell["img_size"])
-        generator = torch.Generator().manual_seed(int(cell.get("seed", 0)))
-        x = torch.randn(batch, model_in_chans(cell), size, size, generator=generator)
-        dtype = {"fp32": None, "bf16": torch.bfloat16}.get(cell["precision"], "?")
+        size = cell.img_size
+        generator = torch.Generator().manual_seed(cell.seed)
+        x = torch.randn(cell.batch_size, getattr(self.cfg, "in_chans", 3), size, size, generator=generator)
+        dtype = {"fp32": None, "bf16": torch.bfloat16}.get(cell.precision, "?")
         if dtype == "?":
-            raise Unsupported(f"precision {cell['precision']!r} is not measured by the A/B (fp32 or bf16)")
-        if cell["phase"] == "train":
+            raise Unsupported(f"precision {cell.precision!r} is not measured by the A/B (fp32 or bf16)")
+        if cell.phase == "train":
             return self._train_step(model, x, cell, dtype)
         model.eval()
-        runner, autocast_dtype = self._runner(model, cell["path"], dtype)
-        if cell["path"] != "plain":
+        runner, autocast_dtype = self._runner(model, cell.path, dtype)
+        if cell.path != "plain":
             x = x.contiguous(memory_format=torch.channels_last)
 
         def infer() -> None:
@@ -208,15 +235,15 @@ class Harness:
             raise Unsupported(f"this revision's optimize_for_inference takes other options: {exc}") from None
         return optimize(model, **options), None if bf16 else dtype
 
-    def _train_step(self, model: Any, x: Any, cell: dict[str, Any], dtype: Any) -> Any:
+    def _train_step(self, model: Any, x: Any, cell: Cell, dtype: Any) -> Any:
         torch = self.torch
         import torch.nn.functional as F
 
-        if cell["path"] != "plain":
+        if cell.path != "plain":
             raise Unsupported("training is measured on the plain path only")
         model.train()
-        classes = int(cell["config"].get("num_classes", 1000)) or 1
-        generator = torch.Generator().manual_seed(int(cell.get("seed", 0)) + 1)
+        classes = int(getattr(self.cfg, "num_classes", 1000)) or 1
+        generator = torch.Generator().manual_seed(cell.seed + 1)
         y = torch.randint(0, classes, (x.shape[0],), generator=generator)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05, foreach=True)
 
@@ -258,10 +285,6 @@ def _forget_editable_installs() -> None:
 def _editable(hook: Any) -> bool:
     owner = getattr(hook, "__module__", "") or getattr(type(hook), "__module__", "")
     return "__editable__" in owner or "__editable__" in getattr(hook, "__qualname__", "")
-
-
-def model_in_chans(cell: dict[str, Any]) -> int:
-    return int(cell["config"].get("in_chans", 3))
 
 
 def _autocast(torch: Any, dtype: Any) -> Any:

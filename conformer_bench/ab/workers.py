@@ -14,7 +14,7 @@ import select
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,39 @@ class Launch:
     cores: tuple[int, ...] = ()  # CPU affinity; () leaves it as inherited
     log: Path | None = None  # the worker's stdout and stderr
     prefix: tuple[str, ...] = ()  # a command to run it under (valgrind ...)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One answer of a worker, read once: ``ok``, or a refusal's ``status`` and ``reason``; a turn's times;
+    ``sent`` is the answer as it came (hello's is kept in the record)."""
+
+    ok: bool = False
+    status: str = "failed"  # a refusal: unsupported (the revision cannot express the cell) | failed
+    reason: str | None = None
+    wall_s: tuple[float, ...] = ()
+    cpu_s: tuple[float, ...] = ()
+    page_faults: int = 0
+    pid: int | None = None
+    sent: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def read(cls, answer: dict[str, Any]) -> Reply:
+        """The known keys of a JSON answer (a TypeError or ValueError when one has the wrong type)."""
+        known = {f.name: f.type for f in fields(cls) if f.name != "sent"}
+        given: dict[str, Any] = {}
+        for name, value in answer.items():
+            kind = known.get(name)
+            if kind is None or value is None:
+                continue
+            if kind.startswith("tuple"):
+                value = tuple(float(v) for v in value)
+            elif kind.startswith("int"):
+                value = int(value)
+            elif kind == "bool":
+                value = bool(value)
+            given[name] = value
+        return cls(**given, sent=answer)
 
 
 class Worker:
@@ -110,7 +143,7 @@ class Worker:
         except (BrokenPipeError, OSError):
             raise self._gone(f"{message.get('op')}: the worker is no longer running") from None
 
-    def receive(self, timeout_s: float) -> dict[str, Any]:
+    def receive(self, timeout_s: float) -> Reply:
         deadline = time.monotonic() + timeout_s
         fd = self._replies.fileno()
         while b"\n" not in self._buffer:
@@ -132,9 +165,12 @@ class Worker:
             answer = None
         if not isinstance(answer, dict):
             raise self._gone(f"it answered {line[:80]!r}, not a JSON object")
-        return answer
+        try:
+            return Reply.read(answer)
+        except (TypeError, ValueError):
+            raise self._gone(f"it answered {line[:80]!r}, not a reply of the protocol") from None
 
-    def request(self, message: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    def request(self, message: dict[str, Any], timeout_s: float) -> Reply:
         self.send(message)
         return self.receive(timeout_s)
 
@@ -159,11 +195,11 @@ class Worker:
         self._replies.close()
 
 
-def hello(worker: Worker, timeout_s: float = 600.0) -> dict[str, Any]:
+def hello(worker: Worker, timeout_s: float = 600.0) -> Reply:
     """Start-up check: the worker imported torch and the revision's own ``conformer``."""
     answer = worker.request({"op": "hello"}, timeout_s)
-    if not answer.get("ok"):
+    if not answer.ok:
         raise WorkerGone(
-            f"the {worker.launch.side} worker could not start: {answer.get('reason')}", worker.launch.side
+            f"the {worker.launch.side} worker could not start: {answer.reason}", worker.launch.side
         )
     return answer
