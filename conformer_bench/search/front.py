@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..ablate.summary import changes_text
-from ..records import SearchRecord, TrialRecord
+from ..records import Environment, SearchRecord, TrialRecord
 from ..tables import Column, Table, fmt_giga, fmt_int, fmt_mib
 from .metrics import METRICS, Metric
 from .spec import SearchSpec, decode, trial_label
@@ -204,9 +204,14 @@ def trials_csv(record: SearchRecord) -> str:
     return Table(*tidy_trials(record)).to_csv()
 
 
+def environment_of(record: SearchRecord) -> Environment | None:
+    """Where the search's base trial ran (None before it ran)."""
+    return Environment.from_dict(record.environment) if record.environment else None
+
+
 def describe(spec: SearchSpec, record: SearchRecord) -> list[str]:
     """Lines saying what the numbers count and where they were measured."""
-    env = record.environment
+    env = environment_of(record)
     counts = record.counts
     lines = [
         f"{counts.get('complete', 0)} complete, {counts.get('failed', 0)} failed, {counts.get('pruned', 0)} pruned "
@@ -214,10 +219,10 @@ def describe(spec: SearchSpec, record: SearchRecord) -> list[str]:
         f"interrupted (queued again, not counted), {counts.get('running', 0) + counts.get('stale', 0)} running; "
         f"budget {spec.budget.describe()}; sampler {spec.sampler} (seed {spec.seed})",
     ]
-    if env:
+    if env is not None:
         lines.append(
-            f"measured on {env.get('device_name') or env.get('cpu_model') or env.get('device')} "
-            f"({env.get('device')}), torch {env.get('torch')}, {env.get('threads')} thread(s), "
+            f"measured on {env.device_name or env.cpu_model or env.device} "
+            f"({env.device}), torch {env.torch}, {env.threads} thread(s), "
             f"{spec.plan.profile.get('precision', 'fp32')}, profile batch {spec.plan.profile.get('batch_size', 'default')}"
         )
     for o in spec.objectives:
@@ -288,11 +293,12 @@ def front_figure_spec(spec: SearchSpec, record: SearchRecord) -> Any | None:
         Series(name, marker, color, tuple(point(t) for t in ts)) for name, marker, color, ts in groups if ts
     )
     base = record.trial(record.base) if record.base is not None else None
-    env = record.environment
+    env = environment_of(record)
+    where = (env.device_name or env.device or "") if env is not None else ""
     return ScatterSpec(
         file="front",
         title=f"{record.name}: {y_obj.metric.name} ({y_obj.direction}) vs {x_obj.metric.name} ({x_obj.direction})",
-        subtitle=f"{env.get('device_name') or env.get('device', '')}; {len(done)} complete trials, front of {len(record.front)}",
+        subtitle=f"{where}; {len(done)} complete trials, front of {len(record.front)}",
         xlabel=f"{x_obj.metric.title}: {x_obj.metric.counts}"[:110],
         ylabel=y_obj.metric.title,
         series=series,
