@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from .report import REPORT_SCHEMA, ReportRecord, ReportRow, ReportSide
     from .search import SEARCH_SCHEMA, SearchRecord, TrialRecord
     from .speed import SPEED_SCHEMA, SpeedPath, SpeedRecord
+    from .variants import VARIANTS_SCHEMA, PresetRow, ToggleRow, VariantsRecord
 
 _LAZY: dict[str, str] = {
     "AB_SCHEMA": ".ab",
@@ -97,6 +98,10 @@ _LAZY: dict[str, str] = {
     "SPEED_SCHEMA": ".speed",
     "SpeedPath": ".speed",
     "SpeedRecord": ".speed",
+    "VARIANTS_SCHEMA": ".variants",
+    "PresetRow": ".variants",
+    "ToggleRow": ".variants",
+    "VariantsRecord": ".variants",
 }
 _KIND_CLASSES = (
     "ProfileRecord",
@@ -113,6 +118,7 @@ _KIND_CLASSES = (
     "CellRecord",
     "ExperimentRecord",
     "JobsRecord",
+    "VariantsRecord",
 )
 _registered: dict[str, type[SchemaRecord]] = {}
 
@@ -156,6 +162,7 @@ __all__ = [
     "SCHEMAS",
     "SEARCH_SCHEMA",
     "SPEED_SCHEMA",
+    "VARIANTS_SCHEMA",
     "ABRecord",
     "BaselineEvent",
     "BaselineMetric",
@@ -184,6 +191,7 @@ __all__ = [
     "PairedRound",
     "ParamCounts",
     "PhaseTiming",
+    "PresetRow",
     "ProfileMemory",
     "ProfileRecord",
     "ProfiledPhase",
@@ -198,9 +206,11 @@ __all__ = [
     "SpeedPath",
     "SpeedRecord",
     "Status",
+    "ToggleRow",
     "TrainPoint",
     "TrialRecord",
     "Variant",
+    "VariantsRecord",
     "plain",
     "register",
 ]
