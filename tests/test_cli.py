@@ -285,3 +285,27 @@ def test_a_command_that_cannot_import_fails_every_invocation_in_one_line(args: l
         "error: the 'search' command cannot load (the package 'optuna' is not installed); install the "
         "project's dependencies with `pip install -e .` (or `pip install optuna`)"
     ]
+
+
+def test_variants_lists_every_toggle_value_and_reads_back_as_a_record(tmp_path: Path) -> None:
+    import conformer_bench
+    from conformer import config
+    from conformer_bench.commands.variants import TOGGLE_ROWS
+    from conformer_bench.records import VariantsRecord
+
+    listed = {(k, v) for _, overrides in TOGGLE_ROWS for k, v in overrides.items()}
+    for name in ("branches", "coupling", "fcu_down", "fcu_up", "heads"):
+        values = config.get_args(getattr(config, "".join(w.title() for w in name.split("_"))))
+        for value in values:
+            assert ((name, value) in listed) == (value != config.TOGGLE_DEFAULTS[name]), (name, value)
+    out = tmp_path / "variants.json"
+    result = runner.invoke(app, ["variants", "--variant", "nano", "--no-macs", "-f", "csv", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    (record,) = conformer_bench.read(out)
+    assert isinstance(record, VariantsRecord) and record.toggle_base == "nano"
+    assert record.to_dict() == json.loads(out.read_text())
+    import csv
+
+    rows = list(csv.DictReader(result.stdout.splitlines()))
+    assert [r["name"] for r in rows if r["kind"] == "toggle of nano"] == [t.option for t in record.toggles]
+    assert "--no-fcu" in [t.option for t in record.toggles] and record.toggles[0].macs is None

@@ -2,34 +2,50 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import io
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from conformer.config import BRANCHES, COUPLINGS, FCU_DOWNS, FCU_UPS, HEADS, TOGGLE_DEFAULTS
+
+from ..errors import BenchError
 from .common import FormatOpt, OutputOpt, aliases, handle_errors, parse_format, write_output
 
-SCHEMA = "conformer-bench.variants"
-SCHEMA_VERSION = 1
-PAPER_SIZE = 224
+if TYPE_CHECKING:
+    from ..records.variants import PresetRow, ToggleRow, VariantsRecord
+    from ..tables import Column, Table
 
-# (CLI spelling, overrides for options.build_config): every toggle value that differs from the release.
+PAPER_SIZE = 224
+MACS_CONVENTION = (
+    "multiply-adds of conv + linear + matmul (the paper's column), batch 1, eval; counted in closed form from "
+    "the config (equal to torch FlopCounterMode flops / 2)"
+)
+# Toggle values whose command line has a spelling of its own.
+SHORTHANDS = {("branches", "cnn"): "--cnn-only", ("branches", "transformer"): "--transformer-only"}
+SHORTHANDS[("coupling", "none")] = "--no-fcu"
+
+
+def _choices(name: str, values: tuple[str, ...]) -> list[tuple[str, dict[str, Any]]]:
+    """A row for every value of a toggle but the release's (the config's Literal: a new value is listed)."""
+    flag = "--" + name.replace("_", "-")
+    return [
+        (SHORTHANDS.get((name, v), f"{flag} {v}"), {name: v}) for v in values if v != TOGGLE_DEFAULTS[name]
+    ]
+
+
+# (CLI spelling, overrides for toggles.build_config): every toggle value that differs from the release.
 TOGGLE_ROWS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("(release)", {}),
-    ("--cnn-only", {"cnn_only": True}),
-    ("--transformer-only", {"transformer_only": True}),
-    ("--coupling down", {"coupling": "down"}),
-    ("--coupling up", {"coupling": "up"}),
-    ("--no-fcu", {"no_fcu": True}),
+    *_choices("branches", BRANCHES),
+    *_choices("coupling", COUPLINGS),
     ("--fcu-stages 3", {"fcu_stages": "3"}),
     ("--fcu-stages 2,3", {"fcu_stages": "2,3"}),
-    ("--fcu-down maxpool", {"fcu_down": "maxpool"}),
-    ("--fcu-down conv", {"fcu_down": "conv"}),
-    ("--fcu-up bilinear", {"fcu_up": "bilinear"}),
-    ("--fcu-up deconv", {"fcu_up": "deconv"}),
+    *_choices("fcu_down", FCU_DOWNS),
+    *_choices("fcu_up", FCU_UPS),
     ("--num-med-block 1", {"num_med_block": 1}),
     ("--pos-embed", {"pos_embed": True}),
-    ("--heads conv", {"heads": "conv"}),
-    ("--heads trans", {"heads": "trans"}),
+    *_choices("heads", HEADS),
 )
 
 
@@ -40,23 +56,24 @@ def preset_size(cfg: Any, img_size: int | None) -> int:
     return PAPER_SIZE if cfg.from_paper else int(cfg.img_size)
 
 
-def collect(base: str, img_size: int | None, with_macs: bool) -> dict[str, Any]:
-    """Rows for presets and toggles (raw ints; MACs in closed form, conv + linear + matmul, batch 1)."""
+def collect(base: str, img_size: int | None, with_macs: bool) -> VariantsRecord:
+    """Every preset and toggle (params and MACs in closed form, conv + linear + matmul, batch 1)."""
     import conformer
 
     from ..costs import param_counts
-    from ..errors import BenchError
     from ..flops import quick_counts
+    from ..records.variants import PresetRow, ToggleRow, VariantsRecord
     from ..toggles import build_config
 
-    def counts(cfg: Any, size: int) -> dict[str, Any]:
+    def counts(cfg: Any, size: int) -> tuple[int, int | None]:
         if size % cfg.patch_size:
             raise BenchError(
                 f"--img-size {size} is not a multiple of {cfg.name}'s patch size {cfg.patch_size}"
             )
         if with_macs:
-            return quick_counts(cfg, size)
-        return {"params": param_counts(cfg), "macs": None, "img_size": size}
+            quick = quick_counts(cfg, size)
+            return int(quick["params"]["total"]), int(quick["macs"])
+        return int(param_counts(cfg)["total"]), None
 
     aliases: dict[str, list[str]] = {}
     for alias in conformer.list_models(include_aliases=True):
@@ -66,42 +83,19 @@ def collect(base: str, img_size: int | None, with_macs: bool) -> dict[str, Any]:
     presets = []
     for name in conformer.list_models():
         cfg = conformer.get_config(name)
-        c = counts(cfg, preset_size(cfg, img_size))
+        size = preset_size(cfg, img_size)
+        params, macs = counts(cfg, size)
         presets.append(
-            {
-                "name": name,
-                "aliases": aliases.get(name, []),
-                "from_paper": cfg.from_paper,
-                "params": c["params"]["total"],
-                "macs": c["macs"],
-                "img_size": c["img_size"],
-                "config": cfg.to_dict(),
-            }
+            PresetRow(name, aliases.get(name, []), cfg.from_paper, params, macs, size, cfg.to_dict())
         )
     base_cfg = build_config(base)
     size = preset_size(base_cfg, img_size)
     toggles = []
     for option, overrides in TOGGLE_ROWS:
         cfg = build_config(base, **overrides)
-        c = counts(cfg, size)
-        toggles.append(
-            {
-                "option": option,
-                "params": c["params"]["total"],
-                "macs": c["macs"],
-                "img_size": size,
-                "config": cfg.to_dict(),
-            }
-        )
-    return {
-        "schema": SCHEMA,
-        "schema_version": SCHEMA_VERSION,
-        "macs_convention": "multiply-adds of conv + linear + matmul (the paper's column), batch 1, eval; "
-        "counted in closed form from the config (equal to torch FlopCounterMode flops / 2)",
-        "toggle_base": base_cfg.name,
-        "presets": presets,
-        "toggles": toggles,
-    }
+        params, macs = counts(cfg, size)
+        toggles.append(ToggleRow(option, params, macs, size, cfg.to_dict()))
+    return VariantsRecord(MACS_CONVENTION, base_cfg.name, presets, toggles)
 
 
 def _gmacs(macs: int | None) -> str:
@@ -114,92 +108,93 @@ def _delta(value: int | None, ref: int | None) -> str:
     return f"{100 * (value - ref) / ref:+.1f} %"
 
 
-def _tables(data: dict[str, Any]) -> tuple[list[str], list[list[str]], list[str], list[list[str]]]:
-    p_head = ["preset", "release name", "from paper", "params", "GMACs", "at"]
-    p_rows = [
-        [
-            p["name"],
-            ", ".join(p["aliases"]) or "—",
-            "yes" if p["from_paper"] else "no (test preset)",
-            f"{p['params']:,}",
-            _gmacs(p["macs"]),
-            f"{p['img_size']}²",
-        ]
-        for p in data["presets"]
+def _preset_columns() -> tuple[Column[PresetRow], ...]:
+    from ..tables import Column
+
+    return (
+        Column("preset", lambda p: p.name),
+        Column("release name", lambda p: ", ".join(p.aliases) or "—"),
+        Column("from paper", lambda p: "yes" if p.from_paper else "no (test preset)"),
+        Column("params", lambda p: f"{p.params:,}"),
+        Column("GMACs", lambda p: _gmacs(p.macs)),
+        Column("at", lambda p: f"{p.img_size}²"),
+    )
+
+
+def _toggle_columns(ref: ToggleRow) -> tuple[Column[ToggleRow], ...]:
+    from ..tables import Column
+
+    return (
+        Column("toggle", lambda t: t.option),
+        Column("params", lambda t: f"{t.params:,}"),
+        Column("Δ params", lambda t: _delta(t.params, ref.params)),
+        Column("GMACs", lambda t: _gmacs(t.macs)),
+        Column("Δ MACs", lambda t: _delta(t.macs, ref.macs)),
+    )
+
+
+# A CSV row: its kind, then the preset's fields or the toggle's.
+Listed = tuple[str, "PresetRow | None", "ToggleRow | None"]
+
+
+def _csv_table(record: VariantsRecord) -> Table[Listed]:
+    from ..tables import Column, Table
+
+    def either(r: Listed) -> PresetRow | ToggleRow:
+        row = r[1] or r[2]
+        assert row is not None
+        return row
+
+    rows: list[Listed] = [("preset", p, None) for p in record.presets]
+    rows += [(f"toggle of {record.toggle_base}", None, t) for t in record.toggles]
+    columns: list[Column[Listed]] = [
+        Column("kind", lambda r: r[0]),
+        Column("name", lambda r: r[1].name if r[1] else r[2].option if r[2] else None),
+        Column("aliases", lambda r: " ".join(r[1].aliases) if r[1] else ""),
+        Column("from_paper", lambda r: r[1].from_paper if r[1] else ""),
+        Column("params", lambda r: either(r).params),
+        Column("macs", lambda r: either(r).macs),
+        Column("img_size", lambda r: either(r).img_size),
     ]
-    ref = data["toggles"][0]
-    t_head = ["toggle", "params", "Δ params", "GMACs", "Δ MACs"]
-    t_rows = [
-        [
-            t["option"],
-            f"{t['params']:,}",
-            _delta(t["params"], ref["params"]),
-            _gmacs(t["macs"]),
-            _delta(t["macs"], ref["macs"]),
-        ]
-        for t in data["toggles"]
-    ]
-    return p_head, p_rows, t_head, t_rows
+    return Table(columns, rows)
 
 
-def render_variants(data: dict[str, Any], fmt: str) -> str:
-    import io
+def _rich(table: Table[Any], title: str, right_from: int) -> Any:
+    from rich.table import Table as RichTable
 
+    out = RichTable(title=title, title_justify="left")
+    for i, column in enumerate(table.columns):
+        out.add_column(column.header, justify="right" if i >= right_from else "left")
+    for row in table.texts():
+        out.add_row(*row)
+    return out
+
+
+def render_variants(record: VariantsRecord, fmt: str) -> str:
     from ..files import dumps_json
-    from ..formatting import render_rows_md
+    from ..tables import Table
 
-    p_head, p_rows, t_head, t_rows = _tables(data)
-    base, size = data["toggle_base"], data["toggles"][0]["img_size"]
-    note = f"GMACs: {data['macs_convention']}."
+    presets = Table(_preset_columns(), record.presets)
+    toggles = Table(_toggle_columns(record.toggles[0]), record.toggles)
+    base, size = record.toggle_base, record.toggles[0].img_size
+    note = f"GMACs: {record.macs_convention}."
     if fmt == "json":
-        return dumps_json(data)
+        return dumps_json(record.to_dict())
     if fmt == "csv":
-        import csv
-
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["kind", "name", "aliases", "from_paper", "params", "macs", "img_size"])
-        for p in data["presets"]:
-            writer.writerow(
-                [
-                    "preset",
-                    p["name"],
-                    " ".join(p["aliases"]),
-                    p["from_paper"],
-                    p["params"],
-                    p["macs"] or "",
-                    p["img_size"],
-                ]
-            )
-        for t in data["toggles"]:
-            writer.writerow(
-                [f"toggle of {base}", t["option"], "", "", t["params"], t["macs"] or "", t["img_size"]]
-            )
-        return buf.getvalue()
+        return _csv_table(record).to_csv()
     if fmt == "md":
         return (
             "### Presets\n\n"
-            + render_rows_md(p_head, p_rows)
+            + presets.to_markdown()
             + f"\n### Toggles (on {base}, {size}²)\n\n"
-            + render_rows_md(t_head, t_rows)
+            + toggles.to_markdown()
             + f"\n{note}\n"
         )
     from rich.console import Console
-    from rich.table import Table
 
     console = Console(file=io.StringIO(), width=120, color_system=None)
-    presets = Table(title="Presets (release names are accepted as aliases)", title_justify="left")
-    for i, column in enumerate(p_head):
-        presets.add_column(column, justify="right" if i >= 3 else "left")
-    for row in p_rows:
-        presets.add_row(*row)
-    toggles = Table(title=f"Toggles, each applied alone to {base} at {size}²", title_justify="left")
-    for i, column in enumerate(t_head):
-        toggles.add_column(column, justify="right" if i else "left")
-    for row in t_rows:
-        toggles.add_row(*row)
-    console.print(presets)
-    console.print(toggles)
+    console.print(_rich(presets, "Presets (release names are accepted as aliases)", 3))
+    console.print(_rich(toggles, f"Toggles, each applied alone to {base} at {size}²", 1))
     console.print(note)
     return str(console.file.getvalue())  # type: ignore[attr-defined]
 
@@ -234,7 +229,6 @@ def variants(
     output: OutputOpt = None,
 ) -> None:
     """List presets and toggles with their parameter counts and MACs."""
-    from ..errors import BenchError
     from ..files import check_writable
     from ..formatting import csv_to_jsonl
 
