@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import BenchError
+
+if TYPE_CHECKING:
+    from conformer.config import ConformerConfig
 
 
 def parse_stages(text: str | None) -> tuple[int, ...] | None:
@@ -77,7 +80,9 @@ def build_config(
     return cfg
 
 
-def _refuse_no_ops(cfg: Any, *, fcu_down: str | None, fcu_up: str | None, fcu_stages: str | None) -> None:
+def _refuse_no_ops(
+    cfg: ConformerConfig, *, fcu_down: str | None, fcu_up: str | None, fcu_stages: str | None
+) -> None:
     """An FCU option given where no FCU of its kind is built changes nothing: say so instead of measuring."""
     stages = (1, 2, 3)
     down = any(cfg.couples_down(s) for s in stages)

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BenchError
 from ..records import ABRecord, PairedCell, Status
@@ -30,6 +30,11 @@ from .run import (
     time_cells,
     valgrind_version,
 )
+
+if TYPE_CHECKING:
+    from conformer.config import ConformerConfig
+
+    from ..ablate.experiment import Experiment
 
 Progress = Callable[[str], None]
 
@@ -77,7 +82,7 @@ def _experiment_file(request: ABRequest, repo: Path, head: Revision, scratch: Pa
     return copy
 
 
-def _explicit_fields(config: Any) -> dict[str, Any]:
+def _explicit_fields(config: ConformerConfig) -> dict[str, Any]:
     """The config's fields that differ from the defaults: each revision fills in the rest its own way."""
     from conformer import ConformerConfig
 
@@ -108,7 +113,7 @@ class _Timing:
         )
 
 
-def _cells(experiment: Any, phases: tuple[str, ...], only: tuple[str, ...]) -> list[ABCell]:
+def _cells(experiment: Experiment, phases: tuple[str, ...], only: tuple[str, ...]) -> list[ABCell]:
     """Each selected cell once per phase, with the settings it is timed under."""
     from ..profiling import DEFAULTS
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -25,6 +25,14 @@ from .ablate import (
     job_options_given,
 )
 from .common import QuietOpt, handle_errors
+
+if TYPE_CHECKING:
+    import optuna
+    from rich.console import Console
+
+    from ..records import SearchRecord
+    from ..search.spec import SearchSpec
+    from ..search.study import TrialBook
 
 app = typer.Typer()
 
@@ -143,7 +151,7 @@ def search(
 
 
 def _run(
-    spec: Any,
+    spec: SearchSpec,
     resume: bool,
     kind: str,
     options: dict[str, Any],
@@ -197,10 +205,10 @@ def _make_folder(folder: Path) -> None:
         raise write_failure(exc, folder) from None
 
 
-def _write(spec: Any, study: Any, book: Any, console: Any) -> Any:
+def _write(spec: SearchSpec, study: optuna.Study, book: TrialBook, console: Console) -> SearchRecord:
     from ..search.front import describe, rich_front_table, search_record, write_outputs
 
-    record = search_record(spec, study, book, _environment(spec, study))
+    record = search_record(spec, study, book, _environment(spec))
     console.print(rich_front_table(spec, record))
     for line in describe(spec, record):
         console.print(f"  {line}", highlight=False)
@@ -209,7 +217,7 @@ def _write(spec: Any, study: Any, book: Any, console: Any) -> Any:
     return record
 
 
-def _environment(spec: Any, study: Any) -> dict[str, Any]:
+def _environment(spec: SearchSpec) -> dict[str, Any]:
     """Where the base trial's cell ran (its record's environment); {} before it ran."""
     from ..ablate.store import ResultStore
     from ..search.cells import cell_outcome
@@ -220,7 +228,7 @@ def _environment(spec: Any, study: Any) -> dict[str, Any]:
     return cell_outcome(base).environment if base is not None else {}
 
 
-def _show_status(spec: Any) -> None:
+def _show_status(spec: SearchSpec) -> None:
     """Trials by state and the current front, from the study alone."""
     from rich.console import Console
 
@@ -238,7 +246,7 @@ def _show_status(spec: Any) -> None:
         console.print(
             f"trial {t.number}: running, but its process is gone; --resume settles it", highlight=False
         )
-    record = search_record(spec, study, book, _environment(spec, study))
+    record = search_record(spec, study, book, _environment(spec))
     console.print(rich_front_table(spec, record))
     for line in describe(spec, record):
         console.print(f"  {line}", highlight=False)

@@ -13,6 +13,8 @@ from ..errors import BenchError
 from .common import FormatOpt, OutputOpt, aliases, handle_errors, parse_format, write_output
 
 if TYPE_CHECKING:
+    from conformer.config import ConformerConfig
+
     from ..records.variants import PresetRow, ToggleRow, VariantsRecord
     from ..tables import Column, Table
 
@@ -49,7 +51,7 @@ TOGGLE_ROWS: tuple[tuple[str, dict[str, Any]], ...] = (
 )
 
 
-def preset_size(cfg: Any, img_size: int | None) -> int:
+def preset_size(cfg: ConformerConfig, img_size: int | None) -> int:
     """224 for the paper's presets, the preset's own size for the test presets, unless given."""
     if img_size is not None:
         return img_size
@@ -65,7 +67,7 @@ def collect(base: str, img_size: int | None, with_macs: bool) -> VariantsRecord:
     from ..records.variants import PresetRow, ToggleRow, VariantsRecord
     from ..toggles import build_config
 
-    def counts(cfg: Any, size: int) -> tuple[int, int | None]:
+    def counts(cfg: ConformerConfig, size: int) -> tuple[int, int | None]:
         if size % cfg.patch_size:
             raise BenchError(
                 f"--img-size {size} is not a multiple of {cfg.name}'s patch size {cfg.patch_size}"

@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..ablate.summary import changes_text
 from ..records import Environment, SearchRecord, TrialRecord
 from ..tables import Column, Table, fmt_giga, fmt_int, fmt_mib
 from .metrics import METRICS, Metric
 from .spec import SearchSpec, decode, trial_label
+
+if TYPE_CHECKING:
+    import optuna
+
+    from .spec import Point
+    from .study import TrialBook
 
 SHOWN = ("params", "macs", "top1", "infer_img_per_s", "infer_img_per_ref_gflop")  # beside the objectives
 
@@ -40,7 +46,9 @@ def metric_text(metric: Metric, value: float | None) -> str:
 # --- building the record ------------------------------------------------------------------------------------
 
 
-def trial_records(spec: SearchSpec, trials: list[Any], book: Any) -> list[TrialRecord]:
+def trial_records(
+    spec: SearchSpec, trials: list[optuna.trial.FrozenTrial], book: TrialBook
+) -> list[TrialRecord]:
     from .study import CHANGES, IMG_SIZE, INTERRUPTED, MEASURES, REASON, RETRY_OF, ROLE
 
     stale = {t.number for t in book.stale}
@@ -86,7 +94,9 @@ def dominates(a: dict[str, float], b: dict[str, float], spec: SearchSpec) -> boo
     return better
 
 
-def search_record(spec: SearchSpec, study: Any, book: Any, environment: dict[str, Any]) -> SearchRecord:
+def search_record(
+    spec: SearchSpec, study: optuna.Study, book: TrialBook, environment: dict[str, Any]
+) -> SearchRecord:
     """The search's record from its study: every trial, the front, and the trials that dominate the base."""
     import dataclasses
 
@@ -346,7 +356,7 @@ def front_experiment(spec: SearchSpec, record: SearchRecord, output_dir: Path) -
     search's run settings and ``confirm_seeds``: ``ablate FILE`` reruns the front to confirm it."""
     from conformer import get_config
 
-    def overrides(point: Any) -> dict[str, Any]:
+    def overrides(point: Point) -> dict[str, Any]:
         preset = get_config(point.config.name).to_dict()
         fields = point.config.to_dict()
         return {k: v for k, v in fields.items() if k not in ("name", "from_paper") and v != preset[k]}

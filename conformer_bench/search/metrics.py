@@ -12,9 +12,12 @@ import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..records import CpuPhaseMemory, CudaPhaseMemory, FinetuneRecord, ProfileRecord, Status
+
+if TYPE_CHECKING:
+    from conformer.config import ConformerConfig
 
 COSTS, PROFILE, FINETUNE = "costs", "profile", "finetune"
 PHASE_MODES = {"infer": ("infer", "both"), "train": ("train", "both")}
@@ -178,7 +181,7 @@ METRICS: dict[str, Metric] = {
 }  # fmt: skip
 
 
-def cheap_measures(cfg: Any, img_size: int) -> TrialMeasures:
+def cheap_measures(cfg: ConformerConfig, img_size: int) -> TrialMeasures:
     """Params, paper MACs and fvcore FLOPs of ``cfg`` at ``img_size``², in closed form (milliseconds)."""
     from ..costs import flop_counts, param_counts
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..ablate.experiment import Cell
 from ..ablate.progress import GridProgress
@@ -26,6 +26,9 @@ from .cells import CellOutcome, cell_outcome
 from .metrics import METRICS, TrialMeasures, cheap_measures
 from .spec import Point, SearchSpec, decode, encode, trial_label
 from .study import CHANGES, HOLDER, IMG_SIZE, INTERRUPTED, MEASURES, POINT, REASON, RETRY_OF, TrialBook
+
+if TYPE_CHECKING:
+    import optuna
 
 MAX_PRUNED_IN_A_ROW = 200  # proposals pruned one after the other before the space counts as exhausted
 POLL_S = 2.0
@@ -78,7 +81,7 @@ class Search:
     def __init__(
         self,
         spec: SearchSpec,
-        study: Any,
+        study: optuna.Study,
         progress: SearchProgress,
         *,
         executor: str = "local",
@@ -209,7 +212,7 @@ class Search:
             )
         return ""
 
-    def _propose(self, trial: Any, book: TrialBook) -> Proposal:
+    def _propose(self, trial: optuna.trial.Trial, book: TrialBook) -> Proposal:
         """Judge the sampler's point in order of cost; a cell to run, or why it is pruned."""
         values = {d.name: d.suggest(trial) for d in self.spec.dimensions}
         try:
@@ -241,7 +244,7 @@ class Search:
 
     # --- telling --------------------------------------------------------------------------------------
 
-    def finish(self, trial: Any, point: Point, outcome: CellOutcome | None) -> None:
+    def finish(self, trial: optuna.trial.Trial, point: Point, outcome: CellOutcome | None) -> None:
         """Tell the study what the trial's cell record says: its objectives and constraints, or its failure."""
         if outcome is None or not outcome.ok:
             why = "no record" if outcome is None else f"{outcome.status}: {outcome.reason}"
@@ -268,12 +271,12 @@ class Search:
         self._tell(trial, values)
         self.progress.trial_ended(trial.number, "complete", _values_text(self.spec, values), self.book())
 
-    def _fail(self, trial: Any, why: str) -> None:
+    def _fail(self, trial: optuna.trial.Trial, why: str) -> None:
         trial.set_user_attr(REASON, why)
         self._tell(trial, None)
         self.progress.trial_ended(trial.number, "failed", why, self.book())
 
-    def _tell(self, trial: Any, values: list[float] | None, pruned: bool = False) -> None:
+    def _tell(self, trial: optuna.trial.Trial, values: list[float] | None, pruned: bool = False) -> None:
         from optuna.trial import TrialState
 
         state = (
@@ -299,7 +302,9 @@ class Search:
             for frozen in stale:
                 self._settle_one(frozen, records, active)
 
-    def _settle_one(self, frozen: Any, records: dict[str, Any], active: set[str]) -> None:
+    def _settle_one(
+        self, frozen: optuna.trial.FrozenTrial, records: dict[str, Any], active: set[str]
+    ) -> None:
         import optuna
 
         label = trial_label(frozen.number)
@@ -330,7 +335,7 @@ class Search:
             self.interrupt(trial, point)
             self.outcome.interrupted.append(frozen.number)
 
-    def _active_jobs(self, trials: list[Any]) -> set[str]:
+    def _active_jobs(self, trials: list[optuna.trial.FrozenTrial]) -> set[str]:
         """Labels of the trials whose job is still queued or running."""
         from ..ablate.cluster import grid_states
 
@@ -343,7 +348,7 @@ class Search:
         states = grid_states(cells, self.spec.trials_dir, self.spec.plan.finetune)
         return {s.label for s in states if s.state in ("queued", "running", "unknown")}
 
-    def interrupt(self, trial: Any, point: Point) -> None:
+    def interrupt(self, trial: optuna.trial.Trial, point: Point) -> None:
         """Fail a trial that was cut off, without counting it, and queue its point again."""
         from optuna.trial import TrialState
 
@@ -356,7 +361,7 @@ class Search:
         self.progress.note(f"trial {trial.number}: interrupted; its point is queued again")
 
     @contextmanager
-    def _interrupts_on_exit(self, trial: Any, point: Point) -> Iterator[None]:
+    def _interrupts_on_exit(self, trial: optuna.trial.Trial, point: Point) -> Iterator[None]:
         """Ctrl-C or SIGTERM while a trial runs: fail it as interrupted and queue its point, then stop."""
         try:
             yield

@@ -31,10 +31,15 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..ablate.experiment import Cell, Experiment, _changes, _Checker, effective_config, load_experiment
 from .metrics import FINETUNE, METRICS, Metric, RunPlan, cheap_measures, profile_mode
+
+if TYPE_CHECKING:
+    import optuna
+
+    from conformer.config import ConformerConfig
 
 SEARCH_KEYS = (
     "trials",
@@ -77,7 +82,7 @@ class Dimension:
     def contains(self, value: Any) -> bool:
         return encode(value) in [encode(v) for v in self.values()]
 
-    def suggest(self, trial: Any) -> Any:
+    def suggest(self, trial: optuna.trial.Trial) -> Any:
         """This dimension's value for an Optuna trial (lists travel as text: Optuna's choices are scalars)."""
         if self.choices is None:
             return trial.suggest_int(self.name, self.low, self.high, step=self.step)
@@ -313,7 +318,7 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def _overrides_of(cfg: Any) -> dict[str, Any]:
+def _overrides_of(cfg: ConformerConfig) -> dict[str, Any]:
     """The fields of ``cfg`` that differ from its preset's (the experiment's [base] overrides)."""
     from conformer import get_config
 

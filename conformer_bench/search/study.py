@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..ablate.store import Holder
 from ..errors import BenchError
 from .spec import SearchSpec
+
+if TYPE_CHECKING:
+    import optuna
 
 HOLDER = "holder"  # trial user attribute: the process that runs it
 INTERRUPTED = "interrupted"  # trial user attribute of a FAIL that was cut off (not counted)
@@ -69,7 +72,7 @@ def _encoded(values: dict[str, Any]) -> dict[str, Any]:
     return {k: encode(v) for k, v in values.items()}
 
 
-def _check_owner(spec: SearchSpec, storage: Any, resume: bool) -> None:
+def _check_owner(spec: SearchSpec, storage: optuna.storages.BaseStorage, resume: bool) -> None:
     studies = storage.get_all_studies()
     names = [s.study_name for s in studies]
     mine = next((s for s in studies if s.study_name == spec.name), None)
@@ -104,14 +107,14 @@ def make_sampler(spec: SearchSpec) -> Any:
 # --- where the trials stand ---------------------------------------------------------------------------------
 
 
-def holder_of(trial: Any) -> Holder | None:
+def holder_of(trial: optuna.trial.FrozenTrial) -> Holder | None:
     try:
         return Holder.from_dict(trial.user_attrs[HOLDER])
     except (KeyError, TypeError, ValueError):
         return None
 
 
-def is_interrupted(trial: Any) -> bool:
+def is_interrupted(trial: optuna.trial.FrozenTrial) -> bool:
     return bool(trial.user_attrs.get(INTERRUPTED))
 
 
@@ -129,7 +132,7 @@ class TrialBook:
     waiting: list[Any] = field(default_factory=list)  # queued (the base, an interrupted trial's rerun)
 
     @classmethod
-    def of(cls, trials: list[Any], me: Holder | None = None) -> TrialBook:
+    def of(cls, trials: list[optuna.trial.FrozenTrial], me: Holder | None = None) -> TrialBook:
         from optuna.trial import TrialState
 
         book = cls()
