@@ -10,6 +10,8 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
+from . import __version__
+
 try:  # recent typer vendors click
     from typer._click import core as click_core
     from typer._click import exceptions as click_exceptions
@@ -85,8 +87,6 @@ COMMAND_MODULES = (
 
 def _version_callback(value: bool) -> None:
     if value:
-        from . import __version__
-
         typer.echo(f"conformer-bench {__version__}")
         raise typer.Exit()
 

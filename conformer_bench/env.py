@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .errors import BenchError
 
 # Keys whose difference makes timings from two records not comparable.
 TIMING_KEYS: tuple[str, ...] = (
@@ -156,8 +157,6 @@ def git_commit() -> str | None:
 def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` when available, else ``cpu``; ``cuda`` without a GPU is an error."""
     import torch
-
-    from .errors import BenchError
 
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
         raise BenchError(f"--device {device!r} is not valid; use auto, cpu, cuda or cuda:N")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from conformer import get_config
+from conformer.config import ConformerConfig
 
 from .errors import BenchError
-
-if TYPE_CHECKING:
-    from conformer.config import ConformerConfig
 
 
 def parse_stages(text: str | None) -> tuple[int, ...] | None:
@@ -47,8 +47,6 @@ def build_config(
     **more: Any,
 ) -> Any:
     """Resolve CLI toggles into a validated config; every invalid input becomes a :class:`BenchError`."""
-    from conformer import get_config
-
     overrides: dict[str, Any] = {k: v for k, v in more.items() if v is not None}
     if cnn_only and transformer_only:
         raise BenchError("--cnn-only and --transformer-only exclude each other; pick one")

@@ -130,8 +130,8 @@ search = Search(spec, study, LineProgress(spec))
 if sys.argv[3] == "before-tell":  # the cell's record is stored, the trial not yet told
     search.finish = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
 else:  # killed inside the cell, before it recorded anything
-    import conformer_bench.ablate.runner as runner
-    runner.run_grid = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
+    import conformer_bench.search.run as run
+    run.run_grid = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
 search.run()
 """
 

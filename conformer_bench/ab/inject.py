@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import subprocess
 import tarfile
@@ -28,8 +29,6 @@ _GIT_ENV = {
 
 
 def _git(repo: Path, *args: str) -> str:
-    import os
-
     env = {**os.environ, **_GIT_ENV}
     done = subprocess.run(
         ["git", "-C", str(repo), *args], capture_output=True, text=True, env=env, check=True

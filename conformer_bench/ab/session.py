@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from conformer import ConformerConfig
+
+from ..ablate.experiment import load_experiment
+from ..env import fingerprint
 from ..errors import BenchError
+from ..profiling import DEFAULTS
 from ..records import ABRecord, PairedCell, Status
 from ..revisions import (
     Revision,
@@ -32,8 +38,6 @@ from .run import (
 )
 
 if TYPE_CHECKING:
-    from conformer.config import ConformerConfig
-
     from ..ablate.experiment import Experiment
 
 Progress = Callable[[str], None]
@@ -84,8 +88,6 @@ def _experiment_file(request: ABRequest, repo: Path, head: Revision, scratch: Pa
 
 def _explicit_fields(config: ConformerConfig) -> dict[str, Any]:
     """The config's fields that differ from the defaults: each revision fills in the rest its own way."""
-    from conformer import ConformerConfig
-
     defaults = ConformerConfig().to_dict()
     return {k: v for k, v in config.to_dict().items() if k not in defaults or v != defaults[k]}
 
@@ -115,8 +117,6 @@ class _Timing:
 
 def _cells(experiment: Experiment, phases: tuple[str, ...], only: tuple[str, ...]) -> list[ABCell]:
     """Each selected cell once per phase, with the settings it is timed under."""
-    from ..profiling import DEFAULTS
-
     for phase in phases:
         if phase not in PHASES:
             raise BenchError(f"--phases {phase!r} is not valid; use infer, train or infer,train")
@@ -164,10 +164,6 @@ def _load_cells(
 ) -> tuple[Any, list[ABCell]]:
     """The experiment as the head revision (or ``request.experiment_at``) has it, and the cells and
     phases to time."""
-    import tempfile
-
-    from ..ablate.experiment import load_experiment
-
     at = head if request.experiment_at is None else resolve_revision(repo, request.experiment_at)
     with tempfile.TemporaryDirectory(prefix="conformer-bench-ab-") as scratch:
         copy = _experiment_file(request, repo, at, Path(scratch))
@@ -259,8 +255,6 @@ def measure_plan(
     started: float | None = None,
 ) -> ABRecord:
     """Time (and count) the plan's cells into its record, as :func:`run_ab` does."""
-    import tempfile
-
     started = time.perf_counter() if started is None else started
     if progress is not None:
         progress(f"{len(plan.cells)} cell(s): {plan.head.describe()} against {plan.base.describe()}")
@@ -312,8 +306,6 @@ def _measure(
 
 def _environment(cells: list[ABCell]) -> dict[str, Any]:
     """This machine's fingerprint, with the threads the cells ran on (the first cell's other settings)."""
-    from ..env import fingerprint
-
     first = cells[0]
     return {
         **fingerprint("cpu", first.precision, first.batch_size, first.img_size),

@@ -24,9 +24,13 @@ revision's code cannot express the cell (a config field or path it does not have
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import inspect
 import json
 import os
+import resource
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, fields
@@ -129,7 +133,6 @@ class Harness:
     def turn(self, message: dict[str, Any]) -> dict[str, Any]:
         if self.step is None:
             raise RuntimeError("no cell built")
-        import resource
 
         wall, cpu = [], []
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -151,8 +154,6 @@ class Harness:
         if not c._valgrind_supported_platform():
             raise Unsupported("this torch build has no valgrind client requests")
         if not self.instrumented:
-            import subprocess
-
             done = subprocess.run(
                 ["callgrind_control", "-i", "on", str(os.getpid())], capture_output=True, text=True
             )
@@ -222,7 +223,6 @@ class Harness:
         optimize = getattr(conformer, "optimize_for_inference", None)
         if optimize is None:
             raise Unsupported("this revision has no optimize_for_inference")
-        import inspect
 
         bf16 = dtype is self.torch.bfloat16
         options = {
@@ -288,7 +288,6 @@ def _editable(hook: Any) -> bool:
 
 
 def _autocast(torch: Any, dtype: Any) -> Any:
-    import contextlib
 
     return contextlib.nullcontext() if dtype is None else torch.autocast("cpu", dtype=dtype)
 

@@ -7,15 +7,21 @@ good on every objective and better on one. Numbers are rounded here only.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from conformer import get_config, list_models
+
+from ..ablate.experiment import effective_config
 from ..ablate.summary import changes_text
+from ..files import atomic_write_text, dumps_json
 from ..records import Environment, SearchRecord, TrialRecord
 from ..tables import Column, Table, fmt_giga, fmt_int, fmt_mib
 from .metrics import METRICS, Metric
 from .spec import SearchSpec, decode, trial_label
+from .study import CHANGES, IMG_SIZE, INTERRUPTED, MEASURES, REASON, RETRY_OF, ROLE
 
 if TYPE_CHECKING:
     import optuna
@@ -49,8 +55,6 @@ def metric_text(metric: Metric, value: float | None) -> str:
 def trial_records(
     spec: SearchSpec, trials: list[optuna.trial.FrozenTrial], book: TrialBook
 ) -> list[TrialRecord]:
-    from .study import CHANGES, IMG_SIZE, INTERRUPTED, MEASURES, REASON, RETRY_OF, ROLE
-
     stale = {t.number for t in book.stale}
     out = []
     for t in trials:
@@ -98,8 +102,6 @@ def search_record(
     spec: SearchSpec, study: optuna.Study, book: TrialBook, environment: dict[str, Any]
 ) -> SearchRecord:
     """The search's record from its study: every trial, the front, and the trials that dominate the base."""
-    import dataclasses
-
     trials = trial_records(spec, study.get_trials(deepcopy=False), book)
     scored = {t.number: t.values for t in trials if t.feasible and t.values is not None}
     front = [
@@ -319,10 +321,6 @@ def front_figure_spec(spec: SearchSpec, record: SearchRecord) -> Any | None:
 
 def preset_names(spec: SearchSpec, trials: list[TrialRecord]) -> dict[int, str]:
     """Trials whose config is a registered preset's (at the trial's image size), by number."""
-    from conformer import get_config, list_models
-
-    from ..ablate.experiment import effective_config
-
     found = {}
     for t in trials:
         point = spec.point(t.params)
@@ -354,7 +352,6 @@ def _table(name: str, values: dict[str, Any]) -> list[str]:
 def front_experiment(spec: SearchSpec, record: SearchRecord, output_dir: Path) -> str:
     """An experiment file whose base is the search's base and whose cells are the front's members, with the
     search's run settings and ``confirm_seeds``: ``ablate FILE`` reruns the front to confirm it."""
-    from conformer import get_config
 
     def overrides(point: Point) -> dict[str, Any]:
         preset = get_config(point.config.name).to_dict()
@@ -406,7 +403,6 @@ def write_outputs(spec: SearchSpec, record: SearchRecord) -> dict[str, Path]:
     import matplotlib.pyplot as plt
 
     from ..ablate.plots import _save, draw_scatter
-    from ..files import atomic_write_text, dumps_json
 
     out = spec.output_dir
     paths = {

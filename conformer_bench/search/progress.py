@@ -7,14 +7,13 @@ from types import TracebackType
 from typing import Any
 
 from ..ablate.progress import CellProgress, GridProgress, QuietGrid, _CellBar
+from .front import metric_text
 from .spec import SearchSpec
 from .study import TrialBook
 
 
 def best_so_far(spec: SearchSpec, book: TrialBook) -> str:
     """The best value of each objective over the complete trials (each on its own, not one trial)."""
-    from .front import metric_text
-
     parts = []
     for i, o in enumerate(spec.objectives):
         values = [t.values[i] for t in book.complete if t.values is not None]

@@ -18,11 +18,16 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..ablate.experiment import Cell
+from ..ablate.cluster import grid_states, read_ledger, settle, submit
+from ..ablate.experiment import Cell, _changes
+from ..ablate.launch import sigterm_as_exit
 from ..ablate.progress import GridProgress
+from ..ablate.runner import run_grid
 from ..ablate.store import Holder, ResultStore
+from ..bounds import check_bounds
 from ..errors import BenchError
 from .cells import CellOutcome, cell_outcome
+from .front import metric_text
 from .metrics import METRICS, TrialMeasures, cheap_measures
 from .spec import Point, SearchSpec, decode, encode, trial_label
 from .study import CHANGES, HOLDER, IMG_SIZE, INTERRUPTED, MEASURES, POINT, REASON, RETRY_OF, TrialBook
@@ -66,8 +71,6 @@ class SearchOutcome:
 
 def sanity_bound_breach(point: Point, force: bool) -> str | None:
     """Why ``point`` is past the sanity bounds every command checks (None: within them, or ``force``)."""
-    from ..bounds import check_bounds
-
     try:
         check_bounds(point.config, img_size=point.img_size, force=force)
     except BenchError as exc:
@@ -111,8 +114,6 @@ class Search:
         return self.outcome
 
     def _run_local(self) -> str:
-        from ..ablate.launch import sigterm_as_exit
-        from ..ablate.runner import run_grid
 
         while True:
             proposal = self._next()
@@ -135,8 +136,6 @@ class Search:
             self.outcome.ran_here.append(proposal.trial.number)
 
     def _run_jobs(self) -> str:
-        from ..ablate.cluster import grid_states, settle, submit
-
         stop = ""
         while True:
             while not stop and len(self.in_flight) < self.spec.parallel:
@@ -290,8 +289,6 @@ class Search:
         """Settle every RUNNING trial whose process is gone: told from its cell's record when the cell
         finished; followed when its job still runs (job executors); else failed as interrupted, its point
         queued again (it counts once, when the rerun ends)."""
-        from ..ablate.cluster import read_ledger
-
         with self.store.locked():
             stale = self.book().stale
             if not stale:
@@ -337,8 +334,6 @@ class Search:
 
     def _active_jobs(self, trials: list[optuna.trial.FrozenTrial]) -> set[str]:
         """Labels of the trials whose job is still queued or running."""
-        from ..ablate.cluster import grid_states
-
         if not trials:
             return set()
         cells = []
@@ -371,8 +366,6 @@ class Search:
 
 
 def _changes_of(spec: SearchSpec, point: Point) -> dict[str, Any]:
-    from ..ablate.experiment import _changes
-
     changes = _changes(point.config, spec.base.config)
     changes.pop("img_size", None)
     base_size = int(spec.base.profile.get("img_size", spec.base.config.img_size))
@@ -392,7 +385,6 @@ def _measured(measures: TrialMeasures) -> dict[str, float]:
 
 
 def _values_text(spec: SearchSpec, values: list[float]) -> str:
-    from .front import metric_text
 
     return ", ".join(
         f"{o.metric.name} {metric_text(o.metric, v)}" for o, v in zip(spec.objectives, values, strict=True)

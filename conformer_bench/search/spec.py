@@ -26,20 +26,23 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
+import itertools
 import json
 import math
 import re
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from conformer import get_config
+from conformer.config import OVERRIDABLE, TOGGLE_DEFAULTS, ConformerConfig
 
 from ..ablate.experiment import Cell, Experiment, _changes, _Checker, effective_config, load_experiment
 from .metrics import FINETUNE, METRICS, Metric, RunPlan, cheap_measures, profile_mode
 
 if TYPE_CHECKING:
     import optuna
-
-    from conformer.config import ConformerConfig
 
 SEARCH_KEYS = (
     "trials",
@@ -245,8 +248,6 @@ class SearchSpec:
 
     def point(self, values: dict[str, Any]) -> Point:
         """The point ``values`` make; ``ValueError`` when they make no valid variant."""
-        from conformer import get_config
-
         img_size = int(values.get("img_size", self.base.profile.get("img_size", 224)))
         variant = str(values.get("variant", self.base.config.name))
         fields = {k: v for k, v in values.items() if k not in SPACE_EXTRA}
@@ -260,8 +261,6 @@ class SearchSpec:
     def noop_reason(self, point: Point) -> str | None:
         """Why ``point`` is another point under another name: a toggle set off its default that changes
         nothing (e.g. ``fcu_down=maxpool`` where no stage couples CNN to tokens); None otherwise."""
-        from conformer.config import TOGGLE_DEFAULTS
-
         here = effective_config(point.config)
         for name, default in TOGGLE_DEFAULTS.items():
             value = getattr(point.config, name)
@@ -320,8 +319,6 @@ def _digest(obj: Any) -> str:
 
 def _overrides_of(cfg: ConformerConfig) -> dict[str, Any]:
     """The fields of ``cfg`` that differ from its preset's (the experiment's [base] overrides)."""
-    from conformer import get_config
-
     preset = get_config(cfg.name).to_dict()
     return {
         k: v
@@ -353,8 +350,6 @@ def load_search(
 
     ``trials`` and ``minutes`` (the command line's) replace the file's budget.
     """
-    import tomllib
-
     experiment = load_experiment(path)
     text = Path(path).read_text(encoding="utf-8")
     chk = _Checker(Path(path), text)
@@ -396,8 +391,6 @@ def _unknown(key: str, valid: tuple[str, ...] | list[str]) -> str:
 
 
 def _read_space(chk: _Checker, space: Any, base: Cell) -> tuple[Dimension, ...]:
-    from conformer.config import OVERRIDABLE
-
     if not isinstance(space, dict) or not space:
         raise chk.fail(
             ("search", "space"),
@@ -575,8 +568,6 @@ def _check_base_in_space(chk: _Checker, spec: SearchSpec) -> None:
 def _check_space_has_points(chk: _Checker, spec: SearchSpec) -> None:
     """Refuse a space in which no point (of the first :data:`VALIDITY_PROBES` tried) is a valid variant that
     keeps the cheap constraints."""
-    import itertools
-
     combos = itertools.islice(itertools.product(*(d.values() for d in spec.dimensions)), VALIDITY_PROBES)
     first_error = ""
     for combo in combos:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..ablate.store import Holder
 from ..errors import BenchError
-from .spec import SearchSpec
+from .spec import SearchSpec, encode
 
 if TYPE_CHECKING:
     import optuna
@@ -67,7 +67,6 @@ def open_study(spec: SearchSpec, *, resume: bool, create: bool = True) -> Any:
 
 
 def _encoded(values: dict[str, Any]) -> dict[str, Any]:
-    from .spec import encode
 
     return {k: encode(v) for k, v in values.items()}
 
