@@ -31,7 +31,7 @@ class OneLineErrorGroup(TyperGroup):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
-        _quiet_flag_metavars(self)
+        _quiet_flag_metavars(self, sys.argv[1:] if args is None else list(args))
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
@@ -57,16 +57,24 @@ class OneLineErrorGroup(TyperGroup):
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
-def _quiet_flag_metavars(command: Any) -> None:
-    """Show no ``<bool>`` type beside on/off flags in --help: they take no value."""
+def _quiet_flag_metavars(command: Any, args: list[str]) -> None:
+    """Show no ``<bool>`` type beside on/off flags in --help: they take no value. Only the commands the
+    arguments name are touched (building every command's help option costs start-up time)."""
+    _quiet_command(command)
+    for token in args:
+        sub = getattr(command, "commands", {}).get(token)
+        if sub is not None:
+            command = sub
+            _quiet_command(command)
+
+
+def _quiet_command(command: Any) -> None:
     params = list(getattr(command, "params", ()))
     if getattr(command, "add_help_option", False):
         params.append(command.get_help_option(click_core.Context(command)))
     for param in params:
         if getattr(param, "is_flag", False) and param.metavar is None:
             param.metavar = ""
-    for sub in getattr(command, "commands", {}).values():
-        _quiet_flag_metavars(sub)
 
 
 app = typer.Typer(
