@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from ..ab import CLOCKS
 from ..errors import BenchError
 from .base import Record, SchemaRecord, Status
 
@@ -116,8 +117,8 @@ def _check_ab(record: ABRecord) -> None:
             raise TypeError(f"{name} must be an object")
     if not isinstance(record.cells, list):
         raise TypeError("cells must be a list")
-    if record.settings.get("clock", "auto") not in ("auto", "cpu", "wall"):
-        raise ValueError(f"settings.clock {record.settings.get('clock')!r} is not auto, cpu or wall")
+    if record.settings.get("clock", "auto") not in CLOCKS:
+        raise ValueError(f"settings.clock {record.settings.get('clock')!r} is not one of {', '.join(CLOCKS)}")
     if not isinstance(record.settings.get("seed", 0), int):
         raise TypeError("settings.seed must be an integer")
     for cell in record.cells:
