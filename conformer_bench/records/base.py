@@ -121,7 +121,7 @@ class Record:
     def to_dict(self) -> dict[str, Any]:
         omit = self.omitted()
         out: dict[str, Any] = {}
-        absent = getattr(self, "_absent", frozenset())
+        absent: frozenset[str] = getattr(self, "_absent", frozenset())
         for f in fields(cast(Any, self)):  # every subclass is a dataclass
             value = getattr(self, f.name)
             if value is None and f.name in omit:
