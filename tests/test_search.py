@@ -218,7 +218,7 @@ def test_a_real_trial_is_judged_on_its_fine_tune_and_timing_records(tmp_path: Pa
     assert cell["isolation"] == "process" and cell["status"] == "ok"
     profile = ProfileRecord.from_dict(cell["profile"])
     finetunes = [FinetuneRecord.from_dict(f) for f in cell["finetune"]]
-    assert [f.hyper["seed"] for f in finetunes] == [0, 1]
+    assert [f.hyper.seed for f in finetunes] == [0, 1]
     top1 = sum(f.final.top1["sum"] for f in finetunes) / 2
     assert trial.values == {"top1": top1, "infer_img_per_s": profile.throughput["infer"].timing.img_per_s}
     assert set(profile.throughput) == {"infer"}
