@@ -25,12 +25,7 @@ import tempfile
 import time
 import tomllib
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.specifiers import SpecifierSet
-from packaging.version import Version
 
 from .errors import BenchError
 
@@ -287,6 +282,13 @@ def requirements(revision: Revision, tree: Path) -> Requirements:
 
 def unmet_requirements(needs: Requirements) -> list[str]:
     """The declared requirements this Python environment does not satisfy, each as one short phrase."""
+    # Here, not at the top: importlib.metadata and packaging take milliseconds, and the CLI imports this module.
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
     unmet: list[str] = []
     here = Version(".".join(str(v) for v in sys.version_info[:3]))
     if needs.python and here not in SpecifierSet(needs.python):
