@@ -379,13 +379,6 @@ def with_progress(title: str, show: bool, run: Callable[..., T]) -> T:
         return run(progress=update)
 
 
-def exit_unless_ok(record: dict[str, Any]) -> None:
-    """Say why on stderr and exit 1 when the record's status is not ok."""
-    if record["status"] != "ok":
-        typer.echo(f"error: {record['reason']}", err=True)
-        raise typer.Exit(1)
-
-
 # The toggle options every variant-building command takes, in --help order (after --variant).
 TOGGLE_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
     ("branches", BranchesOpt, None),
