@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -27,7 +28,8 @@ from conformer_bench.ablate.cluster import read_ledger
 from conformer_bench.ablate.experiment import load_experiment
 from conformer_bench.ablate.store import ResultStore
 from conformer_bench.cli import app
-from conformer_bench.records import FinetuneRecord, ProfileRecord
+from conformer_bench.records import FinetuneRecord, ProfileRecord, Record
+from conformer_bench.search.cells import cell_outcome
 from conformer_bench.search.front import SearchRecord, front_markdown, trials_csv
 from conformer_bench.search.spec import load_search
 
@@ -266,3 +268,28 @@ def test_trials_csv_has_a_column_for_a_constraint_only_later_trials_carry() -> N
     record.trials[0] = dataclasses.replace(record.trials[0], constraints={})
     rows = list(csv.DictReader(io.StringIO(trials_csv(record))))
     assert rows[0]["excess params <= 1e+06"] == "" and rows[1]["excess params <= 1e+06"] != ""
+
+
+@dataclasses.dataclass
+class TypedCell(Record):
+    """The fields of a cell record the search reads, typed."""
+
+    status: str
+    reason: str | None
+    profile: ProfileRecord | None
+    finetune: list[FinetuneRecord]
+    environment: dict[str, Any]
+    finished: float
+
+
+def test_a_cell_reads_alike_as_json_and_as_a_typed_record() -> None:
+    """The search reads cells through one adapter: a typed cell record gives what its JSON gives."""
+    line = (COMMITTED[0].parent / "trials" / "cells.jsonl").read_text().splitlines()[0]
+    raw = json.loads(line)
+    from_json = cell_outcome(raw)
+    typed = cell_outcome(TypedCell.from_dict({k: raw[k] for k in TypedCell.__dataclass_fields__}))
+    assert from_json == typed and from_json.ok and from_json.profile is not None
+    assert len(from_json.finetunes) == len(raw["finetune"]) > 0
+    assert from_json.environment == raw["environment"] and from_json.finished == raw["finished"]
+    failed = cell_outcome({**raw, "status": "failed", "reason": "boom", "profile": None})
+    assert not failed.ok and failed.reason == "boom" and failed.profile is None

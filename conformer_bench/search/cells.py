@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..records import FinetuneRecord, ProfileRecord, Status
+from ..records import FinetuneRecord, ProfileRecord, Record, Status
 
 
 @dataclass(frozen=True)
@@ -25,15 +25,29 @@ class CellOutcome:
         return self.status == Status.OK
 
 
-def cell_outcome(record: Mapping[str, Any]) -> CellOutcome:
-    """Read one cell record of the ablate store (a JSON object) into what the search uses."""
-    profile, env = record.get("profile"), record.get("environment")
-    finetunes = record.get("finetune") or ()
+def _field(cell: Record | Mapping[str, Any], name: str) -> Any:
+    """A field of a cell: an attribute of a typed cell record, a key of a cell's JSON object."""
+    return getattr(cell, name, None) if isinstance(cell, Record) else cell.get(name)
+
+
+def _record(value: Any, kind: type[Record]) -> Any:
+    """``value`` as a ``kind`` record: typed already, read from its JSON object, or None."""
+    return value if isinstance(value, kind) else kind.from_dict(value) if isinstance(value, Mapping) else None
+
+
+def cell_outcome(cell: Record | Mapping[str, Any]) -> CellOutcome:
+    """Read one cell record of the ablate store (typed, or its JSON object) into what the search uses."""
+    env = _field(cell, "environment")
+    finetunes = (_record(f, FinetuneRecord) for f in _field(cell, "finetune") or ())
     return CellOutcome(
-        status=str(record.get("status")),
-        reason=record.get("reason"),
-        profile=ProfileRecord.from_dict(profile) if isinstance(profile, dict) else None,
-        finetunes=tuple(FinetuneRecord.from_dict(f) for f in finetunes if isinstance(f, dict)),
-        environment=dict(env) if isinstance(env, dict) else {},
-        finished=float(record.get("finished") or 0.0),
+        status=str(_field(cell, "status")),
+        reason=_field(cell, "reason"),
+        profile=_record(_field(cell, "profile"), ProfileRecord),
+        finetunes=tuple(f for f in finetunes if f is not None),
+        environment=env.to_dict()
+        if isinstance(env, Record)
+        else dict(env)
+        if isinstance(env, Mapping)
+        else {},
+        finished=float(_field(cell, "finished") or 0.0),
     )
