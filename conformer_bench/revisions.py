@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import BenchError
+from .records import RevisionRef
 
 WORKTREE = "WORKTREE"  # the revision name of the working tree as it is, uncommitted changes included
 REVISIONS_ENV = "CONFORMER_BENCH_REVISIONS"  # where extracted revisions are kept (default: the user cache)
@@ -58,13 +59,9 @@ class Revision:
     def describe(self) -> str:
         return f"{self.name} ({self.short}: {self.subject})" if self.name != self.short else self.short
 
-    def to_dict(self) -> dict[str, str | None]:
-        return {
-            "name": self.name,
-            "sha": self.sha,
-            "subject": self.subject,
-            "commit_time": self.commit_time,
-        }
+    def ref(self) -> RevisionRef:
+        """What a record keeps of the revision."""
+        return RevisionRef(self.name, self.sha, self.subject, self.commit_time)
 
 
 def _git(

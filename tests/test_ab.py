@@ -3,6 +3,7 @@ proven on a throwaway repository whose second revision slows every forward by 10
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -21,7 +22,16 @@ from conformer_bench.ab.stats import geometric_mean_estimate, paired_estimate
 from conformer_bench.ab.workers import Launch, Reply, Worker, hello
 from conformer_bench.cli import app
 from conformer_bench.errors import BenchError
-from conformer_bench.records import ABRecord, InstructionCounts, PairedCell, PairedRound, Status
+from conformer_bench.records import (
+    ABExperiment,
+    ABRecord,
+    ABSettings,
+    InstructionCounts,
+    PairedCell,
+    PairedRound,
+    RevisionRef,
+    Status,
+)
 from conformer_bench.report import load_thresholds
 from conformer_bench.revisions import (
     WORKTREE,
@@ -77,11 +87,11 @@ def _record(cells: list[PairedCell]) -> ABRecord:
     return ABRecord(
         status=Status.OK,
         reason=None,
-        base={"name": "main", "sha": "a" * 40, "subject": "base", "commit_time": None},
-        head={"name": WORKTREE, "sha": None, "subject": "working tree", "commit_time": None},
-        experiment={"name": "t", "source": "t.toml", "digest": "0", "cells": len(cells)},
+        base=RevisionRef("main", "a" * 40, "base", None),
+        head=RevisionRef(WORKTREE, None, "working tree", None),
+        experiment=ABExperiment("t", "t.toml", "0", len(cells)),
         environment={"device": "cpu", "cpu_model": "Test CPU", "threads": 1},
-        settings={"clock": "cpu", "seed": 0, "schedule": "same-core", "phases": ["infer"]},
+        settings=ABSettings(clock="cpu", seed=0),
         workers={},
         cells=cells,
         wall_s=1.0,
@@ -177,9 +187,9 @@ def test_the_clock_follows_the_cell_threads() -> None:
     for r in two.rounds:
         object.__setattr__(r, "head_wall_s", 2 * r.base_wall_s)
     record = _record([two])
-    record.settings["clock"] = "auto"
+    record.settings = dataclasses.replace(record.settings, clock="auto")
     assert _statuses(record)["two"] == "FAIL"
-    record.settings["clock"] = "cpu"
+    record.settings = dataclasses.replace(record.settings, clock="cpu")
     assert _statuses(record)["two"] == "OK", "CPU time cannot see lost parallelism"
 
 

@@ -4,6 +4,7 @@ repository killed with SIGKILL and resumed, and the published dashboard opened i
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -446,8 +447,8 @@ def test_an_ab_record_is_filed_under_its_head_against_its_base(tmp_path: Path) -
     sha = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
-    record.head = {**record.head, "sha": sha}
-    record.base = {**record.base, "sha": sha}
+    record.head = dataclasses.replace(record.head, sha=sha)
+    record.base = dataclasses.replace(record.base, sha=sha)
     path = tmp_path / "ab.json"
     path.write_text(json.dumps(record.to_dict()))
     (run,) = entries_from_path(path, Revisions(ROOT))

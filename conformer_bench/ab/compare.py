@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 from ..errors import BenchError
 from ..records import ABRecord, PairedCell, Status
@@ -187,10 +186,10 @@ def _unmeasured_row(cell: PairedCell) -> Row:
 def compare_ab(record: ABRecord, thresholds: Thresholds, clock: str | None = None) -> ABComparison:
     """Judge every cell of ``record`` under ``thresholds`` (its ``paired.*`` rules), on ``clock`` (default:
     the one the run was asked for). A BenchError when no cell was timed on both sides and nothing blocks."""
-    clock = clock or str(record.settings.get("clock", "auto"))
+    clock = clock or record.settings.clock
     if clock not in CLOCKS:
         raise BenchError(f"clock {clock!r} is not one of {', '.join(CLOCKS)}")
-    seed = int(record.settings.get("seed", 0))
+    seed = record.settings.seed
     timing_rows: list[Row] = []
     other_rows: list[Row] = []
     estimates: list[CellEstimate] = []
@@ -231,6 +230,6 @@ def compare_ab(record: ABRecord, thresholds: Thresholds, clock: str | None = Non
 
 
 def _side_set(record: ABRecord, side: str) -> MetricSet:
-    revision: dict[str, Any] = record.base if side == "base" else record.head
-    source = str(revision.get("sha") or revision.get("name"))
+    revision = record.base if side == "base" else record.head
+    source = revision.sha or revision.name
     return MetricSet(source=source, source_kind="ab", environment=record.environment)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..records import Status
+from ..records import RevisionRef, Status
 from ..report.compare import STATUS_ORDER
 from ..report.render import describe_environment, metric_table
 from .compare import ABComparison
@@ -27,9 +27,8 @@ def headline(result: ABComparison) -> str:
     return f"**conformer-bench ab: {result.verdict}** — {_rev(head)} vs {_rev(base)}: " + ", ".join(parts)
 
 
-def _rev(revision: dict[str, Any]) -> str:
-    sha = revision.get("sha")
-    return f"`{sha[:12]}`" if sha else f"`{revision.get('name')}`"
+def _rev(revision: RevisionRef) -> str:
+    return f"`{revision.sha[:12]}`" if revision.sha else f"`{revision.name}`"
 
 
 def resolution_lines(result: ABComparison) -> list[str]:
@@ -84,12 +83,12 @@ def _how_lines(result: ABComparison) -> list[str]:
             else f"{rounds[0]}–{rounds[-1]} rounds a cell"
         )
     epochs = max((len({r.epoch for r in c.rounds}) for c in cells), default=0)
-    schedule = str(settings.get("schedule"))
+    schedule = settings.schedule
     order = "" if schedule == "duet" else ", order drawn per round"
     experiment = result.record.experiment
     lines = [
-        f"Measured: experiment `{experiment.get('name')}` ({experiment.get('source')}), phases "
-        f"{'+'.join(settings.get('phases', []))}, {rounds_text} in {epochs} build(s) a side, "
+        f"Measured: experiment `{experiment.name}` ({experiment.source}), phases "
+        f"{'+'.join(settings.phases)}, {rounds_text} in {epochs} build(s) a side, "
         f"{SCHEDULE_TEXT.get(schedule, schedule)}{order}; gated on {CLOCK_TEXT.get(result.clock, result.clock)}; "
         f"one long-lived worker per revision, {result.record.wall_s:.0f} s in all.",
     ]
@@ -126,9 +125,9 @@ def render_markdown(result: ABComparison) -> str:
     base, head = result.record.base, result.record.head
     lines += [
         "---",
-        f"Base: {_rev(base)} {base.get('subject', '')}".rstrip(),
+        f"Base: {_rev(base)} {base.subject or ''}".rstrip(),
         "",
-        f"Head: {_rev(head)} {head.get('subject', '')}".rstrip(),
+        f"Head: {_rev(head)} {head.subject or ''}".rstrip(),
         "",
         *(line for how in _how_lines(result) for line in (how, "")),
         "Machine: " + describe_environment(_machine(result.record.environment)),
@@ -149,8 +148,8 @@ def render_json(result: ABComparison, warn_only: bool = False) -> dict[str, Any]
         "verdict": result.verdict,
         "exit_code": result.exit_code(warn_only),
         "warn_only": warn_only,
-        "base": result.record.base,
-        "head": result.record.head,
+        "base": result.record.base.to_dict(),
+        "head": result.record.head.to_dict(),
         "counts": {k.lower().replace(" ", "_"): v for k, v in comparison.counts().items()},
         "blocking": [r.metric for r in comparison.blocking],
         "detectable_drop": {e.key: e.detectable_drop for e in result.estimates},
@@ -158,7 +157,7 @@ def render_json(result: ABComparison, warn_only: bool = False) -> dict[str, Any]
             phase: {"throughput_ratio": e.throughput_ratio, "interval": list(e.throughput_interval)}
             for phase, e in result.geomean.items()
         },
-        "settings": result.record.settings,
+        "settings": result.record.settings.to_dict(),
         "environment": result.record.environment,
         "thresholds": comparison.threshold_sources,
         "rows": [r.to_dict() for r in comparison.rows],

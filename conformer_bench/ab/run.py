@@ -26,13 +26,13 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import BenchError
-from ..records import InstructionCounts, PairedCell, PairedRound, Status
-from .workers import ALLOCATOR_ENV, Launch, Reply, Worker, WorkerGone, hello
+from ..records import ABSettings, InstructionCounts, PairedCell, PairedRound, Status
+from .workers import Launch, Reply, Worker, WorkerGone, hello
 
 PHASES = ("infer", "train")
 PRECISIONS = ("fp32", "bf16")  # what the worker measures (autocast or a bf16 optimized copy)
@@ -42,31 +42,6 @@ BUILD_TIMEOUT_S = 900.0
 TURN_TIMEOUT_S = 600.0
 MAX_PAD_BYTES = 1 << 20  # a rebuild holds up to this much first, so its tensors land elsewhere
 Progress = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class ABSettings:
-    """How the two revisions are timed. ``rounds`` fixes the rounds per cell; otherwise ``budget_s`` (the
-    seconds of the whole timing pass, builds included) is shared out over the cells, within [min, max]
-    rounds a cell."""
-
-    phases: tuple[str, ...] = ("infer",)
-    schedule: str = "same-core"
-    clock: str = "auto"  # auto: CPU time for one-thread cells, wall clock otherwise
-    budget_s: float = 300.0
-    rounds: int | None = None
-    min_rounds: int = 20
-    max_rounds: int = 400
-    turn_s: float = 0.05  # a turn lasts at least this long: steps per turn from the first timed step
-    warmup: int = 3
-    epochs: int = 4  # builds per cell and side, each at another memory layout; the rounds are shared out
-    seed: int = 0
-    confidence: float = 0.95
-    instructions: bool = False
-    count_steps: int = 3
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "phases": list(self.phases), "worker_allocator_env": ALLOCATOR_ENV}
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -17,7 +18,7 @@ from ..ablate.experiment import load_experiment
 from ..env import fingerprint
 from ..errors import BenchError
 from ..profiling import DEFAULTS
-from ..records import ABRecord, PairedCell, Status
+from ..records import ABExperiment, ABRecord, PairedCell, Status
 from ..revisions import (
     Revision,
     check_environment,
@@ -36,6 +37,7 @@ from .run import (
     time_cells,
     valgrind_version,
 )
+from .workers import ALLOCATOR_ENV
 
 if TYPE_CHECKING:
     from ..ablate.experiment import Experiment
@@ -210,16 +212,16 @@ def plan_ab(request: ABRequest, settings: ABSettings) -> ABPlan:
     record = ABRecord(
         status=Status.OK,
         reason=None,
-        base=base.to_dict(),
-        head=head.to_dict(),
-        experiment={
-            "name": experiment.name,
-            "source": str(request.experiment),
-            "digest": experiment.digest(),
-            "cells": len(experiment.select(list(request.only))),
-        },
+        base=base.ref(),
+        head=head.ref(),
+        experiment=ABExperiment(
+            experiment.name,
+            str(request.experiment),
+            experiment.digest(),
+            len(experiment.select(list(request.only))),
+        ),
         environment=_environment(cells),
-        settings=settings.to_dict(),
+        settings=dataclasses.replace(settings, worker_allocator_env=dict(ALLOCATOR_ENV)),
         workers={},
         cells=[],
         wall_s=0.0,

@@ -86,7 +86,7 @@ def run_key(plan: ABPlan) -> str:
         {
             "kind": "backfill",
             "machine": Machine.of(plan.record.environment).fingerprint,
-            "experiment": plan.record.experiment.get("name"),
+            "experiment": plan.record.experiment.name,
             "anchor": plan.base.sha,
             "revision": plan.head.sha,
         },

@@ -365,17 +365,17 @@ def paired_entry(
     kind: str, key: str, record: ABRecord, cells: list[PairedCell], revs: Revisions, source: str
 ) -> RunEntry:
     """The run of ``record``'s head timed against its base (the anchor), with ``cells`` as its parts."""
-    head, base = record.head.get("sha"), record.base.get("sha")
+    head, base = record.head.sha, record.base.sha
     if not head or not base:
         raise BenchError(f"{source}: a side of this A/B is the working tree; the history keeps commits only")
-    clock = str(record.settings.get("clock", "auto"))
-    seed = int(record.settings.get("seed", 0))
+    clock = record.settings.clock
+    seed = record.settings.seed
     entry = RunEntry(
         kind=kind,
         key=key,
         revision=revs.resolve(str(head)),
         machine=Machine.of(record.environment),
-        experiment=str(record.experiment.get("name") or ""),
+        experiment=record.experiment.name or "",
         source=source,
         parts={"": paired_header(record)},
         anchor=revs.resolve(str(base)),

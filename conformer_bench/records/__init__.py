@@ -16,7 +16,16 @@ from .base import Record, SchemaRecord, Status, plain
 from .common import Environment, Variant
 
 if TYPE_CHECKING:
-    from .ab import AB_SCHEMA, ABRecord, InstructionCounts, PairedCell, PairedRound
+    from .ab import (
+        AB_SCHEMA,
+        ABExperiment,
+        ABRecord,
+        ABSettings,
+        InstructionCounts,
+        PairedCell,
+        PairedRound,
+        RevisionRef,
+    )
     from .baseline import BASELINE_SCHEMA, BaselineEvent, BaselineMetric, BaselineRecord
     from .cell import CellRecord, ExperimentRecord, JobsRecord
     from .finetune import (
@@ -53,6 +62,9 @@ if TYPE_CHECKING:
 _LAZY: dict[str, str] = {
     "AB_SCHEMA": ".ab",
     "ABRecord": ".ab",
+    "ABExperiment": ".ab",
+    "ABSettings": ".ab",
+    "RevisionRef": ".ab",
     "InstructionCounts": ".ab",
     "PairedCell": ".ab",
     "PairedRound": ".ab",
@@ -163,7 +175,9 @@ __all__ = [
     "SEARCH_SCHEMA",
     "SPEED_SCHEMA",
     "VARIANTS_SCHEMA",
+    "ABExperiment",
     "ABRecord",
+    "ABSettings",
     "BaselineEvent",
     "BaselineMetric",
     "BaselineRecord",
@@ -200,6 +214,7 @@ __all__ = [
     "ReportRecord",
     "ReportRow",
     "ReportSide",
+    "RevisionRef",
     "SchemaRecord",
     "SearchRecord",
     "SharesRecord",

@@ -67,6 +67,53 @@ class PairedCell(Record):
     instructions: InstructionCounts | None = None
 
 
+@dataclass(frozen=True)
+class RevisionRef(Record):
+    """One side of an A/B: the revision as the user named it, its commit (None: the working tree)."""
+
+    name: str
+    sha: str | None
+    subject: str
+    commit_time: str | None  # ISO 8601 committer date
+
+
+@dataclass(frozen=True)
+class ABExperiment(Record):
+    """The experiment file whose cells were timed."""
+
+    name: str
+    source: str  # as given on the command line
+    digest: str
+    cells: int | None = None  # cells selected (before phases)
+
+
+@dataclass(frozen=True)
+class ABSettings(Record):
+    """How the two revisions are timed. ``rounds`` fixes the rounds per cell; otherwise ``budget_s`` (the
+    seconds of the whole timing pass, builds included) is shared out over the cells, within [min, max]
+    rounds a cell."""
+
+    phases: tuple[str, ...] = ("infer",)
+    schedule: str = "same-core"
+    clock: str = "auto"  # auto: CPU time for one-thread cells, wall clock otherwise
+    budget_s: float = 300.0
+    rounds: int | None = None
+    min_rounds: int = 20
+    max_rounds: int = 400
+    turn_s: float = 0.05  # a turn lasts at least this long: steps per turn from the first timed step
+    warmup: int = 3
+    epochs: int = 4  # builds per cell and side, each at another memory layout; the rounds are shared out
+    seed: int = 0
+    confidence: float = 0.95
+    instructions: bool = False
+    count_steps: int = 3
+    worker_allocator_env: dict[str, str] | None = None  # the workers' malloc settings, as run
+
+    def __post_init__(self) -> None:
+        if isinstance(self.phases, list):  # as JSON has them
+            object.__setattr__(self, "phases", tuple(self.phases))
+
+
 @dataclass
 class ABRecord(SchemaRecord):
     """A ``conformer-bench.ab`` record: two revisions measured side by side on one machine, cell by cell."""
@@ -76,11 +123,11 @@ class ABRecord(SchemaRecord):
 
     status: Status  # ok | failed (stopped before every cell ran)
     reason: str | None
-    base: dict[str, Any]  # the revision: name, sha, subject, commit_time
-    head: dict[str, Any]
-    experiment: dict[str, Any]  # name, source, digest
+    base: RevisionRef
+    head: RevisionRef
+    experiment: ABExperiment
     environment: dict[str, Any]
-    settings: dict[str, Any]
+    settings: ABSettings
     workers: dict[str, Any]  # per side: what the worker reported at start (python, torch, its conformer)
     cells: list[PairedCell]
     wall_s: float
@@ -112,14 +159,15 @@ def _positive(value: Any, where: str) -> None:
 
 def _check_ab(record: ABRecord) -> None:
     """What the verdict reads of an A/B record: known statuses and clock, positive finite times and counts."""
-    for name in ("base", "head", "experiment", "environment", "settings", "workers"):
-        if not isinstance(getattr(record, name), dict):
+    kinds = {"base": RevisionRef, "head": RevisionRef, "experiment": ABExperiment, "settings": ABSettings}
+    for name, kind in {**kinds, "environment": dict, "workers": dict}.items():
+        if not isinstance(getattr(record, name), kind):
             raise TypeError(f"{name} must be an object")
     if not isinstance(record.cells, list):
         raise TypeError("cells must be a list")
-    if record.settings.get("clock", "auto") not in CLOCKS:
-        raise ValueError(f"settings.clock {record.settings.get('clock')!r} is not one of {', '.join(CLOCKS)}")
-    if not isinstance(record.settings.get("seed", 0), int):
+    if record.settings.clock not in CLOCKS:
+        raise ValueError(f"settings.clock {record.settings.clock!r} is not one of {', '.join(CLOCKS)}")
+    if isinstance(record.settings.seed, bool) or not isinstance(record.settings.seed, int):
         raise TypeError("settings.seed must be an integer")
     for cell in record.cells:
         where = f"cell {cell.label!r}"
