@@ -16,7 +16,6 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import pytest
@@ -28,7 +27,7 @@ from conformer_bench.ablate.cluster import read_ledger
 from conformer_bench.ablate.experiment import load_experiment
 from conformer_bench.ablate.store import ResultStore
 from conformer_bench.cli import app
-from conformer_bench.records import FinetuneRecord, ProfileRecord, Record
+from conformer_bench.records import CellRecord, FinetuneRecord, ProfileRecord
 from conformer_bench.search.cells import cell_outcome
 from conformer_bench.search.front import SearchRecord, front_markdown, trials_csv
 from conformer_bench.search.spec import load_search
@@ -270,24 +269,12 @@ def test_trials_csv_has_a_column_for_a_constraint_only_later_trials_carry() -> N
     assert rows[0]["excess params <= 1e+06"] == "" and rows[1]["excess params <= 1e+06"] != ""
 
 
-@dataclasses.dataclass
-class TypedCell(Record):
-    """The fields of a cell record the search reads, typed."""
-
-    status: str
-    reason: str | None
-    profile: ProfileRecord | None
-    finetune: list[FinetuneRecord]
-    environment: dict[str, Any]
-    finished: float
-
-
 def test_a_cell_reads_alike_as_json_and_as_a_typed_record() -> None:
     """The search reads cells through one adapter: a typed cell record gives what its JSON gives."""
     line = (COMMITTED[0].parent / "trials" / "cells.jsonl").read_text().splitlines()[0]
     raw = json.loads(line)
     from_json = cell_outcome(raw)
-    typed = cell_outcome(TypedCell.from_dict({k: raw[k] for k in TypedCell.__dataclass_fields__}))
+    typed = cell_outcome(CellRecord.from_dict(raw))
     assert from_json == typed and from_json.ok and from_json.profile is not None
     assert len(from_json.finetunes) == len(raw["finetune"]) > 0
     assert from_json.environment == raw["environment"] and from_json.finished == raw["finished"]
