@@ -93,7 +93,7 @@ def newest_per_label(
 def typed_record(value: Any, where: str) -> SchemaRecord:
     """The record a parsed JSON object holds, by its ``schema``; anything else is an error naming ``where``."""
     schema = value.get("schema") if isinstance(value, dict) else None
-    kind = KINDS.get(schema) if isinstance(schema, str) else None
+    kind: type[SchemaRecord] | None = KINDS.get(schema) if isinstance(schema, str) else None
     if kind is None:
         known = ", ".join(sorted(KINDS))
         raise BenchError(f"{where} is not a conformer-bench record (schema {schema!r}); records are {known}")
