@@ -58,15 +58,16 @@ def _check_structure(cfg: Any) -> None:
 
 def _check_costs(cfg: Any, img_size: int) -> None:
     """Parameters and MACs per image, in closed form (microseconds once the structure is bounded)."""
-    from .costs import flop_counts, param_counts
+    from .flops import costs_of
 
-    params = param_counts(cfg)["total"]
+    costs = costs_of(cfg, img_size)
+    params = costs.params.total
     if params > PARAM_LIMIT:
         raise BenchError(
             f"{cfg.name} has {params:.3g} parameters, past the sanity bound of {PARAM_LIMIT:.0e}; check "
             f"embed_dim, base_channel, channel_ratio, mlp_ratio and num_classes, {FORCE_HINT}"
         )
-    macs = flop_counts(cfg, img_size)["paper_macs"]
+    macs = costs.paper_macs
     if macs > MAC_LIMIT:
         raise BenchError(
             f"{cfg.name} at {img_size} px costs {macs / 1e12:.3g} TMACs per image (batch 1), "

@@ -65,10 +65,10 @@ def _text_columns(
 
 
 def _count_columns(cell: Cell) -> dict[str, str]:
-    from ..flops import quick_counts
+    from ..flops import costs_of
 
-    counts = quick_counts(cell.config, int(cell.profile.get("img_size", 224)))
-    return {"Params (M)": f"{counts['params']['total'] / 1e6:.3f}", "GMACs": f"{counts['macs'] / 1e9:.4g}"}
+    costs = costs_of(cell.config, int(cell.profile.get("img_size", 224)))
+    return {"Params (M)": f"{costs.params.total / 1e6:.3f}", "GMACs": f"{costs.paper_macs / 1e9:.4g}"}
 
 
 def dry_run_lines(

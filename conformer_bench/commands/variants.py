@@ -62,8 +62,7 @@ def collect(base: str, img_size: int | None, with_macs: bool) -> VariantsRecord:
     """Every preset and toggle (params and MACs in closed form, conv + linear + matmul, batch 1)."""
     import conformer
 
-    from ..costs import param_counts
-    from ..flops import quick_counts
+    from ..flops import costs_of
     from ..records.variants import PresetRow, ToggleRow, VariantsRecord
     from ..toggles import build_config
 
@@ -72,10 +71,8 @@ def collect(base: str, img_size: int | None, with_macs: bool) -> VariantsRecord:
             raise BenchError(
                 f"--img-size {size} is not a multiple of {cfg.name}'s patch size {cfg.patch_size}"
             )
-        if with_macs:
-            quick = quick_counts(cfg, size)
-            return int(quick["params"]["total"]), int(quick["macs"])
-        return int(param_counts(cfg)["total"]), None
+        costs = costs_of(cfg, size)
+        return costs.params.total, costs.paper_macs if with_macs else None
 
     aliases: dict[str, list[str]] = {}
     for alias in conformer.list_models(include_aliases=True):

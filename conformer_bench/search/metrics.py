@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..costs import flop_counts, param_counts
+from ..flops import costs_of
 from ..records import CpuPhaseMemory, CudaPhaseMemory, FinetuneRecord, ProfileRecord, Status
 
 if TYPE_CHECKING:
@@ -184,10 +184,8 @@ METRICS: dict[str, Metric] = {
 
 def cheap_measures(cfg: ConformerConfig, img_size: int) -> TrialMeasures:
     """Params, paper MACs and fvcore FLOPs of ``cfg`` at ``img_size``², in closed form (milliseconds)."""
-    flops = flop_counts(cfg, img_size)
-    return TrialMeasures(
-        int(param_counts(cfg)["total"]), int(flops["paper_macs"]), int(flops["fvcore_total"]), img_size
-    )
+    costs = costs_of(cfg, img_size)
+    return TrialMeasures(costs.params.total, costs.paper_macs, costs.fvcore_total, img_size)
 
 
 def profile_mode(metrics: Sequence[Metric]) -> str:
