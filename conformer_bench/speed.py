@@ -12,7 +12,7 @@ agreement against the plain fp32 model. The record keeps every raw sample; round
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, cast
@@ -26,7 +26,7 @@ from .bounds import THREAD_LIMIT, check_count, check_memory, check_seed
 from .env import fingerprint
 from .errors import BenchError, exception_line
 from .files import dumps_json
-from .flops import count_flops
+from .flops import costs_of
 from .formatting import render_rows_md
 from .lists import comma_items
 from .precision import PRECISIONS, PrecisionSupport, precision_support
@@ -303,7 +303,7 @@ def _measure(
     torch.manual_seed(settings.seed)
     plain = create_model(cfg).eval().to(device)
     report("counting FLOPs", 0.0)
-    flops = _flop_counts(count_flops(plain, settings.img_size, cross_check=False))
+    flops = _exact_flops(plain, settings.img_size)
     gen = torch.Generator().manual_seed(settings.seed)
     x = torch.randn(settings.batch_size, cfg.in_chans, settings.img_size, settings.img_size, generator=gen)
     x = x.to(device)
@@ -348,9 +348,11 @@ def _measure(
     )
 
 
-def _flop_counts(counted: FlopCounts | Mapping[str, Any]) -> FlopCounts:
-    """``count_flops``'s result as the typed record."""
-    return counted if isinstance(counted, FlopCounts) else FlopCounts.from_dict(counted)
+def _exact_flops(model: Conformer, img_size: int) -> FlopCounts:
+    """fvcore's count of ``model``'s forward at ``img_size``² (batch 1, eval), with what it left uncounted."""
+    flops = costs_of(model, img_size, exact=True).flops
+    assert flops is not None  # exact=True always counts
+    return flops
 
 
 def _describe_chosen_kernels(runners: dict[str, Runner], entries: dict[str, SpeedPath]) -> None:
@@ -437,7 +439,7 @@ def _executed_macs(plain: Conformer, settings: SpeedSettings, paper_macs: int) -
         plain, channels_last=False, fold_bn=False, fuse_pointwise=False, pool_first=True
     )
     counted = cast("Conformer", restructured)  # the same model class, restructured in place of copies
-    return _flop_counts(count_flops(counted, settings.img_size, cross_check=False)).paper_macs
+    return _exact_flops(counted, settings.img_size).paper_macs
 
 
 def _speed_record(
