@@ -20,6 +20,7 @@ from .files import loads_json, read_in_folder
 from .records import KINDS, SchemaRecord
 
 T = TypeVar("T")
+S = TypeVar("S", bound=SchemaRecord)
 Parse = Callable[[Any, str], T]  # a parsed JSON value and where it came from -> a record (or an error)
 
 RECORD_SUFFIXES = (".json", ".jsonl")
@@ -90,6 +91,18 @@ def newest_per_label(
 # --- typed records of any file -------------------------------------------------------------------------------
 
 
+def record_of(kind: type[S], value: Any, where: str, fix: str = "write it again") -> S:
+    """``value`` read as a ``kind`` record; what does not read is one error naming ``where`` and ``fix``."""
+    try:
+        return kind.from_dict(value)
+    except BenchError as exc:
+        raise BenchError(f"{where}: {exc}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise BenchError(
+            f"{where}: malformed {kind.SCHEMA} record ({type(exc).__name__}: {exc}); {fix}"
+        ) from None
+
+
 def typed_record(value: Any, where: str) -> SchemaRecord:
     """The record a parsed JSON object holds, by its ``schema``; anything else is an error naming ``where``."""
     schema = value.get("schema") if isinstance(value, dict) else None
@@ -97,14 +110,7 @@ def typed_record(value: Any, where: str) -> SchemaRecord:
     if kind is None:
         known = ", ".join(sorted(KINDS))
         raise BenchError(f"{where} is not a conformer-bench record (schema {schema!r}); records are {known}")
-    try:
-        return kind.from_dict(value)
-    except BenchError as exc:
-        raise BenchError(f"{where}: {exc}") from None
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise BenchError(
-            f"{where}: malformed {schema} record ({type(exc).__name__}: {exc}); write it again"
-        ) from None
+    return record_of(kind, value, where)
 
 
 def records_in_file(path: str | os.PathLike[str]) -> list[SchemaRecord]:

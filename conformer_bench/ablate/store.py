@@ -238,15 +238,7 @@ def parse_record(value: Any, where: str) -> CellRecord:
     data = validate_record(value, where)
     if "schema_version" not in data:  # the first records had none
         data = {**data, "schema_version": 1}
-    try:
-        return CellRecord.from_dict(data)
-    except BenchError as exc:
-        raise BenchError(f"{where}: {exc}") from None
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise BenchError(
-            f"{where}: malformed {CELL_SCHEMA} record ({type(exc).__name__}: {exc}); remove the line and "
-            "rerun with --resume"
-        ) from None
+    return readers.record_of(CellRecord, data, where, "remove the line and rerun with --resume")
 
 
 def newest_per_label(records: Iterable[CellRecord]) -> dict[str, CellRecord]:

@@ -204,6 +204,15 @@ FormatOpt = Annotated[
         rich_help_panel=OUTPUT,
     ),
 ]
+TableFormatOpt = Annotated[  # a command whose record is a table: LaTeX too (-o x.tex writes it as well)
+    str | None,
+    typer.Option(
+        "--format",
+        "-f",
+        help="table (default), json, jsonl, csv, md or latex on stdout (any case).",
+        rich_help_panel=OUTPUT,
+    ),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.", rich_help_panel=OUTPUT)]
 
 # Hidden spellings of the same options (timm's train.py/benchmark.py names, older flags).

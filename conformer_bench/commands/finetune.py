@@ -11,13 +11,13 @@ from ..bounds import check_bounds
 from ..errors import BenchError
 from ..files import check_outputs_apart, check_writable
 from .common import (
-    OUTPUT,
     BatchSizeOpt,
     DeviceOpt,
     ForceOpt,
     OutputOpt,
     PrecisionOpt,
     QuietOpt,
+    TableFormatOpt,
     VariantOpt,
     aliases,
     given,
@@ -184,15 +184,7 @@ def finetune(
         Path | None, typer.Option("--save", help="Write the fine-tuned weights (release keys).")
     ] = None,
     output: OutputOpt = None,
-    fmt: Annotated[
-        str | None,
-        typer.Option(
-            "--format",
-            "-f",
-            help="table (default), json, jsonl, csv, md or latex on stdout (any case).",
-            rich_help_panel=OUTPUT,
-        ),
-    ] = None,
+    fmt: TableFormatOpt = None,
     quiet: QuietOpt = False,
     force: ForceOpt = False,
     *,

@@ -12,7 +12,6 @@ from ..bounds import check_bounds
 from ..env import resolve_device
 from ..files import check_writable
 from .common import (
-    OUTPUT,
     BatchSizeOpt,
     BreakdownOpt,
     DeviceOpt,
@@ -21,6 +20,7 @@ from .common import (
     OutputOpt,
     PrecisionOpt,
     QuietOpt,
+    TableFormatOpt,
     ThreadsOpt,
     VariantOpt,
     aliases,
@@ -119,15 +119,7 @@ def speed(
     ] = 32,
     seed: Annotated[int, measure_option("--seed", help_text="Seed of weights and input.")] = 0,
     output: OutputOpt = None,
-    fmt: Annotated[
-        str | None,
-        typer.Option(
-            "--format",
-            "-f",
-            help="table (default), json, jsonl, csv, md or latex on stdout (any case).",
-            rich_help_panel=OUTPUT,
-        ),
-    ] = None,
+    fmt: TableFormatOpt = None,
     quiet: QuietOpt = False,
     force: ForceOpt = False,
     *,
