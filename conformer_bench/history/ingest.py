@@ -142,7 +142,7 @@ def metric_set_results(metrics: MetricSet, cell: str | None = None) -> list[Resu
 # --- one reader per record kind -------------------------------------------------------------------------------
 
 
-def _json(record: Any) -> dict[str, Any]:
+def _json(record: Record | Mapping[str, Any]) -> dict[str, Any]:
     """A record as its file holds it (what the store keeps and what a run's key is computed from)."""
     return record.to_dict() if isinstance(record, Record) else dict(record)
 
@@ -197,7 +197,7 @@ def _finetune(record: FinetuneRecord, source: str, revs: Revisions) -> list[RunE
     return [_single("finetune", record, source, revs, results, env, _label(record))]
 
 
-def cell_entry(record: Any, source: str, revs: Revisions) -> RunEntry:
+def cell_entry(record: Record | Mapping[str, Any], source: str, revs: Revisions) -> RunEntry:
     """One ablation cell record (as the results store gives it): its profile and fine-tune metrics under the
     cell's label."""
     cell = cell_view(record, source)
