@@ -9,9 +9,16 @@ refused before the closed-form count walks its blocks.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import BenchError
+
+if TYPE_CHECKING:
+    from conformer import ConformerConfig
+
+    from .profiling import ProfileSettings
+    from .records import FinetuneSettings
+    from .speed import SpeedSettings
 
 MAC_LIMIT = 10**12  # per image: past this a variant is almost surely a typo (the release's base is ~23 G)
 PARAM_LIMIT = 10**10  # parameters: 10 G, 120 times the release's base (83 M)
@@ -24,7 +31,13 @@ WORKER_LIMIT = 256  # data-loading processes of a fine-tune
 FORCE_HINT = "or pass --force to run it anyway"
 
 
-def check_bounds(cfg: Any, settings: Any = None, *, img_size: int | None = None, force: bool = False) -> None:
+def check_bounds(
+    cfg: ConformerConfig,
+    settings: ProfileSettings | FinetuneSettings | SpeedSettings | None = None,
+    *,
+    img_size: int | None = None,
+    force: bool = False,
+) -> None:
     """Refuse ``cfg`` (a ConformerConfig) past the sanity bounds, with one line naming the fix.
 
     ``settings`` (ProfileSettings, FinetuneSettings or SpeedSettings, or ``None``) gives the image size and
@@ -40,7 +53,7 @@ def check_bounds(cfg: Any, settings: Any = None, *, img_size: int | None = None,
         check_input_memory(cfg.in_chans, batch, size)
 
 
-def _check_structure(cfg: Any) -> None:
+def _check_structure(cfg: ConformerConfig) -> None:
     """O(1) bounds on how many blocks the config builds."""
     if cfg.depth > DEPTH_LIMIT:
         raise BenchError(
@@ -56,7 +69,7 @@ def _check_structure(cfg: Any) -> None:
         )
 
 
-def _check_costs(cfg: Any, img_size: int) -> None:
+def _check_costs(cfg: ConformerConfig, img_size: int) -> None:
     """Parameters and MACs per image, in closed form (microseconds once the structure is bounded)."""
     from .flops import costs_of
 

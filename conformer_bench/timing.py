@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .records import PhaseTiming, ReferenceTiming
+from .records.speed import LatencySummary
 from .stats import summarize
 
 ProgressFn = Callable[[int, int], None]  # (iterations done, iterations planned)
@@ -209,13 +210,13 @@ def measure(
         samples, reference_s = timer.run_paired(step, reference.step, iters, progress)
     else:
         samples = timer.run(step, iters, progress)
-    summary = summarize(samples)
+    summary = LatencySummary.from_dict(summarize(samples))
     joules = energy.joules if energy else None
     paired: dict[str, Any] = {}
     if reference is not None and reference_s is not None:
         paired = _paired_fields(samples, reference_s, batch_size, reference)
     return PhaseTiming(
-        img_per_s=batch_size / summary["median"],
+        img_per_s=batch_size / summary.median,
         batch_size=batch_size,
         requested_batch_size=requested_batch_size if requested_batch_size is not None else batch_size,
         iters=iters,
@@ -223,9 +224,17 @@ def measure(
         budget_s=budget_s if auto else None,
         warmup=warmup,
         warmup_s=warmup_s,
-        latency_s={k: summary[k] for k in ("median", "p90", "p99", "iqr", "mean", "min", "max")},
-        iqr_over_median=summary["iqr_over_median"],
-        noisy=summary["noisy"],
+        latency_s={
+            "median": summary.median,
+            "p90": summary.p90,
+            "p99": summary.p99,
+            "iqr": summary.iqr,
+            "mean": summary.mean,
+            "min": summary.min,
+            "max": summary.max,
+        },
+        iqr_over_median=summary.iqr_over_median,
+        noisy=summary.noisy,
         samples_s=samples,
         timer=timer.name,
         energy=energy,

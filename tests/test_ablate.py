@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from conformer_bench.ablate.dry_run import finetune_budget
 from conformer_bench.ablate.experiment import load_experiment
 from conformer_bench.ablate.plots import pareto_front
 from conformer_bench.ablate.runner import parse_shard, run_grid, shard_of
@@ -19,7 +20,7 @@ from conformer_bench.ablate.store import CellOutcome, load_records
 from conformer_bench.cli import app
 from conformer_bench.errors import BenchError
 from conformer_bench.formatting import TOGGLE_FIELDS
-from conformer_bench.records import FinetuneRecord, ProfileRecord, Status
+from conformer_bench.records import FinetuneRecord, FinetuneSettings, ProfileRecord, Status
 
 ROOT = Path(__file__).resolve().parent.parent
 EXP = Path(__file__).parent / "fixtures" / "experiments"
@@ -163,6 +164,12 @@ def test_dry_run_lists_cells_with_costs(tmp_path: Path) -> None:
     assert f"{params / 1e6:.3f}" in result.output
     assert "digits, 3 steps, seeds [0, 1]" in result.output
     assert not out.exists(), "a dry run writes nothing"
+
+
+def test_finetune_budget_is_steps_else_epochs() -> None:
+    assert finetune_budget(FinetuneSettings(steps=3)) == "3 steps"
+    assert finetune_budget(FinetuneSettings(epochs=2)) == "2 epochs"
+    assert finetune_budget(FinetuneSettings()) == "default epochs"
 
 
 def test_profile_mode_override_applies_to_every_cell(tmp_path: Path) -> None:

@@ -28,8 +28,9 @@ from conformer_bench.ablate.experiment import load_experiment
 from conformer_bench.ablate.store import ResultStore
 from conformer_bench.cli import app
 from conformer_bench.records import CellRecord, FinetuneRecord, ProfileRecord
+from conformer_bench.records.finetune import DEFAULT_BATCH_SIZE
 from conformer_bench.search.cells import cell_outcome
-from conformer_bench.search.front import SearchRecord, front_markdown, trials_csv
+from conformer_bench.search.front import SearchRecord, describe, front_markdown, trials_csv
 from conformer_bench.search.spec import load_search
 
 FIXTURES = Path(__file__).parent / "fixtures" / "experiments"
@@ -260,6 +261,19 @@ def test_committed_searches_read_back_into_their_tables(path: Path) -> None:
     frame = conformer_bench.to_frame(conformer_bench.read(path))
     pd.testing.assert_frame_equal(frame, pd.read_csv(folder / "trials.csv"))
     assert list(frame["trial"]) == [t.number for t in record.trials]
+
+
+def test_the_front_names_the_fine_tune_its_trials_ran(tmp_path: Path) -> None:
+    """The fine-tune line reads the base cell's settings: a batch the file leaves out is the default one."""
+    folder = COMMITTED[0].parent
+    record = _record(folder)
+    source = ROOT / "experiments" / "search_micro.toml"
+    spec = load_search(_edited(tmp_path, "steps = 100\nbatch_size = 32\n", "", source), output_dir=folder)
+    (line,) = [line for line in describe(spec, record) if line.startswith("top-1:")]
+    assert (
+        line
+        == f"top-1: fine-tuned from scratch on digits, default epochs, batch {DEFAULT_BATCH_SIZE}, seeds [0, 1] (mean)"
+    )
 
 
 def test_trials_csv_has_a_column_for_a_constraint_only_later_trials_carry() -> None:

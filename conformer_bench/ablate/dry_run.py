@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..records import CellRecord
+from ..records import CellRecord, FinetuneSettings
 from .experiment import Cell, Experiment
 
 COLUMNS = (
@@ -42,17 +42,21 @@ def _state(old: CellRecord | None, cell: Cell, finetune: bool, resume: bool) -> 
     return f"{old.status}, settings changed (reruns)"
 
 
+def finetune_budget(ft: FinetuneSettings) -> str:
+    """How long a fine-tune runs, as the plan shows it: its steps, else its epochs."""
+    return f"{ft.steps} steps" if ft.steps else f"{ft.epochs if ft.epochs is not None else 'default'} epochs"
+
+
 def _text_columns(
     exp: Experiment, cell: Cell, finetune: bool, resume: bool, existing: dict[str, CellRecord]
 ) -> dict[str, str]:
     """Every column but the counts (cheap: no config is counted here)."""
-    img = int(cell.profile.get("img_size", 224))
     prof = cell.profile_settings()
+    img = prof.img_size
     ft_text = "—"
     if finetune and cell.finetune is not None:
-        ft = cell.finetune
-        budget = f"{ft['steps']} steps" if ft.get("steps") else f"{ft.get('epochs', 'default')} epochs"
-        ft_text = f"{ft.get('dataset', 'digits')}, {budget}, seeds {list(cell.seeds)}"
+        ft = FinetuneSettings(**cell.finetune)
+        ft_text = f"{ft.dataset}, {finetune_budget(ft)}, seeds {list(cell.seeds)}"
     return {
         "#": str(cell.index),
         "Cell": cell.label + (" (base)" if cell.label == exp.base_label else ""),
@@ -67,7 +71,7 @@ def _text_columns(
 def _count_columns(cell: Cell) -> dict[str, str]:
     from ..flops import costs_of
 
-    costs = costs_of(cell.config, int(cell.profile.get("img_size", 224)))
+    costs = costs_of(cell.config, cell.profile_settings().img_size)
     return {"Params (M)": f"{costs.params.total / 1e6:.3f}", "GMACs": f"{costs.paper_macs / 1e9:.4g}"}
 
 

@@ -12,9 +12,12 @@ import json
 import os
 import time
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
+
     from .experiment import Cell
 
 
@@ -90,7 +93,7 @@ def relay_lines(buffer: bytes, progress: CellProgress) -> bytes:
 
 
 class _CellBar:
-    def __init__(self, progress: Any, task: Any, label: str) -> None:
+    def __init__(self, progress: Progress, task: TaskID, label: str) -> None:
         self._progress = progress
         self._task = task
         self._label = label
@@ -104,7 +107,7 @@ class _CellBar:
 class RichGridProgress:
     """A ``GridProgress`` on a rich console (stderr by default), used as a context manager."""
 
-    def __init__(self, total: int, *, rank: int = 0, world: int = 1, console: Any = None) -> None:
+    def __init__(self, total: int, *, rank: int = 0, world: int = 1, console: Console | None = None) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

@@ -27,6 +27,7 @@ from ..readers import typed_record
 from ..records import (
     KINDS,
     ABRecord,
+    Environment,
     FinetuneRecord,
     PairedCell,
     ProfileRecord,
@@ -141,7 +142,7 @@ def metric_set_results(metrics: MetricSet, cell: str | None = None) -> list[Resu
 # --- one reader per record kind -------------------------------------------------------------------------------
 
 
-def _json(record: Any) -> dict[str, Any]:
+def _json(record: Record | Mapping[str, Any]) -> dict[str, Any]:
     """A record as its file holds it (what the store keeps and what a run's key is computed from)."""
     return record.to_dict() if isinstance(record, Record) else dict(record)
 
@@ -155,24 +156,24 @@ def _context(record: ProfileRecord | FinetuneRecord | SpeedRecord) -> str | None
     return config_digest(record.variant.config if record.variant is not None else None)
 
 
-def _environment(record: ProfileRecord | FinetuneRecord | SpeedRecord, source: str) -> dict[str, Any]:
+def _environment(record: ProfileRecord | FinetuneRecord | SpeedRecord, source: str) -> Environment:
     if record.environment is None:
         raise BenchError(
             f"{source}: the record has no environment object; regenerate it with conformer-bench"
         )
-    return record.environment.to_dict()
+    return record.environment
 
 
 def _single(
     kind: str, record: SchemaRecord, source: str, revs: Revisions, results: list[Result],
-    environment: Mapping[str, Any], experiment: str,
+    environment: Environment, experiment: str,
 ) -> RunEntry:  # fmt: skip
     data = record.to_dict()
     return RunEntry(
         kind=kind,
         key=digest({"kind": kind, "record": data}, 32),
-        revision=revs.of(environment.get("commit"), source),
-        machine=Machine.of(environment),
+        revision=revs.of(environment.commit, source),
+        machine=Machine.of(environment.to_dict()),
         experiment=experiment,
         source=source,
         parts={"": data},
@@ -196,7 +197,7 @@ def _finetune(record: FinetuneRecord, source: str, revs: Revisions) -> list[RunE
     return [_single("finetune", record, source, revs, results, env, _label(record))]
 
 
-def cell_entry(record: Any, source: str, revs: Revisions) -> RunEntry:
+def cell_entry(record: Record | Mapping[str, Any], source: str, revs: Revisions) -> RunEntry:
     """One ablation cell record (as the results store gives it): its profile and fine-tune metrics under the
     cell's label."""
     cell = cell_view(record, source)
@@ -208,11 +209,12 @@ def cell_entry(record: Any, source: str, revs: Revisions) -> RunEntry:
             f"{source}: cell {cell.label!r} has no environment; regenerate it with `conformer-bench ablate`"
         )
     data = _json(record)
+    environment = Environment.from_dict(env)
     return RunEntry(
         kind="ablate",
         key=digest({"kind": "ablate", "record": data}, 32),
-        revision=revs.of(env.get("commit"), f"{source} cell {cell.label!r}"),
-        machine=Machine.of(env),
+        revision=revs.of(environment.commit, f"{source} cell {cell.label!r}"),
+        machine=Machine.of(environment.to_dict()),
         experiment=cell.experiment,
         source=source,
         parts={"": data},
@@ -258,12 +260,10 @@ def _count(value: Any, where: str, source: str) -> int:
 
 
 def _speedup(path: SpeedPath) -> tuple[Any, Any, Any]:
-    """(ratio, low, high) of a path's speed-up over plain: a typed speed-up, or the JSON object of one."""
+    """(ratio, low, high) of a path's speed-up over plain, as read (checked by the caller)."""
     speedup = path.speedup_vs_plain
     if speedup is None:
         return None, None, None
-    if isinstance(speedup, Mapping):
-        return speedup.get("ratio"), speedup.get("low"), speedup.get("high")
     return speedup.ratio, speedup.low, speedup.high
 
 
@@ -321,7 +321,8 @@ def _report(record: ReportRecord, source: str, revs: Revisions) -> list[RunEntry
         results.append(
             Result(cell, name, value, str(row.unit or ""), str(row.direction), str(row.kind), n=n)
         )  # fmt: skip
-    return [_single("report", record, source, revs, results, current.environment, str(current.source or ""))]
+    env = Environment.from_dict(current.environment)
+    return [_single("report", record, source, revs, results, env, str(current.source or ""))]
 
 
 # --- paired runs: an A/B record, a backfill's revision against its anchor -------------------------------------

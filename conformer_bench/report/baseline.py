@@ -9,6 +9,7 @@ from pathlib import Path
 from .. import __version__
 from ..errors import BenchError
 from ..files import check_outputs_apart, check_writable, write_json
+from ..records import Environment
 from ..records.baseline import BASELINE_SCHEMA, BaselineEvent, BaselineRecord, measured_revision
 from .metrics import MetricSet, input_files, load_metrics, read_input
 
@@ -27,7 +28,7 @@ def _now() -> str:
 
 
 def _event(action: str, metrics: MetricSet, names: list[str]) -> BaselineEvent:
-    commit = metrics.environment.get("commit")
+    commit = Environment.from_dict(metrics.environment).commit
     return BaselineEvent(action, _now(), metrics.source, commit, len(names), __version__)
 
 
@@ -64,7 +65,7 @@ def read_baseline(path: str | Path) -> BaselineRecord:
 
 def _check_clean(metrics: MetricSet, allow_dirty: bool) -> None:
     """A baseline is a reference: refuse results measured on uncommitted code unless asked."""
-    commit = metrics.environment.get("commit")
+    commit = Environment.from_dict(metrics.environment).commit
     if not allow_dirty and isinstance(commit, str) and commit.endswith("+dirty"):
         raise BenchError(
             f"{metrics.source} was measured on uncommitted changes (commit {commit}); commit them and measure "

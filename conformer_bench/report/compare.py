@@ -21,6 +21,7 @@ from ..env import TIMING_KEYS
 from ..errors import BenchError
 from ..records.baseline import MAGNITUDE_LIMIT
 from ..records.report import ReportRow
+from ..records.speed import LatencySummary
 from ..stats import bootstrap_ratio, mann_whitney_p, summarize
 from .metrics import Metric, MetricSet
 from .thresholds import MetricSpec, Thresholds
@@ -134,10 +135,10 @@ def _spread(samples: tuple[float, ...]) -> tuple[float, float]:
     """(IQR/median, coefficient of variation); zeros for fewer than three samples."""
     if len(samples) < 3:
         return 0.0, 0.0
-    summary = summarize(samples)
-    mean = summary["mean"]
+    summary = LatencySummary.from_dict(summarize(samples))
+    mean = summary.mean
     cv = float(np.std(samples, ddof=1)) / mean if mean > 0 else math.inf
-    return summary["iqr_over_median"], cv
+    return summary.iqr_over_median, cv
 
 
 def _ratio_interval(cur: tuple[float, ...], base: tuple[float, ...], spec: MetricSpec) -> tuple[float, float]:

@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from conformer import get_config, list_models
 
+from ..ablate.dry_run import finetune_budget
 from ..ablate.experiment import effective_config
 from ..ablate.summary import changes_text
 from ..files import atomic_write_text, dumps_json
-from ..records import Environment, SearchRecord, TrialRecord
+from ..records import Environment, FinetuneSettings, SearchRecord, TrialRecord
 from ..tables import Column, Table, fmt_giga, fmt_int, fmt_mib
 from .metrics import METRICS, Metric
 from .spec import SearchSpec, decode, trial_label
@@ -242,10 +243,9 @@ def describe(spec: SearchSpec, record: SearchRecord) -> list[str]:
     for c in spec.constraints:
         lines.append(f"constraint {c.text}: {c.metric.counts}")
     if spec.plan.finetune and spec.base.finetune:
-        ft = spec.base.finetune
-        budget = f"{ft['steps']} steps" if ft.get("steps") else f"{ft.get('epochs', 'default')} epochs"
+        ft = FinetuneSettings(**spec.base.finetune)
         lines.append(
-            f"top-1: fine-tuned from scratch on {ft.get('dataset', 'digits')}, {budget}, batch {ft.get('batch_size')}, "
+            f"top-1: fine-tuned from scratch on {ft.dataset}, {finetune_budget(ft)}, batch {ft.batch_size}, "
             f"seeds {list(spec.base.seeds)} (mean)"
         )
     if record.base is not None:
