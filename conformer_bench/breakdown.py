@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +40,8 @@ from .costs import PAPER_OPERATORS
 from .errors import BenchError
 from .files import atomic_write_text, loads_json, read_in_folder
 from .flops import SDPA_OP, _cache_folder, _tool_fingerprint, costs_of, sdpa_flop_jit
-from .records import Record
+from .records import Status
+from .records.breakdown import Breakdown, BreakdownCeiling, BreakdownOverhead, ComponentTime
 
 if TYPE_CHECKING:
     import torch
@@ -129,50 +131,7 @@ def breakdown_unavailable(backend: str, path: str) -> str | None:
     return None
 
 
-# --- records ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ComponentTime(Record):
-    """One component's share of a forward."""
-
-    OPTIONAL = frozenset({"gflop_s", "ceiling_share"})
-
-    seconds: float  # median over rounds
-    samples_s: list[float]
-    share_of_forward: float  # of the median uninstrumented forward
-    paper_macs_per_image: int
-    share_of_macs: float
-    gflop_s: float | None = None
-    ceiling_share: float | None = None
-
-
-@dataclass
-class Breakdown(Record):
-    """The time by component of one runner (a ``breakdown`` entry of a speed path or a profile)."""
-
-    status: str  # ok | unsupported
-    reason: str | None
-    device: str
-    batch_size: int
-    rounds: int
-    timer: str
-    what: str
-    components: dict[str, ComponentTime]
-    forward_s: float  # median uninstrumented forward
-    forward_samples_s: list[float]
-    instrumented_s: float
-    instrumented_samples_s: list[float]
-    overhead: dict[str, float]  # instrumented / uninstrumented - 1, with a 95 % bootstrap interval
-    hook_calls: int  # hooked module calls per forward
-    hook_cost_s: float  # calibrated cost of one pre + post hook pair
-    sum_s: float  # components + the rest
-    unattributed_s: float  # forward - sum (signed)
-    unattributed_share: float
-    within_tolerance: bool
-    tolerance: float
-    paper_macs_per_image: int
-    ceiling: dict[str, Any] = field(default_factory=dict)  # precision, gflop_s, op
+# --- settings ---------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -285,15 +244,15 @@ def measure_breakdown(
     x: Any,
     settings: BreakdownSettings,
     macs: dict[str, int],
-    ceiling: dict[str, Any] | None,
+    ceiling: BreakdownCeiling | None,
     *,
     model: Any = None,
 ) -> Breakdown:
     """Time ``run(x)`` uninstrumented and instrumented, interleaved, and split the forward by component.
 
     ``model`` holds the modules to hook when ``run`` is not itself a module (a plain model under autocast);
-    ``macs`` comes from :func:`component_macs`; ``ceiling`` is a speed ceiling record (``precision``,
-    ``gflop_s``) or ``None``. Call under ``torch.inference_mode()``.
+    ``macs`` comes from :func:`component_macs`; ``ceiling`` is the matmul rate of the run's precision or
+    ``None``. Call under ``torch.inference_mode()``.
     """
     import torch
 
@@ -336,7 +295,7 @@ def _summarise(
     cost: float,
     batch: int,
     macs: dict[str, int],
-    ceiling: dict[str, Any] | None,
+    ceiling: BreakdownCeiling | None,
     settings: BreakdownSettings,
 ) -> Breakdown:
     """Medians, shares, achieved rates and the sum-vs-forward check of the rounds' samples."""
@@ -356,12 +315,14 @@ def _summarise(
             paper_macs_per_image=comp_macs,
             share_of_macs=comp_macs / total_macs if total_macs else 0.0,
             gflop_s=rate,
-            ceiling_share=rate / ceiling["gflop_s"] if rate is not None and ceiling else None,
+            ceiling_share=rate / ceiling.gflop_s
+            if rate is not None and ceiling and ceiling.gflop_s
+            else None,
         )
     total = sum(c.seconds for c in components.values())
     unattributed = forward - total
     return Breakdown(
-        status="ok",
+        status=Status.OK,
         reason=None,
         device=settings.device,
         batch_size=batch,
@@ -373,12 +334,9 @@ def _summarise(
         forward_samples_s=plain_s,
         instrumented_s=float(np.median(inst_s)),
         instrumented_samples_s=inst_s,
-        overhead={
-            "ratio": overhead[0] - 1,
-            "low": overhead[1] - 1,
-            "high": overhead[2] - 1,
-            "confidence": 0.95,
-        },
+        overhead=BreakdownOverhead(
+            ratio=overhead[0] - 1, low=overhead[1] - 1, high=overhead[2] - 1, confidence=0.95
+        ),
         hook_calls=calls,
         hook_cost_s=cost,
         sum_s=total,
@@ -387,7 +345,7 @@ def _summarise(
         within_tolerance=abs(unattributed) <= TOLERANCE * forward,
         tolerance=TOLERANCE,
         paper_macs_per_image=total_macs,
-        ceiling={k: ceiling[k] for k in ("precision", "gflop_s", "op") if k in ceiling} if ceiling else {},
+        ceiling=ceiling or BreakdownCeiling(),
     )
 
 
@@ -463,17 +421,18 @@ def _count_component_macs(model: Conformer, img_size: int) -> dict[str, int]:
 COLUMNS = ("component", "ms (median)", "share of forward", "share of MACs", "GFLOP/s", "of ceiling")
 
 
-def _typed(breakdown: Breakdown | dict[str, Any]) -> Breakdown:
-    """A breakdown as a record (a record's ``breakdown`` field holds its JSON)."""
-    return breakdown if isinstance(breakdown, Breakdown) else Breakdown.from_dict(breakdown)
+def _s(value: float | None) -> float:
+    """A measured number of an ok breakdown (NaN where a partial record lacks it)."""
+    return math.nan if value is None else value
 
 
-def rows(breakdown: Breakdown | dict[str, Any]) -> list[list[str]]:
+def rows(b: Breakdown) -> list[list[str]]:
     """Table rows of a breakdown: one per component, then the sum, the forward and the overhead."""
-    b = _typed(breakdown)
     out = []
+    components = b.components or {}
+    forward, total, tolerance = _s(b.forward_s), _s(b.sum_s), _s(b.tolerance)
     for comp in ROWS:
-        c = b.components[comp]
+        c = components[comp]
         out.append([
             LABELS[comp],
             f"{1e3 * c.seconds:.2f}",
@@ -485,49 +444,49 @@ def rows(breakdown: Breakdown | dict[str, Any]) -> list[list[str]]:
     check = "ok" if b.within_tolerance else "past"
     out.append([
         "sum",
-        f"{1e3 * b.sum_s:.2f}",
-        f"{100 * b.sum_s / b.forward_s:.1f} %",
+        f"{1e3 * total:.2f}",
+        f"{100 * total / forward:.1f} %",
         "100.0 %", "—", "—",
     ])  # fmt: skip
     out.append([
-        f"unattributed ({check} ±{100 * b.tolerance:.0f} %)",
-        f"{1e3 * b.unattributed_s:+.2f}",
-        f"{100 * b.unattributed_share:+.1f} %",
+        f"unattributed ({check} ±{100 * tolerance:.0f} %)",
+        f"{1e3 * _s(b.unattributed_s):+.2f}",
+        f"{100 * _s(b.unattributed_share):+.1f} %",
         "—", "—", "—",
     ])  # fmt: skip
-    out.append(["uninstrumented forward", f"{1e3 * b.forward_s:.2f}", "100.0 %", "—", "—", "—"])
+    out.append(["uninstrumented forward", f"{1e3 * forward:.2f}", "100.0 %", "—", "—", "—"])
     return out
 
 
 def _overhead(b: Breakdown) -> tuple[float, float, float]:
     """The overhead's ratio and 95 % interval (instrumented / uninstrumented - 1)."""
-    ratio, low, high = (b.overhead.get(k, float("nan")) for k in ("ratio", "low", "high"))
-    return ratio, low, high
+    o = b.overhead
+    return (o.ratio, o.low, o.high) if o is not None else (math.nan, math.nan, math.nan)
 
 
-def note(breakdown: Breakdown | dict[str, Any]) -> str:
+def note(b: Breakdown) -> str:
     """One line: the instrumentation's overhead and the hook calibration."""
-    b = _typed(breakdown)
     ratio, low, high = _overhead(b)
+    calls, cost = b.hook_calls or 0, _s(b.hook_cost_s)
     return (
-        f"instrumented forward {1e3 * b.instrumented_s:.2f} ms vs {1e3 * b.forward_s:.2f} ms "
+        f"instrumented forward {1e3 * _s(b.instrumented_s):.2f} ms vs {1e3 * _s(b.forward_s):.2f} ms "
         f"uninstrumented: overhead {100 * ratio:+.1f} % [{100 * low:+.1f}, {100 * high:+.1f}] "
-        f"(95 % CI, {b.rounds} interleaved rounds); {b.hook_calls} hooked calls x "
-        f"{1e6 * b.hook_cost_s:.1f} µs calibrated = {1e3 * b.hook_calls * b.hook_cost_s:.2f} ms, "
+        f"(95 % CI, {b.rounds} interleaved rounds); {calls} hooked calls x "
+        f"{1e6 * cost:.1f} µs calibrated = {1e3 * calls * cost:.2f} ms, "
         "taken out of 'the rest'; without a breakdown no hook is registered"
     )
 
 
-def profile_rows(breakdown: Breakdown | dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
+def profile_rows(b: Breakdown | None) -> list[tuple[str, str, str, str]]:
     """The ``time by component`` rows of a profile table: (section, metric, value, what it counts)."""
-    if not breakdown:
+    if b is None or not b.ok:
         return []
-    b = _typed(breakdown)
     section = "time by component"
     out = []
-    precision = (b.ceiling or {}).get("precision")
+    precision = b.ceiling.precision if b.ceiling is not None else None
+    components = b.components or {}
     for comp in ROWS:
-        c = b.components[comp]
+        c = components[comp]
         rate = (
             f"; {c.gflop_s:.1f} GFLOP/s = {100 * c.ceiling_share:.1f} % of the {precision} matmul"
             if c.gflop_s is not None and c.ceiling_share is not None
@@ -543,9 +502,9 @@ def profile_rows(breakdown: Breakdown | dict[str, Any] | None) -> list[tuple[str
     out.append((
         section,
         "sum / forward",
-        f"{1e3 * b.sum_s:.2f} / {1e3 * b.forward_s:.2f} ms",
-        f"unattributed {1e3 * b.unattributed_s:+.2f} ms ({100 * b.unattributed_share:+.1f} %, "
-        f"{check} ±{100 * b.tolerance:.0f} %); batch {b.batch_size}, {b.timer}",
+        f"{1e3 * _s(b.sum_s):.2f} / {1e3 * _s(b.forward_s):.2f} ms",
+        f"unattributed {1e3 * _s(b.unattributed_s):+.2f} ms ({100 * _s(b.unattributed_share):+.1f} %, "
+        f"{check} ±{100 * _s(b.tolerance):.0f} %); batch {b.batch_size}, {b.timer}",
     ))  # fmt: skip
     out.append((section, "overhead", f"{100 * _overhead(b)[0]:+.1f} %", note(b)))
     return out

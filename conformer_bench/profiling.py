@@ -29,6 +29,7 @@ from .records import (
     Status,
     Variant,
 )
+from .records.breakdown import Breakdown, BreakdownCeiling
 from .steps import PATHS, autocast, heads_loss
 from .threads import threads
 
@@ -369,7 +370,7 @@ class PhaseResult:
     precision: str
     last_loss: float | None
     compile_s: float | None  # seconds of a compiled runner's first call
-    breakdown: dict[str, Any] | None = None  # infer with --breakdown: time by component
+    breakdown: Breakdown | None = None  # infer with --breakdown: time by component
 
 
 @dataclass
@@ -383,7 +384,7 @@ class _Phases:
     path_by_phase: dict[str, str] = field(default_factory=dict)
     precision_by_phase: dict[str, str] = field(default_factory=dict)
     compile_s: dict[str, float] = field(default_factory=dict)
-    breakdown: dict[str, Any] | None = None
+    breakdown: Breakdown | None = None
 
 
 class _BackendCannotRun(Exception):
@@ -648,7 +649,7 @@ def _run_phase(run: PhaseRun, batch: int) -> PhaseResult:
     return PhaseResult(timed, mem.measured, finite, precision, last_loss, first_call_s, breakdown)
 
 
-def _breakdown(run: PhaseRun, runner: Any, batch: int, cl: bool, dtype: torch.dtype | None) -> dict[str, Any]:
+def _breakdown(run: PhaseRun, runner: Any, batch: int, cl: bool, dtype: torch.dtype | None) -> Breakdown:
     """Time by component of the inference runner, beside a matmul ceiling in the phase's precision."""
     import torch
 
@@ -666,13 +667,12 @@ def _breakdown(run: PhaseRun, runner: Any, batch: int, cl: bool, dtype: torch.dt
 
     macs = component_macs(run.model, run.settings.img_size)
     with torch.inference_mode():
-        result = measure_breakdown(
+        return measure_breakdown(
             forward, x, BreakdownSettings(device=run.device), macs, ceiling, model=runner
         )
-    return result.to_dict()
 
 
-def _matmul_ceiling(precision: str, device: str, n: int = 2048, calls: int = 5) -> dict[str, Any]:
+def _matmul_ceiling(precision: str, device: str, n: int = 2048, calls: int = 5) -> BreakdownCeiling:
     """The rate of an n x n matmul in ``precision`` (median of ``calls``), the breakdown's ceiling."""
     import torch
 
@@ -683,11 +683,9 @@ def _matmul_ceiling(precision: str, device: str, n: int = 2048, calls: int = 5) 
     timed = timing.synced_timer(device)
     timed(lambda: torch.mm(a, b))
     seconds = statistics.median(timed(lambda: torch.mm(a, b)) for _ in range(calls))
-    return {
-        "precision": precision,
-        "op": f"torch.mm {precision} {n}x{n} @ {n}x{n}",
-        "gflop_s": 2 * n**3 / seconds / 1e9,
-    }
+    return BreakdownCeiling(
+        precision=precision, gflop_s=2 * n**3 / seconds / 1e9, op=f"torch.mm {precision} {n}x{n} @ {n}x{n}"
+    )
 
 
 def _build_runner(

@@ -31,6 +31,7 @@ from .formatting import render_rows_md
 from .lists import comma_items
 from .precision import PRECISIONS, PrecisionSupport, precision_support
 from .records import Environment, FlopCounts, SpeedPath, SpeedRecord, Status, Variant
+from .records.breakdown import Breakdown, BreakdownCeiling
 from .records.speed import (
     Ceiling,
     EvaluationSet,
@@ -421,12 +422,12 @@ def _breakdowns(
             continue
         why_not = breakdown_mod.breakdown_unavailable(entry.backend or EAGER, entry.path)
         if why_not is not None:
-            entry.breakdown = {"status": "unsupported", "reason": why_not}
+            entry.breakdown = Breakdown(status=Status.UNSUPPORTED, reason=why_not)
             continue
         report(f"time by component: {name}", 0.95)
-        ceiling = ceilings[entry.precision].to_dict()
-        result = breakdown_mod.measure_breakdown(runners[name], x, bd, macs, ceiling, model=plain)
-        entry.breakdown = result.to_dict()
+        c = ceilings[entry.precision]
+        ceiling = BreakdownCeiling(precision=c.precision, gflop_s=c.gflop_s, op=c.op)
+        entry.breakdown = breakdown_mod.measure_breakdown(runners[name], x, bd, macs, ceiling, model=plain)
 
 
 def _executed_macs(plain: Conformer, settings: SpeedSettings, paper_macs: int) -> int:
@@ -735,12 +736,12 @@ def _breakdown_sections(record: SpeedRecord, fmt: str) -> list[str]:
     sections = []
     for name, e in record.paths.items():
         bd = e.breakdown
-        if not bd:
+        if bd is None:
             continue
-        if bd["status"] != "ok":
-            sections.append(f"time by component of {name}: {bd['status']} ({bd['reason']})")
+        if not bd.ok:
+            sections.append(f"time by component of {name}: {bd.status} ({bd.reason})")
             continue
-        title = f"time by component of {name} (batch {bd['batch_size']}, {bd['device']}, {bd['timer']}):"
+        title = f"time by component of {name} (batch {bd.batch_size}, {bd.device}, {bd.timer}):"
         body = breakdown_mod.rows(bd)
         if fmt == "md":
             table = render_rows_md(breakdown_mod.COLUMNS, body)

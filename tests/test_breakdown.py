@@ -4,6 +4,7 @@ the figures add up, and the sum-vs-forward check fires on what it claims to catc
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,8 +24,13 @@ from conformer_bench.breakdown import (
     component_macs,
     component_modules,
     measure_breakdown,
+    note,
+    profile_rows,
+    rows,
 )
 from conformer_bench.cli import app
+from conformer_bench.records import Status
+from conformer_bench.records.breakdown import Breakdown, BreakdownCeiling, ComponentTime
 
 runner = CliRunner()
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -92,20 +98,22 @@ def test_a_breakdown_of_each_eager_path_is_complete_and_consistent(path: str) ->
     if path != "plain":
         run = optimize_for_inference(model, dtype=torch.bfloat16 if path.endswith("bf16") else None)
     macs = component_macs(model, 32)
-    ceiling = {"precision": "fp32", "gflop_s": 100.0, "op": "test"}
+    ceiling = BreakdownCeiling(precision="fp32", gflop_s=100.0, op="test")
     with torch.inference_mode():
-        result = measure_breakdown(run, torch.randn(2, 3, 32, 32), BreakdownSettings(rounds=3), macs, ceiling)
-    d = json.loads(json.dumps(result.to_dict()))
-    assert d["status"] == "ok" and list(d["components"]) == list(ROWS)
-    comps = d["components"]
-    assert all(comps[c]["seconds"] > 0 for c in COMPONENTS)
-    assert d["sum_s"] == pytest.approx(sum(c["seconds"] for c in comps.values()))
-    assert d["unattributed_s"] == pytest.approx(d["forward_s"] - d["sum_s"])
-    assert sum(c["share_of_macs"] for c in comps.values()) == pytest.approx(1.0)
-    assert comps["cnn"]["gflop_s"] == pytest.approx(2 * macs["cnn"] * 2 / comps["cnn"]["seconds"] / 1e9)
-    assert comps["cnn"]["ceiling_share"] == pytest.approx(comps["cnn"]["gflop_s"] / 100.0)
-    assert len(d["forward_samples_s"]) == len(d["instrumented_samples_s"]) == 3
-    assert d["hook_calls"] > 0 and d["hook_cost_s"] >= 0
+        b = measure_breakdown(run, torch.randn(2, 3, 32, 32), BreakdownSettings(rounds=3), macs, ceiling)
+    assert b.status is Status.OK and b.ok and list(b.components or {}) == list(ROWS)
+    comps = b.components or {}
+    assert all(comps[c].seconds > 0 for c in COMPONENTS)
+    assert b.sum_s == pytest.approx(sum(c.seconds for c in comps.values()))
+    assert b.unattributed_s == pytest.approx((b.forward_s or 0) - (b.sum_s or 0))
+    assert sum(c.share_of_macs for c in comps.values()) == pytest.approx(1.0)
+    assert comps["cnn"].gflop_s == pytest.approx(2 * macs["cnn"] * 2 / comps["cnn"].seconds / 1e9)
+    assert comps["cnn"].ceiling_share == pytest.approx((comps["cnn"].gflop_s or 0) / 100.0)
+    assert len(b.forward_samples_s or []) == len(b.instrumented_samples_s or []) == 3
+    assert (b.hook_calls or 0) > 0 and (b.hook_cost_s or 0) >= 0
+    d = json.loads(json.dumps(b.to_dict()))
+    assert d["status"] == "ok" and d["ceiling"] == {"precision": "fp32", "gflop_s": 100.0, "op": "test"}
+    assert Breakdown.from_dict(d).to_dict() == d
     assert _no_hooks(run) and _no_hooks(model)
 
 
@@ -145,3 +153,57 @@ def test_profile_and_speed_show_the_breakdown() -> None:
     assert result.exit_code == 2 and "torch.compile" in result.stderr
     plain = runner.invoke(app, [*args, "-f", "json"])
     assert "breakdown" not in json.loads(plain.stdout), "no breakdown unless asked for"
+
+
+def test_a_breakdown_without_a_ceiling_or_measurement_writes_what_it_always_wrote() -> None:
+    rounds = _fake_rounds(0.0)
+    macs = dict.fromkeys(ROWS, 1000)
+    b = _summarise(
+        rounds["per_comp"], rounds["plain_s"], rounds["inst_s"], (1.1, 1.0, 1.2), 10, 0.0, 2, macs, None,
+        BreakdownSettings(),
+    )  # fmt: skip
+    d = b.to_dict()
+    assert d["ceiling"] == {} and d["overhead"]["ratio"] == pytest.approx(0.1)
+    assert "gflop_s" in d["components"]["cnn"] and "ceiling_share" not in d["components"]["cnn"]
+    unsupported = Breakdown(status=Status.UNSUPPORTED, reason="one graph")
+    assert unsupported.to_dict() == {"status": "unsupported", "reason": "one graph"}
+    assert not unsupported.ok and profile_rows(unsupported) == []
+
+
+def _committed_breakdowns() -> list[dict[str, Any]]:
+    """Every ``breakdown`` object in the committed records (profiles in cells, speed paths)."""
+    root = Path(__file__).resolve().parents[1] / "results"
+    found: list[dict[str, Any]] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for key, v in value.items():
+                if key == "breakdown" and isinstance(v, dict):
+                    found.append(v)
+                else:
+                    walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+
+    for path in sorted(root.rglob("*.json")):
+        walk(json.loads(path.read_text()))
+    for path in sorted(root.rglob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            if line.strip():
+                walk(json.loads(line))
+    return found
+
+
+def test_every_committed_breakdown_reads_typed_and_writes_back_the_same() -> None:
+    found = _committed_breakdowns()
+    assert any(d.get("status") == "ok" for d in found) and any(
+        d.get("status") == "unsupported" for d in found
+    )
+    for d in found:
+        b = Breakdown.from_dict(d)
+        assert json.dumps(b.to_dict()) == json.dumps(d)
+        if b.ok:
+            assert all(isinstance(b.component(c), ComponentTime) for c in ROWS)
+            assert b.overhead is not None and b.ceiling is not None and b.ceiling.precision
+            assert rows(b)[-1][0] == "uninstrumented forward" and "overhead" in note(b)

@@ -309,3 +309,23 @@ def test_speed_writes_latex_on_stdout_and_to_a_tex_file(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("\\begin{tabular}") and "plain & fp32 & ok" in result.stdout
     assert tex.read_text().startswith("\\begin{tabular}") and "95\\% CI" in tex.read_text()
+
+
+def test_committed_breakdowns_read_typed_and_render_per_path() -> None:
+    """A speed path's time by component reads as a typed record; md shows a table per measured path and one
+    line per path that cannot have one."""
+    from conformer_bench.records.breakdown import Breakdown
+    from conformer_bench.speed import render
+
+    timed = [p for p in _committed_speed_files() if '"breakdown": {' in p.read_text()]
+    assert timed
+    for path in timed:
+        record = SpeedRecord.from_dict(json.loads(path.read_text()))
+        entries = {n: e.breakdown for n, e in record.paths.items() if e.breakdown is not None}
+        assert all(isinstance(b, Breakdown) for b in entries.values())
+        md = render(record, "md")
+        for name, b in entries.items():
+            if b.ok:
+                assert f"time by component of {name} (batch {b.batch_size}, {b.device}" in md
+            else:
+                assert f"time by component of {name}: unsupported ({b.reason})" in md

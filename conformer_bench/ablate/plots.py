@@ -328,7 +328,7 @@ def _time_components_figure(rows: list[CellRow], records: list[CellRecord], titl
         bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
     ax.scatter(labels, [r.time_forward_ms for r in timed], marker="_", s=400, color="black", zorder=3,
                label="uninstrumented forward")  # fmt: skip
-    batch = _joined((r.profile.breakdown or {}).get("batch_size") for r in records if r.profile is not None)
+    batch = _joined(r.profile.breakdown.batch_size for r in records if r.profile and r.profile.breakdown)
     ax.set_ylabel(f"ms per forward (batch {batch}, {_img_sizes(records)} px), median over interleaved rounds")
     ax.set_title(
         f"{title}: inference time by component (module hooks; 'the rest' = outside the components)\n"

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ..breakdown import ROWS as TIME_PARTS
 from ..params import COMPONENTS
 from ..records import CellRecord, CpuPhaseMemory, CudaPhaseMemory, ProfiledPhase, Status
+from ..records.breakdown import Breakdown
 from ..tables import EMPTY, Column, Table
 from .rows import CellRow, PhaseRow, Top1
 
@@ -119,17 +120,15 @@ def row_of(record: CellRecord) -> CellRow:
     )
 
 
-def _time_by_component(
-    breakdown: dict[str, Any] | None,
-) -> tuple[dict[str, float], dict[str, float], float]:
+def _time_by_component(breakdown: Breakdown | None) -> tuple[dict[str, float], dict[str, float], float]:
     """Milliseconds and share of the forward per part of a profile's breakdown (nothing without one, so the
     summaries of grids run without ``breakdown`` keep their columns)."""
-    if not breakdown or breakdown.get("status") != "ok":
+    if breakdown is None or breakdown.status != Status.OK:
         return {}, {}, math.nan
-    parts = breakdown.get("components") or {}
-    ms = {p: 1e3 * _num((parts.get(p) or {}).get("seconds")) for p in TIME_PARTS}
-    share = {p: 100.0 * _num((parts.get(p) or {}).get("share_of_forward")) for p in TIME_PARTS}
-    return ms, share, 1e3 * _num(breakdown.get("forward_s"))
+    parts = {p: breakdown.component(p) for p in TIME_PARTS}
+    ms = {p: 1e3 * _num(c.seconds if c else None) for p, c in parts.items()}
+    share = {p: 100.0 * _num(c.share_of_forward if c else None) for p, c in parts.items()}
+    return ms, share, 1e3 * _num(breakdown.forward_s)
 
 
 # --- the columns, declared once -------------------------------------------------------------------------

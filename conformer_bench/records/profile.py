@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .base import Record, SchemaRecord, Status
+from .breakdown import Breakdown
 from .common import Environment, Variant
 from .energy import EnergyReading
 
@@ -191,7 +192,7 @@ class ProfileRecord(SchemaRecord):
     throughput: dict[str, ProfiledPhase] | None
     compile_s: dict[str, float] | None
     wall_s: float | None  # None only in a failed record
-    breakdown: dict[str, Any] | None = None  # --breakdown: time by component of inference
+    breakdown: Breakdown | None = None  # --breakdown: time by component of inference
 
     OPTIONAL = frozenset({"breakdown"})
     MEASURED = frozenset({"params", "flops", "memory", "throughput", "compile_s", "wall_s"})

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .base import Migration, Record, SchemaRecord, Status
+from .breakdown import Breakdown
 from .common import Environment, Variant
 
 SPEED_SCHEMA = "conformer-bench.speed"
@@ -214,7 +215,7 @@ class SpeedPath(Record):
     precision_name: str | None = None
     prepare_s: float | None = None  # export + session creation or compilation, before the first call
     export: ExportInfo | None = None  # the ONNX export a runtime ran
-    breakdown: dict[str, Any] | None = None  # time by component (conformer_bench.breakdown), when asked for
+    breakdown: Breakdown | None = None  # time by component, when asked for
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
