@@ -167,7 +167,7 @@ def test_threads_hold_for_a_profile_only() -> None:
     before = torch.get_num_threads()
     settings = ProfileSettings(device="cpu", mode="none", count_flops=False, threads=before + 1)
     record = profile_variant(conformer.get_config("nano"), settings)
-    assert record.settings["threads"] == before + 1 and torch.get_num_threads() == before
+    assert record.settings.threads == before + 1 and torch.get_num_threads() == before
 
 
 def test_status_is_written_as_its_string() -> None:
