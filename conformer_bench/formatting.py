@@ -31,6 +31,7 @@ from .records import (
     PhaseTiming,
     ProfiledPhase,
     ProfileRecord,
+    ProfileRunSettings,
     Status,
 )
 from .tables import Column, Table, fmt_giga, fmt_int, fmt_mib, fmt_ms, fmt_pct, md_escape
@@ -187,10 +188,6 @@ def _config(r: ProfileRecord) -> dict[str, Any]:
     return (r.variant.config if r.variant is not None else None) or {}
 
 
-def _setting(name: str) -> Callable[[ProfileRecord], Any]:
-    return lambda r: (r.settings or {}).get(name)
-
-
 def _toggle(name: str) -> Callable[[ProfileRecord], Any]:
     def get(r: ProfileRecord) -> Any:
         value = _config(r).get(name)
@@ -274,15 +271,15 @@ PROFILE_COLUMNS: tuple[Column[ProfileRecord], ...] = (
     *(Column(name, _toggle(name)) for name in TOGGLE_FIELDS),
     Column("status", _status, help="ok, oom, nan, failed or unsupported"),
     Column("reason", lambda r: r.reason),
-    Column("device", lambda r: _first(_env(r).device, _setting("device")(r))),
+    Column("device", lambda r: _first(_env(r).device, r.settings.device)),
     Column("device_name", lambda r: _env(r).device_name or _env(r).cpu_model),
-    Column("precision", _setting("precision")),
-    Column("threads", lambda r: _first(_env(r).threads, _setting("threads")(r))),
-    Column("path", _setting("path")),
-    Column("channels_last", _setting("channels_last")),
-    Column("mode", _setting("mode")),
-    Column("batch_size", _setting("batch_size")),
-    Column("img_size", _setting("img_size")),
+    Column("precision", lambda r: r.settings.precision),
+    Column("threads", lambda r: _first(_env(r).threads, r.settings.threads)),
+    Column("path", lambda r: r.settings.path),
+    Column("channels_last", lambda r: r.settings.channels_last),
+    Column("mode", lambda r: r.settings.mode),
+    Column("batch_size", lambda r: r.settings.batch_size),
+    Column("img_size", lambda r: r.settings.img_size),
     Column("params_total", _params(lambda p: p.total)),
     Column("params_trainable", _params(lambda p: p.trainable)),
     *(Column(f"params_{c}", _params(partial(_component_params, c))) for c in COMPONENTS),
@@ -340,7 +337,7 @@ def status_text(record: ProfileRecord) -> str:
         ]
         return f"ok (batch halved to {min(halved)})" if halved else "ok"
     if record.status == Status.OOM:
-        return f"oom at batch {_setting('batch_size')(record)}"
+        return f"oom at batch {record.settings.batch_size}"
     return f"{_status(record)}: {record.reason}"
 
 
@@ -352,9 +349,9 @@ def _peak_memory(r: ProfileRecord) -> int | None:
 SWEEP_COLUMNS: tuple[Column[ProfileRecord], ...] = (
     Column("variant", lambda r: r.variant.name if r.variant is not None else None),
     Column("config", lambda r: config_hash(_config(r))),
-    Column("batch", lambda r: _setting("batch_size")(r) or "auto"),
-    Column("img", _setting("img_size")),
-    Column("precision", _setting("precision")),
+    Column("batch", lambda r: r.settings.batch_size or "auto"),
+    Column("img", lambda r: r.settings.img_size),
+    Column("precision", lambda r: r.settings.precision),
     Column("status", status_text),
     Column("infer img/s", _timing("infer", lambda t: t.img_per_s), digits=2),
     Column("train img/s", _timing("train", lambda t: t.img_per_s), digits=2),
@@ -380,42 +377,41 @@ def sweep_table(records: Sequence[ProfileRecord]) -> Table[ProfileRecord]:
 ProfileRow = tuple[str, str, str, str]
 
 
-def _precision_note(settings: dict[str, Any], dtype: Any) -> str:
-    backend = settings.get("backend", "eager")
-    if backend != "eager":
-        return f"inference: {backend}'s own kernels, no autocast" + (
-            f"; training: autocast {dtype}" if dtype and settings.get("mode") in ("train", "both") else ""
+def _precision_note(settings: ProfileRunSettings) -> str:
+    dtype = settings.autocast_dtype
+    if settings.backend != "eager":
+        return f"inference: {settings.backend}'s own kernels, no autocast" + (
+            f"; training: autocast {dtype}" if dtype and settings.mode in ("train", "both") else ""
         )
     return f"autocast {dtype}" if dtype else "no autocast"
 
 
 def _run_rows(record: ProfileRecord) -> list[ProfileRow]:
     env = _env(record)
-    settings = record.settings or {}
-    precision = settings.get("precision", env.precision)
+    settings = record.settings
+    precision = settings.precision or env.precision
     threads_note = "torch intra-op threads" + (
-        f" (set by --threads {settings.get('threads')})" if env.threads_requested else " (torch default)"
+        f" (set by --threads {settings.threads})" if env.threads_requested else " (torch default)"
     )
     rows = [
         ("run", "status", _status(record), record.reason or ""),
         ("run", "device", str(env.device_name or env.device or "?"), f"{env.device}, torch {env.torch}"),
-        ("run", "precision", str(precision), _precision_note(settings, settings.get("autocast_dtype"))),
+        ("run", "precision", str(precision), _precision_note(settings)),
         ("run", "threads", str(env.threads), threads_note),
     ]
-    if settings.get("mode") != "none":
-        rows.append(("run", "batch", str(settings.get("batch_size")), "images per timed step (requested)"))
+    if settings.mode != "none":
+        rows.append(("run", "batch", str(settings.batch_size), "images per timed step (requested)"))
         rows.append(
             (
                 "run",
                 "path",
-                str(settings.get("path", "plain")),
-                "channels-last" if settings.get("channels_last") else "",
+                str(settings.path or "plain"),
+                "channels-last" if settings.channels_last else "",
             )
         )
-    backend = settings.get("backend", "eager")
-    if backend != "eager":
-        infer = (settings.get("precision_by_phase") or {}).get("infer", "")
-        rows.append(("run", "backend", str(backend), f"inference only (training stays eager): {infer}"))
+    if settings.backend != "eager":
+        infer = (settings.precision_by_phase or {}).get("infer", "")
+        rows.append(("run", "backend", settings.backend, f"inference only (training stays eager): {infer}"))
     return rows
 
 

@@ -26,6 +26,7 @@ from .records import (
     ProfiledPhase,
     ProfileMemory,
     ProfileRecord,
+    ProfileRunSettings,
     Status,
     Variant,
 )
@@ -467,17 +468,20 @@ def _profile(
 
     measured = _measure_phases(model, cfg, settings, device, dtype, batch, warmup, defaults, bar)
     achieved = [t.timing.batch_size for t in measured.throughput.values()]
-    resolved = {
-        **asdict(settings),
-        "device": device,
-        "batch_size": batch if phases else None,
-        "warmup": warmup if phases else None,
-        "threads": torch.get_num_threads(),
-        "autocast_dtype": str(dtype).replace("torch.", "") if dtype is not None else None,
-        "path_by_phase": measured.path_by_phase,
-        "precision_by_phase": measured.precision_by_phase,
-        "optimizer": _optimizer_note(device) if "train" in phases else None,
-    }
+    asked = asdict(settings)
+    asked.update(
+        device=device,
+        batch_size=batch if phases else None,
+        warmup=warmup if phases else None,
+        threads=torch.get_num_threads(),
+    )
+    resolved = ProfileRunSettings(
+        **asked,
+        autocast_dtype=str(dtype).replace("torch.", "") if dtype is not None else None,
+        path_by_phase=measured.path_by_phase,
+        precision_by_phase=measured.precision_by_phase,
+        optimizer=_optimizer_note(device) if "train" in phases else None,
+    )
     return ProfileRecord(
         status=measured.status,
         reason=measured.reason,

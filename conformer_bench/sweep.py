@@ -31,7 +31,15 @@ from .formatting import (
 )
 from .formatting import render as render_record
 from .lists import comma_items
-from .records import PROFILE_SCHEMA, Environment, FlopCounts, ProfileRecord, Status, Variant
+from .records import (
+    PROFILE_SCHEMA,
+    Environment,
+    FlopCounts,
+    ProfileRecord,
+    ProfileRunSettings,
+    Status,
+    Variant,
+)
 
 if TYPE_CHECKING:
     from conformer import ConformerConfig
@@ -171,7 +179,7 @@ def failed_record(point: Point, settings: ProfileSettings, exc: BaseException) -
         label=cfg.name,
         variant=Variant(name=cfg.name, label=cfg.name, config=cfg.to_dict()),
         environment=Environment.from_dict({}),  # nothing ran: no machine facts
-        settings=asdict(settings),
+        settings=ProfileRunSettings.from_dict(asdict(settings)),  # what was asked: nothing resolved
         params=None,
         flops=None,
         memory=None,
@@ -223,7 +231,7 @@ def run_sweep(
                 counted[key] = record.flops
             elif base.count_flops and key in counted:  # counted once at an earlier point of this sweep
                 record = replace(
-                    record, flops=counted[key], settings={**record.settings, "count_flops": True}
+                    record, flops=counted[key], settings=replace(record.settings, count_flops=True)
                 )
         records.append(record)
     return records

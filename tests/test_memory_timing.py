@@ -317,7 +317,7 @@ def test_profile_with_timing_reference_records_the_pairs() -> None:
     infer = record.throughput["infer"].timing
     assert len(infer.ref_ratio_samples) == 3 and infer.img_per_ref_gflop > 0
     assert infer.reference.flops == 2 * 256**3 * 8
-    assert record.settings["timing_reference"] is True
+    assert record.settings.timing_reference is True
 
 
 def test_timing_reference_on_cuda_is_refused_before_building() -> None:

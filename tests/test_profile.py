@@ -206,8 +206,8 @@ def test_bf16_autocast_is_recorded() -> None:
         channels_last=True,
     )
     record = profile_variant(conformer.get_config("nano"), settings)
-    assert record.settings["autocast_dtype"] == "bfloat16" and record.environment.precision == "amp"
-    assert record.settings["channels_last"] is True and record.status == Status.OK
+    assert record.settings.autocast_dtype == "bfloat16" and record.environment.precision == "amp"
+    assert record.settings.channels_last is True and record.status == Status.OK
 
 
 def test_heads_loss_averages_present_heads() -> None:
@@ -336,7 +336,7 @@ def test_optimized_bf16_runs_the_bf16_copy_and_records_precision(monkeypatch: py
     record = profile_variant(conformer.get_config("nano"), settings)
     assert record.status == Status.OK
     assert calls and calls[0]["dtype"] is torch.bfloat16 and calls[0]["fuse_pointwise"] is True
-    ran = record.settings["precision_by_phase"]["infer"]
+    ran = record.settings.precision_by_phase["infer"]
     assert ran.startswith("bf16 (optimize_for_inference dtype=bfloat16: fused oneDNN bf16 ops, fp32 heads")
     assert record.throughput["infer"].precision == ran
 
@@ -344,7 +344,7 @@ def test_optimized_bf16_runs_the_bf16_copy_and_records_precision(monkeypatch: py
     fp32 = profile_variant(
         conformer.get_config("nano"), ProfileSettings(**INFER_FAST, warmup=1, iters=2, path="optimized")
     )
-    assert calls[0]["fuse_pointwise"] is True and fp32.settings["precision_by_phase"] == {"infer": "fp32"}
+    assert calls[0]["fuse_pointwise"] is True and fp32.settings.precision_by_phase == {"infer": "fp32"}
 
 
 def test_bf16_profile_refused_on_a_cpu_without_bf16(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,6 +19,7 @@ from conformer_bench.records import (
     FinetuneRecord,
     PhaseTiming,
     ProfileRecord,
+    ProfileRunSettings,
     ReferenceTiming,
     SpeedPath,
     SpeedRecord,
@@ -167,7 +168,7 @@ def test_threads_hold_for_a_profile_only() -> None:
     before = torch.get_num_threads()
     settings = ProfileSettings(device="cpu", mode="none", count_flops=False, threads=before + 1)
     record = profile_variant(conformer.get_config("nano"), settings)
-    assert record.settings["threads"] == before + 1 and torch.get_num_threads() == before
+    assert record.settings.threads == before + 1 and torch.get_num_threads() == before
 
 
 def test_status_is_written_as_its_string() -> None:
@@ -192,6 +193,28 @@ def test_a_failed_sweep_point_reads_back_through_its_record() -> None:
     read = ProfileRecord.from_dict(record)
     assert read.status == "failed" and read.throughput is None and read.wall_s is None
     _round_trip(ProfileRecord, record)
+    # what was asked, as typed settings; the resolved keys (autocast, paths per phase) are not written
+    assert isinstance(typed.settings, ProfileRunSettings) and typed.settings.img_size == 224
+    assert list(record["settings"]) == list(vars(ProfileSettings()))
+
+
+_OLD_SETTINGS = {
+    "device": "cpu", "batch_size": 2, "img_size": 32, "mode": "infer", "precision": "bf16",
+    "channels_last": False, "threads": 2, "warmup": 1, "iters": None, "count_flops": True,
+    "cross_check": True, "path": "plain", "timing_reference": False, "autocast_dtype": "bfloat16",
+    "path_by_phase": {"infer": "plain"}, "precision_by_phase": {"infer": "bf16"}, "optimizer": None,
+}  # fmt: skip
+
+
+def test_profile_settings_from_before_backends_read_as_eager_and_write_back_as_read() -> None:
+    """Settings without ``backend``/``breakdown`` read as eager, no breakdown, and are written without them."""
+    read = ProfileRunSettings.from_dict(_OLD_SETTINGS)
+    assert read.backend == "eager" and read.breakdown is False and read.precision == "bf16"
+    assert read.precision_by_phase == {"infer": "bf16"} and read.iters is None
+    assert json.dumps(read.to_dict()) == json.dumps(_OLD_SETTINGS)
+    new = {**_OLD_SETTINGS, "backend": "onnxruntime", "future_key": 1}
+    assert ProfileRunSettings.from_dict(new).backend == "onnxruntime"
+    assert ProfileRunSettings.from_dict(new).to_dict() == new  # an unknown key survives
 
 
 def test_a_defaulted_field_a_file_lacked_stays_out_when_written_back() -> None:
@@ -209,3 +232,27 @@ def test_a_defaulted_field_a_file_lacked_stays_out_when_written_back() -> None:
     path = SpeedPath.from_dict(data)
     assert path.backend == "eager"
     assert path.to_dict() == data
+
+
+def test_a_sweep_point_that_reuses_counted_flops_says_they_were_counted() -> None:
+    """A later point of the same model and size takes the FLOPs counted before, and its settings say so."""
+    from dataclasses import replace
+
+    from conformer_bench.profiling import ProfileSettings
+    from conformer_bench.sweep import Point, failed_record, run_sweep
+
+    counted = object()
+
+    def fake(cfg: Any, settings: ProfileSettings, progress: Any = None) -> ProfileRecord:
+        rec = failed_record(
+            Point(cfg, settings.batch_size, settings.img_size, "fp32"), settings, RuntimeError()
+        )
+        return replace(rec, status=Status.OK, flops=counted if settings.count_flops else None)
+
+    cfg = conformer.get_config("micro")
+    first, second = run_sweep(
+        [Point(cfg, 2, 32, "fp32"), Point(cfg, 4, 32, "fp32")], ProfileSettings(), profile=fake
+    )
+    assert first.flops is counted and second.flops is counted
+    assert isinstance(second.settings, ProfileRunSettings) and second.settings.count_flops is True
+    assert second.settings.batch_size == 4

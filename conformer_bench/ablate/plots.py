@@ -95,7 +95,7 @@ def machine_line(records: list[CellRecord]) -> str:
     envs = _environments(records)
     model = _joined(e.device_name or e.cpu_model for e in envs)
     device = _joined(e.device for e in envs)
-    precisions = [(r.profile.settings or {}).get("precision") if r.profile else None for r in records]
+    precisions = [r.profile.settings.precision if r.profile else None for r in records]
     precision = _joined(precisions if any(precisions) else [e.precision for e in envs])
     threads = _joined(e.threads for e in envs)
     return f"{model} ({device}), {precision}, {threads} thread" + ("" if threads == "1" else "s")

@@ -334,16 +334,16 @@ def describe(records: list[CellRecord]) -> list[str]:
     profiled = [r for r in records if r.profile is not None]
     profs = [r.profile for r in profiled if r.profile is not None]
     envs = [p.environment or r.environment for r, p in zip(profiled, profs, strict=True)]
-    settings = [p.settings or {} for p in profs]
+    settings = [p.settings for p in profs]
     lines = []
     if profs:
         batches = {_batch(p.throughput, m) for p in profs for m in PHASES}
         lines.append(
             f"Measured on {_one((e.device_name or e.device) if e else None for e in envs)} "
-            f"({_one(e.device if e else None for e in envs)}), {_one(s.get('precision') for s in settings)}, "
+            f"({_one(e.device if e else None for e in envs)}), {_one(s.precision for s in settings)}, "
             f"threads={_one(e.threads if e else None for e in envs)}, torch {_one(e.torch if e else None for e in envs)}, "
-            f"images {_one(s.get('img_size') for s in settings)} px, timing batch {_one(batches)}, "
-            f"path {_one(s.get('path') for s in settings)}."
+            f"images {_one(s.img_size for s in settings)} px, timing batch {_one(batches)}, "
+            f"path {_one(s.path for s in settings)}."
         )
         lines.append(
             "GMACs (paper): conv + linear + matmul multiply-accumulates at batch 1; fvcore GFLOPs: fvcore's count "

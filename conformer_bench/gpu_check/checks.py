@@ -10,7 +10,7 @@ import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from ..ablate.store import ResultStore
 from ..errors import BenchError
@@ -183,16 +183,11 @@ class Phase:
     @property
     def precision(self) -> str:
         """The precision the profile was asked for (the phase's own may say more: "bf16 (bf16 weights ...)")."""
-        return str(_setting(self.record, "precision") or self.run.precision)
+        return str(self.record.settings.precision or self.run.precision)
 
     @property
     def path(self) -> str:
-        return str(_setting(self.record, "path") or self.run.path)
-
-
-def _setting(record: ProfileRecord, name: str) -> Any:
-    """One of the settings a profile record was asked for (None where it holds none)."""
-    return (record.settings or {}).get(name)
+        return str(self.record.settings.path or self.run.path)
 
 
 def measured_phases(results: Results, names: list[str] | None = None) -> Iterator[Phase]:
@@ -445,7 +440,7 @@ def check_oom(r: Results) -> CheckResult:
         return CheckResult(name, "FAIL", f"status {rec.status} ({rec.reason})")
     requested, achieved = phase.timing.requested_batch_size, phase.timing.batch_size
     env_batch = rec.environment.batch_size
-    asked = _setting(rec, "batch_size")  # the settings record what was asked
+    asked = rec.settings.batch_size  # the settings record what was asked
     ok = achieved < requested and env_batch == achieved and asked == requested
     return _verdict(name, ok, f"requested {requested}, achieved {achieved} (environment batch {env_batch})")
 
@@ -489,7 +484,7 @@ def check_fused_adamw(r: Results) -> CheckResult:
     bad = [
         f"{p.point}: {optimizer}"
         for p in measured_phases(r)
-        if p.name == TRAIN and "fused" not in str(optimizer := _setting(p.record, "optimizer"))
+        if p.name == TRAIN and "fused" not in str(optimizer := p.record.settings.optimizer)
     ]
     impl = _finetune_optimizer(r.finetune)
     if impl != "fused":

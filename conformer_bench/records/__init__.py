@@ -52,6 +52,7 @@ if TYPE_CHECKING:
         ProfiledPhase,
         ProfileMemory,
         ProfileRecord,
+        ProfileRunSettings,
         ReferenceTiming,
     )
     from .report import REPORT_SCHEMA, ReportRecord, ReportRow, ReportSide
@@ -99,6 +100,7 @@ _LAZY: dict[str, str] = {
     "ProfiledPhase": ".profile",
     "ProfileMemory": ".profile",
     "ProfileRecord": ".profile",
+    "ProfileRunSettings": ".profile",
     "ReferenceTiming": ".profile",
     "REPORT_SCHEMA": ".report",
     "ReportRecord": ".report",
@@ -208,6 +210,7 @@ __all__ = [
     "PresetRow",
     "ProfileMemory",
     "ProfileRecord",
+    "ProfileRunSettings",
     "ProfiledPhase",
     "Record",
     "ReferenceTiming",

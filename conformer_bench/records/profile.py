@@ -171,6 +171,35 @@ class ProfiledPhase(Record):
         )
 
 
+@dataclass(frozen=True)
+class ProfileRunSettings(Record):
+    """What a profile run was asked for and what it resolved to (device, batch, threads, paths per phase).
+
+    Records written before inference backends lack ``backend`` and ``breakdown`` (read as eager, no
+    breakdown); a failed sweep point holds only what was asked, without the resolved last four.
+    """
+
+    device: str
+    batch_size: int | None  # None where nothing is timed (mode none) or the device default was asked
+    img_size: int
+    mode: str  # infer | train | both | none
+    precision: str  # fp32 | bf16 | fp16 | amp
+    channels_last: bool
+    threads: int | None
+    warmup: int | None
+    iters: int | None  # None: auto-ranged from the warm-up
+    count_flops: bool
+    cross_check: bool
+    path: str  # plain | optimized | compiled
+    timing_reference: bool
+    backend: str = "eager"  # where inference runs: eager, onnxruntime, openvino
+    breakdown: bool = False
+    autocast_dtype: str | None = None
+    path_by_phase: dict[str, str] | None = None
+    precision_by_phase: dict[str, str] | None = None
+    optimizer: str | None = None  # a training phase's optimizer note
+
+
 @dataclass
 class ProfileRecord(SchemaRecord):
     """A ``conformer-bench.profile`` record: one variant's params, FLOPs, memory and throughput."""
@@ -185,7 +214,7 @@ class ProfileRecord(SchemaRecord):
     label: str
     variant: Variant
     environment: Environment
-    settings: dict[str, Any]
+    settings: ProfileRunSettings
     params: ParamCounts | None  # None only where the status is not ok
     flops: FlopCounts | None  # None also when FLOPs were not counted
     memory: ProfileMemory | None

@@ -216,7 +216,7 @@ def _measured_phases(record: ProfileRecord, source: str) -> list[tuple[str, Prof
     from ..profiling import PHASES_OF_MODE  # the profiler's own table (it imports torch)
 
     throughput = record.throughput or {}
-    mode = (record.settings or {}).get("mode")
+    mode = record.settings.mode if record.settings is not None else None  # a hand-made file may lack it
     phases = PHASES_OF_MODE.get(mode) if isinstance(mode, str) else None
     if phases is None:
         return [
