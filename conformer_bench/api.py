@@ -57,12 +57,17 @@ def tidy(record: SchemaRecord) -> tuple[Sequence[Column[Any]], list[Any]]:
 
 
 def table(records: Iterable[SchemaRecord]) -> Table[Any]:
-    """One table of records of one kind (the rows of each, in order)."""
-    records = list(records)
+    """One table of the records of one kind that has a table form (the rows of each, in order); records
+    without one, such as a run folder's experiment summary, are passed over."""
+    given = list(records)
+    records = [r for r in given if r.SCHEMA in TIDY]
     kinds = sorted({r.SCHEMA for r in records})
+    if given and not records:
+        raise BenchError(f"{given[0].SCHEMA} records have no table form; read their fields instead")
     if len(kinds) > 1:
         raise BenchError(
-            f"records of {len(kinds)} kinds ({', '.join(kinds)}); pass one kind (filter by .SCHEMA)"
+            f"records of {len(kinds)} kinds with a table form ({', '.join(kinds)}); pass one kind, e.g. "
+            f"[r for r in records if r.SCHEMA == {kinds[0]!r}]"
         )
     columns: Sequence[Column[Any]] = []
     rows: list[Any] = []

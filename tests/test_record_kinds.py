@@ -184,3 +184,16 @@ def test_an_unsupported_speed_path_reads_back(tmp_path: Path) -> None:
     record = dataclasses.replace(sample, paths={**sample.paths, name: unsupported})
     back = _through_a_file(record, tmp_path)
     assert isinstance(back, SpeedRecord) and back.paths[name].status is Status.UNSUPPORTED
+
+
+def test_to_frame_of_a_run_folder_is_its_cells_and_mixed_tables_are_refused() -> None:
+    import conformer_bench
+    from conformer_bench.errors import BenchError
+
+    frame = conformer_bench.to_frame(conformer_bench.read(RESULTS / "ci"))  # cells and the experiment
+    assert len(frame) == sum(1 for p, d in COMMITTED if p == RESULTS / "ci" / "cells.jsonl")
+    assert "label" in frame.columns and "top1_sum" in frame.columns
+    with pytest.raises(BenchError, match="pass one kind"):
+        conformer_bench.to_frame(conformer_bench.read(RESULTS / "gpu"))  # profiles, cells, speed ...
+    with pytest.raises(BenchError, match="no table form"):
+        conformer_bench.to_frame(conformer_bench.read(RESULTS / "baselines"))
