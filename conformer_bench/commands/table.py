@@ -25,7 +25,9 @@ conformer-bench table results/ci
 
 conformer-bench table results/ci --format latex
 
-conformer-bench table results/ci -f csv --base micro > summary.csv"""
+conformer-bench table results/ci -f csv --base micro > summary.csv
+
+conformer-bench table sweep.jsonl                 # a profile sweep's points, failed ones included"""
 
 
 @app.command("table", epilog=EXAMPLES)
@@ -34,7 +36,9 @@ def table(
     results_dir: Annotated[
         Path,
         typer.Argument(
-            help="Results folder of `conformer-bench ablate` (holds cells.jsonl).", show_default=False
+            help="Results folder of `conformer-bench ablate` (holds cells.jsonl), or a file of profile "
+            "records (a sweep's .jsonl, or one .json).",
+            show_default=False,
         ),
     ],
     fmt: Annotated[
@@ -51,7 +55,8 @@ def table(
         typer.Option("--base", help="Cell to take deltas against (default: the experiment's base)."),
     ] = None,
 ) -> None:
-    """Rewrite summary.csv, summary.md (summary.tex with --format latex) and figures/ from cells.jsonl."""
+    """Rewrite summary.csv, summary.md (summary.tex with --format latex) and figures/ from cells.jsonl; or
+    print the table of a file of profile records, writing nothing."""
     if results_dir.is_file():
         return _file_table(results_dir, fmt)
     from ..ablate.store import ResultStore
