@@ -9,16 +9,13 @@ refused before the closed-form count walks its blocks.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import BenchError
 
 if TYPE_CHECKING:
     from conformer import ConformerConfig
 
-    from .profiling import ProfileSettings
-    from .records import FinetuneSettings
-    from .speed import SpeedSettings
 
 MAC_LIMIT = 10**12  # per image: past this a variant is almost surely a typo (the release's base is ~23 G)
 PARAM_LIMIT = 10**10  # parameters: 10 G, 120 times the release's base (83 M)
@@ -31,9 +28,19 @@ WORKER_LIMIT = 256  # data-loading processes of a fine-tune
 FORCE_HINT = "or pass --force to run it anyway"
 
 
+class RunSettings(Protocol):
+    """What the bounds read of a command's settings (ProfileSettings, FinetuneSettings, SpeedSettings)."""
+
+    @property
+    def img_size(self) -> int | None: ...
+
+    @property
+    def batch_size(self) -> int | None: ...
+
+
 def check_bounds(
     cfg: ConformerConfig,
-    settings: ProfileSettings | FinetuneSettings | SpeedSettings | None = None,
+    settings: RunSettings | None = None,
     *,
     img_size: int | None = None,
     force: bool = False,

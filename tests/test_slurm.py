@@ -109,16 +109,18 @@ def test_grid_on_slurm_scancel_status_and_resume(tmp_path: Path, slurm_cluster: 
     for label in LABELS[:3]:
         record = records[label]
         cell = exp.cell(label)
-        assert record["status"] == "ok", record["reason"]
-        assert record["config_hash"] == cell.config_hash(False)
-        assert record["config"] == cell.config.to_dict()
-        assert record["profile"]["params"]["total"] > 0 and record["profile"]["flops"]["paper_macs"] > 0
-        assert record["job"]["executor"] == "slurm" and record["job"]["id"] == ledger[label].job_id
-        assert f"{label}: ok" in Path(record["job"]["stdout"]).read_text()
+        assert record.status == "ok", record.reason
+        assert record.config_hash == cell.config_hash(False)
+        assert record.variant.config == cell.config.to_dict()
+        assert record.profile is not None and record.profile.params is not None and record.profile.flops
+        assert record.profile.params.total > 0 and record.profile.flops.paper_macs > 0
+        assert record.job is not None
+        assert record.job.executor == "slurm" and record.job.id == ledger[label].job_id
+        assert f"{label}: ok" in Path(record.job.stdout).read_text()
     cancelled = records["no-fcu"]
-    assert cancelled["status"] == "failed" and cancelled["profile"] is None
-    assert f"job {victim.job_id} left no record" in cancelled["reason"]
-    kept = {label: records[label]["finished"] for label in LABELS[:3]}
+    assert cancelled.status == "failed" and cancelled.profile is None
+    assert f"job {victim.job_id} left no record" in (cancelled.reason or "")
+    kept = {label: records[label].finished for label in LABELS[:3]}
 
     resumed = runner.invoke(app, [*base, *jobs, "--resume"])
     assert resumed.exit_code == 0, resumed.output
@@ -127,10 +129,10 @@ def test_grid_on_slurm_scancel_status_and_resume(tmp_path: Path, slurm_cluster: 
     assert {label: after[label] for label in LABELS[:3]} == {label: ledger[label] for label in LABELS[:3]}
     assert after["no-fcu"].attempt == 2 and after["no-fcu"].job_id != victim.job_id
     records = ResultStore(out).latest()
-    assert {label: records[label]["finished"] for label in LABELS[:3]} == kept  # not rerun
+    assert {label: records[label].finished for label in LABELS[:3]} == kept  # not rerun
     rerun = records["no-fcu"]
-    assert rerun["status"] == "ok" and rerun["job"]["id"] == after["no-fcu"].job_id
-    assert rerun["config_hash"] == exp.cell("no-fcu").config_hash(False)
+    assert rerun.status == "ok" and rerun.job is not None and rerun.job.id == after["no-fcu"].job_id
+    assert rerun.config_hash == exp.cell("no-fcu").config_hash(False)
     final = _states(runner.invoke(app, [*base, "--status"]).output)
     assert final == dict.fromkeys(LABELS, "done")
 
@@ -163,8 +165,8 @@ def test_preempted_job_is_requeued_and_records_its_cell(tmp_path: Path, slurm_cl
     text = log.read_text()
     assert "this job is preempted" in text and f"Requeued job {job.job_id}" in text
     assert text.count("dual: running in") == 2
-    records = [r for r in ResultStore(out).read_all() if r["label"] == "dual"]
+    records = [r for r in ResultStore(out).read_all() if r.label == "dual"]
     assert len(records) == 1
-    assert records[0]["status"] == "ok" and records[0]["job"]["id"] == job.job_id
-    assert [run["hyper"]["seed"] for run in records[0]["finetune"]] == [0, 1]
+    assert records[0].status == "ok" and records[0].job is not None and records[0].job.id == job.job_id
+    assert [run.hyper.seed for run in records[0].finetune] == [0, 1]
     assert read_ledger(out)["dual"] == job  # the same job, not a new submission
