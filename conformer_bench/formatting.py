@@ -61,7 +61,6 @@ __all__ = [  # fmt_* live in tables; kept here for the modules that import them 
     "render_md",
     "render_rows_md",
     "render_table",
-    "rows_csv",
     "rows_jsonl",
     "status_text",
     "tidy",
@@ -114,19 +113,6 @@ def write_output(
 
 
 # --- plain rows (other commands' tables) ----------------------------------------------------------------------
-
-
-def _keyed(name: str) -> Column[dict[str, Any]]:
-    return Column(name, lambda row: row.get(name))
-
-
-def rows_csv(
-    rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, header: bool = True
-) -> str:
-    """Raw values, one row per line; ``None`` is an empty cell."""
-    names = list(columns) if columns is not None else (list(rows[0]) if rows else [])
-    text = Table([_keyed(c) for c in names], rows).to_csv()
-    return text if header else text.split("\n", 1)[1]
 
 
 def rows_jsonl(rows: Iterable[dict[str, Any]]) -> str:

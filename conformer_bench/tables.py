@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -236,7 +236,3 @@ class Table(Generic[T]):
         frame = pandas.DataFrame(self.records(), columns=[c.name for c in self.columns])
         # A column with no value at all is float NaN, as pandas reads the CSV's empty cells.
         return frame.astype(dict.fromkeys(frame.columns[frame.isna().all()], float))
-
-
-def table_of(columns: Sequence[Column[T]], rows: Iterable[T], **frame: Any) -> Table[T]:
-    return Table(columns, list(rows), **frame)

@@ -14,7 +14,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -29,7 +29,6 @@ from ..records.gpu_check import (
     CheckStep,
     LogitsComparison,
     LogitsRecord,
-    MatmulCeiling,
     SharesRecord,
     StepsLog,
 )
@@ -48,13 +47,6 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parents[2]
 StepFn = Callable[[], str | tuple[str, int]]  # returns a detail line, or (detail, exit code) for subprocesses
 R = TypeVar("R", bound=Record)
-
-
-def typed(kind: type[R], value: R | Record | Mapping[str, Any]) -> R:
-    """A producer's result as ``kind`` (producers that still return a record's JSON are read through it)."""
-    if isinstance(value, kind):
-        return value
-    return kind.from_dict(value.to_dict() if isinstance(value, Record) else value)
 
 
 class Runner:
@@ -157,7 +149,7 @@ def measure_ceilings(plan: Plan) -> CeilingsRecord:
         step = matmul_step(kind, a, b, device)
         timed(step)  # warm-up
         samples = [timed(step) for _ in range(plan.ceiling_reps)]
-        ceilings[kind] = typed(MatmulCeiling, ceiling_record(kind, n, samples))
+        ceilings[kind] = ceiling_record(kind, n, samples)
     return CeilingsRecord(device=device, ceilings=ceilings)
 
 
@@ -289,7 +281,7 @@ class Profiler:
             min_iters=plan.min_iters,
             max_iters=plan.max_iters,
         )
-        produced = profile_variant(
+        record = profile_variant(
             _config(point.variant),
             settings,
             label=point.name,
@@ -297,7 +289,6 @@ class Profiler:
             build=lambda: copy.deepcopy(pristine),
         )
         self.counted.add(point.variant)
-        record = typed(ProfileRecord, produced)
         write_json(self.folder / f"{point.name}.json", record.to_dict())
         if plan.device.startswith("cuda"):
             torch.cuda.empty_cache()
@@ -371,7 +362,7 @@ def run_speed(plan: Plan, out_dir: Path) -> str:
         precisions=("bf16",) if _bf16_runs(plan) else ("fp32",),
         ceilings=("tf32", "fp16") if cuda else (),
     )
-    record = typed(SpeedRecord, measure_speed(_config(plan.speed_variant), settings))
+    record = measure_speed(_config(plan.speed_variant), settings)
     write_json(out_dir / "speed.json", record.to_dict())
     return ", ".join(
         f"{p} {e.img_per_s:.1f} img/s" if e.status == Status.OK and e.img_per_s else f"{p} {e.status}"
@@ -396,7 +387,7 @@ def run_shares(plan: Plan, out_dir: Path) -> str:
         ceilings=("tf32",) if plan.device.startswith("cuda") else (),
         agreement_images=0,
     )
-    record = typed(SpeedRecord, measure_speed(_config(plan.shares_variant), settings))
+    record = measure_speed(_config(plan.shares_variant), settings)
     tf32 = {
         "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
         "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
@@ -415,7 +406,7 @@ def run_shares(plan: Plan, out_dir: Path) -> str:
 def ceiling_shares(record: SpeedRecord) -> dict[str, dict[str, float]]:
     """Each timed run's achieved FLOP/s as a share of its own precision's matmul ceiling and, for fp32, of
     the TF32 ceiling where one was timed."""
-    ceilings = {q: typed(MatmulCeiling, c) for q, c in record.ceilings.items()}
+    ceilings = dict(record.ceilings)
     shares: dict[str, dict[str, float]] = {}
     for name, entry in record.paths.items():
         achieved = entry.achieved_gflop_s

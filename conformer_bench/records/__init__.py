@@ -134,13 +134,10 @@ _KIND_CLASSES = (
     "JobsRecord",
     "VariantsRecord",
 )
-_registered: dict[str, type[SchemaRecord]] = {}
 
 
 def _kinds() -> dict[str, type[SchemaRecord]]:
-    kinds = {cls.SCHEMA: cls for cls in (__getattr__(name) for name in _KIND_CLASSES)}
-    kinds.update(_registered)
-    return kinds
+    return {cls.SCHEMA: cls for cls in (__getattr__(name) for name in _KIND_CLASSES)}
 
 
 def __getattr__(name: str) -> Any:
@@ -156,14 +153,6 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value
     return value
-
-
-def register(kind: type[SchemaRecord]) -> type[SchemaRecord]:
-    """Add a record kind defined elsewhere to :data:`KINDS` (a class decorator)."""
-    _registered[kind.SCHEMA] = kind
-    if "KINDS" in globals():
-        globals()["KINDS"][kind.SCHEMA] = kind
-    return kind
 
 
 __all__ = [
@@ -230,5 +219,4 @@ __all__ = [
     "Variant",
     "VariantsRecord",
     "plain",
-    "register",
 ]

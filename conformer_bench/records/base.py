@@ -15,7 +15,7 @@ from __future__ import annotations
 import types
 import typing
 from collections.abc import Callable, Mapping
-from dataclasses import MISSING, fields, is_dataclass
+from dataclasses import MISSING, fields
 from enum import StrEnum
 from typing import Any, ClassVar, TypeVar, Union, cast
 
@@ -221,12 +221,3 @@ class SchemaRecord(Record):
             out = step(out)
             out["schema_version"] = v + 1
         return out
-
-    @classmethod
-    def check_schema(cls, data: Mapping[str, Any]) -> None:
-        """Raise unless ``data`` is a record of this schema that this tool reads (any version up to now)."""
-        cls.migrate(data)
-
-
-def is_record_class(value: Any) -> bool:
-    return isinstance(value, type) and issubclass(value, Record) and is_dataclass(value)
