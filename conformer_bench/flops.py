@@ -284,7 +284,7 @@ def _config_counts(cfg: ConformerConfig, img_size: int, cross_check: bool) -> Fl
     path = _cache_path(cfg, img_size, cross_check)
     cached = _read_cache(path, cfg, img_size, cross_check) if path is not None else None
     if cached is not None:
-        return FlopCounts.from_dict(cached)
+        return cached
     result = _count_from_config(cfg, img_size, cross_check)
     if path is not None:
         with suppress(BenchError, OSError):  # a cache that cannot be written only costs time
@@ -292,16 +292,17 @@ def _config_counts(cfg: ConformerConfig, img_size: int, cross_check: bool) -> Fl
     return result
 
 
-def _read_cache(path: Path, cfg: ConformerConfig, img_size: int, cross_check: bool) -> dict[str, Any] | None:
+def _read_cache(path: Path, cfg: ConformerConfig, img_size: int, cross_check: bool) -> FlopCounts | None:
     """The cached record of ``cfg``, or ``None`` when there is none that can be trusted: the cache is input
     like any other file. A link, a FIFO or any other non-regular file is never opened blocking nor followed;
     a record that fails :func:`_cached_record_ok` is counted again (and rewritten)."""
     try:
         data = read_in_folder(path)
         entry = loads_json(data.decode("utf-8")) if data is not None else None
-    except (OSError, ValueError, BenchError):
+        record = FlopCounts.from_dict(entry) if isinstance(entry, dict) else None
+    except (OSError, ValueError, TypeError, AttributeError, BenchError):
         return None
-    return entry if _cached_record_ok(entry, cfg, img_size, cross_check) else None
+    return record if record is not None and _cached_record_ok(record, cfg, img_size, cross_check) else None
 
 
 def _counts_of_ops(value: Any) -> TypeGuard[dict[str, int]]:
@@ -311,47 +312,38 @@ def _counts_of_ops(value: Any) -> TypeGuard[dict[str, int]]:
     )
 
 
-def _cached_record_ok(entry: Any, cfg: ConformerConfig, img_size: int, cross_check: bool) -> bool:
+def _cached_record_ok(record: FlopCounts, cfg: ConformerConfig, img_size: int, cross_check: bool) -> bool:
     """A cached FLOP record that is what :func:`_count_from_config` would return: the closed-form counts
     (recomputed here, microseconds) equal, the traced operator tallies well formed, the cross-check present
     exactly when asked for and self-consistent."""
-    if not isinstance(entry, dict):
-        return False
     counts = closed_form(cfg, img_size)
-    expected = {
-        "convention": CONVENTION,
-        "img_size": img_size,
-        "batch_size": 1,
-        "handles_added": [SDPA_OP],
-        "fvcore_total": counts.fvcore_total,
-        "paper_macs": counts.paper_macs,
-        "by_operator": counts.by_operator,
-        "by_component": counts.by_component,
-    }
-    if any(entry.get(k) != v for k, v in expected.items()):
+    if (
+        record.convention != CONVENTION
+        or record.img_size != img_size
+        or record.batch_size != 1
+        or record.handles_added != [SDPA_OP]
+        or record.fvcore_total != counts.fvcore_total
+        or record.paper_macs != counts.paper_macs
+        or record.by_operator != counts.by_operator
+        or record.by_component != counts.by_component
+    ):
         return False
-    uncounted, unsupported, ignored = (
-        entry.get(k) for k in ("uncounted_ops", "unsupported_ops", "ignored_ops")
-    )
+    uncounted, unsupported, ignored = record.uncounted_ops, record.unsupported_ops, record.ignored_ops
     if not (_counts_of_ops(uncounted) and _counts_of_ops(unsupported) and _counts_of_ops(ignored)):
         return False
     if uncounted != {**unsupported, **ignored}:
         return False
-    cross = entry.get("cross_check")
+    cross = record.cross_check
     if not cross_check:
-        return "cross_check" not in entry
-    if not isinstance(cross, dict) or cross.get("tool") != CROSS_CHECK_TOOL:
+        return cross is None
+    if cross is None or cross.tool != CROSS_CHECK_TOOL:
         return False
-    flops, macs = cross.get("flops"), cross.get("macs")
-    if (
-        type(flops) is not int
-        or flops < 0
-        or macs != flops // 2
-        or not _counts_of_ops(cross.get("by_operator"))
-    ):
+    if type(cross.flops) is not int or cross.flops < 0 or cross.macs != cross.flops // 2:
+        return False
+    if not _counts_of_ops(cross.by_operator):
         return False
     paper = counts.paper_macs
-    return cross.get("relative_difference") == ((macs - paper) / paper if paper else None)
+    return cross.relative_difference == ((cross.macs - paper) / paper if paper else None)
 
 
 def _count_from_config(cfg: ConformerConfig, img_size: int, cross_check: bool) -> FlopCounts:

@@ -19,6 +19,7 @@ from conformer_bench.ablate.store import load_records
 from conformer_bench.ablate.summary import build_frame, build_rows, describe
 from conformer_bench.cli import app
 from conformer_bench.records import ProfileRecord
+from conformer_bench.records.cell import CellJobSpec
 
 EXP = Path(__file__).parent / "fixtures" / "experiments"
 
@@ -136,8 +137,8 @@ def test_spec_round_trip_and_child_environment(monkeypatch: pytest.MonkeyPatch) 
     exp = load_experiment(EXP / "nano_grid.toml")
     for cell in exp.cells:
         profile = {"schema": "conformer-bench.profile", "schema_version": 1, "status": "ok"}
-        spec = json.loads(json.dumps(cell.to_spec(True, ProfileRecord.from_dict(profile), 7)))
-        assert Cell.from_spec(spec) == cell
+        spec = json.loads(json.dumps(cell.to_spec(True, ProfileRecord.from_dict(profile), 7).to_dict()))
+        assert Cell.from_spec(CellJobSpec.from_dict(spec)) == cell
         assert spec["reuse_profile"] == profile and spec["progress_fd"] == 7
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "TORCHELASTIC_RUN_ID"):
         monkeypatch.setenv(key, "1")

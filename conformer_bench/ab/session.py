@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,7 +17,7 @@ from conformer import ConformerConfig
 from ..ablate.experiment import load_experiment
 from ..env import fingerprint
 from ..errors import BenchError
-from ..profiling import DEFAULTS
+from ..profiling import DEFAULTS, ProfileSettings
 from ..records import ABExperiment, ABRecord, PairedCell, Status
 from ..revisions import (
     Revision,
@@ -94,29 +94,6 @@ def _explicit_fields(config: ConformerConfig) -> dict[str, Any]:
     return {k: v for k, v in config.to_dict().items() if k not in defaults or v != defaults[k]}
 
 
-@dataclass(frozen=True)
-class _Timing:
-    """What a cell's [profile] table says it is timed under (None: the default)."""
-
-    device: str
-    precision: str
-    path: str
-    batch_size: int | None
-    img_size: int
-    threads: int | None
-
-    @classmethod
-    def of(cls, profile: Mapping[str, Any]) -> _Timing:
-        return cls(
-            device=str(profile.get("device", "auto")),
-            precision=str(profile.get("precision", "fp32")),
-            path=str(profile.get("path", "plain")),
-            batch_size=int(profile.get("batch_size") or 0) or None,
-            img_size=int(profile.get("img_size", 224)),
-            threads=int(profile.get("threads") or 0) or None,
-        )
-
-
 def _cells(experiment: Experiment, phases: tuple[str, ...], only: tuple[str, ...]) -> list[ABCell]:
     """Each selected cell once per phase, with the settings it is timed under."""
     for phase in phases:
@@ -125,7 +102,7 @@ def _cells(experiment: Experiment, phases: tuple[str, ...], only: tuple[str, ...
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     cells: list[ABCell] = []
     for cell in experiment.select(list(only)):
-        timing = _Timing.of(cell.profile)
+        timing = cell.profile_settings()  # what its [profile] table says it is timed under
         _check_timeable(cell.label, timing)
         for phase in dict.fromkeys(phases):
             cells.append(
@@ -144,7 +121,7 @@ def _cells(experiment: Experiment, phases: tuple[str, ...], only: tuple[str, ...
     return cells
 
 
-def _check_timeable(label: str, timing: _Timing) -> None:
+def _check_timeable(label: str, timing: ProfileSettings) -> None:
     """What the A/B workers can time: CPU cells, fp32 or bf16, the plain or optimized path."""
     if timing.device.startswith("cuda"):
         raise BenchError(

@@ -45,40 +45,107 @@ import itertools
 import json
 import math
 import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ..bounds import CELL_LIMIT, SEED_LIMIT
 from ..errors import BenchError
 from ..records import Environment, ProfileRecord
-from ..records.cell import CellHashes, ExperimentRecord
+from ..records.cell import CellHashes, CellJobSpec, CellSpec, ExperimentRecord
+from ..toml_tables import Checker, Where, fits, fix, read_table, shown, unknown_key
 from .executor import ExecutorSettings, settings_from_table
 
-TOP_KEYS = (
-    "name",
-    "description",
-    "output_dir",
-    "axes_mode",
-    "base",
-    "profile",
-    "finetune",
-    "axes",
-    "cells",
-    "executor",
-    "search",  # read by `conformer-bench search` (conformer_bench.search.spec); ablate runs the cells only
-)
-AXES_MODES = ("each", "product")
-CELL_META_KEYS = ("label", "variant", "profile", "finetune", "repeat")
-FINETUNE_EXTRA_KEYS = ("run", "seeds", "jobs")
 # FinetuneSettings fields an experiment may not set: the seed comes from ``seeds``; checkpoints are per run.
 FINETUNE_FORBIDDEN = ("seed", "save", "checkpoint", "allow_partial")
-PROFILE_IMG_SIZE = 224  # ProfileSettings.img_size default
 LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.,=+/:-]{0,79}$")  # a label written in the file
 LABEL_LIMIT = 200  # characters of any cell label: written ones have at most 80, axis products may be longer
 # An experiment's name becomes a folder (results/<name>) and a job name: no separator, no dot, no traversal.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,79}$")
-CELL_SPEC_SCHEMA = "conformer-bench.cell-spec"
+NAME_FIX = "use 1-80 letters, digits, _ or - (starting with a letter or digit)"
+LABEL_FIX = (
+    "label {value} is not valid; use 1-80 characters: letters, digits and _ . , = + / : - "
+    "(starting with a letter or digit)"
+)
+BASE_MISSING = 'missing; add a [base] table with variant = "small" (see conformer-bench variants)'
+VARIANT_FIX = 'must be a preset name string such as "small"'
+BOOL_FIX = "must be true or false"
+SETTINGS_FIX = "must be a table such as [{kind}]; see the layout in experiments/paper.toml"
+CELL_SPEC_SCHEMA = CellJobSpec.SCHEMA
+
+
+# --- the file's tables, typed ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExperimentFile:
+    """The file's top level: its scalars, and its tables as read (each is checked by its own reader)."""
+
+    name: str | None = field(default=None, metadata=fix("{value} is not valid; " + NAME_FIX))
+    description: str = field(default="", metadata=fix("must be a string"))
+    output_dir: str | None = field(
+        default=None, metadata=fix("must be a directory path string such as 'results/paper'")
+    )
+    axes_mode: Literal["each", "product"] = (
+        "each"  # each: one axis at a time from the base; product: the grid
+    )
+    base: dict[str, Any] | None = field(default=None, metadata=fix(BASE_MISSING))
+    profile: dict[str, Any] = field(default_factory=dict, metadata=fix(SETTINGS_FIX.format(kind="profile")))
+    finetune: dict[str, Any] | None = field(default=None, metadata=fix(SETTINGS_FIX.format(kind="finetune")))
+    axes: dict[str, Any] = field(
+        default_factory=dict, metadata=fix("must be a table: [axes] key = [value, ...]")
+    )
+    cells: list[Any] = field(
+        default_factory=list, metadata=fix("must be an array of tables: write each cell as [[cells]]")
+    )
+    executor: dict[str, Any] = field(
+        default_factory=dict,
+        metadata=fix("must be a table: [executor] with partition, time_limit, ... (see the README)"),
+    )
+    search: dict[str, Any] | None = None  # read by `conformer-bench search` (conformer_bench.search.spec)
+
+
+@dataclass(frozen=True)
+class BaseTable:
+    """``[base]``'s own keys; every other key is a config override."""
+
+    variant: str = field(metadata=fix(VARIANT_FIX, missing=BASE_MISSING))
+    label: str = field(default="base", metadata=fix(LABEL_FIX))
+
+
+@dataclass(frozen=True)
+class FinetuneExtras:
+    """``[finetune]``'s keys beside the FinetuneSettings fields."""
+
+    run: bool = field(default=False, metadata=fix(BOOL_FIX))  # fine-tune without --finetune?
+    seeds: list[int] = field(
+        default_factory=lambda: [0],
+        metadata=fix(f"{{value}} is not valid; give distinct integers from 0 to {SEED_LIMIT}, e.g. [0, 1]"),
+    )
+    jobs: int = field(default=1, metadata=fix("{value} is not valid; give an integer >= 1, e.g. 2"))
+
+
+@dataclass(frozen=True)
+class CellTable:
+    """A ``[[cells]]`` entry's own keys; every other key is a config override."""
+
+    label: str = field(
+        metadata=fix(LABEL_FIX, missing='missing label; add label = "short-name" to this [[cells]] entry')
+    )
+    variant: str | None = field(default=None, metadata=fix(VARIANT_FIX))  # None: the base's
+    profile: dict[str, Any] = field(default_factory=dict, metadata=fix(SETTINGS_FIX.format(kind="profile")))
+    finetune: dict[str, Any] = field(default_factory=dict, metadata=fix(SETTINGS_FIX.format(kind="finetune")))
+    repeat: bool = field(default=False, metadata=fix(BOOL_FIX))  # measure a cell equal to another again
+
+
+def _keys_of(table: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(table))
+
+
+TOP_KEYS = _keys_of(ExperimentFile)
+CELL_META_KEYS = _keys_of(CellTable)
+FINETUNE_EXTRA_KEYS = _keys_of(FinetuneExtras)
 
 
 @dataclass(frozen=True)
@@ -105,9 +172,14 @@ class Cell:
         assert self.finetune is not None, "cell has no finetune settings"
         return FinetuneSettings(**self.finetune, seed=seed)
 
+    @property
+    def img_size(self) -> int:
+        """The image size the cell is measured at (its profile settings')."""
+        return int(self.profile_settings().img_size)
+
     def costs_only(self, finetune: bool) -> bool:
         """Nothing timed or trained: params and FLOPs, counted from the config in milliseconds."""
-        return not finetune and self.profile.get("mode") == "none"
+        return not finetune and self.profile_settings().mode == "none"
 
     def profile_hash(self) -> str:
         return _digest({"config": self.config.to_dict(), "profile": self.profile})
@@ -145,44 +217,35 @@ class Cell:
         reuse_profile: ProfileRecord | None,
         progress_fd: int | None,
         cuda_device: int | None = None,
-    ) -> dict[str, Any]:
-        """The JSON-serialisable spec a worker process runs this cell from (see :meth:`from_spec`)."""
-        return {
-            "schema": CELL_SPEC_SCHEMA,
-            "schema_version": 1,
-            "cell": {
-                "index": self.index,
-                "label": self.label,
-                "config": self.config.to_dict(),
-                "changes": self.changes,
-                "profile": self.profile,
-                "finetune": self.finetune,
-                "seeds": list(self.seeds),
-                "seed_jobs": self.seed_jobs,
-            },
-            "finetune": finetune,
-            "reuse_profile": reuse_profile.to_dict() if reuse_profile is not None else None,
-            "progress_fd": progress_fd,
-            "cuda_device": cuda_device,
-        }
+    ) -> CellJobSpec:
+        """The spec a worker process runs this cell from (see :meth:`from_spec`)."""
+        cell = CellSpec(
+            index=self.index,
+            label=self.label,
+            config=self.config.to_dict(),
+            changes=self.changes,
+            profile=self.profile,
+            finetune=self.finetune,
+            seeds=list(self.seeds),
+            seed_jobs=self.seed_jobs,
+        )
+        return CellJobSpec(cell, finetune, reuse_profile, progress_fd, cuda_device)
 
     @classmethod
-    def from_spec(cls, spec: dict[str, Any]) -> Cell:
+    def from_spec(cls, spec: CellJobSpec) -> Cell:
         """The cell a :meth:`to_spec` spec describes (the config rebuilt from its ``to_dict`` form)."""
         from conformer import ConformerConfig
 
-        c = spec["cell"]
-        fields = dict(c["config"])
-        fields["fcu_stages"] = tuple(fields["fcu_stages"])
+        c = spec.cell
         return cls(
-            index=int(c["index"]),
-            label=str(c["label"]),
-            config=ConformerConfig(**fields),
-            changes=dict(c["changes"]),
-            profile=dict(c["profile"]),
-            finetune=dict(c["finetune"]) if c["finetune"] is not None else None,
-            seeds=tuple(int(s) for s in c["seeds"]),
-            seed_jobs=int(c.get("seed_jobs", 1)),
+            index=c.index,
+            label=c.label,
+            config=ConformerConfig(**c.config),
+            changes=dict(c.changes),
+            profile=dict(c.profile),
+            finetune=dict(c.finetune) if c.finetune is not None else None,
+            seeds=tuple(c.seeds),
+            seed_jobs=c.seed_jobs,
         )
 
 
@@ -246,85 +309,8 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-# --- locating keys in the file, for error messages ----------------------------------------------------
-
-
-_HEADER_RE = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\-\" ]+?)\s*\]\]?\s*(#.*)?$")
-
-
-def _find_line(text: str, path: tuple[str | int, ...]) -> int | None:
-    """Best-effort 1-based line of a key path such as ("cells", 2, "coupling") or ("profile", "mode")."""
-    lines = text.splitlines()
-    array = path[0] if len(path) > 1 and isinstance(path[1], int) else None
-    index = path[1] if array is not None else None
-    names = [p for p in path if isinstance(p, str)]
-    if not names:
-        return None
-    # First the key inside its table, then the table's own header.
-    for table, key in ((names[:-1], names[-1]), (names, None)):
-        header = ".".join(table)
-        current, entry = "", -1
-        for no, line in enumerate(lines, start=1):
-            m = _HEADER_RE.match(line)
-            if m:
-                current = m.group(2).replace('"', "").replace(" ", "")
-                if m.group(1) == "[[" and current == array:
-                    entry += 1
-                if key is None and current == header and (index is None or entry == index):
-                    return no
-                continue
-            here = current == header and (index is None or entry == index)
-            if key is not None and here and re.match(rf'^\s*"?{re.escape(key)}"?\s*=', line):
-                return no
-    return None
-
-
-class _Checker:
-    """Collects the file, its text and the way to raise an error that names file, line and key."""
-
-    def __init__(self, path: Path, text: str) -> None:
-        self.path = path
-        self.text = text
-
-    def fail(self, where: tuple[str | int, ...], message: str) -> BenchError:
-        line = _find_line(self.text, where)
-        key = _key_name(where)
-        loc = f"{self.path}:{line}" if line else str(self.path)
-        return BenchError(f"{loc}: {key}: {message}")
-
-
-def _key_name(where: tuple[str | int, ...]) -> str:
-    out = ""
-    for part in where:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
-    return out or "(top level)"
-
-
-def _unknown(keys: list[str], valid: tuple[str, ...] | list[str]) -> str:
-    key = keys[0]
-    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    return f"unknown key {key!r}; {hint}valid keys: {', '.join(valid)}"
-
-
-def _type_ok(value: Any, annotation: str) -> bool:
-    """Match a TOML value against a simple annotation string such as 'int | None'."""
-    names = {part.strip() for part in str(annotation).split("|")}
-    if isinstance(value, bool):
-        return "bool" in names
-    if isinstance(value, int):
-        return bool(names & {"int", "float"})
-    if isinstance(value, float):
-        return "float" in names
-    if isinstance(value, str):
-        return "str" in names or any(n.startswith("Literal") for n in names)
-    if isinstance(value, list):
-        return any(n.startswith(("tuple", "list")) for n in names)
-    return False
-
-
 def _settings_fields(kind: str) -> dict[str, Any]:
-    """Field name -> annotation of ProfileSettings or FinetuneSettings."""
+    """Field name -> type hint of ProfileSettings or FinetuneSettings."""
     cls: Any
     if kind == "profile":
         from ..profiling import ProfileSettings
@@ -334,10 +320,11 @@ def _settings_fields(kind: str) -> dict[str, Any]:
         from ..finetune import FinetuneSettings
 
         cls = FinetuneSettings
-    return {f.name: f.type for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def _check_settings(chk: _Checker, where: tuple[str | int, ...], table: Any, kind: str) -> dict[str, Any]:
+def _check_settings(chk: Checker, where: Where, table: Any, kind: str) -> dict[str, Any]:
     if not isinstance(table, dict):
         raise chk.fail(where, f"must be a table such as [{kind}]; see the layout in experiments/paper.toml")
     fields = _settings_fields(kind)
@@ -354,18 +341,17 @@ def _check_settings(chk: _Checker, where: tuple[str | int, ...], table: Any, kin
             )
             raise chk.fail((*where, key), f"{key} cannot be set in an experiment; {fix}")
         if key not in valid:
-            raise chk.fail((*where, key), _unknown([key], valid))
+            raise chk.fail((*where, key), unknown_key(key, valid))
         if key in FINETUNE_EXTRA_KEYS:
             continue
-        if not _type_ok(value, fields[key]):
-            raise chk.fail((*where, key), f"{value!r} has the wrong type; expected {fields[key]}")
+        if not fits(value, fields[key]):
+            expected = str(fields[key]).replace("<class '", "").replace("'>", "")
+            raise chk.fail((*where, key), f"{value!r} has the wrong type; expected {expected}")
         out[key] = value
     return out
 
 
-def _build_config(
-    chk: _Checker, where: tuple[str | int, ...], variant: str, overrides: dict[str, Any]
-) -> Any:
+def _build_config(chk: Checker, where: Where, variant: str, overrides: dict[str, Any]) -> Any:
     from conformer import get_config, resolve_name
     from conformer.config import OVERRIDABLE
 
@@ -375,7 +361,7 @@ def _build_config(
         raise chk.fail((*where, "variant"), f"{exc}") from None
     for key, value in overrides.items():
         if key not in OVERRIDABLE:
-            raise chk.fail((*where, key), _unknown([key], (*CELL_META_KEYS, *OVERRIDABLE)))
+            raise chk.fail((*where, key), unknown_key(key, (*CELL_META_KEYS, *OVERRIDABLE)))
         if isinstance(value, dict):
             raise chk.fail((*where, key), "must be a value, not a table")
     try:
@@ -386,7 +372,7 @@ def _build_config(
         raise chk.fail(at, f"invalid variant: {exc}") from None
 
 
-def _label_ok(chk: _Checker, where: tuple[str | int, ...], label: Any) -> str:
+def _label_ok(chk: Checker, where: Where, label: Any) -> str:
     if not isinstance(label, str) or not LABEL_RE.match(label):
         raise chk.fail(
             where,
@@ -402,9 +388,6 @@ def _value_text(value: Any) -> str:
     if isinstance(value, list):
         return "+".join(str(v) for v in value) or "none"
     return str(value)
-
-
-Where = tuple[str | int, ...]
 
 
 @dataclass(frozen=True)
@@ -448,7 +431,7 @@ class _CellSource:
     overrides: dict[str, Any]
     profile: dict[str, Any] = field(default_factory=dict)
     finetune: dict[str, Any] = field(default_factory=dict)
-    repeat: Any = False
+    repeat: bool = False
 
     @property
     def from_axis(self) -> bool:
@@ -469,19 +452,16 @@ def load_experiment(
     (:func:`conformer_bench.bounds.check_bounds`) unless ``force``.
     """
     path = Path(path)
-    data, chk = _read_file(path)
-    header = _read_header(chk, data, path, output_dir)
-    base = _read_base(chk, data)
-    defaults = _read_run_defaults(chk, data)
+    top, chk = read_experiment_file(path)
+    header = _read_header(chk, top, path, output_dir)
+    base = _read_base(chk, top)
+    defaults = _read_run_defaults(chk, top)
     base_cfg = _build_config(
-        chk,
-        ("base",),
-        base.variant,
-        {"img_size": defaults.profile.get("img_size", PROFILE_IMG_SIZE), **base.overrides},
+        chk, ("base",), base.variant, {"img_size": _img_size(defaults.profile), **base.overrides}
     )
     sources = [_CellSource(("base",), base.label, base.variant, base.overrides)]
-    sources += _axis_sources(chk, data, base, header.axes_mode)
-    sources += _listed_sources(chk, data, base)
+    sources += _axis_sources(chk, top, base)
+    sources += _listed_sources(chk, top, base)
     cells = _build_cells(chk, sources, defaults, base_cfg, profile_overrides, force)
     _check_constructible(chk, cells)
     return Experiment(
@@ -498,9 +478,9 @@ def load_experiment(
     )
 
 
-def _read_file(path: Path) -> tuple[dict[str, Any], _Checker]:
-    """The file's TOML tables, with only known top-level keys and finite numbers, and the checker that
-    locates its keys."""
+def read_experiment_file(path: Path) -> tuple[ExperimentFile, Checker]:
+    """The file's top level, typed (only known keys, finite numbers), and the checker that locates its
+    keys."""
     from ..files import first_non_finite, loads_toml, read_input_text
 
     text = read_input_text(path, "experiment file", "pass a TOML experiment file such as experiments/ci.toml")
@@ -508,105 +488,81 @@ def _read_file(path: Path) -> tuple[dict[str, Any], _Checker]:
         data = loads_toml(text)
     except ValueError as exc:
         raise BenchError(f"{path}: not valid TOML ({exc}); fix the syntax at that line") from None
-    chk = _Checker(path, text)
-    for key in data:
-        if key not in TOP_KEYS:
-            raise chk.fail((key,), _unknown([key], TOP_KEYS))
+    chk = Checker(path, text)
     where = first_non_finite(data)
     if where is not None:
         raise chk.fail(where, "is not a finite number (nan and inf are never valid settings); give a number")
-    return data, chk
+    top, _ = read_table(chk, (), data, ExperimentFile)
+    return top, chk
 
 
-def _read_header(chk: _Checker, data: dict[str, Any], path: Path, output_dir: str | Path | None) -> _Header:
-    name = data.get("name", path.stem)
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        given = "name" in data
-        shown = repr(name) if len(repr(name)) <= 60 else repr(name)[:57] + "..."
-        fix = "use 1-80 letters, digits, _ or - (starting with a letter or digit)"
+def _img_size(profile: dict[str, Any]) -> int:
+    """The image size checked profile settings measure at."""
+    from ..profiling import ProfileSettings
+
+    return ProfileSettings(**profile).img_size
+
+
+def _read_header(chk: Checker, top: ExperimentFile, path: Path, output_dir: str | Path | None) -> _Header:
+    name = top.name if top.name is not None else path.stem
+    if not NAME_RE.match(name):
         raise chk.fail(
             ("name",),
-            f"{shown} is not valid; {fix}"
-            if given
-            else f'the file name gives {shown}, which is not valid; add name = "..." and {fix}',
+            f"{shown(name)} is not valid; {NAME_FIX}"
+            if top.name is not None
+            else f'the file name gives {shown(name)}, which is not valid; add name = "..." and {NAME_FIX}',
         )
-    description = data.get("description", "")
-    if not isinstance(description, str):
-        raise chk.fail(("description",), "must be a string")
-    axes_mode = data.get("axes_mode", "each")
-    if axes_mode not in AXES_MODES:
-        raise chk.fail(("axes_mode",), f"{axes_mode!r} is not valid; choose one of: {', '.join(AXES_MODES)}")
-    out_raw = data.get("output_dir", f"results/{name}")
-    if not isinstance(out_raw, str) or not out_raw:
+    out_raw = top.output_dir if top.output_dir is not None else f"results/{name}"
+    if not out_raw:
         raise chk.fail(("output_dir",), "must be a directory path string such as 'results/paper'")
     executor = settings_from_table(
-        data.get("executor", {}),
-        lambda key, message: chk.fail(("executor", key) if key else ("executor",), message),
+        top.executor, lambda key, message: chk.fail(("executor", key) if key else ("executor",), message)
     )
     out_dir = Path(output_dir) if output_dir is not None else Path(out_raw)
-    return _Header(name, description, axes_mode, out_dir, executor)
+    return _Header(name, top.description, top.axes_mode, out_dir, executor)
 
 
-def _read_base(chk: _Checker, data: dict[str, Any]) -> _Base:
-    base = data.get("base")
-    if not isinstance(base, dict) or "variant" not in base:
-        raise chk.fail(
-            ("base",), 'missing; add a [base] table with variant = "small" (see conformer-bench variants)'
-        )
-    if not isinstance(base["variant"], str):
-        raise chk.fail(("base", "variant"), 'must be a preset name string such as "small"')
-    label = _label_ok(chk, ("base", "label"), base.get("label", "base"))
-    overrides = {k: v for k, v in base.items() if k not in ("label", "variant")}
+def _read_base(chk: Checker, top: ExperimentFile) -> _Base:
+    if top.base is None:
+        raise chk.fail(("base",), BASE_MISSING)
+    base, overrides = read_table(chk, ("base",), top.base, BaseTable, rest=True)
+    label = _label_ok(chk, ("base", "label"), base.label)
     for key in ("profile", "finetune"):
         if key in overrides:
             raise chk.fail(("base", key), f"put run settings in the top-level [{key}] table, not in [base]")
-    return _Base(base["variant"], label, overrides)
+    return _Base(base.variant, label, overrides)
 
 
-def _read_run_defaults(chk: _Checker, data: dict[str, Any]) -> _RunDefaults:
-    profile = _check_settings(chk, ("profile",), data.get("profile", {}), "profile")
-    ft_table = data.get("finetune")
-    if ft_table is None:
+def _read_run_defaults(chk: Checker, top: ExperimentFile) -> _RunDefaults:
+    profile = _check_settings(chk, ("profile",), top.profile, "profile")
+    if top.finetune is None:
         return _RunDefaults(profile)
-    finetune = _check_settings(chk, ("finetune",), ft_table, "finetune")
-    run_by_default = ft_table.get("run", False)
-    if not isinstance(run_by_default, bool):
-        raise chk.fail(("finetune", "run"), "must be true or false")
-    seeds = ft_table.get("seeds", [0])
-    if (
-        not isinstance(seeds, list)
-        or not seeds
-        or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= SEED_LIMIT for s in seeds)
-        or len(set(seeds)) != len(seeds)
-    ):
+    finetune = _check_settings(chk, ("finetune",), top.finetune, "finetune")
+    extras, _ = read_table(chk, ("finetune",), top.finetune, FinetuneExtras, rest=True)
+    seeds = extras.seeds
+    if not seeds or not all(0 <= s <= SEED_LIMIT for s in seeds) or len(set(seeds)) != len(seeds):
         raise chk.fail(
             ("finetune", "seeds"),
             f"{str(seeds)[:60]} is not valid; give distinct integers from 0 to {SEED_LIMIT}, e.g. [0, 1]",
         )
-    seed_jobs = ft_table.get("jobs", 1)
-    if isinstance(seed_jobs, bool) or not isinstance(seed_jobs, int) or seed_jobs < 1:
-        raise chk.fail(("finetune", "jobs"), f"{seed_jobs!r} is not valid; give an integer >= 1, e.g. 2")
-    return _RunDefaults(profile, finetune, tuple(seeds), seed_jobs, run_by_default)
+    if extras.jobs < 1:
+        raise chk.fail(("finetune", "jobs"), f"{extras.jobs!r} is not valid; give an integer >= 1, e.g. 2")
+    return _RunDefaults(profile, finetune, tuple(seeds), extras.jobs, extras.run)
 
 
-def _axis_sources(chk: _Checker, data: dict[str, Any], base: _Base, axes_mode: str) -> list[_CellSource]:
+def _axis_sources(chk: Checker, top: ExperimentFile, base: _Base) -> list[_CellSource]:
     """The cells of ``[axes]``: one axis value at a time (``each``) or every combination (``product``)."""
-    axes = data.get("axes", {})
-    if not isinstance(axes, dict):
-        raise chk.fail(("axes",), "must be a table: [axes] key = [value, ...]")
+    axes = top.axes
     for key, values in axes.items():
         if not isinstance(values, list) or not values:
             raise chk.fail(("axes", key), f"must be a non-empty list of values, e.g. {key} = [0, 1]")
-    count = (
-        sum(len(v) for v in axes.values())
-        if axes_mode == "each"
-        else math.prod(len(v) for v in axes.values())
-    )
+    each = top.axes_mode == "each"
+    count = sum(len(v) for v in axes.values()) if each else math.prod(len(v) for v in axes.values())
     if count > CELL_LIMIT:
         raise chk.fail(
             ("axes",), f"makes {count:,} cells, past the sanity bound of {CELL_LIMIT:,}; split the experiment"
         )
-    if axes_mode == "each":
+    if each:
         return [_axis_source(base, {key: value}) for key, values in axes.items() for value in values]
     if not axes:
         return []
@@ -617,46 +573,28 @@ def _axis_sources(chk: _Checker, data: dict[str, Any], base: _Base, axes_mode: s
 
 def _axis_source(base: _Base, values: dict[str, Any]) -> _CellSource:
     label = ",".join(f"{k}={_value_text(v)}" for k, v in values.items())
-    variant = values.get("variant", base.variant)
+    variant = values.get("variant", base.variant)  # an axis of presets is named "variant"
     rest = {k: v for k, v in values.items() if k != "variant"}
     overrides = {**base.overrides, **rest} if variant == base.variant else rest
     return _CellSource(("axes", next(iter(values))), label, str(variant), overrides)
 
 
-def _listed_sources(chk: _Checker, data: dict[str, Any], base: _Base) -> list[_CellSource]:
+def _listed_sources(chk: Checker, top: ExperimentFile, base: _Base) -> list[_CellSource]:
     """The ``[[cells]]`` entries."""
-    cells_raw = data.get("cells", [])
-    if not isinstance(cells_raw, list):
-        raise chk.fail(("cells",), "must be an array of tables: write each cell as [[cells]]")
     sources = []
-    for i, raw in enumerate(cells_raw):
+    for i, raw in enumerate(top.cells):
         where: Where = ("cells", i)
-        if not isinstance(raw, dict):
-            raise chk.fail(where, "must be a table: write each cell as [[cells]] with label = ...")
-        if "label" not in raw:
-            raise chk.fail(where, 'missing label; add label = "short-name" to this [[cells]] entry')
-        label = _label_ok(chk, (*where, "label"), raw["label"])
-        variant = raw.get("variant", base.variant)
-        if not isinstance(variant, str):
-            raise chk.fail((*where, "variant"), 'must be a preset name string such as "small"')
-        overrides = {k: v for k, v in raw.items() if k not in CELL_META_KEYS}
+        not_a_table = "must be a table: write each cell as [[cells]] with label = ..."
+        cell, overrides = read_table(chk, where, raw, CellTable, rest=True, not_a_table=not_a_table)
+        label = _label_ok(chk, (*where, "label"), cell.label)
+        variant = cell.variant if cell.variant is not None else base.variant
         merged = {**base.overrides, **overrides} if variant == base.variant else overrides
-        sources.append(
-            _CellSource(
-                where,
-                label,
-                variant,
-                merged,
-                raw.get("profile", {}),
-                raw.get("finetune", {}),
-                raw.get("repeat", False),
-            )
-        )
+        sources.append(_CellSource(where, label, variant, merged, cell.profile, cell.finetune, cell.repeat))
     return sources
 
 
 def _build_cells(
-    chk: _Checker,
+    chk: Checker,
     sources: list[_CellSource],
     defaults: _RunDefaults,
     base_cfg: Any,
@@ -683,12 +621,10 @@ def _build_cells(
         overrides = {k: v for k, v in src.overrides.items() if k != "variant"}
         if "img_size" not in overrides:
             # The config's img_size only sizes the position embedding: size it for the measured images.
-            overrides["img_size"] = profile.get("img_size", PROFILE_IMG_SIZE)
+            overrides["img_size"] = _img_size(profile)
         cfg = _build_config(chk, src.where, src.variant, overrides)
-        _check_bounds(chk, src, cfg, profile.get("img_size", PROFILE_IMG_SIZE), force)
+        _check_bounds(chk, src, cfg, _img_size(profile), force)
         run_key = _digest({"config": effective_config(cfg), "profile": profile, "finetune": src.finetune})
-        if not isinstance(src.repeat, bool):
-            raise chk.fail((*src.where, "repeat"), "must be true or false")
         if run_key in seen_runs and not src.repeat:
             if src.from_axis:
                 continue  # an axis value equal to the base (or an earlier cell) adds nothing
@@ -716,18 +652,18 @@ def _build_cells(
     return cells
 
 
-def _check_bounds(chk: _Checker, src: _CellSource, cfg: Any, img_size: Any, force: bool) -> None:
+def _check_bounds(chk: Checker, src: _CellSource, cfg: Any, img_size: int, force: bool) -> None:
     """The cell's config within the sanity bounds shared with ``profile`` (O(1) before any counting)."""
     from ..bounds import check_bounds
 
     try:
-        check_bounds(cfg, img_size=img_size if isinstance(img_size, int) else None, force=force)
+        check_bounds(cfg, img_size=img_size, force=force)
     except BenchError as exc:
         raise chk.fail(src.where, f"cell {src.label!r}: {exc}") from None
 
 
 def _cell_profile(
-    chk: _Checker, src: _CellSource, defaults: _RunDefaults, profile_overrides: dict[str, Any] | None
+    chk: Checker, src: _CellSource, defaults: _RunDefaults, profile_overrides: dict[str, Any] | None
 ) -> dict[str, Any]:
     """The file's profile settings, then the cell's own, then the command line's."""
     profile = defaults.profile
@@ -736,7 +672,7 @@ def _cell_profile(
     return {**profile, **profile_overrides} if profile_overrides else profile
 
 
-def _cell_finetune(chk: _Checker, src: _CellSource, defaults: _RunDefaults) -> dict[str, Any] | None:
+def _cell_finetune(chk: Checker, src: _CellSource, defaults: _RunDefaults) -> dict[str, Any] | None:
     """The file's fine-tune settings, then the cell's own; None without a [finetune] table."""
     if defaults.finetune is None:
         if src.finetune:
@@ -773,13 +709,13 @@ def effective_config(cfg: Any) -> dict[str, Any]:
     return d
 
 
-def _check_constructible(chk: _Checker, cells: list[Cell]) -> None:
+def _check_constructible(chk: Checker, cells: list[Cell]) -> None:
     """Settings objects must build (their own checks: mode, precision, ...)."""
     from ..profiling import ProfileSettings
     from ..profiling import validate_settings as check_profile
 
     for cell in cells:
-        where: tuple[str | int, ...] = ("profile",)
+        where: Where = ("profile",)
         try:
             check_profile(cell.config, ProfileSettings(**cell.profile))
         except (ValueError, TypeError, BenchError) as exc:

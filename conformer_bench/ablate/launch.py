@@ -144,7 +144,7 @@ def run_cell_in_process(
         spec_path, result_path, log_path = (Path(tmp) / n for n in ("spec.json", "result.json", "output.log"))
         read_fd, write_fd = os.pipe()
         try:
-            write_json(spec_path, cell.to_spec(finetune, reuse_profile, write_fd, cuda_device))
+            write_json(spec_path, cell.to_spec(finetune, reuse_profile, write_fd, cuda_device).to_dict())
             with open(log_path, "wb") as log:
                 proc = subprocess.Popen(
                     [*cell_command(), str(spec_path), str(result_path)],

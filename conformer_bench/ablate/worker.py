@@ -1,8 +1,8 @@
 """Run one cell: profile it and fine-tune it once per seed; as a process of its own, write its result.
 
-``python -m conformer_bench.ablate.worker SPEC RESULT``: SPEC is a JSON file written by the launching process
-(:meth:`Cell.to_spec`); the cell's result dict (what :func:`run_cell` returns) is written atomically to
-RESULT. While the cell runs, progress goes to the file descriptor named in the spec
+``python -m conformer_bench.ablate.worker SPEC RESULT``: SPEC is a ``conformer-bench.cell-spec`` record written
+by the launching process (:meth:`Cell.to_spec`); the cell's result (what :func:`run_cell` returns) is written
+atomically to RESULT. While the cell runs, progress goes to the file descriptor named in the spec
 (:class:`~.progress.PipeProgress`). This module knows nothing of how it is launched or scheduled.
 """
 
@@ -17,8 +17,9 @@ from typing import Any
 from ..errors import BenchError
 from ..files import read_json, write_json
 from ..records import FinetuneRecord, ProfileRecord, Status
+from ..records.cell import CellJobSpec
 from ..threads import set_threads, threads
-from .experiment import CELL_SPEC_SCHEMA, Cell
+from .experiment import Cell
 from .progress import CellProgress, PipeProgress
 from .store import CellOutcome, reason_line
 
@@ -210,19 +211,19 @@ def main(argv: list[str]) -> int:
     if len(argv) != 2:
         print("usage: python -m conformer_bench.ablate.worker SPEC.json RESULT.json", file=sys.stderr)
         return 2
-    spec = read_json(argv[0])
-    if not isinstance(spec, dict) or spec.get("schema") != CELL_SPEC_SCHEMA:
-        print(f"{argv[0]}: not a {CELL_SPEC_SCHEMA} file", file=sys.stderr)
+    try:
+        spec = CellJobSpec.from_dict(read_json(argv[0]))
+    except (BenchError, TypeError, ValueError) as exc:
+        print(f"{argv[0]}: not a {CellJobSpec.SCHEMA} file ({exc})", file=sys.stderr)
         return 2
     cell = Cell.from_spec(spec)
-    if spec.get("cuda_device") is not None:
+    if spec.cuda_device is not None:
         import torch
 
         if torch.cuda.is_available():
-            torch.cuda.set_device(int(spec["cuda_device"]))
-    progress = PipeProgress(spec.get("progress_fd"))
-    reuse = spec.get("reuse_profile")
-    result = run_cell(cell, bool(spec["finetune"]), _profile_record(reuse), progress)
+            torch.cuda.set_device(spec.cuda_device)
+    progress = PipeProgress(spec.progress_fd)
+    result = run_cell(cell, spec.finetune, spec.reuse_profile, progress)
     write_json(argv[1], result.to_dict())
     return 0
 

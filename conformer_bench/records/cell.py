@@ -213,3 +213,32 @@ class JobsRecord(SchemaRecord):
     SCHEMA = JOBS_SCHEMA
 
     cells: dict[str, JobEntry]
+
+
+@dataclass(frozen=True)
+class CellSpec(Record):
+    """A cell as a worker process rebuilds it: its config as ``ConformerConfig.to_dict()`` and its run
+    settings as the keyword arguments the experiment file gave (what the cell's hashes are taken over)."""
+
+    index: int
+    label: str
+    config: dict[str, Any]
+    changes: dict[str, Any]
+    profile: dict[str, Any]
+    finetune: dict[str, Any] | None
+    seeds: list[int]
+    seed_jobs: int = 1
+
+
+@dataclass(frozen=True)
+class CellJobSpec(SchemaRecord):
+    """What a worker process runs (``conformer_bench.ablate.worker``): a cell, whether to fine-tune it, the
+    profile to reuse, the pipe it reports progress on and the CUDA device it is given."""
+
+    SCHEMA = "conformer-bench.cell-spec"
+
+    cell: CellSpec
+    finetune: bool
+    reuse_profile: ProfileRecord | None
+    progress_fd: int | None
+    cuda_device: int | None = None

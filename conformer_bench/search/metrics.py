@@ -20,6 +20,8 @@ from ..records import CpuPhaseMemory, CudaPhaseMemory, FinetuneRecord, ProfileRe
 if TYPE_CHECKING:
     from conformer.config import ConformerConfig
 
+    from ..profiling import ProfileSettings
+
 COSTS, PROFILE, FINETUNE = "costs", "profile", "finetune"
 PHASE_MODES = {"infer": ("infer", "both"), "train": ("train", "both")}
 
@@ -66,13 +68,13 @@ class Metric:
         """Counted from the config before anything runs."""
         return self.source == COSTS
 
-    def missing_from(self, has_finetune: bool, profile: Mapping[str, Any]) -> str | None:
+    def missing_from(self, has_finetune: bool, profile: ProfileSettings) -> str | None:
         """Why no trial's record would carry this metric under these settings (None: it would)."""
         if self.source == FINETUNE and not has_finetune:
             return "it comes from the fine-tune: add a [finetune] table (dataset, steps, seeds)"
-        if self.name.endswith("_ref_gflop") and not profile.get("timing_reference"):
+        if self.name.endswith("_ref_gflop") and not profile.timing_reference:
             return "it is timed beside the reference GEMM: set timing_reference = true in [profile]"
-        on_cuda = str(profile.get("device", "auto")).startswith("cuda")
+        on_cuda = profile.device.startswith("cuda")
         if self.source == PROFILE and on_cuda and self.name.endswith("_ref_gflop"):
             return "the reference GEMM is timed on the CPU only: use device = 'cpu'"
         return None

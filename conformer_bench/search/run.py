@@ -368,8 +368,7 @@ class Search:
 def _changes_of(spec: SearchSpec, point: Point) -> dict[str, Any]:
     changes = _changes(point.config, spec.base.config)
     changes.pop("img_size", None)
-    base_size = int(spec.base.profile.get("img_size", spec.base.config.img_size))
-    if point.img_size != base_size:
+    if point.img_size != spec.base.img_size:
         changes["img_size"] = point.img_size
     return changes
 

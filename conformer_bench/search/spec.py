@@ -30,39 +30,80 @@ import itertools
 import json
 import math
 import re
-import tomllib
-from dataclasses import dataclass
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from conformer import get_config
 from conformer.config import OVERRIDABLE, TOGGLE_DEFAULTS, ConformerConfig
 
-from ..ablate.experiment import Cell, Experiment, _changes, _Checker, effective_config, load_experiment
+from ..ablate.experiment import (
+    Cell,
+    Experiment,
+    _changes,
+    effective_config,
+    load_experiment,
+    read_experiment_file,
+)
+from ..toml_tables import Checker, Where, fix, read_table, unknown_key
 from .metrics import FINETUNE, METRICS, Metric, RunPlan, cheap_measures, profile_mode
 
 if TYPE_CHECKING:
     import optuna
 
-SEARCH_KEYS = (
-    "trials",
-    "minutes",
-    "sampler",
-    "population",
-    "seed",
-    "parallel",
-    "output_dir",
-    "objectives",
-    "constraints",
-    "confirm_seeds",
-    "space",
-)
-SAMPLERS = ("nsga2", "tpe", "random")
 DIRECTIONS = {"max": "maximize", "maximize": "maximize", "min": "minimize", "minimize": "minimize"}
 SPACE_EXTRA = ("variant", "img_size")  # dimensions that are not (only) config fields
 CONSTRAINT_RE = re.compile(r"^\s*([A-Za-z0-9_]+)\s*(<=|>=)\s*([-+0-9.eE_]+)\s*$")
 VALIDITY_PROBES = 4096  # points of the space tried when the file is read, to refuse a space with none valid
-Where = tuple[str | int, ...]
+Sampler = Literal["nsga2", "tpe", "random"]  # nsga2: multi-objective, the default
+SAMPLERS: tuple[str, ...] = typing.get_args(Sampler)
+RANGE_FIX = "a range takes integers: { low = 32, high = 96, step = 32 } (step >= 1)"
+
+
+@dataclass(frozen=True)
+class SearchTable:
+    """The ``[search]`` table, typed; :func:`load_search` checks what its fields' types cannot say."""
+
+    trials: int | None = field(
+        default=None, metadata=fix("{value} is not valid; give an integer >= 1, e.g. trials = 16")
+    )
+    minutes: float | None = field(
+        default=None, metadata=fix("{value} is not valid; give a number of minutes > 0, e.g. 12")
+    )
+    sampler: Sampler = "nsga2"
+    population: int = field(default=8, metadata=fix("{value} is not valid; give an integer >= 2"))
+    seed: int = field(default=0, metadata=fix("{value} is not valid; give an integer >= 0"))
+    parallel: int = field(default=1, metadata=fix("{value} is not valid; give an integer >= 1"))
+    output_dir: str | None = field(
+        default=None, metadata=fix("must be a folder path string such as 'results/micro/search'")
+    )
+    objectives: dict[str, Any] = field(
+        default_factory=dict, metadata=fix('must be a table: objectives = { top1 = "max", params = "min" }')
+    )
+    constraints: list[str] = field(
+        default_factory=list,
+        metadata=fix('must be a list of strings such as ["params <= 600000", "infer_img_per_s >= 200"]'),
+    )
+    confirm_seeds: list[int] | None = field(
+        default=None, metadata=fix("{value} is not valid; give distinct integers >= 0, e.g. [0, 1, 2, 3, 4]")
+    )
+    space: dict[str, Any] = field(
+        default_factory=dict,
+        metadata=fix("must be a table: [search.space] with num_med_block = [0, 1, 2], ..."),
+    )
+
+
+SEARCH_KEYS = tuple(f.name for f in dataclasses.fields(SearchTable))
+
+
+@dataclass(frozen=True)
+class RangeTable:
+    """A dimension written as a range: the integers from ``low`` to ``high`` by ``step``."""
+
+    low: int = field(metadata=fix(RANGE_FIX, missing=RANGE_FIX))
+    high: int = field(metadata=fix(RANGE_FIX, missing=RANGE_FIX))
+    step: int = field(default=1, metadata=fix(RANGE_FIX))
 
 
 @dataclass(frozen=True)
@@ -248,7 +289,7 @@ class SearchSpec:
 
     def point(self, values: dict[str, Any]) -> Point:
         """The point ``values`` make; ``ValueError`` when they make no valid variant."""
-        img_size = int(values.get("img_size", self.base.profile.get("img_size", 224)))
+        img_size = int(values.get("img_size", self.base.img_size))
         variant = str(values.get("variant", self.base.config.name))
         fields = {k: v for k, v in values.items() if k not in SPACE_EXTRA}
         if variant == self.base.config.name:
@@ -331,7 +372,7 @@ def _config_value(cell: Cell, name: str) -> Any:
     if name == "variant":
         return cell.config.name
     if name == "img_size":
-        return int(cell.profile.get("img_size", cell.config.img_size))
+        return cell.img_size
     value = getattr(cell.config, name)
     return list(value) if isinstance(value, tuple) else value
 
@@ -351,18 +392,19 @@ def load_search(
     ``trials`` and ``minutes`` (the command line's) replace the file's budget.
     """
     experiment = load_experiment(path)
-    text = Path(path).read_text(encoding="utf-8")
-    chk = _Checker(Path(path), text)
-    table = tomllib.loads(text).get("search")
-    if not isinstance(table, dict):
+    top, chk = read_experiment_file(Path(path))
+    if top.search is None:
         raise chk.fail(("search",), "missing; add a [search] table with a [search.space] and objectives")
-    for key in table:
-        if key not in SEARCH_KEYS:
-            raise chk.fail(("search", key), _unknown(key, SEARCH_KEYS))
+    table, _ = read_table(chk, ("search",), top.search, SearchTable)
+    for key, minimum in (("population", 2), ("seed", 0), ("parallel", 1)):
+        if getattr(table, key) < minimum:
+            raise chk.fail(
+                ("search", key), f"{getattr(table, key)!r} is not valid; give an integer >= {minimum}"
+            )
     base = experiment.cell(experiment.base_label)
-    dimensions = _read_space(chk, table.get("space"), base)
-    objectives = _read_objectives(chk, table.get("objectives"))
-    constraints = _read_constraints(chk, table.get("constraints", []))
+    dimensions = _read_space(chk, table.space, base)
+    objectives = _read_objectives(chk, table.objectives)
+    constraints = _read_constraints(chk, table.constraints)
     plan = _run_plan(chk, experiment, base, [o.metric for o in objectives] + [c.metric for c in constraints])
     spec = SearchSpec(
         experiment=experiment,
@@ -371,10 +413,10 @@ def load_search(
         objectives=objectives,
         constraints=constraints,
         budget=_read_budget(chk, table, trials, minutes),
-        sampler=_choice(chk, table, "sampler", SAMPLERS, "nsga2"),
-        population=_integer(chk, table, "population", 2, 8),
-        seed=_integer(chk, table, "seed", 0, 0),
-        parallel=_integer(chk, table, "parallel", 1, 1),
+        sampler=table.sampler,
+        population=table.population,
+        seed=table.seed,
+        parallel=table.parallel,
         output_dir=_output_dir(chk, table, experiment, output_dir),
         confirm_seeds=_seeds(chk, table, base),
         plan=plan,
@@ -384,14 +426,8 @@ def load_search(
     return spec
 
 
-def _unknown(key: str, valid: tuple[str, ...] | list[str]) -> str:
-    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    return f"unknown key {key!r}; {hint}valid keys: {', '.join(valid)}"
-
-
-def _read_space(chk: _Checker, space: Any, base: Cell) -> tuple[Dimension, ...]:
-    if not isinstance(space, dict) or not space:
+def _read_space(chk: Checker, space: dict[str, Any], base: Cell) -> tuple[Dimension, ...]:
+    if not space:
         raise chk.fail(
             ("search", "space"),
             "the space is empty; add [search.space] with at least one dimension, e.g. num_med_block = [0, 1, 2]",
@@ -401,22 +437,17 @@ def _read_space(chk: _Checker, space: Any, base: Cell) -> tuple[Dimension, ...]:
     for name, raw in space.items():
         where: Where = ("search", "space", name)
         if name not in valid:
-            raise chk.fail(where, _unknown(name, valid))
+            raise chk.fail(where, unknown_key(name, valid))
         dims.append(_dimension(chk, where, name, raw))
     return tuple(dims)
 
 
-def _dimension(chk: _Checker, where: Where, name: str, raw: Any) -> Dimension:
+def _dimension(chk: Checker, where: Where, name: str, raw: Any) -> Dimension:
     if isinstance(raw, dict):
-        unknown = [k for k in raw if k not in ("low", "high", "step")]
-        if unknown:
-            raise chk.fail(where, _unknown(unknown[0], ("low", "high", "step")))
-        low, high, step = raw.get("low"), raw.get("high"), raw.get("step", 1)
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high, step)):
-            raise chk.fail(where, "a range takes integers: { low = 32, high = 96, step = 32 } (step >= 1)")
-        assert isinstance(low, int) and isinstance(high, int) and isinstance(step, int)
+        span, _ = read_table(chk, where, raw, RangeTable)
+        low, high, step = span.low, span.high, span.step
         if step < 1:
-            raise chk.fail(where, "a range takes integers: { low = 32, high = 96, step = 32 } (step >= 1)")
+            raise chk.fail(where, RANGE_FIX)
         if high < low or (high - low) % step:
             raise chk.fail(
                 where, f"high must be low plus a multiple of step; got low {low}, high {high}, step {step}"
@@ -434,9 +465,9 @@ def _dimension(chk: _Checker, where: Where, name: str, raw: Any) -> Dimension:
     return Dimension(name, tuple(raw))
 
 
-def _read_objectives(chk: _Checker, raw: Any) -> tuple[Objective, ...]:
+def _read_objectives(chk: Checker, raw: dict[str, Any]) -> tuple[Objective, ...]:
     where: Where = ("search", "objectives")
-    if not isinstance(raw, dict) or not raw:
+    if not raw:
         raise chk.fail(where, 'missing; add objectives = { top1 = "max", infer_img_per_s = "max" }')
     out = []
     for name, direction in raw.items():
@@ -444,7 +475,7 @@ def _read_objectives(chk: _Checker, raw: Any) -> tuple[Objective, ...]:
             raise chk.fail(
                 (*where, name),
                 f"no record carries {name!r}; "
-                + _unknown(name, list(METRICS)).split("; ", 1)[1].replace("valid keys", "metrics"),
+                + unknown_key(name, list(METRICS)).split("; ", 1)[1].replace("valid keys", "metrics"),
             )
         if direction not in DIRECTIONS:
             raise chk.fail((*where, name), f'{direction!r} is not a direction; use "max" or "min"')
@@ -452,12 +483,8 @@ def _read_objectives(chk: _Checker, raw: Any) -> tuple[Objective, ...]:
     return tuple(out)
 
 
-def _read_constraints(chk: _Checker, raw: Any) -> tuple[Constraint, ...]:
+def _read_constraints(chk: Checker, raw: list[str]) -> tuple[Constraint, ...]:
     where: Where = ("search", "constraints")
-    if not isinstance(raw, list) or not all(isinstance(c, str) for c in raw):
-        raise chk.fail(
-            where, 'must be a list of strings such as ["params <= 600000", "infer_img_per_s >= 200"]'
-        )
     out = []
     for text in raw:
         m = CONSTRAINT_RE.match(text)
@@ -480,20 +507,20 @@ def _read_constraints(chk: _Checker, raw: Any) -> tuple[Constraint, ...]:
     return tuple(out)
 
 
-def _run_plan(chk: _Checker, experiment: Experiment, base: Cell, metrics: list[Metric]) -> RunPlan:
+def _run_plan(chk: Checker, experiment: Experiment, base: Cell, metrics: list[Metric]) -> RunPlan:
     """The base cell's profile settings with the mode that times what the metrics read, and whether the
     trials fine-tune; a metric no record would carry is an error."""
     for metric in metrics:
-        why = metric.missing_from(experiment.has_finetune, base.profile)
+        why = metric.missing_from(experiment.has_finetune, base.profile_settings())
         if why:
             raise chk.fail(("search", "objectives"), f"no record would carry {metric.name!r}: {why}")
     profile = {**base.profile, "mode": profile_mode(metrics)}
     return RunPlan(profile, any(m.source == FINETUNE for m in metrics))
 
 
-def _read_budget(chk: _Checker, table: dict[str, Any], trials: int | None, minutes: float | None) -> Budget:
-    n = trials if trials is not None else table.get("trials")
-    mins = minutes if minutes is not None else table.get("minutes")
+def _read_budget(chk: Checker, table: SearchTable, trials: int | None, minutes: float | None) -> Budget:
+    n = trials if trials is not None else table.trials
+    mins = minutes if minutes is not None else table.minutes
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise chk.fail(("search", "trials"), f"{n!r} is not valid; give an integer >= 1, e.g. trials = 16")
     if mins is not None and (
@@ -507,45 +534,24 @@ def _read_budget(chk: _Checker, table: dict[str, Any], trials: int | None, minut
     return Budget(n, float(mins) if mins is not None else None)
 
 
-def _choice(chk: _Checker, table: dict[str, Any], key: str, options: tuple[str, ...], default: str) -> str:
-    value = table.get(key, default)
-    if value not in options:
-        raise chk.fail(("search", key), f"{value!r} is not valid; choose one of: {', '.join(options)}")
-    return str(value)
-
-
-def _integer(chk: _Checker, table: dict[str, Any], key: str, minimum: int, default: int) -> int:
-    value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise chk.fail(("search", key), f"{value!r} is not valid; give an integer >= {minimum}")
-    return value
-
-
-def _output_dir(
-    chk: _Checker, table: dict[str, Any], experiment: Experiment, given: str | Path | None
-) -> Path:
+def _output_dir(chk: Checker, table: SearchTable, experiment: Experiment, given: str | Path | None) -> Path:
     if given is not None:
         return Path(given)
-    raw = table.get("output_dir")
+    raw = table.output_dir
     if raw is None:
         return experiment.output_dir / "search"
-    if not isinstance(raw, str) or not raw:
+    if not raw:
         raise chk.fail(
             ("search", "output_dir"), "must be a folder path string such as 'results/micro/search'"
         )
     return Path(raw)
 
 
-def _seeds(chk: _Checker, table: dict[str, Any], base: Cell) -> tuple[int, ...]:
-    raw = table.get("confirm_seeds")
+def _seeds(chk: Checker, table: SearchTable, base: Cell) -> tuple[int, ...]:
+    raw = table.confirm_seeds
     if raw is None:
         return tuple(range(max(5, 2 * len(base.seeds))))
-    if (
-        not isinstance(raw, list)
-        or not raw
-        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in raw)
-        or len(set(raw)) != len(raw)
-    ):
+    if not raw or not all(s >= 0 for s in raw) or len(set(raw)) != len(raw):
         raise chk.fail(
             ("search", "confirm_seeds"),
             f"{raw!r} is not valid; give distinct integers >= 0, e.g. [0, 1, 2, 3, 4]",
@@ -553,7 +559,7 @@ def _seeds(chk: _Checker, table: dict[str, Any], base: Cell) -> tuple[int, ...]:
     return tuple(raw)
 
 
-def _check_base_in_space(chk: _Checker, spec: SearchSpec) -> None:
+def _check_base_in_space(chk: Checker, spec: SearchSpec) -> None:
     """The base cell is the first trial: each of its values must be a point of its dimension."""
     for dim in spec.dimensions:
         value = _config_value(spec.base, dim.name)
@@ -565,7 +571,7 @@ def _check_base_in_space(chk: _Checker, spec: SearchSpec) -> None:
             )
 
 
-def _check_space_has_points(chk: _Checker, spec: SearchSpec) -> None:
+def _check_space_has_points(chk: Checker, spec: SearchSpec) -> None:
     """Refuse a space in which no point (of the first :data:`VALIDITY_PROBES` tried) is a valid variant that
     keeps the cheap constraints."""
     combos = itertools.islice(itertools.product(*(d.values() for d in spec.dimensions)), VALIDITY_PROBES)
