@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import itertools
 import json
@@ -309,6 +310,7 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
+@functools.cache
 def _settings_fields(kind: str) -> dict[str, Any]:
     """Field name -> type hint of ProfileSettings or FinetuneSettings."""
     cls: Any
