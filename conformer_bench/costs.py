@@ -1,9 +1,9 @@
 """Parameters and FLOPs of a config in closed form: no model, no tensors, microseconds per variant.
 
 The walk below mirrors ``conformer.Conformer`` layer by layer and applies fvcore's per-operator rules
-(batch 1, eval mode), so its numbers equal what :func:`conformer_bench.flops.count_flops` and
-:func:`conformer_bench.params.count_params` report for the built model. ``tests/test_costs.py`` holds the
-two to equality over presets and toggles; a change to the model must be mirrored here.
+(batch 1, eval mode), so its numbers equal what :func:`conformer_bench.flops.costs_of` counts on the
+built model (``exact=True``). ``tests/test_costs.py`` holds the two to equality over presets and toggles;
+a change to the model must be mirrored here.
 
 fvcore's rules, per operator (``n`` = elements, one fused multiply-add = one flop):
 

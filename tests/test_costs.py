@@ -18,7 +18,6 @@ from conformer_bench.ablate.store import load_records
 from conformer_bench.cli import app
 from conformer_bench.costs import flop_counts, param_counts
 from conformer_bench.flops import CACHE_ENV, costs_of, count_flops, count_flops_from_config, quick_counts
-from conformer_bench.params import count_params
 from conformer_bench.profiling import ProfileSettings, profile_variant
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,7 +60,7 @@ def test_closed_form_equals_the_built_model(case: tuple, monkeypatch: pytest.Mon
     assert costs_of(cfg, size, exact=True, cross_check=True) == built
     # The names callers used before costs_of give the same numbers as dicts.
     real = built.flops.to_dict()
-    assert param_counts(cfg) == count_params(model) == built.params.to_dict()
+    assert param_counts(cfg) == costs_of(model).params.to_dict() == built.params.to_dict()
     assert flop_counts(cfg, size) == {
         k: real[k] for k in ("fvcore_total", "paper_macs", "by_operator", "by_component")
     }

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 import conformer
-from conformer_bench.flops import count_flops
-from conformer_bench.params import count_params
+from conformer_bench.flops import costs_of, count_flops
 
 IMG = 64  # micro: token grid 4x4, CNN maps 16x16, 8x8, 4x4 in stages 1-3
 
@@ -93,10 +92,7 @@ def test_fcu_stage_selection_counts_only_the_chosen_stages() -> None:
 def test_pos_embed_adds_one_vector_per_token() -> None:
     cfg = conformer.get_config("micro")
     tokens = 1 + (cfg.img_size // cfg.patch_size) ** 2
-    with_pe = count_params(conformer.create_model("micro", pos_embed=True))
-    without = count_params(conformer.create_model("micro"))
-    assert with_pe["total"] - without["total"] == tokens * cfg.embed_dim
-    assert (
-        with_pe["by_component"]["transformer"] - without["by_component"]["transformer"]
-        == tokens * cfg.embed_dim
-    )
+    with_pe = costs_of(conformer.create_model("micro", pos_embed=True)).params
+    without = costs_of(conformer.create_model("micro")).params
+    assert with_pe.total - without.total == tokens * cfg.embed_dim
+    assert with_pe.by_component["transformer"] - without.by_component["transformer"] == tokens * cfg.embed_dim

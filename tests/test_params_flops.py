@@ -12,11 +12,12 @@ from conformer_bench.flops import (
     PAPER_OPERATORS,
     SDPA_OP,
     build_on_meta,
+    costs_of,
     count_flops,
     quick_counts,
     sdpa_flop_jit,
 )
-from conformer_bench.params import COMPONENTS, component_of, count_params
+from conformer_bench.params import COMPONENTS, component_of
 
 RELEASE_PARAMS = {"tiny": 23_524_704, "small": 37_673_424, "small-p32": 38_853_072, "base": 83_289_136}
 # Figures of the release at 224², eval mode (shared/docs/conformer.md): fvcore G, paper-convention GMACs.
@@ -43,16 +44,16 @@ TOGGLES = [
 )
 def test_param_components_sum_to_total(overrides: dict) -> None:
     model = conformer.create_model("micro", **overrides)
-    counts = count_params(model)
-    assert counts["total"] == sum(p.numel() for p in model.parameters())
-    assert sum(counts["by_component"].values()) == counts["total"]
-    assert set(counts["by_component"]) == set(COMPONENTS)
+    counts = costs_of(model).params
+    assert counts.total == sum(p.numel() for p in model.parameters())
+    assert sum(counts.by_component.values()) == counts.total
+    assert set(counts.by_component) == set(COMPONENTS)
 
 
 def test_param_components_follow_the_toggles() -> None:
-    cnn_only = count_params(conformer.create_model("micro", branches="cnn"))["by_component"]
+    cnn_only = costs_of(conformer.create_model("micro", branches="cnn")).params.by_component
     assert cnn_only["transformer"] == 0 and cnn_only["fcu"] == 0 and cnn_only["cnn"] > 0
-    no_fcu = count_params(conformer.create_model("micro", coupling="none"))["by_component"]
+    no_fcu = costs_of(conformer.create_model("micro", coupling="none")).params.by_component
     assert no_fcu["fcu"] == 0 and no_fcu["transformer"] > 0
 
 
@@ -60,15 +61,15 @@ def test_trainable_excludes_frozen_parameters() -> None:
     model = conformer.create_model("nano")
     for p in model.stem.parameters():
         p.requires_grad_(False)
-    counts = count_params(model)
-    assert counts["trainable"] == counts["total"] - counts["by_component"]["stem"]
+    counts = costs_of(model).params
+    assert counts.trainable == counts.total - counts.by_component["stem"]
 
 
 @pytest.mark.parametrize("name", list(RELEASE_PARAMS))
 def test_release_params_on_meta(name: str) -> None:
-    counts = count_params(build_on_meta(conformer.get_config(name)))
-    assert counts["total"] == RELEASE_PARAMS[name]
-    assert sum(counts["by_component"].values()) == RELEASE_PARAMS[name]
+    counts = costs_of(build_on_meta(conformer.get_config(name))).params
+    assert counts.total == RELEASE_PARAMS[name]
+    assert sum(counts.by_component.values()) == RELEASE_PARAMS[name]
 
 
 def test_component_of_rejects_unknown_names() -> None:
@@ -153,7 +154,7 @@ def test_count_flops_keeps_train_mode_and_accepts_configs() -> None:
 def test_quick_counts_match_the_full_count(micro_flops: dict) -> None:
     quick = quick_counts(conformer.get_config("micro"), 64)
     assert quick["macs"] == micro_flops["paper_macs"]
-    assert quick["params"] == count_params(conformer.create_model("micro"))
+    assert quick["params"] == costs_of(conformer.create_model("micro")).params.to_dict()
 
 
 @pytest.mark.slow

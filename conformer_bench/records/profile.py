@@ -85,7 +85,7 @@ class CudaPhaseMemory(Record):
 
 @dataclass(frozen=True)
 class ParamCounts(Record):
-    """Parameters of the built model (``conformer_bench.params.count_params``): shared ones counted once."""
+    """Parameters of the built model (``conformer_bench.flops.costs_of``): shared ones counted once."""
 
     total: int
     trainable: int
