@@ -16,8 +16,8 @@ from conformer_bench.ablate.experiment import load_experiment
 from conformer_bench.ablate.runner import run_grid
 from conformer_bench.ablate.store import load_records
 from conformer_bench.cli import app
-from conformer_bench.costs import flop_counts, param_counts
-from conformer_bench.flops import CACHE_ENV, costs_of, count_flops, count_flops_from_config, quick_counts
+from conformer_bench.costs import Costs, flop_counts, param_counts
+from conformer_bench.flops import CACHE_ENV, costs_of
 from conformer_bench.profiling import ProfileSettings, profile_variant
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,12 +64,6 @@ def test_closed_form_equals_the_built_model(case: tuple, monkeypatch: pytest.Mon
     assert flop_counts(cfg, size) == {
         k: real[k] for k in ("fvcore_total", "paper_macs", "by_operator", "by_component")
     }
-    assert count_flops_from_config(cfg, size) == count_flops(model, size) == real
-    assert quick_counts(cfg, size) == {
-        "params": built.params.to_dict(),
-        "macs": real["paper_macs"],
-        "img_size": size,
-    }
 
 
 @pytest.mark.parametrize("name", ["tiny", "small", "small-p32", "base"])
@@ -86,12 +80,17 @@ def test_closed_form_equals_the_release_presets_on_meta(name: str) -> None:
 def test_flop_records_are_cached_on_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(CACHE_ENV, str(tmp_path))
     cfg = conformer.get_config("nano", coupling="down")
-    counted = count_flops_from_config(cfg, 32)
+
+    def exact(size: int) -> Costs:
+        return costs_of(cfg, size, exact=True, cross_check=True)
+
+    counted = exact(32)
+    assert counted.flops is not None and counted.flops.cross_check is not None
     (path,) = tmp_path.glob("*.json")
-    assert count_flops_from_config(cfg, 32) == counted  # read back
+    assert exact(32) == counted  # read back
     path.write_text("{not json")
-    assert count_flops_from_config(cfg, 32) == counted  # an unreadable entry is counted again
-    assert count_flops_from_config(cfg, 64) != counted and len(list(tmp_path.glob("*.json"))) == 2
+    assert exact(32) == counted  # an unreadable entry is counted again
+    assert exact(64) != counted and len(list(tmp_path.glob("*.json"))) == 2
 
 
 def test_costs_only_profile_builds_nothing_and_records_the_same() -> None:
