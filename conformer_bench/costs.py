@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .params import COMPONENTS
 from .records import FlopCounts, ParamCounts
@@ -270,25 +270,8 @@ def closed_form(cfg: ConformerConfig, img_size: int, params: ParamCounts | None 
     )
 
 
-# --- the names callers used before ``costs_of`` (dicts, as they returned) ---------------------------------
-
-
-def param_counts(cfg: ConformerConfig) -> dict[str, Any]:
-    """``costs_of(cfg).params`` as a dict."""
-    return closed_params(cfg).to_dict()
-
-
-def flop_counts(cfg: ConformerConfig, img_size: int) -> dict[str, Any]:
-    """``fvcore_total``, ``paper_macs``, ``by_operator`` and ``by_component`` of ``costs_of(cfg, img_size)``."""
-    costs = closed_form(cfg, img_size)
-    return {
-        "fvcore_total": costs.fvcore_total,
-        "paper_macs": costs.paper_macs,
-        "by_operator": costs.by_operator,
-        "by_component": costs.by_component,
-    }
-
-
 def paper_macs(cfg: ConformerConfig, img_size: int | None = None) -> int:
-    """Multiply-adds of conv + linear + matmul per image (batch 1): ``costs_of(cfg, img_size).paper_macs``."""
+    """Multiply-adds of conv + linear + matmul per image (batch 1): ``costs_of(cfg, img_size).paper_macs``.
+
+    Imported by the code :mod:`conformer_bench.ab.inject` patches into a model."""
     return closed_form(cfg, img_size or cfg.img_size).paper_macs
