@@ -1,9 +1,9 @@
 """Parameters and FLOPs of a config in closed form: no model, no tensors, microseconds per variant.
 
 The walk below mirrors ``conformer.Conformer`` layer by layer and applies fvcore's per-operator rules
-(batch 1, eval mode), so its numbers equal what :func:`conformer_bench.flops.count_flops` and
-:func:`conformer_bench.params.count_params` report for the built model. ``tests/test_costs.py`` holds the
-two to equality over presets and toggles; a change to the model must be mirrored here.
+(batch 1, eval mode), so its numbers equal what :func:`conformer_bench.flops.costs_of` counts on the
+built model (``exact=True``). ``tests/test_costs.py`` holds the two to equality over presets and toggles;
+a change to the model must be mirrored here.
 
 fvcore's rules, per operator (``n`` = elements, one fused multiply-add = one flop):
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .params import COMPONENTS
 from .records import FlopCounts, ParamCounts
@@ -270,25 +270,8 @@ def closed_form(cfg: ConformerConfig, img_size: int, params: ParamCounts | None 
     )
 
 
-# --- the names callers used before ``costs_of`` (dicts, as they returned) ---------------------------------
-
-
-def param_counts(cfg: ConformerConfig) -> dict[str, Any]:
-    """``costs_of(cfg).params`` as a dict."""
-    return closed_params(cfg).to_dict()
-
-
-def flop_counts(cfg: ConformerConfig, img_size: int) -> dict[str, Any]:
-    """``fvcore_total``, ``paper_macs``, ``by_operator`` and ``by_component`` of ``costs_of(cfg, img_size)``."""
-    costs = closed_form(cfg, img_size)
-    return {
-        "fvcore_total": costs.fvcore_total,
-        "paper_macs": costs.paper_macs,
-        "by_operator": costs.by_operator,
-        "by_component": costs.by_component,
-    }
-
-
 def paper_macs(cfg: ConformerConfig, img_size: int | None = None) -> int:
-    """Multiply-adds of conv + linear + matmul per image (batch 1): ``costs_of(cfg, img_size).paper_macs``."""
+    """Multiply-adds of conv + linear + matmul per image (batch 1): ``costs_of(cfg, img_size).paper_macs``.
+
+    Imported by the code :mod:`conformer_bench.ab.inject` patches into a model."""
     return closed_form(cfg, img_size or cfg.img_size).paper_macs

@@ -499,32 +499,3 @@ def costs_of(
         else _config_counts(cfg, size, cross_check)
     )
     return Costs.of_record(params, flops)
-
-
-# --- the names callers used before ``costs_of`` (dicts, as they returned) ---------------------------------
-
-
-def count_flops(
-    model_or_cfg: ConformerConfig | str | Conformer, img_size: int = 224, *, cross_check: bool = True
-) -> dict[str, Any]:
-    """``costs_of(model_or_cfg, img_size, exact=True, cross_check=cross_check).flops`` as a dict."""
-    return _exact_flops(model_or_cfg, img_size, cross_check).to_dict()
-
-
-def count_flops_from_config(
-    cfg: ConformerConfig, img_size: int = 224, *, cross_check: bool = True
-) -> dict[str, Any]:
-    """:func:`count_flops` of a config (counted without building it)."""
-    return _exact_flops(cfg, img_size, cross_check).to_dict()
-
-
-def _exact_flops(subject: ConformerConfig | str | Conformer, img_size: int, cross_check: bool) -> FlopCounts:
-    flops = costs_of(subject, img_size, exact=True, cross_check=cross_check).flops
-    assert flops is not None
-    return flops
-
-
-def quick_counts(cfg: ConformerConfig, img_size: int | None = None) -> dict[str, Any]:
-    """Params and paper-convention MACs of ``costs_of(cfg, img_size)``: ``{"params", "macs", "img_size"}``."""
-    costs = costs_of(cfg, img_size)
-    return {"params": costs.params.to_dict(), "macs": costs.paper_macs, "img_size": costs.img_size}

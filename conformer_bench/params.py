@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .records import ParamCounts
 
 if TYPE_CHECKING:
     import torch
-
-    from conformer import Conformer
 
 COMPONENTS: tuple[str, ...] = ("stem", "cnn", "transformer", "fcu", "heads")
 
@@ -87,8 +85,3 @@ def _count_model(model: torch.nn.Module) -> ParamCounts:
         if param.requires_grad:
             trainable += n
     return ParamCounts(total=total, trainable=trainable, by_component=by_component)
-
-
-def count_params(model: Conformer) -> dict[str, Any]:
-    """``costs_of(model).params`` as a dict (``{"total", "trainable", "by_component"}``)."""
-    return _count_model(model).to_dict()

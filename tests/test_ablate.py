@@ -151,7 +151,7 @@ def test_pareto_front() -> None:
 
 def test_dry_run_lists_cells_with_costs(tmp_path: Path) -> None:
     import conformer
-    from conformer_bench.params import count_params
+    from conformer_bench.flops import costs_of
 
     out = tmp_path / "res"
     result = invoke(
@@ -160,7 +160,7 @@ def test_dry_run_lists_cells_with_costs(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     for label in ("dual", "num_med_block=1", "cnn-only", "no-fcu"):
         assert label in result.output
-    params = count_params(conformer.create_model(conformer.get_config("nano", branches="cnn")))["total"]
+    params = costs_of(conformer.create_model(conformer.get_config("nano", branches="cnn"))).params.total
     assert f"{params / 1e6:.3f}" in result.output
     assert "digits, 3 steps, seeds [0, 1]" in result.output
     assert not out.exists(), "a dry run writes nothing"

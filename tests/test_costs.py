@@ -16,9 +16,8 @@ from conformer_bench.ablate.experiment import load_experiment
 from conformer_bench.ablate.runner import run_grid
 from conformer_bench.ablate.store import load_records
 from conformer_bench.cli import app
-from conformer_bench.costs import flop_counts, param_counts
-from conformer_bench.flops import CACHE_ENV, costs_of, count_flops, count_flops_from_config, quick_counts
-from conformer_bench.params import count_params
+from conformer_bench.costs import Costs
+from conformer_bench.flops import CACHE_ENV, costs_of
 from conformer_bench.profiling import ProfileSettings, profile_variant
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,18 +58,6 @@ def test_closed_form_equals_the_built_model(case: tuple, monkeypatch: pytest.Mon
         assert getattr(fast, key) == getattr(built, key) == getattr(built.flops, key), key
     # The whole record too: uncounted operators (traced twin) and the cross-check (meta tensors).
     assert costs_of(cfg, size, exact=True, cross_check=True) == built
-    # The names callers used before costs_of give the same numbers as dicts.
-    real = built.flops.to_dict()
-    assert param_counts(cfg) == count_params(model) == built.params.to_dict()
-    assert flop_counts(cfg, size) == {
-        k: real[k] for k in ("fvcore_total", "paper_macs", "by_operator", "by_component")
-    }
-    assert count_flops_from_config(cfg, size) == count_flops(model, size) == real
-    assert quick_counts(cfg, size) == {
-        "params": built.params.to_dict(),
-        "macs": real["paper_macs"],
-        "img_size": size,
-    }
 
 
 @pytest.mark.parametrize("name", ["tiny", "small", "small-p32", "base"])
@@ -87,12 +74,17 @@ def test_closed_form_equals_the_release_presets_on_meta(name: str) -> None:
 def test_flop_records_are_cached_on_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(CACHE_ENV, str(tmp_path))
     cfg = conformer.get_config("nano", coupling="down")
-    counted = count_flops_from_config(cfg, 32)
+
+    def exact(size: int) -> Costs:
+        return costs_of(cfg, size, exact=True, cross_check=True)
+
+    counted = exact(32)
+    assert counted.flops is not None and counted.flops.cross_check is not None
     (path,) = tmp_path.glob("*.json")
-    assert count_flops_from_config(cfg, 32) == counted  # read back
+    assert exact(32) == counted  # read back
     path.write_text("{not json")
-    assert count_flops_from_config(cfg, 32) == counted  # an unreadable entry is counted again
-    assert count_flops_from_config(cfg, 64) != counted and len(list(tmp_path.glob("*.json"))) == 2
+    assert exact(32) == counted  # an unreadable entry is counted again
+    assert exact(64) != counted and len(list(tmp_path.glob("*.json"))) == 2
 
 
 def test_costs_only_profile_builds_nothing_and_records_the_same() -> None:
@@ -112,7 +104,7 @@ def test_costs_only_cells_run_inline(tmp_path: Path) -> None:
     assert all(r.status == "ok" and r.isolation == "inline" for r in records.values())
     for cell in exp.cells:
         profile = records[cell.label].profile
-        assert profile is not None and profile.params.to_dict() == param_counts(cell.config)
+        assert profile is not None and profile.params == costs_of(cell.config).params
 
 
 def test_dry_run_prints_the_count_first_and_streams(tmp_path: Path) -> None:
@@ -123,8 +115,9 @@ def test_dry_run_prints_the_count_first_and_streams(tmp_path: Path) -> None:
     rows = [line for line in lines if line.split()[0].isdigit()]
     assert len(rows) == len(cells)
     base = conformer.get_config("small", img_size=224)
-    assert f"{param_counts(base)['total'] / 1e6:.3f}" in rows[0]
-    assert f"{flop_counts(base, 224)['paper_macs'] / 1e9:.4g}" in rows[0]
+    costs = costs_of(base, 224)
+    assert f"{costs.params.total / 1e6:.3f}" in rows[0]
+    assert f"{costs.paper_macs / 1e9:.4g}" in rows[0]
 
 
 def test_large_dry_run_lists_every_cell(tmp_path: Path) -> None:
@@ -146,8 +139,8 @@ def test_large_dry_run_lists_every_cell(tmp_path: Path) -> None:
 
 def test_presets_and_costs_import_without_torch() -> None:
     code = (
-        "import sys, conformer; from conformer_bench.costs import param_counts; "
-        "assert param_counts(conformer.get_config('tiny'))['total'] == 23_524_704; "
+        "import sys, conformer; from conformer_bench.flops import costs_of; "
+        "assert costs_of(conformer.get_config('tiny')).params.total == 23_524_704; "
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

@@ -433,7 +433,6 @@ def test_a_bad_cache_entry_is_counted_again(
 ) -> None:
     from conformer import get_config
     from conformer_bench import flops
-    from conformer_bench.costs import flop_counts
 
     monkeypatch.setenv(flops.CACHE_ENV, str(tmp_path / "cache"))
     cfg = get_config("nano", img_size=32)
@@ -447,11 +446,12 @@ def test_a_bad_cache_entry_is_counted_again(
         path.symlink_to(tmp_path / "elsewhere.json")
     else:
         path.write_text(entry)
-    record = flops.count_flops_from_config(cfg, 32, cross_check=False)
-    fresh = flop_counts(cfg, 32)
-    assert record["fvcore_total"] == fresh["fvcore_total"] and record["paper_macs"] == fresh["paper_macs"]
-    assert record["uncounted_ops"]  # the traced tallies are there too
-    assert json.loads(path.read_text()) == record  # the bad entry was replaced by the real record
+    record = flops.costs_of(cfg, 32, exact=True).flops
+    fresh = flops.costs_of(cfg, 32)
+    assert record is not None
+    assert record.fvcore_total == fresh.fvcore_total and record.paper_macs == fresh.paper_macs
+    assert record.uncounted_ops  # the traced tallies are there too
+    assert json.loads(path.read_text()) == record.to_dict()  # the bad entry was replaced by the real record
     assert stat.S_ISREG(path.lstat().st_mode)
 
 

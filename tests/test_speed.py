@@ -46,7 +46,7 @@ def check_path(entry: dict, batch: int, flop_per_image: int, ceiling: float) -> 
 
 def test_speed_record_schema_and_numbers(tmp_path: Path) -> None:
     from conformer import get_config
-    from conformer_bench.flops import count_flops
+    from conformer_bench.flops import costs_of
 
     out = tmp_path / "nano.json"
     record = run_json("--paths", "plain,optimized", "--output", str(out))
@@ -68,10 +68,10 @@ def test_speed_record_schema_and_numbers(tmp_path: Path) -> None:
     assert settings["threads"] == env["threads"]
 
     flops = record["flops"]
-    expected = count_flops(get_config("nano"), 32, cross_check=False)
-    assert flops["paper_macs_per_image"] == expected["paper_macs"]
-    assert flops["fvcore_total_per_image"] == expected["fvcore_total"]
-    assert flops["flop_per_image"] == 2 * expected["paper_macs"]
+    expected = costs_of(get_config("nano"), 32, exact=True)
+    assert flops["paper_macs_per_image"] == expected.paper_macs
+    assert flops["fvcore_total_per_image"] == expected.fvcore_total
+    assert flops["flop_per_image"] == 2 * expected.paper_macs
     assert "2 x paper_macs" in flops["convention"]
     # nano pools before its FCU-down projections on the optimized path: fewer multiply-adds executed
     assert flops["executed_paper_macs_per_image_optimized"] < flops["paper_macs_per_image"]

@@ -85,7 +85,7 @@ class CudaPhaseMemory(Record):
 
 @dataclass(frozen=True)
 class ParamCounts(Record):
-    """Parameters of the built model (``conformer_bench.params.count_params``): shared ones counted once."""
+    """Parameters of the built model (``conformer_bench.flops.costs_of``): shared ones counted once."""
 
     total: int
     trainable: int
@@ -105,7 +105,7 @@ class FlopCrossCheck(Record):
 
 @dataclass(frozen=True)
 class FlopCounts(Record):
-    """FLOPs of one image, batch 1, eval mode (``conformer_bench.flops.count_flops``); ``convention`` says
+    """FLOPs of one image, batch 1, eval mode (``conformer_bench.flops.costs_of(..., exact=True)``); ``convention`` says
     what one unit is (fvcore counts one fused multiply-add as one flop)."""
 
     OPTIONAL = frozenset({"cross_check"})
