@@ -7,6 +7,22 @@ from typing import Any
 
 from .base import Record
 
+# Environment fields whose difference makes timings from two records not comparable.
+TIMING_KEYS: tuple[str, ...] = (
+    "device",
+    "device_name",
+    "cpu_model",
+    "cpu_capability",  # the kernel set ATen dispatches (AVX512, AVX2, ...): another set, other timings
+    "threads",
+    "torch",
+    "cuda",
+    "precision",
+    "batch_size",
+    "img_size",
+    "path",  # plain | optimized | compiled (profile records)
+    "channels_last",  # profile records; a key missing on both sides counts as equal
+)
+
 
 @dataclass(frozen=True)
 class Environment(Record):

@@ -17,9 +17,9 @@ import numpy as np
 
 from conformer.config import is_finite_number
 
-from ..env import TIMING_KEYS
 from ..errors import BenchError
 from ..records.baseline import MAGNITUDE_LIMIT
+from ..records.common import TIMING_KEYS
 from ..records.report import ReportRow
 from ..records.speed import LatencySummary
 from ..stats import bootstrap_ratio, mann_whitney_p, summarize

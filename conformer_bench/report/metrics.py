@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from ..ablate.store import CELL_SCHEMA, CELLS_FILE, ResultStore, validate_record
-from ..env import TIMING_KEYS
 from ..errors import BenchError
 from ..files import read_json
 from ..readers import typed_record
@@ -35,6 +34,7 @@ from ..records import (
 from ..records import KINDS as RECORD_KINDS
 from ..records.baseline import BASELINE_SCHEMA, BaselineMetric, BaselineRecord
 from ..records.baseline import finite_number as _finite
+from ..records.common import TIMING_KEYS
 
 REPORTED = (PROFILE_SCHEMA, FINETUNE_SCHEMA, CELL_SCHEMA, BASELINE_SCHEMA)  # what `report` reads
 READABLE_HINT = (
