@@ -203,13 +203,12 @@ def cell_entry(record: Record | Mapping[str, Any], source: str, revs: Revisions)
     cell = cell_view(record, source)
     out = MetricSet(source=source, source_kind="ablation")
     cell_metrics(cell, out)
-    env = cell.own_environment or cell.environment
-    if not env:
+    environment = cell.own_environment or cell.environment
+    if environment is None:
         raise BenchError(
             f"{source}: cell {cell.label!r} has no environment; regenerate it with `conformer-bench ablate`"
         )
     data = _json(record)
-    environment = Environment.from_dict(env)
     return RunEntry(
         kind="ablate",
         key=digest({"kind": "ablate", "record": data}, 32),

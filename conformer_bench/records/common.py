@@ -75,6 +75,10 @@ class Environment(Record):
     def is_cuda(self) -> bool:
         return self.device.startswith("cuda")
 
+    def timing_identity(self) -> tuple[tuple[str, Any], ...]:
+        """(key, value) of each field in ``TIMING_KEYS``: timings compare only where these are equal."""
+        return tuple((key, getattr(self, key)) for key in TIMING_KEYS)
+
 
 @dataclass(frozen=True)
 class Variant(Record):
