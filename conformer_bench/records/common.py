@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from typing import Any
+
+from conformer.config import ConformerConfig
 
 from .base import Record
 
@@ -22,6 +25,8 @@ TIMING_KEYS: tuple[str, ...] = (
     "path",  # plain | optimized | compiled (profile records)
     "channels_last",  # profile records; a key missing on both sides counts as equal
 )
+
+_CONFIG_FIELDS = frozenset(f.name for f in fields(ConformerConfig))
 
 
 @dataclass(frozen=True)
@@ -86,4 +91,14 @@ class Variant(Record):
 
     name: str
     label: str
-    config: dict[str, Any]  # ConformerConfig.to_dict(): read it with ConformerConfig.from_dict
+    config: dict[str, Any]  # ConformerConfig.to_dict(): read it with conformer_config()
+
+    def conformer_config(self) -> ConformerConfig | None:
+        """The config as a :class:`ConformerConfig` (keys it does not know are passed over, missing ones take
+        their defaults); None when the record holds none, or one that does not build (a hand-edited file)."""
+        if not isinstance(self.config, Mapping):
+            return None
+        try:
+            return ConformerConfig(**{k: v for k, v in self.config.items() if k in _CONFIG_FIELDS})
+        except (TypeError, ValueError):
+            return None

@@ -367,15 +367,12 @@ def _accuracy_value(record: FinetuneRecord, group: str, head: str | None, source
 
 
 def _heads_of(record: FinetuneRecord) -> tuple[str, ...]:
-    """The classifier heads of the record's variant, from its config (``ConformerConfig.has_conv_head`` and
-    ``has_trans_head``); both when the record holds no config."""
-    config = record.variant.config if record.variant is not None else None
-    if not isinstance(config, Mapping):
+    """The classifier heads of the record's variant, from its config; both when the record holds no config
+    (or one that does not build)."""
+    config = record.variant.conformer_config() if record.variant is not None else None
+    if config is None:
         return ("conv", "trans")
-    branches, heads = config.get("branches", "dual"), config.get("heads", "both")
-    conv = branches in ("dual", "cnn") and heads in ("both", "conv")
-    trans = branches in ("dual", "transformer") and heads in ("both", "trans")
-    return (*(("conv",) if conv else ()), *(("trans",) if trans else ()))
+    return (*(("conv",) if config.has_conv_head else ()), *(("trans",) if config.has_trans_head else ()))
 
 
 # --------------------------------------------------------------------------- ablation cells
@@ -387,11 +384,6 @@ def config_digest(config: Mapping[str, Any] | None, recorded: str | None = None)
         text = json.dumps(config, sort_keys=True, default=str)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
     return str(recorded) if recorded is not None else None
-
-
-def config_identity(holder: Mapping[str, Any]) -> str | None:
-    """:func:`config_digest` of a JSON object holding ``config`` (and perhaps ``config_hash``)."""
-    return config_digest(holder.get("config"), holder.get("config_hash"))
 
 
 @dataclass
