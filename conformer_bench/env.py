@@ -14,23 +14,6 @@ from typing import Any
 from . import __version__
 from .errors import BenchError
 
-# Keys whose difference makes timings from two records not comparable.
-TIMING_KEYS: tuple[str, ...] = (
-    "device",
-    "device_name",
-    "cpu_model",
-    "cpu_capability",  # the kernel set ATen dispatches (AVX512, AVX2, ...): another set, other timings
-    "threads",
-    "torch",
-    "cuda",
-    "precision",
-    "batch_size",
-    "img_size",
-    "path",  # plain | optimized | compiled (profile records)
-    "channels_last",  # profile records; a key missing on both sides counts as equal
-)
-
-
 # /proc/cpuinfo flags that decide which kernels the libraries choose (fp32 width, bf16/int8 paths, AMX tiles).
 KERNEL_FLAGS: tuple[str, ...] = (
     "avx2",

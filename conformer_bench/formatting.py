@@ -165,9 +165,9 @@ def config_hash(config: dict[str, Any] | None) -> str | None:
     """Short hash of a model config's ``to_dict()``, the same identity the reports use."""
     if not config:
         return None
-    from .report.metrics import config_identity
+    from .report.metrics import config_digest
 
-    return config_identity({"config": config})
+    return config_digest(config)
 
 
 def _config(r: ProfileRecord) -> dict[str, Any]:

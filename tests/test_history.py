@@ -43,8 +43,8 @@ from conformer_bench.history.store import (
 
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()
-MACHINE = Machine.of({"device": "cpu", "cpu_model": "Test CPU", "cpu_count": 2, "torch": "2.13.0"})
-OTHER_MACHINE = Machine.of({"device": "cpu", "cpu_model": "Other CPU", "cpu_count": 4, "torch": "2.13.0"})
+MACHINE = Machine(device="cpu", cpu_model="Test CPU", cpu_count=2, torch="2.13.0")
+OTHER_MACHINE = Machine(device="cpu", cpu_model="Other CPU", cpu_count=4, torch="2.13.0")
 
 
 def _revision(i: int) -> RevisionInfo:

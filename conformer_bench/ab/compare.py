@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from ..errors import BenchError
 from ..records import ABRecord, PairedCell, Status
 from ..report.compare import BLOCKING, Comparison, Row
-from ..report.metrics import Metric, MetricSet
+from ..report.metrics import Metric, MetricSet, as_environment
 from ..report.thresholds import MetricSpec, Thresholds
 from . import CLOCKS
 from .stats import PairedEstimate, geometric_mean_estimate, paired_estimate
@@ -232,4 +232,4 @@ def compare_ab(record: ABRecord, thresholds: Thresholds, clock: str | None = Non
 def _side_set(record: ABRecord, side: str) -> MetricSet:
     revision = record.base if side == "base" else record.head
     source = revision.sha or revision.name
-    return MetricSet(source=source, source_kind="ab", environment=record.environment)
+    return MetricSet(source=source, source_kind="ab", environment=as_environment(record.environment))

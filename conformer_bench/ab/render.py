@@ -6,7 +6,7 @@ from typing import Any
 
 from ..records import RevisionRef, Status
 from ..report.compare import STATUS_ORDER
-from ..report.render import describe_environment, metric_table
+from ..report.render import ENV_FOOTER_KEYS, describe_environment, metric_table
 from .compare import ABComparison
 
 AB_REPORT_SCHEMA = "conformer-bench.ab-report"
@@ -102,9 +102,8 @@ def _how_lines(result: ABComparison) -> list[str]:
     return lines
 
 
-def _machine(environment: dict[str, Any]) -> dict[str, Any]:
-    """The environment without the running tool's own checkout (the revisions are named above it)."""
-    return {k: v for k, v in environment.items() if k not in ("commit", "created")}
+# The footer's environment keys without the running tool's own checkout (the revisions are named above it).
+_MACHINE_KEYS = tuple(k for k in ENV_FOOTER_KEYS if k not in ("commit", "created"))
 
 
 def render_markdown(result: ABComparison) -> str:
@@ -130,7 +129,7 @@ def render_markdown(result: ABComparison) -> str:
         f"Head: {_rev(head)} {head.subject or ''}".rstrip(),
         "",
         *(line for how in _how_lines(result) for line in (how, "")),
-        "Machine: " + describe_environment(_machine(result.record.environment)),
+        "Machine: " + describe_environment(result.record.typed_environment(), _MACHINE_KEYS),
         "",
         "Thresholds: "
         + ", ".join(

@@ -85,7 +85,7 @@ def run_key(plan: ABPlan) -> str:
     return digest(
         {
             "kind": "backfill",
-            "machine": Machine.of(plan.record.environment).fingerprint,
+            "machine": Machine.of(plan.record.typed_environment()).fingerprint,
             "experiment": plan.record.experiment.name,
             "anchor": plan.base.sha,
             "revision": plan.head.sha,

@@ -173,7 +173,7 @@ def _single(
         kind=kind,
         key=digest({"kind": kind, "record": data}, 32),
         revision=revs.of(environment.commit, source),
-        machine=Machine.of(environment.to_dict()),
+        machine=Machine.of(environment),
         experiment=experiment,
         source=source,
         parts={"": data},
@@ -203,18 +203,17 @@ def cell_entry(record: Record | Mapping[str, Any], source: str, revs: Revisions)
     cell = cell_view(record, source)
     out = MetricSet(source=source, source_kind="ablation")
     cell_metrics(cell, out)
-    env = cell.own_environment or cell.environment
-    if not env:
+    environment = cell.own_environment or cell.environment
+    if environment is None:
         raise BenchError(
             f"{source}: cell {cell.label!r} has no environment; regenerate it with `conformer-bench ablate`"
         )
     data = _json(record)
-    environment = Environment.from_dict(env)
     return RunEntry(
         kind="ablate",
         key=digest({"kind": "ablate", "record": data}, 32),
         revision=revs.of(environment.commit, f"{source} cell {cell.label!r}"),
-        machine=Machine.of(environment.to_dict()),
+        machine=Machine.of(environment),
         experiment=cell.experiment,
         source=source,
         parts={"": data},
@@ -375,7 +374,7 @@ def paired_entry(
         kind=kind,
         key=key,
         revision=revs.resolve(str(head)),
-        machine=Machine.of(record.environment),
+        machine=Machine.of(record.typed_environment()),
         experiment=record.experiment.name or "",
         source=source,
         parts={"": paired_header(record)},

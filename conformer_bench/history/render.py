@@ -112,7 +112,10 @@ def render_json(found: list[SeriesSteps], gate: Gate) -> dict[str, Any]:
         "verdict": "FAIL" if blocking else "PASS",
         "gate": list(gate.patterns),
         "blocking": [s.series.key.name for s in blocking],
-        "machines": {s.series.machine.fingerprint: s.series.machine.identity for s in found},
+        # each identity with its keys sorted, as the database stores it
+        "machines": {
+            s.series.machine.fingerprint: dict(sorted(s.series.machine.identity.items())) for s in found
+        },
         "series": [
             {
                 "machine": s.series.machine.fingerprint,

@@ -24,6 +24,7 @@ What it holds:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -33,26 +34,17 @@ import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BenchError
 from ..files import check_input_file
 
+if TYPE_CHECKING:
+    from ..records import Environment
+
 HISTORY_ENV = "CONFORMER_BENCH_HISTORY"
 DEFAULT_PATH = Path("results") / "history.db"
 BUSY_TIMEOUT_S = 120.0
-# What makes two machines different for timings: hardware, kernel set, cores, and the software that runs
-# the model. The host name is left out (CI runners are new hosts of one machine class).
-MACHINE_KEYS = (
-    "device",
-    "device_name",
-    "cpu_model",
-    "cpu_capability",
-    "cpu_count",
-    "torch",
-    "cuda",
-    "python",
-)
 
 
 def default_path() -> Path:
@@ -67,13 +59,36 @@ def digest(obj: Any, length: int = 16) -> str:
 
 @dataclass(frozen=True)
 class Machine:
-    """A machine as its timings see it."""
+    """A machine as its timings see it: hardware, kernel set, cores, and the software that runs the model.
 
-    identity: dict[str, Any]
+    The host name is left out (CI runners are new hosts of one machine class). The fields, in order, are
+    :data:`MACHINE_KEYS`; the fingerprint digests them as one JSON object, as history databases store it.
+    """
+
+    device: str | None = None
+    device_name: str | None = None
+    cpu_model: str | None = None
+    cpu_capability: str | None = None
+    cpu_count: int | None = None
+    torch: str | None = None
+    cuda: str | None = None
+    python: str | None = None
 
     @classmethod
-    def of(cls, environment: Mapping[str, Any]) -> Machine:
-        return cls({key: environment.get(key) for key in MACHINE_KEYS})
+    def of(cls, env: Environment) -> Machine:
+        return cls(
+            env.device, env.device_name, env.cpu_model, env.cpu_capability, env.cpu_count, env.torch,
+            env.cuda, env.python,
+        )  # fmt: skip
+
+    @classmethod
+    def from_identity(cls, identity: Mapping[str, Any]) -> Machine:
+        """A machine as a database row keeps it (its :attr:`identity` as JSON)."""
+        return cls(**{key: identity.get(key) for key in MACHINE_KEYS})
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
     @property
     def fingerprint(self) -> str:
@@ -81,16 +96,19 @@ class Machine:
 
     @property
     def label(self) -> str:
-        ident = self.identity
-        what = ident.get("device_name") if ident.get("device") == "cuda" else ident.get("cpu_model")
-        parts = [str(what or ident.get("device") or "unknown device")]
-        if ident.get("cpu_count"):
-            parts.append(f"{ident['cpu_count']} CPUs")
-        if ident.get("cpu_capability"):
-            parts.append(str(ident["cpu_capability"]))
-        if ident.get("torch"):
-            parts.append(f"torch {ident['torch']}")
+        what = self.device_name if self.device == "cuda" else self.cpu_model
+        parts = [str(what or self.device or "unknown device")]
+        if self.cpu_count:
+            parts.append(f"{self.cpu_count} CPUs")
+        if self.cpu_capability:
+            parts.append(str(self.cpu_capability))
+        if self.torch:
+            parts.append(f"torch {self.torch}")
         return ", ".join(parts)
+
+
+# What makes two machines different for timings: the environment keys a machine's fingerprint digests.
+MACHINE_KEYS = tuple(f.name for f in dataclasses.fields(Machine))
 
 
 @dataclass(frozen=True)
@@ -402,7 +420,7 @@ class HistoryStore:
 
     def machines(self) -> dict[int, Machine]:
         return {
-            int(i): Machine(json.loads(identity))
+            int(i): Machine.from_identity(json.loads(identity))
             for i, identity in self._conn.execute("SELECT id, identity FROM machines")
         }
 

@@ -9,6 +9,7 @@ from typing import Any
 from ..ab import CLOCKS
 from ..errors import BenchError
 from .base import Record, SchemaRecord, Status
+from .common import Environment
 
 AB_SCHEMA = "conformer-bench.ab"
 
@@ -131,6 +132,10 @@ class ABRecord(SchemaRecord):
     workers: dict[str, Any]  # per side: what the worker reported at start (python, torch, its conformer)
     cells: list[PairedCell]
     wall_s: float
+
+    def typed_environment(self) -> Environment:
+        """The environment as a record (the file keeps the JSON it was written with)."""
+        return Environment.from_dict(self.environment)
 
     @classmethod
     def from_dict(cls, data: Any) -> ABRecord:

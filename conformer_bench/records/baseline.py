@@ -9,6 +9,7 @@ from conformer.config import is_finite_number
 
 from ..errors import BenchError
 from .base import Record, SchemaRecord
+from .common import Environment
 
 BASELINE_SCHEMA = "conformer-bench.baseline"
 BASELINE_FIX = "rewrite it with `baseline write`"
@@ -133,13 +134,13 @@ class BaselineRecord(SchemaRecord):
         """The revision the results were measured at (older baselines: their environment's commit)."""
         if isinstance(self.revision, str) and self.revision:
             return self.revision
-        return measured_revision(self.environment or {})
+        return measured_revision(Environment.from_dict(self.environment) if self.environment else None)
 
 
-def measured_revision(environment: dict[str, Any]) -> str | None:
+def measured_revision(environment: Environment | None) -> str | None:
     """The commit that results were measured at, from their environment; None when unknown or when the
     tree had uncommitted changes (``...+dirty``: no revision holds that code)."""
-    commit = environment.get("commit")
+    commit = environment.commit if environment is not None else None
     if not isinstance(commit, str) or not commit or commit.endswith("+dirty"):
         return None
     return commit

@@ -2,10 +2,31 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from typing import Any
 
+from conformer.config import ConformerConfig
+
 from .base import Record
+
+# Environment fields whose difference makes timings from two records not comparable.
+TIMING_KEYS: tuple[str, ...] = (
+    "device",
+    "device_name",
+    "cpu_model",
+    "cpu_capability",  # the kernel set ATen dispatches (AVX512, AVX2, ...): another set, other timings
+    "threads",
+    "torch",
+    "cuda",
+    "precision",
+    "batch_size",
+    "img_size",
+    "path",  # plain | optimized | compiled (profile records)
+    "channels_last",  # profile records; a key missing on both sides counts as equal
+)
+
+_CONFIG_FIELDS = frozenset(f.name for f in fields(ConformerConfig))
 
 
 @dataclass(frozen=True)
@@ -59,6 +80,10 @@ class Environment(Record):
     def is_cuda(self) -> bool:
         return self.device.startswith("cuda")
 
+    def timing_identity(self) -> tuple[tuple[str, Any], ...]:
+        """(key, value) of each field in ``TIMING_KEYS``: timings compare only where these are equal."""
+        return tuple((key, getattr(self, key)) for key in TIMING_KEYS)
+
 
 @dataclass(frozen=True)
 class Variant(Record):
@@ -66,4 +91,14 @@ class Variant(Record):
 
     name: str
     label: str
-    config: dict[str, Any]  # ConformerConfig.to_dict(): read it with ConformerConfig.from_dict
+    config: dict[str, Any]  # ConformerConfig.to_dict(): read it with conformer_config()
+
+    def conformer_config(self) -> ConformerConfig | None:
+        """The config as a :class:`ConformerConfig` (keys it does not know are passed over, missing ones take
+        their defaults); None when the record holds none, or one that does not build (a hand-edited file)."""
+        if not isinstance(self.config, Mapping):
+            return None
+        try:
+            return ConformerConfig(**{k: v for k, v in self.config.items() if k in _CONFIG_FIELDS})
+        except (TypeError, ValueError):
+            return None

@@ -9,7 +9,6 @@ from pathlib import Path
 from .. import __version__
 from ..errors import BenchError
 from ..files import check_outputs_apart, check_writable, write_json
-from ..records import Environment
 from ..records.baseline import BASELINE_SCHEMA, BaselineEvent, BaselineRecord, measured_revision
 from .metrics import MetricSet, input_files, load_metrics, read_input
 
@@ -28,7 +27,7 @@ def _now() -> str:
 
 
 def _event(action: str, metrics: MetricSet, names: list[str]) -> BaselineEvent:
-    commit = Environment.from_dict(metrics.environment).commit
+    commit = metrics.environment.commit if metrics.environment is not None else None
     return BaselineEvent(action, _now(), metrics.source, commit, len(names), __version__)
 
 
@@ -49,7 +48,7 @@ def baseline_record(metrics: MetricSet) -> BaselineRecord:
         source_kind=metrics.source_kind,
         # The commit the results were measured at: `conformer-bench ab` times it against a newer revision.
         revision=measured_revision(metrics.environment),
-        environment=metrics.environment,
+        environment=metrics.environment_json(),
         metrics={name: metrics.metrics[name].to_record() for name in names},
         crashed=dict(sorted(metrics.crashed.items())),
         history=[_event("write", metrics, names)],
@@ -65,7 +64,7 @@ def read_baseline(path: str | Path) -> BaselineRecord:
 
 def _check_clean(metrics: MetricSet, allow_dirty: bool) -> None:
     """A baseline is a reference: refuse results measured on uncommitted code unless asked."""
-    commit = Environment.from_dict(metrics.environment).commit
+    commit = metrics.environment.commit if metrics.environment is not None else None
     if not allow_dirty and isinstance(commit, str) and commit.endswith("+dirty"):
         raise BenchError(
             f"{metrics.source} was measured on uncommitted changes (commit {commit}); commit them and measure "

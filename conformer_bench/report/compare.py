@@ -17,13 +17,14 @@ import numpy as np
 
 from conformer.config import is_finite_number
 
-from ..env import TIMING_KEYS
 from ..errors import BenchError
+from ..records import Environment
 from ..records.baseline import MAGNITUDE_LIMIT
+from ..records.common import TIMING_KEYS
 from ..records.report import ReportRow
 from ..records.speed import LatencySummary
 from ..stats import bootstrap_ratio, mann_whitney_p, summarize
-from .metrics import Metric, MetricSet
+from .metrics import Metric, MetricSet, timing_env
 from .thresholds import MetricSpec, Thresholds
 
 # Status -> rank (lower = more severe). A row blocks when its status is in BLOCKING and ``gate`` holds.
@@ -371,9 +372,12 @@ def _accuracy_status(row: Row, spec: MetricSpec) -> None:
 # --------------------------------------------------------------------------- driver
 
 
-def environment_mismatch(baseline: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+def environment_mismatch(
+    baseline: Environment | None, current: Environment | None
+) -> dict[str, tuple[Any, Any]]:
     """Timing-relevant fingerprint keys whose values differ."""
-    return {k: (baseline.get(k), current.get(k)) for k in TIMING_KEYS if baseline.get(k) != current.get(k)}
+    pairs = zip(timing_env(baseline), timing_env(current), strict=True)
+    return {key: (base, cur) for (key, base), (_, cur) in pairs if base != cur}
 
 
 def compare(baseline: MetricSet, current: MetricSet, thresholds: Thresholds) -> Comparison:

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from ..ablate.store import CELL_SCHEMA, CELLS_FILE, ResultStore, validate_record
-from ..env import TIMING_KEYS
 from ..errors import BenchError
 from ..files import read_json
 from ..readers import typed_record
 from ..records import (
     FINETUNE_SCHEMA,
     PROFILE_SCHEMA,
+    Environment,
     FinetuneRecord,
     ProfiledPhase,
     ProfileRecord,
@@ -35,6 +35,7 @@ from ..records import (
 from ..records import KINDS as RECORD_KINDS
 from ..records.baseline import BASELINE_SCHEMA, BaselineMetric, BaselineRecord
 from ..records.baseline import finite_number as _finite
+from ..records.common import TIMING_KEYS
 
 REPORTED = (PROFILE_SCHEMA, FINETUNE_SCHEMA, CELL_SCHEMA, BASELINE_SCHEMA)  # what `report` reads
 READABLE_HINT = (
@@ -93,17 +94,22 @@ class Metric:
 class MetricSet:
     """All metrics read from one input, plus what crashed and where it was measured.
 
-    ``environment`` is the measuring record's environment as JSON (it is written into baselines and verdicts).
+    ``environment`` is the measuring record's environment (None when it recorded none); baselines and
+    verdicts write it as JSON (:meth:`environment_json`).
     """
 
     source: str
     source_kind: str  # profile | finetune | ablation (a baseline keeps the kind it was written from)
-    environment: dict[str, Any] = field(default_factory=dict)
+    environment: Environment | None = None
     metrics: dict[str, Metric] = field(default_factory=dict)
     crashed: dict[str, str] = field(default_factory=dict)  # name prefix -> one-line reason
 
     def add(self, metric: Metric) -> None:
         self.metrics[metric.name] = metric
+
+    def environment_json(self) -> dict[str, Any]:
+        """The environment as the file it was read from held it ({} when there is none)."""
+        return self.environment.to_dict() if self.environment is not None else {}
 
     def crash_for(self, name: str) -> tuple[str, str] | None:
         """(prefix, reason) of the crashed record that covers ``name``, if any."""
@@ -153,14 +159,24 @@ def _reason(status: Status | str | None, reason: str | None) -> str:
     return f"{status}: {reason}" if reason else status
 
 
-def _timing_env(environment: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
-    return tuple((key, environment.get(key)) for key in TIMING_KEYS)
+def timing_env(environment: Environment | None) -> tuple[tuple[str, Any], ...]:
+    """The timing keys of ``environment`` (each None when there is no environment)."""
+    if environment is None:
+        return tuple((key, None) for key in TIMING_KEYS)
+    return environment.timing_identity()
 
 
-def _environment_of(record: ProfileRecord | FinetuneRecord | None) -> dict[str, Any]:
-    """A record's environment as JSON ({} when it has none)."""
-    env = record.environment if record is not None else None
-    return env.to_dict() if isinstance(env, Record) else {}
+def as_environment(value: Any) -> Environment | None:
+    """``value`` (an Environment, or its JSON from a file) as a record; None for none, or an empty one."""
+    env = Environment.from_dict(value) if isinstance(value, Mapping) else value
+    if not isinstance(env, Environment) or not env.to_dict():
+        return None
+    return env
+
+
+def _environment_of(record: ProfileRecord | FinetuneRecord | None) -> Environment | None:
+    """A record's environment (None when it has none)."""
+    return as_environment(record.environment) if record is not None else None
 
 
 def _read_as(value: Any, kind: type[SchemaRecord], where: str) -> Any:
@@ -196,7 +212,7 @@ def profile_metrics(
     if record.status != Status.OK:
         out.crashed[prefix] = _reason(record.status, record.reason)
         return
-    tenv = _timing_env(_environment_of(record))
+    tenv = timing_env(_environment_of(record))
     params = record.params
     for attr, name in _PARAMS:
         value = getattr(params, attr) if params is not None else None
@@ -351,15 +367,12 @@ def _accuracy_value(record: FinetuneRecord, group: str, head: str | None, source
 
 
 def _heads_of(record: FinetuneRecord) -> tuple[str, ...]:
-    """The classifier heads of the record's variant, from its config (``ConformerConfig.has_conv_head`` and
-    ``has_trans_head``); both when the record holds no config."""
-    config = record.variant.config if record.variant is not None else None
-    if not isinstance(config, Mapping):
+    """The classifier heads of the record's variant, from its config; both when the record holds no config
+    (or one that does not build)."""
+    config = record.variant.conformer_config() if record.variant is not None else None
+    if config is None:
         return ("conv", "trans")
-    branches, heads = config.get("branches", "dual"), config.get("heads", "both")
-    conv = branches in ("dual", "cnn") and heads in ("both", "conv")
-    trans = branches in ("dual", "transformer") and heads in ("both", "trans")
-    return (*(("conv",) if conv else ()), *(("trans",) if trans else ()))
+    return (*(("conv",) if config.has_conv_head else ()), *(("trans",) if config.has_trans_head else ()))
 
 
 # --------------------------------------------------------------------------- ablation cells
@@ -373,11 +386,6 @@ def config_digest(config: Mapping[str, Any] | None, recorded: str | None = None)
     return str(recorded) if recorded is not None else None
 
 
-def config_identity(holder: Mapping[str, Any]) -> str | None:
-    """:func:`config_digest` of a JSON object holding ``config`` (and perhaps ``config_hash``)."""
-    return config_digest(holder.get("config"), holder.get("config_hash"))
-
-
 @dataclass
 class CellView:
     """What a report and the history read of one ablation cell, its profile and fine-tune records typed."""
@@ -389,10 +397,10 @@ class CellView:
     experiment: str
     profile: ProfileRecord | None
     finetune: list[FinetuneRecord]
-    own_environment: dict[str, Any]  # the cell record's own (older cells have none)
+    own_environment: Environment | None  # the cell record's own (older cells have none)
 
     @property
-    def environment(self) -> dict[str, Any]:
+    def environment(self) -> Environment | None:
         """Where it was measured: its profile's environment, else the cell's, else its first seed's."""
         seed = self.finetune[0] if self.finetune else None
         return _environment_of(self.profile) or self.own_environment or _environment_of(seed)
@@ -412,9 +420,6 @@ def cell_view(cell: Any, where: str) -> CellView:
     if not isinstance(finetune, list):
         raise BenchError(f"{where}: finetune is not a list of records; regenerate the results")
     status = _field(cell, "status") or Status.OK
-    environment = _field(cell, "environment")
-    if isinstance(environment, Record):
-        environment = environment.to_dict()
     return CellView(
         label=_field(cell, "label"),
         status=Status(status) if status in set(Status) else str(status),
@@ -423,7 +428,7 @@ def cell_view(cell: Any, where: str) -> CellView:
         experiment=str(_field(cell, "experiment") or ""),
         profile=_read_as(profile, ProfileRecord, f"{where} profile") if profile is not None else None,
         finetune=[_read_as(r, FinetuneRecord, f"{where} finetune seed {i}") for i, r in enumerate(finetune)],
-        own_environment=dict(environment) if isinstance(environment, Mapping) else {},
+        own_environment=as_environment(_field(cell, "environment")),
     )
 
 
@@ -487,7 +492,7 @@ def ablation_metrics(path: Path) -> MetricSet:
 
 def baseline_metrics(record: BaselineRecord, source: str) -> MetricSet:
     """The metrics of a (checked) baseline record."""
-    out = MetricSet(source=source, source_kind=record.source_kind, environment=dict(record.environment or {}))
+    out = MetricSet(source, record.source_kind, as_environment(record.environment))
     for name, metric in record.metrics.items():
         out.add(Metric.from_record(name, metric))
     out.crashed = {str(k): str(v) for k, v in (record.crashed or {}).items()}

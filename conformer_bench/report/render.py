@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..records import Environment
 from ..records.report import ReportRecord, ReportRow, ReportSide
 from ..tables import Column, Table
 from .compare import STATUS_ORDER, Comparison, Row
@@ -163,9 +164,15 @@ def _env_value(value: Any) -> str:
     return str(value)
 
 
-def describe_environment(env: dict[str, Any]) -> str:
-    keys = [k for k in ENV_FOOTER_KEYS if not (k == "device_name" and env.get(k) == env.get("cpu_model"))]
-    shown = [f"{k}={_env_value(env[k])}" for k in keys if env.get(k) not in (None, [], {})]
+def describe_environment(env: Environment | None, keys: Sequence[str] = ENV_FOOTER_KEYS) -> str:
+    """``key=value`` of each of ``keys`` the environment holds (device_name only where it is not the CPU's)."""
+    if env is None:
+        return "no environment recorded"
+    shown = []
+    for key in keys:
+        value = getattr(env, key)
+        if value not in (None, [], {}) and not (key == "device_name" and value == env.cpu_model):
+            shown.append(f"{key}={_env_value(value)}")
     return ", ".join(shown) if shown else "no environment recorded"
 
 
@@ -211,7 +218,7 @@ def render_markdown(comparison: Comparison) -> str:
 
 
 def _side(metrics: MetricSet) -> ReportSide:
-    return ReportSide(metrics.source, metrics.source_kind, metrics.environment)
+    return ReportSide(metrics.source, metrics.source_kind, metrics.environment_json())
 
 
 def report_record(comparison: Comparison, warn_only: bool = False) -> ReportRecord:
