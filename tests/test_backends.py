@@ -15,6 +15,7 @@ import conformer
 from conformer_bench.backends import PrepareOptions, get_backend, parse_backends, require_installed
 from conformer_bench.cli import app
 from conformer_bench.errors import BenchError
+from conformer_bench.precision import precision_support
 from conformer_bench.records import Status
 from conformer_bench.speed import max_rel_diff
 
@@ -214,6 +215,11 @@ def test_profile_runs_inference_on_a_backend_and_records_what_it_cannot_run() ->
     )
     assert "onnxruntime" in record["throughput"]["infer"]["precision"]
     result = runner.invoke(app, [*args, "--backend", "onnxruntime", "--precision", "bf16", "-f", "json"])
+    support = precision_support("bf16", "cpu")
+    if not support.supported:  # refused before a backend is asked: one line that names the fix
+        assert result.exit_code == 2 and "use --precision fp32" in result.output, result.output
+        assert str(support.reason) in result.output
+        return
     assert result.exit_code == 1, result.output
     record = json.loads(result.stdout)
     assert record["status"] == "unsupported" and "fp32 only" in record["reason"]
