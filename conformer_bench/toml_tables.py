@@ -155,7 +155,7 @@ def read_table(
     unknown key is an error)."""
     if not isinstance(raw, Mapping):
         raise chk.fail(where, not_a_table)
-    declared = {f.name: f for f in dataclasses.fields(cast_dataclass(cls))}
+    declared = {f.name: f for f in dataclasses.fields(_dataclass(cls))}
     hints = _hints(cls)
     values: dict[str, Any] = {}
     others: dict[str, Any] = {}
@@ -180,8 +180,12 @@ def read_table(
     return cls(**values), others
 
 
-def cast_dataclass(cls: type) -> Any:
-    """``cls`` for :func:`dataclasses.fields` (which takes any dataclass)."""
+def keys_of(table: type) -> tuple[str, ...]:
+    """The keys a table class takes, in declaration order."""
+    return tuple(f.name for f in dataclasses.fields(_dataclass(table)))
+
+
+def _dataclass(cls: type) -> Any:
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls.__name__} is not a dataclass")
     return cls

@@ -55,7 +55,7 @@ from ..bounds import CELL_LIMIT, SEED_LIMIT
 from ..errors import BenchError
 from ..records import Environment, ProfileRecord
 from ..records.cell import CellHashes, CellJobSpec, CellSpec, ExperimentRecord
-from ..toml_tables import Checker, Where, fits, fix, read_table, shown, unknown_key
+from ..toml_tables import Checker, Where, fits, fix, keys_of, read_table, shown, unknown_key
 from .executor import ExecutorSettings, settings_from_table
 
 # FinetuneSettings fields an experiment may not set: the seed comes from ``seeds``; checkpoints are per run.
@@ -73,7 +73,6 @@ BASE_MISSING = 'missing; add a [base] table with variant = "small" (see conforme
 VARIANT_FIX = 'must be a preset name string such as "small"'
 BOOL_FIX = "must be true or false"
 SETTINGS_FIX = "must be a table such as [{kind}]; see the layout in experiments/paper.toml"
-CELL_SPEC_SCHEMA = CellJobSpec.SCHEMA
 
 
 # --- the file's tables, typed ------------------------------------------------------------------------
@@ -140,13 +139,8 @@ class CellTable:
     repeat: bool = field(default=False, metadata=fix(BOOL_FIX))  # measure a cell equal to another again
 
 
-def _keys_of(table: type) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(table))
-
-
-TOP_KEYS = _keys_of(ExperimentFile)
-CELL_META_KEYS = _keys_of(CellTable)
-FINETUNE_EXTRA_KEYS = _keys_of(FinetuneExtras)
+CELL_META_KEYS = keys_of(CellTable)
+FINETUNE_EXTRA_KEYS = keys_of(FinetuneExtras)
 
 
 @dataclass(frozen=True)
@@ -455,6 +449,18 @@ def load_experiment(
     """
     path = Path(path)
     top, chk = read_experiment_file(path)
+    return experiment_of(top, chk, path, output_dir, profile_overrides, force)
+
+
+def experiment_of(
+    top: ExperimentFile,
+    chk: Checker,
+    path: Path,
+    output_dir: str | Path | None = None,
+    profile_overrides: dict[str, Any] | None = None,
+    force: bool = False,
+) -> Experiment:
+    """The experiment a file read by :func:`read_experiment_file` describes (see :func:`load_experiment`)."""
     header = _read_header(chk, top, path, output_dir)
     base = _read_base(chk, top)
     defaults = _read_run_defaults(chk, top)

@@ -30,7 +30,6 @@ import itertools
 import json
 import math
 import re
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -43,7 +42,7 @@ from ..ablate.experiment import (
     Experiment,
     _changes,
     effective_config,
-    load_experiment,
+    experiment_of,
     read_experiment_file,
 )
 from ..toml_tables import Checker, Where, fix, read_table, unknown_key
@@ -57,7 +56,6 @@ SPACE_EXTRA = ("variant", "img_size")  # dimensions that are not (only) config f
 CONSTRAINT_RE = re.compile(r"^\s*([A-Za-z0-9_]+)\s*(<=|>=)\s*([-+0-9.eE_]+)\s*$")
 VALIDITY_PROBES = 4096  # points of the space tried when the file is read, to refuse a space with none valid
 Sampler = Literal["nsga2", "tpe", "random"]  # nsga2: multi-objective, the default
-SAMPLERS: tuple[str, ...] = typing.get_args(Sampler)
 RANGE_FIX = "a range takes integers: { low = 32, high = 96, step = 32 } (step >= 1)"
 
 
@@ -92,9 +90,6 @@ class SearchTable:
         default_factory=dict,
         metadata=fix("must be a table: [search.space] with num_med_block = [0, 1, 2], ..."),
     )
-
-
-SEARCH_KEYS = tuple(f.name for f in dataclasses.fields(SearchTable))
 
 
 @dataclass(frozen=True)
@@ -391,8 +386,8 @@ def load_search(
 
     ``trials`` and ``minutes`` (the command line's) replace the file's budget.
     """
-    experiment = load_experiment(path)
     top, chk = read_experiment_file(Path(path))
+    experiment = experiment_of(top, chk, Path(path))
     if top.search is None:
         raise chk.fail(("search",), "missing; add a [search] table with a [search.space] and objectives")
     table, _ = read_table(chk, ("search",), top.search, SearchTable)
